@@ -1,0 +1,77 @@
+"""The one interface every frozen encoder offers: images in, patch tokens out."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class Backbone(nn.Module):
+    """A frozen image encoder that returns final-block patch tokens.
+
+    `forward(images)` takes `[B, 3, S, S]` float RGB in [0, 1] (S = `image_size`),
+    applies the backbone's own normalisation, and returns `[B, N, D]` patch
+    tokens with CLS and register tokens removed, N = h * w for `grid = (h, w)`.
+    """
+
+    name: str = "backbone"
+    image_size: int = 224
+    patch_size: int = 16
+    dim: int = 0
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    weights: str = ""            # hub id, local path, or "random" / "builtin"
+    layer: int = -1              # transformer block the tokens come from (-1 = final)
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        side = self.image_size // self.patch_size
+        return (side, side)
+
+    @property
+    def num_patches(self) -> int:
+        h, w = self.grid
+        return h * w
+
+    def identity(self) -> dict[str, Any]:
+        """What makes two token extractions interchangeable (the TokenStore key)."""
+        return {
+            "backbone": self.name,
+            "weights": self.weights,
+            "image_size": self.image_size,
+            "patch_size": self.patch_size,
+            "grid": list(self.grid),
+            "dim": self.dim,
+            "layer": self.layer,
+        }
+
+    def normalise(self, images: torch.Tensor) -> torch.Tensor:
+        """[B, 3, S, S] in [0, 1] -> normalised with this backbone's mean/std."""
+        mean = torch.tensor(self.mean, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
+        return (images - mean) / std
+
+    def check_input(self, images: torch.Tensor) -> None:
+        if images.ndim != 4 or images.shape[1] != 3 or images.shape[-2:] != (self.image_size, self.image_size):
+            raise ValueError(f"{self.name} expects images [B, 3, {self.image_size}, {self.image_size}], "
+                             f"got {list(images.shape)}")
+
+    @torch.no_grad()
+    def extract(self, images: torch.Tensor) -> torch.Tensor:
+        """Inference entry point: no grad, bf16 autocast on CUDA. Returns float32 `[B, N, D]`."""
+        self.check_input(images)
+        if images.device.type == "cuda":
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                tokens = self(images)
+        else:
+            tokens = self(images)
+        return tokens.float()
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """'auto' -> CUDA when present, else CPU."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)

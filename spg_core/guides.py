@@ -1,0 +1,174 @@
+"""SPG Stage 2: sparse-projected guides and their training.
+
+    c_n = ReLU(theta_n), c_a = ReLU(theta_a)     (or TopK_K(theta) in the appendix variant)
+    g_n = W_dec c_n,     g_a = W_dec c_a
+    L   = Focal(P, mask) + Dice(P, mask) + lambda (|c_n|_1 + |c_a|_1)
+
+Only theta trains; the SAE dictionary and the backbone are frozen. An EMA of
+theta is what is evaluated and saved.
+
+The `free` variant is the no-dictionary ablation: the guides are learned
+directly in R^D (dictionary = identity, no sign constraint, no L1).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .atomic import load_tensors, save_tensors
+from .config import GuideConfig
+from .errors import SPGError
+from .scoring import cosine_logits, patch_probabilities, upsample
+
+VARIANTS = ("relu_l1", "topk", "free")
+
+
+def topk_mask(theta: torch.Tensor, k: int) -> torch.Tensor:
+    """Keep the k largest entries of each row of `[G, M]`, zero the rest."""
+    k = min(k, theta.shape[-1])
+    idx = theta.topk(k, dim=-1).indices
+    return torch.zeros_like(theta).scatter(-1, idx, theta.gather(-1, idx))
+
+
+class GuidePair(nn.Module):
+    """Normal and anomaly guide coefficients: `theta` `[2, M]`, row 0 normal, row 1 anomaly."""
+
+    def __init__(self, width: int, variant: str = "relu_l1", *, topk: int = 64,
+                 init_scale: float = 0.01, seed: int = 0):
+        super().__init__()
+        if variant not in VARIANTS:
+            raise SPGError(f"unknown guide variant {variant!r}", fix=f"use one of {', '.join(VARIANTS)}")
+        self.width, self.variant, self.topk = width, variant, topk
+        gen = torch.Generator().manual_seed(seed)
+        if variant == "free":
+            theta = torch.randn(2, width, generator=gen) * init_scale
+        else:
+            # Small positive values: every atom starts active and L1 / TopK prunes.
+            theta = torch.rand(2, width, generator=gen) * init_scale
+        self.theta = nn.Parameter(theta)
+        self.register_buffer("theta_ema", theta.clone())
+        self.register_buffer("ema_steps", torch.zeros((), dtype=torch.long))
+
+    def coefficients(self, theta: torch.Tensor | None = None) -> torch.Tensor:
+        """`[2, M]` non-negative sparse coefficients c (from the EMA unless `theta` is given)."""
+        theta = self.theta_ema if theta is None else theta
+        if self.variant == "relu_l1":
+            return torch.relu(theta)
+        if self.variant == "topk":
+            return topk_mask(torch.relu(theta), self.topk)
+        return theta
+
+    def guide_vectors(self, dictionary: torch.Tensor, theta: torch.Tensor | None = None) -> torch.Tensor:
+        """Dictionary `[D, M]` -> guide vectors `[2, D]` (g_n, g_a)."""
+        return (dictionary.float() @ self.coefficients(theta).t().float()).t()
+
+    def active_atoms(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Indices of non-zero EMA coefficients (A_n, A_a)."""
+        c = self.coefficients()
+        return c[0].nonzero().flatten(), c[1].nonzero().flatten()
+
+    @torch.no_grad()
+    def update_ema(self, decay: float) -> None:
+        """EMA with the usual warm-up, min(decay, (1+t)/(10+t)): with a small auxiliary set a
+        flat 0.999 would keep the EMA near the random init for thousands of steps."""
+        t = int(self.ema_steps)
+        d = min(decay, (1 + t) / (10 + t))
+        self.theta_ema.mul_(d).add_(self.theta.detach(), alpha=1 - d)
+        self.ema_steps += 1
+
+    # -- persistence -----------------------------------------------------------------
+    def save(self, path: str, extra: dict[str, Any] | None = None) -> None:
+        meta = {"config": {"width": self.width, "variant": self.variant, "topk": self.topk}, **(extra or {})}
+        save_tensors(path, {"theta_n": self.theta_ema[0], "theta_a": self.theta_ema[1],
+                            "theta_raw": self.theta.detach(), "ema_steps": self.ema_steps}, meta)
+
+    @classmethod
+    def load(cls, path: str, *, expect_width: int | None = None) -> tuple["GuidePair", dict[str, Any]]:
+        tensors, meta = load_tensors(path, what="guide file")
+        cfg = meta.get("config")
+        if not isinstance(cfg, dict) or "width" not in cfg or "theta_a" not in tensors:
+            raise SPGError("guide file has no config metadata or coefficients", path=path,
+                           fix="re-train it with `spg train-guides`")
+        if expect_width is not None and cfg["width"] != expect_width:
+            raise SPGError(f"guides have {cfg['width']} coefficients but the dictionary has {expect_width} atoms "
+                           "(they come from a different SAE or backbone)", path=path,
+                           fix="use the guides trained with this run's SAE, or re-train with `spg train-guides`")
+        pair = cls(cfg["width"], cfg["variant"], topk=cfg.get("topk", 64))
+        with torch.no_grad():
+            pair.theta_ema.copy_(torch.stack([tensors["theta_n"], tensors["theta_a"]]))
+            pair.theta.copy_(tensors.get("theta_raw", pair.theta_ema))
+            pair.ema_steps.copy_(tensors.get("ema_steps", torch.zeros((), dtype=torch.long)))
+        return pair, meta
+
+
+# -- losses -------------------------------------------------------------------------------
+
+def focal_loss(p: torch.Tensor, target: torch.Tensor, gamma: float = 2.0) -> torch.Tensor:
+    """Binary focal loss, mean over pixels. `p`, `target`: `[B, H, W]`."""
+    p = p.clamp(1e-6, 1 - 1e-6)
+    pos = -target * (1 - p).pow(gamma) * torch.log(p)
+    neg = -(1 - target) * p.pow(gamma) * torch.log(1 - p)
+    return (pos + neg).mean()
+
+
+def dice_loss(p: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
+    """Soft Dice loss per image, averaged. `[B, H, W]`."""
+    inter = (p * target).flatten(1).sum(1)
+    denom = p.flatten(1).sum(1) + target.flatten(1).sum(1)
+    return (1 - (2 * inter + smooth) / (denom + smooth)).mean()
+
+
+def guide_loss(pair: GuidePair, dictionary: torch.Tensor, tokens: torch.Tensor, masks: torch.Tensor,
+               cfg: GuideConfig, grid: tuple[int, int]) -> dict[str, torch.Tensor]:
+    """Loss terms for one batch: tokens `[B, N, D]`, masks `[B, S, S]` (raw theta, not the EMA)."""
+    g = pair.guide_vectors(dictionary, pair.theta)
+    p = patch_probabilities(cosine_logits(tokens, g[0]), cosine_logits(tokens, g[1]), cfg.tau)
+    maps = upsample(p, grid, masks.shape[-1])
+    focal = focal_loss(maps, masks, cfg.focal_gamma)
+    dice = dice_loss(maps, masks)
+    if pair.variant == "relu_l1":
+        l1 = cfg.l1 * pair.coefficients(pair.theta).sum()
+    else:
+        l1 = torch.zeros((), device=tokens.device)
+    return {"loss": focal + dice + l1, "focal": focal, "dice": dice, "l1": l1}
+
+
+def train_guides(dictionary: torch.Tensor, get_batch: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+                 num_images: int, grid: tuple[int, int], cfg: GuideConfig, *,
+                 device: torch.device, progress: bool = True) -> tuple[GuidePair, list[dict[str, float]]]:
+    """Train a GuidePair. `get_batch(indices)` returns (tokens `[B, N, D]`, masks `[B, S, S]`).
+
+    Returns the pair (its EMA is what counts) and per-epoch history.
+    """
+    variant = cfg.variant
+    width = dictionary.shape[1]
+    pair = GuidePair(width, variant, topk=cfg.topk, init_scale=cfg.init_scale, seed=cfg.seed).to(device)
+    dictionary = dictionary.to(device).float()
+    opt = torch.optim.Adam([pair.theta], lr=cfg.lr)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    steps_per_epoch = math.ceil(num_images / cfg.batch_images)
+    history: list[dict[str, float]] = []
+    bar = tqdm(total=cfg.epochs * steps_per_epoch, desc="train guides", unit="step", disable=not progress)
+    for epoch in range(cfg.epochs):
+        order = torch.randperm(num_images, generator=gen)
+        sums = {"loss": 0.0, "focal": 0.0, "dice": 0.0, "l1": 0.0}
+        for start in range(0, num_images, cfg.batch_images):
+            tokens, masks = get_batch(order[start:start + cfg.batch_images])
+            terms = guide_loss(pair, dictionary, tokens.to(device), masks.to(device), cfg, grid)
+            opt.zero_grad(set_to_none=True)
+            terms["loss"].backward()
+            opt.step()
+            pair.update_ema(cfg.ema_decay)
+            for k in sums:
+                sums[k] += float(terms[k]) / steps_per_epoch
+            bar.update(1)
+        a_n, a_a = pair.active_atoms()
+        history.append({"epoch": epoch, **sums, "active_normal": len(a_n), "active_anomaly": len(a_a)})
+        bar.set_postfix(loss=f"{sums['loss']:.4f}", active=len(a_n) + len(a_a))
+    bar.close()
+    return pair, history

@@ -1,0 +1,112 @@
+"""The run directory: one aux -> target experiment, written atomically, read with validation.
+
+    RUN/config.json               every setting used, versions, backbone identity, store paths
+    RUN/sae.safetensors           TopK SAE weights (+ config and backbone identity as metadata)
+    RUN/sae.json                  SAE config and training history (loss, FVU, dead latents)
+    RUN/guides.safetensors        theta_n, theta_a (EMA), raw theta
+    RUN/guides.json               guide config, history, active atom counts
+    RUN/target/patch_maps.safetensors   anomaly probabilities on the patch grid [K, h, w] fp16 and scores [K]
+    RUN/target/scores.csv         one row per target image: path, category, defect, label, score
+    RUN/metrics.json              {"mean": {...}, "per_category": {...}, "settings": {...}}
+    RUN/per_category.csv, RUN/report.md
+    RUN/atoms/                    atom index and statistics (spg atoms)
+
+Full-resolution maps are the bilinear upsampling of the patch maps
+(`spg_core.scoring.upsample`), so they are recomputed on demand, not stored.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .atomic import load_tensors, read_json, save_tensors, write_json, write_text
+from .config import RunConfig
+from .errors import SPGError
+
+CONFIG = "config.json"
+SAE = "sae.safetensors"
+GUIDES = "guides.safetensors"
+PATCH_MAPS = "target/patch_maps.safetensors"
+SCORES = "target/scores.csv"
+METRICS = "metrics.json"
+
+
+class RunDir:
+    """A run directory. Reading methods raise SPGError naming the missing or damaged file."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    def exists(self, name: str) -> bool:
+        return (self.path / name).is_file()
+
+    # -- config --------------------------------------------------------------------------
+    def write_config(self, cfg: RunConfig, extra: dict[str, Any]) -> None:
+        write_json(self.file(CONFIG), {**cfg.to_dict(), **extra})
+
+    def read_config(self) -> dict[str, Any]:
+        if not self.path.is_dir():
+            raise SPGError("run directory not found", path=str(self.path),
+                           fix="create one with `spg run --aux ... --target ... --out DIR`")
+        return read_json(self.file(CONFIG), what="run config")
+
+    def run_config(self) -> RunConfig:
+        return RunConfig.from_dict(self.read_config())
+
+    def update_config(self, **fields: Any) -> None:
+        cfg = self.read_config()
+        cfg.update(fields)
+        write_json(self.file(CONFIG), cfg)
+
+    # -- target outputs --------------------------------------------------------------------
+    def write_target(self, probs: torch.Tensor, scores: torch.Tensor, records: list[dict[str, Any]],
+                     grid: tuple[int, int], image_size: int) -> None:
+        """probs `[K, N]`, scores `[K]`, one record per target image."""
+        h, w = grid
+        save_tensors(self.file(PATCH_MAPS), {"probs": probs.reshape(-1, h, w).to(torch.float16),
+                                             "scores": scores.float()},
+                     {"grid": [h, w], "image_size": image_size})
+        buf = io.StringIO()
+        writer = csv.writer(buf)
+        writer.writerow(["index", "image_path", "category", "defect", "label", "score"])
+        for i, (r, s) in enumerate(zip(records, scores.tolist())):
+            writer.writerow([i, r["image_path"], r["category"], r["defect"], r["label"], f"{s:.6f}"])
+        write_text(self.file(SCORES), buf.getvalue())
+
+    def read_target(self) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+        """(probs `[K, h, w]` float32, scores `[K]`, metadata with grid and image_size)."""
+        tensors, meta = load_tensors(self.file(PATCH_MAPS), what="target maps")
+        if "probs" not in tensors or "scores" not in tensors:
+            raise SPGError("target maps file lacks probs/scores", path=str(self.file(PATCH_MAPS)),
+                           fix="re-run `spg eval --run DIR`")
+        return tensors["probs"].float(), tensors["scores"].float(), meta
+
+    def read_scores(self) -> list[dict[str, Any]]:
+        path = self.file(SCORES)
+        if not path.is_file():
+            raise SPGError("target scores not found", path=str(path), fix="re-run `spg eval --run DIR`")
+        with open(path, newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        for r in rows:
+            r["index"], r["label"], r["score"] = int(r["index"]), int(r["label"]), float(r["score"])
+        return rows
+
+    def read_metrics(self) -> dict[str, Any]:
+        return read_json(self.file(METRICS), what="metrics")
+
+
+def list_runs(root: str | Path) -> list[Path]:
+    """Run directories (folders holding a config.json) under `root`, newest first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    runs = {p.parent for p in root.glob("**/config.json") if "tokens" not in p.parts}
+    return sorted(runs, key=lambda p: p.stat().st_mtime, reverse=True)

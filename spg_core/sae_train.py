@@ -1,0 +1,100 @@
+"""Training loop for the TopK SAE (Stage 1), kept apart from the model as in `sparsify`.
+
+Tokens are shuffled at token level; a batch holds as many tokens as
+`batch_images` images have (the paper's batch of 16 images). When every token
+fits on the device it is moved there once, so the loop has no host round trip.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from .config import SAEConfig
+from .sae import TopKSAE
+
+# Keep tokens resident on the device when they take at most this share of its free memory.
+_RESIDENT_SHARE = 0.6
+
+
+def _fits_on(device: torch.device, nbytes: int) -> bool:
+    if device.type != "cuda":
+        return True
+    free, _ = torch.cuda.mem_get_info(device)
+    return nbytes < _RESIDENT_SHARE * free
+
+
+@torch.no_grad()
+def evaluate_sae(sae: TopKSAE, tokens: torch.Tensor, *, batch: int = 65536) -> dict[str, float]:
+    """FVU and dead-latent fraction over `[T, D]` tokens (any device), in batches."""
+    device = sae.W_dec.device
+    resid = torch.zeros((), dtype=torch.float64, device=device)
+    fired = torch.zeros(sae.width, dtype=torch.bool, device=device)
+    mean = sum(tokens[i:i + batch].to(device).float().sum(0) for i in range(0, tokens.shape[0], batch)) / tokens.shape[0]
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    for i in range(0, tokens.shape[0], batch):
+        f = tokens[i:i + batch].to(device).float()
+        recon, code = sae(f)
+        resid += (f - recon).pow(2).sum().double()
+        total += (f - mean).pow(2).sum().double()
+        fired[code.indices[code.values > 0]] = True
+    return {"fvu": float(resid / total.clamp_min(1e-12)), "dead_fraction": float(1 - fired.float().mean())}
+
+
+def train_sae(tokens: torch.Tensor, cfg: SAEConfig, *, tokens_per_image: int, device: torch.device,
+              progress: bool = True, bf16: bool | None = None) -> tuple[TopKSAE, list[dict[str, Any]]]:
+    """Train a TopK SAE on `[T, D]` tokens (fp16/fp32, any device).
+
+    Returns the SAE and per-epoch history: loss, FVU, dead-latent fraction, tokens/s.
+    `bf16` (default: on CUDA) runs the matmuls under bf16 autocast.
+    """
+    dim = tokens.shape[1]
+    sae = TopKSAE(dim, cfg.width, cfg.k, seed=cfg.seed).to(device)
+    if tokens.device != device and _fits_on(device, tokens.numel() * tokens.element_size()):
+        tokens = tokens.to(device)
+    sample = tokens[torch.randperm(tokens.shape[0], generator=torch.Generator().manual_seed(cfg.seed))[:65536].to(tokens.device)]
+    sae.init_bias(sample.to(device), cfg.init_bias)
+    opt = torch.optim.Adam(sae.parameters(), lr=cfg.lr)
+    use_bf16 = (device.type == "cuda") if bf16 is None else bf16
+    batch = cfg.batch_images * tokens_per_image
+    n = tokens.shape[0]
+    steps = math.ceil(n / batch)
+    gen = torch.Generator(device=tokens.device).manual_seed(cfg.seed)
+    # Tokens since each latent last fired: a latent silent for `dead_after_tokens` is dead.
+    since_fired = torch.zeros(cfg.width, dtype=torch.long, device=device)
+    history: list[dict[str, Any]] = []
+    bar = tqdm(total=cfg.epochs * steps, desc="train SAE", unit="step", disable=not progress)
+    for epoch in range(cfg.epochs):
+        t0 = time.perf_counter()
+        order = torch.randperm(n, generator=gen, device=tokens.device)
+        loss_sum = torch.zeros((), device=device)
+        for s in range(steps):
+            f = tokens[order[s * batch:(s + 1) * batch]].to(device, non_blocking=True).float()
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                recon, code = sae(f)
+            loss = (recon.float() - f).pow(2).sum(-1).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            sae.remove_parallel_grad()
+            opt.step()
+            sae.normalise_decoder()
+            with torch.no_grad():
+                loss_sum += loss.detach()
+                since_fired += f.shape[0]
+                since_fired[code.indices[code.values > 0]] = 0
+            bar.update(1)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds = time.perf_counter() - t0
+        rec = {"epoch": epoch, "loss": float(loss_sum) / steps, "tokens_per_s": n / max(seconds, 1e-9),
+               "dead_fraction": float((since_fired >= cfg.dead_after_tokens).float().mean())}
+        history.append(rec)
+        bar.set_postfix(loss=f"{rec['loss']:.4g}")
+    bar.close()
+    final = evaluate_sae(sae, tokens)
+    history.append({"epoch": "final", **final})
+    return sae, history

@@ -1,0 +1,289 @@
+"""TokenStore: frozen-backbone patch tokens on disk, extracted once and shared by many runs.
+
+One store per (dataset, split, backbone identity, resolution, layer). Layout:
+
+    STORE/manifest.json              identity, grid, dtype, per-image records, shard list
+    STORE/shard_00000.safetensors    tokens [n, N, D] fp16 + masks [n, ceil(S*S/8)] uint8 (bit-packed, S x S)
+    STORE/skipped.json               images skipped with --skip-bad, and why
+
+Shards are written atomically as they complete, and the manifest lists only
+finished shards, so an interrupted extraction resumes where it stopped. Shards
+are memory-mapped (safetensors is a JSON header followed by raw arrays), so a
+store larger than RAM is still usable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import struct
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .atomic import read_json, save_tensors, write_json
+from .backbones.base import Backbone
+from .data import Dataset, Sample
+from .errors import SPGError
+from .images import SampleImages
+
+STORE_VERSION = 1
+DEFAULT_SHARD_IMAGES = 256
+
+
+def default_cache_dir() -> Path:
+    """`$SPG_CACHE`, else `~/.cache/spg`."""
+    return Path(os.environ.get("SPG_CACHE", Path.home() / ".cache" / "spg"))
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-")[:40] or "data"
+
+
+def _records(samples: list[Sample]) -> list[dict[str, Any]]:
+    return [asdict(s) for s in samples]
+
+
+def store_key(dataset: Dataset, backbone: Backbone) -> dict[str, Any]:
+    """Everything that must match for stored tokens to be re-usable."""
+    return {
+        "version": STORE_VERSION,
+        "dataset": dataset.name,
+        "root": str(Path(dataset.root).resolve()),
+        "identity": backbone.identity(),
+        "dtype": "float16",
+        "images_sha": hashlib.sha256(json.dumps(_records(dataset.samples)).encode()).hexdigest(),
+    }
+
+
+def store_dir_for(dataset: Dataset, backbone: Backbone, cache_dir: str | Path | None = None) -> Path:
+    key = store_key(dataset, backbone)
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+    ident = backbone.identity()
+    name = f"{_slug(dataset.name)}__{_slug(ident['backbone'])}__{ident['image_size']}__L{ident['layer']}__{digest}"
+    return Path(cache_dir or default_cache_dir()) / "tokens" / name
+
+
+def _memmap_tensor(path: Path, name: str) -> np.ndarray:
+    """Memory-map one tensor of a safetensors file as a read-only numpy array."""
+    dtypes = {"F16": np.float16, "F32": np.float32, "U8": np.uint8, "I64": np.int64}
+    try:
+        with open(path, "rb") as fh:
+            (header_len,) = struct.unpack("<Q", fh.read(8))
+            header = json.loads(fh.read(header_len))
+        info = header[name]
+        start, end = info["data_offsets"]
+        shape = tuple(info["shape"])
+        dtype = dtypes[info["dtype"]]
+        if path.stat().st_size < 8 + header_len + end:
+            raise ValueError("file shorter than its header says")
+        return np.memmap(path, dtype=dtype, mode="r", offset=8 + header_len + start, shape=shape)
+    except (OSError, KeyError, ValueError, struct.error, json.JSONDecodeError) as exc:
+        raise SPGError(f"token shard is truncated or damaged ({exc})", path=str(path),
+                       fix="delete the token store folder; it is rebuilt on the next run") from None
+
+
+class TokenStore:
+    """Read access to a finished store: tokens `[n_img, N, D]` fp16 and masks `[n_img, S, S]`."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.manifest = read_json(self.root / "manifest.json", what="token store manifest")
+        if not self.manifest.get("complete"):
+            raise SPGError("token store is incomplete (extraction was interrupted)", path=str(self.root),
+                           fix="re-run the same `spg extract` / `spg run` command to resume it")
+        self._tokens = [_memmap_tensor(self.root / s["file"], "tokens") for s in self.manifest["shards"]]
+        self._masks = [_memmap_tensor(self.root / s["file"], "masks") for s in self.manifest["shards"]]
+        self._offsets = np.cumsum([0] + [s["count"] for s in self.manifest["shards"]])
+
+    # -- description ------------------------------------------------------------------
+    @property
+    def identity(self) -> dict[str, Any]:
+        return self.manifest["key"]["identity"]
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return tuple(self.identity["grid"])  # type: ignore[return-value]
+
+    @property
+    def image_size(self) -> int:
+        return int(self.identity["image_size"])
+
+    @property
+    def dim(self) -> int:
+        return int(self.identity["dim"])
+
+    @property
+    def num_images(self) -> int:
+        return int(self._offsets[-1])
+
+    @property
+    def num_patches(self) -> int:
+        h, w = self.grid
+        return h * w
+
+    @property
+    def images(self) -> list[dict[str, Any]]:
+        """Per-image records: image_path, mask_path, label, category, defect, split."""
+        return self.manifest["images"]
+
+    @property
+    def categories(self) -> list[str]:
+        return sorted({r["category"] for r in self.images})
+
+    def __len__(self) -> int:
+        return self.num_images
+
+    # -- access -------------------------------------------------------------------------
+    def _locate(self, index: int) -> tuple[int, int]:
+        shard = int(np.searchsorted(self._offsets, index, side="right") - 1)
+        return shard, index - int(self._offsets[shard])
+
+    def tokens(self, indices: list[int] | np.ndarray) -> torch.Tensor:
+        """Tokens of the given images as float32 `[B, N, D]`."""
+        out = np.empty((len(indices), self.num_patches, self.dim), dtype=np.float32)
+        for row, i in enumerate(indices):
+            shard, local = self._locate(int(i))
+            out[row] = self._tokens[shard][local]
+        return torch.from_numpy(out)
+
+    def masks(self, indices: list[int] | np.ndarray) -> torch.Tensor:
+        """Ground-truth masks of the given images as float32 `[B, S, S]` in {0, 1}."""
+        s = self.image_size
+        out = np.empty((len(indices), s, s), dtype=np.float32)
+        for row, i in enumerate(indices):
+            shard, local = self._locate(int(i))
+            out[row] = np.unpackbits(self._masks[shard][local], count=s * s).reshape(s, s)
+        return torch.from_numpy(out)
+
+    def labels(self) -> np.ndarray:
+        return np.array([r["label"] for r in self.images], dtype=np.int64)
+
+    def iter_shards(self) -> Iterator[tuple[int, np.ndarray]]:
+        """Yield (first image index, fp16 tokens `[n, N, D]` memmap) per shard: the streaming path."""
+        for start, toks in zip(self._offsets[:-1], self._tokens):
+            yield int(start), toks
+
+    def all_tokens(self, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float16) -> torch.Tensor:
+        """Every token as one `[n_img * N, D]` tensor on `device` (caller checks it fits)."""
+        parts = [torch.from_numpy(np.ascontiguousarray(t)).to(device=device, dtype=dtype) for _, t in self.iter_shards()]
+        return torch.cat(parts).reshape(-1, self.dim)
+
+
+# -- building -------------------------------------------------------------------------------
+
+def _pack_masks(masks: torch.Tensor) -> np.ndarray:
+    """`[B, S, S]` {0,1} -> `[B, ceil(S*S/8)]` uint8."""
+    flat = (masks.reshape(masks.shape[0], -1) > 0.5).numpy()
+    return np.packbits(flat, axis=1)
+
+
+def _validate(samples: list[Sample], size: int, skip_bad: bool) -> tuple[list[Sample], list[dict[str, str]]]:
+    """Decode every image and mask once; fail on the first bad one, or skip it with a record."""
+    from .images import load_image, load_mask
+
+    good, skipped = [], []
+    for s in samples:
+        try:
+            img = load_image(s.image_path)
+            if s.mask_path is not None:
+                load_mask(s.mask_path, img.size)
+            good.append(s)
+        except SPGError as exc:
+            if not skip_bad:
+                raise SPGError(f"{exc}\n  (or pass --skip-bad to skip bad images and write a report)") from None
+            skipped.append({"image_path": s.image_path, "error": str(exc)})
+    return good, skipped
+
+
+def build_store(dataset: Dataset, backbone: Backbone, *, cache_dir: str | Path | None = None,
+                batch_size: int | None = None, num_workers: int | None = None,
+                shard_images: int = DEFAULT_SHARD_IMAGES, skip_bad: bool = False,
+                progress: bool = True) -> TokenStore:
+    """Extract tokens for `dataset` with `backbone`, re-using or resuming a matching store."""
+    if len(dataset.samples) == 0:
+        raise SPGError(f"dataset {dataset.name} has no images", path=dataset.root,
+                       fix="check the dataset path and layout (see `spg run --help`)")
+    root = store_dir_for(dataset, backbone, cache_dir)
+    key = store_key(dataset, backbone)
+    manifest_path = root / "manifest.json"
+
+    manifest: dict[str, Any] | None = None
+    if manifest_path.is_file():
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except json.JSONDecodeError:
+            manifest = None
+        if manifest is None or manifest.get("key") != key:
+            shutil.rmtree(root)          # stale or damaged: rebuild from scratch
+            manifest = None
+        elif manifest.get("complete"):
+            return TokenStore(root)
+
+    if manifest is None:
+        samples, skipped = _validate(dataset.samples, backbone.image_size, skip_bad)
+        if not samples:
+            raise SPGError(f"every image of {dataset.name} failed to load", path=dataset.root,
+                           fix="see the skipped-image report for the reasons")
+        root.mkdir(parents=True, exist_ok=True)
+        if skipped:
+            write_json(root / "skipped.json", skipped)
+        manifest = {"key": key, "complete": False, "shard_images": shard_images,
+                    "images": _records(samples), "skipped": len(skipped), "shards": []}
+        write_json(manifest_path, manifest)
+
+    _extract_missing_shards(root, manifest, backbone, batch_size=batch_size,
+                            num_workers=num_workers, progress=progress)
+    manifest["complete"] = True
+    write_json(manifest_path, manifest)
+    return TokenStore(root)
+
+
+def _extract_missing_shards(root: Path, manifest: dict[str, Any], backbone: Backbone, *,
+                            batch_size: int | None, num_workers: int | None, progress: bool) -> None:
+    samples = [Sample(**r) for r in manifest["images"]]
+    per_shard = manifest["shard_images"]
+    done = {s["file"] for s in manifest["shards"]}
+    device = next(iter(backbone.parameters()), torch.empty(0)).device
+    on_cuda = device.type == "cuda"
+    batch_size = batch_size or (64 if on_cuda else 8)
+    workers = num_workers if num_workers is not None else min(8 if on_cuda else 2, os.cpu_count() or 1)
+
+    todo = [i for i in range(0, len(samples), per_shard) if f"shard_{i // per_shard:05d}.safetensors" not in done]
+    total = sum(min(per_shard, len(samples) - i) for i in todo)
+    bar = tqdm(total=total, desc=f"extract {backbone.name}", unit="img", disable=not progress)
+    for start in todo:
+        chunk = samples[start:start + per_shard]
+        tokens, masks = _extract_chunk(chunk, backbone, device, batch_size, workers, bar)
+        name = f"shard_{start // per_shard:05d}.safetensors"
+        save_tensors(root / name, {"tokens": tokens, "masks": torch.from_numpy(masks)})
+        manifest["shards"].append({"file": name, "start": start, "count": len(chunk)})
+        manifest["shards"].sort(key=lambda s: s["start"])
+        write_json(root / "manifest.json", manifest)   # a finished shard survives an interruption
+    bar.close()
+
+
+def _extract_chunk(chunk: list[Sample], backbone: Backbone, device: torch.device, batch_size: int,
+                   workers: int, bar: tqdm) -> tuple[torch.Tensor, np.ndarray]:
+    """Decode (in workers, pinned on CUDA) and encode one shard. Returns fp16 `[n, N, D]` and packed masks."""
+    loader = torch.utils.data.DataLoader(
+        SampleImages(chunk, backbone.image_size, with_masks=True), batch_size=batch_size,
+        num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=False)
+    tokens, masks = [], []
+    for batch in loader:
+        images = batch["image"].to(device, non_blocking=True)
+        tokens.append(backbone.extract(images).to(torch.float16).cpu())
+        masks.append(_pack_masks(batch["mask"]))
+        bar.update(images.shape[0])
+    return torch.cat(tokens), np.concatenate(masks)
+
+
+def open_store(path: str | Path) -> TokenStore:
+    return TokenStore(path)
