@@ -165,7 +165,7 @@ def train_guides(dictionary: torch.Tensor, get_batch: Callable[[torch.Tensor], t
             opt.step()
             pair.update_ema(cfg.ema_decay)
             for k in sums:
-                sums[k] += float(terms[k]) / steps_per_epoch
+                sums[k] += float(terms[k].detach()) / steps_per_epoch
             bar.update(1)
         a_n, a_a = pair.active_atoms()
         history.append({"epoch": epoch, **sums, "active_normal": len(a_n), "active_anomaly": len(a_a)})

@@ -29,7 +29,7 @@ fully decoded.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -37,6 +37,9 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from .errors import SPGError
+
+if TYPE_CHECKING:
+    from .data.sample import Sample
 
 # PIL modes that carry 16- or 32-bit integer samples (one channel).
 _WIDE_INT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
@@ -181,7 +184,7 @@ class SampleImages(torch.utils.data.Dataset):
     that needs masks fails loudly instead of training on silent zeros.
     """
 
-    def __init__(self, samples: list[Any], size: int, with_masks: bool = True):
+    def __init__(self, samples: list[Sample], size: int, with_masks: bool = True):
         self.samples = list(samples)
         self.size = int(size)
         self.with_masks = with_masks

@@ -8,8 +8,6 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
@@ -43,7 +41,12 @@ def image_scores(maps: torch.Tensor, aggregation: str = "max", temperature: floa
     if aggregation == "lse":
         if temperature <= 0:
             return flat.max(dim=1).values
-        return temperature * (torch.logsumexp(flat / temperature, dim=1) - math.log(flat.shape[1]))
+        # T log mean exp(P/T) = max + T log1p(mean(expm1((P - max)/T))): exact in float64 at both
+        # ends, where the textbook form loses the mean to cancellation for large T.
+        x = flat.double()
+        top = x.max(dim=1, keepdim=True).values
+        y = torch.expm1((x - top) / temperature).mean(dim=1)
+        return (top[:, 0] + temperature * torch.log1p(y)).to(flat.dtype)
     raise ValueError(f"unknown aggregation {aggregation!r}: use max, mean or lse")
 
 

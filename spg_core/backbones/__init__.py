@@ -36,8 +36,8 @@ class BackboneSpec:
 
     `image_size` is the resolution SPG feeds it (not necessarily its training
     resolution); `prefix_tokens` counts the CLS + register tokens dropped from
-    the output. The builtin backbone defines its own sizes, so its numeric
-    fields are None here.
+    the output. The builtin backbone defines its own sizes (see
+    `builtin.BuiltinBackbone`), so its numeric fields are None here.
     """
 
     name: str
@@ -128,10 +128,12 @@ def load_backbone(name: str, weights: str | None = None, device: str | torch.dev
 
 
 def _load_builtin(weights: str | None, device: torch.device) -> Backbone:
-    if weights not in (None, "builtin"):
-        raise SPGError(f"the builtin backbone has no alternative weights (got '{weights}')", fix="drop --weights")
     from .builtin import BuiltinBackbone  # lazy: written separately from this registry
-    return BuiltinBackbone()
+
+    backbone = BuiltinBackbone()
+    if weights not in (None, "builtin", backbone.weights):
+        raise SPGError(f"the builtin backbone has no alternative weights (got '{weights}')", fix="drop --weights")
+    return backbone
 
 
 def _freeze(backbone: Backbone, device: torch.device) -> Backbone:

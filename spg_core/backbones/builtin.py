@@ -121,7 +121,11 @@ class BuiltinBackbone(Backbone):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """`[B, 3, 256, 256]` in [0, 1] -> `[B, 1024, 46]` tokens."""
-        images = images.float()
+        # Medians and nearest-neighbour ranks are precision-sensitive and cheap: always fp32.
+        with torch.autocast(images.device.type, enabled=False):
+            return self._tokens(images.float())
+
+    def _tokens(self, images: torch.Tensor) -> torch.Tensor:
         desc = patch_descriptors(pixel_channels(images), self.patch_size)          # [B, 10, h, w]
         context = F.avg_pool2d(desc, 3, stride=1, padding=1, count_include_pad=False)
         z_local = robust_standardise(desc.flatten(2))                              # [B, 10, N]

@@ -33,7 +33,6 @@ import os
 from pathlib import Path
 
 from ..errors import SPGError
-from ..images import mask_has_anomaly
 from .mvtec import (GOOD, check_root, find_mask, index_masks, is_category_dir, list_images,
                     list_subdirs, missing_mask_error, splits_for)
 from .sample import Dataset, Sample
@@ -71,6 +70,7 @@ def _sorted_samples(category: str, image_dirs: list[Path], mask_root: Path) -> l
 
 def _flat_samples(category: str, images: list[Path], mask_root: Path | None) -> list[Sample]:
     """Layout 2: labels come from the masks' content."""
+    from ..images import mask_has_anomaly   # local: keeps `import spg_core.data` free of torch
     masks = index_masks(mask_root) if mask_root else {}
     samples = []
     for p in images:
@@ -102,7 +102,8 @@ def load_folder(root: str | os.PathLike, split: str = "test", name: str | None =
     if image_dirs and loose:
         raise SPGError(f"found {len(loose)} images directly in the folder besides the sub-folders "
                        f"{[d.name for d in image_dirs]}; the layout is ambiguous",
-                       path=str(image_root), fix=f"move them into good/ or a <defect>/ folder ({FOLDER_LAYOUT})")
+                       path=str(image_root),
+                       fix=f"move them into good/ or a <defect>/ folder ({FOLDER_LAYOUT})")
     if image_dirs:
         samples = _sorted_samples(category, image_dirs, mask_root or path / "masks")
     elif loose and image_root != path:

@@ -135,6 +135,13 @@ def layout_error(root: Path) -> SPGError:
                 path=str(root),
                 fix=f"point at the dataset root mvtec:{up.parent} (all categories) or at the "
                     f"category mvtec:{up}")
+    # Pointed one level too high (at a folder of datasets)?
+    nested = [d for d in list_subdirs(root) if any(is_category_dir(c) for c in list_subdirs(d))]
+    if nested:
+        return SPGError(
+            f"no category folder here, but {', '.join(d.name + '/' for d in nested[:6])} "
+            f"hold MVTec-layout datasets",
+            path=str(root), fix=f"point at one of them, e.g. mvtec:{nested[0]}")
     n_direct = len(list_images(root))
     with_images = [d.name for d in list_subdirs(root) if list_images(d)]
     if n_direct or with_images:

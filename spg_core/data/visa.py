@@ -75,7 +75,8 @@ def _row_sample(root: Path, csv_path: Path, line: int, row: dict[str, str]) -> S
     if label == 1:
         mask_path = root / row["mask"] if row["mask"] else None
         if mask_path is None or not mask_path.is_file():
-            expected = mask_path or (root / row["object"] / "Data" / "Masks" / "Anomaly" / f"{image.stem}.png")
+            default = root / row["object"] / "Data" / "Masks" / "Anomaly" / f"{image.stem}.png"
+            expected = mask_path or default
             raise missing_mask_error(image, expected)
         mask = str(mask_path)
     return Sample(str(image), mask, label, row["object"], "anomaly" if label else "good", row["split"])
@@ -89,9 +90,11 @@ def load_visa(root: str | os.PathLike, split: str = "test", name: str | None = N
     if not csv_path.is_file():
         raise SPGError("not a VisA root: split_csv/1cls.csv is missing", path=str(csv_path),
                        fix=VISA_LAYOUT_FIX)
-    samples = [_row_sample(path, csv_path, i + 2, row)      # +2: header is line 1
-               for i, row in enumerate(_read_rows(csv_path)) if row["split"] in splits
-               or row["split"] not in ("train", "test")]   # bad split values still get reported
+    samples = []
+    for i, row in enumerate(_read_rows(csv_path)):
+        # Rows with an invalid split value go through _row_sample too, so they get reported.
+        if row["split"] in splits or row["split"] not in ("train", "test"):
+            samples.append(_row_sample(path, csv_path, i + 2, row))   # +2: the header is line 1
     if not samples:
         raise SPGError(f"the VisA split file lists no {split} images", path=str(csv_path),
                        fix="restore the official 1cls.csv")
