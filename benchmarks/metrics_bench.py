@@ -255,7 +255,7 @@ def run_task(task: str, args: argparse.Namespace, *, images: int | None = None,
 
 def _row(name: str, seconds: float, mib: float | None, note: str = "") -> str:
     mem = f"{mib:9.0f}" if mib is not None else f"{'-':>9}"
-    return f"  {name:<44} {seconds:10.2f} {mem}   {note}"
+    return f"  {name:<50} {seconds:9.2f} {mem}   {note}"
 
 
 def main() -> None:
@@ -307,7 +307,7 @@ def report(args: argparse.Namespace) -> None:
     print(f"generated synthetic data in {time.perf_counter() - t0:.1f} s "
           f"({np.load(args.workdir / 'masks.npy', mmap_mode='r').mean() * 100:.2f}% anomalous pixels)\n")
 
-    print(f"  {'measurement':<44} {'seconds':>10} {'extra MiB':>9}   note")
+    print(f"  {'measurement':<50} {'seconds':>9} {'extra MiB':>9}   note")
     full: dict[str, dict[str, Any]] = {}
     for task in ("ours_evaluate", "ours_pixel_auroc", "ours_aupro", "ours_aupro_anomalyclip"):
         r = full[task] = run_task(task, args)

@@ -173,7 +173,7 @@ class TokenStore:
 
     def all_tokens(self, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float16) -> torch.Tensor:
         """Every token as one `[n_img * N, D]` tensor on `device` (caller checks it fits)."""
-        parts = [torch.from_numpy(np.ascontiguousarray(t)).to(device=device, dtype=dtype) for _, t in self.iter_shards()]
+        parts = [torch.from_numpy(np.array(t)).to(device=device, dtype=dtype) for _, t in self.iter_shards()]
         return torch.cat(parts).reshape(-1, self.dim)
 
 

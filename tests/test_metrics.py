@@ -163,6 +163,10 @@ def test_pixel_auroc_other_dtypes_and_torch() -> None:
     assert M.pixel_auroc(torch.from_numpy(maps), torch.from_numpy(masks), device="cpu") == \
         pytest.approx(ref, abs=1e-6)
     assert M.pixel_auroc(maps, masks.astype(np.uint8), device="cpu") == pytest.approx(ref, abs=1e-6)
+    ints = (maps * 1000).astype(np.int64) - 300                        # integer maps: exact too
+    assert M.pixel_auroc(ints, masks, device="cpu") == pytest.approx(sk_pixel_auroc(ints, masks), abs=1e-6)
+    assert M.aupro(ints, masks, device="cpu") == pytest.approx(slow_aupro_mvtec(ints, masks), abs=1e-9)
+    assert M.aupro(masks, masks, device="cpu") == pytest.approx(1.0)    # bool maps
     bf = torch.from_numpy(maps).to(torch.bfloat16)
     assert M.pixel_auroc(bf, torch.from_numpy(masks), device="cpu") == \
         pytest.approx(sk_pixel_auroc(bf.float().numpy(), masks), abs=1e-6)
