@@ -500,7 +500,8 @@ class _HistogramAccumulator:
         self.kind = kind
         self.device = device
         self.all = np.zeros(_N_CODES, dtype=np.int64)
-        self.all_t = torch.zeros(_N_CODES, dtype=torch.int64, device=device) if device.type == "cuda" else None
+        self.all_t = (torch.zeros(_N_CODES, dtype=torch.int64, device=device)
+                      if device.type == "cuda" else None)           # stays on the GPU
         self.pos = np.zeros(_N_CODES, dtype=np.int64)
         self.pro = np.zeros(_N_CODES, dtype=np.float64)
         self.n_components = 0

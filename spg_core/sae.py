@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .atomic import load_tensors, save_tensors
@@ -66,12 +67,11 @@ class TopKSAE(nn.Module):
         return self.encode(f).dense(self.width)
 
     def decode(self, code: SparseCode) -> torch.Tensor:
-        """Sparse decode: gather the k atoms per token instead of multiplying by M - k zeros.
-
-        `[T, k]` -> `[T, D]`.
-        """
-        atoms = self.W_dec.t()[code.indices]                       # [T, k, D]
-        return torch.einsum("tk,tkd->td", code.values, atoms) + self.b_dec
+        """Sparse decode: a weighted sum of the k chosen atoms per token, without multiplying
+        by M - k zeros or materialising `[T, k, D]`. `[T, k]` -> `[T, D]`."""
+        weight = self.W_dec.t()
+        out = F.embedding_bag(code.indices, weight, per_sample_weights=code.values.to(weight.dtype), mode="sum")
+        return out + self.b_dec
 
     def decode_dense(self, s: torch.Tensor) -> torch.Tensor:
         """`[T, M]` -> `[T, D]` with a dense matmul (fastest when T*k*D is large on GPUs)."""

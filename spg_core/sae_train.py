@@ -46,11 +46,13 @@ def evaluate_sae(sae: TopKSAE, tokens: torch.Tensor, *, batch: int = 65536) -> d
 
 
 def train_sae(tokens: torch.Tensor, cfg: SAEConfig, *, tokens_per_image: int, device: torch.device,
-              progress: bool = True, bf16: bool | None = None) -> tuple[TopKSAE, list[dict[str, Any]]]:
+              progress: bool = True, bf16: bool | None = None,
+              sparse_decode: bool = False) -> tuple[TopKSAE, list[dict[str, Any]]]:
     """Train a TopK SAE on `[T, D]` tokens (fp16/fp32, any device).
 
     Returns the SAE and per-epoch history: loss, FVU, dead-latent fraction, tokens/s.
-    `bf16` (default: on CUDA) runs the matmuls under bf16 autocast.
+    `bf16` (default: on CUDA) runs the matmuls under bf16 autocast; `sparse_decode` gathers the
+    k atoms per token instead of a dense `[T, M] x [M, D]` decode.
     """
     dim = tokens.shape[1]
     sae = TopKSAE(dim, cfg.width, cfg.k, seed=cfg.seed).to(device)
@@ -75,7 +77,7 @@ def train_sae(tokens: torch.Tensor, cfg: SAEConfig, *, tokens_per_image: int, de
         for s in range(steps):
             f = tokens[order[s * batch:(s + 1) * batch]].to(device, non_blocking=True).float()
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                recon, code = sae(f)
+                recon, code = sae(f, sparse_decode=sparse_decode)
             loss = (recon.float() - f).pow(2).sum(-1).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()

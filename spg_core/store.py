@@ -20,6 +20,7 @@ import os
 import re
 import shutil
 import struct
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Iterator
@@ -185,22 +186,25 @@ def _pack_masks(masks: torch.Tensor) -> np.ndarray:
     return np.packbits(flat, axis=1)
 
 
-def _validate(samples: list[Sample], size: int, skip_bad: bool) -> tuple[list[Sample], list[dict[str, str]]]:
-    """Decode every image and mask once; fail on the first bad one, or skip it with a record."""
-    from .images import load_image, load_mask
+class _CheckedImages(SampleImages):
+    """SampleImages that reports a bad image instead of raising, so the main loop decides
+    (stop with the file's name, or skip it with --skip-bad) without a separate decode pass."""
 
-    good, skipped = [], []
-    for s in samples:
+    def __getitem__(self, i: int) -> dict[str, Any]:
         try:
-            img = load_image(s.image_path)
-            if s.mask_path is not None:
-                load_mask(s.mask_path, img.size)
-            good.append(s)
+            item = super().__getitem__(i)
+            item["error"] = ""
         except SPGError as exc:
-            if not skip_bad:
-                raise SPGError(f"{exc}\n  (or pass --skip-bad to skip bad images and write a report)") from None
-            skipped.append({"image_path": s.image_path, "error": str(exc)})
-    return good, skipped
+            s = self.size
+            item = {"image": torch.zeros(3, s, s), "mask": torch.zeros(s, s), "label": 0, "index": i,
+                    "error": str(exc)}
+        return item
+
+
+class _BadImage(Exception):
+    def __init__(self, position: int, message: str):
+        super().__init__(message)
+        self.position, self.message = position, message
 
 
 def build_store(dataset: Dataset, backbone: Backbone, *, cache_dir: str | Path | None = None,
@@ -228,61 +232,97 @@ def build_store(dataset: Dataset, backbone: Backbone, *, cache_dir: str | Path |
             return TokenStore(root)
 
     if manifest is None:
-        samples, skipped = _validate(dataset.samples, backbone.image_size, skip_bad)
-        if not samples:
-            raise SPGError(f"every image of {dataset.name} failed to load", path=dataset.root,
-                           fix="see the skipped-image report for the reasons")
         root.mkdir(parents=True, exist_ok=True)
-        if skipped:
-            write_json(root / "skipped.json", skipped)
         manifest = {"key": key, "complete": False, "shard_images": shard_images,
-                    "images": _records(samples), "skipped": len(skipped), "shards": []}
+                    "images": _records(dataset.samples), "skipped": [], "shards": []}
         write_json(manifest_path, manifest)
 
-    _extract_missing_shards(root, manifest, backbone, batch_size=batch_size,
-                            num_workers=num_workers, progress=progress)
+    _extract_missing_shards(root, manifest, backbone, batch_size=batch_size, num_workers=num_workers,
+                            skip_bad=skip_bad, progress=progress)
+    if not manifest["images"]:
+        raise SPGError(f"every image of {dataset.name} failed to load", path=str(root / "skipped.json"),
+                       fix="see the skipped-image report for the reasons")
     manifest["complete"] = True
     write_json(manifest_path, manifest)
     return TokenStore(root)
 
 
 def _extract_missing_shards(root: Path, manifest: dict[str, Any], backbone: Backbone, *,
-                            batch_size: int | None, num_workers: int | None, progress: bool) -> None:
-    samples = [Sample(**r) for r in manifest["images"]]
-    per_shard = manifest["shard_images"]
-    done = {s["file"] for s in manifest["shards"]}
-    device = next(iter(backbone.parameters()), torch.empty(0)).device
+                            batch_size: int | None, num_workers: int | None, skip_bad: bool,
+                            progress: bool) -> None:
+    """Extract every shard the manifest does not list yet. Shards are written by a background
+    thread so the accelerator never waits for the disk."""
+    device = next(iter(backbone.buffers()), next(iter(backbone.parameters()), torch.empty(0))).device
     on_cuda = device.type == "cuda"
     batch_size = batch_size or (64 if on_cuda else 8)
     workers = num_workers if num_workers is not None else min(8 if on_cuda else 2, os.cpu_count() or 1)
-
-    todo = [i for i in range(0, len(samples), per_shard) if f"shard_{i // per_shard:05d}.safetensors" not in done]
-    total = sum(min(per_shard, len(samples) - i) for i in todo)
-    bar = tqdm(total=total, desc=f"extract {backbone.name}", unit="img", disable=not progress)
-    for start in todo:
-        chunk = samples[start:start + per_shard]
-        tokens, masks = _extract_chunk(chunk, backbone, device, batch_size, workers, bar)
-        name = f"shard_{start // per_shard:05d}.safetensors"
-        save_tensors(root / name, {"tokens": tokens, "masks": torch.from_numpy(masks)})
-        manifest["shards"].append({"file": name, "start": start, "count": len(chunk)})
-        manifest["shards"].sort(key=lambda s: s["start"])
-        write_json(root / "manifest.json", manifest)   # a finished shard survives an interruption
+    per_shard = manifest["shard_images"]
+    bar = tqdm(total=len(manifest["images"]) - sum(s["count"] for s in manifest["shards"]),
+               desc=f"extract {backbone.name}", unit="img", disable=not progress)
+    first = start = sum(s["count"] for s in manifest["shards"])
+    with ThreadPoolExecutor(max_workers=1) as writer:
+        pending = None
+        while start < len(manifest["images"]):
+            chunk = [Sample(**r) for r in manifest["images"][start:start + per_shard]]
+            try:
+                tokens, masks = _extract_chunk(chunk, backbone, device, batch_size, workers, bar)
+            except _BadImage as bad:
+                if not skip_bad:
+                    raise SPGError(f"{bad.message}\n  (or pass --skip-bad to skip bad images and write a report)") from None
+                _skip(root, manifest, start + bad.position, bad.message)
+                bar.total, bar.n = bar.total - 1, start - first   # the chunk is redone without it
+                continue
+            if pending is not None:
+                pending.result()
+            name = f"shard_{len(manifest['shards']):05d}.safetensors"
+            pending = writer.submit(_write_shard, root, manifest, name, start, tokens, masks)
+            start += len(chunk)
+        if pending is not None:
+            pending.result()
     bar.close()
+
+
+def _write_shard(root: Path, manifest: dict[str, Any], name: str, start: int, tokens: torch.Tensor,
+                 masks: np.ndarray) -> None:
+    save_tensors(root / name, {"tokens": tokens, "masks": torch.from_numpy(masks)})
+    manifest["shards"].append({"file": name, "start": start, "count": int(tokens.shape[0])})
+    write_json(root / "manifest.json", manifest)   # a finished shard survives an interruption
+
+
+def _skip(root: Path, manifest: dict[str, Any], index: int, message: str) -> None:
+    """Drop image `index` (not yet in any shard) and record why in skipped.json."""
+    record = manifest["images"].pop(index)
+    manifest["skipped"].append({"image_path": record["image_path"], "error": message})
+    write_json(root / "skipped.json", manifest["skipped"])
+    write_json(root / "manifest.json", manifest)
 
 
 def _extract_chunk(chunk: list[Sample], backbone: Backbone, device: torch.device, batch_size: int,
                    workers: int, bar: tqdm) -> tuple[torch.Tensor, np.ndarray]:
-    """Decode (in workers, pinned on CUDA) and encode one shard. Returns fp16 `[n, N, D]` and packed masks."""
+    """Decode (in workers, pinned on CUDA) and encode one shard. Returns fp16 `[n, N, D]` and packed masks.
+
+    Raises _BadImage for the first image that fails to decode."""
     loader = torch.utils.data.DataLoader(
-        SampleImages(chunk, backbone.image_size, with_masks=True), batch_size=batch_size,
-        num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=False)
-    tokens, masks = [], []
+        _CheckedImages(chunk, backbone.image_size, with_masks=True), batch_size=batch_size,
+        num_workers=workers, pin_memory=device.type == "cuda")
+    n, (h, w) = len(chunk), backbone.grid
+    tokens = torch.empty(n, h * w, backbone.dim, dtype=torch.float16,
+                         pin_memory=device.type == "cuda")
+    masks = []
+    done = 0
     for batch in loader:
+        for pos, err in zip(batch["index"].tolist(), batch["error"]):
+            if err:
+                raise _BadImage(pos, err)
         images = batch["image"].to(device, non_blocking=True)
-        tokens.append(backbone.extract(images).to(torch.float16).cpu())
+        out = backbone.extract(images).to(torch.float16)
+        tokens[done:done + out.shape[0]].copy_(out, non_blocking=True)
         masks.append(_pack_masks(batch["mask"]))
-        bar.update(images.shape[0])
-    return torch.cat(tokens), np.concatenate(masks)
+        done += out.shape[0]
+        bar.update(out.shape[0])
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return tokens, np.concatenate(masks)
 
 
 def open_store(path: str | Path) -> TokenStore:

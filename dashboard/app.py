@@ -1,0 +1,48 @@
+"""SPG Studio: the Streamlit entrypoint (`spg dashboard` runs this file).
+
+It sets the page, the look (logo, CSS), the run picker shared by every page,
+and the navigation; each page is a script in the top-level `pages/` folder.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:          # runnable from a source tree without installing
+    sys.path.insert(0, str(ROOT))
+
+import streamlit as st  # noqa: E402
+
+from dashboard import state  # noqa: E402
+from dashboard.nav import ASSETS, navigation  # noqa: E402
+
+
+def apply_look() -> None:
+    """Logo and stylesheet (read on every rerun: they are tiny and this keeps edits live)."""
+    st.logo(str(ASSETS / "logo.svg"), icon_image=str(ASSETS / "icon.svg"), size="large")
+    css = (ASSETS / "style.css").read_text()
+    st.markdown(f"<style>{css}</style>", unsafe_allow_html=True)
+
+
+def run_picker() -> None:
+    """The sidebar's run selector; its choice (session_state['run']) is shared by every page."""
+    root = state.runs_root()
+    names = state.run_names(str(root))
+    if st.session_state.get(state.RUN_KEY) not in names:
+        st.session_state[state.RUN_KEY] = names[0] if names else None
+    with st.sidebar:
+        if names:
+            st.selectbox("Run", names, key=state.RUN_KEY, help="every run directory under the runs root")
+        else:
+            st.caption("No runs yet")
+        st.caption(f"Runs root: `{root}`")
+
+
+st.set_page_config(page_title="SPG Studio", page_icon=str(ASSETS / "icon.png"), layout="wide",
+                   initial_sidebar_state="expanded")
+apply_look()
+page = navigation()
+run_picker()
+page.run()

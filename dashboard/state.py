@@ -1,0 +1,231 @@
+"""Shared state of SPG Studio: the runs root, the chosen run, and cached loaders.
+
+Heavy objects (models, token stores, atom indexes) sit behind `st.cache_resource`,
+so every browser session shares one copy; small derived data behind
+`st.cache_data`. Every loader takes the run's artifact signature (mtimes), so a
+run that is rewritten on disk is reloaded instead of served stale.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import streamlit as st
+from PIL import Image
+
+from spg_core import views
+from spg_core.errors import SPGError
+
+RUN_KEY = "run"          # session_state key of the chosen run (root-relative name)
+ATOM_KEY = "atom"        # session_state key of the atom opened on the Atom detail page
+
+
+# -- runs root and chosen run ------------------------------------------------------------------
+
+def runs_root() -> Path:
+    """The runs root the launcher passed in `$SPG_RUNS_ROOT` (default ./runs)."""
+    return views.runs_root()
+
+
+@st.cache_data(ttl=5, show_spinner=False)
+def run_names(root: str) -> list[str]:
+    """Run names under the root; a short TTL so new runs appear without a restart."""
+    return views.run_names(root)
+
+
+@st.cache_data(ttl=5, show_spinner=False)
+def run_overview(root: str):
+    return views.run_overview(root)
+
+
+def current_run() -> Path | None:
+    """The chosen run's directory (validated inside the root), or None when there is none."""
+    name = st.session_state.get(RUN_KEY)
+    if not name:
+        return None
+    return views.resolve_run(runs_root(), name)
+
+
+def signature(run: Path) -> tuple[float, ...]:
+    return views.run_signature(run)
+
+
+# -- run artifacts ----------------------------------------------------------------------------
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def run_config(path: str, sig: tuple[float, ...]) -> dict[str, Any]:
+    from spg_core.runs import RunDir
+    return RunDir(path).read_config()
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def run_metrics(path: str, sig: tuple[float, ...]) -> dict[str, Any]:
+    from spg_core.runs import RunDir
+    return RunDir(path).read_metrics()
+
+
+@st.cache_resource(show_spinner="Loading the run's model ...", max_entries=8)
+def predictor(path: str, sig: tuple[float, ...]):
+    """The run's Predictor (SAE, guides, scorer); the backbone loads on first image."""
+    from spg_core.pipeline import Predictor
+    return Predictor(path, device="cpu")
+
+
+@dataclass
+class TargetMaps:
+    """A run's stored target outputs: patch maps `[K, h, w]`, score rows, grid and image size."""
+
+    probs: np.ndarray
+    rows: list[dict[str, Any]]
+    grid: tuple[int, int]
+    image_size: int
+
+
+@st.cache_resource(show_spinner="Loading target maps ...", max_entries=8)
+def target_maps(path: str, sig: tuple[float, ...]) -> TargetMaps:
+    from spg_core.runs import RunDir
+    run = RunDir(path)
+    probs, _, meta = run.read_target()
+    rows = run.read_scores()
+    if len(rows) != probs.shape[0]:
+        raise SPGError(f"scores.csv has {len(rows)} rows but the maps file has {probs.shape[0]} maps",
+                       path=str(run.file("target")), fix="re-run `spg eval --run DIR`")
+    grid = tuple(meta.get("grid", probs.shape[1:]))
+    return TargetMaps(probs.numpy(), rows, grid, int(meta.get("image_size", 0)))  # type: ignore[arg-type]
+
+
+@st.cache_resource(show_spinner="Opening token store ...", max_entries=8)
+def token_store(path: str):
+    """A TokenStore (memory-mapped shards: cheap to share between sessions)."""
+    from spg_core.store import TokenStore
+    return TokenStore(path)
+
+
+def store_of(run: Path, which: str):
+    """The run's 'aux_store' or 'target_store', with a clear error when the config lacks it."""
+    cfg = run_config(str(run), signature(run))
+    path = cfg.get(which)
+    if not path:
+        raise SPGError(f"the run's config has no {which}", path=str(run / "config.json"),
+                       fix="re-run `spg eval --run DIR` to record it")
+    return token_store(str(path))
+
+
+@st.cache_resource(show_spinner="Loading atoms ...", max_entries=8)
+def atoms(path: str, sig: tuple[float, ...]):
+    """(AtomIndex, stats DataFrame) from RUN/atoms."""
+    from spg_core.atoms import load_atoms
+    return load_atoms(path)
+
+
+# -- images -----------------------------------------------------------------------------------
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def image_at(path: str, size: int) -> np.ndarray:
+    """An image file as RGB uint8 `[size, size, 3]` (the backbone's input view)."""
+    from spg_core.images import load_image
+    return np.asarray(load_image(path).resize((size, size), Image.BICUBIC))
+
+
+def target_mask(run: Path, index: int) -> np.ndarray:
+    """Ground-truth mask `[S, S]` bool of target image `index` (from the target store)."""
+    store = store_of(run, "target_store")
+    return store.masks([index])[0].numpy() > 0.5
+
+
+# -- attribution -------------------------------------------------------------------------------
+
+@st.cache_resource(show_spinner=False, max_entries=64)
+def target_attribution(path: str, sig: tuple[float, ...], index: int):
+    """Per-atom contributions for every patch of target image `index` (an atoms.Attribution)."""
+    from spg_core.atoms import attribute
+    pred = predictor(path, sig)
+    tokens = store_of(Path(path), "target_store").tokens([index])
+    return attribute(tokens, pred.dictionary, pred.guides, tau=pred.cfg.guides.tau)
+
+
+def atom_tags(path: str, sig: tuple[float, ...]) -> dict[int, str]:
+    """{atom: tag} from the run's atom statistics, or {} when the run has no atom index."""
+    try:
+        _, stats = atoms(path, sig)
+    except (SPGError, ImportError):
+        return {}
+    if stats is None or "tag" not in getattr(stats, "columns", []):
+        return {}
+    ids = stats["atom"] if "atom" in stats.columns else stats.index
+    return {int(a): str(t) for a, t in zip(ids, stats["tag"])}
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def atom_ranking(path: str, sig: tuple[float, ...]) -> dict[str, list[dict[str, Any]]]:
+    """Both guides' active atoms, largest coefficient first (atoms.rank_atoms)."""
+    from spg_core.atoms import rank_atoms
+    return rank_atoms(predictor(path, sig).guides)
+
+
+def atom_stats(path: str, sig: tuple[float, ...]):
+    """The atom statistics table, or None when the run has no (readable) atom index."""
+    try:
+        return atoms(path, sig)[1]
+    except (SPGError, ImportError):
+        return None
+
+
+# -- atom detail and ablation ------------------------------------------------------------------
+
+@st.cache_resource(show_spinner="Drawing the atom's top patches ...", max_entries=64)
+def atom_tiles(path: str, sig: tuple[float, ...], atom: int, count: int):
+    index, _ = atoms(path, sig)
+    store = store_of(Path(path), "aux_store")
+    return views.atom_tiles(index, store.images, predictor(path, sig).sae, store, atom, count=count)
+
+
+@st.cache_data(show_spinner="Sampling activations ...", max_entries=64)
+def atom_activations(path: str, sig: tuple[float, ...], atom: int) -> np.ndarray:
+    store = store_of(Path(path), "aux_store")
+    return views.atom_activation_sample(predictor(path, sig).sae, store, atom)
+
+
+@st.cache_resource(show_spinner="Preparing what-if ablations (projecting target tokens) ...", max_entries=4)
+def ablator(path: str, sig: tuple[float, ...]):
+    """An atoms.Ablator over the run's target tokens (one per run, shared by every session)."""
+    from spg_core.atoms import Ablator
+    return Ablator(predictor(path, sig), store=store_of(Path(path), "target_store"))
+
+
+@st.cache_resource(show_spinner="Recomputing maps and metrics without the atom ...", max_entries=64)
+def ablation(path: str, sig: tuple[float, ...], atom: int | None, guide: str):
+    """AblationResult with `atom` removed from `guide` (None: the unedited baseline)."""
+    tool = ablator(path, sig)
+    return tool.baseline() if atom is None else tool.ablate(remove=[atom], guide=guide)
+
+
+# -- new images -----------------------------------------------------------------------------------
+
+@dataclass
+class Prediction:
+    """One uploaded image scored by a run: the model's view, patch map, score, top atoms."""
+
+    image: np.ndarray          # [S, S, 3] uint8, as the backbone saw it
+    probs: np.ndarray          # [h, w] patch anomaly probabilities
+    score: float
+    atoms: Any                 # DataFrame from views.image_top_atoms (empty without a dictionary)
+
+
+@st.cache_data(show_spinner="Scoring the image ...", max_entries=64)
+def predict_upload(path: str, sig: tuple[float, ...], name: str, data: bytes) -> Prediction:
+    """Validate, decode and score an uploaded file (SPGError with the reason when it is refused)."""
+    pred = predictor(path, sig)
+    image = views.decode_upload(name, data)
+    out = pred.predict_images([image])
+    grid, size = pred.scorer.grid, pred.backbone.image_size
+    top = None
+    if pred.sae is not None:
+        from spg_core.atoms import attribute
+        attr = attribute(out["tokens"], pred.dictionary, pred.guides, tau=pred.cfg.guides.tau)
+        top = views.image_top_atoms(attr, k=6, tags=atom_tags(path, sig))
+    view = np.asarray(image.resize((size, size), Image.BICUBIC))
+    return Prediction(view, out["probs"][0].reshape(grid).numpy(), float(out["scores"][0]), top)

@@ -1,0 +1,238 @@
+"""Reusable UI pieces of SPG Studio: guards, empty states, and the plotly figures.
+
+Every map uses `spg_core.render.COLORSCALE` (plotly) or `render.colorize` /
+`render.overlay` (images), so a value has the same colour on every page.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import html
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+from PIL import Image
+
+from spg_core.errors import SPGError
+from spg_core.render import COLORSCALE, draw_outline, overlay
+from spg_core.views import RunHealth
+
+from . import state
+
+MAP_PX = 440              # on-screen side of a map figure: large enough to see small defects
+FONT = dict(family="Inter, Helvetica, Arial, sans-serif", size=14, color="#141A33")
+BRAND = ["#1E3C96", "#E6461E", "#3CC8A0", "#FAAA28", "#148CBE", "#96A0C8", "#7A1E8C", "#4E5A6E"]
+
+
+# -- guards and states ---------------------------------------------------------------------------
+
+def error_box(exc: BaseException, context: str) -> None:
+    """Show an SPGError (or any failure) as one readable message, never a traceback."""
+    if isinstance(exc, SPGError):
+        lines = str(exc).splitlines()
+        body = f"**{context}.** {lines[0]}"
+        if exc.path:
+            body += f"\n\n`{exc.path}`"
+        if exc.fix:
+            body += f"\n\nFix: {exc.fix}"
+    else:
+        body = f"**{context}.** {type(exc).__name__}: {exc}"
+    st.error(body, icon=":material/report:")
+
+
+@contextlib.contextmanager
+def guard(context: str) -> Iterator[None]:
+    """Run a page section; a damaged artifact shows a message here and the page goes on."""
+    try:
+        yield
+    except SPGError as exc:
+        error_box(exc, context)
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:   # damaged files that slip past checks
+        error_box(exc, context)
+
+
+def empty_state(root: Path) -> None:
+    """No runs yet: say how to make one."""
+    st.markdown(
+        f"""<div class="spg-empty">
+<h3 style="margin-top:0">No runs yet</h3>
+<p>SPG Studio shows the run directories under <code>{html.escape(str(root))}</code>, and there are none.
+Make one and it appears here within a few seconds:</p>
+<ul>
+<li>the built-in demo (synthetic data, no download, a few minutes on a CPU):<br>
+<code>spg dashboard --demo</code></li>
+<li>your own experiment:<br>
+<code>spg run --aux mvtec:PATH --target visa:PATH --out {html.escape(str(root))}/my-run</code></li>
+</ul></div>""",
+        unsafe_allow_html=True,
+    )
+
+
+def require_run() -> Path:
+    """The chosen run, or an empty state / message and stop."""
+    try:
+        run = state.current_run()
+    except SPGError as exc:
+        error_box(exc, "This run cannot be opened")
+        st.stop()
+    if run is None:
+        empty_state(state.runs_root())
+        st.stop()
+    return run
+
+
+def require(health: RunHealth, files: Sequence[str], purpose: str) -> None:
+    """Stop the page with a clear message when the run lacks what it needs."""
+    missing = health.missing(*files)
+    if missing:
+        st.warning(f"**{purpose} is not available for this run**: its {', '.join(missing)} "
+                   f"{'is' if len(missing) == 1 else 'are'} missing or damaged.\n\n"
+                   f"Run directory: `{health.path}`", icon=":material/construction:")
+        st.stop()
+
+
+def pill(text: str, kind: str = "neutral") -> str:
+    """An inline status pill (HTML) styled by assets/style.css."""
+    return f'<span class="spg-pill {html.escape(kind)}">{html.escape(text)}</span>'
+
+
+def page_header(title: str, subtitle: str, run: Path | None = None) -> None:
+    st.title(title)
+    caption = subtitle if run is None else f"{subtitle} · run **{run.name}**"
+    st.caption(caption)
+
+
+# -- maps ------------------------------------------------------------------------------------------
+
+def _layout(fig: go.Figure, height: int, **kwargs: Any) -> go.Figure:
+    fig.update_layout(height=height, margin=dict(l=8, r=8, t=36, b=8), font=FONT,
+                      paper_bgcolor="rgba(0,0,0,0)", plot_bgcolor="rgba(0,0,0,0)", **kwargs)
+    return fig
+
+
+def image_with_mask(image: np.ndarray, mask: np.ndarray | None) -> Image.Image:
+    """The image with the ground-truth outline drawn in white (no outline for good images)."""
+    pil = Image.fromarray(image)
+    if mask is not None and mask.any():
+        pil = draw_outline(pil, mask, colour=(255, 255, 255))
+    return pil
+
+
+def map_overlay(image: np.ndarray, full_map: np.ndarray, opacity: float) -> Image.Image:
+    """The image with the anomaly map blended on top (shared colour scale)."""
+    return overlay(Image.fromarray(image), full_map, alpha=opacity)
+
+
+def patch_map_figure(image: Image.Image | np.ndarray, probs: np.ndarray, *, opacity: float,
+                     selected: tuple[int, int] | None = None, title: str = "",
+                     height: int = MAP_PX, colorbar: bool = True) -> go.Figure:
+    """Clickable anomaly map: the image under the patch map `[h, w]`, one click target per patch.
+
+    The heatmap is smoothed for display only; hover and clicks give the patch's exact value.
+    """
+    h, w = probs.shape
+    if not isinstance(image, Image.Image):
+        image = Image.fromarray(np.asarray(image, dtype=np.uint8))
+    fig = go.Figure()
+    fig.add_layout_image(source=image, xref="x", yref="y", x=-0.5, y=-0.5, sizex=w, sizey=h,
+                         sizing="stretch", layer="below")
+    fig.add_trace(go.Heatmap(z=probs, zmin=0, zmax=1, colorscale=COLORSCALE, opacity=opacity, zsmooth="best",
+                             hoverinfo="skip", showscale=colorbar,
+                             colorbar=dict(thickness=10, len=0.85, tickvals=[0, 0.25, 0.5, 0.75, 1],
+                                           tickfont=dict(size=11))))
+    rows, cols = np.mgrid[0:h, 0:w]
+    fig.add_trace(go.Scatter(
+        x=cols.ravel(), y=rows.ravel(), mode="markers", customdata=probs.ravel(),
+        marker=dict(size=max(4, int(height * 0.8 / max(h, w))), color="rgba(0,0,0,0)", symbol="square"),
+        hovertemplate="row %{y}, col %{x}<br>p(anomaly) %{customdata:.3f}<extra></extra>", showlegend=False))
+    if selected is not None:
+        r, c = selected
+        fig.add_shape(type="rect", x0=c - 0.5, x1=c + 0.5, y0=r - 0.5, y1=r + 0.5,
+                      line=dict(color="#FFFFFF", width=3))
+    fig.update_xaxes(visible=False, range=[-0.5, w - 0.5], constrain="domain")
+    fig.update_yaxes(visible=False, range=[h - 0.5, -0.5], scaleanchor="x", constrain="domain")
+    fig = _layout(fig, height, clickmode="event+select", dragmode=False)
+    if title:
+        fig.update_layout(title=dict(text=title, x=0.02, font=dict(size=15)))
+    else:
+        fig.update_layout(margin=dict(l=4, r=4, t=4, b=4))
+    return fig
+
+
+def selected_point(event: Any) -> tuple[int, int] | None:
+    """(row, col) of the clicked patch in a `patch_map_figure` selection event, if any."""
+    try:
+        points = event["selection"]["points"]
+    except (KeyError, TypeError):
+        return None
+    for p in points:
+        if "x" in p and "y" in p:
+            return int(round(p["y"])), int(round(p["x"]))
+    return None
+
+
+# -- charts ---------------------------------------------------------------------------------------
+
+def atom_bar_figure(frame: pd.DataFrame, value: str, title: str, colour: str, height: int = 360) -> go.Figure:
+    """Horizontal bars of atoms ranked by `value` (largest on top), labelled with their tags."""
+    frame = frame.iloc[::-1]
+    labels = [f"#{int(a)}" + (f"  {t}" if isinstance(t, str) and t else "")
+              for a, t in zip(frame["atom"], frame.get("tag", [""] * len(frame)))]
+    fig = go.Figure(go.Bar(x=frame[value], y=labels, orientation="h", marker_color=colour,
+                           hovertemplate="%{y}<br>" + value + " %{x:.4f}<extra></extra>"))
+    fig.update_yaxes(type="category", tickfont=dict(size=12))
+    fig.update_xaxes(title=value, gridcolor="#E3E7F2")
+    return _layout(fig, height, title=dict(text=title, x=0.02, font=dict(size=15)))
+
+
+def contribution_figure(frame: pd.DataFrame, height: int = 320) -> go.Figure:
+    """Per-atom contributions to one patch's anomaly logit: positive push towards 'anomalous'."""
+    frame = frame.iloc[::-1]
+    colours = ["#E6461E" if v >= 0 else "#1E3C96" for v in frame["contribution"]]
+    labels = [f"#{int(a)} ({g})" for a, g in zip(frame["atom"], frame["guide"])]
+    fig = go.Figure(go.Bar(x=frame["contribution"], y=labels, orientation="h", marker_color=colours,
+                           hovertemplate="%{y}<br>contribution %{x:.4f}<extra></extra>"))
+    fig.update_yaxes(type="category")
+    fig.update_xaxes(title="contribution to the anomaly logit", zeroline=True, zerolinecolor="#141A33",
+                     gridcolor="#E3E7F2")
+    return _layout(fig, height, title=dict(text="Top contributing atoms", x=0.02, font=dict(size=15)))
+
+
+def histogram_figure(values: Sequence[float], title: str, xtitle: str, height: int = 260,
+                     colour: str = "#1E3C96") -> go.Figure:
+    fig = go.Figure(go.Histogram(x=list(values), marker_color=colour, nbinsx=40))
+    fig.update_xaxes(title=xtitle, gridcolor="#E3E7F2")
+    fig.update_yaxes(title="count", gridcolor="#E3E7F2")
+    return _layout(fig, height, title=dict(text=title, x=0.02, font=dict(size=14)), bargap=0.05)
+
+
+def category_bar_figure(values: pd.Series, title: str, height: int = 260) -> go.Figure:
+    """One bar per category (e.g. an atom's mean activation per auxiliary category)."""
+    fig = go.Figure(go.Bar(x=list(values.index), y=list(values.values), marker_color="#148CBE",
+                           hovertemplate="%{x}: %{y:.4f}<extra></extra>"))
+    fig.update_yaxes(title=str(values.name or ""), gridcolor="#E3E7F2")
+    return _layout(fig, height, title=dict(text=title, x=0.02, font=dict(size=14)))
+
+
+def grouped_metric_figure(long: pd.DataFrame, metric: str, height: int = 420) -> go.Figure:
+    """Per-category bars of one metric, one colour per run (Backbones page)."""
+    data = long[long["metric"] == metric]
+    fig = go.Figure()
+    for i, (run, part) in enumerate(data.groupby("run", sort=False)):
+        fig.add_trace(go.Bar(name=run, x=part["category"], y=part["value"], marker_color=BRAND[i % len(BRAND)],
+                             hovertemplate=f"{run}<br>%{{x}}: %{{y:.1f}}%<extra></extra>"))
+    fig.update_yaxes(title=f"{metric} (%)", range=[0, 100], gridcolor="#E3E7F2")
+    return _layout(fig, height, barmode="group", legend=dict(orientation="h", y=-0.18),
+                   title=dict(text=metric, x=0.02, font=dict(size=15)))
+
+
+def metric_cards(values: dict[str, float], deltas: dict[str, float] | None = None) -> None:
+    """A row of st.metric cards (values in %)."""
+    cols = st.columns(len(values))
+    for col, (name, v) in zip(cols, values.items()):
+        delta = None if deltas is None or name not in deltas else f"{deltas[name]:+.1f}"
+        col.metric(name, "n/a" if v != v else f"{v:.1f}%", delta)

@@ -1,0 +1,149 @@
+"""Atom detail: an atom's top auxiliary patches, its category and activation histograms, its tag,
+and what the target maps and metrics become without it."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from dashboard import state, widgets
+from spg_core import views
+from spg_core.runs import GUIDES, PATCH_MAPS, SCORES
+
+INDEX = "atoms/index.safetensors"
+
+run = widgets.require_run()
+widgets.page_header("Atom detail", "What one dictionary atom fires on, and what the guide loses without it", run)
+health = views.check_run(run)
+widgets.require(health, [GUIDES], "Atom detail")
+sig = state.signature(run)
+key = f"{run.name}::atom::"
+
+
+def pick_atom(ranking: dict[str, list[dict]], tags: dict[int, str]) -> int:
+    """Active atoms of both guides, anomaly first; the choice is kept in session_state['atom']."""
+    options = list(dict.fromkeys([a["atom"] for a in ranking["anomaly"]] + [a["atom"] for a in ranking["normal"]]))
+    wanted = st.session_state.get(state.ATOM_KEY)
+    if st.session_state.get(key + "pick") not in options:
+        st.session_state[key + "pick"] = wanted if wanted in options else options[0]
+    elif wanted in options and wanted != st.session_state[key + "pick"] and st.session_state.get(key + "seen") != wanted:
+        st.session_state[key + "pick"] = wanted          # opened from another page
+    st.session_state[key + "seen"] = wanted
+
+    def remember() -> None:
+        st.session_state[state.ATOM_KEY] = st.session_state[key + "pick"]
+        st.session_state[key + "seen"] = st.session_state[key + "pick"]
+
+    return int(st.selectbox("Atom", options, key=key + "pick", on_change=remember,
+                            format_func=lambda a: f"#{a}" + (f" · {tags[a]}" if tags.get(a) else "")))
+
+
+def summary(atom: int, ranking: dict[str, list[dict]], stats) -> list[str]:
+    """Metric cards for the atom; returns the guides it is active in."""
+    coef = {g: next((a for a in ranking[g] if a["atom"] == atom), None) for g in ("anomaly", "normal")}
+    row = stats[stats["atom"] == atom].iloc[0] if stats is not None and (stats["atom"] == atom).any() else None
+    cols = st.columns(5)
+    for col, guide in zip(cols, ("anomaly", "normal")):
+        entry = coef[guide]
+        col.metric(f"{guide.capitalize()} guide", "inactive" if entry is None else f"{100 * entry['share']:.1f}%",
+                   help="share of the guide's coefficient mass", border=True)
+    if row is not None:
+        cols[2].metric("Tag", str(row["tag"]), border=True)
+        cols[3].metric("Fires on", f"{100 * row['frequency']:.2f}% of patches", border=True)
+        lift = row["lift"]
+        cols[4].metric("In-defect lift", "n/a" if lift != lift else f"{lift:.1f}x", border=True,
+                       help="share of its activation inside defect masks, over the auxiliary base rate")
+    return [g for g in ("anomaly", "normal") if coef[g] is not None]
+
+
+def top_patches(atom: int) -> None:
+    st.subheader("Top-activating auxiliary patches")
+    st.caption("Each pair: the patch with its surroundings (boxed red when it overlaps a defect mask) and "
+               "the atom's activation over the whole image, on one scale per atom.")
+    count = st.select_slider("Patches", [4, 8, 12, 16], value=8, key=key + "count")
+    tiles = state.atom_tiles(str(run), sig, atom, count)
+    if not tiles:
+        st.info("This atom never fires on the auxiliary set.")
+        return
+    per_row = 4
+    for start in range(0, len(tiles), per_row):
+        cols = st.columns(per_row)
+        for col, tile in zip(cols, tiles[start:start + per_row]):
+            with col, st.container(border=True):
+                a, b = st.columns(2, gap="small")
+                a.image(tile.crop, width="stretch")
+                b.image(tile.heat, width="stretch")
+                st.caption(tile.caption)
+
+
+def histograms(atom: int, index, stats) -> None:
+    left, right = st.columns(2)
+    profile = views.category_profile(index, atom)
+    left.plotly_chart(widgets.category_bar_figure(profile, "Category histogram: mean activation per category"),
+                      key=key + "cats", config={"displayModeBar": False})
+    values = state.atom_activations(str(run), sig, atom)
+    if len(values):
+        right.plotly_chart(widgets.histogram_figure(values, "Activation histogram (where it fires, sampled "
+                                                    "auxiliary images)", "activation s_j"),
+                           key=key + "hist", config={"displayModeBar": False})
+    else:
+        right.info("No activation on the sampled auxiliary images.")
+    if stats is not None and stats.attrs.get("rule"):
+        with st.expander("How tags are assigned"):
+            st.write(stats.attrs["rule"])
+
+
+def ablation(atom: int, guides: list[str]) -> None:
+    st.subheader("What if the guide did without it?")
+    if not health.has(PATCH_MAPS, SCORES):
+        st.info("This run has no target maps yet, so there is nothing to recompute.")
+        return
+    c1, c2 = st.columns([1, 2], vertical_alignment="center")
+    guide = c1.segmented_control("Guide", guides, default=guides[0], key=key + "guide") or guides[0]
+    removed = c2.toggle(f"Remove atom #{atom} from the {guide} guide", key=key + f"remove_{atom}_{guide}")
+    if not removed:
+        st.caption("Switch it on to recompute every target map, score and metric without this atom.")
+        return
+    before = state.ablation(str(run), sig, None, guide)
+    after = state.ablation(str(run), sig, atom, guide)
+    mean_before, mean_after = views.metrics_frame(before.metrics).loc["mean"], views.metrics_frame(after.metrics).loc["mean"]
+    widgets.metric_cards(mean_after.to_dict(), (mean_after - mean_before).to_dict())
+    frame = views.ablation_frame(before.metrics, after.metrics)
+    metric = st.segmented_control("Per category", sorted(frame["metric"].unique()), default="Image AUROC",
+                                  key=key + "abl_metric") or "Image AUROC"
+    st.dataframe(frame[frame["metric"] == metric].drop(columns="metric"), hide_index=True, key=key + "abl_table",
+                 column_config={c: st.column_config.NumberColumn(c, format="%+.1f" if c == "change" else "%.1f")
+                                for c in ("before", "after", "change")})
+    target = state.target_maps(str(run), sig)
+    changed = views.most_changed(before.scores.numpy(), after.scores.numpy())
+    pick = st.selectbox("Target image (largest score change first)", changed, key=key + "abl_image",
+                        format_func=lambda i: f"{target.rows[i]['category']}/{target.rows[i]['defect']} "
+                                              f"#{i}: {before.scores[i]:.3f} -> {after.scores[i]:.3f}")
+    image = state.image_at(target.rows[pick]["image_path"], target.image_size)
+    background = widgets.image_with_mask(image, state.target_mask(run, pick))
+    grid = target.grid
+    left, right = st.columns(2)
+    left.plotly_chart(widgets.patch_map_figure(background, before.probs[pick].reshape(grid).numpy(), opacity=0.55,
+                                               title=f"With the atom: score {before.scores[pick]:.3f}", height=380,
+                                               colorbar=False), key=key + "abl_before", config={"displayModeBar": False})
+    right.plotly_chart(widgets.patch_map_figure(background, after.probs[pick].reshape(grid).numpy(), opacity=0.55,
+                                                title=f"Without it: score {after.scores[pick]:.3f}", height=380),
+                       key=key + "abl_after", config={"displayModeBar": False})
+
+
+with widgets.guard("This run's atoms cannot be shown"):
+    ranking = state.atom_ranking(str(run), sig)
+    tags = state.atom_tags(str(run), sig)
+    if not ranking["anomaly"] and not ranking["normal"]:
+        st.info("Neither guide has an active atom.")
+        st.stop()
+    atom = pick_atom(ranking, tags)
+    stats = state.atom_stats(str(run), sig)
+    guides = summary(atom, ranking, stats)
+    if not health.has(INDEX):
+        st.info("This run has no atom index, so top patches and histograms are missing. "
+                "Build it with `spg atoms --run DIR`.", icon=":material/info:")
+    else:
+        index, _ = state.atoms(str(run), sig)
+        top_patches(atom)
+        histograms(atom, index, stats)
+    ablation(atom, guides)

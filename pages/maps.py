@@ -1,0 +1,143 @@
+"""Anomaly maps: browse target images, their maps and masks, errors at a threshold, and one patch's atoms."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+from PIL import Image
+
+from dashboard import nav, state, widgets
+from spg_core import views
+from spg_core.atoms import patch_crop
+from spg_core.runs import PATCH_MAPS, SCORES
+
+run = widgets.require_run()
+widgets.page_header("Anomaly maps", "Target images with their anomaly maps; click a patch to see which atoms "
+                                    "drive it", run)
+health = views.check_run(run)
+widgets.require(health, [PATCH_MAPS, SCORES], "Browsing anomaly maps")
+sig = state.signature(run)
+key = f"{run.name}::"       # per-run widget keys: another run has other images and scores
+
+
+def choose_images(frame: pd.DataFrame) -> pd.DataFrame:
+    """Category, defect type and outcome filters; returns the matching rows."""
+    c1, c2, c3 = st.columns([1, 1, 1.3])
+    categories = ["all"] + sorted(frame["category"].unique())
+    category = c1.selectbox("Category", categories, key=key + "category")
+    in_cat = frame if category == "all" else frame[frame["category"] == category]
+    defect = c2.selectbox("Defect type", ["all"] + sorted(in_cat["defect"].unique()), key=key + "defect")
+    kind = c3.selectbox("Show", list(views.OUTCOME_FILTERS), key=key + "outcome")
+    return views.filter_targets(frame, None if category == "all" else category,
+                                None if defect == "all" else defect, views.OUTCOME_FILTERS.get(kind or "all images"))
+
+
+def image_picker(rows: pd.DataFrame) -> int:
+    """Select one image of `rows` (keeps the choice while it stays in the filtered list)."""
+    options = rows["index"].tolist()
+    pick_key = key + "image"
+    if st.session_state.get(pick_key) not in options:
+        st.session_state[pick_key] = options[0]
+    labels = {int(r["index"]): f"{r['name']}  ·  score {r['score']:.3f}  ·  {r['outcome']}" for _, r in rows.iterrows()}
+    return int(st.selectbox(f"Image ({len(options)} shown)", options, key=pick_key, format_func=labels.get))
+
+
+def sync_patch(index: int, probs: np.ndarray) -> None:
+    """A newly opened image starts on its most anomalous patch."""
+    if st.session_state.get(key + "patch_of") != index:
+        r, c = views.peak_patch(probs, probs.shape)
+        st.session_state[key + "row"], st.session_state[key + "col"] = r, c
+        st.session_state[key + "patch_of"] = index
+
+
+def on_map_click() -> None:
+    """Plotly click on a patch -> the row/col sliders (runs before the rerun renders them)."""
+    point = widgets.selected_point(st.session_state.get(key + "map"))
+    if point is not None:
+        st.session_state[key + "row"], st.session_state[key + "col"] = point
+
+
+def image_panel(image: np.ndarray, mask: np.ndarray, info: dict[str, Any], threshold: float) -> None:
+    label = "anomalous" if info["label"] else "normal"
+    st.markdown(f"**Image and ground truth** {widgets.pill(label, label)} {widgets.pill(info['defect'])}",
+                unsafe_allow_html=True)
+    st.image(widgets.image_with_mask(image, mask), width="stretch",
+             caption=f"{info['name']}: ground truth outlined in white")
+    m1, m2 = st.columns(2)
+    m1.metric("Image score", f"{info['score']:.3f}", border=True)
+    m2.metric(f"At {threshold:.3f}", info["outcome"], border=True,
+              help="TP/FP/FN/TN: the image called anomalous when its score is at least the threshold")
+
+
+def patch_panel(image: np.ndarray, index: int, grid: tuple[int, int], size: int) -> None:
+    """The selected patch: its crop, probability, and top contributing atoms."""
+    h, w = grid
+    st.markdown("**Selected patch**")
+    s1, s2 = st.columns(2)
+    r = s1.slider("Row", 0, h - 1, key=key + "row")
+    c = s2.slider("Column", 0, w - 1, key=key + "col")
+    patch = views.patch_at(r, c, grid)
+    with widgets.guard("Atom contributions are not available for this run"):
+        attr = state.target_attribution(str(run), sig, index)
+        p = float(attr.probs[0, patch])
+        crop_col, text_col = st.columns([1, 1.2], vertical_alignment="center")
+        crop = patch_crop(Image.fromarray(image), patch, grid, size, context=2, out=150, outline=(255, 255, 255))
+        crop_col.image(crop, width=140, caption=f"row {r}, column {c}")
+        text_col.metric("Patch p(anomaly)", f"{p:.3f}", border=True)
+        contrib = views.patch_contributions(attr, patch, k=6, tags=state.atom_tags(str(run), sig))
+        if contrib.empty:
+            st.info("No atom contributes to this patch.")
+        else:
+            st.plotly_chart(widgets.contribution_figure(contrib), key=key + "contrib", config={"displayModeBar": False})
+            atom = st.selectbox("Open an atom", contrib["atom"].tolist(), key=key + "open_atom",
+                                format_func=lambda a: f"#{a}")
+            if st.button("Open atom detail", icon=":material/frame_inspect:", key=key + "open"):
+                st.session_state[state.ATOM_KEY] = int(atom)
+                nav.open_page("atom_detail.py")
+
+
+with widgets.guard("The target maps of this run cannot be read"):
+    target = state.target_maps(str(run), sig)
+    scores = [r["score"] for r in target.rows]
+    labels = [r["label"] for r in target.rows]
+    best = views.best_f1_threshold(scores, labels)
+    if key + "threshold" not in st.session_state:
+        st.session_state[key + "threshold"] = round(best, 3)
+    threshold = st.slider("Decision threshold on the image score", 0.0, 1.0, step=0.001, format="%.3f",
+                          key=key + "threshold", help=f"default: the best-F1 threshold ({best:.3f})")
+    frame = views.target_table(target.rows, threshold)
+    counts = frame["outcome"].value_counts()
+    st.markdown(" ".join(widgets.pill(f"{k} {int(counts.get(k, 0))}", k) for k in ("TP", "FP", "FN", "TN")),
+                unsafe_allow_html=True)
+    rows = choose_images(frame)
+    if rows.empty:
+        st.info("No image matches these filters at this threshold.", icon=":material/filter_alt_off:")
+        st.stop()
+    pick_col, opacity_col, outline_col = st.columns([3, 1.2, 1], vertical_alignment="bottom")
+    with pick_col:
+        index = image_picker(rows)
+    opacity = opacity_col.slider("Map opacity", 0.0, 1.0, 0.55, 0.05, key=key + "opacity")
+    outline = outline_col.toggle("Ground truth on map", value=True, key=key + "outline")
+    info = frame.set_index("index").loc[index].to_dict()
+    probs = target.probs[index]
+    size = target.image_size
+    image = state.image_at(info["image_path"], size)
+    mask = state.target_mask(run, index)
+    sync_patch(index, probs)
+
+    left, middle, right = st.columns([1, 1.2, 1], gap="medium")
+    with left:
+        image_panel(image, mask, info, threshold)
+    with middle:
+        st.markdown("**Anomaly map** (click a patch)")
+        background = widgets.image_with_mask(image, mask if outline else None)
+        fig = widgets.patch_map_figure(background, probs, opacity=opacity,
+                                       selected=(st.session_state[key + "row"], st.session_state[key + "col"]),
+                                       height=380)
+        st.plotly_chart(fig, key=key + "map", on_select=on_map_click, selection_mode="points",
+                        config={"displayModeBar": False})
+    with right:
+        patch_panel(image, index, target.grid, size)

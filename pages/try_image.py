@@ -1,0 +1,83 @@
+"""Try an image: upload images, get each one's anomaly map, score and top atoms under the chosen run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import streamlit as st
+
+from dashboard import state, widgets
+from spg_core import views
+from spg_core.errors import SPGError
+from spg_core.runs import GUIDES, SCORES
+
+run = widgets.require_run()
+widgets.page_header("Try an image", "Score your own images with this run: anomaly map, image score and the "
+                                    "atoms behind it", run)
+health = views.check_run(run)
+widgets.require(health, [GUIDES], "Scoring new images")
+sig = state.signature(run)
+limit_mb = views.MAX_UPLOAD_BYTES // 2**20
+
+
+def run_threshold() -> float | None:
+    """The best-F1 threshold on the run's own target set, to call an upload anomalous or not."""
+    if not health.has(SCORES):
+        return None
+    try:
+        rows = state.target_maps(str(run), sig).rows
+    except SPGError:
+        return None
+    return views.best_f1_threshold([r["score"] for r in rows], [r["label"] for r in rows])
+
+
+def show(name: str, result: state.Prediction, threshold: float | None, opacity: float) -> None:
+    with st.container(border=True):
+        verdict = ""
+        if threshold is not None:
+            kind = "anomalous" if result.score >= threshold else "normal"
+            verdict = widgets.pill(f"{kind} at threshold {threshold:.3f}", kind)
+        st.markdown(f"**{name}** {verdict}", unsafe_allow_html=True)
+        left, middle, right = st.columns([1, 1.2, 1.1], gap="medium")
+        middle.caption("Anomaly map (box: the most anomalous patch)")
+        left.image(result.image, caption="as the backbone sees it", width="stretch")
+        middle.plotly_chart(widgets.patch_map_figure(result.image, result.probs, opacity=opacity,
+                                                     selected=views.peak_patch(result.probs, result.probs.shape),
+                                                     height=400),
+                            key=f"try_map_{name}", config={"displayModeBar": False})
+        with right:
+            st.metric("Image score", f"{result.score:.3f}", border=True)
+            if result.atoms is None or result.atoms.empty:
+                st.caption("This run has no dictionary (free guides): no atoms to show.")
+            else:
+                st.plotly_chart(widgets.contribution_figure(result.atoms, height=300), key=f"try_atoms_{name}",
+                                config={"displayModeBar": False})
+
+
+# No `type=` filter: Streamlit would refuse other files with an exception; views.decode_upload refuses
+# them with a message instead (and also checks size, pixel count and that the file decodes).
+uploads = st.file_uploader(f"Images ({', '.join(views.UPLOAD_TYPES)}; up to {limit_mb} MB each)",
+                           accept_multiple_files=True, key="uploads")
+samples = []
+if health.has(SCORES):
+    with widgets.guard("The run's sample images cannot be listed"):
+        rows = state.target_maps(str(run), sig).rows
+        samples = [r["image_path"] for r in rows if r["label"]][:: max(1, len(rows) // 40)][:12]
+sample_col, opacity_col = st.columns([3, 1])
+sample = sample_col.selectbox("... or try a sample from the target set", [None] + samples, key="try_sample",
+                              format_func=lambda p: "none" if p is None else f"{Path(p).parent.name}/{Path(p).name}")
+opacity = opacity_col.slider("Map opacity", 0.0, 1.0, 0.55, 0.05, key="try_opacity")
+
+files = [(f.name, f.getvalue()) for f in uploads or []]
+if sample:
+    files.append((Path(sample).name, Path(sample).read_bytes()))
+if not files:
+    st.info("Upload one or more images to see their anomaly maps.", icon=":material/upload:")
+    st.stop()
+
+threshold = run_threshold()
+for name, data in files:
+    try:
+        show(name, state.predict_upload(str(run), sig, name, data), threshold, opacity)
+    except SPGError as exc:
+        widgets.error_box(exc, f"{name} was refused")

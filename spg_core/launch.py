@@ -1,0 +1,157 @@
+"""`spg dashboard`: start SPG Studio (a Streamlit app) over a runs root.
+
+The app lives in `dashboard/app.py` (entrypoint) and `pages/` (one script per
+page). It learns its runs root from the `SPG_RUNS_ROOT` environment variable,
+which this launcher sets for the Streamlit subprocess; nothing outside that
+root is reachable from the app.
+
+    spg dashboard                     # ./runs on http://localhost:8501
+    spg dashboard --demo              # build the demo run first if it is missing
+    spg dashboard --runs DIR --port P
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from .errors import SPGError
+from .views import MAX_UPLOAD_BYTES, RUNS_ENV
+
+MAX_UPLOAD_MB = MAX_UPLOAD_BYTES // 2**20
+APP_PATH = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"
+
+# One theme for every launch (the app also works unthemed, e.g. under AppTest).
+# Colours are taken from the map colour scale's anchors so the chrome matches the maps.
+THEME: dict[str, str] = {
+    "theme.base": "light",
+    "theme.primaryColor": "#1E3C96",
+    "theme.backgroundColor": "#FFFFFF",
+    "theme.secondaryBackgroundColor": "#F2F4FA",
+    "theme.textColor": "#141A33",
+    "theme.font": "sans-serif",
+    "theme.sidebar.backgroundColor": "#0F1430",
+    "theme.sidebar.secondaryBackgroundColor": "#1C2348",
+    "theme.sidebar.textColor": "#E8ECF8",
+    "theme.sidebar.primaryColor": "#FAAA28",
+}
+
+
+def app_path() -> Path:
+    """The Streamlit entrypoint; an editable install keeps it beside the package."""
+    if not APP_PATH.is_file():
+        raise SPGError("the dashboard app is not installed beside spg_core", path=str(APP_PATH),
+                       fix="install SPG Studio from its source tree (`pip install -e .`)")
+    return APP_PATH
+
+
+def streamlit_command(port: int, host: str = "localhost") -> list[str]:
+    """The `streamlit run` command line: headless, no usage stats, no file watching."""
+    flags = {
+        "server.headless": "true",
+        "server.port": str(port),
+        "server.address": host,
+        "server.fileWatcherType": "none",        # a demo server must not rerun on file edits
+        "server.runOnSave": "false",
+        "server.maxUploadSize": str(MAX_UPLOAD_MB),
+        "browser.gatherUsageStats": "false",
+        "client.toolbarMode": "minimal",
+        **THEME,
+    }
+    cmd = [sys.executable, "-m", "streamlit", "run", str(app_path())]
+    return cmd + [f"--{k}={v}" for k, v in flags.items()]
+
+
+def app_env(runs_root: str | Path, cache_dir: str | Path | None = None) -> dict[str, str]:
+    """Environment for the app process: the runs root (absolute) and optionally the token cache."""
+    env = dict(os.environ)
+    env[RUNS_ENV] = str(Path(runs_root).resolve())
+    if cache_dir is not None:
+        env["SPG_CACHE"] = str(Path(cache_dir).resolve())
+    return env
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that is free right now (tests and benchmarks start servers on it)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def start_server(runs_root: str | Path, port: int, *, host: str = "localhost",
+                 cache_dir: str | Path | None = None, quiet: bool = False) -> subprocess.Popen:
+    """Start the app as a subprocess (its own process group, so it can be stopped as a whole)."""
+    out: Any = subprocess.DEVNULL if quiet else None
+    return subprocess.Popen(streamlit_command(port, host), env=app_env(runs_root, cache_dir),
+                            cwd=str(app_path().parent.parent), stdout=out, stderr=out,
+                            start_new_session=True)
+
+
+def wait_until_healthy(port: int, proc: subprocess.Popen | None = None, host: str = "localhost",
+                       timeout: float = 60.0) -> None:
+    """Poll Streamlit's health endpoint until it answers 'ok' (or the process dies)."""
+    url = f"http://{host}:{port}/_stcore/health"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise SPGError(f"the dashboard server exited with code {proc.returncode}",
+                           fix="run `spg dashboard` in a terminal to see its output")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.read().strip() == b"ok":
+                    return
+        except OSError:
+            pass
+        time.sleep(0.25)
+    raise SPGError(f"the dashboard did not answer on {url} within {timeout:.0f} s",
+                   fix="check that the port is free, or pass another with --port")
+
+
+def stop_server(proc: subprocess.Popen, timeout: float = 10.0) -> None:
+    """Terminate the server started by `start_server` (SIGTERM, then SIGKILL)."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def cmd_dashboard(args: argparse.Namespace) -> None:
+    root = Path(args.runs).resolve()
+    if args.demo:
+        from .demo import ensure_demo_run
+
+        print(f"preparing the demo run under {root} (first time: a few minutes on a CPU) ...", flush=True)
+        run = ensure_demo_run(root, progress=True, cache_dir=args.cache_dir)
+        print(f"demo run ready: {run}", flush=True)
+    elif not root.is_dir():
+        print(f"note: {root} does not exist yet; the dashboard will say how to make a run", flush=True)
+    print(f"SPG Studio on http://{args.host}:{args.port}  (runs: {root}; Ctrl-C to stop)", flush=True)
+    proc = start_server(root, args.port, host=args.host, cache_dir=args.cache_dir)
+    try:
+        proc.wait()
+    except KeyboardInterrupt:
+        stop_server(proc)
+        raise
+
+
+def register_cli(sub: Any) -> None:
+    """Add `spg dashboard` to the CLI (called by spg_core.cli)."""
+    p = sub.add_parser("dashboard", help="open SPG Studio, the interactive dashboard over your runs")
+    p.add_argument("--runs", default="runs", help="runs root: every run directory under it is shown (default ./runs)")
+    p.add_argument("--port", type=int, default=8501, help="port to serve on (default 8501)")
+    p.add_argument("--host", default="localhost", help="address to bind (default localhost; 0.0.0.0 for a LAN)")
+    p.add_argument("--demo", action="store_true",
+                   help="first build the demo run (synthetic-a -> synthetic-b, builtin backbone) if it is missing")
+    p.add_argument("--cache-dir", default=None, help="token stores and synthetic data (default $SPG_CACHE or ~/.cache/spg)")
+    p.set_defaults(func=cmd_dashboard)

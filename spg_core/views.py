@@ -1,0 +1,466 @@
+"""View models for SPG Studio: the non-UI logic the dashboard pages need.
+
+Everything here is plain Python over run artifacts (no Streamlit), so it is
+tested directly and the pages stay thin: path validation inside the runs root,
+a run's health check, metric tables as DataFrames, threshold outcomes, and
+upload validation.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import pandas as pd
+from PIL import Image, UnidentifiedImageError
+
+from .errors import SPGError
+from .report import METRIC_TITLES, METRICS, paper_row
+from .runs import CONFIG, GUIDES, METRICS as METRICS_FILE, PATCH_MAPS, SAE, SCORES, list_runs
+
+RUNS_ENV = "SPG_RUNS_ROOT"
+
+# Upload limits: a 25 MB file or a 40-megapixel image is far beyond any inspection image the
+# backbones see (they resize to <= 518 px), and decoding more would let one upload stall the server.
+UPLOAD_TYPES = ("png", "jpg", "jpeg", "bmp", "tif", "tiff", "webp")
+MAX_UPLOAD_BYTES = 25 * 1024 * 1024
+MAX_UPLOAD_PIXELS = 40_000_000
+
+# What each artifact is needed for, in the words a page shows.
+ARTIFACTS: dict[str, str] = {
+    CONFIG: "run configuration",
+    SAE: "SAE dictionary",
+    GUIDES: "guides",
+    PATCH_MAPS: "target anomaly maps",
+    SCORES: "target image scores",
+    METRICS_FILE: "metrics",
+    "atoms/index.safetensors": "atom index",
+}
+
+
+# -- runs root and run paths -----------------------------------------------------------------
+
+def runs_root(default: str | Path = "runs") -> Path:
+    """The dashboard's runs root: `$SPG_RUNS_ROOT`, else `default`, resolved."""
+    return Path(os.environ.get(RUNS_ENV) or default).expanduser().resolve()
+
+
+def run_names(root: str | Path) -> list[str]:
+    """Run directories under `root` as root-relative POSIX names, newest first."""
+    root = Path(root).resolve()
+    names = []
+    for p in list_runs(root):
+        try:
+            names.append(p.resolve().relative_to(root).as_posix())
+        except ValueError:          # a symlink pointing outside the root: not reachable
+            continue
+    return names
+
+
+def resolve_run(root: str | Path, name: str) -> Path:
+    """The run directory `name` under `root`, refusing anything that escapes the root."""
+    root = Path(root).resolve()
+    if not name or Path(name).is_absolute() or ".." in Path(name).parts:
+        raise SPGError(f"run name {name!r} is not a path inside the runs root", path=str(root),
+                       fix="pick a run from the list")
+    path = (root / name).resolve()
+    if path != root and root not in path.parents:
+        raise SPGError(f"run {name!r} lies outside the runs root", path=str(root), fix="pick a run from the list")
+    if not path.is_dir():
+        raise SPGError(f"run {name!r} no longer exists", path=str(path), fix="pick another run or create it again")
+    return path
+
+
+def run_signature(path: str | Path) -> tuple[float, ...]:
+    """Modification times of a run's artifacts: a cache key that changes when a run is rewritten."""
+    path = Path(path)
+    return tuple((path / f).stat().st_mtime if (path / f).is_file() else -1.0 for f in ARTIFACTS)
+
+
+# -- run health ---------------------------------------------------------------------------------
+
+@dataclass
+class RunHealth:
+    """Which artifacts a run has; `problems` name what is missing or unreadable."""
+
+    path: Path
+    present: dict[str, bool] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+    def has(self, *files: str) -> bool:
+        return all(self.present.get(f, False) for f in files)
+
+    def missing(self, *files: str) -> list[str]:
+        return [ARTIFACTS.get(f, f) for f in files if not self.present.get(f, False)]
+
+    @property
+    def status(self) -> str:
+        if not self.has(CONFIG):
+            return "damaged"
+        if not self.has(SAE, GUIDES) and not self.has(GUIDES):
+            return "training"
+        if not self.has(PATCH_MAPS, SCORES, METRICS_FILE):
+            return "not evaluated"
+        return "complete" if self.has("atoms/index.safetensors") else "no atoms"
+
+
+def check_run(path: str | Path) -> RunHealth:
+    """Cheap health check: which artifacts exist and whether the JSON ones parse."""
+    from .atomic import read_json
+
+    health = RunHealth(Path(path))
+    for name in ARTIFACTS:
+        health.present[name] = (health.path / name).is_file()
+    for name in (CONFIG, METRICS_FILE):
+        if health.present[name]:
+            try:
+                read_json(health.path / name, what=ARTIFACTS[name])
+            except SPGError as exc:
+                health.present[name] = False
+                health.problems.append(str(exc).splitlines()[0] + f" ({name})")
+    for name in ARTIFACTS:
+        if not health.present[name] and not any(name in p for p in health.problems):
+            health.problems.append(f"{ARTIFACTS[name]} missing ({name})")
+    return health
+
+
+def run_overview(root: str | Path) -> pd.DataFrame:
+    """One row per run under `root`: name, direction, backbone, method, status, mean image AUROC."""
+    from .atomic import read_json
+
+    rows = []
+    for name in run_names(root):
+        path = Path(root).resolve() / name
+        health = check_run(path)
+        cfg: dict[str, Any] = {}
+        mean: dict[str, Any] = {}
+        try:
+            cfg = read_json(path / CONFIG) if health.has(CONFIG) else {}
+            mean = read_json(path / METRICS_FILE).get("mean", {}) if health.has(METRICS_FILE) else {}
+        except SPGError:
+            pass
+        rows.append({"run": name, "aux": cfg.get("aux", "?"), "target": cfg.get("target", "?"),
+                     "backbone": cfg.get("backbone", "?"), "method": cfg.get("method", "?"),
+                     "status": health.status, **{METRIC_TITLES[k]: _pct(mean.get(k)) for k in METRICS}})
+    return pd.DataFrame(rows)
+
+
+def _pct(v: Any) -> float:
+    return float("nan") if v is None or (isinstance(v, float) and math.isnan(v)) else 100.0 * float(v)
+
+
+def config_summary(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """A run's config.json grouped for display: experiment, SAE, guides, scoring, backbone."""
+    top = {k: config.get(k) for k in ("aux", "target", "backbone", "weights", "method", "device_used")}
+    return {"experiment": top, "SAE": dict(config.get("sae", {})), "guides": dict(config.get("guides", {})),
+            "scoring": dict(config.get("score", {})), "backbone": dict(config.get("backbone_identity", {}))}
+
+
+# -- metrics --------------------------------------------------------------------------------------
+
+def metrics_frame(metrics: dict[str, Any]) -> pd.DataFrame:
+    """Per-category metrics in % (one row per category, the mean last), columns titled."""
+    rows = {cat: {METRIC_TITLES[k]: _pct(m.get(k)) for k in METRICS}
+            for cat, m in sorted(metrics.get("per_category", {}).items())}
+    rows["mean"] = {METRIC_TITLES[k]: _pct(metrics.get("mean", {}).get(k)) for k in METRICS}
+    frame = pd.DataFrame.from_dict(rows, orient="index")
+    frame.index.name = "category"
+    return frame
+
+
+def paper_comparison(metrics: dict[str, Any]) -> tuple[str, pd.DataFrame] | None:
+    """(paper row name, table of ours / paper / difference per category and metric) or None."""
+    match = paper_row(metrics.get("settings", {}))
+    if match is None:
+        return None
+    name, table = match
+    ours = metrics_frame(metrics)
+    rows = []
+    for cat in ours.index:
+        for key in METRICS:
+            ref = table.get(key, {}).get(cat)
+            mine = ours.loc[cat, METRIC_TITLES[key]]
+            rows.append({"category": cat, "metric": METRIC_TITLES[key], "ours": mine,
+                         "paper": float("nan") if ref is None else float(ref),
+                         "difference": float("nan") if ref is None else mine - float(ref)})
+    return name, pd.DataFrame(rows)
+
+
+def per_category_long(frames: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """{run name: metrics_frame} -> long table (run, category, metric, value) for grouped bars."""
+    parts = []
+    for run, frame in frames.items():
+        long = frame.reset_index().melt(id_vars="category", var_name="metric", value_name="value")
+        long.insert(0, "run", run)
+        parts.append(long)
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["run", "category", "metric", "value"])
+
+
+def sweep_figures(run_dir: str | Path) -> list[Path]:
+    """HTML figures of a sweep: RUN/sweep/*.html, or *.html at the top of a sweep directory."""
+    run_dir = Path(run_dir)
+    found = sorted((run_dir / "sweep").glob("*.html")) if (run_dir / "sweep").is_dir() else []
+    if not found and (run_dir / "sweep.json").is_file():
+        found = sorted(run_dir.glob("*.html"))
+    return found
+
+
+# -- target images and thresholds -----------------------------------------------------------------
+
+def best_f1_threshold(scores: Iterable[float], labels: Iterable[int]) -> float:
+    """The image-score threshold with the best F1 (ties: the lowest), a sensible default cut-off."""
+    s = np.asarray(list(scores), dtype=np.float64)
+    y = np.asarray(list(labels), dtype=np.int64)
+    if s.size == 0:
+        return 0.5
+    if y.sum() == 0 or y.sum() == y.size:
+        return float(np.median(s))
+    order = np.argsort(-s, kind="stable")
+    s_sorted, y_sorted = s[order], y[order]
+    tp = np.cumsum(y_sorted)
+    fp = np.cumsum(1 - y_sorted)
+    f1 = 2 * tp / (tp + fp + y.sum())
+    # Only cut where the score changes, so the threshold separates distinct values.
+    last_of_run = np.r_[s_sorted[1:] != s_sorted[:-1], True]
+    best = int(np.argmax(np.where(last_of_run, f1, -1)))
+    return float(s_sorted[best])
+
+
+def outcome(score: float, label: int, threshold: float) -> str:
+    """'TP', 'FP', 'FN' or 'TN' for an image predicted anomalous when score >= threshold."""
+    predicted = score >= threshold
+    if label:
+        return "TP" if predicted else "FN"
+    return "FP" if predicted else "TN"
+
+
+OUTCOME_FILTERS = {"all images": None, "false positives": "FP", "false negatives": "FN",
+                   "true positives": "TP", "true negatives": "TN"}
+
+
+def target_table(rows: list[dict[str, Any]], threshold: float) -> pd.DataFrame:
+    """scores.csv rows -> DataFrame with the outcome at `threshold` and a short image name."""
+    frame = pd.DataFrame(rows)
+    if frame.empty:
+        return pd.DataFrame(columns=["index", "image_path", "category", "defect", "label", "score", "outcome", "name"])
+    frame["outcome"] = [outcome(s, lab, threshold) for s, lab in zip(frame["score"], frame["label"])]
+    frame["name"] = [f"{Path(p).parent.name}/{Path(p).name}" for p in frame["image_path"]]
+    return frame
+
+
+def filter_targets(frame: pd.DataFrame, category: str | None = None, defect: str | None = None,
+                   kind: str | None = None) -> pd.DataFrame:
+    """Rows of `target_table` for a category, defect type and outcome ('FP', 'FN', ...; None = any)."""
+    keep = np.ones(len(frame), dtype=bool)
+    if category:
+        keep &= (frame["category"] == category).to_numpy()
+    if defect:
+        keep &= (frame["defect"] == defect).to_numpy()
+    if kind:
+        keep &= (frame["outcome"] == kind).to_numpy()
+    return frame[keep]
+
+
+def patch_at(row: int, col: int, grid: tuple[int, int]) -> int:
+    """Flat patch index of grid cell (row, col), clamped to the grid."""
+    h, w = grid
+    return int(min(max(row, 0), h - 1) * w + min(max(col, 0), w - 1))
+
+
+def peak_patch(probs: np.ndarray, grid: tuple[int, int]) -> tuple[int, int]:
+    """(row, col) of the most anomalous patch of `[N]` (or `[h, w]`) patch probabilities."""
+    flat = int(np.argmax(np.asarray(probs).reshape(-1)))
+    return divmod(flat, grid[1])
+
+
+# -- uploads ------------------------------------------------------------------------------------
+
+def decode_upload(name: str, data: bytes, *, max_bytes: int = MAX_UPLOAD_BYTES,
+                  max_pixels: int = MAX_UPLOAD_PIXELS) -> Image.Image:
+    """Validate an uploaded file and decode it to 8-bit RGB, or raise SPGError saying why not.
+
+    Checks, in order: extension, byte size, that it decodes as an image at all, pixel count
+    (before decoding the pixels, so a decompression bomb is refused cheaply), full decode.
+    """
+    from .images import to_rgb
+
+    ext = Path(name).suffix.lower().lstrip(".")
+    if ext not in UPLOAD_TYPES:
+        raise SPGError(f"{name}: .{ext or '?'} files are not accepted",
+                       fix=f"upload an image: {', '.join('.' + t for t in UPLOAD_TYPES)}")
+    if len(data) == 0:
+        raise SPGError(f"{name} is empty", fix="upload the image file again")
+    if len(data) > max_bytes:
+        raise SPGError(f"{name} is {len(data) / 2**20:.1f} MB, more than the {max_bytes / 2**20:.0f} MB limit",
+                       fix="downscale or re-compress the image")
+    try:
+        with Image.open(io.BytesIO(data)) as probe:
+            w, h = probe.size
+            if w * h > max_pixels:
+                raise SPGError(f"{name} is {w} x {h} pixels, more than {max_pixels / 1e6:.0f} megapixels",
+                               fix="downscale the image")
+            probe.load()
+            return to_rgb(probe).copy()
+    except SPGError:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise SPGError(f"{name} is corrupt, truncated or not an image ({type(exc).__name__})",
+                       fix="re-export the image as PNG or JPEG") from None
+
+
+# -- attribution views ------------------------------------------------------------------------------
+
+def patch_contributions(attr: Any, patch: int, k: int = 6, image: int = 0,
+                        tags: dict[int, str] | None = None) -> pd.DataFrame:
+    """The atoms that push one patch most towards 'anomalous' and most towards 'normal'.
+
+    `attr` is a `spg_core.atoms.Attribution`; contributions are to l_a - l_n (what the patch's
+    probability depends on). Rows: atom, guide ('anomaly', 'normal' or 'both'), contribution,
+    tag; the k largest positive first, then the k most negative.
+    """
+    atoms, net = attr.net()
+    values = net[image, patch].detach().cpu().numpy()
+    ids = atoms.cpu().numpy()
+    in_a = set(attr.atoms_a.cpu().tolist())
+    in_n = set(attr.atoms_n.cpu().tolist())
+    order = np.argsort(-values, kind="stable")
+    pos = [i for i in order[:k] if values[i] > 0]
+    neg = [i for i in order[::-1][:k] if values[i] < 0]
+    rows = []
+    for i in pos + neg:
+        j = int(ids[i])
+        guide = "both" if j in in_a and j in in_n else ("anomaly" if j in in_a else "normal")
+        rows.append({"atom": j, "guide": guide, "contribution": float(values[i]),
+                     "tag": (tags or {}).get(j, "")})
+    return pd.DataFrame(rows, columns=["atom", "guide", "contribution", "tag"])
+
+
+def atom_table(ranking: dict[str, list[dict[str, Any]]], stats: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Both guides' active atoms (from `atoms.rank_atoms`) as one table, joined with atom statistics.
+
+    Columns: guide, rank (1 = largest coefficient), atom, coef, share (% of the guide), then every
+    column of `stats` (keyed by its 'atom' column or index) such as the tag.
+    """
+    rows = [{"guide": guide, "rank": i + 1, **entry} for guide, entries in ranking.items()
+            for i, entry in enumerate(entries)]
+    table = pd.DataFrame(rows, columns=["guide", "rank", "atom", "coef", "share"])
+    table["share"] = 100.0 * table["share"]
+    if stats is not None and len(stats):
+        extra = stats.reset_index() if "atom" not in stats.columns else stats
+        extra = extra.rename(columns={"index": "atom"}) if "atom" not in extra.columns else extra
+        extra = extra.drop(columns=[c for c in ("guide", "rank", "coef", "share") if c in extra.columns])
+        table = table.merge(extra, on="atom", how="left")
+    return table
+
+
+def image_top_atoms(attr: Any, k: int = 6, image: int = 0, tags: dict[int, str] | None = None) -> pd.DataFrame:
+    """The atoms that contribute most to one image's anomalous patches (`atoms.top_atoms_per_image`,
+    net of the normal guide), as rows: atom, guide, contribution, tag."""
+    from .atoms import top_atoms_per_image
+
+    ids, values = top_atoms_per_image(attr, "net", k=k)
+    in_a = set(attr.atoms_a.cpu().tolist())
+    in_n = set(attr.atoms_n.cpu().tolist())
+    rows = []
+    for j, v in zip(ids[image].tolist(), values[image].tolist()):
+        guide = "both" if j in in_a and j in in_n else ("anomaly" if j in in_a else "normal")
+        rows.append({"atom": int(j), "guide": guide, "contribution": float(v), "tag": (tags or {}).get(int(j), "")})
+    return pd.DataFrame(rows, columns=["atom", "guide", "contribution", "tag"])
+
+
+def common_targets(tables: dict[str, list[dict[str, Any]]]) -> pd.DataFrame:
+    """Target images scored by every run: {run: scores.csv rows} -> image_path, category, defect, label,
+    and each run's row index (column per run)."""
+    frames = []
+    for run, rows in tables.items():
+        f = pd.DataFrame(rows)[["image_path", "category", "defect", "label", "index"]].rename(columns={"index": run})
+        frames.append(f)
+    if not frames:
+        return pd.DataFrame(columns=["image_path", "category", "defect", "label"])
+    out = frames[0]
+    for f in frames[1:]:
+        out = out.merge(f[["image_path", f.columns[-1]]], on="image_path", how="inner")
+    out["name"] = [f"{Path(p).parent.name}/{Path(p).name}" for p in out["image_path"]]
+    return out
+
+
+# -- atom detail ------------------------------------------------------------------------------------
+
+@dataclass
+class AtomTile:
+    """One top-activating auxiliary patch of an atom, ready to show."""
+
+    crop: Image.Image           # the patch with context, its cell boxed (red: inside a defect mask)
+    heat: Image.Image           # the atom's activation over the whole image, patch boxed
+    caption: str
+
+
+def atom_tiles(index: Any, records: list[dict[str, Any]], sae: Any, store: Any, atom: int, *,
+               count: int = 8, context: int = 2, tile: int = 160) -> list[AtomTile]:
+    """The atom's `count` top auxiliary patches (from its AtomIndex) as crop + heatmap pictures.
+
+    Heatmaps of one atom share the scale [0, its largest activation], as in the paper's Figure 5.
+    """
+    from .atoms.visual import IN_MASK, OUT_MASK, atom_heatmap, heatmap_overlay, patch_crop
+    from .images import load_image
+
+    entries = index.entries(atom)[:count]
+    grid, size = tuple(index.meta["grid"]), int(index.meta["image_size"])
+    vmax = max((e["value"] for e in entries), default=1.0)
+    tiles = []
+    for e in entries:
+        record = records[e["image"]]
+        image = load_image(record["image_path"]).resize((size, size), Image.BICUBIC)
+        colour = IN_MASK if e["mask_fraction"] > 0 else OUT_MASK
+        heat = atom_heatmap(sae, store.tokens([e["image"]])[0], atom, grid, size)
+        tiles.append(AtomTile(
+            crop=patch_crop(image, e["patch"], grid, size, context, tile, outline=colour),
+            heat=heatmap_overlay(image, heat, vmax, patch=e["patch"], grid=grid, outline=colour).resize(
+                (tile, tile), Image.BILINEAR),
+            caption=f"{record['category']} · {record['defect']} · s={e['value']:.2f}"))
+    return tiles
+
+
+def category_profile(index: Any, atom: int) -> pd.Series:
+    """Mean activation of `atom` per auxiliary category (its category histogram), from the index totals."""
+    names = list(index.meta.get("categories") or [])
+    mass = index.counts.category_mass[atom].double().numpy()
+    tokens = index.counts.category_tokens.double().numpy()
+    values = mass / np.maximum(tokens, 1)
+    return pd.Series(values, index=names or [str(i) for i in range(len(values))], name="mean activation")
+
+
+def atom_activation_sample(sae: Any, store: Any, atom: int, max_images: int = 24) -> np.ndarray:
+    """The atom's non-zero activations over an evenly spaced sample of auxiliary images
+    (the whole set when small): the data of its activation histogram."""
+    from .atoms.visual import atom_activation
+
+    n = store.num_images
+    picks = np.unique(np.linspace(0, n - 1, num=min(n, max_images)).round().astype(int)) if n else []
+    values = [atom_activation(sae, store.tokens([int(i)])[0], atom).numpy() for i in picks]
+    flat = np.concatenate(values) if values else np.zeros(0)
+    return flat[flat > 0]
+
+
+def ablation_frame(before: dict[str, Any], after: dict[str, Any]) -> pd.DataFrame:
+    """Per-category metrics (%) before and after an ablation, with the change, in long form."""
+    a, b = metrics_frame(before), metrics_frame(after)
+    rows = []
+    for cat in a.index:
+        for col in a.columns:
+            rows.append({"category": cat, "metric": col, "before": a.loc[cat, col],
+                         "after": b.loc[cat, col] if cat in b.index else float("nan")})
+    frame = pd.DataFrame(rows)
+    frame["change"] = frame["after"] - frame["before"]
+    return frame
+
+
+def most_changed(before: Any, after: Any, k: int = 12) -> list[int]:
+    """Indices of the `k` images whose score changed most (largest |after - before| first)."""
+    delta = np.abs(np.asarray(after, dtype=np.float64) - np.asarray(before, dtype=np.float64))
+    return [int(i) for i in np.argsort(-delta, kind="stable")[:k]]

@@ -1,0 +1,73 @@
+"""Small runs for the dashboard tests (AppTest and browser), built once per test session.
+
+A full demo run takes minutes on a CPU; these use a 128-atom SAE and two epochs
+per stage (tens of seconds), which is all the pages need to render every
+element. Both test modules call `small_runs_root`, which builds into the
+session's temporary folder once and re-uses it afterwards.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from spg_core.config import GuideConfig, RunConfig, SAEConfig
+
+RUN = "small"
+TWIN = "small-twin"          # a copy of RUN, so the Backbones page has two runs to compare
+
+
+def small_config() -> RunConfig:
+    return RunConfig(backbone="builtin", device="cpu", sae=SAEConfig(width=128, k=8, epochs=2),
+                     guides=GuideConfig(epochs=2))
+
+
+def build_small_run(out: Path) -> Path:
+    """run_experiment + reports + atoms into `out` (SPG_CACHE decides where the tokens go)."""
+    from spg_core.atoms import build_atoms
+    from spg_core.pipeline import run_experiment
+    from spg_core.report import write_reports
+
+    run_experiment(small_config(), out, progress=False)
+    write_reports(out)
+    build_atoms(out, progress=False, device="cpu")
+    return out
+
+
+def small_runs_root(tmp_path_factory) -> Path:
+    """A runs root holding RUN and TWIN (built on first call of the session)."""
+    root = tmp_path_factory.getbasetemp() / "dashboard_runs"
+    done = root / ".complete"
+    if not done.is_file():
+        if root.exists():
+            shutil.rmtree(root)
+        root.mkdir(parents=True)
+        build_small_run(root / RUN)
+        shutil.copytree(root / RUN, root / TWIN)
+        done.write_text("ok\n")
+    return root
+
+
+def damaged_runs_root(base: Path, good: Path) -> Path:
+    """A runs root with a good run and three broken ones: truncated guides, corrupt metrics and
+    atom index, and a half-written run (config only, as when training was interrupted)."""
+    root = base / "damaged_runs"
+    if root.exists():
+        shutil.rmtree(root)
+    root.mkdir(parents=True)
+    shutil.copytree(good, root / "good")
+
+    shutil.copytree(good, root / "truncated")
+    guides = root / "truncated" / "guides.safetensors"
+    guides.write_bytes(guides.read_bytes()[:100])
+    maps = root / "truncated" / "target" / "patch_maps.safetensors"
+    maps.write_bytes(maps.read_bytes()[:64])
+
+    shutil.copytree(good, root / "corrupt")
+    (root / "corrupt" / "metrics.json").write_text('{"mean": {"image_auroc": 0.5')
+    index = root / "corrupt" / "atoms" / "index.safetensors"
+    index.write_bytes(b"\x00" * 16)
+
+    (root / "half").mkdir()
+    shutil.copy(good / "config.json", root / "half" / "config.json")
+    return root

@@ -1,0 +1,132 @@
+"""End to end, no network: `spg run` both directions on the synthetic groups with the builtin backbone.
+
+This is the acceptance test of the engine: the figures below are asserted, not
+just computed. It also exercises the run directory, reports, predict and the
+stage-by-stage commands on the same runs.
+"""
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from spg_core.cli import main
+from spg_core.presets import DEMO_PRESET
+from spg_core.runs import RunDir
+
+
+def _preset_args() -> list[str]:
+    sae, guides = DEMO_PRESET["sae"], DEMO_PRESET["guides"]
+    args = ["--backbone", DEMO_PRESET["backbone"], "--width", str(sae["width"]), "--k", str(sae["k"]),
+            "--sae-epochs", str(sae["epochs"]), "--guide-epochs", str(guides["epochs"]), "--quiet",
+            "--device", "cpu"]
+    for key, flag in (("l1", "--l1"), ("lr", None)):
+        if key in guides and flag:
+            args += [flag, str(guides[key])]
+    return args
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    out = {}
+    for aux, target in (("synthetic-a", "synthetic-b"), ("synthetic-b", "synthetic-a")):
+        run = root / f"{aux}_to_{target}"
+        assert main(["run", "--aux", aux, "--target", target, "--out", str(run), *_preset_args()]) == 0
+        out[(aux, target)] = run
+    return out
+
+
+@pytest.mark.parametrize("direction", [("synthetic-a", "synthetic-b"), ("synthetic-b", "synthetic-a")])
+def test_zero_shot_transfer_reaches_targets(runs, direction):
+    metrics = json.loads((runs[direction] / "metrics.json").read_text())
+    mean = metrics["mean"]
+    assert mean["pixel_auroc"] >= 0.90, metrics
+    assert mean["image_auroc"] >= 0.85, metrics
+    # Unseen categories only: the target's categories are disjoint from the auxiliary set's.
+    cfg = json.loads((runs[direction] / "config.json").read_text())
+    aux_cats = {r["category"] for r in json.loads((Path(cfg["aux_store"]) / "manifest.json").read_text())["images"]}
+    assert not aux_cats & set(metrics["per_category"])
+    for m in metrics["per_category"].values():
+        assert all(0.0 <= m[k] <= 1.0 for k in ("image_auroc", "image_ap", "pixel_auroc", "aupro"))
+
+
+def test_run_directory_contents(runs):
+    run = RunDir(runs[("synthetic-a", "synthetic-b")])
+    for name in ("config.json", "sae.safetensors", "sae.json", "guides.safetensors", "guides.json",
+                 "target/patch_maps.safetensors", "target/scores.csv", "metrics.json", "per_category.csv",
+                 "report.md"):
+        assert run.exists(name), name
+    cfg = run.read_config()
+    assert cfg["sae"]["width"] == DEMO_PRESET["sae"]["width"]
+    assert cfg["backbone_identity"]["backbone"] == "builtin"
+    probs, scores, meta = run.read_target()
+    rows = run.read_scores()
+    assert probs.shape[0] == scores.shape[0] == len(rows)
+    assert torch.allclose(torch.tensor([r["score"] for r in rows]), scores, atol=1e-5)
+    sae_info = json.loads(run.file("sae.json").read_text())
+    assert 0.0 <= sae_info["fvu"] < 0.5 and 0.0 <= sae_info["dead_fraction"] <= 1.0
+    report = run.file("report.md").read_text()
+    assert "## Pixel AUROC" in report and "No row of the paper matches" in report
+    with open(run.file("per_category.csv")) as fh:
+        table = list(csv.DictReader(fh))
+    assert table[-1]["category"] == "mean"
+    assert float(table[-1]["pixel_auroc"]) == pytest.approx(run.read_metrics()["mean"]["pixel_auroc"])
+
+
+def test_predict_writes_maps_and_matches_stored_scores(runs, tmp_path, capsys):
+    run = RunDir(runs[("synthetic-a", "synthetic-b")])
+    rows = run.read_scores()[:3]
+    out = tmp_path / "pred"
+    assert main(["predict", "--run", str(run.path), *[r["image_path"] for r in rows], "--out", str(out),
+                 "--device", "cpu"]) == 0
+    with open(out / "scores.csv") as fh:
+        pred = list(csv.DictReader(fh))
+    assert len(pred) == 3
+    for p, r in zip(pred, rows):
+        assert float(p["score"]) == pytest.approx(r["score"], abs=2e-3)   # fp16 token store vs fp32 path
+        assert (out / f"{Path(r['image_path']).stem}_map.png").is_file()
+
+
+def test_stage_by_stage_commands(runs, tmp_path):
+    run = tmp_path / "staged"
+    args = _preset_args()
+    assert main(["train-sae", "--aux", "synthetic-a", "--out", str(run), *args]) == 0
+    assert (run / "sae.safetensors").is_file() and not (run / "guides.safetensors").exists()
+    assert main(["train-guides", "--run", str(run), "--guide-epochs", "2", "--quiet", "--device", "cpu"]) == 0
+    assert main(["eval", "--run", str(run), "--target", "synthetic-b", "--quiet", "--device", "cpu"]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert set(metrics["per_category"]) == {"brushed", "pill", "plug", "tiles"}
+
+
+def test_bad_inputs_exit_with_one_clear_message(runs, tmp_path, capsys):
+    assert main(["extract", "--dataset", "synthetic-a", "--backbone", "dinov9-huge", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "dinov9-huge" in err and "dinov3-vitl16" in err and "Traceback" not in err
+
+    assert main(["extract", "--dataset", f"mvtec:{tmp_path / 'nowhere'}", "--backbone", "builtin", "--quiet"]) == 2
+    assert "nowhere" in capsys.readouterr().err
+
+    # Guides from a run with another dictionary: a clear dimension/width error naming the file.
+    run = RunDir(runs[("synthetic-a", "synthetic-b")])
+    other = tmp_path / "other"
+    other.mkdir()
+    for name in ("config.json", "guides.safetensors"):
+        (other / name).write_bytes(run.file(name).read_bytes())
+    from spg_core.sae import TopKSAE
+    TopKSAE(46, 64, 4).save(str(other / "sae.safetensors"))
+    assert main(["predict", "--run", str(other), rows_first(run), "--out", str(tmp_path / "p")]) == 2
+    err = capsys.readouterr().err
+    assert "guides.safetensors" in err and "different SAE or backbone" in err
+
+    # A truncated SAE file.
+    data = run.file("sae.safetensors").read_bytes()
+    (other / "sae.safetensors").write_bytes(data[:100])
+    assert main(["predict", "--run", str(other), rows_first(run), "--out", str(tmp_path / "p")]) == 2
+    assert "truncated" in capsys.readouterr().err
+
+
+def rows_first(run: RunDir) -> str:
+    return run.read_scores()[0]["image_path"]
