@@ -27,17 +27,25 @@ def apply_look() -> None:
 
 
 def run_picker() -> None:
-    """The sidebar's run selector; its choice (session_state['run']) is shared by every page."""
+    """The sidebar's run selector. The choice lives in session_state[RUN_KEY], a plain key that
+    survives page switches; the widget (key RUN_WIDGET) is re-seeded from it on every run."""
     root = state.runs_root()
     names = state.run_names(str(root))
-    if st.session_state.get(state.RUN_KEY) not in names:
-        st.session_state[state.RUN_KEY] = names[0] if names else None
+    chosen = st.session_state.get(state.RUN_KEY)
+    if chosen not in names:
+        chosen = st.session_state[state.RUN_KEY] = names[0] if names else None
     with st.sidebar:
         if names:
-            st.selectbox("Run", names, key=state.RUN_KEY, help="every run directory under the runs root")
+            st.session_state[state.RUN_WIDGET] = chosen
+            st.selectbox("Run", names, key=state.RUN_WIDGET, on_change=_remember_run,
+                         help="every run directory under the runs root")
         else:
             st.caption("No runs yet")
         st.caption(f"Runs root: `{root}`")
+
+
+def _remember_run() -> None:
+    st.session_state[state.RUN_KEY] = st.session_state[state.RUN_WIDGET]
 
 
 st.set_page_config(page_title="SPG Studio", page_icon=str(ASSETS / "icon.png"), layout="wide",

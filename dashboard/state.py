@@ -19,7 +19,8 @@ from PIL import Image
 from spg_core import views
 from spg_core.errors import SPGError
 
-RUN_KEY = "run"          # session_state key of the chosen run (root-relative name)
+RUN_KEY = "chosen_run"   # session_state key of the chosen run (root-relative name)
+RUN_WIDGET = "run"       # key of the sidebar's run selectbox
 ATOM_KEY = "atom"        # session_state key of the atom opened on the Atom detail page
 
 
@@ -183,10 +184,13 @@ def atom_tiles(path: str, sig: tuple[float, ...], atom: int, count: int):
     return views.atom_tiles(index, store.images, predictor(path, sig).sae, store, atom, count=count)
 
 
-@st.cache_data(show_spinner="Sampling activations ...", max_entries=64)
-def atom_activations(path: str, sig: tuple[float, ...], atom: int) -> np.ndarray:
+@st.cache_data(show_spinner="Encoding auxiliary images ...", max_entries=64)
+def atom_activations(path: str, sig: tuple[float, ...], atom: int) -> tuple[np.ndarray, int]:
+    """(the atom's activations where it fires, number of auxiliary images encoded)."""
+    index, _ = atoms(path, sig)
     store = store_of(Path(path), "aux_store")
-    return views.atom_activation_sample(predictor(path, sig).sae, store, atom)
+    top_images = [e["image"] for e in index.entries(atom)]
+    return views.atom_activation_sample(predictor(path, sig).sae, store, atom, include=top_images)
 
 
 @st.cache_resource(show_spinner="Preparing what-if ablations (projecting target tokens) ...", max_entries=4)

@@ -80,13 +80,16 @@ def histograms(atom: int, index, stats) -> None:
     profile = views.category_profile(index, atom)
     left.plotly_chart(widgets.category_bar_figure(profile, "Category histogram: mean activation per category"),
                       key=key + "cats", config={"displayModeBar": False})
-    values = state.atom_activations(str(run), sig, atom)
+    values, encoded = state.atom_activations(str(run), sig, atom)
     if len(values):
-        right.plotly_chart(widgets.histogram_figure(values, "Activation histogram (where it fires, sampled "
-                                                    "auxiliary images)", "activation s_j"),
-                           key=key + "hist", config={"displayModeBar": False})
+        right.plotly_chart(widgets.histogram_figure(values, f"Activation histogram ({len(values)} firing patches)",
+                                                    "activation s_j"), key=key + "hist",
+                           config={"displayModeBar": False})
+        total = index.meta.get("num_images", encoded)
+        right.caption(f"Over {encoded} of {total} auxiliary images"
+                      + ("" if encoded >= total else " (an even sample plus the atom's top images)") + ".")
     else:
-        right.info("No activation on the sampled auxiliary images.")
+        right.info("This atom never fires on the auxiliary set.")
     if stats is not None and stats.attrs.get("rule"):
         with st.expander("How tags are assigned"):
             st.write(stats.attrs["rule"])

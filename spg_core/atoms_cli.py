@@ -15,6 +15,8 @@ from .errors import SPGError
 
 
 def _summary(run: str, limit: int = 10) -> None:
+    import pandas as pd
+
     from .atoms import load_atoms, rank_atoms
     from .atoms.stats import TAG_RULE
     from .guides import GuidePair
@@ -34,7 +36,7 @@ def _summary(run: str, limit: int = 10) -> None:
     print(f"  {'atom':>6} {'coef':>9} {'share':>6} {'tag':<15} {'in-mask':>7} {'top category':<18} defects")
     for a in ranked["anomaly"][:limit]:
         row = stats.iloc[a["atom"]]
-        sel = "n/a" if row["selectivity"] != row["selectivity"] else f"{row['selectivity']:.2f}"
+        sel = "n/a" if pd.isna(row["selectivity"]) else f"{row['selectivity']:.2f}"
         cat = f"{row['top_category']} {row['top_category_share']:.0%}" if isinstance(row["top_category"], str) else "-"
         defects = ", ".join(f"{k} {v}" for k, v in (row["top_defects"] or {}).items()) or "-"
         print(f"  {a['atom']:>6} {a['coef']:>9.4g} {a['share']:>6.1%} {row['tag']:<15} {sel:>7} {cat:<18} {defects}")

@@ -148,18 +148,19 @@ def mask_has_anomaly(path: str | os.PathLike) -> bool:
 
 
 def image_to_tensor(img: Image.Image | np.ndarray, size: int) -> torch.Tensor:
-    """RGB image -> float32 tensor [3, S, S] in [0, 1], bicubic resize with antialiasing.
+    """RGB image -> float32 tensor [3, S, S] in [0, 1], antialiased bicubic resize.
 
-    Resizing happens in float (no second 8-bit rounding); bicubic overshoot is clamped.
+    The resize is PIL's (C, 8-bit, antialiased, as the HF image processors do): several
+    times faster than a float resize in torch, which made image decoding the bottleneck
+    of GPU extraction.
     """
-    arr = np.asarray(img if not isinstance(img, Image.Image) else to_rgb(img), dtype=np.uint8)
-    if arr.ndim != 3 or arr.shape[2] != 3:
-        raise ValueError(f"image_to_tensor expects an RGB image [H, W, 3], got shape {arr.shape}")
-    t = torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)
-    if t.shape[1:] != (size, size):
-        t = F.interpolate(t[None], size=(size, size), mode="bicubic",
-                          align_corners=False, antialias=True)[0]
-    return t.clamp_(0.0, 1.0).contiguous()
+    pil = to_rgb(img) if isinstance(img, Image.Image) else Image.fromarray(np.asarray(img, dtype=np.uint8))
+    if pil.mode != "RGB":
+        raise ValueError(f"image_to_tensor expects an RGB image, got mode {pil.mode}")
+    if pil.size != (size, size):
+        pil = pil.resize((size, size), Image.BICUBIC)
+    arr = np.asarray(pil, dtype=np.uint8)
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0).contiguous()
 
 
 def mask_to_tensor(mask: np.ndarray, size: int) -> torch.Tensor:

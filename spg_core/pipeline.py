@@ -135,13 +135,15 @@ def environment() -> dict[str, Any]:
 
 def train_stages(cfg: RunConfig, out: str | Path, *, cache_dir: str | Path | None = None, skip_bad: bool = False,
                  batch_size: int | None = None, num_workers: int | None = None, progress: bool = True,
-                 stages: Iterable[str] = ("sae", "guides")) -> RunDir:
+                 compile_backbone: bool = False, stages: Iterable[str] = ("sae", "guides")) -> RunDir:
     """Stages 1 and 2 on the auxiliary set, writing config, SAE and guides into `out`."""
     if cfg.method not in METHODS:
         raise SPGError(f"unknown method {cfg.method!r}", fix=f"use one of {', '.join(METHODS)}")
     run = RunDir(out)
     device = resolve_device(cfg.device)
     backbone = load_backbone(cfg.backbone, cfg.weights, device=device)
+    if compile_backbone:
+        backbone.enable_compile()
     aux = extract(cfg.aux, backbone, cache_dir=cache_dir, skip_bad=skip_bad, batch_size=batch_size,
                   num_workers=num_workers, progress=progress)
     stages = set(stages)
@@ -175,12 +177,13 @@ def load_run_sae(run: RunDir, cfg: RunConfig, dim: int) -> TopKSAE | None:
 class Predictor:
     """A trained run ready to score new images or stored tokens (CLI `predict`, dashboard)."""
 
-    def __init__(self, run_dir: str | Path, device: str | torch.device = "auto"):
+    def __init__(self, run_dir: str | Path, device: str | torch.device = "auto", compile_backbone: bool = False):
         self.run = RunDir(run_dir)
         self.config = self.run.read_config()
         self.cfg = RunConfig.from_dict(self.config)
         self.device = resolve_device(device)
         self._backbone: Backbone | None = None
+        self._compile = compile_backbone
         identity = self.config.get("backbone_identity", {})
         dim = int(identity.get("dim", 0)) or None
         self.sae = None if self.cfg.method == "free_guides" else TopKSAE.load(str(self.run.file(SAE)), expect_dim=dim)[0]
@@ -197,6 +200,8 @@ class Predictor:
         """Loaded on first use: scoring stored tokens needs no backbone."""
         if self._backbone is None:
             self._backbone = load_backbone(self.cfg.backbone, self.cfg.weights, device=self.device)
+            if self._compile:
+                self._backbone.enable_compile()
             if self._backbone.dim != self.dictionary.shape[0]:
                 raise SPGError(f"backbone {self.cfg.backbone} gives {self._backbone.dim}-dim tokens but this run's "
                                f"dictionary is {self.dictionary.shape[0]}-dim", path=str(self.run.path),
@@ -216,12 +221,13 @@ class Predictor:
 
 def evaluate_target(run: RunDir, *, target: str | None = None, cache_dir: str | Path | None = None,
                     skip_bad: bool = False, batch_size: int | None = None, num_workers: int | None = None,
-                    progress: bool = True, metric_options: dict[str, Any] | None = None) -> dict[str, Any]:
+                    progress: bool = True, metric_options: dict[str, Any] | None = None,
+                    compile_backbone: bool = False, device: str | None = None) -> dict[str, Any]:
     """Score the target set with a trained run; write target maps, scores and metrics.json."""
     from .metrics import evaluate
 
-    predictor = Predictor(run.path)
-    cfg = predictor.cfg
+    cfg = run.run_config()
+    predictor = Predictor(run.path, device=device or cfg.device, compile_backbone=compile_backbone)
     if target is not None and target != cfg.target:
         cfg.target = target
         run.update_config(target=target)
@@ -251,4 +257,5 @@ def run_experiment(cfg: RunConfig, out: str | Path, **kwargs: Any) -> dict[str, 
     run = train_stages(cfg, out, **kwargs)
     return evaluate_target(run, cache_dir=kwargs.get("cache_dir"), skip_bad=kwargs.get("skip_bad", False),
                            batch_size=kwargs.get("batch_size"), num_workers=kwargs.get("num_workers"),
-                           progress=kwargs.get("progress", True), metric_options=metric_options)
+                           progress=kwargs.get("progress", True), metric_options=metric_options,
+                           compile_backbone=kwargs.get("compile_backbone", False), device=cfg.device)

@@ -15,7 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .config import SAEConfig
-from .sae import TopKSAE
+from .sae import SparseCode, TopKSAE
 
 # Keep tokens resident on the device when they take at most this share of its free memory.
 _RESIDENT_SHARE = 0.6
@@ -45,6 +45,18 @@ def evaluate_sae(sae: TopKSAE, tokens: torch.Tensor, *, batch: int = 65536) -> d
     return {"fvu": float(resid / total.clamp_min(1e-12)), "dead_fraction": float(1 - fired.float().mean())}
 
 
+def mark_fired(since_fired: torch.Tensor, code: SparseCode, n_tokens: int) -> None:
+    """Advance every latent's silence counter by `n_tokens` and reset those that fired.
+
+    Done with a scatter into an `[M + 1]` buffer (slot M absorbs the zero activations)
+    rather than boolean indexing, which would force a device-to-host sync every step."""
+    width = since_fired.shape[0]
+    idx = torch.where(code.values > 0, code.indices, torch.full_like(code.indices, width))
+    fired = torch.zeros(width + 1, dtype=torch.bool, device=since_fired.device)
+    fired.scatter_(0, idx.flatten(), True)
+    since_fired.add_(n_tokens).masked_fill_(fired[:width], 0)
+
+
 def train_sae(tokens: torch.Tensor, cfg: SAEConfig, *, tokens_per_image: int, device: torch.device,
               progress: bool = True, bf16: bool | None = None,
               sparse_decode: bool = False) -> tuple[TopKSAE, list[dict[str, Any]]]:
@@ -60,7 +72,8 @@ def train_sae(tokens: torch.Tensor, cfg: SAEConfig, *, tokens_per_image: int, de
         tokens = tokens.to(device)
     sample = tokens[torch.randperm(tokens.shape[0], generator=torch.Generator().manual_seed(cfg.seed))[:65536].to(tokens.device)]
     sae.init_bias(sample.to(device), cfg.init_bias)
-    opt = torch.optim.Adam(sae.parameters(), lr=cfg.lr)
+    # Fused Adam: one kernel for all parameters instead of a handful per tensor.
+    opt = torch.optim.Adam(sae.parameters(), lr=cfg.lr, fused=device.type == "cuda")
     use_bf16 = (device.type == "cuda") if bf16 is None else bf16
     batch = cfg.batch_images * tokens_per_image
     n = tokens.shape[0]
@@ -86,8 +99,7 @@ def train_sae(tokens: torch.Tensor, cfg: SAEConfig, *, tokens_per_image: int, de
             sae.normalise_decoder()
             with torch.no_grad():
                 loss_sum += loss.detach()
-                since_fired += f.shape[0]
-                since_fired[code.indices[code.values > 0]] = 0
+                mark_fired(since_fired, code, f.shape[0])
             bar.update(1)
         if device.type == "cuda":
             torch.cuda.synchronize(device)

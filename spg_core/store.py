@@ -201,12 +201,6 @@ class _CheckedImages(SampleImages):
         return item
 
 
-class _BadImage(Exception):
-    def __init__(self, position: int, message: str):
-        super().__init__(message)
-        self.position, self.message = position, message
-
-
 def build_store(dataset: Dataset, backbone: Backbone, *, cache_dir: str | Path | None = None,
                 batch_size: int | None = None, num_workers: int | None = None,
                 shard_images: int = DEFAULT_SHARD_IMAGES, skip_bad: bool = False,
@@ -250,79 +244,108 @@ def build_store(dataset: Dataset, backbone: Backbone, *, cache_dir: str | Path |
 def _extract_missing_shards(root: Path, manifest: dict[str, Any], backbone: Backbone, *,
                             batch_size: int | None, num_workers: int | None, skip_bad: bool,
                             progress: bool) -> None:
-    """Extract every shard the manifest does not list yet. Shards are written by a background
-    thread so the accelerator never waits for the disk."""
+    """Extract every image no finished shard holds yet, in one pass.
+
+    One DataLoader feeds the whole pass (workers decode in parallel, pinned memory on
+    CUDA), tokens gather in a shard buffer, and full shards are written by a background
+    thread so the accelerator never waits for the disk. A bad image stops the pass with
+    its file name, or with --skip-bad is dropped from the manifest and reported.
+    """
     device = next(iter(backbone.buffers()), next(iter(backbone.parameters()), torch.empty(0))).device
     on_cuda = device.type == "cuda"
     batch_size = batch_size or (64 if on_cuda else 8)
-    workers = num_workers if num_workers is not None else min(8 if on_cuda else 2, os.cpu_count() or 1)
+    workers = num_workers if num_workers is not None else min(16 if on_cuda else 2, os.cpu_count() or 1)
     per_shard = manifest["shard_images"]
-    bar = tqdm(total=len(manifest["images"]) - sum(s["count"] for s in manifest["shards"]),
-               desc=f"extract {backbone.name}", unit="img", disable=not progress)
-    first = start = sum(s["count"] for s in manifest["shards"])
+    start = sum(s["count"] for s in manifest["shards"])
+    todo = manifest["images"][start:]
+    loader = torch.utils.data.DataLoader(
+        _CheckedImages([Sample(**r) for r in todo], backbone.image_size, with_masks=True),
+        batch_size=batch_size, num_workers=workers, pin_memory=on_cuda,
+        prefetch_factor=4 if workers else None)
+    bar = tqdm(total=len(todo), desc=f"extract {backbone.name}", unit="img", disable=not progress)
+    buffer = _ShardBuffer(backbone, per_shard, on_cuda)
+    seen = 0
     with ThreadPoolExecutor(max_workers=1) as writer:
         pending = None
-        while start < len(manifest["images"]):
-            chunk = [Sample(**r) for r in manifest["images"][start:start + per_shard]]
-            try:
-                tokens, masks = _extract_chunk(chunk, backbone, device, batch_size, workers, bar)
-            except _BadImage as bad:
-                if not skip_bad:
-                    raise SPGError(f"{bad.message}\n  (or pass --skip-bad to skip bad images and write a report)") from None
-                _skip(root, manifest, start + bad.position, bad.message)
-                bar.total, bar.n = bar.total - 1, start - first   # the chunk is redone without it
-                continue
-            if pending is not None:
-                pending.result()
-            name = f"shard_{len(manifest['shards']):05d}.safetensors"
-            pending = writer.submit(_write_shard, root, manifest, name, start, tokens, masks)
-            start += len(chunk)
+        for batch in loader:
+            keep = []
+            for pos, err in zip(batch["index"].tolist(), batch["error"]):
+                if not err:
+                    keep.append(pos)
+                elif skip_bad:
+                    manifest["skipped"].append({"image_path": todo[pos]["image_path"], "error": err})
+                else:
+                    raise SPGError(f"{err}\n  (or pass --skip-bad to skip bad images and write a report)")
+            rows = [i for i, e in enumerate(batch["error"]) if not e]
+            if rows:
+                images = batch["image"][rows].to(device, non_blocking=True)
+                buffer.add(backbone.extract(images), _pack_masks(batch["mask"][rows]), [todo[p] for p in keep])
+            seen += len(batch["error"])
+            bar.update(len(batch["error"]))
+            while buffer.full() or (buffer.count and seen == len(todo)):
+                shard = buffer.take()
+                if pending is not None:
+                    pending.result()
+                pending = writer.submit(_write_shard, root, manifest, shard)
         if pending is not None:
             pending.result()
     bar.close()
+    if manifest["skipped"]:
+        write_json(root / "skipped.json", manifest["skipped"])
 
 
-def _write_shard(root: Path, manifest: dict[str, Any], name: str, start: int, tokens: torch.Tensor,
-                 masks: np.ndarray) -> None:
+class _ShardBuffer:
+    """Accumulates extracted tokens (fp16, pinned host memory on CUDA) until a shard is full."""
+
+    def __init__(self, backbone: Backbone, per_shard: int, pinned: bool):
+        h, w = backbone.grid
+        self.tokens = torch.empty(per_shard, h * w, backbone.dim, dtype=torch.float16, pin_memory=pinned)
+        self.pinned, self.per_shard = pinned, per_shard
+        self.masks: list[np.ndarray] = []
+        self.records: list[dict[str, Any]] = []
+        self.overflow: tuple[torch.Tensor, np.ndarray, list[dict[str, Any]]] | None = None
+
+    @property
+    def count(self) -> int:
+        return len(self.records)
+
+    def full(self) -> bool:
+        return self.count >= self.per_shard
+
+    def add(self, tokens: torch.Tensor, masks: np.ndarray, records: list[dict[str, Any]]) -> None:
+        """Append `[b, N, D]` tokens; what does not fit waits for the next shard."""
+        room = self.per_shard - self.count
+        n = min(room, tokens.shape[0])
+        self.tokens[self.count:self.count + n].copy_(tokens[:n], non_blocking=self.pinned)
+        self.masks.append(masks[:n])
+        self.records += records[:n]
+        if n < tokens.shape[0]:
+            self.overflow = (tokens[n:], masks[n:], records[n:])
+
+    def take(self) -> tuple[torch.Tensor, np.ndarray, list[dict[str, Any]]]:
+        """The finished shard (copied out), then start the next one with any overflow."""
+        if self.pinned:
+            torch.cuda.synchronize()        # the non-blocking copies into the buffer must be done
+        shard = (self.tokens[:self.count].clone(), np.concatenate(self.masks), self.records)
+        self.masks, self.records = [], []
+        overflow, self.overflow = self.overflow, None
+        if overflow is not None:
+            self.add(*overflow)
+        return shard
+
+
+def _write_shard(root: Path, manifest: dict[str, Any],
+                 shard: tuple[torch.Tensor, np.ndarray, list[dict[str, Any]]]) -> None:
+    """Write one shard atomically, then record it (and drop skipped images) in the manifest."""
+    tokens, masks, records = shard
+    name = f"shard_{len(manifest['shards']):05d}.safetensors"
     save_tensors(root / name, {"tokens": tokens, "masks": torch.from_numpy(masks)})
+    start = sum(s["count"] for s in manifest["shards"])
+    skipped = {r["image_path"] for r in manifest["skipped"]}
+    manifest["images"] = manifest["images"][:start] + [r for r in manifest["images"][start:]
+                                                       if r["image_path"] not in skipped]
     manifest["shards"].append({"file": name, "start": start, "count": int(tokens.shape[0])})
     write_json(root / "manifest.json", manifest)   # a finished shard survives an interruption
-
-
-def _skip(root: Path, manifest: dict[str, Any], index: int, message: str) -> None:
-    """Drop image `index` (not yet in any shard) and record why in skipped.json."""
-    record = manifest["images"].pop(index)
-    manifest["skipped"].append({"image_path": record["image_path"], "error": message})
-    write_json(root / "skipped.json", manifest["skipped"])
-    write_json(root / "manifest.json", manifest)
-
-
-def _extract_chunk(chunk: list[Sample], backbone: Backbone, device: torch.device, batch_size: int,
-                   workers: int, bar: tqdm) -> tuple[torch.Tensor, np.ndarray]:
-    """Decode (in workers, pinned on CUDA) and encode one shard. Returns fp16 `[n, N, D]` and packed masks.
-
-    Raises _BadImage for the first image that fails to decode."""
-    loader = torch.utils.data.DataLoader(
-        _CheckedImages(chunk, backbone.image_size, with_masks=True), batch_size=batch_size,
-        num_workers=workers, pin_memory=device.type == "cuda")
-    n, (h, w) = len(chunk), backbone.grid
-    tokens = torch.empty(n, h * w, backbone.dim, dtype=torch.float16,
-                         pin_memory=device.type == "cuda")
-    masks = []
-    done = 0
-    for batch in loader:
-        for pos, err in zip(batch["index"].tolist(), batch["error"]):
-            if err:
-                raise _BadImage(pos, err)
-        images = batch["image"].to(device, non_blocking=True)
-        out = backbone.extract(images).to(torch.float16)
-        tokens[done:done + out.shape[0]].copy_(out, non_blocking=True)
-        masks.append(_pack_masks(batch["mask"]))
-        done += out.shape[0]
-        bar.update(out.shape[0])
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return tokens, np.concatenate(masks)
 
 
 def open_store(path: str | Path) -> TokenStore:

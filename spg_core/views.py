@@ -435,16 +435,27 @@ def category_profile(index: Any, atom: int) -> pd.Series:
     return pd.Series(values, index=names or [str(i) for i in range(len(values))], name="mean activation")
 
 
-def atom_activation_sample(sae: Any, store: Any, atom: int, max_images: int = 24) -> np.ndarray:
-    """The atom's non-zero activations over an evenly spaced sample of auxiliary images
-    (the whole set when small): the data of its activation histogram."""
+def atom_activation_sample(sae: Any, store: Any, atom: int, *, include: Iterable[int] = (),
+                           flop_budget: float = 2e10) -> tuple[np.ndarray, int]:
+    """The atom's non-zero activations over auxiliary images, the data of its activation histogram.
+
+    Every image when encoding them all fits `flop_budget` (T * M * D multiply-adds), else an evenly
+    spaced sample plus the images in `include` (its top-activating ones, so a rare atom still shows).
+    Returns (activations > 0, number of images encoded).
+    """
     from .atoms.visual import atom_activation
 
     n = store.num_images
-    picks = np.unique(np.linspace(0, n - 1, num=min(n, max_images)).round().astype(int)) if n else []
-    values = [atom_activation(sae, store.tokens([int(i)])[0], atom).numpy() for i in picks]
+    per_image = store.num_patches * sae.width * sae.dim
+    budget = max(1, int(flop_budget // max(per_image, 1)))
+    picks = set(int(i) for i in include if 0 <= int(i) < n)
+    if budget >= n:
+        picks = set(range(n))
+    elif budget > len(picks):
+        picks |= set(np.linspace(0, n - 1, num=budget - len(picks)).round().astype(int).tolist())
+    values = [atom_activation(sae, store.tokens([i])[0], atom).numpy() for i in sorted(picks)]
     flat = np.concatenate(values) if values else np.zeros(0)
-    return flat[flat > 0]
+    return flat[flat > 0], len(picks)
 
 
 def ablation_frame(before: dict[str, Any], after: dict[str, Any]) -> pd.DataFrame:

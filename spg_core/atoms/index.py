@@ -19,7 +19,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, ClassVar, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -57,6 +57,9 @@ class AtomCounts:
     (sum of mask fractions over all tokens: the auxiliary set's defect base rate times num_tokens).
     """
 
+    TENSORS: ClassVar[tuple[str, ...]] = ("fire_count", "act_sum", "masked_sum", "category_mass",
+                                          "category_tokens")
+
     fire_count: torch.Tensor
     act_sum: torch.Tensor
     masked_sum: torch.Tensor
@@ -71,8 +74,6 @@ class AtomCounts:
         return cls(torch.zeros(width, dtype=torch.long, device=device), torch.zeros(width, **f64),
                    torch.zeros(width, **f64), torch.zeros(width, num_categories, **f64),
                    torch.zeros(num_categories, dtype=torch.long, device=device))
-
-    TENSORS = ("fire_count", "act_sum", "masked_sum", "category_mass", "category_tokens")
 
 
 @dataclass
@@ -124,8 +125,8 @@ class TopPAccumulator:
         by_value = torch.sort(values, descending=True, stable=True).indices
         by_atom = by_value[torch.sort(atoms[by_value], stable=True).indices]
         a = atoms[by_atom]
-        group_start = torch.cumsum(torch.bincount(a, minlength=self.width), 0) - torch.bincount(a, minlength=self.width)
-        rank = torch.arange(len(a), device=a.device) - group_start[a]
+        per_atom = torch.bincount(a, minlength=self.width)
+        rank = torch.arange(len(a), device=a.device) - (torch.cumsum(per_atom, 0) - per_atom)[a]
         keep = rank < self.top_p
         a, rank, pick = a[keep], rank[keep], by_atom[keep]
         vals = torch.zeros_like(self.values)
@@ -141,9 +142,15 @@ class TopPAccumulator:
         """
         k = values.shape[1]
         flat_v = values.reshape(-1).float()
-        live = flat_v > 0                    # ReLU'd candidates at 0 are not activations
-        chunk = self._chunk_top(flat_v[live], atoms.reshape(-1)[live],
-                                token.repeat_interleave(k)[live], extra.float().repeat_interleave(k)[live])
+        flat_a = atoms.reshape(-1)
+        # Only a value above the atom's current P-th (0 while the list is not full, so ReLU'd zeros
+        # never enter) can make the list; an equal one loses the tie to the earlier token. After
+        # the first chunks this drops almost every candidate before the sorts.
+        pos = (flat_v > self.values[:, -1].index_select(0, flat_a)).nonzero().flatten()
+        if len(pos) == 0:
+            return
+        owner = pos // k
+        chunk = self._chunk_top(flat_v[pos], flat_a[pos], token[owner], extra[owner].float())
         merged_v = torch.cat([self.values, chunk[0]], dim=1)
         order = torch.sort(merged_v, dim=1, descending=True, stable=True).indices[:, :self.top_p]
         self.values = merged_v.gather(1, order)
@@ -173,10 +180,10 @@ def store_chunks(store: TokenStore, chunk_tokens: int, *, with_masks: bool = Tru
 def default_chunk_tokens(sae: TopKSAE, device: torch.device) -> int:
     """Tokens per chunk so one chunk's working set fits the device's budget.
 
-    Per token: float32 tokens (D) and encoder pre-activations (M), plus the sort of its k
-    (value, atom, token, mask) candidates, ~48 bytes each with the sort's temporaries.
+    Per token: float32 tokens (D), encoder pre-activations (M, twice: the matmul's output and
+    the bias sum), plus ~48 bytes per code entry (k) for the candidates' filtering and sorts.
     """
-    per_token = 4 * (sae.dim + sae.width) + 48 * sae.k
+    per_token = 4 * (sae.dim + 2 * sae.width) + 48 * sae.k
     return max(1, CHUNK_BYTES["cuda" if device.type == "cuda" else "cpu"] // per_token)
 
 
@@ -190,6 +197,8 @@ def stream_top_p(chunks: Iterable[TokenChunk], sae: TopKSAE, *, top_p: int, num_
     A chunk without masks counts as mask-free; one without categories counts as category 0.
     """
     device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
     if next(sae.parameters()).device != device:
         sae = _moved(sae, device)
     acc = TopPAccumulator(sae.width, top_p, device)

@@ -51,6 +51,8 @@ TAG_RULE = (
 )
 TAGS = ("class-general", "class-specific", "shared", "dead")
 OBJECT_COLUMNS = ("top_categories", "top_defects", "defect_categories")
+FLOAT_COLUMNS = ("frequency", "mean_activation", "max_activation", "selectivity", "lift", "category_entropy",
+                 "top_category_share", "top_patch_entropy", "dominant_defect_share")
 
 
 def _normalised_entropy(p: np.ndarray) -> np.ndarray:
@@ -72,32 +74,28 @@ def _category_profile(index: AtomIndex) -> np.ndarray:
         return mean / mean.sum(axis=1, keepdims=True)
 
 
-def _top_patch_columns(index: AtomIndex, records: list[dict[str, Any]], num_categories: int) -> dict[str, list]:
-    """What the top-P patches of each atom are: categories, and defect kinds of the in-mask ones."""
-    cols: dict[str, list] = {k: [] for k in ("top_patch_entropy", "n_top_categories", "in_mask_top",
-                                              "dominant_defect", "dominant_defect_share", "n_defect_categories",
-                                              *OBJECT_COLUMNS)}
-    for atom in range(index.width):
-        entries = index.entries(atom)
-        cats = Counter(records[e["image"]]["category"] for e in entries)
-        in_mask = [e for e in entries if e["mask_fraction"] > 0]
-        defects = Counter(records[e["image"]]["defect"] for e in in_mask)
-        kinds: dict[str, set[str]] = {}
-        for e in in_mask:
-            r = records[e["image"]]
-            kinds.setdefault(r["defect"], set()).add(r["category"])
-        counts = np.array([list(cats.values()) + [0] * (num_categories - len(cats))], dtype=np.float64)
-        top_defect = defects.most_common(1)
-        cols["top_patch_entropy"].append(float(_normalised_entropy(counts / counts.sum())[0]) if entries else math.nan)
-        cols["n_top_categories"].append(len(cats))
-        cols["in_mask_top"].append(len(in_mask))
-        cols["dominant_defect"].append(top_defect[0][0] if top_defect else None)
-        cols["dominant_defect_share"].append(top_defect[0][1] / len(in_mask) if top_defect else math.nan)
-        cols["n_defect_categories"].append(len({records[e["image"]]["category"] for e in in_mask}))
-        cols["top_categories"].append(dict(cats.most_common()))
-        cols["top_defects"].append(dict(defects.most_common()))
-        cols["defect_categories"].append({k: sorted(v) for k, v in sorted(kinds.items())})
-    return cols
+def _top_patch_row(entries: list[dict[str, Any]], records: list[dict[str, Any]], num_categories: int) -> dict:
+    """What one atom's top-P patches are: their categories, and the defect kinds of the in-mask ones."""
+    cats = Counter(records[e["image"]]["category"] for e in entries)
+    in_mask = [records[e["image"]] for e in entries if e["mask_fraction"] > 0]
+    defects = Counter(r["defect"] for r in in_mask)
+    kinds: dict[str, set[str]] = {}
+    for r in in_mask:
+        kinds.setdefault(r["defect"], set()).add(r["category"])
+    share = np.zeros((1, max(num_categories, len(cats))))
+    share[0, :len(cats)] = list(cats.values())
+    top_defect = defects.most_common(1)
+    return {
+        "top_patch_entropy": float(_normalised_entropy(share / share.sum())[0]) if entries else math.nan,
+        "n_top_categories": len(cats),
+        "in_mask_top": len(in_mask),
+        "dominant_defect": top_defect[0][0] if top_defect else None,
+        "dominant_defect_share": top_defect[0][1] / len(in_mask) if top_defect else math.nan,
+        "n_defect_categories": len({r["category"] for r in in_mask}),
+        "top_categories": dict(cats.most_common()),
+        "top_defects": dict(defects.most_common()),
+        "defect_categories": {k: sorted(v) for k, v in sorted(kinds.items())},
+    }
 
 
 def tag_atoms(df: pd.DataFrame, *, specific_share: float = SPECIFIC_SHARE, min_lift: float = MIN_LIFT) -> pd.Series:
@@ -117,7 +115,7 @@ def atom_stats(index: AtomIndex, records: list[dict[str, Any]], *, specific_shar
     fire = c.fire_count.numpy().astype(np.float64)
     act = c.act_sum.numpy()
     base_rate = c.mask_total / max(c.num_tokens, 1)
-    profile = _category_profile(index)
+    profile = np.nan_to_num(_category_profile(index))         # dead atoms: all-zero rows
     live = fire > 0
     with np.errstate(invalid="ignore", divide="ignore"):
         selectivity = np.where(live, c.masked_sum.numpy() / act, np.nan)
@@ -128,12 +126,12 @@ def atom_stats(index: AtomIndex, records: list[dict[str, Any]], *, specific_shar
             "max_activation": index.values[:, 0].numpy().astype(np.float64),
             "selectivity": np.clip(selectivity, 0.0, 1.0),
             "lift": selectivity / base_rate if base_rate > 0 else np.nan,
-            "category_entropy": np.where(live, _normalised_entropy(np.nan_to_num(profile)), np.nan),
-            "top_category": [names[i] if ok else None for i, ok in zip(np.nan_to_num(profile).argmax(1), live)],
-            "top_category_share": np.where(live, np.nan_to_num(profile).max(1), np.nan),
+            "category_entropy": np.where(live, _normalised_entropy(profile), np.nan),
+            "top_category": [names[i] if ok else None for i, ok in zip(profile.argmax(1), live)],
+            "top_category_share": np.where(live, profile.max(1), np.nan),
         })
-    for name, col in _top_patch_columns(index, records, len(names)).items():
-        df[name] = col
+    top = pd.DataFrame([_top_patch_row(index.entries(j), records, len(names)) for j in range(index.width)])
+    df = pd.concat([df, top], axis=1)
     df["tag"] = tag_atoms(df, specific_share=specific_share, min_lift=min_lift)
     df.attrs.update({"base_rate": base_rate, "categories": names, "rule": TAG_RULE,
                      "thresholds": {"specific_share": specific_share, "min_lift": min_lift}})
@@ -161,9 +159,6 @@ def load_stats(json_path: str | Path) -> pd.DataFrame:
     if not isinstance(data, dict) or not isinstance(data.get("atoms"), list):
         raise SPGError("atom statistics lack the per-atom table", path=str(json_path), fix=fix)
     df = pd.DataFrame.from_records(data.pop("atoms"))
-    float_cols = [c for c in df.columns if c not in (*OBJECT_COLUMNS, "atom", "top_category", "dominant_defect",
-                                                     "tag", "n_top_categories", "in_mask_top",
-                                                     "n_defect_categories")]
-    df[float_cols] = df[float_cols].astype(np.float64)
+    df[list(FLOAT_COLUMNS)] = df[list(FLOAT_COLUMNS)].astype(np.float64)     # JSON null -> NaN
     df.attrs.update({k: v for k, v in data.items() if k != "version"})
     return df
