@@ -57,14 +57,23 @@ def mark_fired(since_fired: torch.Tensor, code: SparseCode, n_tokens: int) -> No
     since_fired.add_(n_tokens).masked_fill_(fired[:width], 0)
 
 
+def reconstruction_loss(sae: TopKSAE, f: torch.Tensor, bf16: bool,
+                        sparse_decode: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mean squared reconstruction error of `[T, D]` tokens, and the code (values, indices `[T, k]`)."""
+    with torch.autocast(f.device.type, dtype=torch.bfloat16, enabled=bf16):
+        recon, code = sae(f, sparse_decode=sparse_decode)
+    return (recon.float() - f).pow(2).sum(-1).mean(), code.values, code.indices
+
+
 def train_sae(tokens: torch.Tensor, cfg: SAEConfig, *, tokens_per_image: int, device: torch.device,
-              progress: bool = True, bf16: bool | None = None,
-              sparse_decode: bool = False) -> tuple[TopKSAE, list[dict[str, Any]]]:
+              progress: bool = True, bf16: bool | None = None, sparse_decode: bool = False,
+              compile: bool = False) -> tuple[TopKSAE, list[dict[str, Any]]]:
     """Train a TopK SAE on `[T, D]` tokens (fp16/fp32, any device).
 
     Returns the SAE and per-epoch history: loss, FVU, dead-latent fraction, tokens/s.
     `bf16` (default: on CUDA) runs the matmuls under bf16 autocast; `sparse_decode` gathers the
-    k atoms per token instead of a dense `[T, M] x [M, D]` decode.
+    k atoms per token instead of a dense `[T, M] x [M, D]` decode; `compile` fuses the
+    forward and loss with torch.compile (worth it for long runs on CUDA).
     """
     dim = tokens.shape[1]
     sae = TopKSAE(dim, cfg.width, cfg.k, seed=cfg.seed).to(device)
@@ -81,6 +90,7 @@ def train_sae(tokens: torch.Tensor, cfg: SAEConfig, *, tokens_per_image: int, de
     gen = torch.Generator(device=tokens.device).manual_seed(cfg.seed)
     # Tokens since each latent last fired: a latent silent for `dead_after_tokens` is dead.
     since_fired = torch.zeros(cfg.width, dtype=torch.long, device=device)
+    step_loss = torch.compile(reconstruction_loss) if compile else reconstruction_loss
     history: list[dict[str, Any]] = []
     bar = tqdm(total=cfg.epochs * steps, desc="train SAE", unit="step", disable=not progress)
     for epoch in range(cfg.epochs):
@@ -89,9 +99,7 @@ def train_sae(tokens: torch.Tensor, cfg: SAEConfig, *, tokens_per_image: int, de
         loss_sum = torch.zeros((), device=device)
         for s in range(steps):
             f = tokens[order[s * batch:(s + 1) * batch]].to(device, non_blocking=True).float()
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                recon, code = sae(f, sparse_decode=sparse_decode)
-            loss = (recon.float() - f).pow(2).sum(-1).mean()
+            loss, values, indices = step_loss(sae, f, use_bf16, sparse_decode)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             sae.remove_parallel_grad()
@@ -99,7 +107,7 @@ def train_sae(tokens: torch.Tensor, cfg: SAEConfig, *, tokens_per_image: int, de
             sae.normalise_decoder()
             with torch.no_grad():
                 loss_sum += loss.detach()
-                mark_fired(since_fired, code, f.shape[0])
+                mark_fired(since_fired, SparseCode(values, indices), f.shape[0])
             bar.update(1)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
