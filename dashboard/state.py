@@ -167,14 +167,6 @@ def atom_ranking(path: str, sig: tuple[float, ...]) -> dict[str, list[dict[str, 
     return rank_atoms(predictor(path, sig).guides)
 
 
-def atom_stats(path: str, sig: tuple[float, ...]):
-    """The atom statistics table, or None when the run has no (readable) atom index."""
-    try:
-        return atoms(path, sig)[1]
-    except (SPGError, ImportError):
-        return None
-
-
 # -- atom detail and ablation ------------------------------------------------------------------
 
 @st.cache_resource(show_spinner="Drawing the atom's top patches ...", max_entries=64)

@@ -19,6 +19,7 @@ from PIL import Image
 
 from spg_core.errors import SPGError
 from spg_core.render import COLORSCALE, draw_outline, overlay
+from spg_core import views
 from spg_core.views import RunHealth
 
 from . import state
@@ -85,6 +86,15 @@ def require_run() -> Path:
     return run
 
 
+def run_health(run: Path, banner: bool = True) -> RunHealth:
+    """The run's health check; with `banner`, a one-line warning when something is missing or damaged."""
+    health = views.check_run(run)
+    if banner and health.problems:
+        st.warning("This run is incomplete or damaged: " + "; ".join(health.problems) + ". "
+                   "What depends on it is left out below.", icon=":material/construction:")
+    return health
+
+
 def require(health: RunHealth, files: Sequence[str], purpose: str) -> None:
     """Stop the page with a clear message when the run lacks what it needs."""
     missing = health.missing(*files)
@@ -93,6 +103,13 @@ def require(health: RunHealth, files: Sequence[str], purpose: str) -> None:
                    f"{'is' if len(missing) == 1 else 'are'} missing or damaged.\n\n"
                    f"Run directory: `{health.path}`", icon=":material/construction:")
         st.stop()
+
+
+def keep_choice(key: str, options: Sequence[Any]) -> None:
+    """Before a selectbox whose options change (filters, another atom): keep its choice while it is
+    still an option, else start on the first one (a stale value would not be in the list)."""
+    if options and st.session_state.get(key) not in options:
+        st.session_state[key] = options[0]
 
 
 def pill(text: str, kind: str = "neutral") -> str:
@@ -148,7 +165,7 @@ def patch_map_figure(image: Image.Image | np.ndarray, probs: np.ndarray, *, opac
     fig.add_trace(go.Scatter(
         x=cols.ravel(), y=rows.ravel(), mode="markers", customdata=probs.ravel(),
         marker=dict(size=max(4, int(height * 0.8 / max(h, w))), color="rgba(0,0,0,0)", symbol="square"),
-        hovertemplate="row %{y}, col %{x}<br>p(anomaly) %{customdata:.3f}<extra></extra>", showlegend=False))
+        hovertemplate="row %{y}, col %{x}<br>p(anomaly) %{customdata:.3g}<extra></extra>", showlegend=False))
     if selected is not None:
         r, c = selected
         fig.add_shape(type="rect", x0=c - 0.5, x1=c + 0.5, y0=r - 0.5, y1=r + 0.5,

@@ -7,13 +7,12 @@ import streamlit as st
 
 from dashboard import state, widgets
 from spg_core import views
+from spg_core.atoms.build import INDEX
 from spg_core.runs import GUIDES, PATCH_MAPS, SCORES
-
-INDEX = "atoms/index.safetensors"
 
 run = widgets.require_run()
 widgets.page_header("Atom detail", "What one dictionary atom fires on, and what the guide loses without it", run)
-health = views.check_run(run)
+health = widgets.run_health(run)
 widgets.require(health, [GUIDES], "Atom detail")
 sig = state.signature(run)
 key = f"{run.name}::atom::"
@@ -118,18 +117,19 @@ def ablation(atom: int, guides: list[str]) -> None:
                                 for c in ("before", "after", "change")})
     target = state.target_maps(str(run), sig)
     changed = views.most_changed(before.scores.numpy(), after.scores.numpy())
+    widgets.keep_choice(key + "abl_image", changed)
     pick = st.selectbox("Target image (largest score change first)", changed, key=key + "abl_image",
                         format_func=lambda i: f"{target.rows[i]['category']}/{target.rows[i]['defect']} "
-                                              f"#{i}: {before.scores[i]:.3f} -> {after.scores[i]:.3f}")
+                                              f"#{i}: {views.format_score(before.scores[i])} -> {views.format_score(after.scores[i])}")
     image = state.image_at(target.rows[pick]["image_path"], target.image_size)
     background = widgets.image_with_mask(image, state.target_mask(run, pick))
     grid = target.grid
     left, right = st.columns(2)
     left.plotly_chart(widgets.patch_map_figure(background, before.probs[pick].reshape(grid).numpy(), opacity=0.55,
-                                               title=f"With the atom: score {before.scores[pick]:.3f}", height=380,
+                                               title=f"With the atom: score {views.format_score(before.scores[pick])}", height=380,
                                                colorbar=False), key=key + "abl_before", config={"displayModeBar": False})
     right.plotly_chart(widgets.patch_map_figure(background, after.probs[pick].reshape(grid).numpy(), opacity=0.55,
-                                                title=f"Without it: score {after.scores[pick]:.3f}", height=380),
+                                                title=f"Without it: score {views.format_score(after.scores[pick])}", height=380),
                        key=key + "abl_after", config={"displayModeBar": False})
 
 
@@ -140,13 +140,15 @@ with widgets.guard("This run's atoms cannot be shown"):
         st.info("Neither guide has an active atom.")
         st.stop()
     atom = pick_atom(ranking, tags)
-    stats = state.atom_stats(str(run), sig)
-    guides = summary(atom, ranking, stats)
-    if not health.has(INDEX):
+    index = stats = None
+    if health.has(INDEX):
+        with widgets.guard("The atom index cannot be read, so top patches and histograms are left out"):
+            index, stats = state.atoms(str(run), sig)
+    else:
         st.info("This run has no atom index, so top patches and histograms are missing. "
                 "Build it with `spg atoms --run DIR`.", icon=":material/info:")
-    else:
-        index, _ = state.atoms(str(run), sig)
+    guides = summary(atom, ranking, stats)
+    if index is not None:
         top_patches(atom)
         histograms(atom, index, stats)
     ablation(atom, guides)

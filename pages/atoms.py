@@ -6,21 +6,25 @@ import streamlit as st
 
 from dashboard import nav, state, widgets
 from spg_core import views
+from spg_core.atoms.build import INDEX
 from spg_core.runs import GUIDES
 
 run = widgets.require_run()
 widgets.page_header("Atoms", "The dictionary atoms each guide is built from, largest coefficient first", run)
-health = views.check_run(run)
+health = widgets.run_health(run)
 widgets.require(health, [GUIDES], "Atom ranking")
 sig = state.signature(run)
 key = f"{run.name}::atoms::"
 
 with widgets.guard("The atoms of this run cannot be ranked"):
     ranking = state.atom_ranking(str(run), sig)
-    stats = state.atom_stats(str(run), sig)
-    if stats is None:
+    stats = None
+    if not health.has(INDEX):
         st.info("This run has no atom index yet, so tags and statistics are missing. "
                 "Build it with `spg atoms --run DIR`.", icon=":material/info:")
+    else:
+        with widgets.guard("The atom index cannot be read, so tags and statistics are left out"):
+            stats = state.atoms(str(run), sig)[1]
     table = views.atom_table(ranking, stats)
 
     c1, c2, c3 = st.columns(3)
@@ -53,6 +57,7 @@ with widgets.guard("The atoms of this run cannot be ranked"):
     if options:
         c1, c2 = st.columns([2, 1], vertical_alignment="bottom")
         tags = state.atom_tags(str(run), sig)
+        widgets.keep_choice(key + "pick", options)
         atom = c1.selectbox("Atom", options, key=key + "pick",
                             format_func=lambda a: f"#{a}" + (f" · {tags[a]}" if tags.get(a) else ""))
         if c2.button("Open atom detail", type="primary", icon=":material/frame_inspect:", key=key + "open"):

@@ -67,11 +67,12 @@ if common.empty:
 else:
     c1, c2, c3 = st.columns([1, 2, 1])
     category = c1.selectbox("Category", sorted(common["category"].unique()), key="bb_category")
-    in_cat = common[common["category"] == category]
-    pick = c2.selectbox("Image", in_cat.index.tolist(), key="bb_image",
-                        format_func=lambda i: f"{in_cat.loc[i, 'name']}  ·  {in_cat.loc[i, 'defect']}")
+    in_cat = common[common["category"] == category].set_index("image_path", drop=False)
+    labels = {p: f"{n}  ·  {d}" for p, n, d in zip(in_cat["image_path"], in_cat["name"], in_cat["defect"])}
+    widgets.keep_choice("bb_image", list(labels))
+    pick = c2.selectbox("Image", list(labels), key="bb_image", format_func=lambda p: labels.get(p, p))
     opacity = c3.slider("Map opacity", 0.0, 1.0, 0.55, 0.05, key="bb_opacity")
-    row = common.loc[pick]
+    row = in_cat.loc[pick]
     cols = st.columns(len(tables))
     for col, name in zip(cols, tables):
         run = runs[name]
@@ -85,7 +86,7 @@ else:
                                            opacity=opacity, title=f"{backbone_of(run)}", height=360,
                                            colorbar=col is cols[-1])
             st.plotly_chart(fig, key=f"bb_map_{name}", config={"displayModeBar": False})
-            st.metric(name, f"score {score:.3f}", border=True)
+            st.metric(name, f"score {views.format_score(score)}", border=True)
 
 st.subheader("Per-category metrics")
 frames = {}

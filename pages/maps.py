@@ -17,7 +17,7 @@ from spg_core.runs import PATCH_MAPS, SCORES
 run = widgets.require_run()
 widgets.page_header("Anomaly maps", "Target images with their anomaly maps; click a patch to see which atoms "
                                     "drive it", run)
-health = views.check_run(run)
+health = widgets.run_health(run)
 widgets.require(health, [PATCH_MAPS, SCORES], "Browsing anomaly maps")
 sig = state.signature(run)
 key = f"{run.name}::"       # per-run widget keys: another run has other images and scores
@@ -38,11 +38,11 @@ def choose_images(frame: pd.DataFrame) -> pd.DataFrame:
 def image_picker(rows: pd.DataFrame) -> int:
     """Select one image of `rows` (keeps the choice while it stays in the filtered list)."""
     options = rows["index"].tolist()
-    pick_key = key + "image"
-    if st.session_state.get(pick_key) not in options:
-        st.session_state[pick_key] = options[0]
-    labels = {int(r["index"]): f"{r['name']}  ·  score {r['score']:.3f}  ·  {r['outcome']}" for _, r in rows.iterrows()}
-    return int(st.selectbox(f"Image ({len(options)} shown)", options, key=pick_key, format_func=labels.get))
+    widgets.keep_choice(key + "image", options)
+    labels = {int(i): f"{n}  ·  score {views.format_score(s)}  ·  {o}"
+              for i, n, s, o in zip(rows["index"], rows["name"], rows["score"], rows["outcome"])}
+    return int(st.selectbox(f"Image ({len(options)} shown)", options, key=key + "image",
+                            format_func=lambda i: labels.get(i, str(i))))
 
 
 def sync_patch(index: int, probs: np.ndarray) -> None:
@@ -67,8 +67,8 @@ def image_panel(image: np.ndarray, mask: np.ndarray, info: dict[str, Any], thres
     st.image(widgets.image_with_mask(image, mask), width="stretch",
              caption=f"{info['name']}: ground truth outlined in white")
     m1, m2 = st.columns(2)
-    m1.metric("Image score", f"{info['score']:.3f}", border=True)
-    m2.metric(f"At {threshold:.3f}", info["outcome"], border=True,
+    m1.metric("Image score", views.format_score(info["score"]), border=True)
+    m2.metric(f"At {views.format_score(threshold)}", info["outcome"], border=True,
               help="TP/FP/FN/TN: the image called anomalous when its score is at least the threshold")
 
 
@@ -86,12 +86,13 @@ def patch_panel(image: np.ndarray, index: int, grid: tuple[int, int], size: int)
         crop_col, text_col = st.columns([1, 1.2], vertical_alignment="center")
         crop = patch_crop(Image.fromarray(image), patch, grid, size, context=2, out=150, outline=(255, 255, 255))
         crop_col.image(crop, width=140, caption=f"row {r}, column {c}")
-        text_col.metric("Patch p(anomaly)", f"{p:.3f}", border=True)
+        text_col.metric("Patch p(anomaly)", views.format_score(p), border=True)
         contrib = views.patch_contributions(attr, patch, k=6, tags=state.atom_tags(str(run), sig))
         if contrib.empty:
             st.info("No atom contributes to this patch.")
         else:
             st.plotly_chart(widgets.contribution_figure(contrib), key=key + "contrib", config={"displayModeBar": False})
+            widgets.keep_choice(key + "open_atom", contrib["atom"].tolist())
             atom = st.selectbox("Open an atom", contrib["atom"].tolist(), key=key + "open_atom",
                                 format_func=lambda a: f"#{a}")
             if st.button("Open atom detail", icon=":material/frame_inspect:", key=key + "open"):
@@ -104,10 +105,13 @@ with widgets.guard("The target maps of this run cannot be read"):
     scores = [r["score"] for r in target.rows]
     labels = [r["label"] for r in target.rows]
     best = views.best_f1_threshold(scores, labels)
-    if key + "threshold" not in st.session_state:
-        st.session_state[key + "threshold"] = round(best, 3)
-    threshold = st.slider("Decision threshold on the image score", 0.0, 1.0, step=0.001, format="%.3f",
-                          key=key + "threshold", help=f"default: the best-F1 threshold ({best:.3f})")
+    lo, hi, step, fmt = views.threshold_range(scores)
+    if not lo <= st.session_state.get(key + "threshold", -1.0) <= hi:
+        st.session_state[key + "threshold"] = min(max(round(best / step) * step, lo), hi)
+    threshold = st.slider("Decision threshold on the image score", lo, hi, step=step, format=fmt,
+                          key=key + "threshold",
+                          help=f"an image is called anomalous when its score is at least this; default: "
+                               f"the best-F1 threshold ({views.format_score(best)})")
     frame = views.target_table(target.rows, threshold)
     counts = frame["outcome"].value_counts()
     st.markdown(" ".join(widgets.pill(f"{k} {int(counts.get(k, 0))}", k) for k in ("TP", "FP", "FN", "TN")),

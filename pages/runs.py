@@ -22,11 +22,8 @@ st.dataframe(overview, hide_index=True, key="runs_overview",
                             for k in overview.columns if k.endswith(("AUROC", "AP", "AUPRO"))})
 
 run = widgets.require_run()
-health = views.check_run(run)
 st.subheader(f"Run {run.name}")
-if health.problems:
-    st.warning("This run is incomplete or damaged: " + "; ".join(health.problems) + ".",
-               icon=":material/construction:")
+health = widgets.run_health(run)
 widgets.require(health, [CONFIG], "The run's configuration")
 
 sig = state.signature(run)

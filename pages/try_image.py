@@ -14,7 +14,7 @@ from spg_core.runs import GUIDES, SCORES
 run = widgets.require_run()
 widgets.page_header("Try an image", "Score your own images with this run: anomaly map, image score and the "
                                     "atoms behind it", run)
-health = views.check_run(run)
+health = widgets.run_health(run)
 widgets.require(health, [GUIDES], "Scoring new images")
 sig = state.signature(run)
 limit_mb = views.MAX_UPLOAD_BYTES // 2**20
@@ -36,7 +36,7 @@ def show(name: str, result: state.Prediction, threshold: float | None, opacity: 
         verdict = ""
         if threshold is not None:
             kind = "anomalous" if result.score >= threshold else "normal"
-            verdict = widgets.pill(f"{kind} at threshold {threshold:.3f}", kind)
+            verdict = widgets.pill(f"{kind} at threshold {views.format_score(threshold)}", kind)
         st.markdown(f"**{name}** {verdict}", unsafe_allow_html=True)
         left, middle, right = st.columns([1, 1.2, 1.1], gap="medium")
         middle.caption("Anomaly map (box: the most anomalous patch)")
@@ -46,7 +46,7 @@ def show(name: str, result: state.Prediction, threshold: float | None, opacity: 
                                                      height=400),
                             key=f"try_map_{name}", config={"displayModeBar": False})
         with right:
-            st.metric("Image score", f"{result.score:.3f}", border=True)
+            st.metric("Image score", views.format_score(result.score), border=True)
             if result.atoms is None or result.atoms.empty:
                 st.caption("This run has no dictionary (free guides): no atoms to show.")
             else:

@@ -55,7 +55,10 @@ class TopKSAE(nn.Module):
     # -- forward pieces -------------------------------------------------------------
     def pre_activation(self, f: torch.Tensor) -> torch.Tensor:
         """`[T, D]` -> `[T, M]` encoder pre-activations z."""
-        return (f - self.b_dec) @ self.W_enc.t() + self.b_enc
+        z = (f - self.b_dec) @ self.W_enc.t()
+        # Add the bias in z's dtype: under bf16 autocast an fp32 bias would promote the
+        # whole [T, M] pre-activation back to fp32 (a copy, and a slower top-k).
+        return z + self.b_enc.to(z.dtype)
 
     def encode(self, f: torch.Tensor) -> SparseCode:
         """`[T, D]` -> the k largest pre-activations per token, ReLU'd (`[T, k]` each)."""

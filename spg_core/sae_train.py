@@ -67,13 +67,13 @@ def reconstruction_loss(sae: TopKSAE, f: torch.Tensor, bf16: bool,
 
 def train_sae(tokens: torch.Tensor, cfg: SAEConfig, *, tokens_per_image: int, device: torch.device,
               progress: bool = True, bf16: bool | None = None, sparse_decode: bool = False,
-              compile: bool = False) -> tuple[TopKSAE, list[dict[str, Any]]]:
+              compile: bool | str = False) -> tuple[TopKSAE, list[dict[str, Any]]]:
     """Train a TopK SAE on `[T, D]` tokens (fp16/fp32, any device).
 
     Returns the SAE and per-epoch history: loss, FVU, dead-latent fraction, tokens/s.
     `bf16` (default: on CUDA) runs the matmuls under bf16 autocast; `sparse_decode` gathers the
-    k atoms per token instead of a dense `[T, M] x [M, D]` decode; `compile` fuses the
-    forward and loss with torch.compile (worth it for long runs on CUDA).
+    k atoms per token instead of a dense `[T, M] x [M, D]` decode; `compile` (True, or a
+    torch.compile mode such as "reduce-overhead") fuses the forward and loss (CUDA, long runs).
     """
     dim = tokens.shape[1]
     sae = TopKSAE(dim, cfg.width, cfg.k, seed=cfg.seed).to(device)
@@ -90,7 +90,9 @@ def train_sae(tokens: torch.Tensor, cfg: SAEConfig, *, tokens_per_image: int, de
     gen = torch.Generator(device=tokens.device).manual_seed(cfg.seed)
     # Tokens since each latent last fired: a latent silent for `dead_after_tokens` is dead.
     since_fired = torch.zeros(cfg.width, dtype=torch.long, device=device)
-    step_loss = torch.compile(reconstruction_loss) if compile else reconstruction_loss
+    step_loss = reconstruction_loss
+    if compile:
+        step_loss = torch.compile(reconstruction_loss, mode=compile if isinstance(compile, str) else None)
     history: list[dict[str, Any]] = []
     bar = tqdm(total=cfg.epochs * steps, desc="train SAE", unit="step", disable=not progress)
     for epoch in range(cfg.epochs):

@@ -33,7 +33,7 @@ from .atomic import read_json, save_tensors, write_json
 from .backbones.base import Backbone
 from .data import Dataset, Sample
 from .errors import SPGError
-from .images import SampleImages
+from .images import image_to_uint8, load_image, load_mask, mask_to_tensor
 
 STORE_VERSION = 1
 DEFAULT_SHARD_IMAGES = 256
@@ -182,23 +182,37 @@ class TokenStore:
 
 def _pack_masks(masks: torch.Tensor) -> np.ndarray:
     """`[B, S, S]` {0,1} -> `[B, ceil(S*S/8)]` uint8."""
-    flat = (masks.reshape(masks.shape[0], -1) > 0.5).numpy()
+    flat = masks.reshape(masks.shape[0], -1).bool().numpy()
     return np.packbits(flat, axis=1)
 
 
-class _CheckedImages(SampleImages):
-    """SampleImages that reports a bad image instead of raising, so the main loop decides
-    (stop with the file's name, or skip it with --skip-bad) without a separate decode pass."""
+class _CheckedImages(torch.utils.data.Dataset):
+    """Decodes samples in DataLoader workers: uint8 image `[3, S, S]`, bit-packed mask.
+
+    A bad image is reported (`error`) instead of raised, so the main loop decides: stop
+    with the file's name, or skip it with --skip-bad, without a separate decode pass.
+    """
+
+    def __init__(self, samples: list[Sample], size: int):
+        self.samples, self.size = samples, size
+
+    def __len__(self) -> int:
+        return len(self.samples)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
+        s, size = self.samples[i], self.size
         try:
-            item = super().__getitem__(i)
-            item["error"] = ""
+            img = load_image(s.image_path)
+            image = image_to_uint8(img, size)
+            if s.mask_path is None:
+                mask = torch.zeros(size, size)
+            else:
+                mask = mask_to_tensor(load_mask(s.mask_path, img.size, image_path=s.image_path), size)
+            error = ""
         except SPGError as exc:
-            s = self.size
-            item = {"image": torch.zeros(3, s, s), "mask": torch.zeros(s, s), "label": 0, "index": i,
-                    "error": str(exc)}
-        return item
+            image, mask, error = torch.zeros(3, size, size, dtype=torch.uint8), torch.zeros(size, size), str(exc)
+        # Packed here, in the worker: the main process only moves bytes.
+        return {"image": image, "mask": torch.from_numpy(_pack_masks(mask[None])[0]), "index": i, "error": error}
 
 
 def build_store(dataset: Dataset, backbone: Backbone, *, cache_dir: str | Path | None = None,
@@ -259,7 +273,7 @@ def _extract_missing_shards(root: Path, manifest: dict[str, Any], backbone: Back
     start = sum(s["count"] for s in manifest["shards"])
     todo = manifest["images"][start:]
     loader = torch.utils.data.DataLoader(
-        _CheckedImages([Sample(**r) for r in todo], backbone.image_size, with_masks=True),
+        _CheckedImages([Sample(**r) for r in todo], backbone.image_size),
         batch_size=batch_size, num_workers=workers, pin_memory=on_cuda,
         prefetch_factor=4 if workers else None)
     bar = tqdm(total=len(todo), desc=f"extract {backbone.name}", unit="img", disable=not progress)
@@ -276,17 +290,19 @@ def _extract_missing_shards(root: Path, manifest: dict[str, Any], backbone: Back
                     manifest["skipped"].append({"image_path": todo[pos]["image_path"], "error": err})
                 else:
                     raise SPGError(f"{err}\n  (or pass --skip-bad to skip bad images and write a report)")
-            rows = [i for i, e in enumerate(batch["error"]) if not e]
-            if rows:
-                images = batch["image"][rows].to(device, non_blocking=True)
-                buffer.add(backbone.extract(images), _pack_masks(batch["mask"][rows]), [todo[p] for p in keep])
+            images, masks = batch["image"], batch["mask"]
+            if len(keep) < len(batch["error"]):      # index only when something was dropped
+                rows = [i for i, e in enumerate(batch["error"]) if not e]
+                images, masks = images[rows], masks[rows]
+            if keep:
+                images = images.to(device, non_blocking=True).float().div_(255.0)
+                buffer.add(backbone.extract(images), masks.numpy(), [todo[p] for p in keep])
             seen += len(batch["error"])
             bar.update(len(batch["error"]))
             while buffer.full() or (buffer.count and seen == len(todo)):
-                shard = buffer.take()
                 if pending is not None:
-                    pending.result()
-                pending = writer.submit(_write_shard, root, manifest, shard)
+                    pending.result()        # its buffer is the one `take` hands out next
+                pending = writer.submit(_write_shard, root, manifest, buffer.take())
         if pending is not None:
             pending.result()
     bar.close()
@@ -295,12 +311,18 @@ def _extract_missing_shards(root: Path, manifest: dict[str, Any], backbone: Back
 
 
 class _ShardBuffer:
-    """Accumulates extracted tokens (fp16, pinned host memory on CUDA) until a shard is full."""
+    """Accumulates extracted tokens (fp16; pinned host memory on CUDA) until a shard is full.
+
+    Two buffers alternate: one is written to disk while the other fills, so a finished
+    shard is handed to the writer without a copy. The caller waits for the previous
+    write before `take`, which makes the other buffer current again.
+    """
 
     def __init__(self, backbone: Backbone, per_shard: int, pinned: bool):
         h, w = backbone.grid
-        self.tokens = torch.empty(per_shard, h * w, backbone.dim, dtype=torch.float16, pin_memory=pinned)
-        self.pinned, self.per_shard = pinned, per_shard
+        self.buffers = [torch.empty(per_shard, h * w, backbone.dim, dtype=torch.float16, pin_memory=pinned)
+                        for _ in range(2)]
+        self.current, self.pinned, self.per_shard = 0, pinned, per_shard
         self.masks: list[np.ndarray] = []
         self.records: list[dict[str, Any]] = []
         self.overflow: tuple[torch.Tensor, np.ndarray, list[dict[str, Any]]] | None = None
@@ -313,20 +335,20 @@ class _ShardBuffer:
         return self.count >= self.per_shard
 
     def add(self, tokens: torch.Tensor, masks: np.ndarray, records: list[dict[str, Any]]) -> None:
-        """Append `[b, N, D]` tokens; what does not fit waits for the next shard."""
-        room = self.per_shard - self.count
-        n = min(room, tokens.shape[0])
-        self.tokens[self.count:self.count + n].copy_(tokens[:n], non_blocking=self.pinned)
+        """Append `[b, N, D]` tokens and packed masks; what does not fit waits for the next shard."""
+        n = min(self.per_shard - self.count, tokens.shape[0])
+        self.buffers[self.current][self.count:self.count + n].copy_(tokens[:n], non_blocking=self.pinned)
         self.masks.append(masks[:n])
         self.records += records[:n]
         if n < tokens.shape[0]:
             self.overflow = (tokens[n:], masks[n:], records[n:])
 
     def take(self) -> tuple[torch.Tensor, np.ndarray, list[dict[str, Any]]]:
-        """The finished shard (copied out), then start the next one with any overflow."""
+        """The finished shard (a view of the current buffer); the other buffer becomes current."""
         if self.pinned:
             torch.cuda.synchronize()        # the non-blocking copies into the buffer must be done
-        shard = (self.tokens[:self.count].clone(), np.concatenate(self.masks), self.records)
+        shard = (self.buffers[self.current][:self.count], np.concatenate(self.masks), self.records)
+        self.current = 1 - self.current
         self.masks, self.records = [], []
         overflow, self.overflow = self.overflow, None
         if overflow is not None:

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
+from .atoms.build import INDEX as ATOM_INDEX
 from .errors import SPGError
 from .report import METRIC_TITLES, METRICS, paper_row
 from .runs import CONFIG, GUIDES, METRICS as METRICS_FILE, PATCH_MAPS, SAE, SCORES, list_runs
@@ -39,7 +40,7 @@ ARTIFACTS: dict[str, str] = {
     PATCH_MAPS: "target anomaly maps",
     SCORES: "target image scores",
     METRICS_FILE: "metrics",
-    "atoms/index.safetensors": "atom index",
+    ATOM_INDEX: "atom index",
 }
 
 
@@ -106,7 +107,7 @@ class RunHealth:
             return "training"
         if not self.has(PATCH_MAPS, SCORES, METRICS_FILE):
             return "not evaluated"
-        return "complete" if self.has("atoms/index.safetensors") else "no atoms"
+        return "complete" if self.has(ATOM_INDEX) else "no atoms"
 
 
 def check_run(path: str | Path) -> RunHealth:
@@ -475,3 +476,25 @@ def most_changed(before: Any, after: Any, k: int = 12) -> list[int]:
     """Indices of the `k` images whose score changed most (largest |after - before| first)."""
     delta = np.abs(np.asarray(after, dtype=np.float64) - np.asarray(before, dtype=np.float64))
     return [int(i) for i in np.argsort(-delta, kind="stable")[:k]]
+
+
+def format_score(value: float) -> str:
+    """An image score or probability for display: 3 decimals, or 3 significant digits when tiny."""
+    value = float(value)
+    return f"{value:.3f}" if value == 0 or abs(value) >= 1e-3 else f"{value:.2e}"
+
+
+def threshold_range(scores: Iterable[float]) -> tuple[float, float, float, str]:
+    """(min, max, step, printf format) of a threshold slider spanning the run's image scores.
+
+    Scores are probabilities, but a weak run can have every score below 1e-3, where a fixed
+    [0, 1] slider could not separate them; the slider follows the scores instead.
+    """
+    s = np.asarray(list(scores), dtype=np.float64)
+    lo, hi = (float(s.min()), float(s.max())) if s.size else (0.0, 1.0)
+    if hi - lo < 1e-12:
+        hi = lo + max(abs(lo) * 1e-3, 1e-9)
+    step = float(f"{(hi - lo) / 500:.2g}")
+    lo = float(np.floor(lo / step) * step)
+    hi = float(np.ceil(hi / step) * step)
+    return lo, hi, step, "%.3f" if step >= 1e-3 else "%.2e"

@@ -97,7 +97,7 @@ def _label(atom: dict[str, Any], row: pd.Series) -> list[str]:
     if pd.notna(row["selectivity"]):
         lift = f" ({row['lift']:.1f}x base)" if pd.notna(row["lift"]) else ""
         lines.append(f"in-mask mass {row['selectivity']:.2f}{lift}")
-        lines.append(f"top: {row['top_category']} {row['top_category_share']:.0%}")
+        lines.append(f"mass: {row['top_category_share']:.0%} {row['top_category']}")
     if isinstance(row["dominant_defect"], str):
         lines.append(f"{row['dominant_defect']} in {row['n_defect_categories']} cat.")
     return lines

@@ -112,9 +112,11 @@ def render_gallery(rows: list[GalleryRow], records: list[dict[str, Any]], sae: T
     per_atom = max((len(r.entries) for r in rows), default=1)
     caption, head = 14, 28 if title else 0
     band = 2 * tile + caption + 8
-    canvas = Image.new("RGB", (label_width + per_atom * (tile + 4) + 4, head + len(rows) * band), (24, 24, 28))
-    draw = ImageDraw.Draw(canvas)
     big, small = _font(14), _font(11)
+    width = max(label_width + per_atom * (tile + 4) + 4, int(ImageDraw.Draw(Image.new("RGB", (1, 1)))
+                                                             .textlength(title, font=big)) + 16)
+    canvas = Image.new("RGB", (width, head + len(rows) * band), (24, 24, 28))
+    draw = ImageDraw.Draw(canvas)
     if title:
         draw.text((8, 7), title, fill=(235, 235, 235), font=big)
     images: dict[int, Image.Image] = {}
