@@ -195,18 +195,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_predict)
 
-    _register_optional(sub)
+    for register in _room_commands():
+        register(sub)
     return parser
 
 
-def _register_optional(sub: Any) -> None:
-    """Commands whose modules live in their own rooms (sweeps, atoms, dashboard)."""
-    for module, register in (("sweep", "register_cli"), ("atoms_cli", "register_cli"), ("launch", "register_cli")):
-        try:
-            mod = __import__(f"spg_core.{module}", fromlist=[register])
-        except ImportError:
-            continue
-        getattr(mod, register)(sub)
+def _room_commands() -> list[Callable[[Any], None]]:
+    """Commands whose code lives in its own room: sweeps, atoms, the dashboard launcher."""
+    from . import atoms_cli, launch, sweep
+    return [sweep.register_cli, atoms_cli.register_cli, launch.register_cli]
 
 
 def main(argv: list[str] | None = None) -> int:

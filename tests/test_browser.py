@@ -107,7 +107,7 @@ def test_upload_in_the_browser(server, page, tmp_path):
     page.goto(f"{url}/try")
     wait_ready(page, "Try an image")
     from spg_core.runs import RunDir
-    runs = [p.parent for p in root.glob("*/target/scores.csv")]
+    runs = [p.parent.parent for p in root.glob("*/target/scores.csv")]
     rows = RunDir(runs[0]).read_scores()
     image = Path(next(r["image_path"] for r in rows if r["label"]))
     text = tmp_path / "notes.txt"
@@ -125,8 +125,8 @@ def test_click_on_the_map_selects_a_patch(server, page):
     url, _ = server
     page.goto(f"{url}/maps")
     wait_ready(page, "Anomaly maps")
-    sliders = page.locator('[data-testid="stSlider"]:has-text("Row") [role="slider"]')
-    before = sliders.first.get_attribute("aria-valuenow")
+    row = page.locator('input[type="range"][aria-label="Row"]').first
+    before = row.get_attribute("value")
     plot = page.locator('[data-testid="stPlotlyChart"] .nsewdrag').first
     box = plot.bounding_box()
     assert box is not None
@@ -135,7 +135,7 @@ def test_click_on_the_map_selects_a_patch(server, page):
     after = before
     while time.monotonic() < deadline and after == before:
         time.sleep(0.5)
-        after = sliders.first.get_attribute("aria-valuenow")
+        after = row.get_attribute("value")
     no_exceptions(page)
     assert after != before, "clicking the map did not move the patch selection"
     assert int(after) > 16            # the click was in the lower part of the 32-row grid
