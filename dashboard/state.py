@@ -225,3 +225,17 @@ def predict_upload(path: str, sig: tuple[float, ...], name: str, data: bytes) ->
         top = views.image_top_atoms(attr, k=6, tags=atom_tags(path, sig))
     view = np.asarray(image.resize((size, size), Image.BICUBIC))
     return Prediction(view, out["probs"][0].reshape(grid).numpy(), float(out["scores"][0]), top)
+
+
+# -- sweeps ---------------------------------------------------------------------------------------
+
+@st.cache_data(ttl=5, show_spinner=False)
+def sweep_names(root: str) -> list[str]:
+    return views.sweep_names(root)
+
+
+@st.cache_data(show_spinner="Drawing the sweep ...", max_entries=16)
+def sweep_figures(path: str, mtime: float) -> dict[str, Any]:
+    """The sweep's plotly figures (spg_core.sweep.sweep_figures over its sweep.csv)."""
+    from spg_core.sweep import sweep_figures as figures
+    return figures(views.sweep_frame(path))

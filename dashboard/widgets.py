@@ -170,8 +170,10 @@ def patch_map_figure(image: Image.Image | np.ndarray, probs: np.ndarray, *, opac
         r, c = selected
         fig.add_shape(type="rect", x0=c - 0.5, x1=c + 0.5, y0=r - 0.5, y1=r + 0.5,
                       line=dict(color="#FFFFFF", width=3))
-    fig.update_xaxes(visible=False, range=[-0.5, w - 0.5], constrain="domain")
-    fig.update_yaxes(visible=False, range=[h - 0.5, -0.5], scaleanchor="x", constrain="domain")
+    # Square cells, the picture pinned to the top-left of the figure (no band above it).
+    fig.update_xaxes(visible=False, range=[-0.5, w - 0.5], constrain="domain", constraintoward="left")
+    fig.update_yaxes(visible=False, range=[h - 0.5, -0.5], scaleanchor="x", constrain="domain",
+                     constraintoward="top")
     fig = _layout(fig, height, clickmode="event+select", dragmode=False)
     if title:
         fig.update_layout(title=dict(text=title, x=0.02, font=dict(size=15)))
@@ -194,7 +196,8 @@ def selected_point(event: Any) -> tuple[int, int] | None:
 
 # -- charts ---------------------------------------------------------------------------------------
 
-def atom_bar_figure(frame: pd.DataFrame, value: str, title: str, colour: str, height: int = 360) -> go.Figure:
+def atom_bar_figure(frame: pd.DataFrame, value: str, title: str, colour: str, height: int = 360,
+                    xtitle: str = "") -> go.Figure:
     """Horizontal bars of atoms ranked by `value` (largest on top), labelled with their tags."""
     frame = frame.iloc[::-1]
     labels = [f"#{int(a)}" + (f"  {t}" if isinstance(t, str) and t else "")
@@ -202,7 +205,7 @@ def atom_bar_figure(frame: pd.DataFrame, value: str, title: str, colour: str, he
     fig = go.Figure(go.Bar(x=frame[value], y=labels, orientation="h", marker_color=colour,
                            hovertemplate="%{y}<br>" + value + " %{x:.4f}<extra></extra>"))
     fig.update_yaxes(type="category", tickfont=dict(size=12))
-    fig.update_xaxes(title=value, gridcolor="#E3E7F2")
+    fig.update_xaxes(title=xtitle or value, gridcolor="#E3E7F2")
     return _layout(fig, height, title=dict(text=title, x=0.02, font=dict(size=15)))
 
 
@@ -245,6 +248,32 @@ def grouped_metric_figure(long: pd.DataFrame, metric: str, height: int = 420) ->
     fig.update_yaxes(title=f"{metric} (%)", range=[0, 100], gridcolor="#E3E7F2")
     return _layout(fig, height, barmode="group", legend=dict(orientation="h", y=-0.18),
                    title=dict(text=metric, x=0.02, font=dict(size=15)))
+
+
+def run_metrics_figure(frame: pd.DataFrame, height: int = 360) -> go.Figure:
+    """One run's four metrics per category (rows of `views.metrics_frame`), grouped bars."""
+    fig = go.Figure()
+    for i, metric in enumerate(frame.columns):
+        fig.add_trace(go.Bar(name=metric, x=list(frame.index), y=frame[metric], marker_color=BRAND[i % len(BRAND)],
+                             hovertemplate=f"{metric}<br>%{{x}}: %{{y:.1f}}%<extra></extra>"))
+    fig.update_yaxes(title="%", range=[0, 100], gridcolor="#E3E7F2")
+    return _layout(fig, height, barmode="group", legend=dict(orientation="h", y=1.12, x=0))
+
+
+def sweep_view(sweep_dir: Path, key: str) -> None:
+    """A sweep's figures, redrawn from its sweep.csv (offline: its HTML files load plotly.js from a CDN);
+    the HTML files only when the table is missing."""
+    table = sweep_dir / views.SWEEP_CSV
+    if table.is_file():
+        figures = state.sweep_figures(str(sweep_dir), table.stat().st_mtime)
+        if not figures:
+            st.info("This sweep varies nothing that has a figure (one setting per axis).")
+        for name, fig in figures.items():
+            st.plotly_chart(fig, key=f"{key}_{name}", config={"displayModeBar": False})
+        return
+    for page in views.sweep_html(sweep_dir):
+        st.markdown(f"**{page.stem}**")
+        st.iframe(page, height=520)
 
 
 def metric_cards(values: dict[str, float], deltas: dict[str, float] | None = None) -> None:

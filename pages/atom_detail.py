@@ -37,20 +37,27 @@ def pick_atom(ranking: dict[str, list[dict]], tags: dict[int, str]) -> int:
 
 
 def summary(atom: int, ranking: dict[str, list[dict]], stats) -> list[str]:
-    """Metric cards for the atom; returns the guides it is active in."""
+    """The atom's tag and cards (its weight in each guide, statistics); returns its guides."""
     coef = {g: next((a for a in ranking[g] if a["atom"] == atom), None) for g in ("anomaly", "normal")}
     row = stats[stats["atom"] == atom].iloc[0] if stats is not None and (stats["atom"] == atom).any() else None
+    if row is not None:
+        tag = str(row["tag"])
+        st.markdown(f"#### Atom #{atom} {widgets.pill(tag, 'neutral')}", unsafe_allow_html=True)
     cols = st.columns(5)
     for col, guide in zip(cols, ("anomaly", "normal")):
         entry = coef[guide]
         col.metric(f"{guide.capitalize()} guide", "inactive" if entry is None else f"{100 * entry['share']:.1f}%",
-                   help="share of the guide's coefficient mass", border=True)
+                   help="the atom's share of the guide's coefficient mass", border=True)
     if row is not None:
-        cols[2].metric("Tag", str(row["tag"]), border=True)
-        cols[3].metric("Fires on", f"{100 * row['frequency']:.2f}% of patches", border=True)
+        cols[2].metric("Fires on", f"{100 * row['frequency']:.2g}%", border=True,
+                       help="share of auxiliary patches where its activation is above zero")
         lift = row["lift"]
-        cols[4].metric("In-defect lift", "n/a" if lift != lift else f"{lift:.1f}x", border=True,
+        cols[3].metric("In-defect lift", "n/a" if lift != lift else f"{lift:.1f}x", border=True,
                        help="share of its activation inside defect masks, over the auxiliary base rate")
+        share = row["top_category_share"]
+        cols[4].metric(f"Top category: {row['top_category']}", "n/a" if share != share else f"{100 * share:.0f}%",
+                       border=True, help="share of its category profile (mean activation per category) in "
+                                         "its top category")
     return [g for g in ("anomaly", "normal") if coef[g] is not None]
 
 
@@ -58,12 +65,12 @@ def top_patches(atom: int) -> None:
     st.subheader("Top-activating auxiliary patches")
     st.caption("Each pair: the patch with its surroundings (boxed red when it overlaps a defect mask) and "
                "the atom's activation over the whole image, on one scale per atom.")
-    count = st.select_slider("Patches", [4, 8, 12, 16], value=8, key=key + "count")
+    count = st.select_slider("Patches", [3, 6, 9, 12, 15], value=9, key=key + "count")
     tiles = state.atom_tiles(str(run), sig, atom, count)
     if not tiles:
         st.info("This atom never fires on the auxiliary set.")
         return
-    per_row = 4
+    per_row = 3
     for start in range(0, len(tiles), per_row):
         cols = st.columns(per_row)
         for col, tile in zip(cols, tiles[start:start + per_row]):
@@ -95,42 +102,57 @@ def histograms(atom: int, index, stats) -> None:
 
 
 def ablation(atom: int, guides: list[str]) -> None:
+    """The what-if switch: remove the atom from one of its guides, recompute maps and metrics."""
     st.subheader("What if the guide did without it?")
     if not health.has(PATCH_MAPS, SCORES):
         st.info("This run has no target maps yet, so there is nothing to recompute.")
         return
     c1, c2 = st.columns([1, 2], vertical_alignment="center")
-    guide = c1.segmented_control("Guide", guides, default=guides[0], key=key + "guide") or guides[0]
+    guide = c1.segmented_control("Guide", guides, default=guides[0], key=key + f"guide_{atom}") or guides[0]
     removed = c2.toggle(f"Remove atom #{atom} from the {guide} guide", key=key + f"remove_{atom}_{guide}")
     if not removed:
         st.caption("Switch it on to recompute every target map, score and metric without this atom.")
         return
     before = state.ablation(str(run), sig, None, guide)
     after = state.ablation(str(run), sig, atom, guide)
-    mean_before, mean_after = views.metrics_frame(before.metrics).loc["mean"], views.metrics_frame(after.metrics).loc["mean"]
+    ablation_metrics(before.metrics, after.metrics)
+    ablation_maps(before, after)
+
+
+def ablation_metrics(before: dict, after: dict) -> None:
+    """Mean metrics without the atom (change against the run as trained), then per category."""
+    mean_before = views.metrics_frame(before).loc["mean"]
+    mean_after = views.metrics_frame(after).loc["mean"]
     widgets.metric_cards(mean_after.to_dict(), (mean_after - mean_before).to_dict())
-    frame = views.ablation_frame(before.metrics, after.metrics)
+    frame = views.ablation_frame(before, after)
     metric = st.segmented_control("Per category", sorted(frame["metric"].unique()), default="Image AUROC",
                                   key=key + "abl_metric") or "Image AUROC"
     st.dataframe(frame[frame["metric"] == metric].drop(columns="metric"), hide_index=True, key=key + "abl_table",
                  column_config={c: st.column_config.NumberColumn(c, format="%+.1f" if c == "change" else "%.1f")
                                 for c in ("before", "after", "change")})
+
+
+def ablation_maps(before, after) -> None:
+    """One target image's map with and without the atom (images whose score moved most first)."""
     target = state.target_maps(str(run), sig)
     changed = views.most_changed(before.scores.numpy(), after.scores.numpy())
     widgets.keep_choice(key + "abl_image", changed)
+
+    def label(i: int) -> str:
+        row = target.rows[i]
+        return (f"{row['category']}/{row['defect']} #{i}: {views.format_score(before.scores[i])} -> "
+                f"{views.format_score(after.scores[i])}")
+
     pick = st.selectbox("Target image (largest score change first)", changed, key=key + "abl_image",
-                        format_func=lambda i: f"{target.rows[i]['category']}/{target.rows[i]['defect']} "
-                                              f"#{i}: {views.format_score(before.scores[i])} -> {views.format_score(after.scores[i])}")
+                        format_func=label)
     image = state.image_at(target.rows[pick]["image_path"], target.image_size)
     background = widgets.image_with_mask(image, state.target_mask(run, pick))
-    grid = target.grid
-    left, right = st.columns(2)
-    left.plotly_chart(widgets.patch_map_figure(background, before.probs[pick].reshape(grid).numpy(), opacity=0.55,
-                                               title=f"With the atom: score {views.format_score(before.scores[pick])}", height=380,
-                                               colorbar=False), key=key + "abl_before", config={"displayModeBar": False})
-    right.plotly_chart(widgets.patch_map_figure(background, after.probs[pick].reshape(grid).numpy(), opacity=0.55,
-                                                title=f"Without it: score {views.format_score(after.scores[pick])}", height=380),
-                       key=key + "abl_after", config={"displayModeBar": False})
+    for col, result, title, last in zip(st.columns(2), (before, after), ("With the atom", "Without it"),
+                                        (False, True)):
+        fig = widgets.patch_map_figure(background, result.probs[pick].reshape(target.grid).numpy(), opacity=0.55,
+                                       title=f"{title}: score {views.format_score(result.scores[pick])}",
+                                       height=380, colorbar=last)
+        col.plotly_chart(fig, key=key + ("abl_after" if last else "abl_before"), config={"displayModeBar": False})
 
 
 with widgets.guard("This run's atoms cannot be shown"):

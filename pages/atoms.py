@@ -41,9 +41,9 @@ with widgets.guard("The atoms of this run cannot be ranked"):
             if part.empty:
                 st.info(f"The {guide} guide has no active atoms.")
             else:
-                st.plotly_chart(widgets.atom_bar_figure(part, "share", f"{guide.capitalize()} guide: share of "
-                                                        "the guide (%)", colour, height=120 + 22 * len(part)),
-                                key=key + f"bar_{guide}", config={"displayModeBar": False})
+                fig = widgets.atom_bar_figure(part, "share", f"{guide.capitalize()} guide, largest first", colour,
+                                              height=120 + 22 * len(part), xtitle="share of the guide (%)")
+                st.plotly_chart(fig, key=key + f"bar_{guide}", config={"displayModeBar": False})
 
     st.subheader("All active atoms")
     shown = st.segmented_control("Guide", ["both", "anomaly", "normal"], default="both", key=key + "guide")

@@ -62,14 +62,13 @@ def on_map_click() -> None:
 
 def image_panel(image: np.ndarray, mask: np.ndarray, info: dict[str, Any], threshold: float) -> None:
     label = "anomalous" if info["label"] else "normal"
-    st.markdown(f"**Image and ground truth** {widgets.pill(label, label)} {widgets.pill(info['defect'])}",
-                unsafe_allow_html=True)
+    verdict = f"{info['outcome']} at {views.format_score(threshold)}"
+    st.markdown(f"**Image and ground truth** {widgets.pill(label, label)} {widgets.pill(info['defect'])} "
+                f"{widgets.pill(verdict, info['outcome'])}", unsafe_allow_html=True)
     st.image(widgets.image_with_mask(image, mask), width="stretch",
              caption=f"{info['name']}: ground truth outlined in white")
-    m1, m2 = st.columns(2)
-    m1.metric("Image score", views.format_score(info["score"]), border=True)
-    m2.metric(f"At {views.format_score(threshold)}", info["outcome"], border=True,
-              help="TP/FP/FN/TN: the image called anomalous when its score is at least the threshold")
+    st.metric("Image score", views.format_score(info["score"]), border=True,
+              help="the image's anomaly score: its map pooled with the run's aggregation (max, mean or LSE)")
 
 
 def patch_panel(image: np.ndarray, index: int, grid: tuple[int, int], size: int) -> None:
@@ -100,48 +99,60 @@ def patch_panel(image: np.ndarray, index: int, grid: tuple[int, int], size: int)
                 nav.open_page("atom_detail.py")
 
 
-with widgets.guard("The target maps of this run cannot be read"):
-    target = state.target_maps(str(run), sig)
-    scores = [r["score"] for r in target.rows]
-    labels = [r["label"] for r in target.rows]
+def threshold_control(scores: list[float], labels: list[int]) -> float:
+    """The decision threshold slider, spanning the run's scores, starting at the best-F1 threshold."""
     best = views.best_f1_threshold(scores, labels)
     lo, hi, step, fmt = views.threshold_range(scores)
     if not lo <= st.session_state.get(key + "threshold", -1.0) <= hi:
         st.session_state[key + "threshold"] = min(max(round(best / step) * step, lo), hi)
-    threshold = st.slider("Decision threshold on the image score", lo, hi, step=step, format=fmt,
-                          key=key + "threshold",
-                          help=f"an image is called anomalous when its score is at least this; default: "
-                               f"the best-F1 threshold ({views.format_score(best)})")
-    frame = views.target_table(target.rows, threshold)
+    return st.slider("Decision threshold on the image score", lo, hi, step=step, format=fmt, key=key + "threshold",
+                     help=f"an image is called anomalous when its score is at least this; default: the best-F1 "
+                          f"threshold ({views.format_score(best)})")
+
+
+def outcome_pills(frame: pd.DataFrame) -> None:
     counts = frame["outcome"].value_counts()
     st.markdown(" ".join(widgets.pill(f"{k} {int(counts.get(k, 0))}", k) for k in ("TP", "FP", "FN", "TN")),
                 unsafe_allow_html=True)
+
+
+def map_panel(image: np.ndarray, mask: np.ndarray, probs: np.ndarray, opacity: float, outline: bool) -> None:
+    """The clickable anomaly map, the selected patch boxed."""
+    st.markdown("**Anomaly map** (click a patch)")
+    background = widgets.image_with_mask(image, mask if outline else None)
+    selected = (st.session_state[key + "row"], st.session_state[key + "col"])
+    fig = widgets.patch_map_figure(background, probs, opacity=opacity, selected=selected, height=380)
+    st.plotly_chart(fig, key=key + "map", on_select=on_map_click, selection_mode="points",
+                    config={"displayModeBar": False})
+
+
+def main() -> None:
+    target = state.target_maps(str(run), sig)
+    threshold = threshold_control([r["score"] for r in target.rows], [r["label"] for r in target.rows])
+    frame = views.target_table(target.rows, threshold)
+    outcome_pills(frame)
     rows = choose_images(frame)
     if rows.empty:
         st.info("No image matches these filters at this threshold.", icon=":material/filter_alt_off:")
-        st.stop()
+        return
     pick_col, opacity_col, outline_col = st.columns([3, 1.2, 1], vertical_alignment="bottom")
     with pick_col:
         index = image_picker(rows)
     opacity = opacity_col.slider("Map opacity", 0.0, 1.0, 0.55, 0.05, key=key + "opacity")
     outline = outline_col.toggle("Ground truth on map", value=True, key=key + "outline")
-    info = frame.set_index("index").loc[index].to_dict()
-    probs = target.probs[index]
-    size = target.image_size
-    image = state.image_at(info["image_path"], size)
-    mask = state.target_mask(run, index)
-    sync_patch(index, probs)
 
+    info = frame.set_index("index").loc[index].to_dict()
+    image = state.image_at(info["image_path"], target.image_size)
+    mask = state.target_mask(run, index)
+    sync_patch(index, target.probs[index])
     left, middle, right = st.columns([1, 1.2, 1], gap="medium")
     with left:
         image_panel(image, mask, info, threshold)
     with middle:
-        st.markdown("**Anomaly map** (click a patch)")
-        background = widgets.image_with_mask(image, mask if outline else None)
-        fig = widgets.patch_map_figure(background, probs, opacity=opacity,
-                                       selected=(st.session_state[key + "row"], st.session_state[key + "col"]),
-                                       height=380)
-        st.plotly_chart(fig, key=key + "map", on_select=on_map_click, selection_mode="points",
-                        config={"displayModeBar": False})
+        map_panel(image, mask, target.probs[index], opacity, outline)
     with right:
-        patch_panel(image, index, target.grid, size)
+        patch_panel(image, index, target.grid, target.image_size)
+
+
+with widgets.guard("The target maps of this run cannot be read"):
+    main()

@@ -36,9 +36,13 @@ with tab_metrics, widgets.guard("The metrics of this run cannot be shown"):
         metrics = state.run_metrics(str(run), sig)
         frame = views.metrics_frame(metrics)
         widgets.metric_cards(frame.loc["mean"].to_dict())
-        st.dataframe(frame, key="metrics_table",
-                     column_config={c: st.column_config.ProgressColumn(c, format="%.1f", min_value=0, max_value=100)
-                                    for c in frame.columns})
+        table_col, chart_col = st.columns([1.1, 1], gap="medium")
+        table_col.dataframe(frame, key="metrics_table",
+                            column_config={c: st.column_config.ProgressColumn(c, format="%.1f", min_value=0,
+                                                                              max_value=100)
+                                           for c in frame.columns})
+        chart_col.plotly_chart(widgets.run_metrics_figure(frame), key="metrics_chart",
+                               config={"displayModeBar": False})
         for note in metrics.get("warnings", []):
             st.caption(f"Note: {note}")
 
@@ -67,11 +71,17 @@ with tab_paper, widgets.guard("The paper comparison cannot be shown"):
                      column_config={c: st.column_config.NumberColumn(c, format="%+.1f" if c == "difference" else "%.1f")
                                     for c in ("ours", "paper", "difference")})
 
-with tab_sweep, widgets.guard("The sweep figures cannot be shown"):
-    figures = views.sweep_figures(run)
-    if not figures:
-        st.info("No sweep figures in this run (they appear here when `RUN/sweep/*.html` exists).",
-                icon=":material/info:")
-    for fig in figures:
-        st.markdown(f"**{fig.stem}**")
-        st.iframe(fig, height=520)
+with tab_sweep, widgets.guard("The sweep of this run cannot be shown"):
+    sweep = views.run_sweep_dir(run)
+    if sweep is None:
+        st.info("This run has no sweep (`RUN/sweep/`). Sweeps made with `spg sweep --out DIR` under the runs "
+                "root are listed below the tabs.", icon=":material/info:")
+    else:
+        widgets.sweep_view(sweep, key="run_sweep")
+
+sweeps = state.sweep_names(str(root))
+if sweeps:
+    st.subheader("Sweeps")
+    name = st.selectbox("Sweep folder", sweeps, key="sweep_pick")
+    with widgets.guard(f"Sweep {name} cannot be shown"):
+        widgets.sweep_view(views.resolve_run(root, name), key="root_sweep")

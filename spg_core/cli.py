@@ -53,6 +53,7 @@ def _add_guides(p: argparse.ArgumentParser) -> None:
     p.add_argument("--l1", type=float, default=d.l1, help=f"lambda of the L1 penalty (default {d.l1})")
     p.add_argument("--guide-topk", type=int, default=d.topk, help="K per guide for --guide-variant topk")
     p.add_argument("--guide-epochs", type=int, default=d.epochs)
+    p.add_argument("--guide-lr", type=float, default=d.lr)
     p.add_argument("--tau", type=float, default=d.tau)
     p.add_argument("--ema", type=float, default=d.ema_decay)
 
@@ -73,7 +74,7 @@ def _config_from(args: argparse.Namespace) -> RunConfig:
         weights=args.weights, method=args.method, device=args.device,
         sae=SAEConfig(width=args.width, k=args.k, epochs=args.sae_epochs, lr=args.sae_lr, seed=args.seed),
         guides=GuideConfig(variant=args.guide_variant, l1=args.l1, topk=args.guide_topk, epochs=args.guide_epochs,
-                           tau=args.tau, ema_decay=args.ema, seed=args.seed),
+                           lr=args.guide_lr, tau=args.tau, ema_decay=args.ema, seed=args.seed),
         score=ScoreConfig(aggregation=args.aggregation, lse_temperature=args.lse_t,
                           smoothing_sigma=args.smoothing_sigma),
     )
@@ -121,8 +122,8 @@ def cmd_train_guides(args: argparse.Namespace) -> None:
     from .runs import RunDir
 
     cfg = RunDir(args.run).run_config()
-    cfg.guides = GuideConfig(variant=args.guide_variant, l1=args.l1, topk=args.guide_topk,
-                             epochs=args.guide_epochs, tau=args.tau, ema_decay=args.ema, seed=cfg.sae.seed)
+    cfg.guides = GuideConfig(variant=args.guide_variant, l1=args.l1, topk=args.guide_topk, epochs=args.guide_epochs,
+                             lr=args.guide_lr, tau=args.tau, ema_decay=args.ema, seed=cfg.sae.seed)
     run = train_stages(cfg, args.run, stages=("guides",), **_io_kwargs(args))
     print(f"guides written to {run.file('guides.safetensors')}")
 

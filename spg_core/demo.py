@@ -13,7 +13,7 @@ DEMO_NAME = "demo-synthetic-builtin"
 
 def demo_config() -> RunConfig:
     p = DEMO_PRESET
-    return RunConfig(aux="synthetic-a", target="synthetic-b", backbone=p["backbone"], device="auto",
+    return RunConfig(aux="synthetic-a", target="synthetic-b", backbone="builtin", device="auto",
                      sae=SAEConfig(**p.get("sae", {})), guides=GuideConfig(**p.get("guides", {})),
                      score=ScoreConfig(**p.get("score", {})))
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -138,11 +139,13 @@ def cmd_dashboard(args: argparse.Namespace) -> None:
         print(f"note: {root} does not exist yet; the dashboard will say how to make a run", flush=True)
     print(f"SPG Studio on http://{args.host}:{args.port}  (runs: {root}; Ctrl-C to stop)", flush=True)
     proc = start_server(root, args.port, host=args.host, cache_dir=args.cache_dir)
+    # The server runs in its own session (so it can be stopped as a group): stop it whenever this
+    # process ends, on Ctrl-C or on a plain `kill` (SIGTERM would otherwise orphan it).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         proc.wait()
-    except KeyboardInterrupt:
+    finally:
         stop_server(proc)
-        raise
 
 
 def register_cli(sub: Any) -> None:

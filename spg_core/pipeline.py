@@ -119,8 +119,11 @@ def score_store(store: TokenStore, scorer: Scorer, device: torch.device,
 
 
 def target_maps(probs: torch.Tensor, grid: tuple[int, int], size: int, batch: int = 64) -> torch.Tensor:
-    """Patch probabilities `[K, N]` -> full maps `[K, S, S]` fp16 (upsampled in batches)."""
-    return torch.cat([upsample(probs[i:i + batch], grid, size).to(torch.float16)
+    """Patch probabilities `[K, N]` -> full maps `[K, S, S]` float32 (upsampled in batches).
+
+    Not fp16: confident guides put probabilities around 1e-6, where fp16 turns distinct
+    values into ties and silently lowers pixel AUROC."""
+    return torch.cat([upsample(probs[i:i + batch], grid, size).float()
                       for i in range(0, probs.shape[0], batch)])
 
 

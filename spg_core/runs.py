@@ -5,7 +5,7 @@
     RUN/sae.json                  SAE config and training history (loss, FVU, dead latents)
     RUN/guides.safetensors        theta_n, theta_a (EMA), raw theta
     RUN/guides.json               guide config, history, active atom counts
-    RUN/target/patch_maps.safetensors   anomaly probabilities on the patch grid [K, h, w] fp16 and scores [K]
+    RUN/target/patch_maps.safetensors   anomaly probabilities on the patch grid [K, h, w] float32 and scores [K]
     RUN/target/scores.csv         one row per target image: path, category, defect, label, score
     RUN/metrics.json              {"mean": {...}, "per_category": {...}, "settings": {...}}
     RUN/per_category.csv, RUN/report.md
@@ -71,7 +71,7 @@ class RunDir:
                      grid: tuple[int, int], image_size: int) -> None:
         """probs `[K, N]`, scores `[K]`, one record per target image."""
         h, w = grid
-        save_tensors(self.file(PATCH_MAPS), {"probs": probs.reshape(-1, h, w).to(torch.float16),
+        save_tensors(self.file(PATCH_MAPS), {"probs": probs.reshape(-1, h, w).float(),
                                              "scores": scores.float()},
                      {"grid": [h, w], "image_size": image_size})
         buf = io.StringIO()

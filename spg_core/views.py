@@ -202,13 +202,50 @@ def per_category_long(frames: dict[str, pd.DataFrame]) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["run", "category", "metric", "value"])
 
 
-def sweep_figures(run_dir: str | Path) -> list[Path]:
-    """HTML figures of a sweep: RUN/sweep/*.html, or *.html at the top of a sweep directory."""
-    run_dir = Path(run_dir)
-    found = sorted((run_dir / "sweep").glob("*.html")) if (run_dir / "sweep").is_dir() else []
-    if not found and (run_dir / "sweep.json").is_file():
-        found = sorted(run_dir.glob("*.html"))
-    return found
+SWEEP_CSV = "sweep.csv"
+
+
+def sweep_names(root: str | Path) -> list[str]:
+    """Sweep folders (holding sweep.csv, from `spg sweep`) under `root`, as root-relative names.
+    A run's own RUN/sweep is shown with its run, not listed here."""
+    root = Path(root).resolve()
+    if not root.is_dir():
+        return []
+    names = []
+    for csv_path in sorted(root.glob(f"**/{SWEEP_CSV}")):
+        if csv_path.parent.name == "sweep" and (csv_path.parent.parent / CONFIG).is_file():
+            continue
+        try:
+            names.append(csv_path.parent.resolve().relative_to(root).as_posix())
+        except ValueError:          # a symlink out of the root
+            continue
+    return names
+
+
+def run_sweep_dir(run_dir: str | Path) -> Path | None:
+    """RUN/sweep when the run carries a sweep of its own."""
+    path = Path(run_dir) / "sweep"
+    return path if (path / SWEEP_CSV).is_file() or any(path.glob("*.html")) else None
+
+
+def sweep_frame(sweep_dir: str | Path) -> pd.DataFrame:
+    """The tidy sweep table (one row per setting x category x metric); SPGError when unreadable."""
+    path = Path(sweep_dir) / SWEEP_CSV
+    try:
+        frame = pd.read_csv(path)
+    except (OSError, ValueError, pd.errors.ParserError) as exc:
+        raise SPGError(f"sweep table cannot be read ({type(exc).__name__})", path=str(path),
+                       fix="re-run the `spg sweep` command that wrote it") from None
+    needed = {"category", "metric", "value", "aggregation", "guide", "width", "k", "backbone"}
+    if not needed <= set(frame.columns):
+        raise SPGError(f"sweep table lacks columns {sorted(needed - set(frame.columns))}", path=str(path),
+                       fix="re-run the `spg sweep` command that wrote it")
+    return frame
+
+
+def sweep_html(sweep_dir: str | Path) -> list[Path]:
+    """Pre-rendered HTML figures of a sweep (shown only when its sweep.csv is missing)."""
+    return sorted(Path(sweep_dir).glob("*.html"))
 
 
 # -- target images and thresholds -----------------------------------------------------------------
@@ -354,9 +391,13 @@ def atom_table(ranking: dict[str, list[dict[str, Any]]], stats: pd.DataFrame | N
     if stats is not None and len(stats):
         extra = stats.reset_index() if "atom" not in stats.columns else stats
         extra = extra.rename(columns={"index": "atom"}) if "atom" not in extra.columns else extra
-        extra = extra.drop(columns=[c for c in ("guide", "rank", "coef", "share") if c in extra.columns])
-        table = table.merge(extra, on="atom", how="left")
-    return table
+        # Dict-valued columns (top_categories ...) do not fit a table cell; the scalars do.
+        scalar = [c for c in extra.columns if c not in ("guide", "rank", "coef", "share")
+                  and not extra[c].map(lambda v: isinstance(v, (dict, list))).any()]
+        table = table.merge(extra[scalar], on="atom", how="left")
+    first = [c for c in ("guide", "rank", "atom", "tag", "share", "coef", "top_category", "dominant_defect",
+                         "lift", "frequency") if c in table.columns]
+    return table[first + [c for c in table.columns if c not in first]]
 
 
 def image_top_atoms(attr: Any, k: int = 6, image: int = 0, tags: dict[int, str] | None = None) -> pd.DataFrame:

@@ -35,7 +35,7 @@ def build_small_run(out: Path) -> Path:
 
 
 def small_runs_root(tmp_path_factory) -> Path:
-    """A runs root holding RUN and TWIN (built on first call of the session)."""
+    """A runs root holding RUN, TWIN and a sweep folder (built on first call of the session)."""
     root = tmp_path_factory.getbasetemp() / "dashboard_runs"
     done = root / ".complete"
     if not done.is_file():
@@ -44,6 +44,8 @@ def small_runs_root(tmp_path_factory) -> Path:
         root.mkdir(parents=True)
         build_small_run(root / RUN)
         shutil.copytree(root / RUN, root / TWIN)
+        write_sweep(root / "sweeps" / "width-k")
+        write_sweep(root / TWIN / "sweep")          # a run carrying its own sweep
         done.write_text("ok\n")
     return root
 
@@ -71,3 +73,28 @@ def damaged_runs_root(base: Path, good: Path) -> Path:
     (root / "half").mkdir()
     shutil.copy(good / "config.json", root / "half" / "config.json")
     return root
+
+
+def write_sweep(out: Path) -> Path:
+    """A small sweep folder in `spg sweep`'s format (sweep.csv): 2 widths x 2 k x 2 aggregations.
+
+    The values are made up (a real sweep trains one SAE per setting: minutes); the dashboard only
+    draws what the table holds.
+    """
+    import pandas as pd
+
+    rows = []
+    for width in (64, 128):
+        for k in (4, 8):
+            for agg in ("max", "mean"):
+                setting = {"backbone": "builtin", "width": width, "k": k, "guide": "relu_l1(lambda=0.001)",
+                           "guide_variant": "relu_l1", "guide_value": 1e-3, "active_atoms": width // 2,
+                           "aggregation": agg, "agg_kind": agg, "agg_T": 0.0}
+                for metric in ("image_auroc", "image_ap", "pixel_auroc", "aupro"):
+                    value = 0.5 + width / 1000 + k / 100 + (0.05 if agg == "max" else 0.0)
+                    for category in ("brushed", "pill", "mean"):
+                        rows.append({**setting, "category": category, "metric": metric, "value": value})
+    out.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_csv(out / "sweep.csv", index=False)
+    (out / "sweep.json").write_text('{"aux": "synthetic-a", "target": "synthetic-b"}\n')
+    return out

@@ -37,7 +37,7 @@ def run_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("atoms")
     cfg = RunConfig(aux="synthetic-a", target="synthetic-b", backbone="builtin", device="cpu",
                     sae=SAEConfig(width=128, k=8, epochs=2), guides=GuideConfig(epochs=2))
-    run_experiment(cfg, root / "run", cache_dir=root / "cache", progress=False)
+    run_experiment(cfg, root / "run", progress=False)   # session cache: shared synthetic data and stores
     return root / "run"
 
 

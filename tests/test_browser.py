@@ -72,18 +72,27 @@ def page(browser):
     context.close()
 
 
-def wait_ready(page, title: str) -> None:
-    """Wait until the page's script has finished and its charts are drawn."""
+BUSY = ('[data-testid="stStatusWidget"]', '[data-testid="stSpinner"]', '[data-testid="stSkeleton"]')
+
+
+def wait_ready(page, title: str, quiet_s: float = 1.5) -> None:
+    """Wait until the page's script has finished and its charts are drawn: no status widget,
+    spinner or skeleton, and every plotly chart drawn, for `quiet_s` seconds in a row (a page
+    shows several spinners one after another)."""
     page.wait_for_selector(f'h1:has-text("{title}")', timeout=READY_TIMEOUT_MS)
     deadline = time.monotonic() + READY_TIMEOUT_MS / 1000
+    quiet_since = None
     while time.monotonic() < deadline:
-        running = page.query_selector('[data-testid="stStatusWidget"]')
+        busy = any(page.query_selector(sel) for sel in BUSY)
         charts = page.query_selector_all('[data-testid="stPlotlyChart"]')
-        drawn = all(c.query_selector(".main-svg") for c in charts)
-        if running is None and drawn:
-            break
-        time.sleep(0.25)
-    time.sleep(0.8)          # let images and fonts settle for the screenshot
+        if busy or not all(c.query_selector(".main-svg") for c in charts):
+            quiet_since = None
+        elif quiet_since is None:
+            quiet_since = time.monotonic()
+        elif time.monotonic() - quiet_since >= quiet_s:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"{title}: the page was still busy after {READY_TIMEOUT_MS / 1000:.0f} s")
 
 
 def no_exceptions(page) -> None:
@@ -113,8 +122,13 @@ def test_upload_in_the_browser(server, page, tmp_path):
     text = tmp_path / "notes.txt"
     text.write_text("not an image")
     page.set_input_files('[data-testid="stFileUploaderDropzoneInput"]', [str(image), str(text)])
-    page.wait_for_selector('[data-testid="stMetric"]:has-text("Image score")', timeout=READY_TIMEOUT_MS)
-    page.wait_for_selector('text=notes.txt was refused', timeout=READY_TIMEOUT_MS)
+    try:
+        page.wait_for_selector('[data-testid="stMetric"]:has-text("Image score")', timeout=READY_TIMEOUT_MS)
+        page.wait_for_selector('text=notes.txt was refused', timeout=READY_TIMEOUT_MS)
+    except sync_api.TimeoutError:
+        page.screenshot(path=str(tmp_path / "upload_failure.png"))
+        raise AssertionError(f"no result after the upload; page says: {page.inner_text('body')[-1200:]!r} "
+                             f"(screenshot {tmp_path / 'upload_failure.png'})") from None
     wait_ready(page, "Try an image")
     no_exceptions(page)
     page.screenshot(path=str(SHOTS / "try_image_result.png"))
@@ -128,14 +142,17 @@ def test_click_on_the_map_selects_a_patch(server, page):
     row = page.locator('input[type="range"][aria-label="Row"]').first
     before = row.get_attribute("value")
     plot = page.locator('[data-testid="stPlotlyChart"] .nsewdrag').first
-    box = plot.bounding_box()
-    assert box is not None
-    page.mouse.click(box["x"] + box["width"] * 0.8, box["y"] + box["height"] * 0.85)
-    deadline = time.monotonic() + 60
     after = before
-    while time.monotonic() < deadline and after == before:
-        time.sleep(0.5)
-        after = row.get_attribute("value")
+    for _ in range(3):            # a click that lands while plotly is still wiring its events is lost
+        box = plot.bounding_box()
+        assert box is not None
+        page.mouse.click(box["x"] + box["width"] * 0.8, box["y"] + box["height"] * 0.85)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and after == before:
+            time.sleep(0.5)
+            after = row.get_attribute("value")
+        if after != before:
+            break
     no_exceptions(page)
     assert after != before, "clicking the map did not move the patch selection"
     assert int(after) > 16            # the click was in the lower part of the 32-row grid

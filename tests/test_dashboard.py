@@ -168,9 +168,14 @@ def test_runs_page(runs_root, monkeypatch):
     settings = frame_with(at, "setting", "value")
     assert "aux" in settings["setting"].tolist()                # configuration is shown
 
+    # The sweep folder under the root is listed and drawn from its sweep.csv.
+    assert at.selectbox(key="sweep_pick").value == "sweeps/width-k"
+    assert plotly_keys(at) >= 1 + 2                            # metrics chart + width/k and aggregation figures
+
     at.selectbox(key="run").set_value(TWIN).run()
     assert_clean(at)
     assert at.subheader[0].value == f"Run {TWIN}"
+    assert plotly_keys(at) == 1 + 2 + 2                        # + the twin's own sweep (RUN/sweep)
 
 
 def test_maps_page_filters_threshold_and_patch(runs_root, monkeypatch):
@@ -259,11 +264,11 @@ def test_atom_detail_tiles_histograms_and_ablation(runs_root, monkeypatch):
     at = open_app(runs_root, monkeypatch, page="atom_detail.py", run=RUN)
     k = f"{RUN}::atom::"
     atom = at.selectbox(key=k + "pick").value
-    assert len(at.image) >= 2 * 4                             # crop + heatmap per top patch
+    assert len(at.image) == 2 * 9                             # crop + heatmap per top patch
     assert plotly_keys(at) == 2                               # category and activation histograms
-    assert metric(at, "Tag") in ("class-general", "class-specific", "shared", "dead")
-    at.select_slider(key=k + "count").set_value(4).run()
-    assert len(at.image) == 2 * 4
+    assert any(f'spg-pill neutral">{tag}<' in texts(at) for tag in ("class-general", "class-specific", "shared"))
+    at.select_slider(key=k + "count").set_value(3).run()
+    assert len(at.image) == 2 * 3
 
     at.toggle(key=k + f"remove_{atom}_anomaly").set_value(True).run()
     assert_clean(at)

@@ -150,7 +150,7 @@ class Ablator:
             full = upsample(probs[i:i + self.batch_images], self.grid, self.size)
             scores.append(image_scores(full, agg.aggregation, agg.lse_temperature).cpu())
             if metrics:
-                maps.append(full.to(torch.float16).cpu())
+                maps.append(full.float().cpu())
         scores_t = torch.cat(scores)
         result = None
         if metrics:

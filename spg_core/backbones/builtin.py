@@ -1,26 +1,42 @@
 """`builtin`: a weight-free backbone, so the demo and the tests run anywhere with no download.
 
-It is not a neural network; it is a fixed, documented feature extractor whose
-tokens carry what a zero-shot detector needs and nothing category-specific is
-learned:
+It is not a neural network; it is a fixed, documented, per-image feature
+extractor (no learned weights, no randomness). Nothing category-specific is
+built in: what makes a patch anomalous is learned by the SPG guides from the
+auxiliary set, on top of these tokens.
 
-1. Pixel channels: opponent colour (L, a, b), Sobel gradient magnitude,
-   |Laplacian| and a difference of Gaussians of L.
-2. Patch descriptors on an 8-px grid (32 x 32 at 256 px): per-patch means and
-   standard deviations of those channels, plus the same averaged over the 3 x 3
-   neighbouring patches (context).
-3. Self-similarity (the zero-shot cue AnomalyDINO uses with DINOv2 features,
-   here within one image): for each patch, the distance to its k-th nearest
-   patch elsewhere in the same image (its 3 x 3 neighbourhood excluded), for
-   k in (1, 3, 10, 30, 100) and three descriptor groups, divided by the image's
-   median of that distance. Texture repeats and objects have many look-alike
-   patches; a defect has few, and how few tells its size.
-4. Robustly standardised descriptors (per image: minus median, over MAD),
-   scaled down so that they shape but do not dominate a token's direction.
-5. A constant channel, so a perfectly ordinary patch still has a direction
+1. Pixel channels (10): opponent colour L, a = R - G, b = (R + G)/2 - B; the
+   gradient magnitude of L (central differences after a sigma-1 blur); and a
+   band-pass pyramid of L (L - G1, G1 - G2, G2 - G4, G_s a Gaussian blur of
+   sigma s) split into its positive (bright detail) and negative (dark detail)
+   parts. The band-pass parts tell thin lines and small pits/particles (most
+   defects) from smooth shading, and their sign tells dark from bright.
+2. Patch descriptors (19) on an 8-px grid (32 x 32 at 256 px): per-patch means
+   of the 10 channels, standard deviations of L, a, b, and the per-patch MAXIMA
+   of the 6 band-pass parts. A defect a few pixels wide is diluted in an 8-px
+   mean; its maximum is not.
+3. Context (19): the same descriptors averaged over the 3 x 3 neighbouring patches.
+4. Robust per-image standardisation of 2-3: (x - median) / (MAD + 0.02),
+   clamped to +-20.
+5. Self-similarity (12), the zero-shot cue AnomalyDINO uses with DINOv2
+   features, here within one image: for each patch, the distance to its k-th
+   nearest patch elsewhere in the image (its 3 x 3 neighbourhood excluded),
+   k in (1, 3, 10, 30), for three descriptor groups (colour, structure,
+   context), as log1p(max(d_k / median_image(d_k) - 1, 0)). Texture repeats and
+   object outlines (the descriptors are rotation invariant) have many
+   look-alikes; a defect has few. k stops at 30 (v1 went to 100): an object's
+   body covers fewer than 100 patches, so large k flagged whole objects.
+6. The standardised descriptors, scaled by 0.05 so they shape but do not
+   dominate a token's direction, and their absolute values (local part only).
+7. A constant channel, so a perfectly ordinary patch still has a direction
    (cosine scoring needs one).
 
-Token = [1 | self-similarity (15) | |z| (10) | z (20)], D = 46.
+Token = [1 | self-similarity (12) | |z_local| (19) | z_local (19) | z_context (19)], D = 70.
+
+Known limits (measured, see the report that introduced v2): thin-line defects
+(scratch, crack) and chunks missing at an object's outline are the weakest
+kinds; unique normal parts of objects (a printed mark, pill dots, plug pins)
+still score like small defects, which caps image AUROC on objects.
 """
 
 from __future__ import annotations
@@ -30,9 +46,16 @@ import torch.nn.functional as F
 
 from .base import Backbone
 
-_K_NEIGHBOURS = (1, 3, 10, 30, 100)
-_Z_SCALE = 0.15
+_K_NEIGHBOURS = (1, 3, 10, 30)
+_BANDPASS_SIGMAS = (1.0, 2.0, 4.0)   # L - G1, G1 - G2, G2 - G4
+_Z_SCALE = 0.05
+_Z_CLAMP = 20.0
 _MAD_FLOOR = 0.02
+
+# Patch-descriptor layout (see patch_descriptors): indices into the 19 local descriptors.
+_COLOUR = [0, 1, 2, 10, 11, 12]                          # means and stds of L, a, b
+_STRUCTURE = [3, 4, 5, 6, 7, 8, 9, 13, 14, 15, 16, 17, 18]  # |grad| mean, band-pass means and maxima
+_N_DESC = 19
 
 
 def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -48,28 +71,33 @@ def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
 
 
 def pixel_channels(images: torch.Tensor) -> torch.Tensor:
-    """`[B, 3, S, S]` RGB in [0, 1] -> `[B, 6, S, S]`: L, a, b, |grad L|, |lap L|, |DoG L|."""
+    """`[B, 3, S, S]` RGB in [0, 1] -> `[B, 10, S, S]`.
+
+    Channels: L, a, b, |grad L|, then (bright, dark) parts of L - G1, G1 - G2, G2 - G4.
+    """
     r, g, b = images[:, 0:1], images[:, 1:2], images[:, 2:3]
     lum = (r + g + b) / 3
-    opp_a = r - g
-    opp_b = (r + g) / 2 - b
-    sobel = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], device=images.device) / 4
-    padded = F.pad(lum, (1, 1, 1, 1), mode="reflect")
-    gx = F.conv2d(padded, sobel.view(1, 1, 3, 3))
-    gy = F.conv2d(padded, sobel.t().contiguous().view(1, 1, 3, 3))
+    blurred = [lum] + [_gaussian_blur(lum, s) for s in _BANDPASS_SIGMAS]     # L, G1, G2, G4
+    # Gradient on the sigma-1 blur: sensor noise would otherwise dominate plain surfaces.
+    p = F.pad(blurred[1], (1, 1, 1, 1), mode="replicate")
+    gx = (p[..., 1:-1, 2:] - p[..., 1:-1, :-2]) / 2
+    gy = (p[..., 2:, 1:-1] - p[..., :-2, 1:-1]) / 2
     grad = torch.sqrt(gx ** 2 + gy ** 2 + 1e-8)
-    lap_k = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]], device=images.device)
-    lap = F.conv2d(padded, lap_k.view(1, 1, 3, 3)).abs()
-    dog = (lum - _gaussian_blur(lum, 3.0)).abs()
-    return torch.cat([lum, opp_a, opp_b, grad, lap, dog], dim=1)
+    bands = []
+    for fine, coarse in zip(blurred[:-1], blurred[1:]):
+        d = fine - coarse
+        bands += [d.clamp_min(0), (-d).clamp_min(0)]                         # bright, dark detail
+    return torch.cat([lum, r - g, (r + g) / 2 - b, grad, *bands], dim=1)
 
 
 def patch_descriptors(channels: torch.Tensor, patch: int) -> torch.Tensor:
-    """`[B, 6, S, S]` -> `[B, 10, h, w]`: means of the 6 channels, std of L, a, b, |grad|."""
+    """`[B, 10, S, S]` -> `[B, 19, h, w]`: means of the 10 channels, stds of L, a, b,
+    maxima of the 6 band-pass parts."""
     mean = F.avg_pool2d(channels, patch)
-    sq = F.avg_pool2d(channels[:, :4] ** 2, patch)
-    std = (sq - mean[:, :4] ** 2).clamp_min(0).sqrt()
-    return torch.cat([mean, std], dim=1)
+    sq = F.avg_pool2d(channels[:, :3] ** 2, patch)
+    std = (sq - mean[:, :3] ** 2).clamp_min(0).sqrt()
+    peak = F.max_pool2d(channels[:, 4:], patch)
+    return torch.cat([mean, std, peak], dim=1)
 
 
 def robust_standardise(desc: torch.Tensor) -> torch.Tensor:
@@ -103,15 +131,15 @@ def self_similarity(z: torch.Tensor, near: torch.Tensor, ks: tuple[int, ...]) ->
 
 
 class BuiltinBackbone(Backbone):
-    """Weight-free self-similarity features; see the module docstring. 256 px, 8-px patches."""
+    """Weight-free band-pass + self-similarity features; see the module docstring. 256 px, 8-px patches."""
 
     name = "builtin"
     image_size = 256
     patch_size = 8
-    dim = 46
+    dim = 1 + 3 * len(_K_NEIGHBOURS) + 3 * _N_DESC      # 70
     mean = (0.0, 0.0, 0.0)
     std = (1.0, 1.0, 1.0)
-    weights = "builtin-v1"
+    weights = "builtin-v2"
 
     def __init__(self) -> None:
         super().__init__()
@@ -120,21 +148,18 @@ class BuiltinBackbone(Backbone):
         self.register_buffer("_near", _neighbourhood_mask(h, w, torch.device("cpu")), persistent=False)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """`[B, 3, 256, 256]` in [0, 1] -> `[B, 1024, 46]` tokens."""
+        """`[B, 3, 256, 256]` in [0, 1] -> `[B, 1024, 70]` tokens."""
         # Medians and nearest-neighbour ranks are precision-sensitive and cheap: always fp32.
         with torch.autocast(images.device.type, enabled=False):
             return self._tokens(images.float())
 
     def _tokens(self, images: torch.Tensor) -> torch.Tensor:
-        desc = patch_descriptors(pixel_channels(images), self.patch_size)          # [B, 10, h, w]
+        desc = patch_descriptors(pixel_channels(images), self.patch_size)          # [B, 19, h, w]
         context = F.avg_pool2d(desc, 3, stride=1, padding=1, count_include_pad=False)
-        z_local = robust_standardise(desc.flatten(2))                              # [B, 10, N]
-        z_ctx = robust_standardise(context.flatten(2))
-        colour = z_local[:, [0, 1, 2, 6, 7, 8]].transpose(1, 2)                    # [B, N, 6]
-        structure = z_local[:, [3, 4, 5, 9]].transpose(1, 2)                       # [B, N, 4]
-        ctx = z_ctx.transpose(1, 2)                                                # [B, N, 10]
-        near = self._near
-        sim = torch.cat([self_similarity(g, near, _K_NEIGHBOURS) for g in (colour, structure, ctx)], dim=-1)
-        z = torch.cat([z_local, z_ctx], dim=1).transpose(1, 2).clamp(-20, 20) * _Z_SCALE
+        z_local = robust_standardise(desc.flatten(2)).clamp(-_Z_CLAMP, _Z_CLAMP).transpose(1, 2)   # [B, N, 19]
+        z_ctx = robust_standardise(context.flatten(2)).clamp(-_Z_CLAMP, _Z_CLAMP).transpose(1, 2)
+        groups = (z_local[..., _COLOUR], z_local[..., _STRUCTURE], z_ctx)
+        sim = torch.cat([self_similarity(g, self._near, _K_NEIGHBOURS) for g in groups], dim=-1)  # [B, N, 12]
+        z = torch.cat([z_local, z_ctx], dim=-1) * _Z_SCALE                        # [B, N, 38]
         ones = torch.ones_like(sim[..., :1])
-        return torch.cat([ones, sim, z[..., :10].abs(), z], dim=-1)
+        return torch.cat([ones, sim, z[..., :_N_DESC].abs(), z], dim=-1)

@@ -1,0 +1,153 @@
+"""SPG Studio: server-side rerun time per page, and the app's memory with 1 and 5 browser sessions.
+
+    python benchmarks/dashboard_bench.py [--runs DIR] [--reruns 10] [--no-browser]
+
+1. Rerun time: each page is opened under `streamlit.testing.v1.AppTest` on the
+   demo run (built first if missing), warmed up (caches filled), then re-run
+   `--reruns` times; the median and max wall time of a rerun is the
+   server-side cost of one interaction (script + cached loaders; the browser's
+   rendering is not included). Target: < 300 ms per page.
+2. Memory: `spg dashboard`'s server is started, 1 then 5 headless Chromium
+   pages open the Anomaly maps page, and the server's RSS is read from
+   /proc/PID/status. Sessions share the models (st.cache_resource), so the
+   5-session figure should be close to the 1-session one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PAGES = ["runs.py", "maps.py", "atoms.py", "atom_detail.py", "backbones.py", "try_image.py"]
+TARGET_MS = 300.0
+CHROMIUM = "/usr/bin/chromium"
+BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def rss_mb(pid: int) -> float:
+    """Resident set size of a process in MiB (VmRSS from /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def rerun_times(runs_root: Path, run: str, reruns: int) -> list[tuple[str, float, float]]:
+    """(page, median ms, max ms) of a warm rerun of every page."""
+    from streamlit.testing.v1 import AppTest
+
+    from spg_core.views import RUNS_ENV
+
+    os.environ[RUNS_ENV] = str(runs_root)
+    out = []
+    for page in PAGES:
+        at = AppTest.from_file(str(ROOT / "dashboard" / "app.py"), default_timeout=600)
+        at.run()
+        at.selectbox(key="run").set_value(run).run()
+        at.switch_page(str(ROOT / "pages" / page)).run()
+        if page == "try_image.py":          # score a sample image, so the rerun shows a result
+            at.selectbox(key="try_sample").set_value(_first_sample(runs_root / run)).run()
+        if at.exception:
+            raise RuntimeError(f"{page}: {[e.value for e in at.exception]}")
+        at.run()                            # warm-up: every cache filled
+        times = []
+        for _ in range(reruns):
+            t0 = time.perf_counter()
+            at.run()
+            times.append(1000 * (time.perf_counter() - t0))
+        out.append((page, statistics.median(times), max(times)))
+    return out
+
+
+def _first_sample(run_dir: Path) -> str:
+    from spg_core.runs import RunDir
+    return next(r["image_path"] for r in RunDir(run_dir).read_scores() if r["label"])
+
+
+def session_memory(runs_root: Path) -> list[tuple[int, float]]:
+    """[(sessions, server RSS MiB)] after 0, 1 and 5 browser sessions on the Anomaly maps page."""
+    from playwright.sync_api import sync_playwright
+
+    from spg_core.launch import free_port, start_server, stop_server, wait_until_healthy
+
+    port = free_port()
+    proc = start_server(runs_root, port, quiet=True)
+    results = []
+    try:
+        wait_until_healthy(port, proc, timeout=120)
+        results.append((0, rss_mb(proc.pid)))
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
+            pages = []
+            for target in (1, 5):
+                while len(pages) < target:
+                    page = browser.new_context(viewport={"width": 1600, "height": 1000}).new_page()
+                    page.goto(f"http://localhost:{port}/maps")
+                    _wait_ready(page)
+                    pages.append(page)
+                time.sleep(2.0)
+                results.append((target, rss_mb(proc.pid)))
+            browser.close()
+    finally:
+        stop_server(proc)
+    return results
+
+
+def _wait_ready(page, timeout: float = 300.0, quiet_s: float = 1.5) -> None:
+    """The page is drawn: no status widget, spinner or skeleton, and its charts drawn, for `quiet_s`."""
+    page.wait_for_selector('h1:has-text("Anomaly maps")', timeout=timeout * 1000)
+    busy_selectors = ('[data-testid="stStatusWidget"]', '[data-testid="stSpinner"]', '[data-testid="stSkeleton"]')
+    deadline = time.monotonic() + timeout
+    quiet_since = None
+    while time.monotonic() < deadline:
+        busy = any(page.query_selector(sel) for sel in busy_selectors)
+        charts = page.query_selector_all('[data-testid="stPlotlyChart"]')
+        if busy or not charts or not all(c.query_selector(".main-svg") for c in charts):
+            quiet_since = None
+        elif quiet_since is None:
+            quiet_since = time.monotonic()
+        elif time.monotonic() - quiet_since >= quiet_s:
+            return
+        time.sleep(0.2)
+    raise TimeoutError("the page did not finish rendering")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", default=str(ROOT / "runs"), help="runs root (the demo run is built there if missing)")
+    parser.add_argument("--reruns", type=int, default=10)
+    parser.add_argument("--no-browser", action="store_true", help="skip the memory measurement")
+    args = parser.parse_args(argv)
+
+    from spg_core.demo import DEMO_NAME, ensure_demo_run
+
+    runs_root = Path(args.runs).resolve()
+    t0 = time.perf_counter()
+    ensure_demo_run(runs_root, progress=False)
+    print(f"demo run ready under {runs_root} ({time.perf_counter() - t0:.1f} s)")
+
+    print(f"\nserver-side rerun time per page (AppTest, warm caches, {args.reruns} reruns)")
+    print(f"{'page':<18}{'median ms':>10}{'max ms':>10}  target < {TARGET_MS:.0f} ms")
+    for page, median, worst in rerun_times(runs_root, DEMO_NAME, args.reruns):
+        flag = "ok" if median < TARGET_MS else "SLOW"
+        print(f"{page:<18}{median:>10.1f}{worst:>10.1f}  {flag}")
+
+    if args.no_browser:
+        return 0
+    if not Path(CHROMIUM).is_file():
+        print("\nmemory: skipped (no /usr/bin/chromium; apt-get install -y chromium)")
+        return 0
+    print("\nserver memory (RSS) with browser sessions on the Anomaly maps page")
+    for sessions, rss in session_memory(runs_root):
+        print(f"{sessions} session{'s' if sessions != 1 else ' '}  {rss:8.1f} MiB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
