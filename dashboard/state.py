@@ -8,6 +8,7 @@ run that is rewritten on disk is reloaded instead of served stale.
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -169,11 +170,27 @@ def atom_ranking(path: str, sig: tuple[float, ...]) -> dict[str, list[dict[str, 
 
 # -- atom detail and ablation ------------------------------------------------------------------
 
+@dataclass
+class Tile:
+    """An atom tile encoded once: st.image re-encodes a PIL image on every rerun, bytes it passes on."""
+
+    crop: bytes
+    heat: bytes
+    caption: str
+
+
+def png(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
 @st.cache_resource(show_spinner="Drawing the atom's top patches ...", max_entries=64)
-def atom_tiles(path: str, sig: tuple[float, ...], atom: int, count: int):
+def atom_tiles(path: str, sig: tuple[float, ...], atom: int, count: int) -> list[Tile]:
     index, _ = atoms(path, sig)
     store = store_of(Path(path), "aux_store")
-    return views.atom_tiles(index, store.images, predictor(path, sig).sae, store, atom, count=count)
+    tiles = views.atom_tiles(index, store.images, predictor(path, sig).sae, store, atom, count=count)
+    return [Tile(png(t.crop), png(t.heat), t.caption) for t in tiles]
 
 
 @st.cache_data(show_spinner="Encoding auxiliary images ...", max_entries=64)

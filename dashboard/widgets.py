@@ -18,7 +18,7 @@ import streamlit as st
 from PIL import Image
 
 from spg_core.errors import SPGError
-from spg_core.render import COLORSCALE, draw_outline, overlay
+from spg_core.render import COLORSCALE, draw_outline
 from spg_core import views
 from spg_core.views import RunHealth
 
@@ -139,11 +139,6 @@ def image_with_mask(image: np.ndarray, mask: np.ndarray | None) -> Image.Image:
     return pil
 
 
-def map_overlay(image: np.ndarray, full_map: np.ndarray, opacity: float) -> Image.Image:
-    """The image with the anomaly map blended on top (shared colour scale)."""
-    return overlay(Image.fromarray(image), full_map, alpha=opacity)
-
-
 def patch_map_figure(image: Image.Image | np.ndarray, probs: np.ndarray, *, opacity: float,
                      selected: tuple[int, int] | None = None, title: str = "",
                      height: int = MAP_PX, colorbar: bool = True) -> go.Figure:
@@ -222,11 +217,16 @@ def contribution_figure(frame: pd.DataFrame, height: int = 320) -> go.Figure:
     return _layout(fig, height, title=dict(text="Top contributing atoms", x=0.02, font=dict(size=15)))
 
 
-def histogram_figure(values: Sequence[float], title: str, xtitle: str, height: int = 260,
-                     colour: str = "#1E3C96") -> go.Figure:
-    fig = go.Figure(go.Histogram(x=list(values), marker_color=colour, nbinsx=40))
+def histogram_figure(values: Sequence[float] | np.ndarray, title: str, xtitle: str, height: int = 260,
+                     colour: str = "#1E3C96", bins: int = 40) -> go.Figure:
+    """A histogram binned here (40 bars to send, not every value: an atom can fire on 100k patches)."""
+    counts, edges = np.histogram(np.asarray(values, dtype=np.float64), bins=bins)
+    centres = (edges[:-1] + edges[1:]) / 2
+    fig = go.Figure(go.Bar(x=centres, y=counts, width=np.diff(edges), marker_color=colour,
+                           customdata=np.stack([edges[:-1], edges[1:]], axis=1),
+                           hovertemplate="%{customdata[0]:.3g} to %{customdata[1]:.3g}: %{y}<extra></extra>"))
     fig.update_xaxes(title=xtitle, gridcolor="#E3E7F2")
-    fig.update_yaxes(title="count", gridcolor="#E3E7F2")
+    fig.update_yaxes(title="patches", gridcolor="#E3E7F2")
     return _layout(fig, height, title=dict(text=title, x=0.02, font=dict(size=14)), bargap=0.05)
 
 
@@ -250,14 +250,16 @@ def grouped_metric_figure(long: pd.DataFrame, metric: str, height: int = 420) ->
                    title=dict(text=metric, x=0.02, font=dict(size=15)))
 
 
-def run_metrics_figure(frame: pd.DataFrame, height: int = 360) -> go.Figure:
+def run_metrics_figure(frame: pd.DataFrame, height: int = 340) -> go.Figure:
     """One run's four metrics per category (rows of `views.metrics_frame`), grouped bars."""
     fig = go.Figure()
     for i, metric in enumerate(frame.columns):
         fig.add_trace(go.Bar(name=metric, x=list(frame.index), y=frame[metric], marker_color=BRAND[i % len(BRAND)],
                              hovertemplate=f"{metric}<br>%{{x}}: %{{y:.1f}}%<extra></extra>"))
     fig.update_yaxes(title="%", range=[0, 100], gridcolor="#E3E7F2")
-    return _layout(fig, height, barmode="group", legend=dict(orientation="h", y=1.12, x=0))
+    fig = _layout(fig, height, barmode="group", legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0))
+    fig.update_layout(margin=dict(t=48))
+    return fig
 
 
 def sweep_view(sweep_dir: Path, key: str) -> None:

@@ -8,6 +8,7 @@ import streamlit as st
 from dashboard import state, widgets
 from spg_core import views
 from spg_core.atoms.build import INDEX
+from spg_core.report import METRIC_TITLES
 from spg_core.runs import GUIDES, PATCH_MAPS, SCORES
 
 run = widgets.require_run()
@@ -19,18 +20,14 @@ key = f"{run.name}::atom::"
 
 
 def pick_atom(ranking: dict[str, list[dict]], tags: dict[int, str]) -> int:
-    """Active atoms of both guides, anomaly first; the choice is kept in session_state['atom']."""
+    """Active atoms of both guides, anomaly first. The choice lives in session_state[ATOM_KEY]
+    (other pages set it to open an atom here); the selectbox is seeded from it on every run."""
     options = list(dict.fromkeys([a["atom"] for a in ranking["anomaly"]] + [a["atom"] for a in ranking["normal"]]))
     wanted = st.session_state.get(state.ATOM_KEY)
-    if st.session_state.get(key + "pick") not in options:
-        st.session_state[key + "pick"] = wanted if wanted in options else options[0]
-    elif wanted in options and wanted != st.session_state[key + "pick"] and st.session_state.get(key + "seen") != wanted:
-        st.session_state[key + "pick"] = wanted          # opened from another page
-    st.session_state[key + "seen"] = wanted
+    st.session_state[key + "pick"] = wanted if wanted in options else options[0]
 
     def remember() -> None:
         st.session_state[state.ATOM_KEY] = st.session_state[key + "pick"]
-        st.session_state[key + "seen"] = st.session_state[key + "pick"]
 
     return int(st.selectbox("Atom", options, key=key + "pick", on_change=remember,
                             format_func=lambda a: f"#{a}" + (f" · {tags[a]}" if tags.get(a) else "")))
@@ -76,8 +73,8 @@ def top_patches(atom: int) -> None:
         for col, tile in zip(cols, tiles[start:start + per_row]):
             with col, st.container(border=True):
                 a, b = st.columns(2, gap="small")
-                a.image(tile.crop, width="stretch")
-                b.image(tile.heat, width="stretch")
+                a.image(tile.crop, width="stretch", output_format="PNG")
+                b.image(tile.heat, width="stretch", output_format="PNG")
                 st.caption(tile.caption)
 
 
@@ -125,7 +122,7 @@ def ablation_metrics(before: dict, after: dict) -> None:
     mean_after = views.metrics_frame(after).loc["mean"]
     widgets.metric_cards(mean_after.to_dict(), (mean_after - mean_before).to_dict())
     frame = views.ablation_frame(before, after)
-    metric = st.segmented_control("Per category", sorted(frame["metric"].unique()), default="Image AUROC",
+    metric = st.segmented_control("Per category", list(METRIC_TITLES.values()), default="Image AUROC",
                                   key=key + "abl_metric") or "Image AUROC"
     st.dataframe(frame[frame["metric"] == metric].drop(columns="metric"), hide_index=True, key=key + "abl_table",
                  column_config={c: st.column_config.NumberColumn(c, format="%+.1f" if c == "change" else "%.1f")

@@ -3,29 +3,26 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import streamlit as st
 
 from dashboard import state, widgets
 from spg_core import views
+from spg_core.errors import SPGError
 from spg_core.report import METRIC_TITLES
 from spg_core.runs import METRICS, PATCH_MAPS, SCORES
+
+# What a damaged run can raise while loading; it is reported and left out, the others go on.
+DAMAGE = (SPGError, OSError, ValueError, KeyError, RuntimeError)
+MAP_HEIGHT = {2: 460, 3: 380, 4: 320}      # by number of runs: maps as large as their columns allow
 
 root = state.runs_root()
 widgets.page_header("Backbones", "Compare runs (e.g. the same experiment with different backbones) on the same "
                                  "target image and per category")
-names = state.run_names(str(root))
-if not names:
-    widgets.empty_state(root)
-    st.stop()
-if len(names) < 2:
-    st.info("Comparing needs at least two runs under the runs root; there is one. Make another, e.g. "
-            "`spg run --aux synthetic-a --target synthetic-b --backbone dinov2-large-tiny --out runs/other`.",
-            icon=":material/info:")
-    st.stop()
 
 
-def default_selection() -> list[str]:
+def default_selection(names: list[str]) -> list[str]:
     """The sidebar's run first, then the newest others (up to 3 runs)."""
     current = st.session_state.get(state.RUN_KEY)
     first = [current] if current in names else []
@@ -35,36 +32,34 @@ def default_selection() -> list[str]:
 def backbone_of(run: Path) -> str:
     try:
         return str(state.run_config(str(run), state.signature(run)).get("backbone", "?"))
-    except Exception:        # a damaged config is reported in the run's own column
+    except DAMAGE:           # a damaged config is reported where the run is used
         return "?"
 
 
-chosen = st.multiselect("Runs to compare (2 to 4)", names, default=default_selection(), max_selections=4,
-                        key="bb_runs")
-if len(chosen) < 2:
-    st.info("Choose at least two runs.", icon=":material/info:")
-    st.stop()
-runs = {name: views.resolve_run(root, name) for name in chosen}
+def target_rows(runs: dict[str, Path]) -> dict[str, list[dict[str, Any]]]:
+    """scores.csv rows of every run whose target outputs load; a warning for each one that does not."""
+    tables = {}
+    for name, run in runs.items():
+        health = views.check_run(run)
+        missing = health.missing(PATCH_MAPS, SCORES)
+        try:
+            if missing:
+                raise SPGError(f"its {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} missing or damaged")
+            tables[name] = state.target_maps(str(run), state.signature(run)).rows
+        except DAMAGE as exc:
+            st.warning(f"Run **{name}** is left out of the image comparison: {str(exc).splitlines()[0]}.",
+                       icon=":material/construction:")
+    return tables
 
-# Only runs whose target outputs load take part in the image comparison; the others say why.
-tables, broken = {}, {}
-for name, run in runs.items():
-    health = views.check_run(run)
-    if not health.has(PATCH_MAPS, SCORES):
-        broken[name] = f"its {', '.join(health.missing(PATCH_MAPS, SCORES))} missing or damaged"
-        continue
-    try:
-        tables[name] = state.target_maps(str(run), state.signature(run)).rows
-    except Exception as exc:    # damaged maps: report, keep comparing the rest
-        broken[name] = str(exc).splitlines()[0]
-for name, why in broken.items():
-    st.warning(f"Run **{name}** is left out of the image comparison: {why}.", icon=":material/construction:")
 
-st.subheader("Same image, every run")
-common = views.common_targets(tables)
-if common.empty:
-    st.info("These runs share no target image, so there is nothing to show side by side.", icon=":material/info:")
-else:
+def side_by_side(runs: dict[str, Path], tables: dict[str, list[dict[str, Any]]]) -> None:
+    """One target image (common to every run) with each run's map."""
+    st.subheader("Same image, every run")
+    common = views.common_targets(tables)
+    if common.empty:
+        st.info("These runs share no target image, so there is nothing to show side by side.",
+                icon=":material/info:")
+        return
     c1, c2, c3 = st.columns([1, 2, 1])
     category = c1.selectbox("Category", sorted(common["category"].unique()), key="bb_category")
     in_cat = common[common["category"] == category].set_index("image_path", drop=False)
@@ -74,30 +69,65 @@ else:
     opacity = c3.slider("Map opacity", 0.0, 1.0, 0.55, 0.05, key="bb_opacity")
     row = in_cat.loc[pick]
     cols = st.columns(len(tables))
-    for col, name in zip(cols, tables):
-        run = runs[name]
+    for i, (col, name) in enumerate(zip(cols, tables)):
         with col, widgets.guard(f"Run {name} cannot be shown"):
-            target = state.target_maps(str(run), state.signature(run))
-            index = int(row[name])
-            image = state.image_at(row["image_path"], target.image_size)
-            mask = state.target_mask(run, index)
-            score = target.rows[index]["score"]
-            fig = widgets.patch_map_figure(widgets.image_with_mask(image, mask), target.probs[index],
-                                           opacity=opacity, title=f"{backbone_of(run)}", height=360,
-                                           colorbar=col is cols[-1])
-            st.plotly_chart(fig, key=f"bb_map_{name}", config={"displayModeBar": False})
-            st.metric(name, f"score {views.format_score(score)}", border=True)
+            run_map(runs[name], name, int(row[name]), row["image_path"], opacity, colorbar=i == len(cols) - 1,
+                    height=MAP_HEIGHT.get(len(cols), 320))
 
-st.subheader("Per-category metrics")
-frames = {}
-for name, run in runs.items():
-    with widgets.guard(f"The metrics of run {name} cannot be read"):
-        if views.check_run(run).has(METRICS):
-            frames[f"{name} ({backbone_of(run)})"] = views.metrics_frame(state.run_metrics(str(run), state.signature(run)))
-        else:
-            st.caption(f"Run {name} has no metrics yet.")
-if frames:
-    metric = st.segmented_control("Metric", list(METRIC_TITLES.values()), default="Image AUROC", key="bb_metric")
-    long = views.per_category_long(frames)
-    st.plotly_chart(widgets.grouped_metric_figure(long, metric or "Image AUROC"), key="bb_metrics",
-                    config={"displayModeBar": False})
+
+def run_map(run: Path, name: str, index: int, image_path: str, opacity: float, colorbar: bool,
+            height: int) -> None:
+    target = state.target_maps(str(run), state.signature(run))
+    image = state.image_at(image_path, target.image_size)
+    background = widgets.image_with_mask(image, state.target_mask(run, index))
+    fig = widgets.patch_map_figure(background, target.probs[index], opacity=opacity, title=backbone_of(run),
+                                   height=height, colorbar=colorbar)
+    st.plotly_chart(fig, key=f"bb_map_{name}", config={"displayModeBar": False})
+    st.metric(name, f"score {views.format_score(target.rows[index]['score'])}", border=True)
+
+
+def metric_bars(runs: dict[str, Path]) -> None:
+    """Per-category metrics of every run with readable metrics, as grouped bars."""
+    st.subheader("Per-category metrics")
+    frames = {}
+    for name, run in runs.items():
+        with widgets.guard(f"The metrics of run {name} cannot be read"):
+            if not views.check_run(run).has(METRICS):
+                st.caption(f"Run {name} has no metrics yet.")
+                continue
+            metrics = state.run_metrics(str(run), state.signature(run))
+            frames[f"{name} ({backbone_of(run)})"] = views.metrics_frame(metrics)
+    if frames:
+        metric = st.segmented_control("Metric", list(METRIC_TITLES.values()), default="Image AUROC",
+                                      key="bb_metric") or "Image AUROC"
+        st.plotly_chart(widgets.grouped_metric_figure(views.per_category_long(frames), metric), key="bb_metrics",
+                        config={"displayModeBar": False})
+
+
+def main() -> None:
+    names = state.run_names(str(root))
+    if not names:
+        widgets.empty_state(root)
+        return
+    if len(names) < 2:
+        st.info("Comparing needs at least two runs under the runs root; there is one. Make another, e.g. "
+                "`spg run --aux synthetic-a --target synthetic-b --backbone dinov2-large-tiny --out runs/other`.",
+                icon=":material/info:")
+        return
+    if "bb_runs" not in st.session_state:
+        st.session_state["bb_runs"] = default_selection(names)
+    else:                                   # a run deleted meanwhile must not stay selected
+        st.session_state["bb_runs"] = [n for n in st.session_state["bb_runs"] if n in names]
+    chosen = st.multiselect("Runs to compare (2 to 4)", names, max_selections=4, key="bb_runs")
+    if len(chosen) < 2:
+        st.info("Choose at least two runs.", icon=":material/info:")
+        return
+    runs = {}
+    for name in chosen:
+        with widgets.guard(f"Run {name} cannot be opened"):
+            runs[name] = views.resolve_run(root, name)
+    side_by_side(runs, target_rows(runs))
+    metric_bars(runs)
+
+
+main()

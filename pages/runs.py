@@ -6,6 +6,7 @@ import streamlit as st
 
 from dashboard import state, widgets
 from spg_core import views
+from spg_core.report import METRIC_TITLES
 from spg_core.runs import CONFIG, METRICS
 
 root = state.runs_root()
@@ -36,13 +37,10 @@ with tab_metrics, widgets.guard("The metrics of this run cannot be shown"):
         metrics = state.run_metrics(str(run), sig)
         frame = views.metrics_frame(metrics)
         widgets.metric_cards(frame.loc["mean"].to_dict())
-        table_col, chart_col = st.columns([1.1, 1], gap="medium")
-        table_col.dataframe(frame, key="metrics_table",
-                            column_config={c: st.column_config.ProgressColumn(c, format="%.1f", min_value=0,
-                                                                              max_value=100)
-                                           for c in frame.columns})
-        chart_col.plotly_chart(widgets.run_metrics_figure(frame), key="metrics_chart",
-                               config={"displayModeBar": False})
+        st.dataframe(frame, key="metrics_table",
+                     column_config={c: st.column_config.ProgressColumn(c, format="%.1f", min_value=0, max_value=100)
+                                    for c in frame.columns})
+        st.plotly_chart(widgets.run_metrics_figure(frame), key="metrics_chart", config={"displayModeBar": False})
         for note in metrics.get("warnings", []):
             st.caption(f"Note: {note}")
 
@@ -64,7 +62,7 @@ with tab_paper, widgets.guard("The paper comparison cannot be shown"):
     else:
         name, table = comparison
         st.markdown(f"Ours against **{name}** (values in %).")
-        metric = st.segmented_control("Metric", sorted(table["metric"].unique()), default="Image AUROC",
+        metric = st.segmented_control("Metric", list(METRIC_TITLES.values()), default="Image AUROC",
                                       key="paper_metric")
         st.dataframe(table[table["metric"] == (metric or "Image AUROC")].drop(columns="metric"),
                      hide_index=True, key="paper_table",

@@ -156,5 +156,6 @@ def register_cli(sub: Any) -> None:
     p.add_argument("--host", default="localhost", help="address to bind (default localhost; 0.0.0.0 for a LAN)")
     p.add_argument("--demo", action="store_true",
                    help="first build the demo run (synthetic-a -> synthetic-b, builtin backbone) if it is missing")
-    p.add_argument("--cache-dir", default=None, help="token stores and synthetic data (default $SPG_CACHE or ~/.cache/spg)")
+    p.add_argument("--cache-dir", default=None,
+                   help="token stores and synthetic data (default $SPG_CACHE or ~/.cache/spg)")
     p.set_defaults(func=cmd_dashboard)

@@ -199,7 +199,9 @@ def per_category_long(frames: dict[str, pd.DataFrame]) -> pd.DataFrame:
         long = frame.reset_index().melt(id_vars="category", var_name="metric", value_name="value")
         long.insert(0, "run", run)
         parts.append(long)
-    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["run", "category", "metric", "value"])
+    if not parts:
+        return pd.DataFrame(columns=["run", "category", "metric", "value"])
+    return pd.concat(parts, ignore_index=True)
 
 
 SWEEP_CSV = "sweep.csv"

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from dashboard_support import RUN, small_runs_root
+from dashboard_support import small_runs_root
 
 pytestmark = pytest.mark.browser
 
@@ -156,3 +156,18 @@ def test_click_on_the_map_selects_a_patch(server, page):
     no_exceptions(page)
     assert after != before, "clicking the map did not move the patch selection"
     assert int(after) > 16            # the click was in the lower part of the 32-row grid
+
+
+def test_ablation_switch_in_the_browser(server, page):
+    """The Atom detail page's what-if switch recomputes the metrics without the atom."""
+    url, _ = server
+    page.goto(f"{url}/atom")
+    wait_ready(page, "Atom detail")
+    page.get_by_text("Remove atom #").click()
+    page.wait_for_selector('[data-testid="stMetric"]:has-text("Image AUROC")', timeout=READY_TIMEOUT_MS)
+    wait_ready(page, "Atom detail")
+    no_exceptions(page)
+    # Streamlit scrolls inside its own container: bring the what-if section to the top of the view.
+    page.get_by_text("What if the guide did without it?").evaluate("e => e.scrollIntoView()")
+    time.sleep(0.5)
+    page.screenshot(path=str(SHOTS / "atom_detail_ablation.png"))

@@ -120,7 +120,9 @@ def self_similarity(z: torch.Tensor, near: torch.Tensor, ks: tuple[int, ...]) ->
     `z`: `[B, N, C]` standardised descriptors; `near`: `[N, N]` excluded pairs.
     Returns `[B, N, len(ks)]`: log1p(max(d_k / median(d_k) - 1, 0)).
     """
-    dist = torch.cdist(z, z)                                     # [B, N, N]
+    # Direct differences, not the matmul expansion: that one loses precision for near
+    # neighbours and made CUDA and CPU tokens disagree (seen on an H100).
+    dist = torch.cdist(z, z, compute_mode="donot_use_mm_for_euclid_dist")   # [B, N, N]
     dist = dist.masked_fill(near, float("inf"))
     kmax = min(max(ks), dist.shape[-1] - int(near[0].sum()))
     nearest = dist.topk(kmax, dim=-1, largest=False).values      # [B, N, kmax], ascending
