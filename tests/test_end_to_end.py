@@ -130,8 +130,17 @@ def test_bad_inputs_exit_with_one_clear_message(runs, tmp_path, capsys):
     other.mkdir()
     for name in ("config.json", "guides.safetensors"):
         (other / name).write_bytes(run.file(name).read_bytes())
+    from spg_core.backbones.builtin import BuiltinBackbone
     from spg_core.sae import TopKSAE
-    TopKSAE(46, 64, 4).save(str(other / "sae.safetensors"))
+
+    # An SAE from another backbone (other token dimension).
+    TopKSAE(BuiltinBackbone.dim + 2, 64, 4).save(str(other / "sae.safetensors"))
+    assert main(["predict", "--run", str(other), rows_first(run), "--out", str(tmp_path / "p")]) == 2
+    err = capsys.readouterr().err
+    assert "sae.safetensors" in err and f"{BuiltinBackbone.dim}-dim tokens" in err
+
+    # Right dimension, other width: the guides do not belong to this dictionary.
+    TopKSAE(BuiltinBackbone.dim, 64, 4).save(str(other / "sae.safetensors"))
     assert main(["predict", "--run", str(other), rows_first(run), "--out", str(tmp_path / "p")]) == 2
     err = capsys.readouterr().err
     assert "guides.safetensors" in err and "different SAE or backbone" in err
