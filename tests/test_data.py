@@ -17,7 +17,13 @@ from spg_core.data.synthetic import CATEGORIES, MARKER, OBJECTS, TEXTURES, synth
 from spg_core.errors import SPGError
 from spg_core.images import SampleImages, load_image, load_mask
 
-REALDATA = Path("/work/shared/realdata")
+def _find_realdata() -> Path:
+    """shared/realdata beside the checkout (as in CI), or $SPG_REALDATA."""
+    env = os.environ.get("SPG_REALDATA")
+    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "realdata"
+
+
+REALDATA = _find_realdata()
 needs_realdata = pytest.mark.skipif(not (REALDATA / "mvtec_ad" / "bottle").is_dir(),
                                     reason="realdata not available")
 
