@@ -31,7 +31,7 @@ from spg_core.config import GuideConfig, SAEConfig
 from spg_core.data import Dataset, Sample
 from spg_core.guides import train_guides
 from spg_core.pipeline import Scorer
-from spg_core.sae_train import evaluate_sae, train_sae
+from spg_core.sae_train import train_sae
 from spg_core.store import build_store
 
 # Dataset sizes of the paper's protocol (test splits: auxiliary and target sets).

@@ -368,7 +368,3 @@ def _write_shard(root: Path, manifest: dict[str, Any],
                                                        if r["image_path"] not in skipped]
     manifest["shards"].append({"file": name, "start": start, "count": int(tokens.shape[0])})
     write_json(root / "manifest.json", manifest)   # a finished shard survives an interruption
-
-
-def open_store(path: str | Path) -> TokenStore:
-    return TokenStore(path)

@@ -1,7 +1,6 @@
 """TokenStore: exact fp16 tokens, masks, re-use, rebuild, resume, skip-bad, damaged shards."""
 
 import json
-import os
 
 import numpy as np
 import pytest
