@@ -138,15 +138,19 @@ def environment() -> dict[str, Any]:
 
 def train_stages(cfg: RunConfig, out: str | Path, *, cache_dir: str | Path | None = None, skip_bad: bool = False,
                  batch_size: int | None = None, num_workers: int | None = None, progress: bool = True,
-                 compile_backbone: bool = False, stages: Iterable[str] = ("sae", "guides")) -> RunDir:
-    """Stages 1 and 2 on the auxiliary set, writing config, SAE and guides into `out`."""
+                 compile_backbone: bool = False, stages: Iterable[str] = ("sae", "guides"),
+                 backbone: Backbone | None = None) -> RunDir:
+    """Stages 1 and 2 on the auxiliary set, writing config, SAE and guides into `out`.
+
+    `backbone`: an already loaded one (so `spg run` loads the model once for both sets)."""
     if cfg.method not in METHODS:
         raise SPGError(f"unknown method {cfg.method!r}", fix=f"use one of {', '.join(METHODS)}")
     run = RunDir(out)
     device = resolve_device(cfg.device)
-    backbone = load_backbone(cfg.backbone, cfg.weights, device=device)
-    if compile_backbone:
-        backbone.enable_compile()
+    if backbone is None:
+        backbone = load_backbone(cfg.backbone, cfg.weights, device=device)
+        if compile_backbone:
+            backbone.enable_compile()
     aux = extract(cfg.aux, backbone, cache_dir=cache_dir, skip_bad=skip_bad, batch_size=batch_size,
                   num_workers=num_workers, progress=progress)
     stages = set(stages)
@@ -180,12 +184,13 @@ def load_run_sae(run: RunDir, cfg: RunConfig, dim: int) -> TopKSAE | None:
 class Predictor:
     """A trained run ready to score new images or stored tokens (CLI `predict`, dashboard)."""
 
-    def __init__(self, run_dir: str | Path, device: str | torch.device = "auto", compile_backbone: bool = False):
+    def __init__(self, run_dir: str | Path, device: str | torch.device = "auto", compile_backbone: bool = False,
+                 backbone: Backbone | None = None):
         self.run = RunDir(run_dir)
         self.config = self.run.read_config()
         self.cfg = RunConfig.from_dict(self.config)
         self.device = resolve_device(device)
-        self._backbone: Backbone | None = None
+        self._backbone: Backbone | None = backbone
         self._compile = compile_backbone
         identity = self.config.get("backbone_identity", {})
         dim = int(identity.get("dim", 0)) or None
@@ -225,12 +230,14 @@ class Predictor:
 def evaluate_target(run: RunDir, *, target: str | None = None, cache_dir: str | Path | None = None,
                     skip_bad: bool = False, batch_size: int | None = None, num_workers: int | None = None,
                     progress: bool = True, metric_options: dict[str, Any] | None = None,
-                    compile_backbone: bool = False, device: str | None = None) -> dict[str, Any]:
+                    compile_backbone: bool = False, device: str | None = None,
+                    backbone: Backbone | None = None) -> dict[str, Any]:
     """Score the target set with a trained run; write target maps, scores and metrics.json."""
     from .metrics import evaluate
 
     cfg = run.run_config()
-    predictor = Predictor(run.path, device=device or cfg.device, compile_backbone=compile_backbone)
+    predictor = Predictor(run.path, device=device or cfg.device, compile_backbone=compile_backbone,
+                          backbone=backbone)
     if target is not None and target != cfg.target:
         cfg.target = target
         run.update_config(target=target)
@@ -257,8 +264,11 @@ def evaluate_target(run: RunDir, *, target: str | None = None, cache_dir: str | 
 def run_experiment(cfg: RunConfig, out: str | Path, **kwargs: Any) -> dict[str, Any]:
     """`spg run`: both training stages on the auxiliary set, then evaluation on the target."""
     metric_options = kwargs.pop("metric_options", None)
-    run = train_stages(cfg, out, **kwargs)
+    backbone = load_backbone(cfg.backbone, cfg.weights, device=resolve_device(cfg.device))
+    if kwargs.pop("compile_backbone", False):
+        backbone.enable_compile()
+    run = train_stages(cfg, out, backbone=backbone, **kwargs)
     return evaluate_target(run, cache_dir=kwargs.get("cache_dir"), skip_bad=kwargs.get("skip_bad", False),
                            batch_size=kwargs.get("batch_size"), num_workers=kwargs.get("num_workers"),
                            progress=kwargs.get("progress", True), metric_options=metric_options,
-                           compile_backbone=kwargs.get("compile_backbone", False), device=cfg.device)
+                           device=cfg.device, backbone=backbone)
