@@ -67,13 +67,17 @@ def _add_score(p: argparse.ArgumentParser) -> None:
                    help="AUPRO definition: exact MVTec AD (default) or AnomalyCLIP's 200-threshold variant")
 
 
+def _guides_from(args: argparse.Namespace, seed: int) -> GuideConfig:
+    return GuideConfig(variant=args.guide_variant, l1=args.l1, topk=args.guide_topk, epochs=args.guide_epochs,
+                       lr=args.guide_lr, tau=args.tau, ema_decay=args.ema, seed=seed)
+
+
 def _config_from(args: argparse.Namespace) -> RunConfig:
     return RunConfig(
         aux=args.aux, target=getattr(args, "target", None) or RunConfig.target, backbone=args.backbone,
         weights=args.weights, method=args.method, device=args.device,
         sae=SAEConfig(width=args.width, k=args.k, epochs=args.sae_epochs, lr=args.sae_lr, seed=args.seed),
-        guides=GuideConfig(variant=args.guide_variant, l1=args.l1, topk=args.guide_topk, epochs=args.guide_epochs,
-                           lr=args.guide_lr, tau=args.tau, ema_decay=args.ema, seed=args.seed),
+        guides=_guides_from(args, args.seed),
         score=ScoreConfig(aggregation=args.aggregation, lse_temperature=args.lse_t,
                           smoothing_sigma=args.smoothing_sigma),
     )
@@ -121,8 +125,7 @@ def cmd_train_guides(args: argparse.Namespace) -> None:
     from .runs import RunDir
 
     cfg = RunDir(args.run).run_config()
-    cfg.guides = GuideConfig(variant=args.guide_variant, l1=args.l1, topk=args.guide_topk, epochs=args.guide_epochs,
-                             lr=args.guide_lr, tau=args.tau, ema_decay=args.ema, seed=cfg.sae.seed)
+    cfg.guides = _guides_from(args, cfg.sae.seed)
     run = train_stages(cfg, args.run, stages=("guides",), **_io_kwargs(args))
     print(f"guides written to {run.file('guides.safetensors')}")
 

@@ -174,7 +174,8 @@ def train_stages(cfg: RunConfig, out: str | Path, *, cache_dir: str | Path | Non
     return run
 
 
-def load_run_sae(run: RunDir, cfg: RunConfig, dim: int) -> TopKSAE | None:
+def load_run_sae(run: RunDir, cfg: RunConfig, dim: int | None) -> TopKSAE | None:
+    """The run's SAE (checked against the token dimension), or None for free guides."""
     if cfg.method == "free_guides":
         return None
     sae, _ = TopKSAE.load(str(run.file(SAE)), expect_dim=dim)
@@ -194,7 +195,7 @@ class Predictor:
         self._compile = compile_backbone
         identity = self.config.get("backbone_identity", {})
         dim = int(identity.get("dim", 0)) or None
-        self.sae = None if self.cfg.method == "free_guides" else TopKSAE.load(str(self.run.file(SAE)), expect_dim=dim)[0]
+        self.sae = load_run_sae(self.run, self.cfg, dim)
         width = self.sae.width if self.sae is not None else dim
         self.guides, _ = GuidePair.load(str(self.run.file(GUIDES)), expect_width=width)
         self.dictionary = dictionary_of(self.sae, dim or 0)
