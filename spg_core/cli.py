@@ -55,6 +55,8 @@ def _add_guides(p: argparse.ArgumentParser) -> None:
     p.add_argument("--guide-lr", type=float, default=d.lr)
     p.add_argument("--tau", type=float, default=d.tau)
     p.add_argument("--ema", type=float, default=d.ema_decay)
+    p.add_argument("--dice", default=d.dice, choices=["batch", "image"],
+                   help="Dice over the whole batch (default) or averaged per image")
 
 
 def _add_score(p: argparse.ArgumentParser) -> None:
@@ -69,7 +71,7 @@ def _add_score(p: argparse.ArgumentParser) -> None:
 
 def _guides_from(args: argparse.Namespace, seed: int) -> GuideConfig:
     return GuideConfig(variant=args.guide_variant, l1=args.l1, topk=args.guide_topk, epochs=args.guide_epochs,
-                       lr=args.guide_lr, tau=args.tau, ema_decay=args.ema, seed=seed)
+                       lr=args.guide_lr, tau=args.tau, ema_decay=args.ema, dice=args.dice, seed=seed)
 
 
 def _config_from(args: argparse.Namespace) -> RunConfig:

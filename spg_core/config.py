@@ -34,6 +34,7 @@ class GuideConfig:
     topk: int = 64               # K per guide for the TopK_K variant
     tau: float = 0.07            # softmax temperature
     focal_gamma: float = 2.0
+    dice: Literal["batch", "image"] = "batch"   # Dice over the batch (see guides.dice_loss) or per image
     ema_decay: float = 0.999
     lr: float = 1e-3
     batch_images: int = 16

@@ -17,13 +17,14 @@ import math
 from typing import Any, Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
 from .atomic import load_tensors, save_tensors
 from .config import GuideConfig
 from .errors import SPGError
-from .scoring import cosine_logits, patch_probabilities, upsample
+from .scoring import cosine_logits, upsample
 
 VARIANTS = ("relu_l1", "topk", "free")
 
@@ -108,29 +109,48 @@ class GuidePair(nn.Module):
 
 # -- losses -------------------------------------------------------------------------------
 
-def focal_loss(p: torch.Tensor, target: torch.Tensor, gamma: float = 2.0) -> torch.Tensor:
-    """Binary focal loss, mean over pixels. `p`, `target`: `[B, H, W]`."""
-    p = p.clamp(1e-6, 1 - 1e-6)
-    pos = -target * (1 - p).pow(gamma) * torch.log(p)
-    neg = -(1 - target) * p.pow(gamma) * torch.log(1 - p)
+def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0) -> torch.Tensor:
+    """Binary focal loss of P = sigmoid(logits), mean over pixels. `logits`, `target`: `[B, H, W]`.
+
+    Taken from logits with log-sigmoid, not from clamped probabilities: once the guides
+    push P below a clamp, a clamped log has no gradient and the sigmoid's saturation
+    hides the rest, so training stalls with P ~ 0 everywhere (seen: P < 1e-6 on every
+    auxiliary pixel, masks included).
+    """
+    p = torch.sigmoid(logits)
+    pos = -target * (1 - p).pow(gamma) * F.logsigmoid(logits)
+    neg = -(1 - target) * p.pow(gamma) * F.logsigmoid(-logits)
     return (pos + neg).mean()
 
 
-def dice_loss(p: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
-    """Soft Dice loss per image, averaged. `[B, H, W]`."""
-    inter = (p * target).flatten(1).sum(1)
-    denom = p.flatten(1).sum(1) + target.flatten(1).sum(1)
+def dice_loss(p: torch.Tensor, target: torch.Tensor, smooth: float = 1.0, reduction: str = "batch") -> torch.Tensor:
+    """Soft Dice loss of maps `p` against masks, `[B, H, W]`.
+
+    "batch" pools intersections and areas over the batch (one Dice per batch); "image"
+    averages per-image Dice. Per image, a good image (empty mask) scores Dice 0 only when
+    sum(P) ~ 0 exactly, 1 - 1/(sum P + 1) otherwise: with 65k pixels even P = 1e-4
+    costs 0.87, a pull to P = 0 everywhere that the anomalous images cannot match.
+    """
+    dims = (0, 1, 2) if reduction == "batch" else (1, 2)
+    inter = (p * target).sum(dims)
+    denom = p.sum(dims) + target.sum(dims)
     return (1 - (2 * inter + smooth) / (denom + smooth)).mean()
 
 
 def guide_loss(pair: GuidePair, dictionary: torch.Tensor, tokens: torch.Tensor, masks: torch.Tensor,
                cfg: GuideConfig, grid: tuple[int, int]) -> dict[str, torch.Tensor]:
-    """Loss terms for one batch: tokens `[B, N, D]`, masks `[B, S, S]` (raw theta, not the EMA)."""
+    """Loss terms for one batch: tokens `[B, N, D]`, masks `[B, S, S]` (raw theta, not the EMA).
+
+    The map is the bilinear upsampling of the patch logits (l_a - l_n) / tau, through a
+    sigmoid: the method's P upsamples probabilities, which is what evaluation does; for
+    the loss, upsampling logits keeps the focal term finite and differentiable where P
+    saturates, and the two agree wherever the logits vary smoothly across a patch.
+    """
     g = pair.guide_vectors(dictionary, pair.theta)
-    p = patch_probabilities(cosine_logits(tokens, g[0]), cosine_logits(tokens, g[1]), cfg.tau)
-    maps = upsample(p, grid, masks.shape[-1])
-    focal = focal_loss(maps, masks, cfg.focal_gamma)
-    dice = dice_loss(maps, masks)
+    logits = (cosine_logits(tokens, g[1]) - cosine_logits(tokens, g[0])) / cfg.tau
+    logit_maps = upsample(logits, grid, masks.shape[-1])
+    focal = focal_loss(logit_maps, masks, cfg.focal_gamma)
+    dice = dice_loss(torch.sigmoid(logit_maps), masks, reduction=cfg.dice)
     if pair.variant == "relu_l1":
         l1 = cfg.l1 * pair.coefficients(pair.theta).sum()
     else:

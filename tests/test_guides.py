@@ -94,9 +94,30 @@ def test_focal_and_dice_reference_values():
     p = torch.tensor([[[0.9, 0.2]]])
     t = torch.tensor([[[1.0, 0.0]]])
     expected = (-(0.1 ** 2) * math.log(0.9) - (0.2 ** 2) * math.log(0.8)) / 2
-    assert focal_loss(p, t).item() == pytest.approx(expected, rel=1e-5)
+    assert focal_loss(torch.logit(p), t).item() == pytest.approx(expected, rel=1e-5)
     assert dice_loss(t, t).item() == pytest.approx(0.0, abs=1e-6)
     assert dice_loss(1 - t, t).item() == pytest.approx(1 - 1 / 3, rel=1e-5)
+
+
+def test_focal_keeps_its_gradient_where_the_map_saturates():
+    """A missed defect at P ~ 1e-11 must still pull its logit up (a clamped-probability focal
+    loss gives exactly zero gradient there, which froze guide training)."""
+    logits = torch.tensor([[[-25.0, -25.0]]], requires_grad=True)
+    focal_loss(logits, torch.tensor([[[1.0, 0.0]]])).backward()
+    assert logits.grad[0, 0, 0] < -0.1          # the missed positive is pushed up, hard
+    assert abs(float(logits.grad[0, 0, 1])) < 1e-9   # the true negative is left alone
+
+
+def test_batch_dice_does_not_demand_zero_maps_on_good_images():
+    """Per-image Dice charges a good image (empty mask) almost fully for any diffuse P; over the
+    batch, the same P costs in proportion to its area against the anomalous image's overlap."""
+    masks = torch.zeros(2, 16, 16)
+    masks[0, 4:8, 4:8] = 1                      # one anomalous image, one good image
+    p = masks * 0.9 + 0.01                      # good detection, faint background everywhere
+    per_image = dice_loss(p, masks, reduction="image").item()
+    batch = dice_loss(p, masks, reduction="batch").item()
+    assert per_image > 0.35                     # the good image alone costs 1 - 1/(2.56 + 1) = 0.72
+    assert batch < 0.2
 
 
 def test_scoring_maths():

@@ -26,12 +26,22 @@ auxiliary set, on top of these tokens.
    object outlines (the descriptors are rotation invariant) have many
    look-alikes; a defect has few. k stops at 30 (v1 went to 100): an object's
    body covers fewer than 100 patches, so large k flagged whole objects.
-6. The standardised descriptors, scaled by 0.05 so they shape but do not
+6. Colour rarity (4), added in v3: for each pixel, -log of how often its colour
+   (16 levels each of L, a, b, box-smoothed over neighbouring bins) occurs in the
+   image outside the 5 x 5 patches around it; pooled per patch as mean and max, raw
+   and after a 3 x 3 erosion. Kept unnormalised: its magnitude (3.4 for the most
+   common colour, ~12 for a colour seen nowhere else) is what steers a rare patch's
+   token direction under cosine scoring (median-centring it measured worse).
+   Per pixel, because a patch mean blends an outline's two common colours into a
+   rare one. Measured in the SPG pipeline (DEMO_PRESET, before the guide-loss fix):
+   mean image / pixel AUROC 0.580 / 0.845 -> 0.714 / 0.921 (a -> b) and
+   0.581 / 0.775 -> 0.678 / 0.927 (b -> a).
+7. The standardised descriptors, scaled by 0.05 so they shape but do not
    dominate a token's direction, and their absolute values (local part only).
-7. A constant channel, so a perfectly ordinary patch still has a direction
+8. A constant channel, so a perfectly ordinary patch still has a direction
    (cosine scoring needs one).
 
-Token = [1 | self-similarity (12) | |z_local| (19) | z_local (19) | z_context (19)], D = 70.
+Token = [1 | self-similarity (12) | colour rarity (4) | |z_local| (19) | z_local (19) | z_context (19)], D = 74.
 
 Known limits (measured, see the report that introduced v2): thin-line defects
 (scratch, crack) and chunks missing at an object's outline are the weakest
@@ -56,6 +66,8 @@ _MAD_FLOOR = 0.02
 _COLOUR = [0, 1, 2, 10, 11, 12]                          # means and stds of L, a, b
 _STRUCTURE = [3, 4, 5, 6, 7, 8, 9, 13, 14, 15, 16, 17, 18]  # |grad| mean, band-pass means and maxima
 _N_DESC = 19
+_LEVELS = 16            # colour bins per channel for colour rarity
+_RARITY_EXCLUDE = 2     # patches: the 5 x 5 patches around a pixel do not count as its look-alikes
 
 
 def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -107,6 +119,71 @@ def robust_standardise(desc: torch.Tensor) -> torch.Tensor:
     return (desc - med) / (mad + _MAD_FLOOR)
 
 
+def colour_codes(channels: torch.Tensor) -> torch.Tensor:
+    """`[B, 10, S, S]` pixel channels -> `[B, S, S]` colour bin of each pixel, in [0, LEVELS^3).
+
+    Fixed absolute bins (L in [0, 1], a and b in [-0.5, 0.5], 16 levels each), not per-image
+    ranges: a defect whose colour lies outside the image's usual range must not be folded
+    into the extreme bin that the normal extremes share.
+    """
+    def level(x: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+        return ((x - lo) / (hi - lo) * _LEVELS).floor().clamp(0, _LEVELS - 1).long()
+    return (level(channels[:, 0], 0.0, 1.0) * _LEVELS + level(channels[:, 1], -0.5, 0.5)) * _LEVELS \
+        + level(channels[:, 2], -0.5, 0.5)
+
+
+def colour_rarity(codes: torch.Tensor, patch: int, exclude: int = _RARITY_EXCLUDE) -> torch.Tensor:
+    """Per-pixel colour surprise: -log p(colour | the image outside the pixel's neighbourhood).
+
+    `codes`: `[B, S, S]` from `colour_codes`. The density counts every pixel of the image
+    except those within `exclude` patches of the pixel's own patch (a stain must not
+    explain itself), smoothed over the 3 x 3 x 3 neighbouring bins so that noise and
+    shading do not make ordinary colours rare. Per pixel, not per patch mean: the
+    colour mixtures at an object's outline are made of two common colours, a stain of
+    an uncommon one. Returns `[B, S, S]`.
+    """
+    bsz, size, _ = codes.shape
+    g, nb, dev = size // patch, _LEVELS ** 3, codes.device
+    rows = torch.arange(size, device=dev) // patch
+    py, px = rows[:, None].expand(size, size).flatten(), rows[None, :].expand(size, size).flatten()   # [S*S]
+    flat = codes.flatten(1)                                                 # [B, S*S]
+    lab = torch.stack([flat // (_LEVELS * _LEVELS), flat // _LEVELS % _LEVELS, flat % _LEVELS])
+    # Per-patch colour histograms [B, g*g*nb], box-smoothed in colour space at scatter
+    # time: each pixel votes for its 27 neighbouring bins.
+    hist = torch.zeros(bsz, g * g * nb, device=dev)
+    cell = py * g + px
+    for shift in torch.cartesian_prod(*[torch.tensor([-1, 0, 1])] * 3).to(dev):
+        q = lab + shift[:, None, None]
+        valid = ((q >= 0) & (q < _LEVELS)).all(0)
+        code = (q[0] * _LEVELS + q[1]) * _LEVELS + q[2]
+        hist.scatter_add_(1, cell * nb + code.clamp(0, nb - 1), valid.float())
+    total = hist.view(bsz, g * g, nb).sum(1).gather(1, flat)                # [B, S*S] votes image-wide
+    # Votes from the excluded window, read only at each pixel's own bin: (2e+1)^2 gathers
+    # instead of box-filtering the whole [B, g, g, nb] histogram.
+    near = torch.zeros_like(total)
+    near_cells = torch.zeros(size * size, device=dev)
+    for dy in range(-exclude, exclude + 1):
+        for dx in range(-exclude, exclude + 1):
+            ny, nx = py + dy, px + dx
+            inside = (ny >= 0) & (ny < g) & (nx >= 0) & (nx < g)
+            other = (ny.clamp(0, g - 1) * g + nx.clamp(0, g - 1)) * nb
+            near += hist.gather(1, other + flat) * inside
+            near_cells += inside
+    votes = (total - near) / 27
+    n_rest = size * size - near_cells * patch * patch                       # pixels that may vote
+    return -torch.log((votes + 0.5) / (n_rest + 0.5 * nb)).view(bsz, size, size)
+
+
+def pooled_rarity(rarity: torch.Tensor, patch: int) -> torch.Tensor:
+    """`[B, S, S]` per-pixel rarity -> `[B, N, 4]`: patch mean and max, raw and after a 3 x 3
+    erosion (the erosion drops 1-2 px bands of mixed colour along edges, keeps blobs)."""
+    eroded = -F.max_pool2d(-rarity[:, None], 3, stride=1, padding=1)[:, 0]
+    out = []
+    for r in (rarity[:, None], eroded[:, None]):
+        out += [F.avg_pool2d(r, patch), F.max_pool2d(r, patch)]
+    return torch.cat(out, 1).flatten(2).transpose(1, 2)
+
+
 def _neighbourhood_mask(h: int, w: int, device: torch.device) -> torch.Tensor:
     """`[N, N]` True where two patches are within one patch of each other (self included)."""
     yy, xx = torch.meshgrid(torch.arange(h, device=device), torch.arange(w, device=device), indexing="ij")
@@ -138,10 +215,10 @@ class BuiltinBackbone(Backbone):
     name = "builtin"
     image_size = 256
     patch_size = 8
-    dim = 1 + 3 * len(_K_NEIGHBOURS) + 3 * _N_DESC      # 70
+    dim = 1 + 3 * len(_K_NEIGHBOURS) + 4 + 3 * _N_DESC      # 74
     mean = (0.0, 0.0, 0.0)
     std = (1.0, 1.0, 1.0)
-    weights = "builtin-v2"
+    weights = "builtin-v3"
 
     def __init__(self) -> None:
         super().__init__()
@@ -150,18 +227,20 @@ class BuiltinBackbone(Backbone):
         self.register_buffer("_near", _neighbourhood_mask(h, w, torch.device("cpu")), persistent=False)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """`[B, 3, 256, 256]` in [0, 1] -> `[B, 1024, 70]` tokens."""
+        """`[B, 3, 256, 256]` in [0, 1] -> `[B, 1024, 74]` tokens."""
         # Medians and nearest-neighbour ranks are precision-sensitive and cheap: always fp32.
         with torch.autocast(images.device.type, enabled=False):
             return self._tokens(images.float())
 
     def _tokens(self, images: torch.Tensor) -> torch.Tensor:
-        desc = patch_descriptors(pixel_channels(images), self.patch_size)          # [B, 19, h, w]
+        channels = pixel_channels(images)
+        desc = patch_descriptors(channels, self.patch_size)                        # [B, 19, h, w]
         context = F.avg_pool2d(desc, 3, stride=1, padding=1, count_include_pad=False)
         z_local = robust_standardise(desc.flatten(2)).clamp(-_Z_CLAMP, _Z_CLAMP).transpose(1, 2)   # [B, N, 19]
         z_ctx = robust_standardise(context.flatten(2)).clamp(-_Z_CLAMP, _Z_CLAMP).transpose(1, 2)
         groups = (z_local[..., _COLOUR], z_local[..., _STRUCTURE], z_ctx)
         sim = torch.cat([self_similarity(g, self._near, _K_NEIGHBOURS) for g in groups], dim=-1)  # [B, N, 12]
         z = torch.cat([z_local, z_ctx], dim=-1) * _Z_SCALE                        # [B, N, 38]
+        rarity = pooled_rarity(colour_rarity(colour_codes(channels), self.patch_size), self.patch_size)  # [B, N, 4]
         ones = torch.ones_like(sim[..., :1])
-        return torch.cat([ones, sim, z[..., :_N_DESC].abs(), z], dim=-1)
+        return torch.cat([ones, sim, rarity, z[..., :_N_DESC].abs(), z], dim=-1)
