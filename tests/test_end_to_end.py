@@ -1,7 +1,7 @@
 """End to end, no network: `spg run` both directions on the synthetic groups with the builtin backbone.
 
 This is the acceptance test of the engine: the figures below are asserted, not
-just computed. It also exercises the run directory, reports, predict and the
+just computed (the image-AUROC bar is a strict xfail until it is met). It also exercises the run directory, reports, predict and the
 stage-by-stage commands on the same runs.
 """
 
@@ -39,33 +39,42 @@ def runs(tmp_path_factory):
     return out
 
 
-# Issue 2's acceptance bar. Not reached yet: builtin-v2 with DEMO_PRESET measured mean image /
-# pixel AUROC 0.58 / 0.845 (a -> b) on 2026-11-22. strict=True: the day it passes, this fails
-# and the marker must go.
-ACCEPTANCE_GAP = pytest.mark.xfail(strict=True, reason="builtin backbone + SPG guides below the issue-2 "
-                                   "bar (measured 0.58 / 0.845 a -> b, 0.58 / 0.775 b -> a)")
+# Issue 2's acceptance bar: mean pixel AUROC >= 0.90 and mean image AUROC >= 0.85 on the unseen
+# categories, both directions. The pixel half is met and asserted. The image half is not yet:
+# builtin-v3 with DEMO_PRESET measured 0.669 (a -> b) and 0.708 (b -> a) on 2026-11-22; objects'
+# unique normal parts (specular highlights, printed dots, pins) score like small defects and
+# hold the max of good images. strict=True: the day it passes, this fails and the marker must go.
+IMAGE_BAR_GAP = pytest.mark.xfail(strict=True, reason="builtin-v3 + SPG guides: mean image AUROC "
+                                  "0.669 (a -> b) / 0.708 (b -> a), below the issue-2 bar of 0.85")
+DIRECTIONS = [("synthetic-a", "synthetic-b"), ("synthetic-b", "synthetic-a")]
 
 
-@pytest.mark.parametrize("direction", [("synthetic-a", "synthetic-b"), ("synthetic-b", "synthetic-a")])
-@ACCEPTANCE_GAP
-def test_zero_shot_transfer_reaches_targets(runs, direction):
+@pytest.mark.parametrize("direction", DIRECTIONS)
+def test_zero_shot_segmentation_reaches_the_pixel_bar(runs, direction):
+    """Measured 0.919 (a -> b) and 0.943 (b -> a) pixel AUROC, on categories never seen in training."""
     metrics = json.loads((runs[direction] / "metrics.json").read_text())
-    mean = metrics["mean"]
-    assert mean["pixel_auroc"] >= 0.90, metrics
-    assert mean["image_auroc"] >= 0.85, metrics
-
-
-@pytest.mark.parametrize("direction", [("synthetic-a", "synthetic-b"), ("synthetic-b", "synthetic-a")])
-def test_transfer_beats_chance_on_unseen_categories(runs, direction):
-    """What the engine does reach today, far from chance on categories it never saw."""
-    metrics = json.loads((runs[direction] / "metrics.json").read_text())
-    assert metrics["mean"]["pixel_auroc"] >= 0.70, metrics
+    assert metrics["mean"]["pixel_auroc"] >= 0.90, metrics
     # Unseen categories only: the target's categories are disjoint from the auxiliary set's.
     cfg = json.loads((runs[direction] / "config.json").read_text())
     aux_cats = {r["category"] for r in json.loads((Path(cfg["aux_store"]) / "manifest.json").read_text())["images"]}
     assert not aux_cats & set(metrics["per_category"])
     for m in metrics["per_category"].values():
         assert all(0.0 <= m[k] <= 1.0 for k in ("image_auroc", "image_ap", "pixel_auroc", "aupro"))
+
+
+@pytest.mark.parametrize("direction", DIRECTIONS)
+@IMAGE_BAR_GAP
+def test_zero_shot_detection_reaches_the_image_bar(runs, direction):
+    metrics = json.loads((runs[direction] / "metrics.json").read_text())
+    assert metrics["mean"]["image_auroc"] >= 0.85, metrics
+
+
+@pytest.mark.parametrize("direction", DIRECTIONS)
+def test_detection_beats_chance_on_unseen_categories(runs, direction):
+    """What image-level detection does reach today (measured 0.67 / 0.71)."""
+    metrics = json.loads((runs[direction] / "metrics.json").read_text())
+    assert metrics["mean"]["image_auroc"] >= 0.62, metrics
+    assert metrics["mean"]["aupro"] >= 0.70, metrics
 
 
 def test_run_directory_contents(runs):

@@ -35,7 +35,9 @@ auxiliary set, on top of these tokens.
    Per pixel, because a patch mean blends an outline's two common colours into a
    rare one. Measured in the SPG pipeline (DEMO_PRESET, before the guide-loss fix):
    mean image / pixel AUROC 0.580 / 0.845 -> 0.714 / 0.921 (a -> b) and
-   0.581 / 0.775 -> 0.678 / 0.927 (b -> a).
+   0.581 / 0.775 -> 0.678 / 0.927 (b -> a). Tried and dropped (no gain in either
+   direction): structure-tensor coherence, per-pixel band-pass rarity, a second
+   rarity at 8 colour levels, a wider (9 x 9 patch) exclusion.
 7. The standardised descriptors, scaled by 0.05 so they shape but do not
    dominate a token's direction, and their absolute values (local part only).
 8. A constant channel, so a perfectly ordinary patch still has a direction
@@ -43,10 +45,11 @@ auxiliary set, on top of these tokens.
 
 Token = [1 | self-similarity (12) | colour rarity (4) | |z_local| (19) | z_local (19) | z_context (19)], D = 74.
 
-Known limits (measured, see the report that introduced v2): thin-line defects
-(scratch, crack) and chunks missing at an object's outline are the weakest
-kinds; unique normal parts of objects (a printed mark, pill dots, plug pins)
-still score like small defects, which caps image AUROC on objects.
+Known limits (measured): thin-line defects (scratch, crack) and chunks missing
+at an object's outline are the weakest kinds; unique normal parts of objects (a
+specular highlight, a printed mark, pill dots, plug pins) are as rare within
+their image as a small defect, which caps image AUROC on objects (0.4-0.7 on
+pill and plug, 0.9-1.0 on textures).
 """
 
 from __future__ import annotations
@@ -119,7 +122,7 @@ def robust_standardise(desc: torch.Tensor) -> torch.Tensor:
     return (desc - med) / (mad + _MAD_FLOOR)
 
 
-def colour_codes(channels: torch.Tensor) -> torch.Tensor:
+def colour_codes(channels: torch.Tensor, levels: int = _LEVELS) -> torch.Tensor:
     """`[B, 10, S, S]` pixel channels -> `[B, S, S]` colour bin of each pixel, in [0, LEVELS^3).
 
     Fixed absolute bins (L in [0, 1], a and b in [-0.5, 0.5], 16 levels each), not per-image
@@ -127,12 +130,12 @@ def colour_codes(channels: torch.Tensor) -> torch.Tensor:
     into the extreme bin that the normal extremes share.
     """
     def level(x: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
-        return ((x - lo) / (hi - lo) * _LEVELS).floor().clamp(0, _LEVELS - 1).long()
-    return (level(channels[:, 0], 0.0, 1.0) * _LEVELS + level(channels[:, 1], -0.5, 0.5)) * _LEVELS \
+        return ((x - lo) / (hi - lo) * levels).floor().clamp(0, levels - 1).long()
+    return (level(channels[:, 0], 0.0, 1.0) * levels + level(channels[:, 1], -0.5, 0.5)) * levels \
         + level(channels[:, 2], -0.5, 0.5)
 
 
-def colour_rarity(codes: torch.Tensor, patch: int, exclude: int = _RARITY_EXCLUDE) -> torch.Tensor:
+def colour_rarity(codes: torch.Tensor, patch: int, exclude: int = _RARITY_EXCLUDE, levels: int = _LEVELS) -> torch.Tensor:
     """Per-pixel colour surprise: -log p(colour | the image outside the pixel's neighbourhood).
 
     `codes`: `[B, S, S]` from `colour_codes`. The density counts every pixel of the image
@@ -143,19 +146,19 @@ def colour_rarity(codes: torch.Tensor, patch: int, exclude: int = _RARITY_EXCLUD
     an uncommon one. Returns `[B, S, S]`.
     """
     bsz, size, _ = codes.shape
-    g, nb, dev = size // patch, _LEVELS ** 3, codes.device
+    g, nb, dev = size // patch, levels ** 3, codes.device
     rows = torch.arange(size, device=dev) // patch
     py, px = rows[:, None].expand(size, size).flatten(), rows[None, :].expand(size, size).flatten()   # [S*S]
     flat = codes.flatten(1)                                                 # [B, S*S]
-    lab = torch.stack([flat // (_LEVELS * _LEVELS), flat // _LEVELS % _LEVELS, flat % _LEVELS])
+    lab = torch.stack([flat // (levels * levels), flat // levels % levels, flat % levels])
     # Per-patch colour histograms [B, g*g*nb], box-smoothed in colour space at scatter
     # time: each pixel votes for its 27 neighbouring bins.
     hist = torch.zeros(bsz, g * g * nb, device=dev)
     cell = py * g + px
     for shift in torch.cartesian_prod(*[torch.tensor([-1, 0, 1])] * 3).to(dev):
         q = lab + shift[:, None, None]
-        valid = ((q >= 0) & (q < _LEVELS)).all(0)
-        code = (q[0] * _LEVELS + q[1]) * _LEVELS + q[2]
+        valid = ((q >= 0) & (q < levels)).all(0)
+        code = (q[0] * levels + q[1]) * levels + q[2]
         hist.scatter_add_(1, cell * nb + code.clamp(0, nb - 1), valid.float())
     total = hist.view(bsz, g * g, nb).sum(1).gather(1, flat)                # [B, S*S] votes image-wide
     # Votes from the excluded window, read only at each pixel's own bin: (2e+1)^2 gathers
