@@ -21,16 +21,7 @@ TABLE = {"dinov3-vitl16": (448, 28, 1024), "dinov2-large": (448, 32, 1024), "sig
          "openclip-vitl14-336": (518, 37, 1024)}
 
 
-def _builtin_available() -> bool:
-    try:
-        from spg_core.backbones.builtin import BuiltinBackbone  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-ALL = TINY + [pytest.param("builtin", marks=pytest.mark.skipif(not _builtin_available(),
-                                                              reason="builtin backbone not written yet"))]
+ALL = TINY + ["builtin"]
 
 _CACHE: dict[str, Backbone] = {}
 

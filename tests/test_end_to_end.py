@@ -1,8 +1,9 @@
 """End to end, no network: `spg run` both directions on the synthetic groups with the builtin backbone.
 
 This is the acceptance test of the engine: the figures below are asserted, not
-just computed (the image-AUROC bar is a strict xfail until it is met). It also exercises the run directory, reports, predict and the
-stage-by-stage commands on the same runs.
+just computed (the image-AUROC bar is a strict xfail until it is met). It also
+exercises the run directory, reports, predict and the stage-by-stage commands
+on the same runs.
 """
 
 import csv
@@ -102,7 +103,9 @@ def test_run_directory_contents(runs):
 
 def test_predict_writes_maps_and_matches_stored_scores(runs, tmp_path, capsys):
     run = RunDir(runs[("synthetic-a", "synthetic-b")])
-    rows = run.read_scores()[:3]
+    all_rows = run.read_scores()
+    stem = Path(all_rows[0]["image_path"]).name                # 000.png is in every defect folder
+    rows = [r for r in all_rows if Path(r["image_path"]).name == stem][:3]
     out = tmp_path / "pred"
     assert main(["predict", "--run", str(run.path), *[r["image_path"] for r in rows], "--out", str(out),
                  "--device", "cpu"]) == 0
@@ -111,7 +114,8 @@ def test_predict_writes_maps_and_matches_stored_scores(runs, tmp_path, capsys):
     assert len(pred) == 3
     for p, r in zip(pred, rows):
         assert float(p["score"]) == pytest.approx(r["score"], abs=2e-3)   # fp16 token store vs fp32 path
-        assert (out / f"{Path(r['image_path']).stem}_map.png").is_file()
+        assert p["image"] == r["image_path"] and Path(p["map"]).is_file()
+    assert len({p["map"] for p in pred}) == 3                   # namesakes do not overwrite each other
 
 
 def test_stage_by_stage_commands(runs, tmp_path):
