@@ -92,6 +92,8 @@ def run_health(run: Path, banner: bool = True) -> RunHealth:
     if banner and health.problems:
         st.warning("This run is incomplete or damaged: " + "; ".join(health.problems) + ". "
                    "What depends on it is left out below.", icon=":material/construction:")
+    if banner and health.notes:
+        st.info("This run is complete, but " + "; ".join(health.notes) + ".", icon=":material/info:")
     return health
 
 

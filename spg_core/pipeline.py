@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import platform
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 
 from . import __version__
 from .atomic import write_json
@@ -22,7 +25,8 @@ from .backbones.base import Backbone, resolve_device
 from .config import GuideConfig, RunConfig, SAEConfig
 from .data import open_dataset
 from .errors import SPGError
-from .guides import GuidePair, train_guides
+from .guides import SATURATED, GuidePair, train_guides
+from .metrics import image_auroc
 from .runs import GUIDES, SAE, RunDir
 from .sae import TopKSAE
 from .sae_train import evaluate_sae, train_sae
@@ -80,9 +84,44 @@ def fit_guides(store: TokenStore, dictionary: torch.Tensor, cfg: GuideConfig, de
     t0 = time.perf_counter()
     pair, history = train_guides(dictionary, get_batch, store.num_images, store.grid, cfg,
                                  device=device, progress=progress)
+    seconds = time.perf_counter() - t0
     a_n, a_a = pair.active_atoms()
-    return pair, {"seconds": time.perf_counter() - t0, "history": history,
-                  "active_normal": len(a_n), "active_anomaly": len(a_a)}
+    g = pair.guide_vectors(dictionary.to(device))
+    fit = auxiliary_fit(store, Scorer(g.detach(), cfg.tau, store.grid, store.image_size), device)
+    if fit["p_defect_median"] < SATURATED:
+        warnings.warn(f"guide training saturated: median p(anomaly) on the auxiliary set's own defect "
+                      f"patches is {fit['p_defect_median']:.1e}, so map values are ranks at best and useless "
+                      "as thresholds; try --dice batch, more --guide-epochs or a higher --guide-lr", stacklevel=2)
+    return pair, {"seconds": seconds, "history": history,
+                  "active_normal": len(a_n), "active_anomaly": len(a_a), "aux_fit": fit}
+
+
+def auxiliary_fit(store: TokenStore, scorer: "Scorer", device: torch.device, covered: float = 0.5) -> dict[str, float]:
+    """How the saved (EMA) guides separate the auxiliary set they were trained on.
+
+    A patch is a defect patch when its mask covers at least `covered` of it. Returns the
+    patch AUROC (defect vs normal patches), the median p(anomaly) on each, the normal
+    patches' 99th percentile and the fraction of each above 0.5. Training under focal loss
+    keeps p low on rare positives, so calibration is judged by the medians, not by 0.5.
+    """
+    defect, normal = [], []
+    for start in range(0, store.num_images, 64):
+        idx = list(range(start, min(start + 64, store.num_images)))
+        probs, _, _ = scorer(store.tokens(idx).to(device))
+        labels = F.adaptive_avg_pool2d(store.masks(idx)[:, None].float(), store.grid)[:, 0].flatten(1) >= covered
+        defect.append(probs.cpu()[labels])
+        normal.append(probs.cpu()[~labels])
+    d, n = torch.cat(defect).double(), torch.cat(normal).double()
+
+    def stat(x: torch.Tensor, fn) -> float:
+        return float(fn(x)) if len(x) else float("nan")
+    auroc = image_auroc(torch.cat([d, n]).numpy(), np.r_[np.ones(len(d)), np.zeros(len(n))]) \
+        if len(d) and len(n) else float("nan")
+    return {"patch_auroc": auroc, "p_defect_median": stat(d, torch.median), "p_normal_median": stat(n, torch.median),
+            "p_normal_q99": stat(n, lambda x: x.kthvalue(max(1, int(0.99 * len(x)))).values),
+            "defect_patches_flagged": stat(d, lambda x: (x > 0.5).double().mean()),
+            "normal_patches_flagged": stat(n, lambda x: (x > 0.5).double().mean()),
+            "defect_patches": len(d), "normal_patches": len(n)}
 
 
 # -- inference ------------------------------------------------------------------------------

@@ -92,6 +92,7 @@ class RunHealth:
     path: Path
     present: dict[str, bool] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)      # complete but questionable, e.g. saturated guides
 
     def has(self, *files: str) -> bool:
         return all(self.present.get(f, False) for f in files)
@@ -127,7 +128,24 @@ def check_run(path: str | Path) -> RunHealth:
     for name in ARTIFACTS:
         if not health.present[name] and not any(name in p for p in health.problems):
             health.problems.append(f"{ARTIFACTS[name]} missing ({name})")
+    health.notes += guide_notes(health.path / "guides.json")
     return health
+
+
+def guide_notes(path: Path) -> list[str]:
+    """Warnings about a guides.json's auxiliary fit (empty when fine, absent or unreadable)."""
+    from .atomic import read_json
+    from .guides import SATURATED
+
+    try:
+        fit = read_json(path, what="guide training record").get("aux_fit") if path.is_file() else None
+    except SPGError:
+        return []
+    if not fit or fit.get("p_defect_median", 1.0) >= SATURATED:
+        return []
+    return [f"its guides are saturated (median p(anomaly) {fit['p_defect_median']:.1e} on the auxiliary "
+            "set's own defect patches): maps still rank, but their values mean little as thresholds; "
+            "re-train the guides with `spg train-guides --run DIR --dice batch`"]
 
 
 def run_overview(root: str | Path) -> pd.DataFrame:

@@ -393,3 +393,17 @@ def test_backbones_page_leaves_out_damaged_runs(damaged_root, monkeypatch):
     said = texts(at)
     assert "truncated** is left out" in said and "half** is left out" in said
     assert metric(at, "good").startswith("score")
+
+
+def test_saturated_guides_get_a_note_and_healthy_ones_do_not(tmp_path):
+    from spg_core.atomic import write_json
+
+    path = tmp_path / "guides.json"
+    assert views.guide_notes(path) == []                                     # no record: nothing to say
+    write_json(path, {"aux_fit": {"p_defect_median": 2e-7, "patch_auroc": 0.79}})
+    (note,) = views.guide_notes(path)
+    assert "saturated" in note and "2.0e-07" in note and "--dice batch" in note
+    write_json(path, {"aux_fit": {"p_defect_median": 1e-2, "patch_auroc": 0.83}})
+    assert views.guide_notes(path) == []
+    path.write_text("{ truncated")
+    assert views.guide_notes(path) == []                                     # unreadable: the health check reports files, not this
