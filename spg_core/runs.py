@@ -4,7 +4,7 @@
     RUN/sae.safetensors           TopK SAE weights (+ config and backbone identity as metadata)
     RUN/sae.json                  SAE config and training history (loss, FVU, dead latents)
     RUN/guides.safetensors        theta_n, theta_a (EMA), raw theta
-    RUN/guides.json               guide config, history, active atom counts
+    RUN/guides.json               guide config, history, active atom counts, auxiliary fit
     RUN/target/patch_maps.safetensors   anomaly probabilities on the patch grid [K, h, w] float32 and scores [K]
     RUN/target/scores.csv         one row per target image: path, category, defect, label, score
     RUN/metrics.json              {"mean": {...}, "per_category": {...}, "settings": {...}}
