@@ -138,14 +138,17 @@ def guide_notes(path: Path) -> list[str]:
     from .guides import SATURATED
 
     try:
-        fit = read_json(path, what="guide training record").get("aux_fit") if path.is_file() else None
+        record = read_json(path, what="guide training record") if path.is_file() else {}
     except SPGError:
         return []
+    fit, cfg = record.get("aux_fit"), record.get("config", {})
     if not fit or fit.get("p_defect_median", 1.0) >= SATURATED:
         return []
+    fix = ("`--dice batch`" if cfg.get("dice", "image") == "image"
+           else f"more `--guide-epochs` (this run: {cfg.get('epochs', '?')}) or a higher `--guide-lr`")
     return [f"its guides are saturated (median p(anomaly) {fit['p_defect_median']:.1e} on the auxiliary "
             "set's own defect patches): maps still rank, but their values mean little as thresholds; "
-            "re-train the guides with `spg train-guides --run DIR --dice batch`"]
+            f"re-train them with `spg train-guides --run DIR` and {fix}"]
 
 
 def run_overview(root: str | Path) -> pd.DataFrame:

@@ -19,7 +19,7 @@ TWIN = "small-twin"          # a copy of RUN, so the Backbones page has two runs
 
 def small_config() -> RunConfig:
     return RunConfig(backbone="builtin", device="cpu", sae=SAEConfig(width=128, k=8, epochs=2),
-                     guides=GuideConfig(epochs=2))
+                     guides=GuideConfig(epochs=30, lr=3e-3))   # enough not to saturate (see guides.SATURATED)
 
 
 def build_small_run(out: Path) -> Path:

@@ -400,9 +400,12 @@ def test_saturated_guides_get_a_note_and_healthy_ones_do_not(tmp_path):
 
     path = tmp_path / "guides.json"
     assert views.guide_notes(path) == []                                     # no record: nothing to say
-    write_json(path, {"aux_fit": {"p_defect_median": 2e-7, "patch_auroc": 0.79}})
+    write_json(path, {"config": {"dice": "image", "epochs": 20}, "aux_fit": {"p_defect_median": 2e-7}})
     (note,) = views.guide_notes(path)
     assert "saturated" in note and "2.0e-07" in note and "--dice batch" in note
+    write_json(path, {"config": {"dice": "batch", "epochs": 2}, "aux_fit": {"p_defect_median": 8e-8}})
+    (note,) = views.guide_notes(path)
+    assert "--dice" not in note and "this run: 2" in note
     write_json(path, {"aux_fit": {"p_defect_median": 1e-2, "patch_auroc": 0.83}})
     assert views.guide_notes(path) == []
     path.write_text("{ truncated")
