@@ -35,9 +35,10 @@ auxiliary set, on top of these tokens.
    Per pixel, because a patch mean blends an outline's two common colours into a
    rare one. Measured in the SPG pipeline (DEMO_PRESET, before the guide-loss fix):
    mean image / pixel AUROC 0.580 / 0.845 -> 0.714 / 0.921 (a -> b) and
-   0.581 / 0.775 -> 0.678 / 0.927 (b -> a). Tried and dropped (no gain in either
-   direction): structure-tensor coherence, per-pixel band-pass rarity, a second
-   rarity at 8 colour levels, a wider (9 x 9 patch) exclusion.
+   0.581 / 0.775 -> 0.678 / 0.927 (b -> a). Tried and dropped (no gain in both
+   directions): structure-tensor coherence, per-pixel band-pass rarity, a second
+   rarity at 8 colour levels, a second rarity with a 9 x 9 or a 3 x 3 patch
+   exclusion, dropping the raw max.
 7. The standardised descriptors, scaled by 0.05 so they shape but do not
    dominate a token's direction, and their absolute values (local part only).
 8. A constant channel, so a perfectly ordinary patch still has a direction
@@ -125,7 +126,7 @@ def robust_standardise(desc: torch.Tensor) -> torch.Tensor:
 def colour_codes(channels: torch.Tensor, levels: int = _LEVELS) -> torch.Tensor:
     """`[B, 10, S, S]` pixel channels -> `[B, S, S]` colour bin of each pixel, in [0, LEVELS^3).
 
-    Fixed absolute bins (L in [0, 1], a and b in [-0.5, 0.5], 16 levels each), not per-image
+    Fixed absolute bins (L in [0, 1], a and b in [-0.5, 0.5], `levels` each), not per-image
     ranges: a defect whose colour lies outside the image's usual range must not be folded
     into the extreme bin that the normal extremes share.
     """
