@@ -34,6 +34,20 @@ VARIANTS = ("relu_l1", "topk", "free")
 SATURATED = 1e-4
 
 
+def saturation_note(fit: dict[str, Any] | None, cfg: dict[str, Any]) -> str | None:
+    """The warning for saturated guides, with the fix that fits their config; None when healthy.
+
+    `fit`: the `aux_fit` record of guides.json; `cfg`: its guide config (GuideConfig fields).
+    """
+    if not fit or fit.get("p_defect_median", 1.0) >= SATURATED:
+        return None
+    fix = ("`--dice batch`" if cfg.get("dice", "image") == "image"
+           else f"more `--guide-epochs` (this run: {cfg.get('epochs', '?')}) or a higher `--guide-lr`")
+    return (f"the guides are saturated (median p(anomaly) {fit['p_defect_median']:.1e} on the auxiliary "
+            "set's own defect patches): maps still rank, but their values mean little as thresholds; "
+            f"re-train them with `spg train-guides --run DIR` and {fix}")
+
+
 def topk_mask(theta: torch.Tensor, k: int) -> torch.Tensor:
     """Keep the k largest entries of each row of `[G, M]`, zero the rest."""
     k = min(k, theta.shape[-1])

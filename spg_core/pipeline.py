@@ -10,9 +10,9 @@ from __future__ import annotations
 import platform
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
@@ -25,12 +25,12 @@ from .backbones.base import Backbone, resolve_device
 from .config import GuideConfig, RunConfig, SAEConfig
 from .data import open_dataset
 from .errors import SPGError
-from .guides import SATURATED, GuidePair, train_guides
+from .guides import GuidePair, saturation_note, train_guides
 from .metrics import image_auroc
 from .runs import GUIDES, SAE, RunDir
 from .sae import TopKSAE
 from .sae_train import evaluate_sae, train_sae
-from .scoring import anomaly_maps, image_scores, upsample
+from .scoring import anomaly_maps, cosine_logits, image_scores, patch_probabilities, upsample
 from .store import TokenStore, build_store
 
 METHODS = ("spg", "free_guides", "random_dict")
@@ -86,31 +86,35 @@ def fit_guides(store: TokenStore, dictionary: torch.Tensor, cfg: GuideConfig, de
                                  device=device, progress=progress)
     seconds = time.perf_counter() - t0
     a_n, a_a = pair.active_atoms()
-    g = pair.guide_vectors(dictionary.to(device))
-    fit = auxiliary_fit(store, Scorer(g.detach(), cfg.tau, store.grid, store.image_size), device)
-    if fit["p_defect_median"] < SATURATED:
-        warnings.warn(f"guide training saturated: median p(anomaly) on the auxiliary set's own defect "
-                      f"patches is {fit['p_defect_median']:.1e}, so map values are ranks at best and useless "
-                      "as thresholds; try --dice batch, more --guide-epochs or a higher --guide-lr", stacklevel=2)
+    guides = pair.guide_vectors(dictionary.to(device)).detach()
+    fit = auxiliary_fit(get_batch, store.num_images, store.grid, guides, cfg.tau, device)
+    note = saturation_note(fit, asdict(cfg))
+    if note:
+        warnings.warn(note, stacklevel=2)
     return pair, {"seconds": seconds, "history": history,
                   "active_normal": len(a_n), "active_anomaly": len(a_a), "aux_fit": fit}
 
 
-def auxiliary_fit(store: TokenStore, scorer: "Scorer", device: torch.device, covered: float = 0.5) -> dict[str, float]:
-    """How the saved (EMA) guides separate the auxiliary set they were trained on.
+@torch.no_grad()
+def auxiliary_fit(get_batch: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]], num_images: int,
+                  grid: tuple[int, int], guides: torch.Tensor, tau: float, device: torch.device,
+                  covered: float = 0.5) -> dict[str, float]:
+    """How the saved (EMA) guides `[2, D]` separate the auxiliary set they were trained on.
 
-    A patch is a defect patch when its mask covers at least `covered` of it. Returns the
-    patch AUROC (defect vs normal patches), the median p(anomaly) on each, the normal
-    patches' 99th percentile and the fraction of each above 0.5. Training under focal loss
-    keeps p low on rare positives, so calibration is judged by the medians, not by 0.5.
+    `get_batch` is the training one (tokens `[B, N, D]`, masks `[B, S, S]`). A patch is a
+    defect patch when its mask covers at least `covered` of it. Returns the patch AUROC
+    (defect vs normal patches), the median p(anomaly) on each, the normal patches' 99th
+    percentile and the fraction of each above 0.5. Training under focal loss keeps p low on
+    rare positives, so calibration is judged by the medians, not by 0.5.
     """
     defect, normal = [], []
-    for start in range(0, store.num_images, 64):
-        idx = list(range(start, min(start + 64, store.num_images)))
-        probs, _, _ = scorer(store.tokens(idx).to(device))
-        labels = F.adaptive_avg_pool2d(store.masks(idx)[:, None].float(), store.grid)[:, 0].flatten(1) >= covered
-        defect.append(probs.cpu()[labels])
-        normal.append(probs.cpu()[~labels])
+    for start in range(0, num_images, 64):
+        tokens, masks = get_batch(torch.arange(start, min(start + 64, num_images)))
+        tokens = tokens.to(device)
+        probs = patch_probabilities(cosine_logits(tokens, guides[0]), cosine_logits(tokens, guides[1]), tau).cpu()
+        labels = F.adaptive_avg_pool2d(masks[:, None].float(), grid)[:, 0].flatten(1) >= covered
+        defect.append(probs[labels])
+        normal.append(probs[~labels])
     d, n = torch.cat(defect).double(), torch.cat(normal).double()
 
     def stat(x: torch.Tensor, fn) -> float:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +24,13 @@ def map_names(images: list[str]) -> list[str]:
     depth = [1] * len(images)
     while True:
         names = ["_".join(pp[-d:]) for pp, d in zip(parts, depth)]
-        grow = [i for i, n in enumerate(names) if names.count(n) > 1 and depth[i] < len(parts[i])]
+        count = Counter(names)
+        grow = [i for i, n in enumerate(names) if count[n] > 1 and depth[i] < len(parts[i])]
         if not grow:
             break
         for i in grow:
             depth[i] += 1
-    return [f"{n}_map.png" if names.count(n) == 1 else f"{parts[i][-1]}_{i}_map.png"
-            for i, n in enumerate(names)]
+    return [f"{n}_map.png" if count[n] == 1 else f"{parts[i][-1]}_{i}_map.png" for i, n in enumerate(names)]
 
 
 def predict_files(run_dir: str | Path, images: list[str], out: str | Path, *, device: str = "auto",

@@ -135,20 +135,14 @@ def check_run(path: str | Path) -> RunHealth:
 def guide_notes(path: Path) -> list[str]:
     """Warnings about a guides.json's auxiliary fit (empty when fine, absent or unreadable)."""
     from .atomic import read_json
-    from .guides import SATURATED
+    from .guides import saturation_note
 
     try:
         record = read_json(path, what="guide training record") if path.is_file() else {}
     except SPGError:
         return []
-    fit, cfg = record.get("aux_fit"), record.get("config", {})
-    if not fit or fit.get("p_defect_median", 1.0) >= SATURATED:
-        return []
-    fix = ("`--dice batch`" if cfg.get("dice", "image") == "image"
-           else f"more `--guide-epochs` (this run: {cfg.get('epochs', '?')}) or a higher `--guide-lr`")
-    return [f"its guides are saturated (median p(anomaly) {fit['p_defect_median']:.1e} on the auxiliary "
-            "set's own defect patches): maps still rank, but their values mean little as thresholds; "
-            f"re-train them with `spg train-guides --run DIR` and {fix}"]
+    note = saturation_note(record.get("aux_fit"), record.get("config", {}))
+    return [note] if note else []
 
 
 def run_overview(root: str | Path) -> pd.DataFrame:

@@ -139,10 +139,8 @@ def test_scoring_maths():
     assert (lse <= m.flatten(1).max(1).values + 1e-6).all() and (lse >= m.flatten(1).mean(1) - 1e-6).all()
 
 
-class _Store:
-    """Just what auxiliary_fit reads from a TokenStore: 2 images on a 2 x 2 grid, 8 px."""
-
-    num_images, grid, image_size = 2, (2, 2), 8
+class _AuxBatches:
+    """A training batch source for auxiliary_fit: 2 images on a 2 x 2 grid, 8 px."""
 
     def __init__(self):
         e1, e2 = torch.eye(3)[0], torch.eye(3)[1]
@@ -151,20 +149,19 @@ class _Store:
         self._masks = torch.zeros(2, 8, 8)
         self._masks[0, :4, :4] = 1                                                  # its mask
 
-    def tokens(self, idx):
-        return self._tokens[idx]
-
-    def masks(self, idx):
-        return self._masks[idx]
+    def get_batch(self, idx):
+        return self._tokens[idx], self._masks[idx]
 
 
 def test_auxiliary_fit_reports_separation_and_calibration():
-    from spg_core.pipeline import SATURATED, Scorer, auxiliary_fit
+    from spg_core.guides import SATURATED
+    from spg_core.pipeline import auxiliary_fit
 
     e1, e2 = torch.eye(3)[0], torch.eye(3)[1]
-    good = auxiliary_fit(_Store(), Scorer(torch.stack([e2, e1]), 0.07, (2, 2), 8), torch.device("cpu"))
+    cpu = torch.device("cpu")
+    good = auxiliary_fit(_AuxBatches().get_batch, 2, (2, 2), torch.stack([e2, e1]), 0.07, cpu)
     assert good["patch_auroc"] == 1.0 and good["defect_patches"] == 1 and good["normal_patches"] == 7
     assert good["p_defect_median"] > 0.99 and good["p_normal_q99"] < 0.01
     # An anomaly guide that points away from everything: p ~ 0 on the defect too (the saturated collapse).
-    collapsed = auxiliary_fit(_Store(), Scorer(torch.stack([e1 + e2, -e1 - e2]), 0.07, (2, 2), 8), torch.device("cpu"))
+    collapsed = auxiliary_fit(_AuxBatches().get_batch, 2, (2, 2), torch.stack([e1 + e2, -e1 - e2]), 0.07, cpu)
     assert collapsed["p_defect_median"] < SATURATED and collapsed["defect_patches_flagged"] == 0.0
