@@ -1,10 +1,19 @@
-"""The weight-free `builtin` backbone: its colour-rarity cue behaves as documented."""
+"""The weight-free `builtin` backbone: its colour-rarity and mirror-symmetry cues behave as documented."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-from spg_core.backbones.builtin import BuiltinBackbone, colour_codes, colour_rarity, pixel_channels, pooled_rarity
+from spg_core.backbones.builtin import (
+    BuiltinBackbone,
+    colour_codes,
+    colour_rarity,
+    mirror_residual,
+    pixel_channels,
+    pooled_map,
+)
 
 
 def _grey_with_spots(spots: list[tuple[int, int]], colour=(0.8, 0.1, 0.1), size: int = 256) -> torch.Tensor:
@@ -37,11 +46,11 @@ def test_a_spot_does_not_explain_itself_but_a_distant_twin_does():
     assert near == alone              # a look-alike within 2 patches does not count
 
 
-def test_pooled_rarity_keeps_thin_spots_in_the_max_and_erodes_edge_bands():
+def test_pooled_map_keeps_thin_spots_in_the_max_and_erodes_edge_bands():
     r = torch.zeros(1, 16, 16)
     r[0, 2, :8] = 10.0                # a 1-px line of rare pixels across the first patch row
     r[0, 8:14, 8:14] = 10.0           # a 6 x 6 blob in the last patch
-    mean, peak, eroded_mean, eroded_peak = pooled_rarity(r, 8)[0].t()
+    mean, peak, eroded_mean, eroded_peak = pooled_map(r, 8)[0].t()
     assert peak[0] == 10 and eroded_peak[0] == 0      # the line: kept by max, dropped by erosion
     assert eroded_peak[3] == 10                       # the blob survives erosion
     assert mean[3] > mean[0]
@@ -50,7 +59,66 @@ def test_pooled_rarity_keeps_thin_spots_in_the_max_and_erodes_edge_bands():
 def test_builtin_tokens_layout():
     bb = BuiltinBackbone()
     tokens = bb(_grey_with_spots([(100, 100)]))
-    assert tokens.shape == (1, 1024, bb.dim) and bb.dim == 74
+    assert tokens.shape == (1, 1024, bb.dim) and bb.dim == 79
     assert torch.all(tokens[..., 0] == 1)              # the constant channel
     rarity_max = tokens[0, :, 14].view(32, 32)         # raw max-pooled colour rarity (after 1 + 12 + mean)
     assert rarity_max.flatten().argmax().item() in {12 * 32 + 12, 12 * 32 + 13, 13 * 32 + 12, 13 * 32 + 13}
+
+
+def _tilted_part(theta: float, marks: list[tuple[float, float]], size: int = 256) -> torch.Tensor:
+    """`[1, 3, S, S]`: a yellow bar with round ends on grey-green, its long axis at `theta`,
+    centred off the image centre, with dark 5-px dots at (u, v) in the bar's own frame
+    (u along the axis, v across it)."""
+    yy, xx = torch.meshgrid(torch.arange(size).float(), torch.arange(size).float(), indexing="ij")
+    cx, cy = 140.0, 118.0
+    u = (xx - cx) * math.cos(theta) + (yy - cy) * math.sin(theta)
+    v = -(xx - cx) * math.sin(theta) + (yy - cy) * math.cos(theta)
+    bar = (torch.hypot(u - u.clamp(-60, 60), v) < 26).float()
+    img = torch.tensor([0.55, 0.6, 0.5]).view(3, 1, 1) * (1 - bar) + torch.tensor([0.9, 0.75, 0.2]).view(3, 1, 1) * bar
+    for mu, mv in marks:
+        img = img * (1 - 0.8 * (torch.hypot(u - mu, v - mv) < 2.5).float())
+    gen = torch.Generator().manual_seed(1)
+    return (img + 0.01 * torch.randn(img.shape, generator=gen)).clamp(0, 1)[None]
+
+
+def _near(m: torch.Tensor, theta: float, u: float, v: float, cx: float = 140.0, cy: float = 118.0) -> float:
+    """Max of `[S, S]` map `m` within 4 px of the point (u, v) of the bar's frame."""
+    x = cx + u * math.cos(theta) - v * math.sin(theta)
+    y = cy + u * math.sin(theta) + v * math.cos(theta)
+    return float(m[int(y) - 4:int(y) + 5, int(x) - 4:int(x) + 5].max())
+
+
+def test_mirror_residual_finds_a_tilted_axis_and_flags_only_what_breaks_the_symmetry():
+    theta = 0.7                                            # 40 degrees: off the pixel grid
+    on_axis = [(20.0, 0.0), (35.0, 0.0)]                   # printed marks on the axis: symmetric
+    sym = mirror_residual(_tilted_part(theta, on_axis))[0]
+    broken = mirror_residual(_tilted_part(theta, on_axis + [(-30.0, 12.0)]))[0]
+    assert sym.quantile(0.999) < 0.3                       # the whole part is explained by its mirror
+    assert _near(sym, theta, 20, 0) < 0.5                  # the marks too (edges misalign a little)
+    assert _near(broken, theta, -30, 12) > 1.0             # a dot with no mirror twin is not
+    assert _near(broken, theta, 20, 0) < 0.5
+
+
+def test_mirror_residual_explains_what_colour_rarity_flags():
+    """A unique mark on the axis is rare in colour but symmetric: the two cues disagree,
+    which is what lets the guides tell printed marks from defects."""
+    img = _tilted_part(0.0, [(30.0, 0.0)])
+    rarity = colour_rarity(colour_codes(pixel_channels(img)), patch=8)[0]
+    mirror = mirror_residual(img)[0]
+    assert _near(rarity, 0.0, 30, 0) > rarity.median() + 3
+    assert _near(mirror, 0.0, 30, 0) < 0.5
+
+
+def test_joint_evidence_ranks_a_broken_symmetry_above_a_symmetric_unique_mark():
+    """Token channel 21 (after 1 + 12 self-similarity + 4 rarity + 4 asymmetry) is the AND of
+    the cues: a mark on the axis and a stray dot are both rare, only the dot is asymmetric."""
+    theta = 0.0
+    tokens = BuiltinBackbone()(_tilted_part(theta, [(30.0, 0.0), (-30.0, 12.0)]))[0]
+    sim, rarity, mirror, joint = tokens[:, 1:13], tokens[:, 13:17], tokens[:, 17:21], tokens[:, 21]
+    assert torch.allclose(joint, sim.mean(-1) * rarity[:, 1] * mirror[:, 1])
+    grid = joint.view(32, 32)
+    mark = max(float(grid[(118 + dy) // 8, (170 + dx) // 8]) for dy in (-3, 3) for dx in (-3, 3))
+    dot = max(float(grid[(130 + dy) // 8, (110 + dx) // 8]) for dy in (-3, 3) for dx in (-3, 3))
+    rar = rarity[:, 1].view(32, 32)
+    assert rar[118 // 8, 170 // 8] > rar.median() + 2 and rar[130 // 8, 110 // 8] > rar.median() + 2
+    assert dot > 3 * mark

@@ -42,17 +42,17 @@ def runs(tmp_path_factory):
 
 # Issue 2's acceptance bar: mean pixel AUROC >= 0.90 and mean image AUROC >= 0.85 on the unseen
 # categories, both directions. The pixel half is met and asserted. The image half is not yet:
-# builtin-v3 with DEMO_PRESET measured 0.669 (a -> b) and 0.708 (b -> a) on 2026-11-22; objects'
-# unique normal parts (specular highlights, printed dots, pins) score like small defects and
-# hold the max of good images. strict=True: the day it passes, this fails and the marker must go.
-IMAGE_BAR_GAP = pytest.mark.xfail(strict=True, reason="builtin-v3 + SPG guides: mean image AUROC "
-                                  "0.669 (a -> b) / 0.708 (b -> a), below the issue-2 bar of 0.85")
+# builtin-v4 with DEMO_PRESET measured 0.807 (a -> b) and 0.733 (b -> a) on 2026-11-23 (v3: 0.669 and
+# 0.708). Unique normal parts of objects (specular highlights, printed dots, pins) and the grain of
+# random textures (granite, weave) still score like small defects and hold the max of good images. strict=True: the day it passes, this fails and the marker must go.
+IMAGE_BAR_GAP = pytest.mark.xfail(strict=True, reason="builtin-v4 + SPG guides: mean image AUROC "
+                                  "0.807 (a -> b) / 0.733 (b -> a), below the issue-2 bar of 0.85")
 DIRECTIONS = [("synthetic-a", "synthetic-b"), ("synthetic-b", "synthetic-a")]
 
 
 @pytest.mark.parametrize("direction", DIRECTIONS)
 def test_zero_shot_segmentation_reaches_the_pixel_bar(runs, direction):
-    """Measured 0.919 (a -> b) and 0.943 (b -> a) pixel AUROC, on categories never seen in training."""
+    """Measured 0.940 (a -> b) and 0.934 (b -> a) pixel AUROC, on categories never seen in training."""
     metrics = json.loads((runs[direction] / "metrics.json").read_text())
     assert metrics["mean"]["pixel_auroc"] >= 0.90, metrics
     # Unseen categories only: the target's categories are disjoint from the auxiliary set's.
@@ -72,9 +72,10 @@ def test_zero_shot_detection_reaches_the_image_bar(runs, direction):
 
 @pytest.mark.parametrize("direction", DIRECTIONS)
 def test_detection_beats_chance_on_unseen_categories(runs, direction):
-    """What image-level detection does reach today (measured 0.67 / 0.71)."""
+    """What image-level detection does reach today (measured 0.81 / 0.73; other seeds moved it
+    by up to 0.02), with room for that noise."""
     metrics = json.loads((runs[direction] / "metrics.json").read_text())
-    assert metrics["mean"]["image_auroc"] >= 0.62, metrics
+    assert metrics["mean"]["image_auroc"] >= 0.68, metrics
     assert metrics["mean"]["aupro"] >= 0.70, metrics
 
 
