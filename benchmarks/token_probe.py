@@ -1,10 +1,12 @@
-"""How far can ANY direction in a backbone's token space go? A linear-probe ceiling for the guides.
+"""How far can ANY direction in a backbone's token space go? A linear probe beside the guides.
 
 SPG's guides score a patch by cosine similarity to two directions in token space,
 so a logistic regression on unit-normalised tokens, fitted to the auxiliary set's
-patch labels, is (roughly) the best they could do with that backbone. This prints
-that ceiling on the unseen target categories, next to what a run reached, to say
-whether the tokens or the guides/dictionary hold a result back.
+patch labels, is (roughly) the best they could do for segmentation with that
+backbone. It is no ceiling for image AUROC: its fit never looks at the max over a
+good image, and a guide run can beat it there (builtin-v4, a -> b). This prints the
+probe on the unseen target categories, next to what a run reached, to say whether
+the tokens or the guides/dictionary hold a result back.
 
     python benchmarks/token_probe.py                          # builtin, both synthetic directions
     python benchmarks/token_probe.py --backbone dinov2-large-tiny --aux synthetic-a --target synthetic-b

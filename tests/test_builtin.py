@@ -103,8 +103,7 @@ def test_mirror_residual_explains_what_colour_rarity_flags():
     """A unique mark on the axis is rare in colour but symmetric: the two cues disagree,
     which is what lets the guides tell printed marks from defects."""
     img = _tilted_part(0.0, [(30.0, 0.0)])
-    rarity = colour_rarity(colour_codes(pixel_channels(img)), patch=8)[0]
-    mirror = mirror_residual(img)[0]
+    rarity, mirror = _rarity(img), mirror_residual(img)[0]
     assert _near(rarity, 0.0, 30, 0) > rarity.median() + 3
     assert _near(mirror, 0.0, 30, 0) < 0.5
 

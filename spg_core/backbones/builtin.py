@@ -93,6 +93,7 @@ _LEVELS = 16            # colour bins per channel for colour rarity
 _RARITY_EXCLUDE = 2     # patches: the 5 x 5 patches around a pixel do not count as its look-alikes
 _MIRROR_SIZE = 128      # px: mirror symmetry is searched and compared at half resolution
 _MIRROR_ANGLES = 60     # candidate axis angles in [0, pi): 3-degree steps
+_POOLED_MAX = 1         # pooled_map's layout is (mean, max, eroded mean, eroded max)
 
 
 def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -271,7 +272,7 @@ def joint_evidence(sim: torch.Tensor, rarity: torch.Tensor, mirror: torch.Tensor
     but rarely the same part, while a defect trips all three. Cosine guides are linear in
     the token, so they cannot form this AND from the separate channels themselves.
     """
-    return (sim.mean(-1) * rarity[..., 1] * mirror[..., 1])[..., None]
+    return (sim.mean(-1) * rarity[..., _POOLED_MAX] * mirror[..., _POOLED_MAX])[..., None]
 
 
 def _neighbourhood_mask(h: int, w: int, device: torch.device) -> torch.Tensor:
