@@ -1,4 +1,4 @@
-"""The weight-free `builtin` backbone: its colour-rarity and mirror-symmetry cues behave as documented."""
+"""The weight-free `builtin` backbone: its colour, symmetry and joint cues behave as documented."""
 
 from __future__ import annotations
 
@@ -8,12 +8,15 @@ import torch
 
 from spg_core.backbones.builtin import (
     BuiltinBackbone,
+    colour_bag_similarity,
     colour_codes,
     colour_rarity,
-    mirror_residual,
     pixel_channels,
     pooled_map,
 )
+from spg_core.backbones.symmetry import SIZE, foreground, mirror_residual, repeat_periods, repeat_residual, symmetry_features
+
+DESC = 0.02        # builtin's descriptor scale: token channels 2.. are descriptors x DESC
 
 
 def _grey_with_spots(spots: list[tuple[int, int]], colour=(0.8, 0.1, 0.1), size: int = 256) -> torch.Tensor:
@@ -59,10 +62,11 @@ def test_pooled_map_keeps_thin_spots_in_the_max_and_erodes_edge_bands():
 def test_builtin_tokens_layout():
     bb = BuiltinBackbone()
     tokens = bb(_grey_with_spots([(100, 100)]))
-    assert tokens.shape == (1, 1024, bb.dim) and bb.dim == 79
+    assert tokens.shape == (1, 1024, bb.dim) and bb.dim == 87
     assert torch.all(tokens[..., 0] == 1)              # the constant channel
-    rarity_max = tokens[0, :, 14].view(32, 32)         # raw max-pooled colour rarity (after 1 + 12 + mean)
+    rarity_max = tokens[0, :, 15].view(32, 32)         # raw max-pooled colour rarity (1 + joint + 12 + mean)
     assert rarity_max.flatten().argmax().item() in {12 * 32 + 12, 12 * 32 + 13, 13 * 32 + 12, 13 * 32 + 13}
+    assert 2.5 * DESC < rarity_max.median() < 4 * DESC  # the most common colour: -log p ~ 3.4, scaled
 
 
 def _tilted_part(theta: float, marks: list[tuple[float, float]], size: int = 256) -> torch.Tensor:
@@ -109,15 +113,99 @@ def test_mirror_residual_explains_what_colour_rarity_flags():
 
 
 def test_joint_evidence_ranks_a_broken_symmetry_above_a_symmetric_unique_mark():
-    """Token channel 21 (after 1 + 12 self-similarity + 4 rarity + 4 asymmetry) is the AND of
-    the cues: a mark on the axis and a stray dot are both rare, only the dot is asymmetric."""
+    """Token channel 1 is the AND of the cues: a mark on the axis and a stray dot are both
+    rare in colour, only the dot is asymmetric."""
     theta = 0.0
     tokens = BuiltinBackbone()(_tilted_part(theta, [(30.0, 0.0), (-30.0, 12.0)]))[0]
-    sim, rarity, mirror, joint = tokens[:, 1:13], tokens[:, 13:17], tokens[:, 17:21], tokens[:, 21]
-    assert torch.allclose(joint, sim.mean(-1) * rarity[:, 1] * mirror[:, 1])
+    joint = tokens[:, 1]
+    sim, rarity, symmetry, bag = (tokens[:, a:b] / DESC for a, b in ((2, 14), (14, 18), (18, 22), (22, 30)))
+    product = sim.mean(-1) * bag.mean(-1) * rarity[:, 1] * symmetry[:, 1]
+    assert torch.allclose(joint, product.pow(0.25), rtol=1e-4, atol=1e-5)
     grid = joint.view(32, 32)
     mark = max(float(grid[(118 + dy) // 8, (170 + dx) // 8]) for dy in (-3, 3) for dx in (-3, 3))
     dot = max(float(grid[(130 + dy) // 8, (110 + dx) // 8]) for dy in (-3, 3) for dx in (-3, 3))
     rar = rarity[:, 1].view(32, 32)
     assert rar[118 // 8, 170 // 8] > rar.median() + 2 and rar[130 // 8, 110 // 8] > rar.median() + 2
-    assert dot > 3 * mark
+    assert dot == float(grid.max()) and dot > 1.5 * mark          # measured 1.8x (the product: 10x)
+
+
+def test_mirror_residual_flags_a_bite_out_of_the_outline():
+    """The bitten-out pixels have the background's colour, so they are not foreground
+    themselves; the foreground is grown past the part's outline so that they still count."""
+    theta = 0.0
+    img = _tilted_part(theta, [])
+    yy, xx = torch.meshgrid(torch.arange(256).float(), torch.arange(256).float(), indexing="ij")
+    bite = torch.hypot(xx - 180, yy - 92) < 10                  # into the top edge, off both axes
+    img[0, :, bite] = torch.tensor([0.55, 0.6, 0.5]).view(3, 1)
+    residual = mirror_residual(img)[0]
+    assert float(residual[92:100, 172:188].max()) > 1.0
+    assert float(residual[100:136, 90:190].quantile(0.99)) < 0.3       # the intact body
+
+
+def test_mirror_axis_centroid_is_taken_before_growing_the_foreground():
+    """A horizontal bar whose two long edges fall differently on the half-resolution grid:
+    the long axis must still win (a centroid 0.2 px off made the short axis win)."""
+    x = torch.nn.functional.interpolate(_tilted_part(0.0, []), size=SIZE, mode="area")
+    core, grown = foreground(x)
+    t = torch.arange(SIZE).float()
+    cy = float((core[0].sum(1) * t).sum() / core[0].sum())
+    assert abs(cy - (118 - 0.5) / 2) < 0.05
+    assert grown[0].sum() > 1.2 * core[0].sum()
+    # a mark on the long axis is then explained by the mirror
+    assert _near(mirror_residual(_tilted_part(0.0, [(30.0, 0.0)]))[0], 0.0, 30, 0) < 0.5
+
+
+def _woven(period: int = 24, size: int = 256, flaw: tuple[int, int] | None = None) -> torch.Tensor:
+    """`[1, 3, S, S]`: a blue checkerboard of `period`-px cells with a shaded bump in each, and
+    optionally an 8 x 8 px brown flaw with its corner at `flaw`."""
+    yy, xx = torch.meshgrid(torch.arange(size).float(), torch.arange(size).float(), indexing="ij")
+    cell = ((yy // (period // 2) + xx // (period // 2)) % 2).float()
+    bump = torch.cos(2 * math.pi * xx / period) * torch.cos(2 * math.pi * yy / period)
+    lum = 0.35 + 0.3 * cell + 0.05 * bump
+    img = torch.stack([0.5 * lum, 0.7 * lum, lum])
+    if flaw is not None:
+        y, x = flaw
+        img[:, y:y + 8, x:x + 8] = torch.tensor([0.45, 0.3, 0.15]).view(3, 1, 1)
+    gen = torch.Generator().manual_seed(3)
+    return (img + 0.01 * torch.randn(img.shape, generator=gen)).clamp(0, 1)[None]
+
+
+def test_repeat_periods_find_the_weave_and_the_residual_flags_only_the_flaw():
+    x = torch.nn.functional.interpolate(_woven(), size=SIZE, mode="area")
+    periods = repeat_periods(symmetry_features(x))[0].abs().tolist()
+    # at half resolution the checkerboard repeats every 12 px along each axis and along the diagonals
+    assert all(sorted(p) in ([0, 12], [6, 6], [12, 12]) for p in periods), periods
+    residual = repeat_residual(_woven(flaw=(100, 140)))[0]
+    flaw = float(residual[102:106, 142:146].min())
+    assert flaw > 10 * float(residual.quantile(0.99))
+    # No ghost: the cells one period away are matched by their other neighbours.
+    for dy, dx in ((0, 24), (0, -24), (24, 0), (-24, 0)):
+        assert float(residual[102 + dy:106 + dy, 142 + dx:146 + dx].max()) < flaw / 5
+
+
+def _speckle(size: int = 256, odd: tuple[int, int] | None = None) -> torch.Tensor:
+    """`[1, 3, S, S]`: 2-px speckles of three colours, mixed 60/30/10; optionally a 32 x 32 px
+    square at `odd` of the commonest colour alone: no colour of its own, only a
+    missing share of the speckle (as where texture is worn or missing)."""
+    gen = torch.Generator().manual_seed(4)
+    u = torch.rand(size // 2, size // 2, generator=gen).repeat_interleave(2, 0).repeat_interleave(2, 1)
+    shares = torch.tensor([0.6, 0.9]).view(2, 1, 1).expand(2, size, size).clone()
+    if odd is not None:
+        y, x = odd
+        shares[:, y:y + 32, x:x + 32] = 1.0
+    which = (u[None] > shares).sum(0)                                  # 0, 1 or 2
+    palette = torch.tensor([[0.8, 0.75, 0.7], [0.75, 0.45, 0.45], [0.15, 0.15, 0.15]])
+    return palette[which].permute(2, 0, 1)[None]
+
+
+def test_colour_bag_similarity_flags_a_changed_mix_of_ordinary_colours():
+    """The square has no colour of its own, so colour rarity cannot single it out (its
+    colours are the commonest); the share of each colour in it is what differs."""
+    img = _speckle(odd=(96, 160))
+    channels = pixel_channels(img)
+    bag = colour_bag_similarity(channels, 8, BuiltinBackbone()._near)[0].mean(-1).view(32, 32)
+    inside, outside = bag[13:15, 21:23], torch.ones(32, 32, dtype=torch.bool)
+    outside[10:18, 18:26] = False
+    assert float(inside.min()) > float(bag[outside].quantile(0.99))
+    rarity = pooled_map(colour_rarity(colour_codes(channels), 8), 8)[0, :, 0].view(32, 32)
+    assert float(rarity[13:15, 21:23].mean()) < float(rarity[outside].median())

@@ -41,18 +41,19 @@ def runs(tmp_path_factory):
 
 
 # Issue 2's acceptance bar: mean pixel AUROC >= 0.90 and mean image AUROC >= 0.85 on the unseen
-# categories, both directions. The pixel half is met and asserted. The image half is not yet:
-# builtin-v4 with DEMO_PRESET measured 0.807 (a -> b) and 0.733 (b -> a) on 2026-11-23 (v3: 0.669 and
-# 0.708). Unique normal parts of objects (specular highlights, printed dots, pins) and the grain of
-# random textures (granite, weave) still score like small defects and hold the max of good images. strict=True: the day it passes, this fails and the marker must go.
-IMAGE_BAR_GAP = pytest.mark.xfail(strict=True, reason="builtin-v4 + SPG guides: mean image AUROC "
-                                  "0.807 (a -> b) / 0.733 (b -> a), below the issue-2 bar of 0.85")
+# categories, both directions. builtin-v5 with DEMO_PRESET measured image AUROC 0.903 (a -> b) and
+# 0.826 (b -> a) on 2026-11-23 (seed 1: 0.901 / 0.825; v4: 0.807 / 0.733). The b -> a half is short:
+# thin defects on granite (a random texture: no symmetry, no colour of their own) stay near chance.
+# strict=True: the day it passes, this fails and the marker must go.
+IMAGE_BAR_GAP = pytest.mark.xfail(strict=True, reason="builtin-v5 + SPG guides: mean image AUROC "
+                                  "0.826 (b -> a), below the issue-2 bar of 0.85")
 DIRECTIONS = [("synthetic-a", "synthetic-b"), ("synthetic-b", "synthetic-a")]
+IMAGE_BAR_DIRECTIONS = [DIRECTIONS[0], pytest.param(DIRECTIONS[1], marks=IMAGE_BAR_GAP)]
 
 
 @pytest.mark.parametrize("direction", DIRECTIONS)
 def test_zero_shot_segmentation_reaches_the_pixel_bar(runs, direction):
-    """Measured 0.940 (a -> b) and 0.934 (b -> a) pixel AUROC, on categories never seen in training."""
+    """Measured 0.952 (a -> b) and 0.961 (b -> a) pixel AUROC, on categories never seen in training."""
     metrics = json.loads((runs[direction] / "metrics.json").read_text())
     assert metrics["mean"]["pixel_auroc"] >= 0.90, metrics
     # Unseen categories only: the target's categories are disjoint from the auxiliary set's.
@@ -63,8 +64,7 @@ def test_zero_shot_segmentation_reaches_the_pixel_bar(runs, direction):
         assert all(0.0 <= m[k] <= 1.0 for k in ("image_auroc", "image_ap", "pixel_auroc", "aupro"))
 
 
-@pytest.mark.parametrize("direction", DIRECTIONS)
-@IMAGE_BAR_GAP
+@pytest.mark.parametrize("direction", IMAGE_BAR_DIRECTIONS)
 def test_zero_shot_detection_reaches_the_image_bar(runs, direction):
     metrics = json.loads((runs[direction] / "metrics.json").read_text())
     assert metrics["mean"]["image_auroc"] >= 0.85, metrics
@@ -72,11 +72,11 @@ def test_zero_shot_detection_reaches_the_image_bar(runs, direction):
 
 @pytest.mark.parametrize("direction", DIRECTIONS)
 def test_detection_beats_chance_on_unseen_categories(runs, direction):
-    """What image-level detection does reach today (measured 0.81 / 0.73; other seeds moved it
-    by up to 0.02), with room for that noise."""
+    """What image-level detection does reach today in both directions (measured 0.90 / 0.83,
+    AUPRO 0.91 / 0.83; another seed moved them by 0.002), with room for noise."""
     metrics = json.loads((runs[direction] / "metrics.json").read_text())
-    assert metrics["mean"]["image_auroc"] >= 0.68, metrics
-    assert metrics["mean"]["aupro"] >= 0.70, metrics
+    assert metrics["mean"]["image_auroc"] >= 0.78, metrics
+    assert metrics["mean"]["aupro"] >= 0.75, metrics
 
 
 def test_run_directory_contents(runs):

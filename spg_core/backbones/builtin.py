@@ -39,45 +39,62 @@ auxiliary set, on top of these tokens.
    directions): structure-tensor coherence, per-pixel band-pass rarity, a second
    rarity at 8 colour levels, a second rarity with a 9 x 9 or a 3 x 3 patch
    exclusion, dropping the raw max.
-7. Mirror asymmetry (4), added in v4: made things are mostly mirror-symmetric. The
-   image is reflected about its best-matching axis through the foreground centroid
-   (searched in 3-degree steps), and each pixel gets its difference from its mirror
-   position in chromaticity and relative band-pass detail (both blind to smooth shading)
-   and luminance; pooled like the rarity. A printed mark on the axis or one of a pair of
-   pins is matched, a defect is not (its mirror position lights up too: a ghost the
-   other cues do not share). Textures with a grain (brushed, tiles) are mirror-symmetric
-   along it; textures without one get a flat, uninformative map. 15 ms per image.
-8. Joint evidence (1), added in v4: self-similarity x rarity x asymmetry, the AND of
-   the three cues (see `joint_evidence`). Measured in the SPG pipeline (DEMO_PRESET):
-   mean image / pixel AUROC 0.669 / 0.919 (v3) -> 0.706 / 0.934 with asymmetry alone
-   -> 0.807 / 0.940 with the joint channel (a -> b); 0.708 / 0.943 -> 0.688 / 0.952
-   -> 0.733 / 0.934 (b -> a). Tried and dropped: asymmetry scaled x3, asymmetry divided
-   by the image's mean asymmetry, the three pairwise products as well (all no better in
-   both directions); the minimum over the two or three best axes, per cue group (no
-   better as a stand-alone score).
-9. The standardised descriptors, scaled by 0.05 so they shape but do not
-   dominate a token's direction, and their absolute values (local part only).
-10. A constant channel, so a perfectly ordinary patch still has a direction
-   (cosine scoring needs one).
+7. Symmetry residual (4), v4's mirror asymmetry, widened in v5 (see `symmetry.py`):
+   made things are mostly mirror-symmetric and many textures repeat. Each pixel's
+   difference (chromaticity, relative band-pass detail, luminance) from its mirror
+   image about the image's best axis, and from its own repeat one period away along
+   the two best translations; per pooled value, the smaller of the two. A printed mark
+   on the axis, one of a pair of pins or one thread of a weave is explained; a defect
+   is not. v5 fixed the mirror's foreground (v4's cut kept only a faint nut's dark
+   rings, zeroing defects at its outline) and searches the axis in half-pixel offsets
+   as well as 3-degree steps. About 50 ms per image for both residuals.
+8. Colour-bag similarity (8), added in v5 (`colour_bag_similarity`): the
+   self-similarity of each patch's mix of the image's own 16-colour palette, local
+   and 3 x 3 context. A stain, a patch of missing texture or a foreign particle changes
+   a texture's mix of speckles without bringing a colour of its own.
+9. Joint evidence (1): self-similarity x colour-bag similarity x colour rarity x
+   symmetry residual, the AND of the cues (see `joint_evidence`). Cosine guides are
+   linear in the token, so they cannot form an AND from separate channels.
+10. The standardised descriptors (scaled by 0.05) and their absolute values (local part).
+11. A constant channel, so a perfectly ordinary patch still has a direction (cosine
+   scoring needs one).
 
-Token = [1 | self-similarity (12) | colour rarity (4) | mirror asymmetry (4) | joint (1) |
-|z_local| (19) | z_local (19) | z_context (19)], D = 79.
+Token = [1 | joint (1) | 0.02 x (self-similarity (12) | colour rarity (4) | symmetry (4) |
+colour bag (8) | |z_local| (19) | z_local (19) | z_context (19))], D = 87.
 
-Known limits (measured): thin-line defects (scratch, crack) and chunks missing
-at an object's outline are the weakest kinds; unique normal parts of objects (a
-specular highlight, a printed mark, pill dots, plug pins) are as rare within
-their image as a small defect. v4's asymmetry and joint evidence were added for
-exactly these; see the README's Status table for where image AUROC stands.
+Why the descriptors are scaled down to 0.02 (v5): under cosine scoring a token's
+direction, not its size, is what the guides see. With every cue at full size a
+normal patch's direction wanders with whichever cue is high, and the joint
+evidence is only one of many axes. Measured in the SPG pipeline (DEMO_PRESET),
+mean image AUROC a -> b / b -> a:
+- v4 layout, all channels at full size: 0.807 / 0.733;
+- the v4 joint alone, token [1, joint]: 0.846 / 0.764;
+- v4 layout with the other channels at 0.3 or 0.1: 0.816 / 0.728, 0.828 / 0.731;
+- v5 cues, all at full size: 0.871 / 0.808, and granite's pixel AUROC fell to 0.46;
+- v5 cues, token [1, joint]: 0.915 / 0.832;
+- v5 as shipped, descriptors at 0.02: 0.917 / 0.832 (pixel 0.929 / 0.946).
+The descriptors stay, small: they still tell ordinary patches apart for the SAE
+and the atom views, without deflecting the joint evidence.
+Tried in v5 and dropped: a second or third product channel beside the joint
+(0.746 / 0.570: two strong channels make the direction depend on their ratio);
+evidence as an angle (token [cos a, sin a u], a = atan(joint), u the unit
+descriptors; 0.835 / 0.621); a mirror computed at full resolution; mirror residual
+masked where the reflection leaves the image; per-image normalisation of the
+cues; a texton-histogram similarity; oriented line filters and line openings for
+thin defects (no better than chance on granite).
+
+Known limits (measured): thin-line defects (scratch, crack) on random textures
+(granite) stay near chance; granite is the weakest category. See the README's
+Status table for where image AUROC stands.
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 import torch.nn.functional as F
 
 from .base import Backbone
+from .symmetry import gaussian_blur, mirror_residual, repeat_residual
 
 _K_NEIGHBOURS = (1, 3, 10, 30)
 _BANDPASS_SIGMAS = (1.0, 2.0, 4.0)   # L - G1, G1 - G2, G2 - G4
@@ -91,21 +108,11 @@ _STRUCTURE = [3, 4, 5, 6, 7, 8, 9, 13, 14, 15, 16, 17, 18]  # |grad| mean, band-
 _N_DESC = 19
 _LEVELS = 16            # colour bins per channel for colour rarity
 _RARITY_EXCLUDE = 2     # patches: the 5 x 5 patches around a pixel do not count as its look-alikes
-_MIRROR_SIZE = 128      # px: mirror symmetry is searched and compared at half resolution
-_MIRROR_ANGLES = 60     # candidate axis angles in [0, pi): 3-degree steps
 _POOLED_MAX = 1         # pooled_map's layout is (mean, max, eroded mean, eroded max)
-
-
-def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of `[B, C, H, W]` with reflect padding."""
-    radius = int(3 * sigma)
-    t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
-    k = torch.exp(-0.5 * (t / sigma) ** 2)
-    k = (k / k.sum()).view(1, 1, 1, -1).repeat(x.shape[1], 1, 1, 1)
-    x = F.pad(x, (radius, radius, 0, 0), mode="reflect")
-    x = F.conv2d(x, k, groups=x.shape[1])
-    x = F.pad(x, (0, 0, radius, radius), mode="reflect")
-    return F.conv2d(x, k.transpose(-1, -2), groups=x.shape[1])
+_PALETTE = 16           # colours in each image's own palette (colour-bag similarity)
+_PALETTE_ITERS = 8      # k-means steps; the palette only has to be stable, not optimal
+_PALETTE_STRIDE = 4     # px: k-means is fitted on every 4th pixel in each direction
+_DESC_SCALE = 0.02      # descriptor channels, relative to the constant and the joint evidence
 
 
 def pixel_channels(images: torch.Tensor) -> torch.Tensor:
@@ -115,7 +122,7 @@ def pixel_channels(images: torch.Tensor) -> torch.Tensor:
     """
     r, g, b = images[:, 0:1], images[:, 1:2], images[:, 2:3]
     lum = (r + g + b) / 3
-    blurred = [lum] + [_gaussian_blur(lum, s) for s in _BANDPASS_SIGMAS]     # L, G1, G2, G4
+    blurred = [lum] + [gaussian_blur(lum, s) for s in _BANDPASS_SIGMAS]     # L, G1, G2, G4
     # Gradient on the sigma-1 blur: sensor noise would otherwise dominate plain surfaces.
     p = F.pad(blurred[1], (1, 1, 1, 1), mode="replicate")
     gx = (p[..., 1:-1, 2:] - p[..., 1:-1, :-2]) / 2
@@ -200,57 +207,6 @@ def colour_rarity(codes: torch.Tensor, patch: int, exclude: int = _RARITY_EXCLUD
     return -torch.log((votes + 0.5) / (n_rest + 0.5 * nb)).view(bsz, size, size)
 
 
-def _border_median(x: torch.Tensor, width: int = 4) -> torch.Tensor:
-    """`[B, C, s, s]` -> `[B, C, 1, 1]`: median of the pixels within `width` of the image border."""
-    strips = [x[..., :width, :], x[..., -width:, :], x[..., :, :width], x[..., :, -width:]]
-    return torch.cat([t.flatten(2) for t in strips], -1).median(-1).values[..., None, None]
-
-
-def _reflect(f: torch.Tensor, cx: torch.Tensor, cy: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
-    """Mirror `f` `[B, C, s, s]` across the line through (cx, cy) `[B]` at angle theta `[B]`."""
-    size = f.shape[-1]
-    t = torch.arange(size, dtype=f.dtype, device=f.device)
-    dy, dx = (t[None, :, None] - cy[:, None, None]), (t[None, None, :] - cx[:, None, None])   # [B, s, 1], [B, 1, s]
-    c2, s2 = torch.cos(2 * theta)[:, None, None], torch.sin(2 * theta)[:, None, None]
-    rx, ry = cx[:, None, None] + c2 * dx + s2 * dy, cy[:, None, None] + s2 * dx - c2 * dy   # [B, s, s]
-    grid = torch.stack([rx, ry], -1) / (size - 1) * 2 - 1
-    return F.grid_sample(f, grid, mode="bilinear", padding_mode="border", align_corners=True)
-
-
-def mirror_residual(images: torch.Tensor, size: int = _MIRROR_SIZE, angles: int = _MIRROR_ANGLES) -> torch.Tensor:
-    """Per-pixel asymmetry about the image's best mirror axis. `[B, 3, S, S]` -> `[B, S, S]`.
-
-    Made things are mostly mirror-symmetric, and most of a defect's look-alikes are gone in
-    its mirror image, while a unique normal part (a printed mark on the axis, a pin with a
-    twin) is matched. The axis runs through the centroid of the foreground (pixels unlike
-    the border's median colour; the whole image when that is most or none of it); its
-    angle is the one, of `angles` in [0, pi), whose reflection best matches the foreground.
-    Features compared: chromaticity and relative band-pass detail (both blind to smooth
-    shading) and blurred luminance. The residual is the smallest difference within 1 px of
-    the mirrored position (rendering and sampling misalign by that much), zero off the
-    foreground, computed at `size` px and upsampled.
-    """
-    bsz, _, full, _ = images.shape
-    x = F.interpolate(images, size=size, mode="area")
-    lum = x.mean(1, keepdim=True)
-    g1, g3 = _gaussian_blur(lum, 1.0), _gaussian_blur(lum, 3.0)
-    chroma = x[:, :2] / (x.sum(1, keepdim=True) + 0.05)
-    f = torch.cat([4 * chroma, 4 * (g1 - g3) / (g3 + 0.05), g1], 1)                 # [B, 4, s, s]
-    sal = (x - _border_median(x)).norm(dim=1)                                       # [B, s, s]
-    fg = (sal > 0.5 * sal.flatten(1).quantile(0.99, dim=1)[:, None, None]).float()
-    share = fg.mean((1, 2))[:, None, None]
-    fg = torch.where((share > 0.6) | (share < 0.01), torch.ones_like(fg), fg)
-    t = torch.arange(size, dtype=f.dtype, device=f.device)
-    area = fg.sum((1, 2))
-    cy, cx = (fg.sum(2) * t).sum(1) / area, (fg.sum(1) * t).sum(1) / area
-    cost = torch.stack([((f - _reflect(f, cx, cy, th.expand(bsz))).abs().sum(1) * fg).sum((1, 2))
-                        for th in torch.arange(angles, device=f.device) * math.pi / angles], 1)   # [B, A]
-    mirrored = F.pad(_reflect(f, cx, cy, cost.argmin(1).float() * math.pi / angles), (1, 1, 1, 1), mode="replicate")
-    residual = torch.stack([(f - mirrored[..., dy:dy + size, dx:dx + size]).abs().sum(1)
-                            for dy in range(3) for dx in range(3)]).min(0).values * fg
-    return F.interpolate(residual[:, None], size=full, mode="bilinear", align_corners=False)[:, 0]
-
-
 def pooled_map(m: torch.Tensor, patch: int) -> torch.Tensor:
     """`[B, S, S]` per-pixel map -> `[B, N, 4]`: patch mean and max, raw and after a 3 x 3
     erosion (the erosion drops 1-2 px bands along edges, where colours mix and mirror
@@ -262,17 +218,65 @@ def pooled_map(m: torch.Tensor, patch: int) -> torch.Tensor:
     return torch.cat(out, 1).flatten(2).transpose(1, 2)
 
 
-def joint_evidence(sim: torch.Tensor, rarity: torch.Tensor, mirror: torch.Tensor) -> torch.Tensor:
-    """Self-similarity x colour rarity x mirror asymmetry, one channel: `[B, N, 12]`,
-    `[B, N, 4]`, `[B, N, 4]` -> `[B, N, 1]` (mean of the 12 self-similarities, the raw
-    max-pooled rarity and asymmetry).
+def palette_weights(channels: torch.Tensor, colours: int = _PALETTE) -> torch.Tensor:
+    """Soft membership of each pixel in the image's own palette. `[B, 10, S, S]` pixel
+    channels -> `[B, colours, S, S]`, summing to 1 over the palette.
 
-    A product, because each cue alone fires on some normal part of a made object (a pill's
-    dots are rare, its highlight has no mirror twin, a plug's pins have few look-alikes)
-    but rarely the same part, while a defect trips all three. Cosine guides are linear in
-    the token, so they cannot form this AND from the separate channels themselves.
+    The palette is a k-means clustering of the image's (L, a, b), seeded deterministically
+    (the mean colour, then each farthest colour in turn, so rare colours get a cluster of
+    their own). Soft, with the temperature at the median squared distance to the nearest
+    colour, so that shading does not flip a pixel between two clusters.
     """
-    return (sim.mean(-1) * rarity[..., _POOLED_MAX] * mirror[..., _POOLED_MAX])[..., None]
+    lab = channels[:, :3]
+    bsz = lab.shape[0]
+    every = lab.flatten(2).transpose(1, 2)                                        # [B, P, 3]
+    sample = lab[..., ::_PALETTE_STRIDE, ::_PALETTE_STRIDE].flatten(2).transpose(1, 2)
+    rows = torch.arange(bsz, device=lab.device)
+    centres = [sample.mean(1)]
+    for _ in range(colours - 1):
+        d = torch.stack([(sample - c[:, None]).pow(2).sum(-1) for c in centres]).min(0).values
+        centres.append(sample[rows, d.argmax(1)])
+    centres = torch.stack(centres, 1)                                             # [B, K, 3]
+    for _ in range(_PALETTE_ITERS):
+        d = torch.cdist(sample, centres, compute_mode="donot_use_mm_for_euclid_dist")
+        member = F.one_hot(d.argmin(-1), colours).to(lab.dtype)                  # [B, p, K]
+        count = member.sum(1)[..., None]
+        centres = torch.where(count > 0, member.transpose(1, 2) @ sample / count.clamp_min(1), centres)
+    d2 = torch.cdist(every, centres, compute_mode="donot_use_mm_for_euclid_dist").pow(2)   # [B, P, K]
+    tau = d2.min(-1).values.median(1).values[:, None, None] + 1e-4
+    return torch.softmax(-d2 / tau, -1).transpose(1, 2).reshape(bsz, colours, *lab.shape[-2:])
+
+
+def colour_bag_similarity(channels: torch.Tensor, patch: int, near: torch.Tensor) -> torch.Tensor:
+    """Self-similarity of each patch's mix of palette colours. `[B, 10, S, S]` -> `[B, N, 8]`.
+
+    A patch is described by the share of each palette colour in it, and in its 3 x 3
+    neighbourhood; its distance to the k-th most similar patch elsewhere in the image
+    (k in 1, 3, 10, 30) says how unusual that mix is. Means and deviations (the
+    descriptors below) blur a texture's mix of speckles into one grey; the mix itself
+    is what a stain, a patch of missing texture or a foreign particle changes.
+    """
+    local = F.avg_pool2d(palette_weights(channels), patch)                        # [B, K, h, w]
+    context = F.avg_pool2d(local, 3, stride=1, padding=1, count_include_pad=False)
+    return torch.cat([self_similarity(m.flatten(2).transpose(1, 2), near, _K_NEIGHBOURS)
+                      for m in (local, context)], -1)
+
+
+def joint_evidence(sim: torch.Tensor, bag: torch.Tensor, rarity: torch.Tensor, symmetry: torch.Tensor) -> torch.Tensor:
+    """The AND of the four cues, one channel: `[B, N, 12]`, `[B, N, 8]`, `[B, N, 4]`,
+    `[B, N, 4]` -> `[B, N, 1]`, the geometric mean of the self-similarities' mean, the
+    colour bags' mean, the raw max-pooled rarity and the raw max-pooled symmetry residual.
+
+    A product, because each cue alone fires on some normal part (a pill's dots are rare
+    in colour, its highlight has no mirror twin, a plug's pins have few look-alikes, a
+    granite's odd cluster of speckles has an unusual mix) but rarely the same part, while
+    a defect trips all of them. Cosine guides are linear in the token, so they cannot
+    form this AND from the separate channels themselves. The 4th root keeps it on a
+    single cue's scale: the raw product spans 0 to several hundred and would leave the
+    SAE one direction to learn (measured the same image AUROC, higher pixel AUROC).
+    """
+    product = sim.mean(-1) * bag.mean(-1) * rarity[..., _POOLED_MAX] * symmetry[..., _POOLED_MAX]
+    return product.clamp_min(0).pow(0.25)[..., None]
 
 
 def _neighbourhood_mask(h: int, w: int, device: torch.device) -> torch.Tensor:
@@ -306,10 +310,10 @@ class BuiltinBackbone(Backbone):
     name = "builtin"
     image_size = 256
     patch_size = 8
-    dim = 1 + 3 * len(_K_NEIGHBOURS) + 4 + 4 + 1 + 3 * _N_DESC      # 79
+    dim = 1 + 1 + 3 * len(_K_NEIGHBOURS) + 4 + 4 + 2 * len(_K_NEIGHBOURS) + 3 * _N_DESC      # 87
     mean = (0.0, 0.0, 0.0)
     std = (1.0, 1.0, 1.0)
-    weights = "builtin-v4"
+    weights = "builtin-v5"
 
     def __init__(self) -> None:
         super().__init__()
@@ -318,7 +322,7 @@ class BuiltinBackbone(Backbone):
         self.register_buffer("_near", _neighbourhood_mask(h, w, torch.device("cpu")), persistent=False)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """`[B, 3, 256, 256]` in [0, 1] -> `[B, 1024, 79]` tokens."""
+        """`[B, 3, 256, 256]` in [0, 1] -> `[B, 1024, 87]` tokens."""
         # Medians and nearest-neighbour ranks are precision-sensitive and cheap: always fp32.
         with torch.autocast(images.device.type, enabled=False):
             return self._tokens(images.float())
@@ -333,7 +337,11 @@ class BuiltinBackbone(Backbone):
         sim = torch.cat([self_similarity(g, self._near, _K_NEIGHBOURS) for g in groups], dim=-1)  # [B, N, 12]
         z = torch.cat([z_local, z_ctx], dim=-1) * _Z_SCALE                        # [B, N, 38]
         rarity = pooled_map(colour_rarity(colour_codes(channels), self.patch_size), self.patch_size)  # [B, N, 4]
-        mirror = pooled_map(mirror_residual(images), self.patch_size)                 # [B, N, 4]
+        # Each pooled value keeps the better of the two explanations: a part's mirror image
+        # or a texture's repeat (a part has no repeat, a random texture neither).
+        symmetry = torch.minimum(pooled_map(mirror_residual(images), self.patch_size),
+                                 pooled_map(repeat_residual(images), self.patch_size))   # [B, N, 4]
+        bag = colour_bag_similarity(channels, self.patch_size, self._near)           # [B, N, 8]
+        descriptors = torch.cat([sim, rarity, symmetry, bag, z[..., :_N_DESC].abs(), z], dim=-1)
         ones = torch.ones_like(sim[..., :1])
-        return torch.cat([ones, sim, rarity, mirror, joint_evidence(sim, rarity, mirror),
-                          z[..., :_N_DESC].abs(), z], dim=-1)
+        return torch.cat([ones, joint_evidence(sim, bag, rarity, symmetry), _DESC_SCALE * descriptors], dim=-1)
