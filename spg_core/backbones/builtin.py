@@ -45,16 +45,15 @@ auxiliary set, on top of these tokens.
    image about the image's best axis, and from its own repeat one period away along
    the two best translations; per pooled value, the smaller of the two. A printed mark
    on the axis, one of a pair of pins or one thread of a weave is explained; a defect
-   is not. v5 fixed the mirror's foreground (v4's cut kept only a faint nut's dark
+   is not. v5 also fixed the mirror's foreground (v4's cut kept only a faint nut's dark
    rings, zeroing defects at its outline) and searches the axis in half-pixel offsets
    as well as 3-degree steps. About 50 ms per image for both residuals.
 8. Colour-bag similarity (8), added in v5 (`colour_bag_similarity`): the
    self-similarity of each patch's mix of the image's own 16-colour palette, local
    and 3 x 3 context. A stain, a patch of missing texture or a foreign particle changes
    a texture's mix of speckles without bringing a colour of its own.
-9. Joint evidence (1): self-similarity x colour-bag similarity x colour rarity x
-   symmetry residual, the AND of the cues (see `joint_evidence`). Cosine guides are
-   linear in the token, so they cannot form an AND from separate channels.
+9. Joint evidence (1): the geometric mean of self-similarity, colour-bag similarity,
+   colour rarity and symmetry residual, the AND of the cues (see `joint_evidence`).
 10. The standardised descriptors (scaled by 0.05) and their absolute values (local part).
 11. A constant channel, so a perfectly ordinary patch still has a direction (cosine
    scoring needs one).
@@ -70,22 +69,31 @@ mean image AUROC a -> b / b -> a:
 - v4 layout, all channels at full size: 0.807 / 0.733;
 - the v4 joint alone, token [1, joint]: 0.846 / 0.764;
 - v4 layout with the other channels at 0.3 or 0.1: 0.816 / 0.728, 0.828 / 0.731;
-- v5 cues, all at full size: 0.871 / 0.808, and granite's pixel AUROC fell to 0.46;
-- v5 cues, token [1, joint]: 0.915 / 0.832;
-- v5 as shipped, descriptors at 0.02: 0.917 / 0.832 (pixel 0.929 / 0.946).
-The descriptors stay, small: they still tell ordinary patches apart for the SAE
-and the atom views, without deflecting the joint evidence.
+- v5 cues, all at full size (joint as the raw product): 0.871 / 0.808, with granite's
+  pixel AUROC down to 0.46;
+- v5 cues, token [1, joint] (raw product): 0.915 / 0.832;
+- descriptors at 0.02, raw product: 0.912 / 0.827, pixel 0.929 / 0.947;
+- as shipped, descriptors at 0.02, geometric mean: 0.903 / 0.826, pixel 0.952 / 0.961
+  (seed 1: 0.901 / 0.825). The geometric mean was kept for the pixel AUROC and
+  because the raw product (0 to several hundred) left the SAE one direction to learn;
+  with it the atom statistics still find class-general atoms.
+- geometric mean with descriptors at 0.1: 0.873 / 0.781.
+The descriptors stay, small: they still tell ordinary patches apart for the SAE and
+the atom views, without deflecting the joint evidence.
 Tried in v5 and dropped: a second or third product channel beside the joint
 (0.746 / 0.570: two strong channels make the direction depend on their ratio);
 evidence as an angle (token [cos a, sin a u], a = atan(joint), u the unit
-descriptors; 0.835 / 0.621); a mirror computed at full resolution; mirror residual
-masked where the reflection leaves the image; per-image normalisation of the
-cues; a texton-histogram similarity; oriented line filters and line openings for
-thin defects (no better than chance on granite).
+descriptors: 0.835 / 0.621); the mirror axis chosen on shading-blind features (explains a
+disc's printed tick, disc 0.81 -> 0.90, but loses the nut, 0.93 -> 0.86: a wash), or the
+best of four axes (two centres x two criteria: 0.899 / 0.812, 7x slower); a mirror at
+full resolution; the mirror masked where the reflection leaves the image; per-image
+normalisation of the cues; texton-histogram similarity; oriented line filters and
+line openings for thin defects (no better than chance on granite).
 
-Known limits (measured): thin-line defects (scratch, crack) on random textures
-(granite) stay near chance; granite is the weakest category. See the README's
-Status table for where image AUROC stands.
+Known limits (measured, b -> a per kind): thin-line defects (scratch, crack) on random
+textures stay near chance (granite 0.53 / 0.58), and a random texture gives the
+symmetry cue nothing to lean on; granite (0.73) is the weakest category. See the
+README's Status table for where image AUROC stands.
 """
 
 from __future__ import annotations
