@@ -13,7 +13,7 @@ jointly (never per direction):
 
 builtin-v5, measured 2026-11-23 on 2 CPU cores (`spg run ... --width 512 --k 16
 --sae-epochs 10 --guide-epochs 60 --guide-lr 3e-3`): mean image / pixel AUROC
-0.903 / 0.952 (a -> b), 0.826 / 0.961 (b -> a); about 1.5 min per direction with
+0.902 / 0.952 (a -> b), 0.826 / 0.962 (b -> a); about 1.5 min per direction with
 extraction. The image AUROC bar of 0.85 is met a -> b, not yet b -> a.
 """
 

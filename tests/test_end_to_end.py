@@ -41,8 +41,8 @@ def runs(tmp_path_factory):
 
 
 # Issue 2's acceptance bar: mean pixel AUROC >= 0.90 and mean image AUROC >= 0.85 on the unseen
-# categories, both directions. builtin-v5 with DEMO_PRESET measured image AUROC 0.903 (a -> b) and
-# 0.826 (b -> a) on 2026-11-23 (seed 1: 0.901 / 0.825; v4: 0.807 / 0.733). The b -> a half is short:
+# categories, both directions. builtin-v5 with DEMO_PRESET measured image AUROC 0.902 (a -> b) and
+# 0.826 (b -> a) on 2026-11-23 (seed 1: 0.903 / 0.829; v4: 0.807 / 0.733). The b -> a half is short:
 # thin defects on granite (a random texture: no symmetry, no colour of their own) stay near chance.
 # strict=True: the day it passes, this fails and the marker must go.
 IMAGE_BAR_GAP = pytest.mark.xfail(strict=True, reason="builtin-v5 + SPG guides: mean image AUROC "
@@ -53,7 +53,7 @@ IMAGE_BAR_DIRECTIONS = [DIRECTIONS[0], pytest.param(DIRECTIONS[1], marks=IMAGE_B
 
 @pytest.mark.parametrize("direction", DIRECTIONS)
 def test_zero_shot_segmentation_reaches_the_pixel_bar(runs, direction):
-    """Measured 0.952 (a -> b) and 0.961 (b -> a) pixel AUROC, on categories never seen in training."""
+    """Measured 0.952 (a -> b) and 0.962 (b -> a) pixel AUROC, on categories never seen in training."""
     metrics = json.loads((runs[direction] / "metrics.json").read_text())
     assert metrics["mean"]["pixel_auroc"] >= 0.90, metrics
     # Unseen categories only: the target's categories are disjoint from the auxiliary set's.
@@ -73,7 +73,7 @@ def test_zero_shot_detection_reaches_the_image_bar(runs, direction):
 @pytest.mark.parametrize("direction", DIRECTIONS)
 def test_detection_beats_chance_on_unseen_categories(runs, direction):
     """What image-level detection does reach today in both directions (measured 0.90 / 0.83,
-    AUPRO 0.91 / 0.83; another seed moved them by 0.002), with room for noise."""
+    AUPRO 0.91 / 0.85; another seed moved them by 0.003), with room for noise."""
     metrics = json.loads((runs[direction] / "metrics.json").read_text())
     assert metrics["mean"]["image_auroc"] >= 0.78, metrics
     assert metrics["mean"]["aupro"] >= 0.75, metrics
