@@ -14,7 +14,14 @@ from spg_core.backbones.builtin import (
     pixel_channels,
     pooled_map,
 )
-from spg_core.backbones.symmetry import SIZE, foreground, mirror_residual, repeat_periods, repeat_residual, symmetry_features
+from spg_core.backbones.symmetry import (
+    SIZE,
+    foreground,
+    mirror_residual,
+    repeat_periods,
+    repeat_residual,
+    symmetry_features,
+)
 
 DESC = 0.02        # builtin's descriptor scale: token channels 2.. are descriptors x DESC
 

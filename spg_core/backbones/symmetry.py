@@ -142,7 +142,7 @@ def repeat_periods(f: torch.Tensor) -> torch.Tensor:
     Autocorrelation by FFT, zero-padded and divided by the overlap so that long shifts
     are not favoured or penalised for overlapping less.
     """
-    bsz, _, s, _ = f.shape
+    s = f.shape[-1]
     z = f - gaussian_blur(f, 4.0)
     spec = torch.fft.rfft2(z, s=(2 * s, 2 * s))
     corr = torch.fft.irfft2(spec * spec.conj(), s=(2 * s, 2 * s)).sum(1)             # [B, 2s, 2s]
