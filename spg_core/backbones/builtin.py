@@ -95,8 +95,8 @@ normalisation of the cues; texton-histogram similarity; oriented line filters an
 line openings for thin defects (no better than chance on granite).
 
 Known limits (measured, b -> a per kind): thin-line defects (scratch, crack) on random
-textures stay near chance (granite 0.53 / 0.58), and a random texture gives the
-symmetry cue nothing to lean on; granite (0.73) is the weakest category. See the
+textures stay near chance (granite 0.50 / 0.60), and a random texture gives the
+symmetry cue nothing to lean on; granite (0.74) is the weakest category. See the
 README's Status table for where image AUROC stands.
 """
 
@@ -245,9 +245,10 @@ def palette_weights(channels: torch.Tensor, colours: int = _PALETTE) -> torch.Te
     sample = lab[..., ::_PALETTE_STRIDE, ::_PALETTE_STRIDE].flatten(2).transpose(1, 2)
     rows = torch.arange(bsz, device=lab.device)
     centres = [sample.mean(1)]
+    nearest = (sample - centres[0][:, None]).pow(2).sum(-1)                      # [B, p] to the closest centre
     for _ in range(colours - 1):
-        d = torch.stack([(sample - c[:, None]).pow(2).sum(-1) for c in centres]).min(0).values
-        centres.append(sample[rows, d.argmax(1)])
+        centres.append(sample[rows, nearest.argmax(1)])
+        nearest = torch.minimum(nearest, (sample - centres[-1][:, None]).pow(2).sum(-1))
     centres = torch.stack(centres, 1)                                             # [B, K, 3]
     for _ in range(_PALETTE_ITERS):
         d = torch.cdist(sample, centres, compute_mode="donot_use_mm_for_euclid_dist")

@@ -69,7 +69,8 @@ def foreground(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     The mirror axis goes through the centroid of `core`. `grown` (from the distance
     blurred by 1 px, so that noise does not speckle it, then dilated by `FG_DILATE` px)
     is where the mirror is compared: a chunk missing at the outline still counts. Both
-    are the whole image when the core is most or none of it (a texture). The centroid is
+    are the whole image when the core is most or none of it (a texture), and `grown` also
+    when it covers most of the image. The centroid is
     taken before blurring and dilating: those move it by a fraction of a pixel when the
     part's two edges fall differently on the pixel grid, enough for a long part to
     prefer its short axis. v4 cut at half the 99th percentile instead, which on the
@@ -81,7 +82,8 @@ def foreground(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     sal = (gaussian_blur(x, 1.0) - base).norm(dim=1)
     grown = (sal > otsu_threshold(sal.flatten(1))[:, None, None]).to(x.dtype)
     grown = F.max_pool2d(grown[:, None], 2 * FG_DILATE + 1, stride=1, padding=FG_DILATE)[:, 0]
-    texture = ((core.mean((1, 2)) > 0.6) | (core.mean((1, 2)) < 0.01))[:, None, None]
+    share = core.mean((1, 2))[:, None, None]
+    texture = (share > 0.6) | (share < 0.01)
     grown_all = texture | (grown.mean((1, 2)) > 0.6)[:, None, None]
     return (torch.where(texture, torch.ones_like(core), core),
             torch.where(grown_all, torch.ones_like(grown), grown))
