@@ -145,8 +145,9 @@ def test_mirror_residual_flags_a_bite_out_of_the_outline():
     bite = torch.hypot(xx - 180, yy - 92) < 10                  # into the top edge, off both axes
     img[0, :, bite] = torch.tensor([0.55, 0.6, 0.5]).view(3, 1)
     residual = mirror_residual(img)[0]
-    assert float(residual[92:100, 172:188].max()) > 1.0
-    assert float(residual[100:136, 90:190].quantile(0.99)) < 0.3       # the intact body
+    bitten = float(residual[92:100, 172:188].max())
+    assert bitten == float(residual.max()) and bitten > 0.5
+    assert float(residual[100:136, 90:190].quantile(0.99)) < bitten / 4   # the intact body (measured 1/7)
 
 
 def test_mirror_axis_centroid_is_taken_before_growing_the_foreground():
@@ -229,3 +230,20 @@ def test_self_similarity_does_not_single_out_the_border_of_a_uniform_texture():
     context, bag = tokens[:, 10:14].mean(-1), tokens[:, 22:30].mean(-1)
     assert context[ring].mean() < 1.5 * context[~ring].mean()
     assert bag[ring].mean() < 1.2 * bag[~ring].mean()
+
+
+def test_mirror_residual_explains_a_sharp_mark_on_the_axis_but_not_a_faint_stain():
+    """A white tick on a disc's axis, whose centre is off the pixel grid: the mirror image
+    misaligns its sharp edges by a fraction of a pixel. Without the edge discount that
+    left the tick at 0.6x a 25 % stain's residual; with it, 0.11x."""
+    yy, xx = torch.meshgrid(torch.arange(256).float(), torch.arange(256).float(), indexing="ij")
+    cx, cy = 128.3, 127.6
+    body = (70 - torch.hypot(xx - cx, yy - cy)).clamp(0, 1)
+    img = torch.tensor([0.25, 0.25, 0.28]).view(3, 1, 1) * (1 - body) + torch.tensor([0.8, 0.3, 0.2]).view(3, 1, 1) * body
+    tick = (2.5 - (xx - cx).abs()).clamp(0, 1) * ((yy > cy - 50) & (yy < cy - 25)).float()
+    img = img * (1 - tick) + torch.tensor([0.95, 0.95, 0.9]).view(3, 1, 1) * tick
+    img = img * (1 - 0.25 * torch.exp(-((xx - cx - 35) ** 2 + (yy - cy - 20) ** 2) / (2 * 8.0 ** 2)))
+    residual = mirror_residual(img[None])[0]
+    stain = float(residual[138:158, 153:173].max())
+    assert stain == float(residual.max())
+    assert float(residual[76:105, 122:134].max()) < stain / 4

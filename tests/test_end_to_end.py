@@ -1,9 +1,8 @@
 """End to end, no network: `spg run` both directions on the synthetic groups with the builtin backbone.
 
 This is the acceptance test of the engine: the figures below are asserted, not
-just computed (the image-AUROC bar is a strict xfail until it is met). It also
-exercises the run directory, reports, predict and the stage-by-stage commands
-on the same runs.
+just computed. It also exercises the run directory, reports, predict and the
+stage-by-stage commands on the same runs.
 """
 
 import csv
@@ -41,19 +40,14 @@ def runs(tmp_path_factory):
 
 
 # Issue 2's acceptance bar: mean pixel AUROC >= 0.90 and mean image AUROC >= 0.85 on the unseen
-# categories, both directions. builtin-v5 with DEMO_PRESET measured image AUROC 0.902 (a -> b) and
-# 0.826 (b -> a) on 2026-11-23 (seed 1: 0.903 / 0.829; v4: 0.807 / 0.733). The b -> a half is short:
-# thin defects on granite (a random texture: no symmetry, no colour of their own) stay near chance.
-# strict=True: the day it passes, this fails and the marker must go.
-IMAGE_BAR_GAP = pytest.mark.xfail(strict=True, reason="builtin-v5 + SPG guides: mean image AUROC "
-                                  "0.826 (b -> a), below the issue-2 bar of 0.85")
+# categories, both directions. builtin-v6 with DEMO_PRESET measured image AUROC 0.938 (a -> b) and
+# 0.857 (b -> a) on 2026-11-23, seed 1: 0.935 / 0.866 (v5: 0.902 / 0.826, v4: 0.807 / 0.733).
 DIRECTIONS = [("synthetic-a", "synthetic-b"), ("synthetic-b", "synthetic-a")]
-IMAGE_BAR_DIRECTIONS = [DIRECTIONS[0], pytest.param(DIRECTIONS[1], marks=IMAGE_BAR_GAP)]
 
 
 @pytest.mark.parametrize("direction", DIRECTIONS)
 def test_zero_shot_segmentation_reaches_the_pixel_bar(runs, direction):
-    """Measured 0.952 (a -> b) and 0.962 (b -> a) pixel AUROC, on categories never seen in training."""
+    """Measured 0.975 (a -> b) and 0.969 (b -> a) pixel AUROC, on categories never seen in training."""
     metrics = json.loads((runs[direction] / "metrics.json").read_text())
     assert metrics["mean"]["pixel_auroc"] >= 0.90, metrics
     # Unseen categories only: the target's categories are disjoint from the auxiliary set's.
@@ -64,19 +58,18 @@ def test_zero_shot_segmentation_reaches_the_pixel_bar(runs, direction):
         assert all(0.0 <= m[k] <= 1.0 for k in ("image_auroc", "image_ap", "pixel_auroc", "aupro"))
 
 
-@pytest.mark.parametrize("direction", IMAGE_BAR_DIRECTIONS)
+@pytest.mark.parametrize("direction", DIRECTIONS)
 def test_zero_shot_detection_reaches_the_image_bar(runs, direction):
     metrics = json.loads((runs[direction] / "metrics.json").read_text())
     assert metrics["mean"]["image_auroc"] >= 0.85, metrics
 
 
 @pytest.mark.parametrize("direction", DIRECTIONS)
-def test_detection_beats_chance_on_unseen_categories(runs, direction):
-    """What image-level detection does reach today in both directions (measured 0.90 / 0.83,
-    AUPRO 0.91 / 0.85; another seed moved them by 0.003), with room for noise."""
+def test_segmentation_covers_defect_regions(runs, direction):
+    """AUPRO weighs every defect region alike, so small defects count as much as large ones
+    (measured 0.932 / 0.847; another seed moved it by 0.001)."""
     metrics = json.loads((runs[direction] / "metrics.json").read_text())
-    assert metrics["mean"]["image_auroc"] >= 0.78, metrics
-    assert metrics["mean"]["aupro"] >= 0.75, metrics
+    assert metrics["mean"]["aupro"] >= 0.80, metrics
 
 
 def test_run_directory_contents(runs):

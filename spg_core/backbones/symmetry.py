@@ -4,7 +4,9 @@ image's own mirror image or by its own repeat one period away.
 Made things are mostly mirror-symmetric and many textures repeat. A defect breaks
 both; a unique but intended part (a printed mark on the axis, one of a pair of pins,
 one thread of a weave) does not. Both residuals are per pixel, `[B, 3, S, S]` RGB in
-[0, 1] -> `[B, S, S]`, computed at `SIZE` px and upsampled.
+[0, 1] -> `[B, S, S]`, computed at `SIZE` px and upsampled. Both are divided by the
+reference's local gradient (`_edge_discount`, v6), so that an edge the reference has
+too, merely shifted by a fraction of a pixel, counts as explained.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ MIRROR_OFFSETS = (-0.5, 0.0, 0.5)   # px at SIZE: candidate axis positions about
 FG_DILATE = 3             # px at SIZE: the foreground grows this far past the Otsu mask
 PERIOD_RANGE = (6, 40)    # px at SIZE: translations shorter than 6 px match any smooth image
 PERIOD_MIN_ANGLE = 25.0   # degrees between the two translation vectors
+EDGE_WEIGHT = 3.0         # residuals are divided by 1 + EDGE_WEIGHT x the reference's local gradient
 
 
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -100,6 +103,31 @@ def _reflect(f: torch.Tensor, cx: torch.Tensor, cy: torch.Tensor, theta: torch.T
     return F.grid_sample(f, grid, mode="bilinear", padding_mode="border", align_corners=True)
 
 
+def local_gradient(f: torch.Tensor) -> torch.Tensor:
+    """`[B, C, s, s]` -> `[B, s, s]`: |d/dx| + |d/dy| summed over channels (central
+    differences), the largest within 1 px, as far as the residuals' shift tolerance reaches."""
+    p = F.pad(f, (1, 1, 1, 1), mode="replicate")
+    g = ((p[..., 1:-1, 2:] - p[..., 1:-1, :-2]).abs() + (p[..., 2:, 1:-1] - p[..., :-2, 1:-1]).abs()).sum(1) / 2
+    return F.max_pool2d(g[:, None], 3, stride=1, padding=1)[:, 0]
+
+
+def _edge_discount(reference: torch.Tensor) -> torch.Tensor:
+    """`[B, C, s, s]` -> `[B, s, s]`: what a residual against `reference` is divided by.
+
+    A mirror image or a repeat is never aligned to better than a fraction of a pixel, and
+    at a sharp edge that fraction leaves a residual in proportion to the edge's contrast:
+    a printed mark on a disc's axis or a weave's thread edges then looked as unexplained
+    as a stain. Dividing by the reference's own local gradient turns the residual into
+    something like a displacement: an edge that is merely shifted is explained, while
+    new content where the reference is flat (a stain, a crack, a chunk gone) is not, and
+    neither is a defect's ghost, whose reference is the defect's own edges.
+    Measured zero-shot (joint evidence, max per image): image AUROC on synthetic-a
+    0.846 -> 0.859, on synthetic-b 0.913 -> 0.945 (disc 0.81 -> 0.89, plug 0.84 -> 0.98);
+    the same within 0.006 for weights 1.5 to 6.
+    """
+    return 1 + EDGE_WEIGHT * local_gradient(reference)
+
+
 def _min_shift_difference(f: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     """`[B, C, s, s]` twice -> `[B, s, s]`: |f - g| summed over channels, the smallest within
     1 px of each position of g (rendering and resampling misalign by that much)."""
@@ -132,7 +160,8 @@ def mirror_residual(images: torch.Tensor, angles: int = MIRROR_ANGLES) -> torch.
     best = [axes[i] for i in cost.argmin(1).tolist()]
     th = torch.stack([a for a, _ in best])
     d = torch.tensor([o for _, o in best], dtype=f.dtype, device=f.device)
-    residual = _min_shift_difference(f, _reflect(f, cx - d * th.sin(), cy + d * th.cos(), th)) * fg
+    mirrored = _reflect(f, cx - d * th.sin(), cy + d * th.cos(), th)
+    residual = _min_shift_difference(f, mirrored) / _edge_discount(mirrored) * fg
     return F.interpolate(residual[:, None], size=full, mode="bilinear", align_corners=False)[:, 0]
 
 
@@ -185,6 +214,7 @@ def repeat_residual(images: torch.Tensor) -> torch.Tensor:
     bsz, _, full, _ = images.shape
     f = symmetry_features(F.interpolate(images, size=SIZE, mode="area"))
     periods = repeat_periods(f).tolist()
+    discount = _edge_discount(f)
     out = []
     for b in range(bsz):
         best = torch.full(f.shape[-2:], torch.inf, dtype=f.dtype, device=f.device)
@@ -192,7 +222,8 @@ def repeat_residual(images: torch.Tensor) -> torch.Tensor:
             for sign in (1, -1):
                 for oy in (-1, 0, 1):
                     for ox in (-1, 0, 1):
-                        d = (f[b] - _shifted(f[b], sign * vy + oy, sign * vx + ox)).abs().sum(0)
+                        dy, dx = sign * vy + oy, sign * vx + ox
+                        d = (f[b] - _shifted(f[b], dy, dx)).abs().sum(0) / _shifted(discount[b][None], dy, dx)[0]
                         best = torch.fmin(best, d)           # fmin: NaN (outside) loses
         out.append(torch.nan_to_num(best, posinf=0.0))
     return F.interpolate(torch.stack(out)[:, None], size=full, mode="bilinear", align_corners=False)[:, 0]
