@@ -4,7 +4,7 @@ SPG's guides score a patch by cosine similarity to two directions in token space
 so a logistic regression on unit-normalised tokens, fitted to the auxiliary set's
 patch labels, is (roughly) the best they could do for segmentation with that
 backbone. It is no ceiling for image AUROC: its fit never looks at the max over a
-good image, and a guide run can beat it there (builtin-v5, both directions). This prints the
+good image, and a guide run can beat it there (builtin-v5 and v6, both directions). This prints the
 probe on the unseen target categories, next to what a run reached, to say whether
 the tokens or the guides/dictionary hold a result back.
 
