@@ -126,7 +126,12 @@ import torch
 import torch.nn.functional as F
 
 from .base import Backbone
-from .symmetry import gaussian_blur, mirror_residual, repeat_residual
+from .symmetry import (
+    central_differences,
+    gaussian_blur,
+    mirror_residual,
+    repeat_residual,
+)
 
 _K_NEIGHBOURS = (1, 3, 10, 30)
 _BANDPASS_SIGMAS = (1.0, 2.0, 4.0)   # L - G1, G1 - G2, G2 - G4
@@ -157,9 +162,7 @@ def pixel_channels(images: torch.Tensor) -> torch.Tensor:
     lum = (r + g + b) / 3
     blurred = [lum] + [gaussian_blur(lum, s) for s in _BANDPASS_SIGMAS]     # L, G1, G2, G4
     # Gradient on the sigma-1 blur: sensor noise would otherwise dominate plain surfaces.
-    p = F.pad(blurred[1], (1, 1, 1, 1), mode="replicate")
-    gx = (p[..., 1:-1, 2:] - p[..., 1:-1, :-2]) / 2
-    gy = (p[..., 2:, 1:-1] - p[..., :-2, 1:-1]) / 2
+    gx, gy = central_differences(blurred[1])
     grad = torch.sqrt(gx ** 2 + gy ** 2 + 1e-8)
     bands = []
     for fine, coarse in zip(blurred[:-1], blurred[1:]):

@@ -103,12 +103,17 @@ def _reflect(f: torch.Tensor, cx: torch.Tensor, cy: torch.Tensor, theta: torch.T
     return F.grid_sample(f, grid, mode="bilinear", padding_mode="border", align_corners=True)
 
 
+def central_differences(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`[B, C, H, W]` -> (d/dx, d/dy), each `[B, C, H, W]`, with the border replicated."""
+    p = F.pad(x, (1, 1, 1, 1), mode="replicate")
+    return (p[..., 1:-1, 2:] - p[..., 1:-1, :-2]) / 2, (p[..., 2:, 1:-1] - p[..., :-2, 1:-1]) / 2
+
+
 def local_gradient(f: torch.Tensor) -> torch.Tensor:
-    """`[B, C, s, s]` -> `[B, s, s]`: |d/dx| + |d/dy| summed over channels (central
-    differences), the largest within 1 px, as far as the residuals' shift tolerance reaches."""
-    p = F.pad(f, (1, 1, 1, 1), mode="replicate")
-    g = ((p[..., 1:-1, 2:] - p[..., 1:-1, :-2]).abs() + (p[..., 2:, 1:-1] - p[..., :-2, 1:-1]).abs()).sum(1) / 2
-    return F.max_pool2d(g[:, None], 3, stride=1, padding=1)[:, 0]
+    """`[B, C, s, s]` -> `[B, s, s]`: |d/dx| + |d/dy| summed over channels, the largest
+    within 1 px, as far as the residuals' shift tolerance reaches."""
+    gx, gy = central_differences(f)
+    return F.max_pool2d((gx.abs() + gy.abs()).sum(1)[:, None], 3, stride=1, padding=1)[:, 0]
 
 
 def _edge_discount(reference: torch.Tensor) -> torch.Tensor:
@@ -146,8 +151,8 @@ def mirror_residual(images: torch.Tensor, angles: int = MIRROR_ANGLES) -> torch.
     axis' normal, whose reflection best matches the grown foreground. The offsets matter
     for long parts: a centroid a quarter-pixel off costs the long axis more along its
     long edges than the short axis loses on a mark that breaks it. Zero off the
-    foreground. A defect also lights its mirror position (a ghost the other cues do not
-    share).
+    foreground. A defect also lights its mirror position, a ghost the other cues do not
+    share; the edge discount damps it.
     """
     bsz, _, full, _ = images.shape
     x = F.interpolate(images, size=SIZE, mode="area")
