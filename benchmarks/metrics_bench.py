@@ -41,6 +41,7 @@ from scipy import ndimage
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from spg_core import metrics  # noqa: E402
+from spg_core.metrics.aupro import _area_up_to  # noqa: E402
 
 MVTEC_CATEGORIES = 15
 ANOMALOUS_FRACTION = 1258 / 1725       # MVTec AD test split
@@ -132,12 +133,12 @@ def mvtec_reference_aupro(maps: np.ndarray, masks: np.ndarray, max_fpr: float = 
     keep = np.append(vals[1:] != vals[:-1], True)
     x = np.concatenate(([0.0], np.minimum(fpr[keep], 1), [1.0]))
     y = np.concatenate(([0.0], np.minimum(pro[keep], 1), [1.0]))
-    return metrics._area_up_to(x, y, max_fpr) / max_fpr
+    return _area_up_to(x, y, max_fpr) / max_fpr
 
 
 def loop_aupro(maps: np.ndarray, masks: np.ndarray, thresholds: int | None = None,
                max_fpr: float = 0.3) -> float:
-    """AnomalyCLIP-style loop: binarise at each of 200 grid thresholds, FPR over
+    """The official SPG (AnomalyCLIP) loop: binarise at each of 200 grid thresholds, FPR over
     normal pixels, PRO = mean over regions (labelled once) of their coverage.
     With ``thresholds`` < 200 only the first ones are run (timing only)."""
     from sklearn.metrics import auc
@@ -150,7 +151,7 @@ def loop_aupro(maps: np.ndarray, masks: np.ndarray, thresholds: int | None = Non
     inverse = ~masks
     n_inverse = inverse.sum()
     lo, hi = float(maps.min()), float(maps.max())
-    grid = np.arange(lo, hi, (hi - lo) / metrics.ANOMALYCLIP_STEPS)
+    grid = np.arange(lo, hi, (hi - lo) / metrics.OFFICIAL_STEPS)
     if thresholds is not None:
         grid = grid[:thresholds]
     fprs, pros = [], []
@@ -207,8 +208,7 @@ TASKS: dict[str, Callable[[dict[str, Any], argparse.Namespace], Any]] = {
         d["scores"], d["labels"], d["maps"], d["masks"], d["cats"], device=a.device)["mean"],
     "ours_pixel_auroc": lambda d, a: metrics.pixel_auroc(d["maps"], d["masks"], device=a.device),
     "ours_aupro": lambda d, a: metrics.aupro(d["maps"], d["masks"], device=a.device),
-    "ours_aupro_anomalyclip": lambda d, a: metrics.aupro(d["maps"], d["masks"],
-                                                         variant="anomalyclip", device=a.device),
+    "ours_aupro_official": lambda d, a: metrics.aupro_official(d["maps"], d["masks"], device=a.device),
     "sklearn_pixel_auroc": lambda d, a: sklearn_pixel_auroc(d["maps"], d["masks"]),
     "mvtec_reference_aupro": lambda d, a: mvtec_reference_aupro(d["maps"], d["masks"]),
     "loop_aupro": lambda d, a: loop_aupro(d["maps"], d["masks"], a.loop_thresholds),
@@ -309,7 +309,7 @@ def report(args: argparse.Namespace) -> None:
 
     print(f"  {'measurement':<50} {'seconds':>9} {'extra MiB':>9}   note")
     full: dict[str, dict[str, Any]] = {}
-    for task in ("ours_evaluate", "ours_pixel_auroc", "ours_aupro", "ours_aupro_anomalyclip"):
+    for task in ("ours_evaluate", "ours_pixel_auroc", "ours_aupro", "ours_aupro_official"):
         r = full[task] = run_task(task, args)
         print(_row(f"{task} (full set, fp16)", r["seconds"], r["extra_rss_mib"],
                    f"{r['seconds'] / total_px * 1e9:.2f} ns/pixel"))
@@ -327,7 +327,7 @@ def report(args: argparse.Namespace) -> None:
     sub["loop_aupro"] = run_task("loop_aupro", args, images=sub_n, loop_thresholds=args.loop_thresholds)
     scale = total_px / sub_px
     for task, r in sub.items():
-        extra = scale * (metrics.ANOMALYCLIP_STEPS / args.loop_thresholds if task == "loop_aupro" else 1)
+        extra = scale * (metrics.OFFICIAL_STEPS / args.loop_thresholds if task == "loop_aupro" else 1)
         note = f"-> {r['seconds'] * extra:8.1f} s extrapolated to the full set"
         if task == "loop_aupro":
             note += f" (timed with {args.loop_thresholds} of 200 thresholds)"
@@ -335,15 +335,15 @@ def report(args: argparse.Namespace) -> None:
 
     est_sk = sub["sklearn_pixel_auroc"]["seconds"] * scale
     est_ref = sub["mvtec_reference_aupro"]["seconds"] * scale
-    est_loop = sub["loop_aupro"]["seconds"] * scale * metrics.ANOMALYCLIP_STEPS / args.loop_thresholds
+    est_loop = sub["loop_aupro"]["seconds"] * scale * metrics.OFFICIAL_STEPS / args.loop_thresholds
     print("\n  speed-up on the full set (ours measured, baselines extrapolated):")
     print(f"    pixel AUROC    : sklearn {est_sk:8.1f} s / ours {full['ours_pixel_auroc']['seconds']:.2f} s"
           f" = {est_sk / full['ours_pixel_auroc']['seconds']:6.0f}x")
     print(f"    AUPRO (exact)  : MVTec-reference sort {est_ref:8.1f} s / ours "
           f"{full['ours_aupro']['seconds']:.2f} s = {est_ref / full['ours_aupro']['seconds']:6.0f}x")
-    print(f"    AUPRO (200 th) : threshold loop {est_loop:8.1f} s / ours anomalyclip "
-          f"{full['ours_aupro_anomalyclip']['seconds']:.2f} s = "
-          f"{est_loop / full['ours_aupro_anomalyclip']['seconds']:6.0f}x")
+    print(f"    AUPRO (200 th) : threshold loop {est_loop:8.1f} s / ours official "
+          f"{full['ours_aupro_official']['seconds']:.2f} s = "
+          f"{est_loop / full['ours_aupro_official']['seconds']:6.0f}x")
     all_four = est_sk + est_ref
     print(f"    all pixel metrics per category (evaluate) {full['ours_evaluate']['seconds']:.2f} s "
           f"vs sklearn + MVTec-reference {all_four:.1f} s = "
@@ -359,9 +359,9 @@ def report(args: argparse.Namespace) -> None:
           f"{sub['sklearn_pixel_auroc']['value']:.9f}  |diff| {d_auc:.2e}")
     print(f"    AUPRO mvtec  ours {sub['ours_aupro']['value']:.9f}  reference "
           f"{sub['mvtec_reference_aupro']['value']:.9f}  |diff| {d_pro:.2e}")
-    ours_ac = run_task("ours_aupro_anomalyclip", args, images=agree_n)
-    loop_ac = run_task("loop_aupro", args, images=agree_n, loop_thresholds=metrics.ANOMALYCLIP_STEPS)
-    print(f"    AUPRO anomalyclip on {agree_n * s * s / 1e6:.1f} M pixels (all 200 thresholds): ours "
+    ours_ac = run_task("ours_aupro_official", args, images=agree_n)
+    loop_ac = run_task("loop_aupro", args, images=agree_n, loop_thresholds=metrics.OFFICIAL_STEPS)
+    print(f"    AUPRO official on {agree_n * s * s / 1e6:.1f} M pixels (all 200 thresholds): ours "
           f"{ours_ac['value']:.9f}  loop {loop_ac['value']:.9f}  "
           f"|diff| {abs(ours_ac['value'] - loop_ac['value']):.2e}  "
           f"(loop {loop_ac['seconds']:.1f} s, ours {ours_ac['seconds']:.2f} s)")

@@ -2,8 +2,8 @@
 
 The references here are deliberately naive: sklearn for the ROC metrics, and
 per-threshold loops with scipy.ndimage.label components for AUPRO (every
-distinct value for the MVTec definition; AnomalyCLIP's 200-step grid for
-theirs).
+distinct value for the MVTec definition; for the official SPG one, its 200-step
+grid re-derived from riips/SPG src/metrics.py ``cal_pro_score``).
 """
 
 from __future__ import annotations
@@ -20,6 +20,10 @@ from sklearn.metrics import auc, average_precision_score, roc_auc_score
 
 from spg_core import metrics as M
 from spg_core.errors import SPGError
+from spg_core.metrics import accumulators, pixels
+from spg_core.metrics.aupro import aupro_from, aupro_official_from
+from spg_core.metrics.pixel_auroc import pixel_auroc_from
+from spg_core.metrics.smoothing import _gaussian_torch
 
 EIGHT = np.ones((3, 3), dtype=int)
 
@@ -67,23 +71,27 @@ def slow_aupro_mvtec(maps: np.ndarray, masks: np.ndarray, max_fpr: float = 0.3) 
     return _trapezoid_to(xs, ys, max_fpr) / max_fpr
 
 
-def slow_aupro_anomalyclip(maps: np.ndarray, masks: np.ndarray, max_fpr: float = 0.3) -> float:
-    """AnomalyCLIP's cal_pro_score, re-written naively (threshold grid, > th,
-    FPR < max_fpr kept, FPR min-max rescaled, sklearn auc)."""
-    maps = np.asarray(maps, dtype=np.float64)
+def slow_aupro_official(maps: np.ndarray, masks: np.ndarray, max_fpr: float = 0.3) -> float:
+    """The official SPG ``cal_pro_score``, re-derived naively: the maps as the float32
+    arrays the official code holds, 200 thresholds ``arange(min, max, (max - min) / 200)``
+    in numpy's arithmetic on those float32 scalars, a pixel positive when > th, every
+    8-connected region weighted equally, FPR < max_fpr kept, FPR min-max rescaled,
+    sklearn's auc. Where the official code raises (no or one point kept) or divides
+    0 by 0, NaN."""
+    amaps = np.asarray(maps).astype(np.float32)
     masks = masks.astype(bool)
     comps = _components(masks)
-    lo, hi = maps.min(), maps.max()
+    lo, hi = amaps.min(), amaps.max()
     pros, fprs = [], []
     for th in np.arange(lo, hi, (hi - lo) / 200):
-        binary = maps > th
+        binary = amaps > th
         pros.append(np.mean([binary[k][c].sum() / c.sum() for k, c in comps]))
         fprs.append(np.logical_and(~masks, binary).sum() / (~masks).sum())
     pros_a, fprs_a = np.array(pros), np.array(fprs)
     keep = fprs_a < max_fpr
     f = fprs_a[keep]
     if f.size < 2 or f.max() == f.min():
-        return math.nan            # their code divides by zero here
+        return math.nan
     f = (f - f.min()) / (f.max() - f.min())
     return float(auc(f, pros_a[keep]))
 
@@ -204,7 +212,7 @@ def test_perfect_inverted_and_constant_maps(dtype: type) -> None:
     assert M.aupro(constant, masks, device="cpu") == pytest.approx(0.15, abs=1e-12)
     assert M.aupro(constant, masks, device="cpu") == pytest.approx(slow_aupro_mvtec(constant, masks), abs=1e-12)
     with pytest.warns(UserWarning, match="constant map"):
-        assert math.isnan(M.aupro(constant, masks, variant="anomalyclip", device="cpu"))
+        assert math.isnan(M.aupro_official(constant, masks, device="cpu"))
 
 
 def test_no_anomalous_pixel_is_nan_with_warning() -> None:
@@ -251,38 +259,77 @@ def test_aupro_components_are_8_connected() -> None:
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", CASES + [dict(seed=s, levels=12) for s in (0, 1)])
-def test_aupro_anomalyclip_matches_their_loop(dtype: type, case: dict) -> None:
+def test_aupro_official_matches_the_official_loop(dtype: type, case: dict) -> None:
     maps, masks = make_set(dtype=dtype, **case)
-    ref = slow_aupro_anomalyclip(maps, masks)
-    if math.isnan(ref):            # 5 levels: one grid point below FPR 0.3, their code gives NaN
-        with pytest.warns(UserWarning, match="fewer than two"):
-            assert math.isnan(M.aupro(maps, masks, variant="anomalyclip", device="cpu"))
+    ref = slow_aupro_official(maps, masks)
+    if math.isnan(ref):            # 5 levels: one grid point below FPR 0.3, the official code raises
+        with pytest.warns(UserWarning, match="official AUPRO is undefined"):
+            assert math.isnan(M.aupro_official(maps, masks, device="cpu"))
         return
-    assert M.aupro(maps, masks, variant="anomalyclip", device="cpu") == pytest.approx(ref, abs=1e-9)
+    assert M.aupro_official(maps, masks, device="cpu") == pytest.approx(ref, abs=1e-9)
 
 
-def test_anomalyclip_reproduction_with_sigma_4() -> None:
-    """AnomalyCLIP smooths float32 maps with sigma 4, then cal_pro_score."""
+def test_aupro_official_thresholds_are_the_float32_grid() -> None:
+    """Maps whose values sit exactly on float64 grid points but not on the float32 one
+    tell the two grids apart: the official code compares float32 maps with thresholds
+    built from float32 min, max and step."""
+    rng = np.random.default_rng(21)
+    maps = rng.random((3, 24, 24)).astype(np.float32)
+    masks = np.zeros(maps.shape, dtype=bool)
+    masks[1, 4:12, 5:15] = masks[2, 10:20, 2:8] = True
+    maps[masks] += 0.5
+    lo, hi = maps.min(), maps.max()
+    grid = np.arange(lo, hi, (hi - lo) / 200)
+    assert np.array_equal(M.official_thresholds(float(lo), float(hi)), grid)
+    # values on the grid: the strict '>' decides, as in the official code
+    maps.reshape(-1)[:150] = grid[:150].astype(np.float32)
+    assert M.aupro_official(maps, masks, device="cpu") == pytest.approx(
+        slow_aupro_official(maps, masks), abs=1e-12)
+
+
+def test_aupro_official_nan_with_warning_where_the_official_code_raises() -> None:
+    """Half of the normal pixels at the maximum: every threshold below it has FPR >= 0.5,
+    so no point is kept; the official code raises on the empty min(); we warn and give NaN."""
+    maps = np.zeros((2, 10, 10), dtype=np.float32)
+    masks = np.zeros(maps.shape, dtype=bool)
+    masks[1, 2:5, 2:5] = True
+    maps[:, :, :5] = 1.0
+    with pytest.warns(UserWarning, match="no threshold of the official 200-step grid reaches FPR < 0.3"):
+        assert math.isnan(M.aupro_official(maps, masks, device="cpu"))
+    labels = np.array([0, 1])
+    with pytest.warns(UserWarning, match="aupro_official undefined"):
+        res = M.evaluate(np.array([0.1, 0.9]), labels, maps, masks, ["a", "a"], device="cpu")
+    assert math.isnan(res["per_category"]["a"]["aupro_official"]) and math.isnan(res["mean"]["aupro_official"])
+    assert not math.isnan(res["per_category"]["a"]["aupro"])
+
+
+def test_official_reproduction_with_sigma_4() -> None:
+    """The official code smooths float32 maps with sigma 4, then cal_pro_score; evaluate
+    reports it as aupro_official beside the exact aupro, whatever --aupro names."""
     maps, masks = make_set(8, k=4, size=40)
     smoothed = np.stack([ndimage.gaussian_filter(m, sigma=4) for m in maps])
-    ref = slow_aupro_anomalyclip(smoothed, masks)
     labels = masks.reshape(len(masks), -1).any(1)
     scores = maps.reshape(len(maps), -1).max(1)
-    res = M.evaluate(scores, labels, maps, masks, ["a"] * len(maps), aupro_variant="anomalyclip",
-                     smoothing_sigma=4, device="cpu")
-    assert res["per_category"]["a"]["aupro"] == pytest.approx(ref, abs=1e-6)
+    for variant in ("mvtec", "official", "anomalyclip"):
+        res = M.evaluate(scores, labels, maps, masks, ["a"] * len(maps), aupro_variant=variant,
+                         smoothing_sigma=4, device="cpu")
+        got = res["per_category"]["a"]
+        assert got["aupro_official"] == pytest.approx(slow_aupro_official(smoothed, masks), abs=1e-6)
+        assert got["aupro"] == pytest.approx(slow_aupro_mvtec(smoothed, masks), abs=1e-6)
+        assert res["mean"]["aupro_official"] == got["aupro_official"]
+        assert res["settings"]["aupro_variant"] == ("mvtec" if variant == "mvtec" else "official")
     assert res["settings"]["smoothing_sigma"] == 4
 
 
 def test_sort_path_in_parallel_parts(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(M, "_PARALLEL_SORT_MIN", 1)
-    monkeypatch.setattr(M, "_n_workers", lambda: 3)
+    monkeypatch.setattr(accumulators, "_PARALLEL_SORT_MIN", 1)
+    monkeypatch.setattr(accumulators, "_n_workers", lambda: 3)
     maps, masks = make_set(9, levels=7)
     s = M.summarise_pixels(maps, masks, device="cpu")
     assert len(s.neg_cdf.parts) == 3
-    assert M._pixel_auroc_from(s) == pytest.approx(sk_pixel_auroc(maps, masks), abs=1e-9)
-    assert M._aupro_mvtec_from(s, 0.3) == pytest.approx(slow_aupro_mvtec(maps, masks), abs=1e-9)
-    assert M._aupro_anomalyclip_from(s, 0.3)[0] == pytest.approx(slow_aupro_anomalyclip(maps, masks), abs=1e-9)
+    assert pixel_auroc_from(s)[0] == pytest.approx(sk_pixel_auroc(maps, masks), abs=1e-9)
+    assert aupro_from(s, 0.3)[0] == pytest.approx(slow_aupro_mvtec(maps, masks), abs=1e-9)
+    assert aupro_official_from(s, 0.3)[0] == pytest.approx(slow_aupro_official(maps, masks), abs=1e-9)
 
 
 # --------------------------------------------------------------------------
@@ -299,10 +346,10 @@ def test_smooth_maps_matches_scipy() -> None:
     assert out16.dtype == np.float16
     # the torch implementation (used on CUDA) agrees with scipy, even when the
     # kernel is wider than the map (repeated reflection)
-    t = M._gaussian_torch(torch.from_numpy(maps), 4.0).numpy()
+    t = _gaussian_torch(torch.from_numpy(maps), 4.0).numpy()
     np.testing.assert_allclose(t, ref, atol=1e-5)
     tiny = rng.random((2, 5, 4)).astype(np.float32)
-    np.testing.assert_allclose(M._gaussian_torch(torch.from_numpy(tiny), 3.0).numpy(),
+    np.testing.assert_allclose(_gaussian_torch(torch.from_numpy(tiny), 3.0).numpy(),
                                np.stack([ndimage.gaussian_filter(m, sigma=3) for m in tiny]), atol=1e-5)
     assert isinstance(M.smooth_maps(torch.from_numpy(maps), 1.0), torch.Tensor)
     with pytest.raises(SPGError):
@@ -328,7 +375,7 @@ def _eval_set(seed: int = 11) -> tuple[np.ndarray, ...]:
 
 
 def test_evaluate_per_category_and_mean(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(M, "_CPU_CHUNK_PIXELS", 600)        # several chunks per category
+    monkeypatch.setattr(pixels, "_CPU_CHUNK_PIXELS", 600)        # several chunks per category
     scores, labels, maps, masks, cats = _eval_set()
     with pytest.warns(UserWarning, match="category 'c'"):
         res = M.evaluate(scores, labels, maps, masks, cats, device="cpu")
@@ -340,10 +387,12 @@ def test_evaluate_per_category_and_mean(monkeypatch: pytest.MonkeyPatch) -> None
         assert got["image_ap"] == pytest.approx(average_precision_score(labels[sel], scores[sel]), abs=1e-6)
         assert got["pixel_auroc"] == pytest.approx(sk_pixel_auroc(maps[sel], masks[sel]), abs=1e-6)
         assert got["aupro"] == pytest.approx(slow_aupro_mvtec(maps[sel], masks[sel]), abs=1e-3)
+        official = slow_aupro_official(maps[sel], masks[sel])
+        assert got["aupro_official"] == pytest.approx(official, abs=1e-9, nan_ok=True)
     c = res["per_category"]["c"]
     assert all(math.isnan(v) for v in c.values())
     for key in M.METRIC_KEYS:
-        want = np.mean([res["per_category"][x][key] for x in ("a", "b")])
+        want = np.nanmean([res["per_category"][x][key] for x in ("a", "b")])   # b's official AUPRO is NaN
         assert res["mean"][key] == pytest.approx(want, abs=1e-12)
         assert 0.0 <= res["mean"][key] <= 1.0
     assert any("skips" in w and "c" in w for w in res["warnings"])
@@ -378,7 +427,7 @@ def test_bad_inputs_raise_spg_error() -> None:
     with pytest.raises(SPGError, match="0 \\(normal\\) or 1"):
         M.pixel_auroc(maps, masks * 0.5)
     with pytest.raises(SPGError, match="variant"):
-        M.aupro(maps, masks, variant="fast")
+        M.evaluate(np.zeros(3), [0, 1, 1], maps, masks, ["a"] * 3, aupro_variant="fast")
     with pytest.raises(SPGError, match="max_fpr"):
         M.aupro(maps, masks, max_fpr=0)
     for dtype in DTYPES:

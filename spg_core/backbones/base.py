@@ -7,6 +7,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import SPGError
+
 
 class Backbone(nn.Module):
     """A frozen image encoder that returns final-block patch tokens.
@@ -77,7 +79,14 @@ class Backbone(nn.Module):
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    """'auto' -> CUDA when present, else CPU."""
+    """'auto' or None -> CUDA when present, else CPU; asking for CUDA without it is an error."""
     if device is None or str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise SPGError(f"{str(device)!r} is not a device", fix="use 'auto', 'cpu' or 'cuda'") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SPGError(f"device {str(device)!r} requested but CUDA is not available",
+                       fix="use --device cpu (or auto to pick automatically)")
+    return dev

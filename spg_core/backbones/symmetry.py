@@ -16,6 +16,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ..gaussian import gaussian_blur as shared_gaussian_blur
+
 SIZE = 128                # px: symmetry is searched and compared at half resolution
 MIRROR_ANGLES = 60        # candidate axis angles in [0, pi): 3-degree steps
 MIRROR_OFFSETS = (-0.5, 0.0, 0.5)   # px at SIZE: candidate axis positions about the centroid
@@ -26,15 +28,9 @@ EDGE_WEIGHT = 3.0         # residuals are divided by 1 + EDGE_WEIGHT x the refer
 
 
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of `[B, C, H, W]` with reflect padding."""
-    radius = int(3 * sigma)
-    t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
-    k = torch.exp(-0.5 * (t / sigma) ** 2)
-    k = (k / k.sum()).view(1, 1, 1, -1).repeat(x.shape[1], 1, 1, 1)
-    x = F.pad(x, (radius, radius, 0, 0), mode="reflect")
-    x = F.conv2d(x, k, groups=x.shape[1])
-    x = F.pad(x, (0, 0, radius, radius), mode="reflect")
-    return F.conv2d(x, k.transpose(-1, -2), groups=x.shape[1])
+    """Separable Gaussian blur of `[B, C, H, W]`: the shared blur with the edge rule and
+    radius (3 sigma) these features were tuned with."""
+    return shared_gaussian_blur(x, sigma, radius=int(3 * sigma), mode="mirror")
 
 
 def symmetry_features(x: torch.Tensor) -> torch.Tensor:
