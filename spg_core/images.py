@@ -29,7 +29,6 @@ fully decoded.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -37,9 +36,6 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from .errors import SPGError
-
-if TYPE_CHECKING:
-    from .data.sample import Sample
 
 # PIL modes that carry 16- or 32-bit integer samples (one channel).
 _WIDE_INT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
@@ -178,33 +174,3 @@ def mask_to_tensor(mask: np.ndarray, size: int) -> torch.Tensor:
     if t.shape != (size, size):
         t = F.interpolate(t[None, None], size=(size, size), mode="nearest-exact")[0, 0]
     return (t > 0.5).float()
-
-
-class SampleImages(torch.utils.data.Dataset):
-    """Decodes `Sample`s for a DataLoader (workers decode in parallel).
-
-    `ds[i]` -> {"image": [3, S, S] float32 in [0, 1], "mask": [S, S] float32 {0, 1},
-    "label": int, "index": i}. Good images (mask_path None) get an all-zero mask.
-    With `with_masks=False` no mask is read and the "mask" key is absent, so code
-    that needs masks fails loudly instead of training on silent zeros.
-    """
-
-    def __init__(self, samples: list[Sample], size: int, with_masks: bool = True):
-        self.samples = list(samples)
-        self.size = int(size)
-        self.with_masks = with_masks
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        s = self.samples[i]
-        img = load_image(s.image_path)
-        item: dict[str, Any] = {"image": image_to_tensor(img, self.size), "label": int(s.label), "index": i}
-        if self.with_masks:
-            if s.mask_path is None:
-                item["mask"] = torch.zeros(self.size, self.size, dtype=torch.float32)
-            else:
-                mask = load_mask(s.mask_path, img.size, image_path=s.image_path)
-                item["mask"] = mask_to_tensor(mask, self.size)
-        return item

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import SPGError
+from .paths import CACHE_ENV, cache_root
 from .views import MAX_UPLOAD_BYTES, RUNS_ENV
 
 MAX_UPLOAD_MB = MAX_UPLOAD_BYTES // 2**20
@@ -75,7 +76,7 @@ def app_env(runs_root: str | Path, cache_dir: str | Path | None = None) -> dict[
     env = dict(os.environ)
     env[RUNS_ENV] = str(Path(runs_root).resolve())
     if cache_dir is not None:
-        env["SPG_CACHE"] = str(Path(cache_dir).resolve())
+        env[CACHE_ENV] = str(cache_root(cache_dir).resolve())
     return env
 
 

@@ -34,14 +34,10 @@ from .backbones.base import Backbone
 from .data import Dataset, Sample
 from .errors import SPGError
 from .images import image_to_uint8, load_image, load_mask, mask_to_tensor
+from .paths import cache_root
 
 STORE_VERSION = 1
 DEFAULT_SHARD_IMAGES = 256
-
-
-def default_cache_dir() -> Path:
-    """`$SPG_CACHE`, else `~/.cache/spg`."""
-    return Path(os.environ.get("SPG_CACHE", Path.home() / ".cache" / "spg"))
 
 
 def _slug(text: str) -> str:
@@ -69,7 +65,7 @@ def store_dir_for(dataset: Dataset, backbone: Backbone, cache_dir: str | Path | 
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
     ident = backbone.identity()
     name = f"{_slug(dataset.name)}__{_slug(ident['backbone'])}__{ident['image_size']}__L{ident['layer']}__{digest}"
-    return Path(cache_dir or default_cache_dir()) / "tokens" / name
+    return cache_root(cache_dir) / "tokens" / name
 
 
 def _memmap_tensor(path: Path, name: str) -> np.ndarray:

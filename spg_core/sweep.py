@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import argparse
 import time
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 from tqdm.auto import tqdm
 
 from .atomic import atomic_path, write_json, write_text
@@ -30,11 +30,10 @@ from .backbones import load_backbone
 from .backbones.base import resolve_device
 from .config import GuideConfig, SAEConfig
 from .errors import SPGError
-from .metrics import aupro, image_ap, image_auroc, pixel_auroc
+from .metrics import METRIC_KEYS, image_metrics_by_category, mean_over_categories, pixel_metrics_by_category
 from .pipeline import Scorer, dictionary_of, extract, fit_dictionary, fit_guides, score_store, target_maps
 from .scoring import image_scores
 
-METRICS = ("image_auroc", "image_ap", "pixel_auroc", "aupro")
 
 
 @dataclass(frozen=True)
@@ -83,34 +82,19 @@ def _ints(text: str) -> list[int]:
     return [int(t) for t in text.split(",") if t.strip()]
 
 
-def _category_rows(setting: dict[str, Any], metric: str, values: dict[str, float]) -> list[dict[str, Any]]:
-    rows = [{**setting, "category": c, "metric": metric, "value": v} for c, v in values.items()]
-    finite = [v for v in values.values() if not np.isnan(v)]
-    rows.append({**setting, "category": "mean", "metric": metric, "value": float(np.mean(finite)) if finite else float("nan")})
-    return rows
+def setting_rows(setting: dict[str, Any], per_category: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
+    """Tidy rows (one per category x metric, plus the category "mean") of one setting, with
+    metrics.evaluate's NaN rule: a mean skips the categories where a metric is undefined."""
+    mean, _ = mean_over_categories(per_category)
+    return [{**setting, "category": cat, "metric": key, "value": row.get(key, float("nan"))}
+            for cat, row in [*sorted(per_category.items()), ("mean", mean)] for key in METRIC_KEYS]
 
 
-def _pixel_metrics(maps: torch.Tensor, masks: np.ndarray, cats: np.ndarray) -> dict[str, dict[str, float]]:
-    out: dict[str, dict[str, float]] = {"pixel_auroc": {}, "aupro": {}}
-    m = maps.numpy()
-    for c in sorted(set(cats)):
-        idx = np.flatnonzero(cats == c)
-        if masks[idx].any() and not masks[idx].all():
-            out["pixel_auroc"][c] = pixel_auroc(m[idx], masks[idx])
-            out["aupro"][c] = aupro(m[idx], masks[idx])
-        else:
-            out["pixel_auroc"][c] = out["aupro"][c] = float("nan")
-    return out
-
-
-def _image_metrics(scores: np.ndarray, labels: np.ndarray, cats: np.ndarray) -> dict[str, dict[str, float]]:
-    out: dict[str, dict[str, float]] = {"image_auroc": {}, "image_ap": {}}
-    for c in sorted(set(cats)):
-        idx = np.flatnonzero(cats == c)
-        ok = 0 < labels[idx].sum() < len(idx)
-        out["image_auroc"][c] = image_auroc(scores[idx], labels[idx]) if ok else float("nan")
-        out["image_ap"][c] = image_ap(scores[idx], labels[idx]) if ok else float("nan")
-    return out
+def _warn_once(notes: list[str], seen: set[str]) -> None:
+    for note in notes:
+        if note not in seen:
+            seen.add(note)
+            warnings.warn(note, stacklevel=3)
 
 
 def run_sweep(*, aux: str, target: str, backbones: list[str], widths: list[int], ks: list[int],
@@ -121,6 +105,7 @@ def run_sweep(*, aux: str, target: str, backbones: list[str], widths: list[int],
     out = Path(out)
     dev = resolve_device(device)
     rows: list[dict[str, Any]] = []
+    seen: set[str] = set()
     pairs = list(zip(*_grid(widths, ks)))
     bar = tqdm(total=len(backbones) * len(pairs) * len(guides), desc="sweep", unit="setting", disable=not progress)
     for backbone in backbones:
@@ -146,12 +131,15 @@ def run_sweep(*, aux: str, target: str, backbones: list[str], widths: list[int],
                            "guide_variant": g.variant, "guide_value": g.value,
                            "active_atoms": ginfo["active_normal"] + ginfo["active_anomaly"],
                            "sae_fvu": info.get("fvu"), "sae_seconds": sae_seconds}
-                pixel = _pixel_metrics(maps, masks, cats)
+                # pixel metrics once per guide pair: the aggregations only re-pool the same maps
+                pixel, notes, _ = pixel_metrics_by_category(maps, masks, cats, device=dev)
+                _warn_once(notes, seen)
                 for agg in aggregations:
                     s = image_scores(maps.float(), agg.kind, agg.temperature).numpy()
+                    image, notes = image_metrics_by_category(s, labels, cats)
+                    _warn_once(notes, seen)
                     labelled = {**setting, "aggregation": agg.label, "agg_kind": agg.kind, "agg_T": agg.temperature}
-                    for metric, values in {**_image_metrics(s, labels, cats), **pixel}.items():
-                        rows += _category_rows(labelled, metric, values)
+                    rows += setting_rows(labelled, {c: {**image[c], **pixel[c]} for c in image})
                 bar.update(1)
     bar.close()
     frame = pd.DataFrame(rows)
@@ -238,7 +226,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
         out=args.out, device=args.device, cache_dir=args.cache_dir, progress=not args.quiet)
     mean = _mean_frame(frame).pivot_table(index=["backbone", "width", "k", "guide", "aggregation"],
                                           columns="metric", values="value")
-    print((100 * mean[list(METRICS)]).round(1).to_string())
+    print((100 * mean[[k for k in METRIC_KEYS if k in mean.columns]]).round(1).to_string())
     print(f"sweep written to {args.out}")
 
 

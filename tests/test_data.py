@@ -15,7 +15,7 @@ from spg_core.data import (DATASET_HELP, DATASET_KINDS, DEFECT_KINDS, SYNTHETIC_
                            generate_synthetic, open_dataset)
 from spg_core.data.synthetic import CATEGORIES, MARKER, OBJECTS, TEXTURES, synthetic_root
 from spg_core.errors import SPGError
-from spg_core.images import SampleImages, load_image, load_mask
+from spg_core.images import image_to_tensor, load_image, load_mask, mask_to_tensor
 
 def _find_realdata() -> Path:
     """shared/realdata beside the checkout (as in CI), or $SPG_REALDATA."""
@@ -71,8 +71,10 @@ def test_realdata_category_folder_directly_and_decode():
     ds = open_dataset(f"mvtec:{REALDATA / 'mvtec_ad' / 'bottle'}")
     assert len(ds) == 83 and ds.categories == ["bottle"]
     anomalous = ds.filter(label=1)
-    item = SampleImages(anomalous.samples[:1], 64)[0]
-    assert item["image"].shape == (3, 64, 64) and item["mask"].sum() > 0
+    sample = anomalous.samples[0]
+    img = load_image(sample.image_path)
+    mask = mask_to_tensor(load_mask(sample.mask_path, img.size, image_path=sample.image_path), 64)
+    assert image_to_tensor(img, 64).shape == (3, 64, 64) and mask.sum() > 0
 
 
 @needs_realdata

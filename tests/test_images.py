@@ -11,7 +11,7 @@ from PIL import Image
 
 from spg_core.data.sample import Sample
 from spg_core.errors import SPGError
-from spg_core.images import (SampleImages, image_to_tensor, load_image, load_mask, mask_has_anomaly,
+from spg_core.images import (image_to_tensor, load_image, load_mask, mask_has_anomaly,
                              mask_to_tensor)
 
 
@@ -192,7 +192,7 @@ def test_mask_to_tensor_nearest():
     assert mask_to_tensor(m, 16).sum() == 64
 
 
-# ----------------------------------------------------------------------------- SampleImages
+# ----------------------------------------------------------------------------- decoding a sample
 
 def _tiny_samples(tmp_path: Path, mask_size=(20, 16)) -> list[Sample]:
     good = _save(tmp_path, "good.png", Image.new("RGB", (20, 16), (10, 20, 30)))
@@ -204,21 +204,9 @@ def _tiny_samples(tmp_path: Path, mask_size=(20, 16)) -> list[Sample]:
             Sample(str(bad), str(mask), 1, "c", "dent", "test")]
 
 
-def test_sample_images_with_dataloader(tmp_path):
-    ds = SampleImages(_tiny_samples(tmp_path), 8)
-    batch = next(iter(torch.utils.data.DataLoader(ds, batch_size=2)))
-    assert batch["image"].shape == (2, 3, 8, 8) and batch["mask"].shape == (2, 8, 8)
-    assert batch["mask"][0].sum() == 0 and batch["mask"][1].sum() > 0
-    assert batch["index"].tolist() == [0, 1] and batch["label"].tolist() == [0, 1]
-
-
-def test_sample_images_without_masks(tmp_path):
-    item = SampleImages(_tiny_samples(tmp_path), 8, with_masks=False)[1]
-    assert "mask" not in item and item["image"].shape == (3, 8, 8)
-
-
-def test_sample_images_mask_size_mismatch(tmp_path):
+def test_mask_size_mismatch_names_both_files(tmp_path):
     samples = _tiny_samples(tmp_path, mask_size=(10, 8))
+    img = load_image(samples[1].image_path)
     with pytest.raises(SPGError) as e:
-        SampleImages(samples, 8)[1]
+        load_mask(samples[1].mask_path, img.size, image_path=samples[1].image_path)
     assert samples[1].mask_path in str(e.value) and samples[1].image_path in str(e.value)

@@ -53,6 +53,7 @@ from PIL import Image, ImageDraw
 from scipy import ndimage
 
 from ..errors import SPGError
+from ..paths import cache_root
 from .sample import Dataset
 
 GENERATOR_VERSION = 2          # bump whenever any output byte would change: cached copies regenerate
@@ -698,13 +699,8 @@ def generate_synthetic(root: str | os.PathLike, seed: int = 0, *,
     return root
 
 
-def default_cache_dir() -> Path:
-    """$SPG_CACHE, else ~/.cache/spg."""
-    return Path(os.environ.get("SPG_CACHE") or Path.home() / ".cache" / "spg").expanduser()
-
-
 def synthetic_root(cache_dir: str | os.PathLike | None = None) -> Path:
-    return Path(cache_dir).expanduser() / CACHE_SUBDIR if cache_dir else default_cache_dir() / CACHE_SUBDIR
+    return cache_root(cache_dir) / CACHE_SUBDIR
 
 
 def open_synthetic(spec: str, split: str = "test", cache_dir: str | os.PathLike | None = None) -> Dataset:
