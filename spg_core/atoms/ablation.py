@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import SPGError
-from ..pipeline import Predictor
-from ..scoring import image_scores, patch_probabilities, upsample
+from ..inference import Predictor
+from ..scoring import atom_logit_weights, image_scores, patch_probabilities, unit, upsample
 from ..store import TokenStore
 from .ranking import guide_row, require_atoms
 
@@ -92,7 +92,7 @@ class Ablator:
         for _, shard in self.store.iter_shards():
             for lo in range(0, shard.shape[0], self.batch_images):
                 x = torch.from_numpy(np.array(shard[lo:lo + self.batch_images])).to(self.device).float()
-                parts.append((F.normalize(x.reshape(-1, x.shape[-1]), dim=-1) @ self.dict_u).to(dtype))
+                parts.append((unit(x.reshape(-1, x.shape[-1])) @ self.dict_u).to(dtype))
         return torch.cat(parts)
 
     def _metric_options(self) -> dict[str, Any]:
@@ -133,7 +133,7 @@ class Ablator:
     def patch_probs(self, coefficients: torch.Tensor, rows: int = 1 << 18) -> torch.Tensor:
         """Patch anomaly probabilities `[K, N]` for coefficients `[2, U]` (computed in row blocks)."""
         c = coefficients.to(self.device).float()
-        w = c / (self.dict_u @ c.t()).norm(dim=0).clamp_min(_EPS)[:, None]    # c / |g|, as F.normalize
+        w = atom_logit_weights(self.dict_u, c)                                 # c / |g|: scoring's cosine
         logits = torch.cat([self.proj[i:i + rows].float() @ w.t() for i in range(0, self.proj.shape[0], rows)])
         probs = patch_probabilities(logits[:, 0], logits[:, 1], self.predictor.cfg.guides.tau)
         return probs.reshape(self.store.num_images, -1)

@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 
 from ..errors import SPGError
-from ..runs import SAE, RunDir
+from ..runs import SAE_FILE as SAE, RunDir
 from ..sae import TopKSAE
 from ..store import TokenStore
 from .index import AtomIndex, build_atom_index, load_index, save_index
