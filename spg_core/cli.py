@@ -48,6 +48,8 @@ SAE_OPTIONS = [
     ("--sae-lr", "sae", "lr", float, "SAE Adam learning rate"),
     ("--sae-batch-images", "sae", "batch_images", int, "images' tokens per SAE step"),
     ("--auxk", "sae", "auxk", int, "k_aux of the AuxK loss (0 = off)"),
+    ("--auxk-dead-tokens", "sae", "auxk_dead_tokens", int,
+     "AuxK: a latent is dead after this many tokens' worth of steps without firing"),
 ]
 GUIDE_OPTIONS = [
     ("--guide-variant", "guides", "variant", str, "relu_l1 or topk (TopK_K per guide)"),

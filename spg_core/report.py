@@ -17,9 +17,13 @@ from typing import Any
 
 from .atomic import read_json, write_text
 
-METRICS = ("image_auroc", "image_ap", "pixel_auroc", "aupro")
-METRIC_TITLES = {"image_auroc": "Image AUROC", "image_ap": "Image AP",
-                 "pixel_auroc": "Pixel AUROC", "aupro": "Pixel AUPRO"}
+METRICS = ("image_auroc", "image_ap", "pixel_auroc", "aupro", "aupro_official")
+METRIC_TITLES = {"image_auroc": "Image AUROC", "image_ap": "Image AP", "pixel_auroc": "Pixel AUROC",
+                 "aupro": "Pixel AUPRO (MVTec AD, exact)", "aupro_official": "Pixel AUPRO (official, AnomalyCLIP's)"}
+# Which of the paper's columns each of our metrics compares with, like with like: the paper's
+# AUPRO is the official code's (200 thresholds, FPR rescaled), so the exact MVTec AUPRO has none.
+PAPER_KEYS = {"image_auroc": "image_auroc", "image_ap": "image_ap", "pixel_auroc": "pixel_auroc",
+              "aupro_official": "aupro"}
 _PAPER_BACKBONES = {"dinov3-vitl16": "SPG (DINOv3)", "openclip-vitl14-336": "SPG (OpenCLIP)"}
 
 
@@ -62,7 +66,7 @@ def metrics_table(metrics: dict[str, Any]) -> list[list[str]]:
 
 def print_metrics(metrics: dict[str, Any], title: str = "") -> None:
     """A fixed-width table of the per-category metrics (%), mean last."""
-    header = ["category", "img AUROC", "img AP", "px AUROC", "AUPRO"]
+    header = ["category", "img AUROC", "img AP", "px AUROC", "AUPRO", "AUPRO off."]
     rows = metrics_table(metrics)
     widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
     line = "  ".join("-" * w for w in widths)
@@ -92,9 +96,13 @@ def report_markdown(metrics: dict[str, Any]) -> str:
     paper = paper_row(settings)
     out = [f"# SPG report: {settings.get('aux', '?')} -> {settings.get('target', '?')}", ""]
     out.append(f"Backbone `{settings.get('backbone', '?')}`, method `{settings.get('method', 'spg')}`, "
-               f"image score `{settings.get('aggregation', 'max')}`.")
-    out.append(f"AUPRO definition `{settings.get('aupro_variant', 'mvtec')}` (integrated to FPR "
-               f"{settings.get('max_fpr', 0.3)}), map smoothing sigma {settings.get('smoothing_sigma', 0.0)}, "
+               f"protocol `{settings.get('protocol', 'studio')}`, image score `{settings.get('aggregation', 'max')}`"
+               f" of `{settings.get('image_score', 'map')}`.")
+    out.append(f"Two AUPROs: `aupro` is the exact MVTec AD definition (every threshold, area up to FPR "
+               f"{settings.get('max_fpr', 0.3)} / {settings.get('max_fpr', 0.3)}; definition "
+               f"`{settings.get('aupro_variant', 'mvtec')}`), `aupro_official` the official code's "
+               "(AnomalyCLIP's: 200 thresholds, FPR < 0.3 rescaled to [0, 1]); the paper reports the latter, "
+               f"so only it is compared with the paper. Map smoothing sigma {settings.get('smoothing_sigma', 0.0)}, "
                f"evaluated at {settings.get('eval_resolution', 'input')} resolution "
                f"({settings.get('image_size', '?')} px). Values in %.")
     for w in metrics.get("warnings", []):
@@ -104,7 +112,10 @@ def report_markdown(metrics: dict[str, Any]) -> str:
                    "MVTec AD <-> VisA), so no comparison is shown.")
     for key in METRICS:
         out += ["", f"## {METRIC_TITLES[key]}", ""]
-        if paper:
+        paper_key = PAPER_KEYS.get(key)
+        if paper and paper_key is None:
+            out += ["The paper reports no figure under this definition.", ""]
+        if paper and paper_key:
             name, table = paper
             out += [f"| Category | Ours | {name} | Difference |", "|---|---|---|---|"]
         else:
@@ -113,8 +124,8 @@ def report_markdown(metrics: dict[str, Any]) -> str:
         for cat in cats:
             ours = metrics["mean"] if cat == "mean" else metrics["per_category"][cat]
             cells = [cat, _fmt(ours.get(key))]
-            if paper:
-                ref = table.get(key, {}).get(cat)
+            if paper and paper_key:
+                ref = table.get(paper_key, {}).get(cat)
                 v = ours.get(key)
                 diff = "n/a" if ref is None or v is None or math.isnan(v) else f"{100 * v - ref:+.1f}"
                 cells += ["–" if ref is None else f"{ref:.1f}", diff]
