@@ -24,7 +24,8 @@ from spg_core.cli import main as spg_main
 from spg_core.config import GuideConfig, RunConfig, SAEConfig
 from spg_core.errors import SPGError
 from spg_core.images import load_image
-from spg_core.pipeline import Predictor, run_experiment
+from spg_core.inference import Predictor
+from spg_core.pipeline import run_experiment
 from spg_core.runs import RunDir
 from spg_core.scoring import cosine_logits
 from spg_core.store import TokenStore, _pack_masks

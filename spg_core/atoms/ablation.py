@@ -21,15 +21,13 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..errors import SPGError
-from ..inference import Predictor
-from ..scoring import atom_logit_weights, image_scores, patch_probabilities, unit, upsample
+from ..inference import Predictor, map_image_scores
+from ..scoring import atom_logit_weights, patch_probabilities, unit, upsample
 from ..store import TokenStore
 from .ranking import guide_row, require_atoms
 
-_EPS = 1e-12
 
 
 @dataclass
@@ -148,7 +146,7 @@ class Ablator:
         scores, maps = [], []
         for i in range(0, probs.shape[0], self.batch_images):
             full = upsample(probs[i:i + self.batch_images], self.grid, self.size)
-            scores.append(image_scores(full, agg.aggregation, agg.lse_temperature).cpu())
+            scores.append(map_image_scores(full, agg).cpu())       # the run's own image-score rule
             if metrics:
                 maps.append(full.float().cpu())
         scores_t = torch.cat(scores)
