@@ -95,6 +95,22 @@ def _brute_force_index(store: TokenStore, sae, top_p: int):
 
 # -- 1. ranking ------------------------------------------------------------------------------------
 
+def test_dead_atoms_are_never_ranked(predictor, run_dir, capsys):
+    """The SAE's dead-atom mask (atoms that never fire on the auxiliary set) is saved with it and
+    zeroes those atoms in both guides, so neither `rank_atoms` nor `spg atoms` can list one.
+    Measured on this run (builtin, M 128, k 8, 2 epochs): a non-empty mask."""
+    dead = predictor.sae.dead
+    assert dead is not None and int(dead.sum()) == json_dead(run_dir) > 0
+    ranked = rank_atoms(predictor.guides)
+    listed = {a["atom"] for guide in ("anomaly", "normal") for a in ranked[guide]}
+    assert listed and not listed & set(dead.nonzero().flatten().tolist())
+
+
+def json_dead(run_dir) -> int:
+    import json
+    return json.loads((Path(run_dir) / "sae.json").read_text())["dead_atoms"]
+
+
 def test_ranking_is_sorted_and_shares_sum_to_one(predictor):
     ranked = rank_atoms(predictor.guides)
     coef = predictor.guides.coefficients()

@@ -289,3 +289,24 @@ def test_official_openclip_tokens_are_projected_with_cls():
         pooled, _ = bb.visual(bb.normalise(x))          # ln_post(x[:, 0]) @ proj
     torch.testing.assert_close(cls, pooled, atol=1e-5, rtol=0)
     assert tokens.shape[-1] == bb.visual.proj.shape[1] == bb.dim
+
+
+def test_weights_of_any_size_of_the_family_load_with_their_own_width_and_depth(tmp_path):
+    """`--weights` takes any size of the architecture: D, patch and depth come from the checkpoint's
+    config and `--layer` defaults to its last block; another architecture is refused."""
+    import transformers
+
+    from spg_core.backbones import load_backbone
+    from spg_core.errors import SPGError
+
+    cfg = transformers.Dinov2Config(hidden_size=48, num_hidden_layers=3, num_attention_heads=2, mlp_ratio=2,
+                                    patch_size=14, image_size=56)
+    transformers.Dinov2Model(cfg).save_pretrained(tmp_path / "d2")
+    bb = load_backbone("dinov2-large", str(tmp_path / "d2"), device="cpu", protocol=OFFICIAL, image_size=56)
+    assert (bb.dim, bb.patch_size, bb.layer) == (48, 14, 3)
+    tokens, cls = bb.extract_with_cls(torch.rand(1, 3, 56, 56))
+    assert tokens.shape == (1, 16, 48) and cls.shape == (1, 48)
+    assert load_backbone("dinov2-large", str(tmp_path / "d2"), device="cpu", protocol=OFFICIAL,
+                         image_size=56, layer=2).layer == 2
+    with pytest.raises(SPGError, match="dinov2"):
+        load_backbone("dinov3-vitl16", str(tmp_path / "d2"), device="cpu", protocol=OFFICIAL, image_size=64)

@@ -261,6 +261,7 @@ def load_hf_backbone(spec: Any, variant: str | None, weights: str | None, device
     requested_size = image_size
     if variant is None:
         source = canonical_weights(weights or spec.weights)
+        _check_local_model_type(spec, source)
         model = _from_pretrained(family, spec, source)
         _check_architecture(model, spec, source)
         name, image_size = spec.name, requested_size or spec.image_size
@@ -336,6 +337,23 @@ def _check_architecture(model: torch.nn.Module, spec: Any, source: str) -> None:
     if not model_type.startswith(_MODEL_TYPES[spec.family]):
         raise SPGError(f"weights '{source}' are a '{model_type}' model, not a {spec.family[3:]} one",
                        fix=f"pass {spec.family[3:]} weights (any size), e.g. {spec.weights}")
+
+
+def _check_local_model_type(spec: Any, source: str) -> None:
+    """A local directory's config.json must name the family's architecture: transformers would
+    otherwise load another model's weights into this class, re-initialising what does not fit."""
+    config = Path(source).expanduser() / "config.json"
+    if not config.is_file():
+        return                      # a hub id, or a directory _from_pretrained reports on
+    import json
+
+    try:
+        model_type = str(json.loads(config.read_text()).get("model_type", ""))
+    except (OSError, ValueError):
+        return                      # unreadable: _from_pretrained raises the clear error
+    if not model_type.startswith(_MODEL_TYPES[spec.family]):
+        raise SPGError(f"weights '{source}' are a '{model_type}' model, not a {spec.family[3:]} one",
+                       path=str(config), fix=f"pass {spec.family[3:]} weights (any size), e.g. {spec.weights}")
 
 
 def _as_int(size: int | tuple[int, ...] | list[int]) -> int:
