@@ -72,7 +72,7 @@ def run_metrics(path: str, sig: tuple[float, ...]) -> dict[str, Any]:
 @st.cache_resource(show_spinner="Loading the run's model ...", max_entries=8)
 def predictor(path: str, sig: tuple[float, ...]):
     """The run's Predictor (SAE, guides, scorer); the backbone loads on first image."""
-    from spg_core.pipeline import Predictor
+    from spg_core.inference import Predictor
     return Predictor(path, device="cpu")
 
 

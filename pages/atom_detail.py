@@ -9,7 +9,7 @@ from dashboard import state, widgets
 from spg_core import views
 from spg_core.atoms.build import INDEX
 from spg_core.report import METRIC_TITLES
-from spg_core.runs import GUIDES, PATCH_MAPS, SCORES
+from spg_core.runs import GUIDES_FILE as GUIDES, PATCH_MAPS_FILE as PATCH_MAPS, SCORES_FILE as SCORES
 
 run = widgets.require_run()
 widgets.page_header("Atom detail", "What one dictionary atom fires on, and what the guide loses without it", run)

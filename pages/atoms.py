@@ -7,7 +7,7 @@ import streamlit as st
 from dashboard import nav, state, widgets
 from spg_core import views
 from spg_core.atoms.build import INDEX
-from spg_core.runs import GUIDES
+from spg_core.runs import GUIDES_FILE as GUIDES
 
 run = widgets.require_run()
 widgets.page_header("Atoms", "The dictionary atoms each guide is built from, largest coefficient first", run)

@@ -11,7 +11,7 @@ from dashboard import state, widgets
 from spg_core import views
 from spg_core.errors import SPGError
 from spg_core.report import METRIC_TITLES
-from spg_core.runs import METRICS, PATCH_MAPS, SCORES
+from spg_core.runs import METRICS_FILE as METRICS, PATCH_MAPS_FILE as PATCH_MAPS, SCORES_FILE as SCORES
 
 # What a damaged run can raise while loading; it is reported and left out, the others go on.
 DAMAGE = (SPGError, OSError, ValueError, KeyError, RuntimeError)

@@ -12,7 +12,7 @@ from PIL import Image
 from dashboard import nav, state, widgets
 from spg_core import views
 from spg_core.atoms import patch_crop
-from spg_core.runs import PATCH_MAPS, SCORES
+from spg_core.runs import PATCH_MAPS_FILE as PATCH_MAPS, SCORES_FILE as SCORES
 
 run = widgets.require_run()
 widgets.page_header("Anomaly maps", "Target images with their anomaly maps; click a patch to see which atoms "

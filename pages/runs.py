@@ -7,7 +7,7 @@ import streamlit as st
 from dashboard import state, widgets
 from spg_core import views
 from spg_core.report import METRIC_TITLES
-from spg_core.runs import CONFIG, METRICS
+from spg_core.runs import CONFIG_FILE as CONFIG, METRICS_FILE as METRICS
 
 root = state.runs_root()
 widgets.page_header("Runs", "Experiments under the runs root: settings, per-category metrics and how they "

@@ -9,7 +9,7 @@ import streamlit as st
 from dashboard import state, widgets
 from spg_core import views
 from spg_core.errors import SPGError
-from spg_core.runs import GUIDES, SCORES
+from spg_core.runs import GUIDES_FILE as GUIDES, SCORES_FILE as SCORES
 
 run = widgets.require_run()
 widgets.page_header("Try an image", "Score your own images with this run: anomaly map, image score and the "

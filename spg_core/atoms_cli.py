@@ -20,7 +20,7 @@ def _summary(run: str, limit: int = 10) -> None:
     from .atoms import load_atoms, rank_atoms
     from .atoms.stats import TAG_RULE
     from .guides import GuidePair
-    from .runs import GUIDES, RunDir
+    from .runs import GUIDES_FILE as GUIDES, RunDir
 
     index, stats = load_atoms(run)
     pair, _ = GuidePair.load(str(RunDir(run).file(GUIDES)), expect_width=index.width)

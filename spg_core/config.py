@@ -20,9 +20,16 @@ class SAEConfig:
     lr: float = 1e-3             # Adam
     batch_images: int = 16       # batch of 16 images' tokens
     epochs: int = 50
-    init_bias: Literal["mean", "median"] = "mean"   # b_dec initialisation
-    dead_after_tokens: int = 1_000_000              # a latent is dead if silent this long
+    init_bias: Literal["mean", "median"] = "mean"   # b_dec initialisation (biased SAE only)
+    dead_after_tokens: int = 1_000_000              # history statistic: a latent silent this long counts dead
     seed: int = 0
+    # -- what the official code does differently (protocols.OFFICIAL sets these) --
+    bias: bool = True            # encoder and decoder biases (official: none)
+    adam_betas: tuple[float, float] = (0.9, 0.999)  # official (0.5, 0.999)
+    auxk: int = 0                # k_aux of the AuxK loss; 0 = off (official 512)
+    auxk_coef: float = 1 / 32    # AuxK coefficient
+    auxk_dead_tokens: int = 10_000_000   # AuxK: dead after 10M / tokens_per_step silent steps
+    auxk_threshold: float = 1e-3         # AuxK: "fired" means a code value above this
 
 
 @dataclass
@@ -41,6 +48,9 @@ class GuideConfig:
     epochs: int = 20
     init_scale: float = 0.01     # theta init: small positive so every atom starts active
     seed: int = 0
+    # -- official four-guide form (protocols.OFFICIAL sets these) --
+    form: Literal["pair", "official"] = "pair"   # 2 local guides (studio) or 4 (global + local) guides
+    adam_betas: tuple[float, float] = (0.9, 0.999)  # official (0.5, 0.999)
 
 
 @dataclass
@@ -49,7 +59,9 @@ class ScoreConfig:
 
     aggregation: Literal["max", "mean", "lse"] = "max"
     lse_temperature: float = 0.1   # T for log-sum-exp pooling
-    smoothing_sigma: float = 0.0   # Gaussian smoothing of maps before scoring/eval (0 = off)
+    smoothing_sigma: float = 0.0   # Gaussian smoothing of maps before pixel metrics (0 = off)
+    image_score: Literal["map", "smoothed_map", "cls"] = "map"   # map pooling, pooling of the smoothed
+    # map (official: max of the sigma-4 map), or the CLS token's global-guide softmax (official guides only)
 
 
 @dataclass
@@ -62,6 +74,7 @@ class RunConfig:
     weights: str | None = None     # hub id, local directory or checkpoint file; None = registry default
     method: Literal["spg", "free_guides", "random_dict"] = "spg"
     device: str = "auto"
+    protocol: str = "studio"       # protocols.PROTOCOLS; a run without the key is a studio run
     sae: SAEConfig = field(default_factory=SAEConfig)
     guides: GuideConfig = field(default_factory=GuideConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
@@ -72,10 +85,15 @@ class RunConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
         d = dict(d)
-        sae = SAEConfig(**_known(SAEConfig, d.pop("sae", {})))
-        guides = GuideConfig(**_known(GuideConfig, d.pop("guides", {})))
+        sae = SAEConfig(**_tuples(_known(SAEConfig, d.pop("sae", {}))))
+        guides = GuideConfig(**_tuples(_known(GuideConfig, d.pop("guides", {}))))
         score = ScoreConfig(**_known(ScoreConfig, d.pop("score", {})))
         return cls(**_known(cls, d), sae=sae, guides=guides, score=score)
+
+
+def _tuples(d: dict[str, Any]) -> dict[str, Any]:
+    """JSON turns tuples (Adam betas) into lists: turn them back."""
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
 
 
 def _known(cls: type, d: dict[str, Any]) -> dict[str, Any]:

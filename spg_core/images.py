@@ -22,13 +22,17 @@ Conversion rules (one place, so every stage sees the same pixels):
   indices, or red-on-black RGB masks): there any value > 0 is anomalous.
 
 Corrupt, truncated, missing and mismatched files raise `SPGError` naming the
-file and the fix. Nothing here decodes lazily: an image that loads here is
+file and the fix. Images above `MAX_IMAGE_PIXELS` (40 megapixels, or $SPG_MAX_IMAGE_PIXELS)
+are refused before their pixels are decoded (a decompression bomb costs nothing);
+`spg predict --max-pixels` overrides the limit per call. PIL's own bomb warning is
+never shown: this limit replaces it. Nothing here decodes lazily: an image that loads here is
 fully decoded.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 
 import numpy as np
 import torch
@@ -41,9 +45,14 @@ from .errors import SPGError
 _WIDE_INT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
 _ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
 
+# The one pixel limit for every image the engine or the dashboard decodes (uploads included).
+MAX_IMAGE_PIXELS = int(os.environ.get("SPG_MAX_IMAGE_PIXELS", 40_000_000))
 
-def _open_decoded(path: str | os.PathLike, what: str) -> Image.Image:
-    """Open and fully decode `path`; any failure becomes an SPGError naming it."""
+
+def _open_decoded(path: str | os.PathLike, what: str, max_pixels: int | None = None) -> Image.Image:
+    """Open and fully decode `path` (at most `max_pixels`, default MAX_IMAGE_PIXELS); any failure
+    becomes an SPGError naming it."""
+    max_pixels = MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
     path = str(path)
     if not os.path.exists(path):
         raise SPGError(f"{what} not found", path=path,
@@ -52,8 +61,21 @@ def _open_decoded(path: str | os.PathLike, what: str) -> Image.Image:
         raise SPGError(f"{what} is a folder, not an image file", path=path,
                        fix="point at an image file (.png, .jpg, .bmp, .tif)")
     try:
-        img = Image.open(path)
-        img.load()  # force the decode now so truncation is caught here, not in a worker
+        with warnings.catch_warnings():
+            # Our limit below replaces PIL's bomb check (a warning, or an error above 2x its limit).
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            pil_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+            try:
+                img = Image.open(path)
+            finally:
+                Image.MAX_IMAGE_PIXELS = pil_limit
+            w, h = img.size
+            if w * h > max_pixels:
+                raise SPGError(f"{what} is {w} x {h} = {w * h / 1e6:.0f} megapixels, above the limit of "
+                               f"{max_pixels / 1e6:.0f} megapixels", path=path,
+                               fix="downscale it, or raise the limit (`spg predict --max-pixels N`, or "
+                                   "SPG_MAX_IMAGE_PIXELS=N for every command)")
+            img.load()  # force the decode now so truncation is caught here, not in a worker
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError,
             Image.DecompressionBombError) as exc:
         raise SPGError(f"{what} is corrupt, truncated or not an image ({type(exc).__name__}: {exc})",
@@ -89,9 +111,10 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def load_image(path: str | os.PathLike) -> Image.Image:
-    """Load any supported image file as an 8-bit RGB PIL image (size = file's W x H)."""
-    img = _open_decoded(path, "image")
+def load_image(path: str | os.PathLike, max_pixels: int | None = None) -> Image.Image:
+    """Load any supported image file as an 8-bit RGB PIL image (size = file's W x H), refusing
+    images above `max_pixels` (default MAX_IMAGE_PIXELS)."""
+    img = _open_decoded(path, "image", max_pixels)
     try:
         return to_rgb(img)
     except (OSError, ValueError) as exc:
@@ -163,14 +186,17 @@ def image_to_tensor(img: Image.Image | np.ndarray, size: int) -> torch.Tensor:
     return image_to_uint8(img, size).float().div_(255.0)
 
 
-def mask_to_tensor(mask: np.ndarray, size: int) -> torch.Tensor:
-    """Bool/0-1 mask [H, W] -> float32 tensor [S, S] with values in {0, 1} (nearest resize).
+def mask_to_tensor(mask: np.ndarray, size: int, mode: str = "nearest") -> torch.Tensor:
+    """Bool/0-1 mask [H, W] -> float32 tensor [S, S] with values in {0, 1}.
 
-    'nearest-exact' samples pixel centres like PIL's NEAREST (plain 'nearest' is shifted).
+    "nearest": 'nearest-exact' samples pixel centres like PIL's NEAREST (plain 'nearest' is
+    shifted). "bilinear" (official protocol): bilinear (align_corners False), then > 0.5.
     """
     t = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))
     if t.ndim != 2:
         raise ValueError(f"mask_to_tensor expects a mask [H, W], got shape {tuple(t.shape)}")
     if t.shape != (size, size):
-        t = F.interpolate(t[None, None], size=(size, size), mode="nearest-exact")[0, 0]
+        kwargs = {"align_corners": False} if mode == "bilinear" else {}
+        t = F.interpolate(t[None, None], size=(size, size), mode="bilinear" if mode == "bilinear" else "nearest-exact",
+                          **kwargs)[0, 0]
     return (t > 0.5).float()

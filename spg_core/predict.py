@@ -10,9 +10,10 @@ from typing import Any
 
 from PIL import Image
 
-from .atomic import atomic_path, write_text
+from .atomic import atomic_path, write_json, write_text
+from .errors import SPGError
 from .images import load_image
-from .pipeline import Predictor
+from .inference import Predictor
 from .render import overlay
 
 
@@ -34,31 +35,53 @@ def map_names(images: list[str]) -> list[str]:
 
 
 def predict_files(run_dir: str | Path, images: list[str], out: str | Path, *, device: str = "auto",
-                  batch: int = 8) -> list[dict[str, Any]]:
-    """Write one map PNG (image | overlay) per image, named by `map_names`, and `scores.csv`;
-    return one row per image."""
+                  batch: int = 8, skip_bad: bool = False,
+                  max_pixels: int | None = None) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+    """Write one map PNG (image | overlay) per image, named by `map_names`, and `scores.csv`.
+
+    An unreadable or oversized image stops the call with its name, or with `skip_bad` is left
+    out and listed (with why) in OUT/skipped.json. Returns (one row per scored image, skipped)."""
     predictor = Predictor(run_dir, device=device)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
+    skipped: list[dict[str, str]] = []
     names = map_names(images)
-    for start in range(0, len(images), batch):
-        paths = images[start:start + batch]
-        pil = [load_image(p) for p in paths]
-        result = predictor.predict_images(pil)
-        for path, name, im, m, score in zip(paths, names[start:start + batch], pil, result["maps"], result["scores"]):
-            size = predictor.backbone.image_size
-            side = im.resize((size, size), Image.BICUBIC)
-            panel = Image.new("RGB", (2 * size, size))
-            panel.paste(side, (0, 0))
-            panel.paste(overlay(side, m.numpy(), alpha=0.55), (size, 0))
-            target = out / name
-            with atomic_path(target) as tmp:
-                panel.save(tmp, format="PNG")
-            rows.append({"image": str(path), "score": float(score), "map": str(target)})
+    readable: list[tuple[str, str, Image.Image]] = []
+    for path, name in zip(images, names):
+        try:
+            readable.append((path, name, load_image(path, max_pixels)))
+        except SPGError as exc:
+            if not skip_bad:
+                raise SPGError(f"{exc}\n  (or pass --skip-bad to skip bad images and write a report)") from None
+            skipped.append({"image": str(path), "error": str(exc).splitlines()[0]})
+        if len(readable) == batch:
+            rows += _predict_batch(predictor, readable, out)
+            readable = []
+    if readable:
+        rows += _predict_batch(predictor, readable, out)
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=["image", "score", "map"])
     writer.writeheader()
     writer.writerows(rows)
     write_text(out / "scores.csv", buf.getvalue())
+    if skipped:
+        write_json(out / "skipped.json", skipped)
+    return rows, skipped
+
+
+def _predict_batch(predictor: Predictor, items: list[tuple[str, str, Image.Image]], out: Path) -> list[dict[str, Any]]:
+    """Score decoded images and write their map PNGs; one row per image."""
+    result = predictor.predict_images([im for _, _, im in items])
+    size = predictor.backbone.image_size
+    rows = []
+    for (path, name, im), m, score in zip(items, result["maps"], result["scores"]):
+        side = im.resize((size, size), Image.BICUBIC)
+        panel = Image.new("RGB", (2 * size, size))
+        panel.paste(side, (0, 0))
+        panel.paste(overlay(side, m.numpy(), alpha=0.55), (size, 0))
+        target = out / name
+        with atomic_path(target) as tmp:
+            panel.save(tmp, format="PNG")
+        rows.append({"image": str(path), "score": float(score), "map": str(target)})
     return rows

@@ -19,9 +19,11 @@ from .atomic import read_json, write_text
 from .metrics import METRIC_KEYS as METRICS
 
 METRIC_TITLES = {"image_auroc": "Image AUROC", "image_ap": "Image AP", "pixel_auroc": "Pixel AUROC",
-                 "aupro": "Pixel AUPRO", "aupro_official": "Pixel AUPRO (official)"}
-# The paper's AUPRO is the official code's (200 thresholds, FPR rescaled): it sits beside ours.
-_PAPER_KEY_AS_OURS = {"aupro": "aupro_official"}
+                 "aupro": "Pixel AUPRO (MVTec AD, exact)", "aupro_official": "Pixel AUPRO (official, AnomalyCLIP's)"}
+# Which of the paper's columns each of our metrics compares with, like with like: the paper's
+# AUPRO is the official code's (200 thresholds, FPR rescaled), so the exact MVTec AUPRO has none.
+PAPER_KEYS = {"image_auroc": "image_auroc", "image_ap": "image_ap", "pixel_auroc": "pixel_auroc",
+              "aupro_official": "aupro"}
 _PAPER_BACKBONES = {"dinov3-vitl16": "SPG (DINOv3)", "openclip-vitl14-336": "SPG (OpenCLIP)"}
 
 
@@ -43,8 +45,7 @@ def paper_row(settings: dict[str, Any]) -> tuple[str, dict[str, dict[str, float]
     if not aux or not target or aux == target or method is None or settings.get("method", "spg") != "spg":
         return None
     direction = f"{aux}->{target}"
-    table = paper_results()[direction][method]
-    return f"{method}, {direction}", {_PAPER_KEY_AS_OURS.get(k, k): v for k, v in table.items()}
+    return f"{method}, {direction}", paper_results()[direction][method]
 
 
 def _fmt(v: Any) -> str:
@@ -95,10 +96,13 @@ def report_markdown(metrics: dict[str, Any]) -> str:
     paper = paper_row(settings)
     out = [f"# SPG report: {settings.get('aux', '?')} -> {settings.get('target', '?')}", ""]
     out.append(f"Backbone `{settings.get('backbone', '?')}`, method `{settings.get('method', 'spg')}`, "
-               f"image score `{settings.get('aggregation', 'max')}`.")
-    out.append(f"AUPRO: exact (MVTec AD) and official (SPG code's 200 thresholds, FPR rescaled), "
-               f"FPR limit {settings.get('max_fpr', 0.3)}, headline `{settings.get('aupro_variant', 'mvtec')}`; "
-               f"map smoothing sigma {settings.get('smoothing_sigma', 0.0)}, "
+               f"protocol `{settings.get('protocol', 'studio')}`, image score `{settings.get('aggregation', 'max')}`"
+               f" of `{settings.get('image_score', 'map')}`.")
+    out.append(f"Two AUPROs: `aupro` is the exact MVTec AD definition (every threshold, area up to FPR "
+               f"{settings.get('max_fpr', 0.3)} / {settings.get('max_fpr', 0.3)}; definition "
+               f"`{settings.get('aupro_variant', 'mvtec')}`), `aupro_official` the official code's "
+               "(AnomalyCLIP's: 200 thresholds, FPR < 0.3 rescaled to [0, 1]); the paper reports the latter, "
+               f"so only it is compared with the paper. Map smoothing sigma {settings.get('smoothing_sigma', 0.0)}, "
                f"evaluated at {settings.get('eval_resolution', 'input')} resolution "
                f"({settings.get('image_size', '?')} px). Values in %.")
     for w in metrics.get("warnings", []):
@@ -108,7 +112,10 @@ def report_markdown(metrics: dict[str, Any]) -> str:
                    "MVTec AD <-> VisA), so no comparison is shown.")
     for key in METRICS:
         out += ["", f"## {METRIC_TITLES[key]}", ""]
-        if paper:
+        paper_key = PAPER_KEYS.get(key)
+        if paper and paper_key is None:
+            out += ["The paper reports no figure under this definition.", ""]
+        if paper and paper_key:
             name, table = paper
             out += [f"| Category | Ours | {name} | Difference |", "|---|---|---|---|"]
         else:
@@ -117,8 +124,8 @@ def report_markdown(metrics: dict[str, Any]) -> str:
         for cat in cats:
             ours = metrics["mean"] if cat == "mean" else metrics["per_category"][cat]
             cells = [cat, _fmt(ours.get(key))]
-            if paper:
-                ref = table.get(key, {}).get(cat)
+            if paper and paper_key:
+                ref = table.get(paper_key, {}).get(cat)
                 v = ours.get(key)
                 diff = "n/a" if ref is None or v is None or math.isnan(v) else f"{100 * v - ref:+.1f}"
                 cells += ["–" if ref is None else f"{ref:.1f}", diff]

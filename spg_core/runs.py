@@ -1,23 +1,30 @@
 """The run directory: one aux -> target experiment, written atomically, read with validation.
 
-    RUN/config.json               every setting used, versions, backbone identity, store paths
-    RUN/sae.safetensors           TopK SAE weights (+ config and backbone identity as metadata)
-    RUN/sae.json                  SAE config and training history (loss, FVU, dead latents)
-    RUN/guides.safetensors        theta_n, theta_a (EMA), raw theta
-    RUN/guides.json               guide config, history, active atom counts, auxiliary fit
+    RUN/config.json               every setting used (incl. `protocol`), versions, backbone identity, store paths
+    RUN/sae.safetensors           TopK SAE weights, dead-atom mask (+ config and backbone identity as metadata)
+    RUN/sae.json                  SAE config and training history (loss, FVU, dead latents, dead atoms)
+    RUN/guides.safetensors        theta_n, theta_a (pair) or theta [4, M] (official) (EMA), raw theta
+    RUN/guides.json               guide config, history, active atom counts, auxiliary fit, sae_sha256
     RUN/target/patch_maps.safetensors   anomaly probabilities on the patch grid [K, h, w] float32 and scores [K]
     RUN/target/scores.csv         one row per target image: path, category, defect, label, score
-    RUN/metrics.json              {"mean": {...}, "per_category": {...}, "settings": {...}}
+    RUN/metrics.json              {"mean": {...}, "per_category": {...}, "settings": {...}, "provenance": {...}}
     RUN/per_category.csv, RUN/report.md
     RUN/atoms/                    atom index and statistics (spg atoms)
 
 Full-resolution maps are the bilinear upsampling of the patch maps
 (`spg_core.scoring.upsample`), so they are recomputed on demand, not stored.
+
+Provenance: guides.json records the SHA-256 of the SAE it was trained on; the patch
+maps' metadata and metrics.json record the guides' hash and the target store's manifest
+hash. `stale_artifacts` names what no longer matches what produced it (e.g. maps and
+metrics after `spg train-guides` replaced the guides). Runs older than provenance
+record nothing and are never called stale.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 from pathlib import Path
 from typing import Any
@@ -28,12 +35,23 @@ from .atomic import load_tensors, read_json, save_tensors, write_json, write_tex
 from .config import RunConfig
 from .errors import SPGError
 
-CONFIG = "config.json"
-SAE = "sae.safetensors"
-GUIDES = "guides.safetensors"
-PATCH_MAPS = "target/patch_maps.safetensors"
-SCORES = "target/scores.csv"
-METRICS = "metrics.json"
+CONFIG_FILE = "config.json"
+SAE_FILE = "sae.safetensors"
+SAE_RECORD_FILE = "sae.json"
+GUIDES_FILE = "guides.safetensors"
+GUIDES_RECORD_FILE = "guides.json"
+PATCH_MAPS_FILE = "target/patch_maps.safetensors"
+SCORES_FILE = "target/scores.csv"
+METRICS_FILE = "metrics.json"
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes (read in 1 MiB blocks)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 class RunDir:
@@ -50,47 +68,75 @@ class RunDir:
 
     # -- config --------------------------------------------------------------------------
     def write_config(self, cfg: RunConfig, extra: dict[str, Any]) -> None:
-        write_json(self.file(CONFIG), {**cfg.to_dict(), **extra})
+        write_json(self.file(CONFIG_FILE), {**cfg.to_dict(), **extra})
 
     def read_config(self) -> dict[str, Any]:
         if not self.path.is_dir():
             raise SPGError("run directory not found", path=str(self.path),
                            fix="create one with `spg run --aux ... --target ... --out DIR`")
-        return read_json(self.file(CONFIG), what="run config")
+        return read_json(self.file(CONFIG_FILE), what="run config")
 
     def run_config(self) -> RunConfig:
         return RunConfig.from_dict(self.read_config())
 
     def update_config(self, **fields: Any) -> None:
+        """Set top-level keys of config.json, keeping every other key."""
         cfg = self.read_config()
         cfg.update(fields)
-        write_json(self.file(CONFIG), cfg)
+        write_json(self.file(CONFIG_FILE), cfg)
+
+    # -- provenance ------------------------------------------------------------------------
+    def digest(self, name: str) -> str | None:
+        """SHA-256 of one of the run's files, None when it is absent."""
+        return file_sha256(self.file(name)) if self.exists(name) else None
+
+    def stale_artifacts(self) -> list[str]:
+        """Files whose recorded producer no longer matches: guides trained on another SAE, maps
+        or metrics made with other guides. Empty for consistent runs and for runs without records."""
+        stale = []
+        guides_rec = read_json(self.file(GUIDES_RECORD_FILE), what="guide record") \
+            if self.exists(GUIDES_RECORD_FILE) else {}
+        sae_sha = guides_rec.get("provenance", {}).get("sae_sha256")
+        if sae_sha and self.exists(SAE_FILE) and sae_sha != self.digest(SAE_FILE):
+            stale.append(GUIDES_FILE)
+        guides_sha = self.digest(GUIDES_FILE)
+        if self.exists(METRICS_FILE):
+            recorded = self.read_metrics().get("provenance", {}).get("guides_sha256")
+            if recorded and recorded != guides_sha:
+                stale.append(METRICS_FILE)
+        if self.exists(PATCH_MAPS_FILE):
+            _, meta = load_tensors(self.file(PATCH_MAPS_FILE), what="target maps")
+            recorded = meta.get("provenance", {}).get("guides_sha256")
+            if recorded and recorded != guides_sha:
+                stale.append(PATCH_MAPS_FILE)
+        return stale
 
     # -- target outputs --------------------------------------------------------------------
     def write_target(self, probs: torch.Tensor, scores: torch.Tensor, records: list[dict[str, Any]],
-                     grid: tuple[int, int], image_size: int) -> None:
-        """probs `[K, N]`, scores `[K]`, one record per target image."""
+                     grid: tuple[int, int], image_size: int, provenance: dict[str, Any] | None = None) -> None:
+        """probs `[K, N]`, scores `[K]`, one record per target image; `provenance`: hashes of the
+        guides and target store that produced them."""
         h, w = grid
-        save_tensors(self.file(PATCH_MAPS), {"probs": probs.reshape(-1, h, w).float(),
-                                             "scores": scores.float()},
-                     {"grid": [h, w], "image_size": image_size})
+        save_tensors(self.file(PATCH_MAPS_FILE), {"probs": probs.reshape(-1, h, w).float(),
+                                                  "scores": scores.float()},
+                     {"grid": [h, w], "image_size": image_size, "provenance": provenance or {}})
         buf = io.StringIO()
         writer = csv.writer(buf)
         writer.writerow(["index", "image_path", "category", "defect", "label", "score"])
         for i, (r, s) in enumerate(zip(records, scores.tolist())):
             writer.writerow([i, r["image_path"], r["category"], r["defect"], r["label"], f"{s:.6f}"])
-        write_text(self.file(SCORES), buf.getvalue())
+        write_text(self.file(SCORES_FILE), buf.getvalue())
 
     def read_target(self) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
         """(probs `[K, h, w]` float32, scores `[K]`, metadata with grid and image_size)."""
-        tensors, meta = load_tensors(self.file(PATCH_MAPS), what="target maps")
+        tensors, meta = load_tensors(self.file(PATCH_MAPS_FILE), what="target maps")
         if "probs" not in tensors or "scores" not in tensors:
-            raise SPGError("target maps file lacks probs/scores", path=str(self.file(PATCH_MAPS)),
+            raise SPGError("target maps file lacks probs/scores", path=str(self.file(PATCH_MAPS_FILE)),
                            fix="re-run `spg eval --run DIR`")
         return tensors["probs"].float(), tensors["scores"].float(), meta
 
     def read_scores(self) -> list[dict[str, Any]]:
-        path = self.file(SCORES)
+        path = self.file(SCORES_FILE)
         if not path.is_file():
             raise SPGError("target scores not found", path=str(path), fix="re-run `spg eval --run DIR`")
         with open(path, newline="") as fh:
@@ -100,7 +146,7 @@ class RunDir:
         return rows
 
     def read_metrics(self) -> dict[str, Any]:
-        return read_json(self.file(METRICS), what="metrics")
+        return read_json(self.file(METRICS_FILE), what="metrics")
 
 
 def list_runs(root: str | Path) -> list[Path]:

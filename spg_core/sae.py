@@ -4,6 +4,14 @@
     s  = ReLU(TopK_k(z))                  exactly k candidates, non-negative
     f^ = W_dec s + b_dec                  columns d_j of W_dec are the atoms
 
+Two forms. The studio form (`bias=True`) has both biases. The official form
+(`bias=False`, riips/SPG `src/modules/sae/sae.py`) has neither, starts from atoms
+drawn N(0, 1/M) and normalised with the encoder tied to them, and normalises the
+atoms again inside every forward (`atoms()`), besides after every optimiser step.
+
+An SAE may carry a dead-atom mask (`dead` `[M]` bool, True = never fired on the
+auxiliary set), computed after training and saved with it; guides zero those atoms.
+
 Knows nothing of images: it sees tokens `[T, D]`.
 """
 
@@ -36,25 +44,41 @@ class SparseCode:
 class TopKSAE(nn.Module):
     """TopK SAE with unit-norm decoder columns. `W_dec` is `[D, M]`; `W_enc` is `[M, D]`."""
 
-    def __init__(self, dim: int, width: int, k: int, *, seed: int = 0):
+    def __init__(self, dim: int, width: int, k: int, *, seed: int = 0, bias: bool = True):
         super().__init__()
         if not 0 < k <= width:
             raise SPGError(f"TopK k={k} must be between 1 and the dictionary width M={width}",
                            fix="choose --k no larger than --width")
-        self.dim, self.width, self.k = dim, width, k
+        self.dim, self.width, self.k, self.bias = dim, width, k, bias
         gen = torch.Generator().manual_seed(seed)
-        w_dec = torch.randn(dim, width, generator=gen)
-        w_dec /= w_dec.norm(dim=0, keepdim=True)
-        self.W_dec = nn.Parameter(w_dec)
+        if bias:
+            w_dec = torch.randn(dim, width, generator=gen)
+        else:   # official: atoms [M, D] ~ N(0, 1/M), then unit rows
+            w_dec = (torch.randn(width, dim, generator=gen) / width ** 0.5).t()
+        w_dec = w_dec / w_dec.norm(dim=0, keepdim=True).clamp_min(1e-8)
+        self.W_dec = nn.Parameter(w_dec.contiguous())
         # Encoder starts as the decoder's transpose (Gao et al.): every latent begins
         # by detecting the direction it writes, which keeps early dead latents rare.
         self.W_enc = nn.Parameter(w_dec.t().clone())
-        self.b_enc = nn.Parameter(torch.zeros(width))
-        self.b_dec = nn.Parameter(torch.zeros(dim))
+        if bias:
+            self.b_enc = nn.Parameter(torch.zeros(width))
+            self.b_dec = nn.Parameter(torch.zeros(dim))
+        else:
+            self.b_enc = self.b_dec = None
+        self.dead: torch.Tensor | None = None     # [M] bool once computed (see sae_train.dead_atom_mask)
 
     # -- forward pieces -------------------------------------------------------------
+    def atoms(self) -> torch.Tensor:
+        """The dictionary `[D, M]` as the forward uses it: unit columns, renormalised in the
+        forward itself in the official form (official eps 1e-8 added to the norm)."""
+        if self.bias:
+            return self.W_dec
+        return self.W_dec / (self.W_dec.norm(dim=0, keepdim=True) + 1e-8)
+
     def pre_activation(self, f: torch.Tensor) -> torch.Tensor:
         """`[T, D]` -> `[T, M]` encoder pre-activations z."""
+        if not self.bias:
+            return f @ self.W_enc.t()
         z = (f - self.b_dec) @ self.W_enc.t()
         # Add the bias in z's dtype: under bf16 autocast an fp32 bias would promote the
         # whole [T, M] pre-activation back to fp32 (a copy, and a slower top-k).
@@ -72,13 +96,18 @@ class TopKSAE(nn.Module):
     def decode(self, code: SparseCode) -> torch.Tensor:
         """Sparse decode: a weighted sum of the k chosen atoms per token, without multiplying
         by M - k zeros or materialising `[T, k, D]`. `[T, k]` -> `[T, D]`."""
-        weight = self.W_dec.t()
-        out = F.embedding_bag(code.indices, weight, per_sample_weights=code.values.to(weight.dtype), mode="sum")
-        return out + self.b_dec
+        out = self.decode_atoms(code)
+        return out if self.b_dec is None else out + self.b_dec
+
+    def decode_atoms(self, code: SparseCode) -> torch.Tensor:
+        """`[T, k]` code -> `[T, D]` weighted sum of its atoms, no decoder bias (AuxK's residual fit)."""
+        weight = self.atoms().t()
+        return F.embedding_bag(code.indices, weight, per_sample_weights=code.values.to(weight.dtype), mode="sum")
 
     def decode_dense(self, s: torch.Tensor) -> torch.Tensor:
         """`[T, M]` -> `[T, D]` with a dense matmul (fastest when T*k*D is large on GPUs)."""
-        return s @ self.W_dec.t() + self.b_dec
+        out = s @ self.atoms().t()
+        return out if self.b_dec is None else out + self.b_dec
 
     def forward(self, f: torch.Tensor, *, sparse_decode: bool = False) -> tuple[torch.Tensor, SparseCode]:
         """`[T, D]` -> (reconstruction `[T, D]`, code)."""
@@ -95,27 +124,41 @@ class TopKSAE(nn.Module):
     @torch.no_grad()
     def remove_parallel_grad(self) -> None:
         """Drop the gradient component along each unit-norm atom: it would only change its
-        norm, which `normalise_decoder` undoes anyway, and it distorts Adam's moments."""
-        if self.W_dec.grad is None:
+        norm, which `normalise_decoder` undoes anyway, and it distorts Adam's moments.
+        Studio form only: the official code keeps the whole gradient."""
+        if self.W_dec.grad is None or not self.bias:
             return
         parallel = (self.W_dec.grad * self.W_dec).sum(dim=0, keepdim=True)
         self.W_dec.grad.sub_(parallel * self.W_dec)
 
     @torch.no_grad()
     def init_bias(self, tokens: torch.Tensor, how: str = "mean") -> None:
-        """Pre-centring: b_dec at the data mean (or coordinate-wise median) of `[T, D]` tokens."""
+        """Pre-centring: b_dec at the data mean (or coordinate-wise median) of `[T, D]` tokens.
+        The bias-free (official) form has no b_dec: nothing to do."""
+        if self.b_dec is None:
+            return
         x = tokens.float()
         centre = x.median(dim=0).values if how == "median" else x.mean(dim=0)
         self.b_dec.copy_(centre.to(self.b_dec))
 
     # -- persistence -----------------------------------------------------------------
     def config(self) -> dict[str, Any]:
-        return {"dim": self.dim, "width": self.width, "k": self.k}
+        return {"dim": self.dim, "width": self.width, "k": self.k, "bias": self.bias}
+
+    def live_atoms(self) -> torch.Tensor:
+        """`[M]` bool: atoms not in the dead-atom mask (all True when no mask was computed)."""
+        if self.dead is None:
+            return torch.ones(self.width, dtype=torch.bool, device=self.W_dec.device)
+        return ~self.dead.to(self.W_dec.device)
 
     def save(self, path: str, extra: dict[str, Any] | None = None) -> None:
-        """safetensors weights with the config (and `extra`, e.g. backbone identity) as metadata."""
+        """safetensors weights (+ the dead-atom mask as uint8 `dead_atoms`) with the config
+        (and `extra`, e.g. backbone identity) as metadata."""
         meta = {"config": self.config(), **(extra or {})}
-        save_tensors(path, {k: v for k, v in self.state_dict().items()}, meta)
+        tensors = {k: v for k, v in self.state_dict().items()}
+        if self.dead is not None:
+            tensors["dead_atoms"] = self.dead.to(torch.uint8)
+        save_tensors(path, tensors, meta)
 
     @classmethod
     def load(cls, path: str, *, expect_dim: int | None = None, map_location: str | torch.device = "cpu") -> tuple["TopKSAE", dict[str, Any]]:
@@ -130,18 +173,19 @@ class TopKSAE(nn.Module):
                 f"SAE was trained on {cfg['dim']}-dim tokens but this backbone gives {expect_dim}-dim tokens "
                 f"(SAE backbone: {meta.get('backbone', {}).get('backbone', 'unknown')})",
                 path=path, fix="use an SAE trained with the same backbone, or re-train with `spg train-sae`")
-        sae = cls(cfg["dim"], cfg["width"], cfg["k"])
+        sae = cls(cfg["dim"], cfg["width"], cfg["k"], bias=bool(cfg.get("bias", True)))
+        dead = tensors.pop("dead_atoms", None)
+        if dead is not None:
+            if tuple(dead.shape) != (sae.width,):
+                raise SPGError(f"dead-atom mask has shape {list(dead.shape)}, expected [{sae.width}]", path=path,
+                               fix="the file is damaged: re-train it with `spg train-sae`")
+            sae.dead = dead.bool()
         try:
             sae.load_state_dict(tensors)
         except RuntimeError as exc:
             raise SPGError(f"SAE file does not match its own config ({exc})", path=path,
                            fix="the file is damaged: re-train it with `spg train-sae`") from None
-        return sae.to(map_location), meta
-
-
-def fraction_of_variance_unexplained(f: torch.Tensor, recon: torch.Tensor) -> float:
-    """FVU = sum |f - f^|^2 / sum |f - mean(f)|^2 over `[T, D]` tokens."""
-    f = f.float()
-    resid = (f - recon.float()).pow(2).sum()
-    total = (f - f.mean(dim=0)).pow(2).sum().clamp_min(1e-12)
-    return float(resid / total)
+        sae = sae.to(map_location)
+        if sae.dead is not None:
+            sae.dead = sae.dead.to(map_location)
+        return sae, meta

@@ -3,6 +3,12 @@
 Tokens are shuffled at token level; a batch holds as many tokens as
 `batch_images` images have (the paper's batch of 16 images). When every token
 fits on the device it is moved there once, so the loop has no host round trip.
+
+With `cfg.auxk > 0` the loss adds the AuxK term (Gao et al.; official rule, riips/SPG
+`src/modules/sae/sae.py`): a latent is dead for AuxK when no code value exceeded
+`cfg.auxk_threshold` in its last `auxk_dead_tokens // tokens_per_step` steps; the
+top `auxk` pre-activations of the dead latents reconstruct the detached residual.
+After training, `dead_atom_mask` marks the atoms that never fire on the whole set.
 """
 
 from __future__ import annotations
@@ -26,6 +32,18 @@ def _fits_on(device: torch.device, nbytes: int) -> bool:
         return True
     free, _ = torch.cuda.mem_get_info(device)
     return nbytes < _RESIDENT_SHARE * free
+
+
+@torch.no_grad()
+def dead_atom_mask(sae: TopKSAE, tokens: torch.Tensor, *, batch: int = 65536) -> torch.Tensor:
+    """`[M]` bool, True for atoms whose code is never > 0 on any of the `[T, D]` tokens
+    (official `count_active == 0`)."""
+    device = sae.W_dec.device
+    fired = torch.zeros(sae.width, dtype=torch.bool, device=device)
+    for i in range(0, tokens.shape[0], batch):
+        code = sae.encode(tokens[i:i + batch].to(device).float())
+        fired[code.indices[code.values > 0]] = True
+    return ~fired
 
 
 @torch.no_grad()
@@ -57,12 +75,65 @@ def mark_fired(since_fired: torch.Tensor, code: SparseCode, n_tokens: int) -> No
     since_fired.add_(n_tokens).masked_fill_(fired[:width], 0)
 
 
+def mark_silent_steps(steps_silent: torch.Tensor, code: SparseCode, threshold: float) -> None:
+    """Official AuxK statistic, per step: every latent's count of steps without a code value
+    above `threshold` grows by one, and restarts at 1 for the latents that did exceed it."""
+    width = steps_silent.shape[0]
+    idx = torch.where(code.values > threshold, code.indices, torch.full_like(code.indices, width))
+    fired = torch.zeros(width + 1, dtype=torch.bool, device=steps_silent.device)
+    fired.scatter_(0, idx.flatten(), True)
+    steps_silent.masked_fill_(fired[:width], 0).add_(1)
+
+
+def auxk_dead_steps(cfg: SAEConfig, tokens_per_step: int) -> int:
+    """Silent steps after which a latent is dead for AuxK (official: 10M tokens' worth, at least 1)."""
+    return max(1, cfg.auxk_dead_tokens // max(1, tokens_per_step))
+
+
+def auxk_loss(sae: TopKSAE, f: torch.Tensor, recon: torch.Tensor, pre: torch.Tensor,
+              dead: torch.Tensor, k_aux: int) -> torch.Tensor:
+    """AuxK: reconstruct the detached residual `f - f^` `[T, D]` from the `k_aux` largest
+    pre-activations `[T, M]` of the `dead` `[M]` latents; mean over D and tokens.
+
+    As the official code: live latents' pre-activations are zeroed (not -inf) before the
+    top-k and values are clamped at 0, so with fewer than k_aux dead latents the rest
+    contribute nothing; no decoder bias (it fits a residual)."""
+    top = (pre * dead.to(pre.dtype)).topk(min(k_aux, pre.shape[-1]), dim=-1)
+    e_hat = sae.decode_atoms(SparseCode(top.values.clamp_min(0), top.indices))
+    resid = (f - recon).detach()
+    return torch.nan_to_num((resid - e_hat.float()).pow(2).mean(-1)).mean()
+
+
 def reconstruction_loss(sae: TopKSAE, f: torch.Tensor, bf16: bool,
                         sparse_decode: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Mean squared reconstruction error of `[T, D]` tokens, and the code (values, indices `[T, k]`)."""
+    """Reconstruction error of `[T, D]` tokens, and the code (values, indices `[T, k]`).
+
+    Studio form: squared error summed over D; official form: averaged over D (their MSE)."""
     with torch.autocast(f.device.type, dtype=torch.bfloat16, enabled=bf16):
         recon, code = sae(f, sparse_decode=sparse_decode)
-    return (recon.float() - f).pow(2).sum(-1).mean(), code.values, code.indices
+    err = (recon.float() - f).pow(2)
+    return (err.sum(-1) if sae.bias else err.mean(-1)).mean(), code.values, code.indices
+
+
+def loss_with_auxk(sae: TopKSAE, f: torch.Tensor, cfg: SAEConfig, steps_silent: torch.Tensor,
+                   dead_steps: int, bf16: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Official step loss: MSE + auxk_coef * AuxK, updating the silence statistic first (as the
+    official forward does, so this step's firing counts). Returns (loss, values, indices)."""
+    with torch.autocast(f.device.type, dtype=torch.bfloat16, enabled=bf16):
+        pre = sae.pre_activation(f)
+        top = pre.topk(sae.k, dim=-1, sorted=False)
+        code = SparseCode(torch.relu(top.values), top.indices)
+        recon = sae.decode_dense(code.dense(sae.width))
+    with torch.no_grad():
+        mark_silent_steps(steps_silent, code, cfg.auxk_threshold)
+    recon = recon.float()
+    err = (recon - f).pow(2)
+    loss = (err.sum(-1) if sae.bias else err.mean(-1)).mean()
+    dead = steps_silent > dead_steps
+    # Always computed (zero when nothing is dead): a host sync on `dead.any()` every step
+    # would cost more than the top-k it saves.
+    loss = loss + cfg.auxk_coef * auxk_loss(sae, f, recon, pre.float(), dead, cfg.auxk)
+    return loss, code.values, code.indices
 
 
 def train_sae(tokens: torch.Tensor, cfg: SAEConfig, *, tokens_per_image: int, device: torch.device,
@@ -76,13 +147,13 @@ def train_sae(tokens: torch.Tensor, cfg: SAEConfig, *, tokens_per_image: int, de
     torch.compile mode such as "reduce-overhead") fuses the forward and loss (CUDA, long runs).
     """
     dim = tokens.shape[1]
-    sae = TopKSAE(dim, cfg.width, cfg.k, seed=cfg.seed).to(device)
+    sae = TopKSAE(dim, cfg.width, cfg.k, seed=cfg.seed, bias=cfg.bias).to(device)
     if tokens.device != device and _fits_on(device, tokens.numel() * tokens.element_size()):
         tokens = tokens.to(device)
     sample = tokens[torch.randperm(tokens.shape[0], generator=torch.Generator().manual_seed(cfg.seed))[:65536].to(tokens.device)]
     sae.init_bias(sample.to(device), cfg.init_bias)
     # Fused Adam: one kernel for all parameters instead of a handful per tensor.
-    opt = torch.optim.Adam(sae.parameters(), lr=cfg.lr, fused=device.type == "cuda")
+    opt = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=tuple(cfg.adam_betas), fused=device.type == "cuda")
     use_bf16 = (device.type == "cuda") if bf16 is None else bf16
     batch = cfg.batch_images * tokens_per_image
     n = tokens.shape[0]
@@ -90,6 +161,8 @@ def train_sae(tokens: torch.Tensor, cfg: SAEConfig, *, tokens_per_image: int, de
     gen = torch.Generator(device=tokens.device).manual_seed(cfg.seed)
     # Tokens since each latent last fired: a latent silent for `dead_after_tokens` is dead.
     since_fired = torch.zeros(cfg.width, dtype=torch.long, device=device)
+    steps_silent = torch.zeros(cfg.width, dtype=torch.long, device=device)   # AuxK's statistic
+    dead_steps = auxk_dead_steps(cfg, batch)
     step_loss = reconstruction_loss
     if compile:
         step_loss = torch.compile(reconstruction_loss, mode=compile if isinstance(compile, str) else None)
@@ -101,7 +174,10 @@ def train_sae(tokens: torch.Tensor, cfg: SAEConfig, *, tokens_per_image: int, de
         loss_sum = torch.zeros((), device=device)
         for s in range(steps):
             f = tokens[order[s * batch:(s + 1) * batch]].to(device, non_blocking=True).float()
-            loss, values, indices = step_loss(sae, f, use_bf16, sparse_decode)
+            if cfg.auxk > 0:
+                loss, values, indices = loss_with_auxk(sae, f, cfg, steps_silent, dead_steps, use_bf16)
+            else:
+                loss, values, indices = step_loss(sae, f, use_bf16, sparse_decode)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             sae.remove_parallel_grad()
@@ -122,3 +198,10 @@ def train_sae(tokens: torch.Tensor, cfg: SAEConfig, *, tokens_per_image: int, de
     final = evaluate_sae(sae, tokens)
     history.append({"epoch": "final", **final})
     return sae, history
+
+
+def attach_dead_mask(sae: TopKSAE, tokens: torch.Tensor) -> int:
+    """Compute the dead-atom mask over `[T, D]` tokens (the whole auxiliary set: patch and CLS
+    tokens), keep it on the SAE, and return the number of dead atoms."""
+    sae.dead = dead_atom_mask(sae, tokens)
+    return int(sae.dead.sum())

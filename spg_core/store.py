@@ -4,6 +4,7 @@ One store per (dataset, split, backbone identity, resolution, layer). Layout:
 
     STORE/manifest.json              identity, grid, dtype, per-image records, shard list
     STORE/shard_00000.safetensors    tokens [n, N, D] fp16 + masks [n, ceil(S*S/8)] uint8 (bit-packed, S x S)
+                                     + cls [n, D] fp16 when the backbone has a CLS token (version 2)
     STORE/skipped.json               images skipped with --skip-bad, and why
 
 Shards are written atomically as they complete, and the manifest lists only
@@ -20,6 +21,7 @@ import os
 import re
 import shutil
 import struct
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
@@ -36,7 +38,7 @@ from .errors import SPGError
 from .images import image_to_uint8, load_image, load_mask, mask_to_tensor
 from .paths import cache_root
 
-STORE_VERSION = 1
+STORE_VERSION = 2   # 2: optional `cls` tensor per shard; v1 stores are rebuilt (with a note)
 DEFAULT_SHARD_IMAGES = 256
 
 
@@ -98,6 +100,8 @@ class TokenStore:
                            fix="re-run the same `spg extract` / `spg run` command to resume it")
         self._tokens = [_memmap_tensor(self.root / s["file"], "tokens") for s in self.manifest["shards"]]
         self._masks = [_memmap_tensor(self.root / s["file"], "masks") for s in self.manifest["shards"]]
+        self._cls = ([_memmap_tensor(self.root / s["file"], "cls") for s in self.manifest["shards"]]
+                     if self.manifest.get("cls") else None)
         self._offsets = np.cumsum([0] + [s["count"] for s in self.manifest["shards"]])
 
     # -- description ------------------------------------------------------------------
@@ -160,6 +164,20 @@ class TokenStore:
             out[row] = np.unpackbits(self._masks[shard][local], count=s * s).reshape(s, s)
         return torch.from_numpy(out)
 
+    @property
+    def has_cls(self) -> bool:
+        return self._cls is not None
+
+    def cls(self, indices: list[int] | np.ndarray) -> torch.Tensor | None:
+        """CLS tokens of the given images as float32 `[B, D]`; None when the store has none."""
+        if self._cls is None:
+            return None
+        out = np.empty((len(indices), self.dim), dtype=np.float32)
+        for row, i in enumerate(indices):
+            shard, local = self._locate(int(i))
+            out[row] = self._cls[shard][local]
+        return torch.from_numpy(out)
+
     def labels(self) -> np.ndarray:
         return np.array([r["label"] for r in self.images], dtype=np.int64)
 
@@ -172,6 +190,12 @@ class TokenStore:
         """Every token as one `[n_img * N, D]` tensor on `device` (caller checks it fits)."""
         parts = [torch.from_numpy(np.array(t)).to(device=device, dtype=dtype) for _, t in self.iter_shards()]
         return torch.cat(parts).reshape(-1, self.dim)
+
+    def all_cls(self, dtype: torch.dtype = torch.float16) -> torch.Tensor | None:
+        """Every image's CLS token `[n_img, D]` (CPU), None when the store has none."""
+        if self._cls is None:
+            return None
+        return torch.cat([torch.from_numpy(np.array(c)).to(dtype) for c in self._cls])
 
 
 # -- building -------------------------------------------------------------------------------
@@ -189,8 +213,8 @@ class _CheckedImages(torch.utils.data.Dataset):
     with the file's name, or skip it with --skip-bad, without a separate decode pass.
     """
 
-    def __init__(self, samples: list[Sample], size: int):
-        self.samples, self.size = samples, size
+    def __init__(self, samples: list[Sample], size: int, mask_resize: str = "nearest"):
+        self.samples, self.size, self.mask_resize = samples, size, mask_resize
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -203,7 +227,8 @@ class _CheckedImages(torch.utils.data.Dataset):
             if s.mask_path is None:
                 mask = torch.zeros(size, size)
             else:
-                mask = mask_to_tensor(load_mask(s.mask_path, img.size, image_path=s.image_path), size)
+                mask = mask_to_tensor(load_mask(s.mask_path, img.size, image_path=s.image_path), size,
+                                      self.mask_resize)
             error = ""
         except SPGError as exc:
             image, mask, error = torch.zeros(3, size, size, dtype=torch.uint8), torch.zeros(size, size), str(exc)
@@ -230,6 +255,10 @@ def build_store(dataset: Dataset, backbone: Backbone, *, cache_dir: str | Path |
         except json.JSONDecodeError:
             manifest = None
         if manifest is None or manifest.get("key") != key:
+            old = (manifest or {}).get("key", {}).get("version")
+            if old is not None and old != STORE_VERSION:
+                print(f"note: token store format changed (v{old} -> v{STORE_VERSION}: CLS tokens); "
+                      f"re-extracting {root}", file=sys.stderr)
             shutil.rmtree(root)          # stale or damaged: rebuild from scratch
             manifest = None
         elif manifest.get("complete"):
@@ -237,7 +266,7 @@ def build_store(dataset: Dataset, backbone: Backbone, *, cache_dir: str | Path |
 
     if manifest is None:
         root.mkdir(parents=True, exist_ok=True)
-        manifest = {"key": key, "complete": False, "shard_images": shard_images,
+        manifest = {"key": key, "complete": False, "shard_images": shard_images, "cls": backbone.has_cls,
                     "images": _records(dataset.samples), "skipped": [], "shards": []}
         write_json(manifest_path, manifest)
 
@@ -269,7 +298,7 @@ def _extract_missing_shards(root: Path, manifest: dict[str, Any], backbone: Back
     start = sum(s["count"] for s in manifest["shards"])
     todo = manifest["images"][start:]
     loader = torch.utils.data.DataLoader(
-        _CheckedImages([Sample(**r) for r in todo], backbone.image_size),
+        _CheckedImages([Sample(**r) for r in todo], backbone.image_size, backbone.mask_resize),
         batch_size=batch_size, num_workers=workers, pin_memory=on_cuda,
         prefetch_factor=4 if workers else None)
     bar = tqdm(total=len(todo), desc=f"extract {backbone.name}", unit="img", disable=not progress)
@@ -292,7 +321,8 @@ def _extract_missing_shards(root: Path, manifest: dict[str, Any], backbone: Back
                 images, masks = images[rows], masks[rows]
             if keep:
                 images = images.to(device, non_blocking=True).float().div_(255.0)
-                buffer.add(backbone.extract(images), masks.numpy(), [todo[p] for p in keep])
+                tokens, cls = backbone.extract_with_cls(images)
+                buffer.add(tokens, masks.numpy(), [todo[p] for p in keep], cls)
             seen += len(batch["error"])
             bar.update(len(batch["error"]))
             while buffer.full() or (buffer.count and seen == len(todo)):
@@ -318,10 +348,12 @@ class _ShardBuffer:
         h, w = backbone.grid
         self.buffers = [torch.empty(per_shard, h * w, backbone.dim, dtype=torch.float16, pin_memory=pinned)
                         for _ in range(2)]
+        self.cls_buffers = ([torch.empty(per_shard, backbone.dim, dtype=torch.float16, pin_memory=pinned)
+                             for _ in range(2)] if backbone.has_cls else None)
         self.current, self.pinned, self.per_shard = 0, pinned, per_shard
         self.masks: list[np.ndarray] = []
         self.records: list[dict[str, Any]] = []
-        self.overflow: tuple[torch.Tensor, np.ndarray, list[dict[str, Any]]] | None = None
+        self.overflow: tuple[torch.Tensor, np.ndarray, list[dict[str, Any]], torch.Tensor | None] | None = None
 
     @property
     def count(self) -> int:
@@ -330,20 +362,24 @@ class _ShardBuffer:
     def full(self) -> bool:
         return self.count >= self.per_shard
 
-    def add(self, tokens: torch.Tensor, masks: np.ndarray, records: list[dict[str, Any]]) -> None:
-        """Append `[b, N, D]` tokens and packed masks; what does not fit waits for the next shard."""
+    def add(self, tokens: torch.Tensor, masks: np.ndarray, records: list[dict[str, Any]],
+            cls: torch.Tensor | None = None) -> None:
+        """Append `[b, N, D]` tokens, packed masks and CLS `[b, D]`; what does not fit waits for the next shard."""
         n = min(self.per_shard - self.count, tokens.shape[0])
         self.buffers[self.current][self.count:self.count + n].copy_(tokens[:n], non_blocking=self.pinned)
+        if self.cls_buffers is not None:
+            self.cls_buffers[self.current][self.count:self.count + n].copy_(cls[:n], non_blocking=self.pinned)
         self.masks.append(masks[:n])
         self.records += records[:n]
         if n < tokens.shape[0]:
-            self.overflow = (tokens[n:], masks[n:], records[n:])
+            self.overflow = (tokens[n:], masks[n:], records[n:], None if cls is None else cls[n:])
 
-    def take(self) -> tuple[torch.Tensor, np.ndarray, list[dict[str, Any]]]:
+    def take(self) -> tuple[torch.Tensor, np.ndarray, list[dict[str, Any]], torch.Tensor | None]:
         """The finished shard (a view of the current buffer); the other buffer becomes current."""
         if self.pinned:
             torch.cuda.synchronize()        # the non-blocking copies into the buffer must be done
-        shard = (self.buffers[self.current][:self.count], np.concatenate(self.masks), self.records)
+        cls = None if self.cls_buffers is None else self.cls_buffers[self.current][:self.count]
+        shard = (self.buffers[self.current][:self.count], np.concatenate(self.masks), self.records, cls)
         self.current = 1 - self.current
         self.masks, self.records = [], []
         overflow, self.overflow = self.overflow, None
@@ -353,11 +389,14 @@ class _ShardBuffer:
 
 
 def _write_shard(root: Path, manifest: dict[str, Any],
-                 shard: tuple[torch.Tensor, np.ndarray, list[dict[str, Any]]]) -> None:
+                 shard: tuple[torch.Tensor, np.ndarray, list[dict[str, Any]], torch.Tensor | None]) -> None:
     """Write one shard atomically, then record it (and drop skipped images) in the manifest."""
-    tokens, masks, records = shard
+    tokens, masks, records, cls = shard
     name = f"shard_{len(manifest['shards']):05d}.safetensors"
-    save_tensors(root / name, {"tokens": tokens, "masks": torch.from_numpy(masks)})
+    tensors = {"tokens": tokens, "masks": torch.from_numpy(masks)}
+    if cls is not None:
+        tensors["cls"] = cls
+    save_tensors(root / name, tensors)
     start = sum(s["count"] for s in manifest["shards"])
     skipped = {r["image_path"] for r in manifest["skipped"]}
     manifest["images"] = manifest["images"][:start] + [r for r in manifest["images"][start:]

@@ -22,7 +22,9 @@ from PIL import Image, UnidentifiedImageError
 from .atoms.build import INDEX as ATOM_INDEX
 from .errors import SPGError
 from .report import METRIC_TITLES, METRICS, paper_row
-from .runs import CONFIG, GUIDES, METRICS as METRICS_FILE, PATCH_MAPS, SAE, SCORES, list_runs
+from .images import MAX_IMAGE_PIXELS
+from .runs import (CONFIG_FILE as CONFIG, GUIDES_FILE as GUIDES, METRICS_FILE, PATCH_MAPS_FILE as PATCH_MAPS,
+                   SAE_FILE as SAE, SCORES_FILE as SCORES, RunDir, list_runs)
 
 RUNS_ENV = "SPG_RUNS_ROOT"
 
@@ -30,7 +32,7 @@ RUNS_ENV = "SPG_RUNS_ROOT"
 # backbones see (they resize to <= 518 px), and decoding more would let one upload stall the server.
 UPLOAD_TYPES = ("png", "jpg", "jpeg", "bmp", "tif", "tiff", "webp")
 MAX_UPLOAD_BYTES = 25 * 1024 * 1024
-MAX_UPLOAD_PIXELS = 40_000_000
+MAX_UPLOAD_PIXELS = MAX_IMAGE_PIXELS   # the engine's one pixel limit (images.py)
 
 # What each artifact is needed for, in the words a page shows.
 ARTIFACTS: dict[str, str] = {
@@ -93,6 +95,7 @@ class RunHealth:
     present: dict[str, bool] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)      # complete but questionable, e.g. saturated guides
+    stale: list[str] = field(default_factory=list)      # artifacts whose producer changed since
 
     def has(self, *files: str) -> bool:
         return all(self.present.get(f, False) for f in files)
@@ -108,6 +111,8 @@ class RunHealth:
             return "training"
         if not self.has(PATCH_MAPS, SCORES, METRICS_FILE):
             return "not evaluated"
+        if self.stale:      # maps or metrics from earlier guides (see RunDir.stale_artifacts)
+            return "stale"
         return "complete" if self.has(ATOM_INDEX) else "no atoms"
 
 
@@ -129,6 +134,13 @@ def check_run(path: str | Path) -> RunHealth:
         if not health.present[name] and not any(name in p for p in health.problems):
             health.problems.append(f"{ARTIFACTS[name]} missing ({name})")
     health.notes += guide_notes(health.path / "guides.json")
+    try:
+        health.stale = RunDir(health.path).stale_artifacts()
+    except SPGError:
+        pass            # unreadable files are reported as problems above
+    if health.stale:
+        health.notes.append(f"stale: {', '.join(health.stale)} were made from earlier inputs; "
+                            "re-run `spg eval --run DIR`")
     return health
 
 

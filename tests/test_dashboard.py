@@ -339,19 +339,19 @@ def test_models_are_shared_between_sessions(runs_root, monkeypatch):
     """st.cache_resource: a second browser session re-uses the first one's Predictor."""
     import streamlit as st
 
-    import spg_core.pipeline as pipeline
+    import spg_core.inference as inference
 
     st.cache_data.clear()
     st.cache_resource.clear()
     built = []
-    original = pipeline.Predictor
+    original = inference.Predictor
 
     class Counting(original):  # type: ignore[misc, valid-type]
         def __init__(self, *args, **kwargs):
             built.append(args[0])
             super().__init__(*args, **kwargs)
 
-    monkeypatch.setattr(pipeline, "Predictor", Counting)
+    monkeypatch.setattr(inference, "Predictor", Counting)
     for _ in range(2):
         open_app(runs_root, monkeypatch, page="atoms.py", run=RUN)
     assert len(built) == 1

@@ -7,7 +7,7 @@ import torch
 
 from spg_core.config import GuideConfig
 from spg_core.errors import SPGError
-from spg_core.guides import GuidePair, dice_loss, focal_loss, topk_mask, train_guides
+from spg_core.guides import GuideBatch, GuidePair, dice_loss, focal_loss, topk_mask, train_guides
 from spg_core.scoring import cosine_logits, image_scores, patch_probabilities, upsample
 
 
@@ -54,7 +54,7 @@ def test_guide_vectors_are_dictionary_combinations():
 def test_training_lowers_loss_and_ema_differs_from_raw():
     dictionary, tokens, masks, grid = _toy_problem()
     cfg = GuideConfig(epochs=15, batch_images=4, lr=2e-2, l1=1e-4)
-    pair, history = train_guides(dictionary, lambda idx: (tokens[idx], masks[idx]), len(tokens), grid, cfg,
+    pair, history = train_guides(dictionary, lambda idx: GuideBatch(tokens[idx], masks[idx], (masks[idx].flatten(1).amax(1) > 0).long()), len(tokens), grid, cfg,
                                  device=torch.device("cpu"), progress=False)
     assert history[-1]["loss"] < 0.7 * history[0]["loss"]
     assert not torch.allclose(pair.theta_ema, pair.theta.detach())
@@ -69,7 +69,7 @@ def test_l1_prunes_atoms():
     counts = []
     for l1 in (0.0, 5e-2):
         cfg = GuideConfig(epochs=10, batch_images=4, lr=2e-2, l1=l1)
-        pair, _ = train_guides(dictionary, lambda idx: (tokens[idx], masks[idx]), len(tokens), grid, cfg,
+        pair, _ = train_guides(dictionary, lambda idx: GuideBatch(tokens[idx], masks[idx], (masks[idx].flatten(1).amax(1) > 0).long()), len(tokens), grid, cfg,
                                device=torch.device("cpu"), progress=False)
         counts.append(sum(len(a) for a in pair.active_atoms()))
     assert counts[1] < counts[0]
@@ -150,7 +150,7 @@ class _AuxBatches:
         self._masks[0, :4, :4] = 1                                                  # its mask
 
     def get_batch(self, idx):
-        return self._tokens[idx], self._masks[idx]
+        return GuideBatch(self._tokens[idx], self._masks[idx], torch.tensor([1, 0])[idx])
 
 
 def test_auxiliary_fit_reports_separation_and_calibration():

@@ -37,6 +37,23 @@ def test_report_puts_the_matching_paper_row_beside_ours():
     assert "## Pixel AUPRO" in text
 
 
+def test_paper_aupro_is_compared_with_the_official_aupro_only():
+    """The paper's AUPRO is the official (AnomalyCLIP) one: our exact MVTec AUPRO gets no paper
+    column, our aupro_official does; an old metrics.json without it shows n/a, not an error."""
+    m = _metrics(["candle"], 0.5)
+    m["per_category"]["candle"]["aupro_official"] = m["mean"]["aupro_official"] = 0.8
+    m["settings"] = {"aux": "mvtec:/d", "target": "visa:/d", "backbone": "dinov3-vitl16", "method": "spg"}
+    text = report_markdown(m)
+    official = text.split("## Pixel AUPRO (official")[1]
+    paper = paper_results()["MVTec AD->VisA"]["SPG (DINOv3)"]["aupro"]["candle"]
+    assert f"| candle | 80.0 | {paper:.1f} | {80.0 - paper:+.1f} |" in official
+    exact = text.split("## Pixel AUPRO (MVTec AD, exact)")[1].split("##")[0]
+    assert "reports no figure under this definition" in exact and "| candle | 50.0 |" in exact
+    old = _metrics(["candle"], 0.5)
+    old["settings"] = m["settings"]
+    assert "| candle | n/a |" in report_markdown(old).split("## Pixel AUPRO (official")[1]
+
+
 @pytest.mark.parametrize("settings", [
     {"aux": "synthetic-a", "target": "synthetic-b", "backbone": "dinov3-vitl16"},
     {"aux": "mvtec:/m", "target": "visa:/v", "backbone": "builtin"},

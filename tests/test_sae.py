@@ -5,8 +5,8 @@ import torch
 
 from spg_core.config import SAEConfig
 from spg_core.errors import SPGError
-from spg_core.sae import TopKSAE, fraction_of_variance_unexplained
-from spg_core.sae_train import train_sae
+from spg_core.sae import TopKSAE
+from spg_core.sae_train import evaluate_sae, train_sae
 
 
 def _sparse_tokens(n=4096, d=24, atoms=64, active=3, seed=0):
@@ -54,7 +54,7 @@ def test_training_keeps_unit_norm_atoms_and_lowers_fvu():
     cfg = SAEConfig(width=128, k=8, epochs=8, batch_images=4, lr=3e-3)
     untrained = TopKSAE(tokens.shape[1], 128, 8)
     untrained.init_bias(tokens)
-    fvu_before = fraction_of_variance_unexplained(tokens, untrained(tokens)[0].detach())
+    fvu_before = evaluate_sae(untrained, tokens)["fvu"]
     sae, history = train_sae(tokens, cfg, tokens_per_image=64, device=torch.device("cpu"), progress=False)
     norms = sae.W_dec.detach().norm(dim=0)
     torch.testing.assert_close(norms, torch.ones_like(norms), atol=1e-5, rtol=0)

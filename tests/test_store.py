@@ -96,7 +96,7 @@ def test_interrupted_extraction_leaves_no_partial_shard(folder, tmp_path):
     ds = open_dataset(f"folder:{folder}")
     bb = load_backbone("builtin", device="cpu")
     calls = {"n": 0}
-    real = bb.extract
+    real = bb.extract_with_cls
 
     def flaky(images):
         calls["n"] += 1
@@ -104,13 +104,13 @@ def test_interrupted_extraction_leaves_no_partial_shard(folder, tmp_path):
             raise KeyboardInterrupt
         return real(images)
 
-    bb.extract = flaky
+    bb.extract_with_cls = flaky
     with pytest.raises(KeyboardInterrupt):
         build_store(ds, bb, cache_dir=tmp_path / "c", shard_images=2, batch_size=2, progress=False, num_workers=0)
     root = store_dir_for(ds, bb, tmp_path / "c")
     assert sorted(p.name for p in root.iterdir() if not p.name.startswith("manifest")) == ["shard_00000.safetensors"]
     assert not list(root.glob("*.tmp")) and not list(root.glob(".*.tmp"))
-    bb.extract = real
+    bb.extract_with_cls = real
     assert build_store(ds, bb, cache_dir=tmp_path / "c", shard_images=2, progress=False, num_workers=0).num_images == 6
 
 

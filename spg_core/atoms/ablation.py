@@ -21,15 +21,13 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..errors import SPGError
-from ..pipeline import Predictor
-from ..scoring import image_scores, patch_probabilities, upsample
+from ..inference import Predictor, map_image_scores
+from ..scoring import atom_logit_weights, patch_probabilities, unit, upsample
 from ..store import TokenStore
 from .ranking import guide_row, require_atoms
 
-_EPS = 1e-12
 
 
 @dataclass
@@ -92,7 +90,7 @@ class Ablator:
         for _, shard in self.store.iter_shards():
             for lo in range(0, shard.shape[0], self.batch_images):
                 x = torch.from_numpy(np.array(shard[lo:lo + self.batch_images])).to(self.device).float()
-                parts.append((F.normalize(x.reshape(-1, x.shape[-1]), dim=-1) @ self.dict_u).to(dtype))
+                parts.append((unit(x.reshape(-1, x.shape[-1])) @ self.dict_u).to(dtype))
         return torch.cat(parts)
 
     def _metric_options(self) -> dict[str, Any]:
@@ -133,7 +131,7 @@ class Ablator:
     def patch_probs(self, coefficients: torch.Tensor, rows: int = 1 << 18) -> torch.Tensor:
         """Patch anomaly probabilities `[K, N]` for coefficients `[2, U]` (computed in row blocks)."""
         c = coefficients.to(self.device).float()
-        w = c / (self.dict_u @ c.t()).norm(dim=0).clamp_min(_EPS)[:, None]    # c / |g|, as F.normalize
+        w = atom_logit_weights(self.dict_u, c)                                 # c / |g|: scoring's cosine
         logits = torch.cat([self.proj[i:i + rows].float() @ w.t() for i in range(0, self.proj.shape[0], rows)])
         probs = patch_probabilities(logits[:, 0], logits[:, 1], self.predictor.cfg.guides.tau)
         return probs.reshape(self.store.num_images, -1)
@@ -148,7 +146,7 @@ class Ablator:
         scores, maps = [], []
         for i in range(0, probs.shape[0], self.batch_images):
             full = upsample(probs[i:i + self.batch_images], self.grid, self.size)
-            scores.append(image_scores(full, agg.aggregation, agg.lse_temperature).cpu())
+            scores.append(map_image_scores(full, agg).cpu())       # the run's own image-score rule
             if metrics:
                 maps.append(full.float().cpu())
         scores_t = torch.cat(scores)

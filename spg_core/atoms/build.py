@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 
 from ..errors import SPGError
-from ..runs import SAE, RunDir
+from ..runs import SAE_FILE as SAE, RunDir
 from ..sae import TopKSAE
 from ..store import TokenStore
 from .index import AtomIndex, build_atom_index, load_index, save_index
@@ -106,7 +106,7 @@ def _label(atom: dict[str, Any], row: pd.Series) -> list[str]:
 def write_gallery(run_dir: str | Path, n_atoms: int = 8, *, per_atom: int = 9, device: str = "auto",
                   tile: int = 96) -> Path:
     """RUN/atoms/gallery.png: the `n_atoms` largest anomaly-guide atoms, `per_atom` top patches each."""
-    from ..pipeline import Predictor
+    from ..inference import Predictor
 
     predictor = Predictor(run_dir, device=device)
     require_atoms(predictor.guides)

@@ -15,14 +15,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..errors import SPGError
 from ..guides import GuidePair
+from ..scoring import NORM_EPS as _EPS, atom_logit_weights, unit
 
 GUIDES = ("anomaly", "normal")
 _ROW = {"normal": 0, "anomaly": 1}          # row order of GuidePair.coefficients()
-_EPS = 1e-12                                # F.normalize's floor, so logits match scoring.cosine_logits
 
 
 def guide_row(guide: str) -> int:
@@ -114,15 +113,14 @@ def attribute(tokens: torch.Tensor, dictionary: torch.Tensor, pair: GuidePair, t
     "tokens"), dictionary `[D, M]`. Runs on the tokens' device, in float32.
     """
     require_atoms(pair)
-    f = F.normalize(tokens.float(), dim=-1)
+    f = unit(tokens)
     dic = dictionary.to(f.device).float()
     coef = pair.coefficients().detach().to(f.device).float()
+    weights = atom_logit_weights(dic, coef)          # [2, M]: c / |g|
     parts = []
     for row in (1, 0):
-        c = coef[row]
-        atoms = c.nonzero().flatten()
-        norm = (dic @ c).norm().clamp_min(_EPS)
-        parts += [atoms, (f @ dic[:, atoms]) * (c[atoms] / norm)]
+        atoms = coef[row].nonzero().flatten()
+        parts += [atoms, (f @ dic[:, atoms]) * weights[row, atoms]]
     return Attribution(*parts, tau=tau)
 
 

@@ -102,12 +102,16 @@ def parse_backbone_name(name: str) -> tuple[BackboneSpec, str | None]:
     raise _unknown_name_error(name)
 
 
-def load_backbone(name: str, weights: str | None = None, device: str | torch.device = "auto") -> Backbone:
+def load_backbone(name: str, weights: str | None = None, device: str | torch.device = "auto", *,
+                  protocol: str = "studio", image_size: int | None = None, layer: int | None = None) -> Backbone:
     """Build backbone `name` frozen (eval mode, no grad) on `device`.
 
     `weights`: None = the registry default; otherwise a hub id, a local
     `from_pretrained` directory, or (OpenCLIP) a checkpoint file or pretrained
     tag. The `-tiny` / `-random` variants are random-initialised and take none.
+    `protocol` (protocols.py) picks the tokens of transformer families ("official": block
+    `layer`'s tokens as the authors' code took them, at the protocol's image size unless
+    `image_size` is given); the builtin backbone has one kind of token and ignores it.
     """
     spec, variant = parse_backbone_name(name)
     dev = _checked_device(device)
@@ -116,12 +120,17 @@ def load_backbone(name: str, weights: str | None = None, device: str | torch.dev
                        fix=f"drop --weights, or use '{spec.name}' to load weights")
     if spec.family == "builtin":
         backbone = _load_builtin(weights, dev)
-    elif spec.family.startswith("hf-"):
-        from .hf import load_hf_backbone
-        backbone = load_hf_backbone(spec, variant, weights, dev)
-    elif spec.family == "openclip":
-        from .openclip import load_openclip_backbone
-        backbone = load_openclip_backbone(spec, variant, weights, dev)
+    elif spec.family.startswith("hf-") or spec.family == "openclip":
+        from ..protocols import image_size as protocol_image_size
+
+        options = dict(token_mode=protocol, layer=layer,
+                       image_size=image_size or protocol_image_size(protocol, spec.family))
+        if spec.family == "openclip":
+            from .openclip import load_openclip_backbone
+            backbone = load_openclip_backbone(spec, variant, weights, dev, **options)
+        else:
+            from .hf import load_hf_backbone
+            backbone = load_hf_backbone(spec, variant, weights, dev, **options)
     else:  # a registry entry without an adapter is a bug, not a user error
         raise AssertionError(f"no adapter for family {spec.family!r}")
     return _freeze(backbone, dev)

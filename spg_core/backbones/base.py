@@ -26,6 +26,11 @@ class Backbone(nn.Module):
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     weights: str = ""            # hub id, local path, or "random" / "builtin"
     layer: int = -1              # transformer block the tokens come from (-1 = final)
+    has_cls: bool = False        # `forward_with_cls` returns the layer's CLS token
+    # "studio" or "official" (protocols.py): which tokens of the layer, and how masks are resized
+    # (official: bilinear, binarised at 0.5). Recorded in `identity` only when not studio, so
+    # stores extracted before protocols existed keep their key.
+    token_mode: str = "studio"
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -39,7 +44,7 @@ class Backbone(nn.Module):
 
     def identity(self) -> dict[str, Any]:
         """What makes two token extractions interchangeable (the TokenStore key)."""
-        return {
+        ident = {
             "backbone": self.name,
             "weights": self.weights,
             "image_size": self.image_size,
@@ -48,6 +53,15 @@ class Backbone(nn.Module):
             "dim": self.dim,
             "layer": self.layer,
         }
+        if self.token_mode != "studio":
+            ident["tokens"] = self.token_mode
+        return ident
+
+    @property
+    def mask_resize(self) -> str:
+        """How ground-truth masks are resized to S: "nearest" (studio) or "bilinear" (official,
+        then binarised at 0.5)."""
+        return "bilinear" if self.token_mode == "official" else "nearest"
 
     def normalise(self, images: torch.Tensor) -> torch.Tensor:
         """[B, 3, S, S] in [0, 1] -> normalised with this backbone's mean/std."""
@@ -63,19 +77,26 @@ class Backbone(nn.Module):
     def enable_compile(self) -> "Backbone":
         """Run the forward through torch.compile (CUDA: faster extraction after a one-off warm-up).
         Shapes are static, so the last, smaller batch of an extraction compiles once more."""
-        self.forward = torch.compile(self.forward, dynamic=False)  # type: ignore[method-assign]
+        self.forward_with_cls = torch.compile(self.forward_with_cls, dynamic=False)  # type: ignore[method-assign]
         return self
+
+    def forward_with_cls(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`[B, 3, S, S]` -> (patch tokens `[B, N, D]`, the layer's CLS token `[B, D]` or None).
+        Backbones with a CLS token override this (and set `has_cls`)."""
+        return self(images), None
 
     @torch.no_grad()
     def extract(self, images: torch.Tensor) -> torch.Tensor:
         """Inference entry point: no grad, bf16 autocast on CUDA. Returns float32 `[B, N, D]`."""
+        return self.extract_with_cls(images)[0]
+
+    @torch.no_grad()
+    def extract_with_cls(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """As `extract`, with the CLS token: (float32 `[B, N, D]`, float32 `[B, D]` or None)."""
         self.check_input(images)
-        if images.device.type == "cuda":
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                tokens = self(images)
-        else:
-            tokens = self(images)
-        return tokens.float()
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=images.device.type == "cuda"):
+            tokens, cls = self.forward_with_cls(images)
+        return tokens.float(), None if cls is None else cls.float()
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:

@@ -1,11 +1,20 @@
 """DINOv3, DINOv2 and SigLIP vision encoders through `transformers`.
 
-Token choice, the same for every family (OpenCLIP included): the output of the
-final transformer block *after* the model's final LayerNorm (`norm` in DINOv3,
+Token choice, studio protocol, the same for every family (OpenCLIP included): the output
+of the final transformer block *after* the model's final LayerNorm (`norm` in DINOv3,
 `layernorm` in DINOv2, `post_layernorm` in SigLIP, `ln_post` in CLIP). Those
 normalised tokens are what each model's own heads consume and what the DINO
 papers evaluate as patch features, and the shared normalisation keeps token
 scales comparable across families for the SAE.
+
+Official protocol: the tokens the authors' runs saw at block `layer` (24 for ViT-L), taken
+explicitly from the block's output (a forward hook), never from `hidden_states`, whose
+last entry changed meaning across transformers versions (DINOv3 under 4.56.1: post-norm;
+under 5.x: pre-norm):
+    DINOv3   block output -> final `norm`   (4.56.1 replaced hidden_states[24] by the normed output)
+    DINOv2   block output, no norm          (hidden_states[24] is the raw block output)
+    SigLIP   block output -> `post_layernorm` (their encoder applies it); no CLS token
+with the CLS token taken the same way and register tokens dropped.
 
 This module also holds the Hugging Face Hub helpers the OpenCLIP adapter reuses:
 weights are looked up in the local cache first and the network is only tried
@@ -160,12 +169,30 @@ def prefix_token_count(family: str, config: Any) -> int:
 # The adapter --------------------------------------------------------------------------------------
 
 
+# Official protocol: apply the final norm to the block output? (see the module docstring)
+OFFICIAL_POST_NORM = {"hf-dinov3": True, "hf-dinov2": False, "hf-siglip": True}
+_BLOCK_LISTS = ("model.layer", "layer", "encoder.layer", "encoder.layers", "vision_model.encoder.layers")
+_FINAL_NORMS = ("norm", "layernorm", "post_layernorm", "vision_model.post_layernorm")
+# config.model_type prefixes each family accepts from --weights (any size of the architecture)
+_MODEL_TYPES = {"hf-dinov3": ("dinov3",), "hf-dinov2": ("dinov2",), "hf-siglip": ("siglip",)}
+
+
+def _submodule(model: torch.nn.Module, names: tuple[str, ...], what: str) -> torch.nn.Module:
+    for name in names:
+        try:
+            return model.get_submodule(name)
+        except AttributeError:
+            continue
+    raise AssertionError(f"{type(model).__name__} has none of {names} ({what}); token extraction would differ")
+
+
 class HFBackbone(Backbone):
-    """A transformers vision model returning final-block patch tokens `[B, h*w, D]`."""
+    """A transformers vision model returning patch tokens `[B, h*w, D]` (+ CLS `[B, D]`)."""
 
     def __init__(self, model: torch.nn.Module, *, name: str, family: str, weights: str, image_size: int,
                  mean: tuple[float, float, float], std: tuple[float, float, float],
-                 forward_kwargs: dict[str, Any] | None = None):
+                 forward_kwargs: dict[str, Any] | None = None, token_mode: str = "studio",
+                 layer: int | None = None):
         super().__init__()
         config = model.config
         self.model = model
@@ -179,33 +206,74 @@ class HFBackbone(Backbone):
         self.std = tuple(std)
         self.num_prefix_tokens = prefix_token_count(family, config)
         self.forward_kwargs = dict(forward_kwargs or {})
+        self.has_cls = family != "hf-siglip"
+        self.token_mode = token_mode
+        depth = int(config.num_hidden_layers)
+        if token_mode == "official":
+            self.layer = depth if layer is None or layer == -1 else int(layer)
+            if not 1 <= self.layer <= depth:
+                raise SPGError(f"{name} has {depth} blocks; --layer {self.layer} is out of range",
+                               fix=f"pass --layer between 1 and {depth} (default: the last block)")
+            self.blocks = _submodule(model, _BLOCK_LISTS, "transformer blocks")
+            self.final_norm = _submodule(model, _FINAL_NORMS, "final norm") if OFFICIAL_POST_NORM[family] else None
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """[B, 3, S, S] RGB in [0, 1] -> [B, h*w, D] patch tokens (post final LayerNorm)."""
-        out = self.model(pixel_values=self.normalise(images), **self.forward_kwargs)
-        tokens = out.last_hidden_state  # [B, prefix + h*w, D], after the final LayerNorm
+        """[B, 3, S, S] RGB in [0, 1] -> [B, h*w, D] patch tokens."""
+        return self.forward_with_cls(images)[0]
+
+    def forward_with_cls(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """[B, 3, S, S] -> (patch tokens [B, h*w, D], CLS [B, D] or None), per `token_mode`."""
+        if self.token_mode == "official":
+            tokens = self._block_output(images)
+            if self.final_norm is not None:
+                tokens = self.final_norm(tokens)
+        else:
+            out = self.model(pixel_values=self.normalise(images), **self.forward_kwargs)
+            tokens = out.last_hidden_state  # [B, prefix + h*w, D], after the final LayerNorm
         patches = tokens[:, self.num_prefix_tokens:]
         if patches.shape[1] != self.num_patches:  # guards a wrong prefix count, which would shift the grid
             raise RuntimeError(f"{self.name}: expected {self.num_patches} patch tokens, got {patches.shape[1]}")
-        return patches
+        return patches, tokens[:, 0] if self.has_cls else None
+
+    def _block_output(self, images: torch.Tensor) -> torch.Tensor:
+        """The raw output `[B, prefix + h*w, D]` of block `layer` (1-based), caught by a forward hook."""
+        caught: list[torch.Tensor] = []
+
+        def hook(_module: torch.nn.Module, _inputs: Any, output: Any) -> None:
+            caught.append(output[0] if isinstance(output, (tuple, list)) else output)
+
+        handle = self.blocks[self.layer - 1].register_forward_hook(hook)
+        try:
+            self.model(pixel_values=self.normalise(images), **self.forward_kwargs)
+        finally:
+            handle.remove()
+        return caught[0]
 
 
-def load_hf_backbone(spec: Any, variant: str | None, weights: str | None, device: torch.device) -> HFBackbone:
-    """Build `spec` (a BackboneSpec of an hf-* family): released weights, or a -tiny / -random variant."""
+def load_hf_backbone(spec: Any, variant: str | None, weights: str | None, device: torch.device, *,
+                     token_mode: str = "studio", image_size: int | None = None,
+                     layer: int | None = None) -> HFBackbone:
+    """Build `spec` (a BackboneSpec of an hf-* family): released weights, or a -tiny / -random variant.
+
+    `token_mode` "official" takes block `layer`'s tokens (default: the last block) as the
+    official code did; `image_size` overrides the registry's S (not for -tiny)."""
     family = FAMILIES[spec.family]
+    requested_size = image_size
     if variant is None:
         source = canonical_weights(weights or spec.weights)
+        _check_local_model_type(spec, source)
         model = _from_pretrained(family, spec, source)
         _check_architecture(model, spec, source)
-        name, image_size = spec.name, spec.image_size
+        name, image_size = spec.name, requested_size or spec.image_size
     else:
         config_kwargs = family.tiny_config if variant == "tiny" else family.full_config
         model = _from_config(family, config_kwargs, device)
         source = "random-tiny" if variant == "tiny" else "random"
         name = f"{spec.name}-{variant}"
-        image_size = family.tiny_image_size if variant == "tiny" else spec.image_size
-    return HFBackbone(model, name=name, family=spec.family, weights=source, image_size=image_size,
-                      mean=spec.mean, std=spec.std, forward_kwargs=family.forward_kwargs)
+        image_size = family.tiny_image_size if variant == "tiny" else (requested_size or spec.image_size)
+    return HFBackbone(model.to(device), name=name, family=spec.family, weights=source, image_size=image_size,
+                      mean=spec.mean, std=spec.std, forward_kwargs=family.forward_kwargs,
+                      token_mode=token_mode, layer=layer)
 
 
 def _from_config(family: HFFamily, config_kwargs: dict[str, Any], device: torch.device) -> torch.nn.Module:
@@ -263,12 +331,29 @@ def _quiet_hub_errors(backbone: str, weights: str, download: str, gated: bool,
 
 
 def _check_architecture(model: torch.nn.Module, spec: Any, source: str) -> None:
-    """Weights of another model (e.g. a DINOv2-base dir for dinov2-large) would silently change D."""
-    config = model.config
-    got = (int(config.hidden_size), _as_int(config.patch_size))
-    if got != (spec.dim, spec.patch_size):
-        raise SPGError(f"weights '{source}' are not a {spec.name}: hidden size {got[0]}, patch {got[1]} "
-                       f"(expected {spec.dim}, {spec.patch_size})", fix=f"pass weights of {spec.weights}")
+    """Any size of the family's architecture is accepted (D, patch size and depth come from the
+    checkpoint's config); weights of another architecture are refused."""
+    model_type = str(getattr(model.config, "model_type", ""))
+    if not model_type.startswith(_MODEL_TYPES[spec.family]):
+        raise SPGError(f"weights '{source}' are a '{model_type}' model, not a {spec.family[3:]} one",
+                       fix=f"pass {spec.family[3:]} weights (any size), e.g. {spec.weights}")
+
+
+def _check_local_model_type(spec: Any, source: str) -> None:
+    """A local directory's config.json must name the family's architecture: transformers would
+    otherwise load another model's weights into this class, re-initialising what does not fit."""
+    config = Path(source).expanduser() / "config.json"
+    if not config.is_file():
+        return                      # a hub id, or a directory _from_pretrained reports on
+    import json
+
+    try:
+        model_type = str(json.loads(config.read_text()).get("model_type", ""))
+    except (OSError, ValueError):
+        return                      # unreadable: _from_pretrained raises the clear error
+    if not model_type.startswith(_MODEL_TYPES[spec.family]):
+        raise SPGError(f"weights '{source}' are a '{model_type}' model, not a {spec.family[3:]} one",
+                       path=str(config), fix=f"pass {spec.family[3:]} weights (any size), e.g. {spec.weights}")
 
 
 def _as_int(size: int | tuple[int, ...] | list[int]) -> int:

@@ -6,6 +6,10 @@ the way open_clip's own `resize_pos_embed` does it (what `force_image_size`
 would give). Tokens are the final block's patch tokens after `ln_post`, before
 the linear `proj` into the joint image-text space: width 1024, not 768.
 See hf.py for why every family returns post-final-LayerNorm tokens.
+
+Official protocol (riips/SPG `src/encoders/CLIP/model.py`): block `layer`'s output through
+`ln_post` and then `proj`, CLS included, so tokens are `proj`'s width (768 for ViT-L/14),
+not the transformer's.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ class OpenCLIPBackbone(Backbone):
     """An open_clip `VisionTransformer` returning final-block patch tokens `[B, h*w, width]`."""
 
     def __init__(self, visual: nn.Module, *, name: str, weights: str, mean: tuple[float, float, float],
-                 std: tuple[float, float, float]):
+                 std: tuple[float, float, float], token_mode: str = "studio", layer: int | None = None):
         super().__init__()
         _check_token_path(visual)
         visual.output_tokens = True  # forward returns (pooled, tokens); tokens = ln_post(x)[:, 1:]
@@ -53,11 +57,42 @@ class OpenCLIPBackbone(Backbone):
         self.mean = tuple(mean)
         self.std = tuple(std)
         self.num_prefix_tokens = 1  # the class token; CLIP has no registers
+        self.token_mode = token_mode
+        self.has_cls = token_mode == "official"
+        if token_mode == "official":
+            depth = len(visual.transformer.resblocks)
+            self.layer = depth if layer is None or layer == -1 else int(layer)
+            if not 1 <= self.layer <= depth:
+                raise SPGError(f"{name} has {depth} blocks; --layer {self.layer} is out of range",
+                               fix=f"pass --layer between 1 and {depth} (default: the last block)")
+            self.dim = int(visual.proj.shape[1])
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """[B, 3, S, S] RGB in [0, 1] -> [B, h*w, D] patch tokens (post `ln_post`, pre `proj`)."""
-        _, tokens = self.visual(self.normalise(images))
-        return tokens
+        """[B, 3, S, S] RGB in [0, 1] -> [B, h*w, D] patch tokens."""
+        return self.forward_with_cls(images)[0]
+
+    def forward_with_cls(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """[B, 3, S, S] -> (patch tokens [B, h*w, D], CLS [B, D] or None).
+
+        Studio: post `ln_post`, pre `proj`, no CLS (studio guides do not use it, and the tower's
+        pooled output is projected to another width). Official: see the module docstring."""
+        if self.token_mode != "official":
+            _, tokens = self.visual(self.normalise(images))
+            return tokens, None
+        x = self.visual.ln_post(self._block_output(images)) @ self.visual.proj
+        return x[:, 1:], x[:, 0]
+
+    def _block_output(self, images: torch.Tensor) -> torch.Tensor:
+        """The raw output `[B, 1 + h*w, width]` of block `layer` (1-based), caught by a forward hook."""
+        caught: list[torch.Tensor] = []
+        handle = self.visual.transformer.resblocks[self.layer - 1].register_forward_hook(
+            lambda _m, _i, out: caught.append(out[0] if isinstance(out, tuple) else out))
+        try:
+            self.visual(self.normalise(images))
+        finally:
+            handle.remove()
+        x = caught[0]
+        return x if getattr(self.visual.transformer, "batch_first", True) else x.permute(1, 0, 2)
 
 
 def _check_token_path(visual: nn.Module) -> None:
@@ -68,9 +103,11 @@ def _check_token_path(visual: nn.Module) -> None:
         raise AssertionError("open_clip vision tower is not a plain CLS-pooled ViT; token extraction would differ")
 
 
-def load_openclip_backbone(spec: Any, variant: str | None, weights: str | None,
-                           device: torch.device) -> OpenCLIPBackbone:
-    """Build `spec` (family "openclip"): released weights, or a -tiny / -random variant."""
+def load_openclip_backbone(spec: Any, variant: str | None, weights: str | None, device: torch.device, *,
+                           token_mode: str = "studio", image_size: int | None = None,
+                           layer: int | None = None) -> OpenCLIPBackbone:
+    """Build `spec` (family "openclip"): released weights, or a -tiny / -random variant.
+    `token_mode`, `layer`: see the module docstring; `image_size` overrides S (not for -tiny)."""
     if variant == "tiny":
         visual = _build_visual(TINY_VISION_CFG, TINY_EMBED_DIM, device)
         image_size, name, source = TINY_IMAGE_SIZE, f"{spec.name}-tiny", "random-tiny"
@@ -79,13 +116,14 @@ def load_openclip_backbone(spec: Any, variant: str | None, weights: str | None,
 
         cfg = open_clip.get_model_config(MODEL_NAME)
         visual = _build_visual(cfg["vision_cfg"], cfg["embed_dim"], device)
-        image_size, name, source = spec.image_size, f"{spec.name}-random", "random"
+        image_size, name, source = image_size or spec.image_size, f"{spec.name}-random", "random"
     else:
         source = canonical_weights(weights or spec.weights)
         visual = _load_pretrained_visual(spec.name, source)
-        image_size, name = spec.image_size, spec.name
+        image_size, name = image_size or spec.image_size, spec.name
     resize_visual(visual, image_size)
-    return OpenCLIPBackbone(visual, name=name, weights=source, mean=spec.mean, std=spec.std)
+    return OpenCLIPBackbone(visual, name=name, weights=source, mean=spec.mean, std=spec.std,
+                            token_mode=token_mode, layer=layer)
 
 
 def _build_visual(vision_cfg: dict[str, Any], embed_dim: int, device: torch.device) -> nn.Module:
