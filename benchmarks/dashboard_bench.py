@@ -42,7 +42,7 @@ def rerun_times(runs_root: Path, run: str, reruns: int) -> list[tuple[str, float
     """(page, median ms, max ms) of a warm rerun of every page."""
     from streamlit.testing.v1 import AppTest
 
-    from spg_core.views import RUNS_ENV
+    from spg_core.run_paths import RUNS_ENV
 
     os.environ[RUNS_ENV] = str(runs_root)
     out = []

@@ -17,8 +17,10 @@ import numpy as np
 import streamlit as st
 from PIL import Image
 
-from spg_core import views
+from spg_core import run_paths, uploads
 from spg_core.errors import SPGError
+
+from .viewmodels import atom_detail, attribution, health, sweeps
 
 RUN_KEY = "chosen_run"   # session_state key of the chosen run (root-relative name)
 RUN_WIDGET = "run"       # key of the sidebar's run selectbox
@@ -29,18 +31,18 @@ ATOM_KEY = "atom"        # session_state key of the atom opened on the Atom deta
 
 def runs_root() -> Path:
     """The runs root the launcher passed in `$SPG_RUNS_ROOT` (default ./runs)."""
-    return views.runs_root()
+    return run_paths.runs_root()
 
 
 @st.cache_data(ttl=5, show_spinner=False)
 def run_names(root: str) -> list[str]:
     """Run names under the root; a short TTL so new runs appear without a restart."""
-    return views.run_names(root)
+    return run_paths.run_names(root)
 
 
 @st.cache_data(ttl=5, show_spinner=False)
 def run_overview(root: str):
-    return views.run_overview(root)
+    return health.run_overview(root)
 
 
 def current_run() -> Path | None:
@@ -48,11 +50,11 @@ def current_run() -> Path | None:
     name = st.session_state.get(RUN_KEY)
     if not name:
         return None
-    return views.resolve_run(runs_root(), name)
+    return run_paths.resolve_run(runs_root(), name)
 
 
 def signature(run: Path) -> tuple[float, ...]:
-    return views.run_signature(run)
+    return health.run_signature(run)
 
 
 # -- run artifacts ----------------------------------------------------------------------------
@@ -189,7 +191,7 @@ def png(image: Image.Image) -> bytes:
 def atom_tiles(path: str, sig: tuple[float, ...], atom: int, count: int) -> list[Tile]:
     index, _ = atoms(path, sig)
     store = store_of(Path(path), "aux_store")
-    tiles = views.atom_tiles(index, store.images, predictor(path, sig).sae, store, atom, count=count)
+    tiles = atom_detail.atom_tiles(index, store.images, predictor(path, sig).sae, store, atom, count=count)
     return [Tile(png(t.crop), png(t.heat), t.caption) for t in tiles]
 
 
@@ -199,7 +201,7 @@ def atom_activations(path: str, sig: tuple[float, ...], atom: int) -> tuple[np.n
     index, _ = atoms(path, sig)
     store = store_of(Path(path), "aux_store")
     top_images = [e["image"] for e in index.entries(atom)]
-    return views.atom_activation_sample(predictor(path, sig).sae, store, atom, include=top_images)
+    return atom_detail.atom_activation_sample(predictor(path, sig).sae, store, atom, include=top_images)
 
 
 @st.cache_resource(show_spinner="Preparing what-if ablations (projecting target tokens) ...", max_entries=4)
@@ -225,21 +227,21 @@ class Prediction:
     image: np.ndarray          # [S, S, 3] uint8, as the backbone saw it
     probs: np.ndarray          # [h, w] patch anomaly probabilities
     score: float
-    atoms: Any                 # DataFrame from views.image_top_atoms (empty without a dictionary)
+    atoms: Any                 # DataFrame from attribution.image_top_atoms (empty without a dictionary)
 
 
 @st.cache_data(show_spinner="Scoring the image ...", max_entries=64)
 def predict_upload(path: str, sig: tuple[float, ...], name: str, data: bytes) -> Prediction:
     """Validate, decode and score an uploaded file (SPGError with the reason when it is refused)."""
     pred = predictor(path, sig)
-    image = views.decode_upload(name, data)
+    image = uploads.decode_upload(name, data)
     out = pred.predict_images([image])
     grid, size = pred.scorer.grid, pred.backbone.image_size
     top = None
     if pred.sae is not None:
         from spg_core.atoms import attribute
         attr = attribute(out["tokens"], pred.dictionary, pred.guides, tau=pred.cfg.guides.tau)
-        top = views.image_top_atoms(attr, k=6, tags=atom_tags(path, sig))
+        top = attribution.image_top_atoms(attr, k=6, tags=atom_tags(path, sig))
     view = np.asarray(image.resize((size, size), Image.BICUBIC))
     return Prediction(view, out["probs"][0].reshape(grid).numpy(), float(out["scores"][0]), top)
 
@@ -248,11 +250,11 @@ def predict_upload(path: str, sig: tuple[float, ...], name: str, data: bytes) ->
 
 @st.cache_data(ttl=5, show_spinner=False)
 def sweep_names(root: str) -> list[str]:
-    return views.sweep_names(root)
+    return sweeps.sweep_names(root)
 
 
 @st.cache_data(show_spinner="Drawing the sweep ...", max_entries=16)
 def sweep_figures(path: str, mtime: float) -> dict[str, Any]:
     """The sweep's plotly figures (spg_core.sweep.sweep_figures over its sweep.csv)."""
     from spg_core.sweep import sweep_figures as figures
-    return figures(views.sweep_frame(path))
+    return figures(sweeps.sweep_frame(path))

@@ -19,10 +19,10 @@ from PIL import Image
 
 from spg_core.errors import SPGError
 from spg_core.render import COLORSCALE, draw_outline
-from spg_core import views
-from spg_core.views import RunHealth
 
 from . import state
+from .viewmodels.health import RunHealth, check_run
+from .viewmodels.sweeps import SWEEP_CSV, sweep_html
 
 MAP_PX = 440              # on-screen side of a map figure: large enough to see small defects
 FONT = dict(family="Inter, Helvetica, Arial, sans-serif", size=14, color="#141A33")
@@ -88,7 +88,7 @@ def require_run() -> Path:
 
 def run_health(run: Path, banner: bool = True) -> RunHealth:
     """The run's health check; with `banner`, a one-line warning when something is missing or damaged."""
-    health = views.check_run(run)
+    health = check_run(run)
     if banner and health.problems:
         st.warning("This run is incomplete or damaged: " + "; ".join(health.problems) + ". "
                    "What depends on it is left out below.", icon=":material/construction:")
@@ -253,7 +253,7 @@ def grouped_metric_figure(long: pd.DataFrame, metric: str, height: int = 420) ->
 
 
 def run_metrics_figure(frame: pd.DataFrame, height: int = 340) -> go.Figure:
-    """One run's four metrics per category (rows of `views.metrics_frame`), grouped bars."""
+    """One run's four metrics per category (rows of `viewmodels.tables.metrics_frame`), grouped bars."""
     fig = go.Figure()
     for i, metric in enumerate(frame.columns):
         fig.add_trace(go.Bar(name=metric, x=list(frame.index), y=frame[metric], marker_color=BRAND[i % len(BRAND)],
@@ -267,7 +267,7 @@ def run_metrics_figure(frame: pd.DataFrame, height: int = 340) -> go.Figure:
 def sweep_view(sweep_dir: Path, key: str) -> None:
     """A sweep's figures, redrawn from its sweep.csv (offline: its HTML files load plotly.js from a CDN);
     the HTML files only when the table is missing."""
-    table = sweep_dir / views.SWEEP_CSV
+    table = sweep_dir / SWEEP_CSV
     if table.is_file():
         figures = state.sweep_figures(str(sweep_dir), table.stat().st_mtime)
         if not figures:
@@ -275,7 +275,7 @@ def sweep_view(sweep_dir: Path, key: str) -> None:
         for name, fig in figures.items():
             st.plotly_chart(fig, key=f"{key}_{name}", config={"displayModeBar": False})
         return
-    for page in views.sweep_html(sweep_dir):
+    for page in sweep_html(sweep_dir):
         st.markdown(f"**{page.stem}**")
         st.iframe(page, height=520)
 

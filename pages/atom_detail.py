@@ -6,7 +6,9 @@ from __future__ import annotations
 import streamlit as st
 
 from dashboard import state, widgets
-from spg_core import views
+from dashboard.viewmodels.tables import ablation_frame, metrics_frame
+from dashboard.viewmodels.targets import format_score, most_changed
+from dashboard.viewmodels.atom_detail import category_profile
 from spg_core.atoms.build import INDEX
 from spg_core.report import METRIC_TITLES
 from spg_core.runs import GUIDES, PATCH_MAPS, SCORES
@@ -80,7 +82,7 @@ def top_patches(atom: int) -> None:
 
 def histograms(atom: int, index, stats) -> None:
     left, right = st.columns(2)
-    profile = views.category_profile(index, atom)
+    profile = category_profile(index, atom)
     left.plotly_chart(widgets.category_bar_figure(profile, "Category histogram: mean activation per category"),
                       key=key + "cats", config={"displayModeBar": False})
     values, encoded = state.atom_activations(str(run), sig, atom)
@@ -118,10 +120,10 @@ def ablation(atom: int, guides: list[str]) -> None:
 
 def ablation_metrics(before: dict, after: dict) -> None:
     """Mean metrics without the atom (change against the run as trained), then per category."""
-    mean_before = views.metrics_frame(before).loc["mean"]
-    mean_after = views.metrics_frame(after).loc["mean"]
+    mean_before = metrics_frame(before).loc["mean"]
+    mean_after = metrics_frame(after).loc["mean"]
     widgets.metric_cards(mean_after.to_dict(), (mean_after - mean_before).to_dict())
-    frame = views.ablation_frame(before, after)
+    frame = ablation_frame(before, after)
     metric = st.segmented_control("Per category", list(METRIC_TITLES.values()), default="Image AUROC",
                                   key=key + "abl_metric") or "Image AUROC"
     st.dataframe(frame[frame["metric"] == metric].drop(columns="metric"), hide_index=True, key=key + "abl_table",
@@ -132,13 +134,13 @@ def ablation_metrics(before: dict, after: dict) -> None:
 def ablation_maps(before, after) -> None:
     """One target image's map with and without the atom (images whose score moved most first)."""
     target = state.target_maps(str(run), sig)
-    changed = views.most_changed(before.scores.numpy(), after.scores.numpy())
+    changed = most_changed(before.scores.numpy(), after.scores.numpy())
     widgets.keep_choice(key + "abl_image", changed)
 
     def label(i: int) -> str:
         row = target.rows[i]
-        return (f"{row['category']}/{row['defect']} #{i}: {views.format_score(before.scores[i])} -> "
-                f"{views.format_score(after.scores[i])}")
+        return (f"{row['category']}/{row['defect']} #{i}: {format_score(before.scores[i])} -> "
+                f"{format_score(after.scores[i])}")
 
     pick = st.selectbox("Target image (largest score change first)", changed, key=key + "abl_image",
                         format_func=label)
@@ -147,7 +149,7 @@ def ablation_maps(before, after) -> None:
     for col, result, title, last in zip(st.columns(2), (before, after), ("With the atom", "Without it"),
                                         (False, True)):
         fig = widgets.patch_map_figure(background, result.probs[pick].reshape(target.grid).numpy(), opacity=0.55,
-                                       title=f"{title}: score {views.format_score(result.scores[pick])}",
+                                       title=f"{title}: score {format_score(result.scores[pick])}",
                                        height=380, colorbar=last)
         col.plotly_chart(fig, key=key + ("abl_after" if last else "abl_before"), config={"displayModeBar": False})
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from dashboard import nav, state, widgets
-from spg_core import views
+from dashboard.viewmodels.attribution import atom_table
 from spg_core.atoms.build import INDEX
 from spg_core.runs import GUIDES
 
@@ -25,7 +25,7 @@ with widgets.guard("The atoms of this run cannot be ranked"):
     else:
         with widgets.guard("The atom index cannot be read, so tags and statistics are left out"):
             stats = state.atoms(str(run), sig)[1]
-    table = views.atom_table(ranking, stats)
+    table = atom_table(ranking, stats)
 
     c1, c2, c3 = st.columns(3)
     c1.metric("Active anomaly atoms", len(ranking["anomaly"]), border=True)

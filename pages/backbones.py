@@ -8,7 +8,10 @@ from typing import Any
 import streamlit as st
 
 from dashboard import state, widgets
-from spg_core import views
+from dashboard.viewmodels.health import check_run
+from dashboard.viewmodels.tables import metrics_frame, per_category_long
+from dashboard.viewmodels.targets import common_targets, format_score
+from spg_core.run_paths import resolve_run
 from spg_core.errors import SPGError
 from spg_core.report import METRIC_TITLES
 from spg_core.runs import METRICS, PATCH_MAPS, SCORES
@@ -40,7 +43,7 @@ def target_rows(runs: dict[str, Path]) -> dict[str, list[dict[str, Any]]]:
     """scores.csv rows of every run whose target outputs load; a warning for each one that does not."""
     tables = {}
     for name, run in runs.items():
-        health = views.check_run(run)
+        health = check_run(run)
         missing = health.missing(PATCH_MAPS, SCORES)
         try:
             if missing:
@@ -55,7 +58,7 @@ def target_rows(runs: dict[str, Path]) -> dict[str, list[dict[str, Any]]]:
 def side_by_side(runs: dict[str, Path], tables: dict[str, list[dict[str, Any]]]) -> None:
     """One target image (common to every run) with each run's map."""
     st.subheader("Same image, every run")
-    common = views.common_targets(tables)
+    common = common_targets(tables)
     if common.empty:
         st.info("These runs share no target image, so there is nothing to show side by side.",
                 icon=":material/info:")
@@ -83,7 +86,7 @@ def run_map(run: Path, name: str, index: int, image_path: str, opacity: float, c
     fig = widgets.patch_map_figure(background, target.probs[index], opacity=opacity, title=backbone_of(run),
                                    height=height, colorbar=colorbar)
     st.plotly_chart(fig, key=f"bb_map_{name}", config={"displayModeBar": False})
-    st.metric(name, f"score {views.format_score(target.rows[index]['score'])}", border=True)
+    st.metric(name, f"score {format_score(target.rows[index]['score'])}", border=True)
 
 
 def metric_bars(runs: dict[str, Path]) -> None:
@@ -92,15 +95,15 @@ def metric_bars(runs: dict[str, Path]) -> None:
     frames = {}
     for name, run in runs.items():
         with widgets.guard(f"The metrics of run {name} cannot be read"):
-            if not views.check_run(run).has(METRICS):
+            if not check_run(run).has(METRICS):
                 st.caption(f"Run {name} has no metrics yet.")
                 continue
             metrics = state.run_metrics(str(run), state.signature(run))
-            frames[f"{name} ({backbone_of(run)})"] = views.metrics_frame(metrics)
+            frames[f"{name} ({backbone_of(run)})"] = metrics_frame(metrics)
     if frames:
         metric = st.segmented_control("Metric", list(METRIC_TITLES.values()), default="Image AUROC",
                                       key="bb_metric") or "Image AUROC"
-        st.plotly_chart(widgets.grouped_metric_figure(views.per_category_long(frames), metric), key="bb_metrics",
+        st.plotly_chart(widgets.grouped_metric_figure(per_category_long(frames), metric), key="bb_metrics",
                         config={"displayModeBar": False})
 
 
@@ -125,7 +128,7 @@ def main() -> None:
     runs = {}
     for name in chosen:
         with widgets.guard(f"Run {name} cannot be opened"):
-            runs[name] = views.resolve_run(root, name)
+            runs[name] = resolve_run(root, name)
     side_by_side(runs, target_rows(runs))
     metric_bars(runs)
 

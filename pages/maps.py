@@ -10,7 +10,9 @@ import streamlit as st
 from PIL import Image
 
 from dashboard import nav, state, widgets
-from spg_core import views
+from dashboard.viewmodels.targets import OUTCOME_FILTERS, filter_targets, format_score, patch_at, peak_patch, target_table, threshold_range
+from dashboard.viewmodels.attribution import patch_contributions
+from spg_core.thresholds import best_f1_threshold
 from spg_core.atoms import patch_crop
 from spg_core.runs import PATCH_MAPS, SCORES
 
@@ -30,16 +32,16 @@ def choose_images(frame: pd.DataFrame) -> pd.DataFrame:
     category = c1.selectbox("Category", categories, key=key + "category")
     in_cat = frame if category == "all" else frame[frame["category"] == category]
     defect = c2.selectbox("Defect type", ["all"] + sorted(in_cat["defect"].unique()), key=key + "defect")
-    kind = c3.selectbox("Show", list(views.OUTCOME_FILTERS), key=key + "outcome")
-    return views.filter_targets(frame, None if category == "all" else category,
-                                None if defect == "all" else defect, views.OUTCOME_FILTERS.get(kind or "all images"))
+    kind = c3.selectbox("Show", list(OUTCOME_FILTERS), key=key + "outcome")
+    return filter_targets(frame, None if category == "all" else category,
+                                None if defect == "all" else defect, OUTCOME_FILTERS.get(kind or "all images"))
 
 
 def image_picker(rows: pd.DataFrame) -> int:
     """Select one image of `rows` (keeps the choice while it stays in the filtered list)."""
     options = rows["index"].tolist()
     widgets.keep_choice(key + "image", options)
-    labels = {int(i): f"{n}  ·  score {views.format_score(s)}  ·  {o}"
+    labels = {int(i): f"{n}  ·  score {format_score(s)}  ·  {o}"
               for i, n, s, o in zip(rows["index"], rows["name"], rows["score"], rows["outcome"])}
     return int(st.selectbox(f"Image ({len(options)} shown)", options, key=key + "image",
                             format_func=lambda i: labels.get(i, str(i))))
@@ -48,7 +50,7 @@ def image_picker(rows: pd.DataFrame) -> int:
 def sync_patch(index: int, probs: np.ndarray) -> None:
     """A newly opened image starts on its most anomalous patch."""
     if st.session_state.get(key + "patch_of") != index:
-        r, c = views.peak_patch(probs, probs.shape)
+        r, c = peak_patch(probs, probs.shape)
         st.session_state[key + "row"], st.session_state[key + "col"] = r, c
         st.session_state[key + "patch_of"] = index
 
@@ -62,12 +64,12 @@ def on_map_click() -> None:
 
 def image_panel(image: np.ndarray, mask: np.ndarray, info: dict[str, Any], threshold: float) -> None:
     label = "anomalous" if info["label"] else "normal"
-    verdict = f"{info['outcome']} at {views.format_score(threshold)}"
+    verdict = f"{info['outcome']} at {format_score(threshold)}"
     st.markdown(f"**Image and ground truth** {widgets.pill(label, label)} {widgets.pill(info['defect'])} "
                 f"{widgets.pill(verdict, info['outcome'])}", unsafe_allow_html=True)
     st.image(widgets.image_with_mask(image, mask), width="stretch",
              caption=f"{info['name']}: ground truth outlined in white")
-    st.metric("Image score", views.format_score(info["score"]), border=True,
+    st.metric("Image score", format_score(info["score"]), border=True,
               help="the image's anomaly score: its map pooled with the run's aggregation (max, mean or LSE)")
 
 
@@ -78,15 +80,15 @@ def patch_panel(image: np.ndarray, index: int, grid: tuple[int, int], size: int)
     s1, s2 = st.columns(2)
     r = s1.slider("Row", 0, h - 1, key=key + "row")
     c = s2.slider("Column", 0, w - 1, key=key + "col")
-    patch = views.patch_at(r, c, grid)
+    patch = patch_at(r, c, grid)
     with widgets.guard("Atom contributions are not available for this run"):
         attr = state.target_attribution(str(run), sig, index)
         p = float(attr.probs[0, patch])
         crop_col, text_col = st.columns([1, 1.2], vertical_alignment="center")
         crop = patch_crop(Image.fromarray(image), patch, grid, size, context=2, out=150, outline=(255, 255, 255))
         crop_col.image(crop, width=140, caption=f"row {r}, column {c}")
-        text_col.metric("Patch p(anomaly)", views.format_score(p), border=True)
-        contrib = views.patch_contributions(attr, patch, k=6, tags=state.atom_tags(str(run), sig))
+        text_col.metric("Patch p(anomaly)", format_score(p), border=True)
+        contrib = patch_contributions(attr, patch, k=6, tags=state.atom_tags(str(run), sig))
         if contrib.empty:
             st.info("No atom contributes to this patch.")
         else:
@@ -101,13 +103,13 @@ def patch_panel(image: np.ndarray, index: int, grid: tuple[int, int], size: int)
 
 def threshold_control(scores: list[float], labels: list[int]) -> float:
     """The decision threshold slider, spanning the run's scores, starting at the best-F1 threshold."""
-    best = views.best_f1_threshold(scores, labels)
-    lo, hi, step, fmt = views.threshold_range(scores)
+    best = best_f1_threshold(scores, labels)
+    lo, hi, step, fmt = threshold_range(scores)
     if not lo <= st.session_state.get(key + "threshold", -1.0) <= hi:
         st.session_state[key + "threshold"] = min(max(round(best / step) * step, lo), hi)
     return st.slider("Decision threshold on the image score", lo, hi, step=step, format=fmt, key=key + "threshold",
                      help=f"an image is called anomalous when its score is at least this; default: the best-F1 "
-                          f"threshold ({views.format_score(best)})")
+                          f"threshold ({format_score(best)})")
 
 
 def outcome_pills(frame: pd.DataFrame) -> None:
@@ -129,7 +131,7 @@ def map_panel(image: np.ndarray, mask: np.ndarray, probs: np.ndarray, opacity: f
 def main() -> None:
     target = state.target_maps(str(run), sig)
     threshold = threshold_control([r["score"] for r in target.rows], [r["label"] for r in target.rows])
-    frame = views.target_table(target.rows, threshold)
+    frame = target_table(target.rows, threshold)
     outcome_pills(frame)
     rows = choose_images(frame)
     if rows.empty:

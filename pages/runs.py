@@ -5,7 +5,10 @@ from __future__ import annotations
 import streamlit as st
 
 from dashboard import state, widgets
-from spg_core import views
+from dashboard.viewmodels.health import config_summary
+from dashboard.viewmodels.tables import metrics_frame, paper_comparison
+from dashboard.viewmodels.sweeps import run_sweep_dir
+from spg_core.run_paths import resolve_run
 from spg_core.report import METRIC_TITLES
 from spg_core.runs import CONFIG, METRICS
 
@@ -35,7 +38,7 @@ with tab_metrics, widgets.guard("The metrics of this run cannot be shown"):
         st.info("No metrics yet: evaluate the run with `spg eval --run DIR`.", icon=":material/hourglass:")
     else:
         metrics = state.run_metrics(str(run), sig)
-        frame = views.metrics_frame(metrics)
+        frame = metrics_frame(metrics)
         widgets.metric_cards(frame.loc["mean"].to_dict())
         st.dataframe(frame, key="metrics_table",
                      column_config={c: st.column_config.ProgressColumn(c, format="%.1f", min_value=0, max_value=100)
@@ -45,7 +48,7 @@ with tab_metrics, widgets.guard("The metrics of this run cannot be shown"):
             st.caption(f"Note: {note}")
 
 with tab_config, widgets.guard("The configuration of this run cannot be shown"):
-    summary = views.config_summary(state.run_config(str(run), sig))
+    summary = config_summary(state.run_config(str(run), sig))
     cols = st.columns(len(summary))
     for col, (section, values) in zip(cols, summary.items()):
         with col:
@@ -54,7 +57,7 @@ with tab_config, widgets.guard("The configuration of this run cannot be shown"):
                          hide_index=True, key=f"config_{section}")
 
 with tab_paper, widgets.guard("The paper comparison cannot be shown"):
-    comparison = views.paper_comparison(state.run_metrics(str(run), sig)) if health.has(METRICS) else None
+    comparison = paper_comparison(state.run_metrics(str(run), sig)) if health.has(METRICS) else None
     if comparison is None:
         st.info("No row of the paper matches this run. The paper reports SPG with DINOv3 or OpenCLIP "
                 "for MVTec AD -> VisA and VisA -> MVTec AD; other runs have nothing to compare with.",
@@ -70,7 +73,7 @@ with tab_paper, widgets.guard("The paper comparison cannot be shown"):
                                     for c in ("ours", "paper", "difference")})
 
 with tab_sweep, widgets.guard("The sweep of this run cannot be shown"):
-    sweep = views.run_sweep_dir(run)
+    sweep = run_sweep_dir(run)
     if sweep is None:
         st.info("This run has no sweep (`RUN/sweep/`). Sweeps made with `spg sweep --out DIR` under the runs "
                 "root are listed below the tabs.", icon=":material/info:")
@@ -82,4 +85,4 @@ if sweeps:
     st.subheader("Sweeps")
     name = st.selectbox("Sweep folder", sweeps, key="sweep_pick")
     with widgets.guard(f"Sweep {name} cannot be shown"):
-        widgets.sweep_view(views.resolve_run(root, name), key="root_sweep")
+        widgets.sweep_view(resolve_run(root, name), key="root_sweep")

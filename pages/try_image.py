@@ -7,7 +7,9 @@ from pathlib import Path
 import streamlit as st
 
 from dashboard import state, widgets
-from spg_core import views
+from dashboard.viewmodels.targets import format_score, peak_patch
+from spg_core.thresholds import best_f1_threshold
+from spg_core.uploads import MAX_UPLOAD_BYTES, UPLOAD_TYPES
 from spg_core.errors import SPGError
 from spg_core.runs import GUIDES, SCORES
 
@@ -17,7 +19,7 @@ widgets.page_header("Try an image", "Score your own images with this run: anomal
 health = widgets.run_health(run)
 widgets.require(health, [GUIDES], "Scoring new images")
 sig = state.signature(run)
-limit_mb = views.MAX_UPLOAD_BYTES // 2**20
+limit_mb = MAX_UPLOAD_BYTES // 2**20
 
 
 def run_threshold() -> float | None:
@@ -28,7 +30,7 @@ def run_threshold() -> float | None:
         rows = state.target_maps(str(run), sig).rows
     except SPGError:
         return None
-    return views.best_f1_threshold([r["score"] for r in rows], [r["label"] for r in rows])
+    return best_f1_threshold([r["score"] for r in rows], [r["label"] for r in rows])
 
 
 def show(name: str, result: state.Prediction, threshold: float | None, opacity: float) -> None:
@@ -36,17 +38,17 @@ def show(name: str, result: state.Prediction, threshold: float | None, opacity: 
         verdict = ""
         if threshold is not None:
             kind = "anomalous" if result.score >= threshold else "normal"
-            verdict = widgets.pill(f"{kind} at threshold {views.format_score(threshold)}", kind)
+            verdict = widgets.pill(f"{kind} at threshold {format_score(threshold)}", kind)
         st.markdown(f"**{name}** {verdict}", unsafe_allow_html=True)
         left, middle, right = st.columns([1, 1.2, 1.1], gap="medium")
         middle.caption("Anomaly map (box: the most anomalous patch)")
         left.image(result.image, caption="as the backbone sees it", width="stretch")
         middle.plotly_chart(widgets.patch_map_figure(result.image, result.probs, opacity=opacity,
-                                                     selected=views.peak_patch(result.probs, result.probs.shape),
+                                                     selected=peak_patch(result.probs, result.probs.shape),
                                                      height=400),
                             key=f"try_map_{name}", config={"displayModeBar": False})
         with right:
-            st.metric("Image score", views.format_score(result.score), border=True)
+            st.metric("Image score", format_score(result.score), border=True)
             if result.atoms is None or result.atoms.empty:
                 st.caption("This run has no dictionary (free guides): no atoms to show.")
             else:
@@ -54,9 +56,9 @@ def show(name: str, result: state.Prediction, threshold: float | None, opacity: 
                                 config={"displayModeBar": False})
 
 
-# No `type=` filter: Streamlit would refuse other files with an exception; views.decode_upload refuses
+# No `type=` filter: Streamlit would refuse other files with an exception; decode_upload refuses
 # them with a message instead (and also checks size, pixel count and that the file decodes).
-uploads = st.file_uploader(f"Images ({', '.join(views.UPLOAD_TYPES)}; up to {limit_mb} MB each)",
+uploads = st.file_uploader(f"Images ({', '.join(UPLOAD_TYPES)}; up to {limit_mb} MB each)",
                            accept_multiple_files=True, key="uploads")
 samples = []
 if health.has(SCORES):

@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import SPGError
-from .views import MAX_UPLOAD_BYTES, RUNS_ENV
+from .run_paths import RUNS_ENV
+from .uploads import MAX_UPLOAD_BYTES
 
 MAX_UPLOAD_MB = MAX_UPLOAD_BYTES // 2**20
 APP_PATH = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"

@@ -14,7 +14,8 @@ import pytest
 from PIL import Image
 
 from dashboard_support import RUN, TWIN, damaged_runs_root, small_runs_root
-from spg_core import views
+from dashboard.viewmodels import health, targets
+from spg_core import run_paths, thresholds, uploads
 from spg_core.errors import SPGError
 from spg_core.runs import RunDir
 
@@ -35,7 +36,7 @@ def runs_root(tmp_path_factory) -> Path:
 
 def open_app(root: Path, monkeypatch: pytest.MonkeyPatch, page: str | None = None, run: str | None = None) -> AppTest:
     """A fresh session of the app over `root`, on `page` (a script in pages/) with `run` chosen."""
-    monkeypatch.setenv(views.RUNS_ENV, str(root))
+    monkeypatch.setenv(run_paths.RUNS_ENV, str(root))
     at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
     at.run()
     if run is not None:
@@ -94,7 +95,7 @@ def test_launcher_command_is_headless_without_usage_stats():
     assert "--server.headless=true" in cmd and "--browser.gatherUsageStats=false" in cmd
     assert "--server.port=8765" in cmd
     env = app_env("some/runs")
-    assert Path(env[views.RUNS_ENV]).is_absolute()
+    assert Path(env[run_paths.RUNS_ENV]).is_absolute()
 
 
 def test_cli_registers_dashboard_command():
@@ -108,38 +109,38 @@ def test_cli_registers_dashboard_command():
 def test_run_paths_cannot_leave_the_root(tmp_path):
     (tmp_path / "a").mkdir()
     (tmp_path.parent / "outside_run").mkdir(exist_ok=True)
-    assert views.resolve_run(tmp_path, "a") == (tmp_path / "a").resolve()
+    assert run_paths.resolve_run(tmp_path, "a") == (tmp_path / "a").resolve()
     for bad in ("../outside_run", "/etc", "a/../../outside_run", "", "missing"):
         with pytest.raises(SPGError):
-            views.resolve_run(tmp_path, bad)
+            run_paths.resolve_run(tmp_path, bad)
     (tmp_path / "link").symlink_to(tmp_path.parent / "outside_run")
     with pytest.raises(SPGError):
-        views.resolve_run(tmp_path, "link")
+        run_paths.resolve_run(tmp_path, "link")
 
 
 def test_upload_validation():
     good = png_bytes(Image.new("RGB", (64, 48), (200, 10, 10)))
-    assert views.decode_upload("ok.png", good).size == (64, 48)
+    assert uploads.decode_upload("ok.png", good).size == (64, 48)
     rgba = png_bytes(Image.new("RGBA", (8, 8)))
-    assert views.decode_upload("alpha.PNG", rgba).mode == "RGB"
+    assert uploads.decode_upload("alpha.PNG", rgba).mode == "RGB"
     cases = {
         ("notes.txt", b"hello"): "not accepted",
         ("noext", good): "not accepted",
         ("empty.png", b""): "empty",
         ("bad.png", good[:60]): "corrupt",
         ("text.png", b"this is not a png at all"): "corrupt",
-        ("huge.png", good + b"\0" * (views.MAX_UPLOAD_BYTES + 1)): "limit",
+        ("huge.png", good + b"\0" * (uploads.MAX_UPLOAD_BYTES + 1)): "limit",
         ("bomb.png", png_bytes(Image.new("1", (9000, 5000)))): "megapixels",
     }
     for (name, data), message in cases.items():
         with pytest.raises(SPGError, match=message):
-            views.decode_upload(name, data)
+            uploads.decode_upload(name, data)
 
 
 def test_best_threshold_and_outcomes():
-    thr = views.best_f1_threshold([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1])
+    thr = thresholds.best_f1_threshold([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1])
     assert thr == pytest.approx(0.35)
-    assert [views.outcome(s, y, 0.5) for s, y in ((0.9, 1), (0.9, 0), (0.1, 1), (0.1, 0))] == ["TP", "FP", "FN", "TN"]
+    assert [targets.outcome(s, y, 0.5) for s, y in ((0.9, 1), (0.9, 0), (0.1, 1), (0.1, 0))] == ["TP", "FP", "FN", "TN"]
 
 
 # -- pages on the small run ------------------------------------------------------------------------
@@ -192,7 +193,7 @@ def test_maps_page_filters_threshold_and_patch(runs_root, monkeypatch):
     at.selectbox(key=k + "defect").set_value(defect).run()
     picked = at.selectbox(key=k + "image").value
     assert rows[picked]["category"] == category and rows[picked]["defect"] == defect
-    assert metric(at, "Image score") == views.format_score(rows[picked]["score"])
+    assert metric(at, "Image score") == targets.format_score(rows[picked]["score"])
 
     # Threshold above every score: nothing is called anomalous, every anomalous image is a false negative.
     top = max(r["score"] for r in rows)
@@ -316,7 +317,7 @@ def test_try_an_image_scores_uploads_and_refuses_bad_files(runs_root, monkeypatc
         ("target.png", real, "image/png"),
         ("notes.txt", b"not an image", "text/plain"),
         ("broken.png", real[:500], "image/png"),
-        ("huge.png", real + b"\0" * (views.MAX_UPLOAD_BYTES + 1), "image/png"),
+        ("huge.png", real + b"\0" * (uploads.MAX_UPLOAD_BYTES + 1), "image/png"),
     ]).run()
     assert_clean(at)
     # The upload goes through the same decoding and backbone as the stored target tokens.
@@ -399,14 +400,14 @@ def test_saturated_guides_get_a_note_and_healthy_ones_do_not(tmp_path):
     from spg_core.atomic import write_json
 
     path = tmp_path / "guides.json"
-    assert views.guide_notes(path) == []                                     # no record: nothing to say
+    assert health.guide_notes(path) == []                                     # no record: nothing to say
     write_json(path, {"config": {"dice": "image", "epochs": 20}, "aux_fit": {"p_defect_median": 2e-7}})
-    (note,) = views.guide_notes(path)
+    (note,) = health.guide_notes(path)
     assert "saturated" in note and "2.0e-07" in note and "--dice batch" in note
     write_json(path, {"config": {"dice": "batch", "epochs": 2}, "aux_fit": {"p_defect_median": 8e-8}})
-    (note,) = views.guide_notes(path)
+    (note,) = health.guide_notes(path)
     assert "--dice" not in note and "this run: 2" in note
     write_json(path, {"aux_fit": {"p_defect_median": 1e-2, "patch_auroc": 0.83}})
-    assert views.guide_notes(path) == []
+    assert health.guide_notes(path) == []
     path.write_text("{ truncated")
-    assert views.guide_notes(path) == []                                     # unreadable: the health check reports files, not this
+    assert health.guide_notes(path) == []                                     # unreadable: the health check reports files, not this

@@ -1,0 +1,118 @@
+"""Run health: which artifacts a run has, its status, and the overview of every run in a root."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from spg_core.atomic import read_json
+from spg_core.atoms.build import INDEX as ATOM_INDEX
+from spg_core.errors import SPGError
+from spg_core.report import METRIC_TITLES, METRICS
+from spg_core.run_paths import run_names
+from spg_core.runs import CONFIG, GUIDES, METRICS as METRICS_FILE, PATCH_MAPS, SAE, SCORES
+
+from .tables import percent
+
+# What each artifact is needed for, in the words a page shows.
+ARTIFACTS: dict[str, str] = {
+    CONFIG: "run configuration",
+    SAE: "SAE dictionary",
+    GUIDES: "guides",
+    PATCH_MAPS: "target anomaly maps",
+    SCORES: "target image scores",
+    METRICS_FILE: "metrics",
+    ATOM_INDEX: "atom index",
+}
+
+
+def run_signature(path: str | Path) -> tuple[float, ...]:
+    """Modification times of a run's artifacts: a cache key that changes when a run is rewritten."""
+    path = Path(path)
+    return tuple((path / f).stat().st_mtime if (path / f).is_file() else -1.0 for f in ARTIFACTS)
+
+
+@dataclass
+class RunHealth:
+    """Which artifacts a run has; `problems` name what is missing or unreadable."""
+
+    path: Path
+    present: dict[str, bool] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)      # complete but questionable, e.g. saturated guides
+
+    def has(self, *files: str) -> bool:
+        return all(self.present.get(f, False) for f in files)
+
+    def missing(self, *files: str) -> list[str]:
+        return [ARTIFACTS.get(f, f) for f in files if not self.present.get(f, False)]
+
+    @property
+    def status(self) -> str:
+        if not self.has(CONFIG):
+            return "damaged"
+        if not self.has(SAE, GUIDES) and not self.has(GUIDES):
+            return "training"
+        if not self.has(PATCH_MAPS, SCORES, METRICS_FILE):
+            return "not evaluated"
+        return "complete" if self.has(ATOM_INDEX) else "no atoms"
+
+
+def check_run(path: str | Path) -> RunHealth:
+    """Cheap health check: which artifacts exist and whether the JSON ones parse."""
+    health = RunHealth(Path(path))
+    for name in ARTIFACTS:
+        health.present[name] = (health.path / name).is_file()
+    for name in (CONFIG, METRICS_FILE):
+        if health.present[name]:
+            try:
+                read_json(health.path / name, what=ARTIFACTS[name])
+            except SPGError as exc:
+                health.present[name] = False
+                health.problems.append(str(exc).splitlines()[0] + f" ({name})")
+    for name in ARTIFACTS:
+        if not health.present[name] and not any(name in p for p in health.problems):
+            health.problems.append(f"{ARTIFACTS[name]} missing ({name})")
+    health.notes += guide_notes(health.path / "guides.json")
+    return health
+
+
+def guide_notes(path: Path) -> list[str]:
+    """Warnings about a guides.json's auxiliary fit (empty when fine, absent or unreadable)."""
+    from spg_core.guides import saturation_note
+
+    try:
+        record = read_json(path, what="guide training record") if path.is_file() else {}
+    except SPGError:
+        return []
+    note = saturation_note(record.get("aux_fit"), record.get("config", {}))
+    return [note] if note else []
+
+
+def run_overview(root: str | Path) -> pd.DataFrame:
+    """One row per run under `root`: name, direction, backbone, method, status, mean metrics in %."""
+    rows = []
+    for name in run_names(root):
+        path = Path(root).resolve() / name
+        health = check_run(path)
+        cfg: dict[str, Any] = {}
+        mean: dict[str, Any] = {}
+        try:
+            cfg = read_json(path / CONFIG) if health.has(CONFIG) else {}
+            mean = read_json(path / METRICS_FILE).get("mean", {}) if health.has(METRICS_FILE) else {}
+        except SPGError:
+            pass
+        rows.append({"run": name, "aux": cfg.get("aux", "?"), "target": cfg.get("target", "?"),
+                     "backbone": cfg.get("backbone", "?"), "method": cfg.get("method", "?"),
+                     "status": health.status, **{METRIC_TITLES[k]: percent(mean.get(k)) for k in METRICS}})
+    return pd.DataFrame(rows)
+
+
+def config_summary(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """A run's config.json grouped for display: experiment, SAE, guides, scoring, backbone."""
+    top = {k: config.get(k) for k in ("aux", "target", "backbone", "weights", "method", "device_used")}
+    return {"experiment": top, "SAE": dict(config.get("sae", {})), "guides": dict(config.get("guides", {})),
+            "scoring": dict(config.get("score", {})), "backbone": dict(config.get("backbone_identity", {}))}
