@@ -79,8 +79,9 @@ def predictor(path: str, sig: tuple[float, ...]):
 
 
 @dataclass
-class TargetMaps:
-    """A run's stored target outputs: patch maps `[K, h, w]`, score rows, grid and image size."""
+class TargetOutputs:
+    """A run's stored target outputs: patch maps `[K, h, w]`, score rows, grid and image size.
+    (Not `pipeline.target_maps`, which upsamples patch maps to full maps.)"""
 
     probs: np.ndarray
     rows: list[dict[str, Any]]
@@ -89,7 +90,7 @@ class TargetMaps:
 
 
 @st.cache_resource(show_spinner="Loading target maps ...", max_entries=8)
-def target_maps(path: str, sig: tuple[float, ...]) -> TargetMaps:
+def target_outputs(path: str, sig: tuple[float, ...]) -> TargetOutputs:
     from spg_core.runs import RunDir
     run = RunDir(path)
     probs, _, meta = run.read_target()
@@ -98,7 +99,7 @@ def target_maps(path: str, sig: tuple[float, ...]) -> TargetMaps:
         raise SPGError(f"scores.csv has {len(rows)} rows but the maps file has {probs.shape[0]} maps",
                        path=str(run.file("target")), fix="re-run `spg eval --run DIR`")
     grid = tuple(meta.get("grid", probs.shape[1:]))
-    return TargetMaps(probs.numpy(), rows, grid, int(meta.get("image_size", 0)))  # type: ignore[arg-type]
+    return TargetOutputs(probs.numpy(), rows, grid, int(meta.get("image_size", 0)))  # type: ignore[arg-type]
 
 
 @st.cache_resource(show_spinner="Opening token store ...", max_entries=8)
@@ -123,6 +124,21 @@ def atoms(path: str, sig: tuple[float, ...]):
     """(AtomIndex, stats DataFrame) from RUN/atoms."""
     from spg_core.atoms import load_atoms
     return load_atoms(path)
+
+
+@st.cache_data(show_spinner="Setting the decision threshold on the auxiliary set ...", max_entries=16)
+def run_threshold(path: str, sig: tuple[float, ...]) -> dict[str, Any]:
+    """RUN/threshold.json (thresholds.run_threshold: computed and recorded first for runs without one)."""
+    from spg_core.thresholds import run_threshold as recorded
+    return recorded(path, predictor=predictor(path, sig))
+
+
+def smoothing_sigma(path: str, sig: tuple[float, ...]) -> float:
+    """The run's protocol smoothing (pixels), as its metrics were computed with."""
+    settings = run_metrics(path, sig).get("settings", {}) if (Path(path) / "metrics.json").is_file() else {}
+    if "smoothing_sigma" in settings:
+        return float(settings["smoothing_sigma"])
+    return float(run_config(path, sig).get("score", {}).get("smoothing_sigma", 0.0))
 
 
 # -- images -----------------------------------------------------------------------------------
@@ -168,6 +184,59 @@ def atom_ranking(path: str, sig: tuple[float, ...]) -> dict[str, list[dict[str, 
     """Both guides' active atoms, largest coefficient first (atoms.rank_atoms)."""
     from spg_core.atoms import rank_atoms
     return rank_atoms(predictor(path, sig).guides)
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def stored_region_atoms(path: str, sig: tuple[float, ...], which: str, index: int,
+                        rows: tuple[int, int], cols: tuple[int, int], k: int = 8):
+    """atoms.region.RegionAtoms for grid cells rows x cols of image `index` of the run's
+    'target_store' or 'aux_store'."""
+    from spg_core.atoms import attribute
+    from spg_core.atoms.region import cell_patches, region_atoms
+    pred = predictor(path, sig)
+    store = store_of(Path(path), which)
+    tokens = store.tokens([index])
+    attr = attribute(tokens, pred.dictionary, pred.guides, tau=pred.cfg.guides.tau)
+    return region_atoms(pred.sae, tokens[0], attr, cell_patches(rows, cols, store.grid), k=k)
+
+
+def upload_region_atoms(path: str, sig: tuple[float, ...], prediction: "Prediction",
+                        rows: tuple[int, int], cols: tuple[int, int], k: int = 8):
+    """atoms.region.RegionAtoms for grid cells rows x cols of an uploaded image's tokens."""
+    from spg_core.atoms import attribute
+    from spg_core.atoms.region import cell_patches, region_atoms
+    pred = predictor(path, sig)
+    tokens = prediction.tokens[None]
+    attr = attribute(tokens, pred.dictionary, pred.guides, tau=pred.cfg.guides.tau)
+    return region_atoms(pred.sae, tokens[0], attr, cell_patches(rows, cols, prediction.probs.shape), k=k)
+
+
+@st.cache_resource(show_spinner="Measuring each guide atom inside each auxiliary defect kind ...", max_entries=8)
+def kind_map(path: str, sig: tuple[float, ...]):
+    """atoms.kinds.KindMap of the run's live guide atoms (cached in RUN/atoms/kinds.*)."""
+    from spg_core.atoms.kinds import run_kind_map
+    dead = {a for a, t in atom_tags(path, sig).items() if t == "dead"}
+    ranking = atom_ranking(path, sig)
+    atoms = sorted({a["atom"] for g in ranking.values() for a in g} - dead)
+    return run_kind_map(path, predictor(path, sig).sae, store_of(Path(path), "aux_store"), atoms)
+
+
+@st.cache_resource(show_spinner="Finding the atom's patches in this defect kind ...", max_entries=64)
+def kind_tiles(path: str, sig: tuple[float, ...], atom: int, category: str, defect: str, count: int = 6) -> list[Tile]:
+    """The atom's strongest in-mask patches among auxiliary images of one defect kind, as crops."""
+    from spg_core.atoms.kinds import kind_patches
+    from spg_core.atoms.visual import IN_MASK, patch_crop
+    from spg_core.images import load_image
+    store = store_of(Path(path), "aux_store")
+    found = kind_patches(predictor(path, sig).sae, store, atom, (category, defect), count)
+    size = store.image_size
+    tiles = []
+    for e in found:
+        record = store.images[e["image"]]
+        image = load_image(record["image_path"]).resize((size, size), Image.BICUBIC)
+        crop = png(patch_crop(image, e["patch"], store.grid, size, 2, 150, outline=IN_MASK))
+        tiles.append(Tile(crop, crop, f"{record['category']} · {record['defect']} · s={e['value']:.2f}"))
+    return tiles
 
 
 # -- atom detail and ablation ------------------------------------------------------------------
@@ -227,6 +296,7 @@ class Prediction:
     image: np.ndarray          # [S, S, 3] uint8, as the backbone saw it
     probs: np.ndarray          # [h, w] patch anomaly probabilities
     score: float
+    tokens: Any                # [N, D] float32 tensor (for region queries)
     atoms: Any                 # DataFrame from attribution.image_top_atoms (empty without a dictionary)
 
 
@@ -243,7 +313,7 @@ def predict_upload(path: str, sig: tuple[float, ...], name: str, data: bytes) ->
         attr = attribute(out["tokens"], pred.dictionary, pred.guides, tau=pred.cfg.guides.tau)
         top = attribution.image_top_atoms(attr, k=6, tags=atom_tags(path, sig))
     view = np.asarray(image.resize((size, size), Image.BICUBIC))
-    return Prediction(view, out["probs"][0].reshape(grid).numpy(), float(out["scores"][0]), top)
+    return Prediction(view, out["probs"][0].reshape(grid).numpy(), float(out["scores"][0]), out["tokens"][0], top)
 
 
 # -- sweeps ---------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from dashboard import state, widgets
 from dashboard.viewmodels.tables import ablation_frame, metrics_frame
 from dashboard.viewmodels.targets import format_score, most_changed
 from dashboard.viewmodels.atom_detail import category_profile
+from dashboard.viewmodels.attribution import live_ranking
 from spg_core.atoms.build import INDEX
 from spg_core.report import METRIC_TITLES
 from spg_core.runs import GUIDES, PATCH_MAPS, SCORES
@@ -22,10 +23,17 @@ key = f"{run.name}::atom::"
 
 
 def pick_atom(ranking: dict[str, list[dict]], tags: dict[int, str]) -> int:
-    """Active atoms of both guides, anomaly first. The choice lives in session_state[ATOM_KEY]
-    (other pages set it to open an atom here); the selectbox is seeded from it on every run."""
-    options = list(dict.fromkeys([a["atom"] for a in ranking["anomaly"]] + [a["atom"] for a in ranking["normal"]]))
+    """Live atoms of both guides, anomaly first, so the page opens on the anomaly guide's top live atom
+    (older runs' guides may weight dead atoms). The choice lives in session_state[ATOM_KEY] (other
+    pages set it to open an atom here, a dead one included); the selectbox is seeded from it."""
+    live = live_ranking(ranking, {a for a, t in tags.items() if t == "dead"})
+    options = list(dict.fromkeys([a["atom"] for a in live["anomaly"]] + [a["atom"] for a in live["normal"]]))
     wanted = st.session_state.get(state.ATOM_KEY)
+    every = {a["atom"] for g in ranking.values() for a in g}
+    if wanted in every and wanted not in options:          # asked for by number: show it, dead or not
+        options.append(wanted)
+    if not options:
+        options = sorted(every)
     st.session_state[key + "pick"] = wanted if wanted in options else options[0]
 
     def remember() -> None:
@@ -67,7 +75,8 @@ def top_patches(atom: int) -> None:
     count = st.select_slider("Patches", [3, 6, 9, 12, 15], value=9, key=key + "count")
     tiles = state.atom_tiles(str(run), sig, atom, count)
     if not tiles:
-        st.info("This atom never fires on the auxiliary set.")
+        st.info("This atom never fires on the auxiliary set (a dead atom): it has no patches to show. "
+                "Pick a live atom above.")
         return
     per_row = 3
     for start in range(0, len(tiles), per_row):
@@ -133,7 +142,7 @@ def ablation_metrics(before: dict, after: dict) -> None:
 
 def ablation_maps(before, after) -> None:
     """One target image's map with and without the atom (images whose score moved most first)."""
-    target = state.target_maps(str(run), sig)
+    target = state.target_outputs(str(run), sig)
     changed = most_changed(before.scores.numpy(), after.scores.numpy())
     widgets.keep_choice(key + "abl_image", changed)
 

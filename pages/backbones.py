@@ -48,7 +48,7 @@ def target_rows(runs: dict[str, Path]) -> dict[str, list[dict[str, Any]]]:
         try:
             if missing:
                 raise SPGError(f"its {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} missing or damaged")
-            tables[name] = state.target_maps(str(run), state.signature(run)).rows
+            tables[name] = state.target_outputs(str(run), state.signature(run)).rows
         except DAMAGE as exc:
             st.warning(f"Run **{name}** is left out of the image comparison: {str(exc).splitlines()[0]}.",
                        icon=":material/construction:")
@@ -80,7 +80,7 @@ def side_by_side(runs: dict[str, Path], tables: dict[str, list[dict[str, Any]]])
 
 def run_map(run: Path, name: str, index: int, image_path: str, opacity: float, colorbar: bool,
             height: int) -> None:
-    target = state.target_maps(str(run), state.signature(run))
+    target = state.target_outputs(str(run), state.signature(run))
     image = state.image_at(image_path, target.image_size)
     background = widgets.image_with_mask(image, state.target_mask(run, index))
     fig = widgets.patch_map_figure(background, target.probs[index], opacity=opacity, title=backbone_of(run),
@@ -112,10 +112,14 @@ def main() -> None:
     if not names:
         widgets.empty_state(root)
         return
+    widgets.demo_progress_note(root)
     if len(names) < 2:
-        st.info("Comparing needs at least two runs under the runs root; there is one. Make another, e.g. "
-                "`spg run --aux synthetic-a --target synthetic-b --backbone dinov2-large-tiny --out runs/other`.",
+        st.info(f"Comparing needs at least two runs under the runs root; there is one ({names[0]}), shown alone "
+                "below. Make another with a different backbone and it appears here, e.g. "
+                "`spg run --aux synthetic-a --target synthetic-b --backbone builtin --out runs/other`.",
                 icon=":material/info:")
+        with widgets.guard(f"Run {names[0]} cannot be opened"):
+            metric_bars({names[0]: resolve_run(root, names[0])})
         return
     if "bb_runs" not in st.session_state:
         st.session_state["bb_runs"] = default_selection(names)

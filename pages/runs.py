@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import streamlit as st
 
 from dashboard import state, widgets
@@ -10,19 +12,41 @@ from dashboard.viewmodels.tables import metrics_frame, paper_comparison
 from dashboard.viewmodels.sweeps import run_sweep_dir
 from spg_core.run_paths import resolve_run
 from spg_core.report import METRIC_TITLES
-from spg_core.runs import CONFIG, METRICS
+from spg_core.report_html import write_report
+from spg_core.runs import CONFIG, METRICS, PATCH_MAPS, SCORES
+
+
+
+def report_button(run, health) -> None:
+    """Write RUN/report.html (spg report) and offer it for download: one self-contained file."""
+    if not health.has(METRICS, PATCH_MAPS, SCORES):
+        st.caption("A report needs an evaluated run: `spg eval --run DIR` first.")
+        return
+    make_col, get_col = st.columns([1, 3], vertical_alignment="center")
+    if make_col.button("Write run report", icon=":material/description:", key="report_make",
+                       help="one HTML file with metrics, the worst errors' maps and the top atoms; opens offline"):
+        with st.spinner("Writing the report ..."), widgets.guard("The report cannot be written"):
+            st.session_state["report_path"] = str(write_report(run))
+    path = st.session_state.get("report_path")
+    if path and Path(path).is_file() and Path(path).parent == run:
+        get_col.download_button(f"Download {Path(path).name} ({Path(path).stat().st_size / 2**20:.1f} MB)",
+                                Path(path).read_bytes(), file_name=f"{run.name}-report.html", mime="text/html",
+                                key="report_download", icon=":material/download:")
+
 
 root = state.runs_root()
 widgets.page_header("Runs", "Experiments under the runs root: settings, per-category metrics and how they "
                             "compare with the paper")
 
+widgets.demo_progress_note(root)
 overview = state.run_overview(str(root))
 if overview.empty:
     widgets.empty_state(root)
     st.stop()
 
-st.dataframe(overview, hide_index=True, key="runs_overview",
-             column_config={k: st.column_config.NumberColumn(k, format="%.1f")
+st.dataframe(overview.fillna({c: "?" for c in overview.columns if overview[c].dtype == object}),
+             hide_index=True, key="runs_overview",
+             column_config={k: st.column_config.NumberColumn(f"{k} (%)", format="%.1f")
                             for k in overview.columns if k.endswith(("AUROC", "AP", "AUPRO"))})
 
 run = widgets.require_run()
@@ -31,6 +55,7 @@ health = widgets.run_health(run)
 widgets.require(health, [CONFIG], "The run's configuration")
 
 sig = state.signature(run)
+report_button(run, health)
 tab_metrics, tab_config, tab_paper, tab_sweep = st.tabs(["Metrics", "Configuration", "Paper comparison", "Sweep"])
 
 with tab_metrics, widgets.guard("The metrics of this run cannot be shown"):

@@ -214,6 +214,8 @@ def train_stages(cfg: RunConfig, out: str | Path, *, cache_dir: str | Path | Non
         pair, info = fit_guides(aux, dictionary_of(sae, backbone.dim), cfg.guides, device, progress)
         pair.save(str(run.file(GUIDES)), {"backbone": backbone.identity(), "method": cfg.method})
         write_json(run.file("guides.json"), {"config": cfg.guides.__dict__, **info})
+        from .thresholds import write_run_threshold     # decision threshold + map scale, set on the aux side
+        write_run_threshold(run.path, device=str(device))
     return run
 
 

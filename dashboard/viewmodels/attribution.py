@@ -50,11 +50,29 @@ def image_top_atoms(attr: Any, k: int = 6, image: int = 0, tags: dict[int, str] 
     return pd.DataFrame(rows, columns=["atom", "guide", "contribution", "tag"])
 
 
+def dead_atoms(stats: pd.DataFrame | None) -> set[int]:
+    """Atoms tagged 'dead' (never fire on the auxiliary set) in an atom statistics table."""
+    if stats is None or "tag" not in getattr(stats, "columns", []):
+        return set()
+    ids = stats["atom"] if "atom" in stats.columns else stats.index
+    return {int(a) for a, t in zip(ids, stats["tag"]) if t == "dead"}
+
+
+def live_ranking(ranking: dict[str, list[dict[str, Any]]], dead: set[int]) -> dict[str, list[dict[str, Any]]]:
+    """`atoms.rank_atoms` output without dead atoms (older runs' guides may still weight them)."""
+    return {g: [e for e in entries if int(e["atom"]) not in dead] for g, entries in ranking.items()}
+
+
+TABLE_COLUMNS = ("guide", "rank", "atom", "tag", "share", "coef", "frequency", "lift", "top_category",
+                 "top_category_share", "dominant_defect", "mean_activation", "max_activation", "selectivity")
+
+
 def atom_table(ranking: dict[str, list[dict[str, Any]]], stats: pd.DataFrame | None = None) -> pd.DataFrame:
     """Both guides' active atoms (from `atoms.rank_atoms`) as one table, joined with atom statistics.
 
-    Columns: guide, rank (1 = largest coefficient), atom, coef, share (% of the guide), then every
-    column of `stats` (keyed by its 'atom' column or index) such as the tag.
+    Columns: guide, rank (1 = largest coefficient), atom, coef, share (% of the guide), then the
+    readable columns of `stats` (TABLE_COLUMNS; frequency, top_category_share and selectivity in %).
+    Text cells without a value are empty strings, never None.
     """
     rows = [{"guide": guide, "rank": i + 1, **entry} for guide, entries in ranking.items()
             for i, entry in enumerate(entries)]
@@ -63,10 +81,28 @@ def atom_table(ranking: dict[str, list[dict[str, Any]]], stats: pd.DataFrame | N
     if stats is not None and len(stats):
         extra = stats.reset_index() if "atom" not in stats.columns else stats
         extra = extra.rename(columns={"index": "atom"}) if "atom" not in extra.columns else extra
-        # Dict-valued columns (top_categories ...) do not fit a table cell; the scalars do.
-        scalar = [c for c in extra.columns if c not in ("guide", "rank", "coef", "share")
-                  and not extra[c].map(lambda v: isinstance(v, (dict, list))).any()]
-        table = table.merge(extra[scalar], on="atom", how="left")
-    first = [c for c in ("guide", "rank", "atom", "tag", "share", "coef", "top_category", "dominant_defect",
-                         "lift", "frequency") if c in table.columns]
-    return table[first + [c for c in table.columns if c not in first]]
+        keep = [c for c in TABLE_COLUMNS if c in extra.columns and c not in ("guide", "rank", "coef", "share")]
+        table = table.merge(extra[keep], on="atom", how="left")
+        for col in ("frequency", "top_category_share", "selectivity"):
+            if col in table.columns:
+                table[col] = 100.0 * table[col].astype(float)
+    for col in table.columns:
+        if table[col].dtype == object:
+            table[col] = table[col].map(lambda v: "" if v is None or (isinstance(v, float) and v != v) else v)
+    return table[[c for c in TABLE_COLUMNS if c in table.columns]]
+
+
+def atom_table_columns() -> dict[str, dict[str, Any]]:
+    """Header, unit and number format of each atom_table column (for st.column_config)."""
+    return {
+        "rank": {"label": "rank", "format": "%d"},
+        "atom": {"label": "atom", "format": "#%d"},
+        "share": {"label": "share of guide (%)", "format": "%.1f"},
+        "coef": {"label": "coefficient", "format": "%.4f"},
+        "frequency": {"label": "fires on (% of aux patches)", "format": "%.3g"},
+        "lift": {"label": "in-defect lift (x base rate)", "format": "%.2f"},
+        "top_category_share": {"label": "top category share (%)", "format": "%.0f"},
+        "mean_activation": {"label": "mean activation", "format": "%.3f"},
+        "max_activation": {"label": "max activation", "format": "%.3f"},
+        "selectivity": {"label": "activation in defects (%)", "format": "%.1f"},
+    }

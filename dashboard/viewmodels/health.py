@@ -116,3 +116,30 @@ def config_summary(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
     top = {k: config.get(k) for k in ("aux", "target", "backbone", "weights", "method", "device_used")}
     return {"experiment": top, "SAE": dict(config.get("sae", {})), "guides": dict(config.get("guides", {})),
             "scoring": dict(config.get("score", {})), "backbone": dict(config.get("backbone_identity", {}))}
+
+
+DEMO_PROGRESS = ".demo_progress.json"     # written by the demo builder into the runs root while it works
+
+
+def demo_progress(root: str | Path) -> dict[str, Any] | None:
+    """The demo builder's progress file in the runs root, read leniently: {"text", "fraction" (0-1 or
+    None), "done"}; None when there is none or it cannot be read (it may be mid-rewrite)."""
+    path = Path(root) / DEMO_PROGRESS
+    if not path.is_file():
+        return None
+    try:
+        record = read_json(path, what="demo progress")
+    except SPGError:
+        return None
+    if not isinstance(record, dict):
+        return None
+    fraction = record.get("fraction", record.get("progress"))
+    if fraction is None and record.get("total"):
+        fraction = float(record.get("done_steps", record.get("step", 0))) / float(record["total"])
+    try:
+        fraction = None if fraction is None else min(max(float(fraction), 0.0), 1.0)
+    except (TypeError, ValueError):
+        fraction = None
+    parts = [str(record[k]) for k in ("run", "stage", "message", "status") if record.get(k)]
+    done = bool(record.get("done")) or record.get("status") in ("done", "complete", "finished")
+    return {"text": " · ".join(parts) or "building the demo runs", "fraction": fraction, "done": done}
