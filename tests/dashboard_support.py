@@ -98,3 +98,35 @@ def write_sweep(out: Path) -> Path:
     pd.DataFrame(rows).to_csv(out / "sweep.csv", index=False)
     (out / "sweep.json").write_text('{"aux": "synthetic-a", "target": "synthetic-b"}\n')
     return out
+
+
+# -- headless Chromium (the browser tests and `python benchmarks/screenshots.py`) -------------------
+
+CHROMIUM = "/usr/bin/chromium"
+BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+VIEWPORT = {"width": 1600, "height": 1700}
+READY_TIMEOUT_MS = 180_000       # first page view loads torch and the model on 2 busy cores
+BUSY = ('[data-testid="stStatusWidget"]', '[data-testid="stSpinner"]', '[data-testid="stSkeleton"]')
+
+
+def wait_ready(page, title: str, quiet_s: float = 1.5, timeout_ms: int = READY_TIMEOUT_MS) -> None:
+    """Wait until a page's script has finished and its charts are drawn: no status widget, spinner
+    or skeleton, and every plotly chart drawn, for `quiet_s` seconds in a row (a page shows several
+    spinners one after another)."""
+    import time
+
+    page.wait_for_selector(f'h1:has-text("{title}")', timeout=timeout_ms)
+    deadline = time.monotonic() + timeout_ms / 1000
+    quiet_since = None
+    while time.monotonic() < deadline:
+        busy = any(page.query_selector(sel) for sel in BUSY)
+        charts = page.query_selector_all('[data-testid="stPlotlyChart"]')
+        if busy or not all(c.query_selector(".main-svg") for c in charts):
+            quiet_since = None
+        elif quiet_since is None:
+            quiet_since = time.monotonic()
+        elif time.monotonic() - quiet_since >= quiet_s:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"{title}: the page was still busy after {timeout_ms / 1000:.0f} s")

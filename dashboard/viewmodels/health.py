@@ -52,7 +52,7 @@ class RunHealth:
 
     @property
     def status(self) -> str:
-        if not self.has(CONFIG):
+        if not self.has(CONFIG) or any("truncated or damaged" in p for p in self.problems):
             return "damaged"
         if not self.has(SAE, GUIDES) and not self.has(GUIDES):
             return "training"
@@ -66,6 +66,10 @@ def check_run(path: str | Path) -> RunHealth:
     health = RunHealth(Path(path))
     for name in ARTIFACTS:
         health.present[name] = (health.path / name).is_file()
+    for name in ARTIFACTS:
+        if name.endswith(".safetensors") and health.present[name] and not safetensors_intact(health.path / name):
+            health.present[name] = False
+            health.problems.append(f"{ARTIFACTS[name]} truncated or damaged ({name})")
     for name in (CONFIG, METRICS_FILE):
         if health.present[name]:
             try:
@@ -78,6 +82,28 @@ def check_run(path: str | Path) -> RunHealth:
             health.problems.append(f"{ARTIFACTS[name]} missing ({name})")
     health.notes += guide_notes(health.path / "guides.json")
     return health
+
+
+def safetensors_intact(path: Path) -> bool:
+    """Whether a safetensors file's header parses and its tensors end exactly at the end of the file
+    (a cheap check: reads the header only; a half-written or cut file fails it)."""
+    import json
+    import struct
+
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                return False
+            (n,) = struct.unpack("<Q", head)
+            if n > size - 8:
+                return False
+            header = json.loads(f.read(n))
+        ends = [int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"]
+        return 8 + n + max(ends, default=0) == size
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        return False
 
 
 def guide_notes(path: Path) -> list[str]:
