@@ -50,6 +50,15 @@ def take(runs: Path, out: Path, run: str | None) -> list[Path]:
                 page.screenshot(path=str(path))
                 written.append(path)
                 print(f"{path}")
+                if url == "try":                 # the README shows the page with a scored sample
+                    page.locator('[data-testid="stSelectbox"]:has-text("try a sample")').first.click()
+                    page.get_by_role("option").nth(1).click()
+                    page.wait_for_selector('[data-testid="stMetric"]:has-text("Image score")', timeout=300_000)
+                    wait_ready(page, title)
+                    path = out / "try_image_result.png"
+                    page.screenshot(path=str(path))
+                    written.append(path)
+                    print(f"{path}")
             browser.close()
     finally:
         stop_server(proc)

@@ -147,11 +147,14 @@ def _layout(fig: go.Figure, height: int, **kwargs: Any) -> go.Figure:
     return fig
 
 
+TRUTH_COLOUR = (60, 255, 120)     # ground-truth outlines, on the image and on the map alike
+
+
 def image_with_mask(image: np.ndarray, mask: np.ndarray | None) -> Image.Image:
-    """The image with the ground-truth outline drawn in white (no outline for good images)."""
+    """The image with the ground-truth outline drawn in green (no outline for good images)."""
     pil = Image.fromarray(image)
     if mask is not None and mask.any():
-        pil = draw_outline(pil, mask, colour=(255, 255, 255))
+        pil = draw_outline(pil, mask, colour=TRUTH_COLOUR)
     return pil
 
 

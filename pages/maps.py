@@ -69,7 +69,7 @@ def image_panel(image: np.ndarray, mask: np.ndarray, info: dict[str, Any], thres
     st.markdown(f"**Image and ground truth** {widgets.pill(label, label)} {widgets.pill(info['defect'])} "
                 f"{widgets.pill(verdict, info['outcome'])}", unsafe_allow_html=True)
     st.image(widgets.image_with_mask(image, mask), width="stretch",
-             caption=f"{info['name']}: ground truth outlined in white")
+             caption=f"{info['name']}: ground truth outlined in green")
     st.metric("Image score", format_score(info["score"]), border=True,
               help="the image's anomaly score: its map pooled with the run's aggregation (max, mean or LSE)")
 
