@@ -180,7 +180,7 @@ def patch_map_figure(image: Image.Image | np.ndarray, probs: np.ndarray, *, opac
     fig.add_layout_image(source=picture, xref="x", yref="y", x=-0.5, y=-0.5, sizex=w, sizey=h,
                          sizing="stretch", layer="below")
     if colorbar:       # an invisible trace that carries the colour bar of `scale`
-        fig.add_trace(go.Heatmap(z=[[scale.vmin, scale.vmax]], x=[0, 0], y=[0, 0], zmin=scale.vmin, zmax=scale.vmax,
+        fig.add_trace(go.Heatmap(z=[[scale.vmin, scale.vmax]], x=[0, 1], y=[0], zmin=scale.vmin, zmax=scale.vmax,
                                  colorscale=COLORSCALE, opacity=0, hoverinfo="skip", showscale=True,
                                  colorbar=dict(thickness=10, len=0.85, tickvals=[scale.vmin, scale.vmax],
                                                ticktext=[t.replace("\n", "<br>") for t in scale.tick_text],

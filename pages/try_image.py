@@ -8,6 +8,7 @@ import streamlit as st
 
 from dashboard import region_panel, state, widgets
 from dashboard.viewmodels.targets import format_score, peak_patch
+from spg_core.render import PROBABILITY_SCALE, fitted_scale, sigmoid
 from spg_core.thresholds import best_f1_threshold
 from spg_core.uploads import MAX_UPLOAD_BYTES, UPLOAD_TYPES
 from spg_core.errors import SPGError
@@ -38,6 +39,18 @@ def run_threshold() -> tuple[float | None, str]:
     return best_f1_threshold([r["score"] for r in rows], [r["label"] for r in rows]), "oracle: target best F1"
 
 
+def map_look():
+    """(colour scale, contour level, legend): the run's fitted scale and its normal-pixel contour when
+    the run has an auxiliary threshold record, else 0-1 and p = 0.5."""
+    try:
+        record = state.run_threshold(str(run), sig)
+    except SPGError:
+        return PROBABILITY_SCALE, 0.5, PROBABILITY_SCALE.legend + "; white outline where p >= 0.5"
+    contour = sigmoid(record["pixel_scale"]["vmax"])
+    return (fitted_scale(record["pixel_scale"]), contour,
+            fitted_scale(record["pixel_scale"]).legend + f"; white outline where the map reaches p {contour:.2g}")
+
+
 def show(name: str, result: state.Prediction, threshold: float | None, source: str, opacity: float) -> None:
     with st.container(border=True):
         verdict = ""
@@ -48,10 +61,14 @@ def show(name: str, result: state.Prediction, threshold: float | None, source: s
         left, middle, right = st.columns([1, 1.2, 1.1], gap="medium")
         middle.caption("Anomaly map (box: the most anomalous patch)")
         left.image(result.image, caption="as the backbone sees it", width="stretch")
-        middle.plotly_chart(widgets.patch_map_figure(result.image, result.probs, opacity=opacity,
+        scale, contour, legend = map_look()
+        middle.plotly_chart(widgets.patch_map_figure(result.image, result.probs, opacity=opacity, scale=scale,
+                                                     smoothing_sigma=state.smoothing_sigma(str(run), sig),
+                                                     contour_level=contour,
                                                      selected=peak_patch(result.probs, result.probs.shape),
                                                      height=400),
                             key=f"try_map_{name}", config={"displayModeBar": False})
+        middle.caption(legend)
         with right:
             st.metric("Image score", format_score(result.score), border=True)
             if result.atoms is None or result.atoms.empty:
