@@ -4,8 +4,8 @@ A region is a set of patches `[N]` bool (from a pixel box, a mask or clicked cel
 answer two questions:
 
 - "what does the model see here": SAE activations s_j (the TopK codes) averaged over the region's
-  patches, beside their average over the rest of the image (the contrast says whether the atom is
-  about this region or about the whole image);
+  patches, ranked by their excess over the average on the rest of the image (an atom that fires
+  everywhere, e.g. on the background texture, says nothing about this region);
 - "why is this flagged": each atom's exact share of l_a - l_n (ranking.attribute, the same split
   the anomaly maps are built from), averaged over the region.
 """
@@ -71,16 +71,19 @@ class RegionAtoms:
 
 @torch.no_grad()
 def region_activation(sae: TopKSAE, tokens: torch.Tensor, region: np.ndarray, k: int = 8) -> list[dict[str, float | int]]:
-    """The k atoms with the largest mean activation inside `region` `[N]` over one image's tokens `[N, D]`."""
+    """The k atoms whose mean activation inside `region` `[N]` most exceeds their mean elsewhere in the
+    image, over one image's tokens `[N, D]` (only atoms that fire inside; a whole-image region ranks by
+    the mean alone)."""
     inside = torch.as_tensor(np.asarray(region, dtype=bool))
     if not inside.any():
         raise SPGError("the region holds no patch", fix="draw a larger box")
     codes = sae.encode_dense(tokens.to(next(sae.parameters()).device).float()).cpu()   # [N, M]
     mean_in = codes[inside].mean(0)
     mean_out = codes[~inside].mean(0) if (~inside).any() else torch.zeros_like(mean_in)
-    top = mean_in.topk(min(k, mean_in.numel()))
-    return [{"atom": int(j), "inside": float(v), "outside": float(mean_out[j])}
-            for j, v in zip(top.indices.tolist(), top.values.tolist()) if v > 0]
+    excess = torch.where(mean_in > 0, mean_in - mean_out, torch.full_like(mean_in, -float("inf")))
+    top = excess.topk(min(k, int((mean_in > 0).sum())))
+    return [{"atom": int(j), "inside": float(mean_in[j]), "outside": float(mean_out[j])}
+            for j in top.indices.tolist()]
 
 
 def region_contribution(attr: Attribution, region: np.ndarray, k: int = 8, image: int = 0) -> list[dict[str, float | int | str]]:
