@@ -34,9 +34,21 @@ def build_small_run(out: Path) -> Path:
     return out
 
 
+REUSE_ENV = "SPG_TEST_RUNS_ROOT"   # a root this module built before (quick loops: skips the build)
+
+
 def small_runs_root(tmp_path_factory) -> Path:
-    """A runs root holding RUN, TWIN and a sweep folder (built on first call of the session)."""
-    root = tmp_path_factory.getbasetemp() / "dashboard_runs"
+    """A runs root holding RUN, TWIN and a sweep folder (built on first call of the session), or
+    the one named by $SPG_TEST_RUNS_ROOT, built earlier by `build_runs_root` and re-used as is."""
+    import os
+
+    if os.environ.get(REUSE_ENV):
+        return Path(os.environ[REUSE_ENV])
+    return build_runs_root(tmp_path_factory.getbasetemp() / "dashboard_runs")
+
+
+def build_runs_root(root: Path) -> Path:
+    """Build RUN, TWIN and the sweep folders into `root` unless a finished build is there."""
     done = root / ".complete"
     if not done.is_file():
         if root.exists():
