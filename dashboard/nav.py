@@ -20,17 +20,30 @@ PAGE_SPECS = [
     ("try_image.py", "Try an image", ":material/add_photo_alternate:", "try"),
 ]
 SECTIONS = {"Explore": 4, "Compare and try": 2}     # consecutive PAGE_SPECS per sidebar section
+HOME_URL = "home"        # the root URL's page (serves PAGE_SPECS[0]'s script)
 
 
-def navigation() -> st.navigation:
-    """st.navigation over PAGE_SPECS, grouped into SECTIONS."""
-    pages = [st.Page(PAGES / script, title=title, icon=icon, url_path=url, default=i == 0)
-             for i, (script, title, icon, url) in enumerate(PAGE_SPECS)]
-    grouped, start = {}, 0
-    for section, count in SECTIONS.items():
-        grouped[section] = pages[start:start + count]
-        start += count
-    return st.navigation(grouped)
+def navigation() -> st.Page:
+    """st.navigation over PAGE_SPECS plus a home page at the root URL, with our own sidebar links.
+
+    Streamlit serves its default page only at "/", so a default page's own url_path ("/runs")
+    would answer "Page not found". The home page is therefore a separate default entry running
+    the first script, every PAGE_SPECS page keeps its url_path, and the sidebar (st.page_link,
+    grouped into SECTIONS) lists PAGE_SPECS only, so the alias never shows twice.
+    """
+    pages = [st.Page(PAGES / script, title=title, icon=icon, url_path=url)
+             for script, title, icon, url in PAGE_SPECS]
+    script, title, icon, _ = PAGE_SPECS[0]
+    home = st.Page(PAGES / script, title=title, icon=icon, url_path=HOME_URL, default=True)
+    page = st.navigation([home, *pages], position="hidden")
+    with st.sidebar:
+        start = 0
+        for section, count in SECTIONS.items():
+            st.caption(section)
+            for p in pages[start:start + count]:
+                st.page_link(p)
+            start += count
+    return page
 
 
 def open_page(script: str) -> None:

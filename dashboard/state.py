@@ -17,8 +17,10 @@ import numpy as np
 import streamlit as st
 from PIL import Image
 
-from spg_core import views
+from spg_core import run_paths, uploads
 from spg_core.errors import SPGError
+
+from .viewmodels import atom_detail, attribution, health, sweeps
 
 RUN_KEY = "chosen_run"   # session_state key of the chosen run (root-relative name)
 RUN_WIDGET = "run"       # key of the sidebar's run selectbox
@@ -29,18 +31,18 @@ ATOM_KEY = "atom"        # session_state key of the atom opened on the Atom deta
 
 def runs_root() -> Path:
     """The runs root the launcher passed in `$SPG_RUNS_ROOT` (default ./runs)."""
-    return views.runs_root()
+    return run_paths.runs_root()
 
 
 @st.cache_data(ttl=5, show_spinner=False)
 def run_names(root: str) -> list[str]:
     """Run names under the root; a short TTL so new runs appear without a restart."""
-    return views.run_names(root)
+    return run_paths.run_names(root)
 
 
 @st.cache_data(ttl=5, show_spinner=False)
 def run_overview(root: str):
-    return views.run_overview(root)
+    return health.run_overview(root)
 
 
 def current_run() -> Path | None:
@@ -48,11 +50,11 @@ def current_run() -> Path | None:
     name = st.session_state.get(RUN_KEY)
     if not name:
         return None
-    return views.resolve_run(runs_root(), name)
+    return run_paths.resolve_run(runs_root(), name)
 
 
 def signature(run: Path) -> tuple[float, ...]:
-    return views.run_signature(run)
+    return health.run_signature(run)
 
 
 # -- run artifacts ----------------------------------------------------------------------------
@@ -77,8 +79,9 @@ def predictor(path: str, sig: tuple[float, ...]):
 
 
 @dataclass
-class TargetMaps:
-    """A run's stored target outputs: patch maps `[K, h, w]`, score rows, grid and image size."""
+class TargetOutputs:
+    """A run's stored target outputs: patch maps `[K, h, w]`, score rows, grid and image size.
+    (Not `pipeline.target_maps`, which upsamples patch maps to full maps.)"""
 
     probs: np.ndarray
     rows: list[dict[str, Any]]
@@ -87,7 +90,7 @@ class TargetMaps:
 
 
 @st.cache_resource(show_spinner="Loading target maps ...", max_entries=8)
-def target_maps(path: str, sig: tuple[float, ...]) -> TargetMaps:
+def target_outputs(path: str, sig: tuple[float, ...]) -> TargetOutputs:
     from spg_core.runs import RunDir
     run = RunDir(path)
     probs, _, meta = run.read_target()
@@ -96,7 +99,7 @@ def target_maps(path: str, sig: tuple[float, ...]) -> TargetMaps:
         raise SPGError(f"scores.csv has {len(rows)} rows but the maps file has {probs.shape[0]} maps",
                        path=str(run.file("target")), fix="re-run `spg eval --run DIR`")
     grid = tuple(meta.get("grid", probs.shape[1:]))
-    return TargetMaps(probs.numpy(), rows, grid, int(meta.get("image_size", 0)))  # type: ignore[arg-type]
+    return TargetOutputs(probs.numpy(), rows, grid, int(meta.get("image_size", 0)))  # type: ignore[arg-type]
 
 
 @st.cache_resource(show_spinner="Opening token store ...", max_entries=8)
@@ -121,6 +124,21 @@ def atoms(path: str, sig: tuple[float, ...]):
     """(AtomIndex, stats DataFrame) from RUN/atoms."""
     from spg_core.atoms import load_atoms
     return load_atoms(path)
+
+
+@st.cache_data(show_spinner="Setting the decision threshold on the auxiliary set ...", max_entries=16)
+def run_threshold(path: str, sig: tuple[float, ...]) -> dict[str, Any]:
+    """RUN/threshold.json (thresholds.run_threshold: computed and recorded first for runs without one)."""
+    from spg_core.thresholds import run_threshold as recorded
+    return recorded(path, predictor=predictor(path, sig))
+
+
+def smoothing_sigma(path: str, sig: tuple[float, ...]) -> float:
+    """The run's protocol smoothing (pixels), as its metrics were computed with."""
+    settings = run_metrics(path, sig).get("settings", {}) if (Path(path) / "metrics.json").is_file() else {}
+    if "smoothing_sigma" in settings:
+        return float(settings["smoothing_sigma"])
+    return float(run_config(path, sig).get("score", {}).get("smoothing_sigma", 0.0))
 
 
 # -- images -----------------------------------------------------------------------------------
@@ -168,6 +186,59 @@ def atom_ranking(path: str, sig: tuple[float, ...]) -> dict[str, list[dict[str, 
     return rank_atoms(predictor(path, sig).guides)
 
 
+@st.cache_data(show_spinner=False, max_entries=256)
+def stored_region_atoms(path: str, sig: tuple[float, ...], which: str, index: int,
+                        rows: tuple[int, int], cols: tuple[int, int], k: int = 8):
+    """atoms.region.RegionAtoms for grid cells rows x cols of image `index` of the run's
+    'target_store' or 'aux_store'."""
+    from spg_core.atoms import attribute
+    from spg_core.atoms.region import cell_patches, region_atoms
+    pred = predictor(path, sig)
+    store = store_of(Path(path), which)
+    tokens = store.tokens([index])
+    attr = attribute(tokens, pred.dictionary, pred.guides, tau=pred.cfg.guides.tau)
+    return region_atoms(pred.sae, tokens[0], attr, cell_patches(rows, cols, store.grid), k=k)
+
+
+def upload_region_atoms(path: str, sig: tuple[float, ...], prediction: "Prediction",
+                        rows: tuple[int, int], cols: tuple[int, int], k: int = 8):
+    """atoms.region.RegionAtoms for grid cells rows x cols of an uploaded image's tokens."""
+    from spg_core.atoms import attribute
+    from spg_core.atoms.region import cell_patches, region_atoms
+    pred = predictor(path, sig)
+    tokens = prediction.tokens[None]
+    attr = attribute(tokens, pred.dictionary, pred.guides, tau=pred.cfg.guides.tau)
+    return region_atoms(pred.sae, tokens[0], attr, cell_patches(rows, cols, prediction.probs.shape), k=k)
+
+
+@st.cache_resource(show_spinner="Measuring each guide atom inside each auxiliary defect kind ...", max_entries=8)
+def kind_map(path: str, sig: tuple[float, ...]):
+    """atoms.kinds.KindMap of the run's live guide atoms (cached in RUN/atoms/kinds.*)."""
+    from spg_core.atoms.kinds import run_kind_map
+    dead = {a for a, t in atom_tags(path, sig).items() if t == "dead"}
+    ranking = atom_ranking(path, sig)
+    atoms = sorted({a["atom"] for g in ranking.values() for a in g} - dead)
+    return run_kind_map(path, predictor(path, sig).sae, store_of(Path(path), "aux_store"), atoms)
+
+
+@st.cache_resource(show_spinner="Finding the atom's patches in this defect kind ...", max_entries=64)
+def kind_tiles(path: str, sig: tuple[float, ...], atom: int, category: str, defect: str, count: int = 6) -> list[Tile]:
+    """The atom's strongest in-mask patches among auxiliary images of one defect kind, as crops."""
+    from spg_core.atoms.kinds import kind_patches
+    from spg_core.atoms.visual import IN_MASK, patch_crop
+    from spg_core.images import load_image
+    store = store_of(Path(path), "aux_store")
+    found = kind_patches(predictor(path, sig).sae, store, atom, (category, defect), count)
+    size = store.image_size
+    tiles = []
+    for e in found:
+        record = store.images[e["image"]]
+        image = load_image(record["image_path"]).resize((size, size), Image.BICUBIC)
+        crop = png(patch_crop(image, e["patch"], store.grid, size, 2, 150, outline=IN_MASK))
+        tiles.append(Tile(crop, crop, f"{record['category']} · {record['defect']} · s={e['value']:.2f}"))
+    return tiles
+
+
 # -- atom detail and ablation ------------------------------------------------------------------
 
 @dataclass
@@ -189,7 +260,7 @@ def png(image: Image.Image) -> bytes:
 def atom_tiles(path: str, sig: tuple[float, ...], atom: int, count: int) -> list[Tile]:
     index, _ = atoms(path, sig)
     store = store_of(Path(path), "aux_store")
-    tiles = views.atom_tiles(index, store.images, predictor(path, sig).sae, store, atom, count=count)
+    tiles = atom_detail.atom_tiles(index, store.images, predictor(path, sig).sae, store, atom, count=count)
     return [Tile(png(t.crop), png(t.heat), t.caption) for t in tiles]
 
 
@@ -199,7 +270,7 @@ def atom_activations(path: str, sig: tuple[float, ...], atom: int) -> tuple[np.n
     index, _ = atoms(path, sig)
     store = store_of(Path(path), "aux_store")
     top_images = [e["image"] for e in index.entries(atom)]
-    return views.atom_activation_sample(predictor(path, sig).sae, store, atom, include=top_images)
+    return atom_detail.atom_activation_sample(predictor(path, sig).sae, store, atom, include=top_images)
 
 
 @st.cache_resource(show_spinner="Preparing what-if ablations (projecting target tokens) ...", max_entries=4)
@@ -225,34 +296,35 @@ class Prediction:
     image: np.ndarray          # [S, S, 3] uint8, as the backbone saw it
     probs: np.ndarray          # [h, w] patch anomaly probabilities
     score: float
-    atoms: Any                 # DataFrame from views.image_top_atoms (empty without a dictionary)
+    tokens: Any                # [N, D] float32 tensor (for region queries)
+    atoms: Any                 # DataFrame from attribution.image_top_atoms (empty without a dictionary)
 
 
 @st.cache_data(show_spinner="Scoring the image ...", max_entries=64)
 def predict_upload(path: str, sig: tuple[float, ...], name: str, data: bytes) -> Prediction:
     """Validate, decode and score an uploaded file (SPGError with the reason when it is refused)."""
     pred = predictor(path, sig)
-    image = views.decode_upload(name, data)
+    image = uploads.decode_upload(name, data)
     out = pred.predict_images([image])
     grid, size = pred.scorer.grid, pred.backbone.image_size
     top = None
     if pred.sae is not None:
         from spg_core.atoms import attribute
         attr = attribute(out["tokens"], pred.dictionary, pred.guides, tau=pred.cfg.guides.tau)
-        top = views.image_top_atoms(attr, k=6, tags=atom_tags(path, sig))
+        top = attribution.image_top_atoms(attr, k=6, tags=atom_tags(path, sig))
     view = np.asarray(image.resize((size, size), Image.BICUBIC))
-    return Prediction(view, out["probs"][0].reshape(grid).numpy(), float(out["scores"][0]), top)
+    return Prediction(view, out["probs"][0].reshape(grid).numpy(), float(out["scores"][0]), out["tokens"][0], top)
 
 
 # -- sweeps ---------------------------------------------------------------------------------------
 
 @st.cache_data(ttl=5, show_spinner=False)
 def sweep_names(root: str) -> list[str]:
-    return views.sweep_names(root)
+    return sweeps.sweep_names(root)
 
 
 @st.cache_data(show_spinner="Drawing the sweep ...", max_entries=16)
 def sweep_figures(path: str, mtime: float) -> dict[str, Any]:
     """The sweep's plotly figures (spg_core.sweep.sweep_figures over its sweep.csv)."""
     from spg_core.sweep import sweep_figures as figures
-    return figures(views.sweep_frame(path))
+    return figures(sweeps.sweep_frame(path))

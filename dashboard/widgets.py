@@ -18,11 +18,11 @@ import streamlit as st
 from PIL import Image
 
 from spg_core.errors import SPGError
-from spg_core.render import COLORSCALE, draw_outline
-from spg_core import views
-from spg_core.views import RunHealth
+from spg_core.render import COLORSCALE, PROBABILITY_SCALE, MapScale, display_map, draw_outline, map_picture
 
 from . import state
+from .viewmodels.health import RunHealth, check_run
+from .viewmodels.sweeps import SWEEP_CSV, sweep_html
 
 MAP_PX = 440              # on-screen side of a map figure: large enough to see small defects
 FONT = dict(family="Inter, Helvetica, Arial, sans-serif", size=14, color="#141A33")
@@ -73,6 +73,20 @@ Make one and it appears here within a few seconds:</p>
     )
 
 
+def demo_progress_note(root: Path) -> None:
+    """The demo builder's progress (RUNS/.demo_progress.json) while a demo run builds in the background."""
+    from .viewmodels.health import demo_progress
+
+    progress = demo_progress(root)
+    if progress is None or progress["done"]:
+        return
+    text = f"Demo runs are still being built: {progress['text']}. They appear here when done."
+    if progress["fraction"] is None:
+        st.info(text, icon=":material/hourglass:")
+    else:
+        st.progress(progress["fraction"], text=text)
+
+
 def require_run() -> Path:
     """The chosen run, or an empty state / message and stop."""
     try:
@@ -88,7 +102,7 @@ def require_run() -> Path:
 
 def run_health(run: Path, banner: bool = True) -> RunHealth:
     """The run's health check; with `banner`, a one-line warning when something is missing or damaged."""
-    health = views.check_run(run)
+    health = check_run(run)
     if banner and health.problems:
         st.warning("This run is incomplete or damaged: " + "; ".join(health.problems) + ". "
                    "What depends on it is left out below.", icon=":material/construction:")
@@ -133,31 +147,44 @@ def _layout(fig: go.Figure, height: int, **kwargs: Any) -> go.Figure:
     return fig
 
 
+TRUTH_COLOUR = (60, 255, 120)     # ground-truth outlines, on the image and on the map alike
+
+
 def image_with_mask(image: np.ndarray, mask: np.ndarray | None) -> Image.Image:
-    """The image with the ground-truth outline drawn in white (no outline for good images)."""
+    """The image with the ground-truth outline drawn in green (no outline for good images)."""
     pil = Image.fromarray(image)
     if mask is not None and mask.any():
-        pil = draw_outline(pil, mask, colour=(255, 255, 255))
+        pil = draw_outline(pil, mask, colour=TRUTH_COLOUR)
     return pil
 
 
 def patch_map_figure(image: Image.Image | np.ndarray, probs: np.ndarray, *, opacity: float,
-                     selected: tuple[int, int] | None = None, title: str = "",
-                     height: int = MAP_PX, colorbar: bool = True) -> go.Figure:
-    """Clickable anomaly map: the image under the patch map `[h, w]`, one click target per patch.
+                     scale: MapScale = PROBABILITY_SCALE, smoothing_sigma: float = 0.0,
+                     contour_level: float | None = None, truth: np.ndarray | None = None,
+                     selected: tuple[int, int] | None = None, region: tuple[tuple[int, int], tuple[int, int]] | None = None,
+                     title: str = "", height: int = MAP_PX, colorbar: bool = True) -> go.Figure:
+    """Clickable anomaly map: patch probabilities `[h, w]` drawn as the run's protocol sees them
+    (upsampled, smoothed with `smoothing_sigma`) on `scale`, over the image, one click target per patch.
 
-    The heatmap is smoothed for display only; hover and clicks give the patch's exact value.
+    Outlines: white where the map reaches `contour_level` (a probability), green the ground truth
+    `truth` `[S, S]`; a white box around `selected` (row, col), a dashed one around `region`
+    ((row0, row1), (col0, col1)). Hover gives the patch's exact probability. Box-select (drag) on the
+    figure reports a region.
     """
     h, w = probs.shape
     if not isinstance(image, Image.Image):
         image = Image.fromarray(np.asarray(image, dtype=np.uint8))
+    full = display_map(probs, image.size[0], smoothing_sigma)
+    picture = map_picture(image, full, scale, alpha=opacity, contour_level=contour_level, truth=truth)
     fig = go.Figure()
-    fig.add_layout_image(source=image, xref="x", yref="y", x=-0.5, y=-0.5, sizex=w, sizey=h,
+    fig.add_layout_image(source=picture, xref="x", yref="y", x=-0.5, y=-0.5, sizex=w, sizey=h,
                          sizing="stretch", layer="below")
-    fig.add_trace(go.Heatmap(z=probs, zmin=0, zmax=1, colorscale=COLORSCALE, opacity=opacity, zsmooth="best",
-                             hoverinfo="skip", showscale=colorbar,
-                             colorbar=dict(thickness=10, len=0.85, tickvals=[0, 0.25, 0.5, 0.75, 1],
-                                           tickfont=dict(size=11))))
+    if colorbar:       # an invisible trace that carries the colour bar of `scale`
+        fig.add_trace(go.Heatmap(z=[[scale.vmin, scale.vmax]], x=[0, 1], y=[0], zmin=scale.vmin, zmax=scale.vmax,
+                                 colorscale=COLORSCALE, opacity=0, hoverinfo="skip", showscale=True,
+                                 colorbar=dict(thickness=10, len=0.85, tickvals=[scale.vmin, scale.vmax],
+                                               ticktext=[t.replace("\n", "<br>") for t in scale.tick_text],
+                                               tickfont=dict(size=10))))
     rows, cols = np.mgrid[0:h, 0:w]
     fig.add_trace(go.Scatter(
         x=cols.ravel(), y=rows.ravel(), mode="markers", customdata=probs.ravel(),
@@ -167,16 +194,35 @@ def patch_map_figure(image: Image.Image | np.ndarray, probs: np.ndarray, *, opac
         r, c = selected
         fig.add_shape(type="rect", x0=c - 0.5, x1=c + 0.5, y0=r - 0.5, y1=r + 0.5,
                       line=dict(color="#FFFFFF", width=3))
+    if region is not None:
+        (r0, r1), (c0, c1) = region
+        fig.add_shape(type="rect", x0=c0 - 0.5, x1=c1 + 0.5, y0=r0 - 0.5, y1=r1 + 0.5,
+                      line=dict(color="#FAAA28", width=3, dash="dash"))
     # Square cells, the picture pinned to the top-left of the figure (no band above it).
     fig.update_xaxes(visible=False, range=[-0.5, w - 0.5], constrain="domain", constraintoward="left")
     fig.update_yaxes(visible=False, range=[h - 0.5, -0.5], scaleanchor="x", constrain="domain",
                      constraintoward="top")
-    fig = _layout(fig, height, clickmode="event+select", dragmode=False)
+    fig = _layout(fig, height, clickmode="event+select", dragmode="select" if region is not None else False)
     if title:
         fig.update_layout(title=dict(text=title, x=0.02, font=dict(size=15)))
     else:
         fig.update_layout(margin=dict(l=4, r=4, t=4, b=4))
     return fig
+
+
+def selected_box(event: Any) -> tuple[tuple[int, int], tuple[int, int]] | None:
+    """((row0, row1), (col0, col1)) of a box drawn on a `patch_map_figure` (plotly box select), if any."""
+    try:
+        boxes = event["selection"]["box"]
+    except (KeyError, TypeError):
+        return None
+    for b in boxes:
+        xs, ys = b.get("x"), b.get("y")
+        if xs and ys and len(xs) >= 2 and len(ys) >= 2:
+            c0, c1 = sorted(int(round(v)) for v in (min(xs), max(xs)))
+            r0, r1 = sorted(int(round(v)) for v in (min(ys), max(ys)))
+            return (r0, r1), (c0, c1)
+    return None
 
 
 def selected_point(event: Any) -> tuple[int, int] | None:
@@ -204,6 +250,20 @@ def atom_bar_figure(frame: pd.DataFrame, value: str, title: str, colour: str, he
     fig.update_yaxes(type="category", tickfont=dict(size=12))
     fig.update_xaxes(title=xtitle or value, gridcolor="#E3E7F2")
     return _layout(fig, height, title=dict(text=title, x=0.02, font=dict(size=15)))
+
+
+def kind_heatmap_figure(values: np.ndarray, atoms: Sequence[int], kinds: Sequence[tuple[str, str]],
+                        tags: dict[int, str], height: int = 520) -> go.Figure:
+    """Atom x defect-kind heatmap `[A, K]` (mean activation inside the kind's masks); click a cell."""
+    rows = [f"#{a}" + (f" {tags.get(int(a), '')}" if tags.get(int(a)) else "") for a in atoms]
+    cols = [f"{c} / {d}" for c, d in kinds]
+    fig = go.Figure(go.Heatmap(z=values, x=cols, y=rows, colorscale=COLORSCALE, zmin=0,
+                               colorbar=dict(title=dict(text="mean activation<br>in defect", side="right"),
+                                             thickness=10),
+                               hovertemplate="%{y}<br>%{x}<br>mean activation %{z:.3f}<extra></extra>"))
+    fig.update_yaxes(type="category", autorange="reversed", tickfont=dict(size=11))
+    fig.update_xaxes(type="category", tickangle=-35, tickfont=dict(size=11), side="top")
+    return _layout(fig, height, clickmode="event+select", dragmode=False)
 
 
 def contribution_figure(frame: pd.DataFrame, height: int = 320) -> go.Figure:
@@ -253,7 +313,7 @@ def grouped_metric_figure(long: pd.DataFrame, metric: str, height: int = 420) ->
 
 
 def run_metrics_figure(frame: pd.DataFrame, height: int = 340) -> go.Figure:
-    """One run's four metrics per category (rows of `views.metrics_frame`), grouped bars."""
+    """One run's four metrics per category (rows of `viewmodels.tables.metrics_frame`), grouped bars."""
     fig = go.Figure()
     for i, metric in enumerate(frame.columns):
         fig.add_trace(go.Bar(name=metric, x=list(frame.index), y=frame[metric], marker_color=BRAND[i % len(BRAND)],
@@ -267,7 +327,7 @@ def run_metrics_figure(frame: pd.DataFrame, height: int = 340) -> go.Figure:
 def sweep_view(sweep_dir: Path, key: str) -> None:
     """A sweep's figures, redrawn from its sweep.csv (offline: its HTML files load plotly.js from a CDN);
     the HTML files only when the table is missing."""
-    table = sweep_dir / views.SWEEP_CSV
+    table = sweep_dir / SWEEP_CSV
     if table.is_file():
         figures = state.sweep_figures(str(sweep_dir), table.stat().st_mtime)
         if not figures:
@@ -275,7 +335,7 @@ def sweep_view(sweep_dir: Path, key: str) -> None:
         for name, fig in figures.items():
             st.plotly_chart(fig, key=f"{key}_{name}", config={"displayModeBar": False})
         return
-    for page in views.sweep_html(sweep_dir):
+    for page in sweep_html(sweep_dir):
         st.markdown(f"**{page.stem}**")
         st.iframe(page, height=520)
 

@@ -6,7 +6,10 @@ from __future__ import annotations
 import streamlit as st
 
 from dashboard import state, widgets
-from spg_core import views
+from dashboard.viewmodels.tables import ablation_frame, metrics_frame
+from dashboard.viewmodels.targets import format_score, most_changed
+from dashboard.viewmodels.atom_detail import category_profile
+from dashboard.viewmodels.attribution import live_ranking
 from spg_core.atoms.build import INDEX
 from spg_core.report import METRIC_TITLES
 from spg_core.runs import GUIDES_FILE as GUIDES, PATCH_MAPS_FILE as PATCH_MAPS, SCORES_FILE as SCORES
@@ -20,10 +23,17 @@ key = f"{run.name}::atom::"
 
 
 def pick_atom(ranking: dict[str, list[dict]], tags: dict[int, str]) -> int:
-    """Active atoms of both guides, anomaly first. The choice lives in session_state[ATOM_KEY]
-    (other pages set it to open an atom here); the selectbox is seeded from it on every run."""
-    options = list(dict.fromkeys([a["atom"] for a in ranking["anomaly"]] + [a["atom"] for a in ranking["normal"]]))
+    """Live atoms of both guides, anomaly first, so the page opens on the anomaly guide's top live atom
+    (older runs' guides may weight dead atoms). The choice lives in session_state[ATOM_KEY] (other
+    pages set it to open an atom here, a dead one included); the selectbox is seeded from it."""
+    live = live_ranking(ranking, {a for a, t in tags.items() if t == "dead"})
+    options = list(dict.fromkeys([a["atom"] for a in live["anomaly"]] + [a["atom"] for a in live["normal"]]))
     wanted = st.session_state.get(state.ATOM_KEY)
+    every = {a["atom"] for g in ranking.values() for a in g}
+    if wanted in every and wanted not in options:          # asked for by number: show it, dead or not
+        options.append(wanted)
+    if not options:
+        options = sorted(every)
     st.session_state[key + "pick"] = wanted if wanted in options else options[0]
 
     def remember() -> None:
@@ -65,7 +75,8 @@ def top_patches(atom: int) -> None:
     count = st.select_slider("Patches", [3, 6, 9, 12, 15], value=9, key=key + "count")
     tiles = state.atom_tiles(str(run), sig, atom, count)
     if not tiles:
-        st.info("This atom never fires on the auxiliary set.")
+        st.info("This atom never fires on the auxiliary set (a dead atom): it has no patches to show. "
+                "Pick a live atom above.")
         return
     per_row = 3
     for start in range(0, len(tiles), per_row):
@@ -80,7 +91,7 @@ def top_patches(atom: int) -> None:
 
 def histograms(atom: int, index, stats) -> None:
     left, right = st.columns(2)
-    profile = views.category_profile(index, atom)
+    profile = category_profile(index, atom)
     left.plotly_chart(widgets.category_bar_figure(profile, "Category histogram: mean activation per category"),
                       key=key + "cats", config={"displayModeBar": False})
     values, encoded = state.atom_activations(str(run), sig, atom)
@@ -118,10 +129,10 @@ def ablation(atom: int, guides: list[str]) -> None:
 
 def ablation_metrics(before: dict, after: dict) -> None:
     """Mean metrics without the atom (change against the run as trained), then per category."""
-    mean_before = views.metrics_frame(before).loc["mean"]
-    mean_after = views.metrics_frame(after).loc["mean"]
+    mean_before = metrics_frame(before).loc["mean"]
+    mean_after = metrics_frame(after).loc["mean"]
     widgets.metric_cards(mean_after.to_dict(), (mean_after - mean_before).to_dict())
-    frame = views.ablation_frame(before, after)
+    frame = ablation_frame(before, after)
     metric = st.segmented_control("Per category", list(METRIC_TITLES.values()), default="Image AUROC",
                                   key=key + "abl_metric") or "Image AUROC"
     st.dataframe(frame[frame["metric"] == metric].drop(columns="metric"), hide_index=True, key=key + "abl_table",
@@ -131,14 +142,14 @@ def ablation_metrics(before: dict, after: dict) -> None:
 
 def ablation_maps(before, after) -> None:
     """One target image's map with and without the atom (images whose score moved most first)."""
-    target = state.target_maps(str(run), sig)
-    changed = views.most_changed(before.scores.numpy(), after.scores.numpy())
+    target = state.target_outputs(str(run), sig)
+    changed = most_changed(before.scores.numpy(), after.scores.numpy())
     widgets.keep_choice(key + "abl_image", changed)
 
     def label(i: int) -> str:
         row = target.rows[i]
-        return (f"{row['category']}/{row['defect']} #{i}: {views.format_score(before.scores[i])} -> "
-                f"{views.format_score(after.scores[i])}")
+        return (f"{row['category']}/{row['defect']} #{i}: {format_score(before.scores[i])} -> "
+                f"{format_score(after.scores[i])}")
 
     pick = st.selectbox("Target image (largest score change first)", changed, key=key + "abl_image",
                         format_func=label)
@@ -147,7 +158,7 @@ def ablation_maps(before, after) -> None:
     for col, result, title, last in zip(st.columns(2), (before, after), ("With the atom", "Without it"),
                                         (False, True)):
         fig = widgets.patch_map_figure(background, result.probs[pick].reshape(target.grid).numpy(), opacity=0.55,
-                                       title=f"{title}: score {views.format_score(result.scores[pick])}",
+                                       title=f"{title}: score {format_score(result.scores[pick])}",
                                        height=380, colorbar=last)
         col.plotly_chart(fig, key=key + ("abl_after" if last else "abl_before"), config={"displayModeBar": False})
 

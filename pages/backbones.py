@@ -8,7 +8,10 @@ from typing import Any
 import streamlit as st
 
 from dashboard import state, widgets
-from spg_core import views
+from dashboard.viewmodels.health import check_run
+from dashboard.viewmodels.tables import metrics_frame, per_category_long
+from dashboard.viewmodels.targets import common_targets, format_score
+from spg_core.run_paths import resolve_run
 from spg_core.errors import SPGError
 from spg_core.report import METRIC_TITLES
 from spg_core.runs import METRICS_FILE as METRICS, PATCH_MAPS_FILE as PATCH_MAPS, SCORES_FILE as SCORES
@@ -40,12 +43,12 @@ def target_rows(runs: dict[str, Path]) -> dict[str, list[dict[str, Any]]]:
     """scores.csv rows of every run whose target outputs load; a warning for each one that does not."""
     tables = {}
     for name, run in runs.items():
-        health = views.check_run(run)
+        health = check_run(run)
         missing = health.missing(PATCH_MAPS, SCORES)
         try:
             if missing:
                 raise SPGError(f"its {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} missing or damaged")
-            tables[name] = state.target_maps(str(run), state.signature(run)).rows
+            tables[name] = state.target_outputs(str(run), state.signature(run)).rows
         except DAMAGE as exc:
             st.warning(f"Run **{name}** is left out of the image comparison: {str(exc).splitlines()[0]}.",
                        icon=":material/construction:")
@@ -55,7 +58,7 @@ def target_rows(runs: dict[str, Path]) -> dict[str, list[dict[str, Any]]]:
 def side_by_side(runs: dict[str, Path], tables: dict[str, list[dict[str, Any]]]) -> None:
     """One target image (common to every run) with each run's map."""
     st.subheader("Same image, every run")
-    common = views.common_targets(tables)
+    common = common_targets(tables)
     if common.empty:
         st.info("These runs share no target image, so there is nothing to show side by side.",
                 icon=":material/info:")
@@ -77,13 +80,13 @@ def side_by_side(runs: dict[str, Path], tables: dict[str, list[dict[str, Any]]])
 
 def run_map(run: Path, name: str, index: int, image_path: str, opacity: float, colorbar: bool,
             height: int) -> None:
-    target = state.target_maps(str(run), state.signature(run))
+    target = state.target_outputs(str(run), state.signature(run))
     image = state.image_at(image_path, target.image_size)
     background = widgets.image_with_mask(image, state.target_mask(run, index))
     fig = widgets.patch_map_figure(background, target.probs[index], opacity=opacity, title=backbone_of(run),
                                    height=height, colorbar=colorbar)
     st.plotly_chart(fig, key=f"bb_map_{name}", config={"displayModeBar": False})
-    st.metric(name, f"score {views.format_score(target.rows[index]['score'])}", border=True)
+    st.metric(name, f"score {format_score(target.rows[index]['score'])}", border=True)
 
 
 def metric_bars(runs: dict[str, Path]) -> None:
@@ -92,15 +95,15 @@ def metric_bars(runs: dict[str, Path]) -> None:
     frames = {}
     for name, run in runs.items():
         with widgets.guard(f"The metrics of run {name} cannot be read"):
-            if not views.check_run(run).has(METRICS):
+            if not check_run(run).has(METRICS):
                 st.caption(f"Run {name} has no metrics yet.")
                 continue
             metrics = state.run_metrics(str(run), state.signature(run))
-            frames[f"{name} ({backbone_of(run)})"] = views.metrics_frame(metrics)
+            frames[f"{name} ({backbone_of(run)})"] = metrics_frame(metrics)
     if frames:
         metric = st.segmented_control("Metric", list(METRIC_TITLES.values()), default="Image AUROC",
                                       key="bb_metric") or "Image AUROC"
-        st.plotly_chart(widgets.grouped_metric_figure(views.per_category_long(frames), metric), key="bb_metrics",
+        st.plotly_chart(widgets.grouped_metric_figure(per_category_long(frames), metric), key="bb_metrics",
                         config={"displayModeBar": False})
 
 
@@ -109,10 +112,14 @@ def main() -> None:
     if not names:
         widgets.empty_state(root)
         return
+    widgets.demo_progress_note(root)
     if len(names) < 2:
-        st.info("Comparing needs at least two runs under the runs root; there is one. Make another, e.g. "
-                "`spg run --aux synthetic-a --target synthetic-b --backbone dinov2-large-tiny --out runs/other`.",
+        st.info(f"Comparing needs at least two runs under the runs root; there is one ({names[0]}), shown alone "
+                "below. Make another with a different backbone and it appears here, e.g. "
+                "`spg run --aux synthetic-a --target synthetic-b --backbone builtin --out runs/other`.",
                 icon=":material/info:")
+        with widgets.guard(f"Run {names[0]} cannot be opened"):
+            metric_bars({names[0]: resolve_run(root, names[0])})
         return
     if "bb_runs" not in st.session_state:
         st.session_state["bb_runs"] = default_selection(names)
@@ -125,7 +132,7 @@ def main() -> None:
     runs = {}
     for name in chosen:
         with widgets.guard(f"Run {name} cannot be opened"):
-            runs[name] = views.resolve_run(root, name)
+            runs[name] = resolve_run(root, name)
     side_by_side(runs, target_rows(runs))
     metric_bars(runs)
 

@@ -9,8 +9,11 @@ import pandas as pd
 import streamlit as st
 from PIL import Image
 
-from dashboard import nav, state, widgets
-from spg_core import views
+from dashboard import nav, region_panel, state, widgets
+from dashboard.viewmodels.targets import OUTCOME_FILTERS, filter_targets, format_score, patch_at, peak_patch, target_table, threshold_range
+from dashboard.viewmodels.attribution import patch_contributions
+from spg_core.render import PROBABILITY_SCALE, fitted_scale, sigmoid
+from spg_core.thresholds import best_f1_threshold
 from spg_core.atoms import patch_crop
 from spg_core.runs import PATCH_MAPS_FILE as PATCH_MAPS, SCORES_FILE as SCORES
 
@@ -30,16 +33,16 @@ def choose_images(frame: pd.DataFrame) -> pd.DataFrame:
     category = c1.selectbox("Category", categories, key=key + "category")
     in_cat = frame if category == "all" else frame[frame["category"] == category]
     defect = c2.selectbox("Defect type", ["all"] + sorted(in_cat["defect"].unique()), key=key + "defect")
-    kind = c3.selectbox("Show", list(views.OUTCOME_FILTERS), key=key + "outcome")
-    return views.filter_targets(frame, None if category == "all" else category,
-                                None if defect == "all" else defect, views.OUTCOME_FILTERS.get(kind or "all images"))
+    kind = c3.selectbox("Show", list(OUTCOME_FILTERS), key=key + "outcome")
+    return filter_targets(frame, None if category == "all" else category,
+                                None if defect == "all" else defect, OUTCOME_FILTERS.get(kind or "all images"))
 
 
 def image_picker(rows: pd.DataFrame) -> int:
     """Select one image of `rows` (keeps the choice while it stays in the filtered list)."""
     options = rows["index"].tolist()
     widgets.keep_choice(key + "image", options)
-    labels = {int(i): f"{n}  ·  score {views.format_score(s)}  ·  {o}"
+    labels = {int(i): f"{n}  ·  score {format_score(s)}  ·  {o}"
               for i, n, s, o in zip(rows["index"], rows["name"], rows["score"], rows["outcome"])}
     return int(st.selectbox(f"Image ({len(options)} shown)", options, key=key + "image",
                             format_func=lambda i: labels.get(i, str(i))))
@@ -48,7 +51,7 @@ def image_picker(rows: pd.DataFrame) -> int:
 def sync_patch(index: int, probs: np.ndarray) -> None:
     """A newly opened image starts on its most anomalous patch."""
     if st.session_state.get(key + "patch_of") != index:
-        r, c = views.peak_patch(probs, probs.shape)
+        r, c = peak_patch(probs, probs.shape)
         st.session_state[key + "row"], st.session_state[key + "col"] = r, c
         st.session_state[key + "patch_of"] = index
 
@@ -62,12 +65,12 @@ def on_map_click() -> None:
 
 def image_panel(image: np.ndarray, mask: np.ndarray, info: dict[str, Any], threshold: float) -> None:
     label = "anomalous" if info["label"] else "normal"
-    verdict = f"{info['outcome']} at {views.format_score(threshold)}"
+    verdict = f"{info['outcome']} at {format_score(threshold)}"
     st.markdown(f"**Image and ground truth** {widgets.pill(label, label)} {widgets.pill(info['defect'])} "
                 f"{widgets.pill(verdict, info['outcome'])}", unsafe_allow_html=True)
     st.image(widgets.image_with_mask(image, mask), width="stretch",
-             caption=f"{info['name']}: ground truth outlined in white")
-    st.metric("Image score", views.format_score(info["score"]), border=True,
+             caption=f"{info['name']}: ground truth outlined in green")
+    st.metric("Image score", format_score(info["score"]), border=True,
               help="the image's anomaly score: its map pooled with the run's aggregation (max, mean or LSE)")
 
 
@@ -78,15 +81,15 @@ def patch_panel(image: np.ndarray, index: int, grid: tuple[int, int], size: int)
     s1, s2 = st.columns(2)
     r = s1.slider("Row", 0, h - 1, key=key + "row")
     c = s2.slider("Column", 0, w - 1, key=key + "col")
-    patch = views.patch_at(r, c, grid)
+    patch = patch_at(r, c, grid)
     with widgets.guard("Atom contributions are not available for this run"):
         attr = state.target_attribution(str(run), sig, index)
         p = float(attr.probs[0, patch])
         crop_col, text_col = st.columns([1, 1.2], vertical_alignment="center")
         crop = patch_crop(Image.fromarray(image), patch, grid, size, context=2, out=150, outline=(255, 255, 255))
         crop_col.image(crop, width=140, caption=f"row {r}, column {c}")
-        text_col.metric("Patch p(anomaly)", views.format_score(p), border=True)
-        contrib = views.patch_contributions(attr, patch, k=6, tags=state.atom_tags(str(run), sig))
+        text_col.metric("Patch p(anomaly)", format_score(p), border=True)
+        contrib = patch_contributions(attr, patch, k=6, tags=state.atom_tags(str(run), sig))
         if contrib.empty:
             st.info("No atom contributes to this patch.")
         else:
@@ -99,15 +102,45 @@ def patch_panel(image: np.ndarray, index: int, grid: tuple[int, int], size: int)
                 nav.open_page("atom_detail.py")
 
 
-def threshold_control(scores: list[float], labels: list[int]) -> float:
-    """The decision threshold slider, spanning the run's scores, starting at the best-F1 threshold."""
-    best = views.best_f1_threshold(scores, labels)
-    lo, hi, step, fmt = views.threshold_range(scores)
+def threshold_control(scores: list[float], labels: list[int], record: dict | None) -> float:
+    """The decision threshold slider, starting at the threshold chosen on the auxiliary set (recorded
+    in RUN/threshold.json); the target's own best-F1 threshold is shown only as an oracle."""
+    oracle = best_f1_threshold(scores, labels)
+    lo, hi, step, fmt = threshold_range(scores)
+    rules = {}
+    if record is not None:
+        image = record["image"]
+        rules["auxiliary best F1"] = image["aux_max_f1"]["threshold"]
+        if "aux_fpr" in image:
+            rules[f"auxiliary {100 * image['aux_fpr']['fpr_target']:.0f}% FPR"] = image["aux_fpr"]["threshold"]
+    rule_col, slider_col = st.columns([1.2, 3], vertical_alignment="bottom")
+    if rules:
+        rule = rule_col.segmented_control("Default threshold from", list(rules), default=list(rules)[0],
+                                          key=key + "rule") or list(rules)[0]
+        default = rules[rule]
+    else:
+        rule, default = "", oracle
+    if st.session_state.get(key + "rule_of") != rule:           # a new rule moves the slider to its value
+        st.session_state[key + "threshold"] = min(max(round(default / step) * step, lo), hi)
+        st.session_state[key + "rule_of"] = rule
     if not lo <= st.session_state.get(key + "threshold", -1.0) <= hi:
-        st.session_state[key + "threshold"] = min(max(round(best / step) * step, lo), hi)
-    return st.slider("Decision threshold on the image score", lo, hi, step=step, format=fmt, key=key + "threshold",
-                     help=f"an image is called anomalous when its score is at least this; default: the best-F1 "
-                          f"threshold ({views.format_score(best)})")
+        st.session_state[key + "threshold"] = min(max(round(default / step) * step, lo), hi)
+    threshold = slider_col.slider("Decision threshold on the image score", lo, hi, step=step, format=fmt,
+                                  key=key + "threshold",
+                                  help="an image is called anomalous when its score is at least this")
+    if record is not None:
+        image = record["image"]
+        part = image["aux_max_f1"] if rule.endswith("F1") else image.get("aux_fpr", image["aux_max_f1"])
+        st.caption(f"Default {format_score(default)}: chosen on the auxiliary set ({record['aux']}, "
+                   f"{record['aux_images']} images, none of them target images) by **{rule}**; there it gives "
+                   f"F1 {part['f1']:.2f} and flags {100 * part['fpr']:.0f}% of the good images. "
+                   f"Oracle line, for reference only: the target's own best-F1 threshold is {format_score(oracle)} "
+                   f"(it uses the target labels, so it flatters).")
+    else:
+        st.caption(f"No auxiliary threshold for this run (its auxiliary token store is missing), so the slider "
+                   f"starts at the **oracle**: the target's own best-F1 threshold {format_score(oracle)}, "
+                   f"which uses the target labels. Re-run `spg run` to record one.")
+    return threshold
 
 
 def outcome_pills(frame: pd.DataFrame) -> None:
@@ -116,42 +149,81 @@ def outcome_pills(frame: pd.DataFrame) -> None:
                 unsafe_allow_html=True)
 
 
-def map_panel(image: np.ndarray, mask: np.ndarray, probs: np.ndarray, opacity: float, outline: bool) -> None:
-    """The clickable anomaly map, the selected patch boxed."""
-    st.markdown("**Anomaly map** (click a patch)")
-    background = widgets.image_with_mask(image, mask if outline else None)
+def map_scale(record: dict | None):
+    """The colour scale picked above the map: fitted to the run (default) or 0-1 probability."""
+    choices = ["fitted to this run", "probability 0-1"] if record is not None else ["probability 0-1"]
+    choice = st.segmented_control("Colour scale", choices, default=choices[0], key=key + "scale") or choices[0]
+    return fitted_scale(record["pixel_scale"]) if choice.startswith("fitted") else PROBABILITY_SCALE
+
+
+def map_panel(image: np.ndarray, mask: np.ndarray, probs: np.ndarray, opacity: float, outline: bool,
+              scale, record: dict | None, sigma: float, region) -> None:
+    """The clickable anomaly map: the selected patch boxed, the region dashed, thresholded contour in white."""
+    st.markdown("**Anomaly map** (click a patch, drag a box for a region)")
+    contour = sigmoid(record["pixel_scale"]["vmax"]) if record is not None else 0.5
     selected = (st.session_state[key + "row"], st.session_state[key + "col"])
-    fig = widgets.patch_map_figure(background, probs, opacity=opacity, selected=selected, height=380)
-    st.plotly_chart(fig, key=key + "map", on_select=on_map_click, selection_mode="points",
+    fig = widgets.patch_map_figure(image, probs, opacity=opacity, scale=scale, smoothing_sigma=sigma,
+                                   contour_level=contour, truth=mask if outline else None,
+                                   selected=selected, region=region, height=380)
+    st.plotly_chart(fig, key=key + "map", on_select=on_map_select, selection_mode=("points", "box"),
                     config={"displayModeBar": False})
+    where = ("the 99.9th percentile of auxiliary normal pixels" if record is not None else "p = 0.5")
+    st.caption(f"{scale.legend}. White outline: the map at or above {where} (p {contour:.2g}); green: ground "
+               f"truth. Smoothing: the run's own (sigma {sigma:g} px).")
+
+
+def on_map_select() -> None:
+    """A box drawn on the map sets the region; a click on a patch selects it."""
+    event = st.session_state.get(key + "map")
+    box = widgets.selected_box(event)
+    if box is not None:
+        st.session_state[key + "region::rows"], st.session_state[key + "region::cols"] = box
+        return
+    on_map_click()
 
 
 def main() -> None:
-    target = state.target_maps(str(run), sig)
-    threshold = threshold_control([r["score"] for r in target.rows], [r["label"] for r in target.rows])
-    frame = views.target_table(target.rows, threshold)
+    target = state.target_outputs(str(run), sig)
+    record = None
+    with widgets.guard("The auxiliary threshold cannot be computed for this run"):
+        record = state.run_threshold(str(run), sig)
+    threshold = threshold_control([r["score"] for r in target.rows], [r["label"] for r in target.rows], record)
+    frame = target_table(target.rows, threshold)
     outcome_pills(frame)
     rows = choose_images(frame)
     if rows.empty:
-        st.info("No image matches these filters at this threshold.", icon=":material/filter_alt_off:")
+        st.info("No image matches these filters at this threshold. Choose 'all' in the filters or move the "
+                "threshold.", icon=":material/filter_alt_off:")
         return
-    pick_col, opacity_col, outline_col = st.columns([3, 1.2, 1], vertical_alignment="bottom")
+    pick_col, scale_col, opacity_col, outline_col = st.columns([3, 1.6, 1.1, 1], vertical_alignment="bottom")
     with pick_col:
         index = image_picker(rows)
+    with scale_col:
+        scale = map_scale(record)
     opacity = opacity_col.slider("Map opacity", 0.0, 1.0, 0.55, 0.05, key=key + "opacity")
     outline = outline_col.toggle("Ground truth on map", value=True, key=key + "outline")
 
     info = frame.set_index("index").loc[index].to_dict()
     image = state.image_at(info["image_path"], target.image_size)
     mask = state.target_mask(run, index)
+    if st.session_state.get(key + "patch_of") != index:
+        region_panel.reset_region(key + "region::")
     sync_patch(index, target.probs[index])
+    sigma = state.smoothing_sigma(str(run), sig)
     left, middle, right = st.columns([1, 1.2, 1], gap="medium")
+    with right:
+        patch_panel(image, index, target.grid, target.image_size)
+        st.markdown("**Region** (drag a box on the map, or set it here)")
+        region = region_panel.region_sliders(key + "region::", target.grid,
+                                             (st.session_state[key + "row"], st.session_state[key + "col"]))
     with left:
         image_panel(image, mask, info, threshold)
     with middle:
-        map_panel(image, mask, target.probs[index], opacity, outline)
-    with right:
-        patch_panel(image, index, target.grid, target.image_size)
+        map_panel(image, mask, target.probs[index], opacity, outline, scale, record, sigma, region)
+    st.subheader("Region -> atoms")
+    region_panel.region_panel(key + "region::", str(run), sig,
+                              lambda r, c: state.stored_region_atoms(str(run), sig, "target_store", index, r, c),
+                              *region)
 
 
 with widgets.guard("The target maps of this run cannot be read"):

@@ -2,24 +2,51 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import streamlit as st
 
 from dashboard import state, widgets
-from spg_core import views
+from dashboard.viewmodels.health import config_summary
+from dashboard.viewmodels.tables import metrics_frame, paper_comparison
+from dashboard.viewmodels.sweeps import run_sweep_dir
+from spg_core.run_paths import resolve_run
 from spg_core.report import METRIC_TITLES
-from spg_core.runs import CONFIG_FILE as CONFIG, METRICS_FILE as METRICS
+from spg_core.report_html import write_report
+from spg_core.runs import (CONFIG_FILE as CONFIG, METRICS_FILE as METRICS, PATCH_MAPS_FILE as PATCH_MAPS,
+                           SCORES_FILE as SCORES)
+
+
+def report_button(run, health) -> None:
+    """Write RUN/report.html (spg report) and offer it for download: one self-contained file."""
+    if not health.has(METRICS, PATCH_MAPS, SCORES):
+        st.caption("A report needs an evaluated run: `spg eval --run DIR` first.")
+        return
+    make_col, get_col = st.columns([1, 3], vertical_alignment="center")
+    if make_col.button("Write run report", icon=":material/description:", key="report_make",
+                       help="one HTML file with metrics, the worst errors' maps and the top atoms; opens offline"):
+        with st.spinner("Writing the report ..."), widgets.guard("The report cannot be written"):
+            st.session_state["report_path"] = str(write_report(run))
+    path = st.session_state.get("report_path")
+    if path and Path(path).is_file() and Path(path).parent == run:
+        get_col.download_button(f"Download {Path(path).name} ({Path(path).stat().st_size / 2**20:.1f} MB)",
+                                Path(path).read_bytes(), file_name=f"{run.name}-report.html", mime="text/html",
+                                key="report_download", icon=":material/download:")
+
 
 root = state.runs_root()
 widgets.page_header("Runs", "Experiments under the runs root: settings, per-category metrics and how they "
                             "compare with the paper")
 
+widgets.demo_progress_note(root)
 overview = state.run_overview(str(root))
 if overview.empty:
     widgets.empty_state(root)
     st.stop()
 
-st.dataframe(overview, hide_index=True, key="runs_overview",
-             column_config={k: st.column_config.NumberColumn(k, format="%.1f")
+st.dataframe(overview.fillna({c: "?" for c in overview.columns if overview[c].dtype == object}),
+             hide_index=True, key="runs_overview",
+             column_config={k: st.column_config.NumberColumn(f"{k} (%)", format="%.1f")
                             for k in overview.columns if k.endswith(("AUROC", "AP", "AUPRO"))})
 
 run = widgets.require_run()
@@ -28,6 +55,7 @@ health = widgets.run_health(run)
 widgets.require(health, [CONFIG], "The run's configuration")
 
 sig = state.signature(run)
+report_button(run, health)
 tab_metrics, tab_config, tab_paper, tab_sweep = st.tabs(["Metrics", "Configuration", "Paper comparison", "Sweep"])
 
 with tab_metrics, widgets.guard("The metrics of this run cannot be shown"):
@@ -35,7 +63,7 @@ with tab_metrics, widgets.guard("The metrics of this run cannot be shown"):
         st.info("No metrics yet: evaluate the run with `spg eval --run DIR`.", icon=":material/hourglass:")
     else:
         metrics = state.run_metrics(str(run), sig)
-        frame = views.metrics_frame(metrics)
+        frame = metrics_frame(metrics)
         widgets.metric_cards(frame.loc["mean"].to_dict())
         st.dataframe(frame, key="metrics_table",
                      column_config={c: st.column_config.ProgressColumn(c, format="%.1f", min_value=0, max_value=100)
@@ -45,7 +73,7 @@ with tab_metrics, widgets.guard("The metrics of this run cannot be shown"):
             st.caption(f"Note: {note}")
 
 with tab_config, widgets.guard("The configuration of this run cannot be shown"):
-    summary = views.config_summary(state.run_config(str(run), sig))
+    summary = config_summary(state.run_config(str(run), sig))
     cols = st.columns(len(summary))
     for col, (section, values) in zip(cols, summary.items()):
         with col:
@@ -54,7 +82,7 @@ with tab_config, widgets.guard("The configuration of this run cannot be shown"):
                          hide_index=True, key=f"config_{section}")
 
 with tab_paper, widgets.guard("The paper comparison cannot be shown"):
-    comparison = views.paper_comparison(state.run_metrics(str(run), sig)) if health.has(METRICS) else None
+    comparison = paper_comparison(state.run_metrics(str(run), sig)) if health.has(METRICS) else None
     if comparison is None:
         st.info("No row of the paper matches this run. The paper reports SPG with DINOv3 or OpenCLIP "
                 "for MVTec AD -> VisA and VisA -> MVTec AD; other runs have nothing to compare with.",
@@ -70,7 +98,7 @@ with tab_paper, widgets.guard("The paper comparison cannot be shown"):
                                     for c in ("ours", "paper", "difference")})
 
 with tab_sweep, widgets.guard("The sweep of this run cannot be shown"):
-    sweep = views.run_sweep_dir(run)
+    sweep = run_sweep_dir(run)
     if sweep is None:
         st.info("This run has no sweep (`RUN/sweep/`). Sweeps made with `spg sweep --out DIR` under the runs "
                 "root are listed below the tabs.", icon=":material/info:")
@@ -82,4 +110,4 @@ if sweeps:
     st.subheader("Sweeps")
     name = st.selectbox("Sweep folder", sweeps, key="sweep_pick")
     with widgets.guard(f"Sweep {name} cannot be shown"):
-        widgets.sweep_view(views.resolve_run(root, name), key="root_sweep")
+        widgets.sweep_view(resolve_run(root, name), key="root_sweep")

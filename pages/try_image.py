@@ -6,8 +6,11 @@ from pathlib import Path
 
 import streamlit as st
 
-from dashboard import state, widgets
-from spg_core import views
+from dashboard import region_panel, state, widgets
+from dashboard.viewmodels.targets import format_score, peak_patch
+from spg_core.render import PROBABILITY_SCALE, fitted_scale, sigmoid
+from spg_core.thresholds import best_f1_threshold
+from spg_core.uploads import MAX_UPLOAD_BYTES, UPLOAD_TYPES
 from spg_core.errors import SPGError
 from spg_core.runs import GUIDES_FILE as GUIDES, SCORES_FILE as SCORES
 
@@ -17,51 +20,79 @@ widgets.page_header("Try an image", "Score your own images with this run: anomal
 health = widgets.run_health(run)
 widgets.require(health, [GUIDES], "Scoring new images")
 sig = state.signature(run)
-limit_mb = views.MAX_UPLOAD_BYTES // 2**20
+limit_mb = MAX_UPLOAD_BYTES // 2**20
 
 
-def run_threshold() -> float | None:
-    """The best-F1 threshold on the run's own target set, to call an upload anomalous or not."""
-    if not health.has(SCORES):
-        return None
+def run_threshold() -> tuple[float | None, str]:
+    """The run's decision threshold (chosen on its auxiliary set, RUN/threshold.json) and where it comes
+    from; the target's own best-F1 (an oracle) only when the run has no auxiliary store."""
     try:
-        rows = state.target_maps(str(run), sig).rows
+        return state.run_threshold(str(run), sig)["image"]["threshold"], "chosen on the auxiliary set"
     except SPGError:
-        return None
-    return views.best_f1_threshold([r["score"] for r in rows], [r["label"] for r in rows])
+        pass
+    if not health.has(SCORES):
+        return None, ""
+    try:
+        rows = state.target_outputs(str(run), sig).rows
+    except SPGError:
+        return None, ""
+    return best_f1_threshold([r["score"] for r in rows], [r["label"] for r in rows]), "oracle: target best F1"
 
 
-def show(name: str, result: state.Prediction, threshold: float | None, opacity: float) -> None:
+def map_look():
+    """(colour scale, contour level, legend): the run's fitted scale and its normal-pixel contour when
+    the run has an auxiliary threshold record, else 0-1 and p = 0.5."""
+    try:
+        record = state.run_threshold(str(run), sig)
+    except SPGError:
+        return PROBABILITY_SCALE, 0.5, PROBABILITY_SCALE.legend + "; white outline where p >= 0.5"
+    contour = sigmoid(record["pixel_scale"]["vmax"])
+    return (fitted_scale(record["pixel_scale"]), contour,
+            fitted_scale(record["pixel_scale"]).legend + f"; white outline where the map reaches p {contour:.2g}")
+
+
+def show(name: str, result: state.Prediction, threshold: float | None, source: str, opacity: float) -> None:
     with st.container(border=True):
         verdict = ""
         if threshold is not None:
             kind = "anomalous" if result.score >= threshold else "normal"
-            verdict = widgets.pill(f"{kind} at threshold {views.format_score(threshold)}", kind)
+            verdict = widgets.pill(f"{kind} at threshold {format_score(threshold)} ({source})", kind)
         st.markdown(f"**{name}** {verdict}", unsafe_allow_html=True)
         left, middle, right = st.columns([1, 1.2, 1.1], gap="medium")
         middle.caption("Anomaly map (box: the most anomalous patch)")
         left.image(result.image, caption="as the backbone sees it", width="stretch")
-        middle.plotly_chart(widgets.patch_map_figure(result.image, result.probs, opacity=opacity,
-                                                     selected=views.peak_patch(result.probs, result.probs.shape),
+        scale, contour, legend = map_look()
+        middle.plotly_chart(widgets.patch_map_figure(result.image, result.probs, opacity=opacity, scale=scale,
+                                                     smoothing_sigma=state.smoothing_sigma(str(run), sig),
+                                                     contour_level=contour,
+                                                     selected=peak_patch(result.probs, result.probs.shape),
                                                      height=400),
                             key=f"try_map_{name}", config={"displayModeBar": False})
+        middle.caption(legend)
         with right:
-            st.metric("Image score", views.format_score(result.score), border=True)
+            st.metric("Image score", format_score(result.score), border=True)
             if result.atoms is None or result.atoms.empty:
                 st.caption("This run has no dictionary (free guides): no atoms to show.")
             else:
                 st.plotly_chart(widgets.contribution_figure(result.atoms, height=300), key=f"try_atoms_{name}",
                                 config={"displayModeBar": False})
+        if result.atoms is not None and not result.atoms.empty:
+            with st.expander("Region -> atoms: which atoms fire in a part of this image, and why it is flagged"):
+                rkey = f"try_region_{name}::"
+                region = region_panel.region_sliders(rkey, result.probs.shape,
+                                                     peak_patch(result.probs, result.probs.shape))
+                region_panel.region_panel(rkey, str(run), sig, lambda r, c: state.upload_region_atoms(
+                    str(run), sig, result, r, c), *region)
 
 
-# No `type=` filter: Streamlit would refuse other files with an exception; views.decode_upload refuses
+# No `type=` filter: Streamlit would refuse other files with an exception; decode_upload refuses
 # them with a message instead (and also checks size, pixel count and that the file decodes).
-uploads = st.file_uploader(f"Images ({', '.join(views.UPLOAD_TYPES)}; up to {limit_mb} MB each)",
+uploads = st.file_uploader(f"Images ({', '.join(UPLOAD_TYPES)}; up to {limit_mb} MB each)",
                            accept_multiple_files=True, key="uploads")
 samples = []
 if health.has(SCORES):
     with widgets.guard("The run's sample images cannot be listed"):
-        rows = state.target_maps(str(run), sig).rows
+        rows = state.target_outputs(str(run), sig).rows
         samples = [r["image_path"] for r in rows if r["label"]][:: max(1, len(rows) // 40)][:12]
 sample_col, opacity_col = st.columns([3, 1])
 sample = sample_col.selectbox("... or try a sample from the target set", [None] + samples, key="try_sample",
@@ -75,9 +106,9 @@ if not files:
     st.info("Upload one or more images to see their anomaly maps.", icon=":material/upload:")
     st.stop()
 
-threshold = run_threshold()
+threshold, source = run_threshold()
 for name, data in files:
     try:
-        show(name, state.predict_upload(str(run), sig, name, data), threshold, opacity)
+        show(name, state.predict_upload(str(run), sig, name, data), threshold, source, opacity)
     except SPGError as exc:
         widgets.error_box(exc, f"{name} was refused")

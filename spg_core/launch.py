@@ -25,7 +25,8 @@ from typing import Any
 
 from .errors import SPGError
 from .paths import CACHE_ENV, cache_root
-from .views import MAX_UPLOAD_BYTES, RUNS_ENV
+from .run_paths import RUNS_ENV
+from .uploads import MAX_UPLOAD_BYTES
 
 MAX_UPLOAD_MB = MAX_UPLOAD_BYTES // 2**20
 APP_PATH = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"

@@ -188,6 +188,8 @@ def train_stages(cfg: RunConfig, out: str | Path, *, cache_dir: str | Path | Non
         if before is not None and run.exists(METRICS_FILE):
             print("note: the guides changed, so this run's target maps and metrics are stale; "
                   f"re-run `spg eval --run {run.path}`", file=sys.stderr)
+        from .thresholds import write_run_threshold     # decision threshold + map scale, set on the aux side
+        write_run_threshold(run.path, device=str(device))
     return run
 
 
@@ -230,39 +232,12 @@ def evaluate_target(run: RunDir, *, target: str | None = None, cache_dir: str | 
     options = {"smoothing_sigma": score.smoothing_sigma, **(metric_options or {})}
     metrics = evaluate(scores.numpy(), store.labels(), maps.numpy(), masks.numpy(),
                        [r["category"] for r in store.images], progress=progress, **options)
-    metrics = with_official_aupro(metrics, maps.numpy(), masks.numpy(), [r["category"] for r in store.images],
-                                  options)
     metrics["settings"] = {**metrics.get("settings", {}), "aux": cfg.aux, "target": target,
                            "backbone": cfg.backbone, "method": cfg.method, "protocol": cfg.protocol,
                            "aggregation": score.aggregation, "image_score": score.image_score,
                            "image_size": store.image_size}
     metrics["provenance"] = provenance
     write_json(run.file(METRICS_FILE), metrics)
-    return metrics
-
-
-def with_official_aupro(metrics: dict[str, Any], maps: np.ndarray, masks: np.ndarray, categories: list[str],
-                        options: dict[str, Any]) -> dict[str, Any]:
-    """Add `aupro_official` (AnomalyCLIP's 200-threshold AUPRO) per category and as the mean, when
-    evaluate() did not already report it; NaN with a warning where no threshold reaches FPR < 0.3.
-
-    A bridge until metrics.evaluate() reports both variants (issue 13, metrics owner)."""
-    if "aupro_official" in metrics.get("mean", {}):
-        return metrics
-    from .metrics import aupro, smooth_maps
-
-    sigma = options.get("smoothing_sigma", 0.0)
-    cats = np.asarray(categories)
-    values = {}
-    for cat in sorted(set(categories)):
-        idx = np.flatnonzero(cats == cat)
-        m, k = smooth_maps(maps[idx], sigma), masks[idx]
-        # aupro() itself gives NaN with a warning where the official code would raise.
-        values[cat] = float(aupro(m, k, variant="anomalyclip")) if k.any() else float("nan")
-    for cat, v in values.items():
-        metrics.setdefault("per_category", {}).setdefault(cat, {})["aupro_official"] = v
-    finite = [v for v in values.values() if np.isfinite(v)]
-    metrics.setdefault("mean", {})["aupro_official"] = float(np.mean(finite)) if finite else float("nan")
     return metrics
 
 

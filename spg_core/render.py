@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from PIL import Image
 
@@ -49,3 +51,93 @@ def draw_outline(image: Image.Image, mask: np.ndarray, colour: tuple[int, int, i
     arr = np.array(image.convert("RGB"))
     arr[edge] = colour
     return Image.fromarray(arr)
+
+
+# -- maps as an inspection engineer reads them ---------------------------------------------------
+
+@dataclass(frozen=True)
+class MapScale:
+    """How map values become colours: the space ('logit' or 'probability') and its [vmin, vmax].
+
+    `legend` says in words what the two ends mean, for the colour bar's caption; `tick_text`
+    labels the two ends.
+    """
+
+    space: str
+    vmin: float
+    vmax: float
+    legend: str
+    tick_text: tuple[str, str]
+
+    def values(self, probs: np.ndarray) -> np.ndarray:
+        """Probabilities `[...]` in this scale's space."""
+        return logit(probs) if self.space == "logit" else np.asarray(probs, dtype=np.float64)
+
+
+PROBABILITY_SCALE = MapScale("probability", 0.0, 1.0, "colour: patch anomaly probability, 0 (blue) to 1 (red)",
+                             ("0", "1"))
+
+
+def logit(p: np.ndarray, eps: float = 1e-7) -> np.ndarray:
+    """log(p / (1 - p)) with p clipped to [eps, 1 - eps]: patch probabilities span orders of magnitude."""
+    q = np.clip(np.asarray(p, dtype=np.float64), eps, 1 - eps)
+    return np.log(q) - np.log1p(-q)
+
+
+def sigmoid(x: float) -> float:
+    return float(1.0 / (1.0 + np.exp(-x)))
+
+
+def fitted_scale(pixel_scale: dict[str, float]) -> MapScale:
+    """The run's own scale (`thresholds.pixel_scale`): blue at the median auxiliary normal pixel,
+    red at their 99.9th percentile, in log-odds."""
+    lo, hi = float(pixel_scale["vmin"]), float(pixel_scale["vmax"])
+    return MapScale("logit", lo, hi,
+                    f"colour: log-odds of the smoothed map, fitted to this run's auxiliary normal pixels: blue = "
+                    f"their median (p {sigmoid(lo):.2g}), red = their 99.9th percentile (p {sigmoid(hi):.2g}) "
+                    f"and above", (f"normal median\np {sigmoid(lo):.2g}", f"normal 99.9%\np {sigmoid(hi):.2g}"))
+
+
+def display_map(patch_probs: np.ndarray, size: int, smoothing_sigma: float) -> np.ndarray:
+    """Patch probabilities `[h, w]` -> the full map `[S, S]` the run's protocol evaluates:
+    bilinear upsampling, then its Gaussian smoothing (sigma in pixels; 0 = none)."""
+    import torch
+
+    from .metrics import smooth_maps
+    from .scoring import upsample
+
+    probs = torch.as_tensor(np.asarray(patch_probs, dtype=np.float32))
+    full = upsample(probs.reshape(1, -1), tuple(probs.shape), size)
+    return np.asarray(smooth_maps(full, float(smoothing_sigma))[0].numpy(), dtype=np.float32)
+
+
+def map_picture(image: Image.Image, probs: np.ndarray, scale: MapScale, *, alpha: float = 0.55,
+                contour_level: float | None = None, truth: np.ndarray | None = None,
+                contour_colour: tuple[int, int, int] = (255, 255, 255),
+                truth_colour: tuple[int, int, int] = (60, 255, 120)) -> Image.Image:
+    """The map `[S, S]` (probabilities) coloured on `scale` over `image`, with two outlines:
+    where the map reaches `contour_level` (a probability; white) and the ground truth (green)."""
+    picture = overlay(image, scale.values(probs), alpha=alpha, vmin=scale.vmin, vmax=scale.vmax)
+    if contour_level is not None:
+        above = np.asarray(probs) >= contour_level
+        if above.any():
+            picture = _thick_outline(picture, above, contour_colour)
+    if truth is not None and np.asarray(truth).any():
+        picture = _thick_outline(picture, np.asarray(truth, dtype=bool), truth_colour)
+    return picture
+
+
+def _thick_outline(image: Image.Image, mask: np.ndarray, colour: tuple[int, int, int]) -> Image.Image:
+    """The mask's outline two pixels wide (its own boundary and the one just outside): readable on a projector."""
+    return draw_outline(draw_outline(image, mask, colour), _grow(mask), colour)
+
+
+def _grow(mask: np.ndarray) -> np.ndarray:
+    """The mask grown by one pixel (4-neighbourhood)."""
+    m = np.asarray(mask, dtype=bool)
+    out = m.copy()
+    out[1:, :] |= m[:-1, :]
+    out[:-1, :] |= m[1:, :]
+    out[:, 1:] |= m[:, :-1]
+    out[:, :-1] |= m[:, 1:]
+    return out

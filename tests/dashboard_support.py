@@ -34,9 +34,21 @@ def build_small_run(out: Path) -> Path:
     return out
 
 
+REUSE_ENV = "SPG_TEST_RUNS_ROOT"   # a root this module built before (quick loops: skips the build)
+
+
 def small_runs_root(tmp_path_factory) -> Path:
-    """A runs root holding RUN, TWIN and a sweep folder (built on first call of the session)."""
-    root = tmp_path_factory.getbasetemp() / "dashboard_runs"
+    """A runs root holding RUN, TWIN and a sweep folder (built on first call of the session), or
+    the one named by $SPG_TEST_RUNS_ROOT, built earlier by `build_runs_root` and re-used as is."""
+    import os
+
+    if os.environ.get(REUSE_ENV):
+        return Path(os.environ[REUSE_ENV])
+    return build_runs_root(tmp_path_factory.getbasetemp() / "dashboard_runs")
+
+
+def build_runs_root(root: Path) -> Path:
+    """Build RUN, TWIN and the sweep folders into `root` unless a finished build is there."""
     done = root / ".complete"
     if not done.is_file():
         if root.exists():
@@ -98,3 +110,35 @@ def write_sweep(out: Path) -> Path:
     pd.DataFrame(rows).to_csv(out / "sweep.csv", index=False)
     (out / "sweep.json").write_text('{"aux": "synthetic-a", "target": "synthetic-b"}\n')
     return out
+
+
+# -- headless Chromium (the browser tests and `python benchmarks/screenshots.py`) -------------------
+
+CHROMIUM = "/usr/bin/chromium"
+BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+VIEWPORT = {"width": 1600, "height": 1700}
+READY_TIMEOUT_MS = 180_000       # first page view loads torch and the model on 2 busy cores
+BUSY = ('[data-testid="stStatusWidget"]', '[data-testid="stSpinner"]', '[data-testid="stSkeleton"]')
+
+
+def wait_ready(page, title: str, quiet_s: float = 1.5, timeout_ms: int = READY_TIMEOUT_MS) -> None:
+    """Wait until a page's script has finished and its charts are drawn: no status widget, spinner
+    or skeleton, and every plotly chart drawn, for `quiet_s` seconds in a row (a page shows several
+    spinners one after another)."""
+    import time
+
+    page.wait_for_selector(f'h1:has-text("{title}")', timeout=timeout_ms)
+    deadline = time.monotonic() + timeout_ms / 1000
+    quiet_since = None
+    while time.monotonic() < deadline:
+        busy = any(page.query_selector(sel) for sel in BUSY)
+        charts = page.query_selector_all('[data-testid="stPlotlyChart"]')
+        if busy or not all(c.query_selector(".main-svg") for c in charts):
+            quiet_since = None
+        elif quiet_since is None:
+            quiet_since = time.monotonic()
+        elif time.monotonic() - quiet_since >= quiet_s:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"{title}: the page was still busy after {timeout_ms / 1000:.0f} s")

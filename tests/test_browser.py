@@ -1,43 +1,34 @@
 """SPG Studio in a real browser: `spg dashboard`'s server, headless Chromium, every page.
 
-Each page must render with no Streamlit exception element; a screenshot of each
-goes to docs/screenshots/<page>.png. The Try-an-image page is also driven
-through a real upload, and the map's click-to-select through a real click.
+Each page must render with no Streamlit exception element, at its own URL (the home page's
+included) with no "Page not found". The new interactions are driven with real mouse input: a
+click and a box drawn on the anomaly map, a click on the atom x defect-kind heatmap, the report
+button; the report file must open in Chromium without console errors. Screenshots go to the
+test's temporary folder; `python benchmarks/screenshots.py --runs DIR` refreshes docs/screenshots.
 
-Needs Debian's `chromium` (/usr/bin/chromium) and Playwright for Python (no
-`playwright install`: the system browser is used). Set SPG_BROWSER_RUNS to a
-runs root (e.g. one holding the demo run) to screenshot that instead of the
-small test run.
+Needs Debian's `chromium` (/usr/bin/chromium) and Playwright for Python (no `playwright install`:
+the system browser is used). Set SPG_BROWSER_RUNS to a runs root to test that instead of the small
+test run.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from pathlib import Path
 
 import pytest
 
-from dashboard_support import small_runs_root
+from dashboard_support import BROWSER_ARGS, CHROMIUM, READY_TIMEOUT_MS, VIEWPORT, small_runs_root, wait_ready
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 if not Path(CHROMIUM).is_file():
     pytest.skip("headless Chromium is not installed (apt-get install -y chromium)", allow_module_level=True)
 sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright for Python is not installed "
                                                                "(pip install playwright)")
 
-SHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-VIEWPORT = {"width": 1600, "height": 1700}
-# (screenshot name, url path, title on the page)
-PAGES = [("runs", "", "Runs"), ("maps", "maps", "Anomaly maps"), ("atoms", "atoms", "Atoms"),
-         ("atom_detail", "atom", "Atom detail"), ("backbones", "backbones", "Backbones"),
-         ("try_image", "try", "Try an image")]
-READY_TIMEOUT_MS = 180_000       # first page view loads torch and the model on 2 busy cores
+from dashboard.nav import PAGE_SPECS  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -57,9 +48,15 @@ def server(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def shots(tmp_path_factory) -> Path:
+    """Where this session's screenshots go (never docs/screenshots: tests write no tracked file)."""
+    return tmp_path_factory.mktemp("screenshots")
+
+
+@pytest.fixture(scope="module")
 def browser():
     with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        b = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
         yield b
         b.close()
 
@@ -72,42 +69,23 @@ def page(browser):
     context.close()
 
 
-BUSY = ('[data-testid="stStatusWidget"]', '[data-testid="stSpinner"]', '[data-testid="stSkeleton"]')
-
-
-def wait_ready(page, title: str, quiet_s: float = 1.5) -> None:
-    """Wait until the page's script has finished and its charts are drawn: no status widget,
-    spinner or skeleton, and every plotly chart drawn, for `quiet_s` seconds in a row (a page
-    shows several spinners one after another)."""
-    page.wait_for_selector(f'h1:has-text("{title}")', timeout=READY_TIMEOUT_MS)
-    deadline = time.monotonic() + READY_TIMEOUT_MS / 1000
-    quiet_since = None
-    while time.monotonic() < deadline:
-        busy = any(page.query_selector(sel) for sel in BUSY)
-        charts = page.query_selector_all('[data-testid="stPlotlyChart"]')
-        if busy or not all(c.query_selector(".main-svg") for c in charts):
-            quiet_since = None
-        elif quiet_since is None:
-            quiet_since = time.monotonic()
-        elif time.monotonic() - quiet_since >= quiet_s:
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"{title}: the page was still busy after {READY_TIMEOUT_MS / 1000:.0f} s")
-
-
 def no_exceptions(page) -> None:
     found = page.query_selector_all('[data-testid="stException"]')
     assert not found, [e.inner_text()[:500] for e in found]
 
 
-@pytest.mark.parametrize("name,path,title", PAGES, ids=[p[0] for p in PAGES])
-def test_page_renders_without_exceptions(server, page, name, path, title):
+URLS = [("home", "", PAGE_SPECS[0][1])] + [(url, url, title) for _, title, _, url in PAGE_SPECS]
+
+
+@pytest.mark.parametrize("name,path,title", URLS, ids=[u[0] for u in URLS])
+def test_every_url_opens_its_page(server, page, shots, name, path, title):
     url, _ = server
     page.goto(f"{url}/{path}")
     wait_ready(page, title)
     no_exceptions(page)
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SHOTS / f"{name}.png"))
+    body = page.inner_text("body")
+    assert "Page not found" not in body and "page not found" not in body.lower(), body[:400]
+    page.screenshot(path=str(shots / f"{name}.png"))
 
 
 def test_upload_in_the_browser(server, page, tmp_path):
@@ -131,7 +109,20 @@ def test_upload_in_the_browser(server, page, tmp_path):
                              f"(screenshot {tmp_path / 'upload_failure.png'})") from None
     wait_ready(page, "Try an image")
     no_exceptions(page)
-    page.screenshot(path=str(SHOTS / "try_image_result.png"))
+
+
+def _map_plot(page):
+    """The anomaly map's drag layer (the first plotly chart of the Anomaly maps page)."""
+    return page.locator('[data-testid="stPlotlyChart"] .nsewdrag').first
+
+
+def _wait_change(read, before, seconds: float = 20):
+    deadline = time.monotonic() + seconds
+    after = read()
+    while time.monotonic() < deadline and after == before:
+        time.sleep(0.5)
+        after = read()
+    return after
 
 
 def test_click_on_the_map_selects_a_patch(server, page):
@@ -141,21 +132,96 @@ def test_click_on_the_map_selects_a_patch(server, page):
     wait_ready(page, "Anomaly maps")
     row = page.locator('input[type="range"][aria-label="Row"]').first
     before = row.get_attribute("value")
-    plot = page.locator('[data-testid="stPlotlyChart"] .nsewdrag').first
     after = before
     for _ in range(3):            # a click that lands while plotly is still wiring its events is lost
-        box = plot.bounding_box()
+        box = _map_plot(page).bounding_box()
         assert box is not None
         page.mouse.click(box["x"] + box["width"] * 0.8, box["y"] + box["height"] * 0.85)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and after == before:
-            time.sleep(0.5)
-            after = row.get_attribute("value")
+        after = _wait_change(lambda: row.get_attribute("value"), before)
         if after != before:
             break
     no_exceptions(page)
     assert after != before, "clicking the map did not move the patch selection"
     assert int(after) > 16            # the click was in the lower part of the 32-row grid
+
+
+def test_box_on_the_map_selects_a_region_and_its_atoms(server, page, shots):
+    """Dragging a box on the map sets the region (its range sliders) and lists the region's atoms."""
+    url, _ = server
+    page.goto(f"{url}/maps")
+    wait_ready(page, "Anomaly maps")
+    rows = page.locator('[data-testid="stSlider"]:has-text("Region rows")').first
+    before = rows.inner_text()
+    after = before
+    for _ in range(3):
+        box = _map_plot(page).bounding_box()
+        assert box is not None
+        x0, y0 = box["x"] + box["width"] * 0.1, box["y"] + box["height"] * 0.55
+        page.mouse.move(x0, y0)
+        page.mouse.down()
+        page.mouse.move(x0 + box["width"] * 0.2, y0 + box["height"] * 0.3, steps=8)
+        page.mouse.up()
+        after = _wait_change(lambda: rows.inner_text(), before)
+        if after != before:
+            break
+    wait_ready(page, "Anomaly maps")
+    no_exceptions(page)
+    assert after != before, "drawing a box did not set the region"
+    assert page.get_by_text("Most active inside").count() == 1
+    page.get_by_text("Region -> atoms").first.evaluate("e => e.scrollIntoView()")
+    page.screenshot(path=str(shots / "maps_region.png"))
+
+
+def test_heatmap_cell_opens_its_patches(server, page, shots):
+    """Clicking a cell of the atom x defect-kind heatmap picks its atom and kind, and shows the patches."""
+    url, _ = server
+    page.goto(f"{url}/atoms")
+    wait_ready(page, "Atoms")
+    kind_box = page.locator('[data-testid="stSelectbox"]:has-text("Cell: defect kind")').first
+    atom_box = page.locator('[data-testid="stSelectbox"]:has-text("Cell: atom")').first
+    before = (atom_box.inner_text(), kind_box.inner_text())
+    heat = page.locator('[data-testid="stPlotlyChart"] .nsewdrag').nth(2)
+    heat.evaluate("e => e.scrollIntoView()")
+    after = before
+    for _ in range(3):
+        box = heat.bounding_box()
+        assert box is not None
+        page.mouse.click(box["x"] + box["width"] * 0.95, box["y"] + box["height"] * 0.97)   # last column, last row
+        after = _wait_change(lambda: (atom_box.inner_text(), kind_box.inner_text()), before)
+        if after != before:
+            break
+    wait_ready(page, "Atoms")
+    no_exceptions(page)
+    assert after != before, "clicking the heatmap did not pick its cell"
+    page.screenshot(path=str(shots / "atoms_kinds.png"))
+
+
+def test_report_button_and_the_report_opens_offline_without_errors(server, page, browser, shots):
+    """The Runs page writes the report; the file opens in Chromium with no console error and holds
+    every section, with no request to the network."""
+    url, root = server
+    page.goto(f"{url}/runs")
+    wait_ready(page, "Runs")
+    page.get_by_role("button", name="Write run report").click()
+    page.wait_for_selector('[data-testid="stDownloadButton"]', timeout=READY_TIMEOUT_MS)
+    no_exceptions(page)
+    reports = sorted(root.glob("*/report.html"), key=lambda p: p.stat().st_mtime)
+    assert reports, "no report.html written"
+    context = browser.new_context(viewport=VIEWPORT, offline=True)
+    viewer = context.new_page()
+    errors, requests = [], []
+    viewer.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    viewer.on("pageerror", lambda e: errors.append(str(e)))
+    viewer.on("request", lambda r: requests.append(r.url) if not r.url.startswith(("file:", "data:")) else None)
+    viewer.goto(reports[-1].as_uri())
+    viewer.wait_for_load_state("load")
+    assert not errors and not requests, (errors, requests)
+    for section in ("summary", "threshold", "metrics", "errors", "atoms"):
+        assert viewer.locator(f"section#{section}").count() == 1, section
+    broken = viewer.evaluate("Array.from(document.images).filter(i => !(i.complete && i.naturalWidth > 0)).length")
+    assert broken == 0 and viewer.evaluate("document.images.length") >= 2
+    viewer.screenshot(path=str(shots / "report.png"), full_page=True)
+    context.close()
 
 
 def test_ablation_switch_in_the_browser(server, page):
@@ -167,7 +233,3 @@ def test_ablation_switch_in_the_browser(server, page):
     page.wait_for_selector('[data-testid="stMetric"]:has-text("Image AUROC")', timeout=READY_TIMEOUT_MS)
     wait_ready(page, "Atom detail")
     no_exceptions(page)
-    # Streamlit scrolls inside its own container: bring the what-if section to the top of the view.
-    page.get_by_text("What if the guide did without it?").evaluate("e => e.scrollIntoView()")
-    time.sleep(0.5)
-    page.screenshot(path=str(SHOTS / "atom_detail_ablation.png"))

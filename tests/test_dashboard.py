@@ -14,7 +14,8 @@ import pytest
 from PIL import Image
 
 from dashboard_support import RUN, TWIN, damaged_runs_root, small_runs_root
-from spg_core import views
+from dashboard.viewmodels import health, targets
+from spg_core import run_paths, thresholds, uploads
 from spg_core.errors import SPGError
 from spg_core.runs import RunDir
 
@@ -35,7 +36,7 @@ def runs_root(tmp_path_factory) -> Path:
 
 def open_app(root: Path, monkeypatch: pytest.MonkeyPatch, page: str | None = None, run: str | None = None) -> AppTest:
     """A fresh session of the app over `root`, on `page` (a script in pages/) with `run` chosen."""
-    monkeypatch.setenv(views.RUNS_ENV, str(root))
+    monkeypatch.setenv(run_paths.RUNS_ENV, str(root))
     at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
     at.run()
     if run is not None:
@@ -94,7 +95,7 @@ def test_launcher_command_is_headless_without_usage_stats():
     assert "--server.headless=true" in cmd and "--browser.gatherUsageStats=false" in cmd
     assert "--server.port=8765" in cmd
     env = app_env("some/runs")
-    assert Path(env[views.RUNS_ENV]).is_absolute()
+    assert Path(env[run_paths.RUNS_ENV]).is_absolute()
 
 
 def test_cli_registers_dashboard_command():
@@ -108,38 +109,38 @@ def test_cli_registers_dashboard_command():
 def test_run_paths_cannot_leave_the_root(tmp_path):
     (tmp_path / "a").mkdir()
     (tmp_path.parent / "outside_run").mkdir(exist_ok=True)
-    assert views.resolve_run(tmp_path, "a") == (tmp_path / "a").resolve()
+    assert run_paths.resolve_run(tmp_path, "a") == (tmp_path / "a").resolve()
     for bad in ("../outside_run", "/etc", "a/../../outside_run", "", "missing"):
         with pytest.raises(SPGError):
-            views.resolve_run(tmp_path, bad)
+            run_paths.resolve_run(tmp_path, bad)
     (tmp_path / "link").symlink_to(tmp_path.parent / "outside_run")
     with pytest.raises(SPGError):
-        views.resolve_run(tmp_path, "link")
+        run_paths.resolve_run(tmp_path, "link")
 
 
 def test_upload_validation():
     good = png_bytes(Image.new("RGB", (64, 48), (200, 10, 10)))
-    assert views.decode_upload("ok.png", good).size == (64, 48)
+    assert uploads.decode_upload("ok.png", good).size == (64, 48)
     rgba = png_bytes(Image.new("RGBA", (8, 8)))
-    assert views.decode_upload("alpha.PNG", rgba).mode == "RGB"
+    assert uploads.decode_upload("alpha.PNG", rgba).mode == "RGB"
     cases = {
         ("notes.txt", b"hello"): "not accepted",
         ("noext", good): "not accepted",
         ("empty.png", b""): "empty",
         ("bad.png", good[:60]): "corrupt",
         ("text.png", b"this is not a png at all"): "corrupt",
-        ("huge.png", good + b"\0" * (views.MAX_UPLOAD_BYTES + 1)): "limit",
+        ("huge.png", good + b"\0" * (uploads.MAX_UPLOAD_BYTES + 1)): "limit",
         ("bomb.png", png_bytes(Image.new("1", (9000, 5000)))): "megapixels",
     }
     for (name, data), message in cases.items():
         with pytest.raises(SPGError, match=message):
-            views.decode_upload(name, data)
+            uploads.decode_upload(name, data)
 
 
 def test_best_threshold_and_outcomes():
-    thr = views.best_f1_threshold([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1])
+    thr = thresholds.best_f1_threshold([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1])
     assert thr == pytest.approx(0.35)
-    assert [views.outcome(s, y, 0.5) for s, y in ((0.9, 1), (0.9, 0), (0.1, 1), (0.1, 0))] == ["TP", "FP", "FN", "TN"]
+    assert [targets.outcome(s, y, 0.5) for s, y in ((0.9, 1), (0.9, 0), (0.1, 1), (0.1, 0))] == ["TP", "FP", "FN", "TN"]
 
 
 # -- pages on the small run ------------------------------------------------------------------------
@@ -153,6 +154,7 @@ def test_empty_root_says_how_to_make_a_run(tmp_path, monkeypatch):
         assert "No runs yet" in said and "spg dashboard --demo" in said, page
 
 
+@pytest.mark.slow
 def test_runs_page(runs_root, monkeypatch):
     at = open_app(runs_root, monkeypatch, run=RUN)
     assert at.title[0].value == "Runs"
@@ -177,6 +179,7 @@ def test_runs_page(runs_root, monkeypatch):
     assert plotly_keys(at) == 1 + 2 + 2                        # + the twin's own sweep (RUN/sweep)
 
 
+@pytest.mark.slow
 def test_maps_page_filters_threshold_and_patch(runs_root, monkeypatch):
     at = open_app(runs_root, monkeypatch, page="maps.py", run=RUN)
     assert at.title[0].value == "Anomaly maps"
@@ -192,11 +195,22 @@ def test_maps_page_filters_threshold_and_patch(runs_root, monkeypatch):
     at.selectbox(key=k + "defect").set_value(defect).run()
     picked = at.selectbox(key=k + "image").value
     assert rows[picked]["category"] == category and rows[picked]["defect"] == defect
-    assert metric(at, "Image score") == views.format_score(rows[picked]["score"])
+    assert metric(at, "Image score") == targets.format_score(rows[picked]["score"])
+
+    # The slider opens on the threshold chosen on the auxiliary set (recorded in RUN/threshold.json),
+    # and says so; the target's own best-F1 threshold appears only as the labelled oracle.
+    from spg_core.thresholds import best_f1_threshold, read_run_threshold
+    record = read_run_threshold(runs_root / RUN)
+    slider = at.slider(key=k + "threshold")
+    assert slider.value == pytest.approx(record["image"]["threshold"], abs=slider.step)
+    said = texts(at)
+    assert "chosen on the auxiliary set" in said and "auxiliary best F1" in said
+    oracle = best_f1_threshold([r["score"] for r in rows], [r["label"] for r in rows])
+    assert f"Oracle line, for reference only: the target's own best-F1 threshold is {targets.format_score(oracle)}" in said
+    assert "99.9th percentile of auxiliary normal pixels" in said            # the map's legend
 
     # Threshold above every score: nothing is called anomalous, every anomalous image is a false negative.
     top = max(r["score"] for r in rows)
-    slider = at.slider(key=k + "threshold")
     assert slider.min <= min(r["score"] for r in rows) and slider.max >= top
     at.slider(key=k + "threshold").set_value(slider.max).run()
     at.selectbox(key=k + "category").set_value("all").run()
@@ -205,15 +219,13 @@ def test_maps_page_filters_threshold_and_patch(runs_root, monkeypatch):
     assert_clean(at)
     n_anomalous = sum(r["label"] for r in rows if r["score"] < slider.max)
     assert at.selectbox(key=k + "image").label == f"Image ({n_anomalous} shown)"
-    at.selectbox(key=k + "outcome").set_value("false positives").run()
-    n_false_pos = sum(1 - r["label"] for r in rows if r["score"] >= slider.max)   # a good image may hold the top score
-    if n_false_pos:
-        assert at.selectbox(key=k + "image").label == f"Image ({n_false_pos} shown)"
-    else:
-        assert "No image matches" in texts(at)
-
-    # Threshold at the lowest score: every image is called anomalous; pick one and a patch.
+    # Threshold at the lowest score: every image is called anomalous, so every good one is a false positive
+    # and none is a true negative.
     at.slider(key=k + "threshold").set_value(slider.min).run()
+    at.selectbox(key=k + "outcome").set_value("false positives").run()
+    assert at.selectbox(key=k + "image").label == f"Image ({sum(1 - r['label'] for r in rows)} shown)"
+    at.selectbox(key=k + "outcome").set_value("true negatives").run()
+    assert "No image matches" in texts(at)
     at.selectbox(key=k + "outcome").set_value("true positives").run()
     index = at.selectbox(key=k + "image").value
     assert rows[index]["label"] == 1
@@ -234,6 +246,7 @@ def test_maps_page_filters_threshold_and_patch(runs_root, monkeypatch):
     assert at.selectbox(key=f"{RUN}::atom::pick").value == atom
 
 
+@pytest.mark.slow
 def test_atoms_page_ranks_and_opens_an_atom(runs_root, monkeypatch):
     from spg_core.atoms import rank_atoms
     from spg_core.guides import GuidePair
@@ -261,18 +274,23 @@ def test_atoms_page_ranks_and_opens_an_atom(runs_root, monkeypatch):
     assert at.selectbox(key=f"{RUN}::atom::pick").value == atom
 
 
+@pytest.mark.slow
 def test_atom_detail_tiles_histograms_and_ablation(runs_root, monkeypatch):
     from spg_core.atoms import Ablator
 
     at = open_app(runs_root, monkeypatch, page="atom_detail.py", run=RUN)
     k = f"{RUN}::atom::"
-    options = at.selectbox(key=k + "pick").options
-    dead = [o for o in options if o.endswith("· dead")]
-    if dead:                                                  # a guide may weight atoms that never fire
-        at.selectbox(key=k + "pick").set_value(int(dead[0].split()[0][1:])).run()
-        assert "never fires on the auxiliary set" in texts(at) and len(at.image) == 0
-    live = next(o for o in options if not o.endswith("· dead"))
-    atom = int(live.split()[0][1:])
+    # The page opens on the anomaly guide's top live atom, and offers no dead one.
+    from spg_core.atoms import load_atoms, rank_atoms
+    from spg_core.guides import GuidePair
+    _, stats = load_atoms(runs_root / RUN)
+    dead = set(stats.loc[stats["tag"] == "dead", "atom"].astype(int))
+    pair, _ = GuidePair.load(str(runs_root / RUN / "guides.safetensors"))
+    top_live = next(a["atom"] for a in rank_atoms(pair)["anomaly"] if a["atom"] not in dead)
+    assert at.selectbox(key=k + "pick").value == top_live
+    offered = {int(o.split()[0][1:]) for o in at.selectbox(key=k + "pick").options}
+    assert offered and not offered & dead
+    atom = top_live
     at.selectbox(key=k + "pick").set_value(atom).run()
     assert len(at.image) == 2 * 9                             # crop + heatmap per top patch
     assert plotly_keys(at) == 2                               # category and activation histograms
@@ -291,13 +309,17 @@ def test_atom_detail_tiles_histograms_and_ablation(runs_root, monkeypatch):
     assert "Switch it on" in texts(at)
 
 
+@pytest.mark.slow
 def test_backbones_page_compares_two_runs(runs_root, monkeypatch):
     at = open_app(runs_root, monkeypatch, page="backbones.py", run=RUN)
     assert sorted(at.multiselect(key="bb_runs").value) == sorted([RUN, TWIN])
     charts = {c.proto.id for c in at.get("plotly_chart")}
     assert len(charts) == 3                                   # two maps + grouped metric bars
     scores = {m.label: m.value for m in at.metric}
-    assert scores[RUN] == scores[TWIN]                         # the twin is a copy
+    shown = at.selectbox(key="bb_image").value
+    for name in (RUN, TWIN):                                   # each card holds its own run's stored score
+        row = next(r for r in RunDir(runs_root / name).read_scores() if r["image_path"] == shown)
+        assert scores[name] == f"score {targets.format_score(row['score'])}"
     category = at.selectbox(key="bb_category").options[-1]
     at.selectbox(key="bb_category").set_value(category).run()
     at.segmented_control(key="bb_metric").set_value("Pixel AUROC").run()
@@ -306,6 +328,7 @@ def test_backbones_page_compares_two_runs(runs_root, monkeypatch):
     assert "at least two runs" in texts(at)
 
 
+@pytest.mark.slow
 def test_try_an_image_scores_uploads_and_refuses_bad_files(runs_root, monkeypatch):
     at = open_app(runs_root, monkeypatch, page="try_image.py", run=RUN)
     assert "Upload one or more images" in texts(at)
@@ -316,7 +339,7 @@ def test_try_an_image_scores_uploads_and_refuses_bad_files(runs_root, monkeypatc
         ("target.png", real, "image/png"),
         ("notes.txt", b"not an image", "text/plain"),
         ("broken.png", real[:500], "image/png"),
-        ("huge.png", real + b"\0" * (views.MAX_UPLOAD_BYTES + 1), "image/png"),
+        ("huge.png", real + b"\0" * (uploads.MAX_UPLOAD_BYTES + 1), "image/png"),
     ]).run()
     assert_clean(at)
     # The upload goes through the same decoding and backbone as the stored target tokens.
@@ -332,9 +355,12 @@ def test_try_an_image_scores_uploads_and_refuses_bad_files(runs_root, monkeypatc
     first_anomalous = next(r["image_path"] for r in rows if r["label"])
     at.selectbox(key="try_sample").set_value(first_anomalous).run()
     assert_clean(at)
-    assert not at.error and metric(at, "Image score")
+    assert not at.error
+    sample_row = next(r for r in rows if r["image_path"] == first_anomalous)
+    assert float(metric(at, "Image score")) == pytest.approx(sample_row["score"], abs=0.02, rel=0.05)
 
 
+@pytest.mark.slow
 def test_models_are_shared_between_sessions(runs_root, monkeypatch):
     """st.cache_resource: a second browser session re-uses the first one's Predictor."""
     import streamlit as st
@@ -364,17 +390,25 @@ def damaged_root(runs_root, tmp_path_factory) -> Path:
     return damaged_runs_root(tmp_path_factory.mktemp("damaged"), runs_root / RUN)
 
 
+DAMAGE = {"truncated": ("guides truncated", "truncated or not a safetensors"),
+          "corrupt": ("not valid JSON", "metrics"), "half": ("missing",)}
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("page", ["runs.py", "maps.py", "atoms.py", "atom_detail.py", "try_image.py"])
 @pytest.mark.parametrize("run", ["truncated", "corrupt", "half"])
 def test_damaged_runs_give_messages_not_exceptions(damaged_root, monkeypatch, page, run):
     at = open_app(damaged_root, monkeypatch, page=page, run=run)
-    assert at.error or at.warning or at.info, f"{page} on {run} said nothing about the damage"
+    # An error or warning (not the info boxes every page shows) that names what is damaged.
+    said = "\n".join(str(a.value) for a in (*at.error, *at.warning))
+    assert any(word in said for word in DAMAGE[run]), f"{page} on {run} said nothing about the damage: {said!r}"
     # The rest of the app keeps working: switch to the good run on the same page.
     at.selectbox(key="run").set_value("good").run()
     assert_clean(at)
     assert not at.error
 
 
+@pytest.mark.slow
 def test_damaged_run_states(damaged_root, monkeypatch):
     at = open_app(damaged_root, monkeypatch)
     overview = frame_with(at, "run", "status")
@@ -386,6 +420,7 @@ def test_damaged_run_states(damaged_root, monkeypatch):
     assert "incomplete or damaged" in texts(at)
 
 
+@pytest.mark.slow
 def test_backbones_page_leaves_out_damaged_runs(damaged_root, monkeypatch):
     at = open_app(damaged_root, monkeypatch, page="backbones.py", run="good")
     at.multiselect(key="bb_runs").set_value(["good", "truncated", "half"]).run()
@@ -399,14 +434,235 @@ def test_saturated_guides_get_a_note_and_healthy_ones_do_not(tmp_path):
     from spg_core.atomic import write_json
 
     path = tmp_path / "guides.json"
-    assert views.guide_notes(path) == []                                     # no record: nothing to say
+    assert health.guide_notes(path) == []                                     # no record: nothing to say
     write_json(path, {"config": {"dice": "image", "epochs": 20}, "aux_fit": {"p_defect_median": 2e-7}})
-    (note,) = views.guide_notes(path)
+    (note,) = health.guide_notes(path)
     assert "saturated" in note and "2.0e-07" in note and "--dice batch" in note
     write_json(path, {"config": {"dice": "batch", "epochs": 2}, "aux_fit": {"p_defect_median": 8e-8}})
-    (note,) = views.guide_notes(path)
+    (note,) = health.guide_notes(path)
     assert "--dice" not in note and "this run: 2" in note
     write_json(path, {"aux_fit": {"p_defect_median": 1e-2, "patch_auroc": 0.83}})
-    assert views.guide_notes(path) == []
+    assert health.guide_notes(path) == []
     path.write_text("{ truncated")
-    assert views.guide_notes(path) == []                                     # unreadable: the health check reports files, not this
+    assert health.guide_notes(path) == []                                     # unreadable: the health check reports files, not this
+
+
+# -- thresholds, region -> atoms, defect kinds, report (engine parts on the small run) ----------------
+
+@pytest.mark.slow
+def test_threshold_is_recorded_by_the_pipeline_and_recomputed_for_runs_without_it(runs_root, tmp_path):
+    import shutil
+
+    from spg_core.thresholds import THRESHOLD, read_run_threshold, run_threshold
+
+    recorded = read_run_threshold(runs_root / RUN)
+    assert recorded is not None and recorded["source"] == "auxiliary set"
+    image = recorded["image"]
+    assert image["rule"] == "aux_max_f1" and image["threshold"] == image["aux_max_f1"]["threshold"]
+    assert image["aux_fpr"]["fpr"] <= image["aux_fpr"]["fpr_target"]
+    scale = recorded["pixel_scale"]
+    assert scale["space"] == "logit" and scale["vmin"] < scale["vmax"]
+    old = tmp_path / "old-run"                               # a run from before threshold.json existed
+    shutil.copytree(runs_root / RUN, old)
+    (old / THRESHOLD).unlink()
+    again = run_threshold(old)
+    assert (old / THRESHOLD).is_file()
+    assert again["image"]["threshold"] == pytest.approx(image["threshold"], rel=1e-6)
+    assert again["pixel_scale"]["vmax"] == pytest.approx(scale["vmax"], rel=1e-6)
+
+
+def _aux_defect_image(runs_root):
+    """(store, index, mask [S, S]) of the auxiliary image with the largest defect mask."""
+    from spg_core.store import TokenStore
+
+    store = TokenStore(RunDir(runs_root / RUN).read_config()["aux_store"])
+    anomalous = [i for i, r in enumerate(store.images) if r["label"]]
+    areas = store.masks(anomalous).sum(dim=(1, 2))
+    index = anomalous[int(areas.argmax())]
+    return store, index, store.masks([index])[0].numpy() > 0.5
+
+
+@pytest.mark.slow
+def test_a_box_over_a_defect_finds_atoms_that_fire_there_more_than_on_good_surface(runs_root):
+    import numpy as np
+
+    from spg_core.atoms import attribute
+    from spg_core.atoms.region import box_patches, mask_patches, region_atoms
+    from spg_core.pipeline import Predictor
+
+    pred = Predictor(runs_root / RUN, device="cpu")
+    store, index, mask = _aux_defect_image(runs_root)
+    ys, xs = np.nonzero(mask)
+    defect_box = (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+    h, w = store.grid
+    cell = store.image_size / w
+    width, height = defect_box[2] - defect_box[0], defect_box[3] - defect_box[1]
+    # The same-size box on good surface: the corner farthest from the defect, with no mask pixel in it.
+    good_box = None
+    for x0, y0 in ((0, 0), (store.image_size - width, 0), (0, store.image_size - height),
+                   (store.image_size - width, store.image_size - height)):
+        box = (x0, y0, x0 + width, y0 + height)
+        if not (box_patches(box, store.grid, store.image_size) & mask_patches(mask, store.grid)).any():
+            good_box = box
+            break
+    assert good_box is not None, "the defect covers every corner"
+    tokens = store.tokens([index])
+    attr = attribute(tokens, pred.dictionary, pred.guides, tau=pred.cfg.guides.tau)
+    inside = region_atoms(pred.sae, tokens[0], attr, box_patches(defect_box, store.grid, store.image_size))
+    good = region_atoms(pred.sae, tokens[0], attr, box_patches(good_box, store.grid, store.image_size))
+    assert inside.activation and inside.contribution
+    codes = pred.sae.encode_dense(tokens[0]).numpy()                 # [N, M]
+    on_good = box_patches(good_box, store.grid, store.image_size)
+    top = [row["atom"] for row in inside.activation[:3]]
+    for atom, row in zip(top, inside.activation):
+        assert row["inside"] > codes[on_good, atom].mean(), atom    # fires more on the defect than on good surface
+    # The defect box is pushed towards 'anomalous' more than the good one (sum of the top shares).
+    assert sum(r["contribution"] for r in inside.contribution) > sum(r["contribution"] for r in good.contribution)
+    assert cell > 0 and inside.patches == int(box_patches(defect_box, store.grid, store.image_size).sum())
+
+
+@pytest.mark.slow
+def test_atom_kind_map_counts_in_mask_activation_and_is_cached(runs_root, tmp_path, monkeypatch):
+    import shutil
+
+    import numpy as np
+
+    from spg_core.atoms import kinds as kinds_module
+    from spg_core.atoms.region import mask_patches
+    from spg_core.pipeline import Predictor
+    from spg_core.store import TokenStore
+
+    run = tmp_path / "kinds-run"
+    shutil.copytree(runs_root / RUN, run)
+    pred = Predictor(run, device="cpu")
+    store = TokenStore(pred.config["aux_store"])
+    atoms = [0, 5, 17]
+    km = kinds_module.run_kind_map(run, pred.sae, store, atoms)
+    assert km.mean.shape == (3, len(km.kinds)) and (run / kinds_module.KINDS_JSON).is_file()
+    # One cell by hand: atom 5 in the first kind, summed over in-mask patches of that kind's images.
+    kind = km.kinds[0]
+    total, count = 0.0, 0
+    for i, r in enumerate(store.images):
+        if r["label"] and (r["category"], r["defect"]) == kind:
+            inside = mask_patches(store.masks([i])[0].numpy() > 0.5, store.grid)
+            codes = pred.sae.encode_dense(store.tokens([i])[0]).numpy()
+            total += codes[inside, 5].sum()
+            count += int(inside.sum())
+    assert km.mean[1, 0] == pytest.approx(total / count, rel=1e-4, abs=1e-6)
+    # The strongest cell's patches lie inside that kind's masks and are ordered.
+    j, k = np.unravel_index(np.argmax(km.mean), km.mean.shape)
+    found = kinds_module.kind_patches(pred.sae, store, int(km.atoms[j]), km.kinds[k], count=5)
+    assert found and [e["value"] for e in found] == sorted((e["value"] for e in found), reverse=True)
+    for e in found:
+        assert (store.images[e["image"]]["category"], store.images[e["image"]]["defect"]) == km.kinds[k]
+        assert mask_patches(store.masks([e["image"]])[0].numpy() > 0.5, store.grid)[e["patch"]]
+    # Second call: read from RUN/atoms/kinds.*, not recomputed.
+    monkeypatch.setattr(kinds_module, "kind_map", lambda *a, **k: pytest.fail("recomputed"))
+    again = kinds_module.run_kind_map(run, pred.sae, store, [5])
+    assert again.atoms.tolist() == [5] and np.allclose(again.mean[0], km.mean[1])
+
+
+@pytest.mark.slow
+def test_report_holds_every_section_with_inlined_pictures(runs_root, tmp_path):
+    import re
+
+    from spg_core.cli import main
+
+    out = tmp_path / "report.html"
+    assert main(["report", "--run", str(runs_root / RUN), "--out", str(out)]) == 0
+    text = out.read_text()
+    for section in ("summary", "threshold", "metrics", "errors", "atoms"):
+        assert f'<section id="{section}">' in text, section
+    sources = re.findall(r'<img src="([^"]+)"', text)
+    assert len(sources) >= 2 and all(s.startswith("data:image/png;base64,") for s in sources)
+    assert "http://" not in text and "https://" not in text and "<script" not in text    # nothing to fetch
+    assert "Oracle line" in text and "chosen on the auxiliary set" in text
+
+
+# -- new interactions under AppTest ----------------------------------------------------------------
+
+@pytest.mark.slow
+def test_region_on_the_maps_page_lists_the_engines_atoms(runs_root, monkeypatch):
+    from spg_core.atoms import attribute
+    from spg_core.atoms.region import cell_patches, region_atoms
+    from spg_core.pipeline import Predictor
+    from spg_core.store import TokenStore
+
+    at = open_app(runs_root, monkeypatch, page="maps.py", run=RUN)
+    k = f"{RUN}::"
+    at.selectbox(key=k + "outcome").set_value("all images").run()
+    index = at.selectbox(key=k + "image").value
+    at.slider(key=k + "region::rows").set_value((2, 6)).run()
+    at.slider(key=k + "region::cols").set_value((3, 9)).run()
+    assert_clean(at)
+    assert "Region: rows 2-6, columns 3-9 (35 patches)" in texts(at)
+    pred = Predictor(runs_root / RUN, device="cpu")
+    store = TokenStore(RunDir(runs_root / RUN).read_config()["target_store"])
+    tokens = store.tokens([index])
+    attr = attribute(tokens, pred.dictionary, pred.guides, tau=pred.cfg.guides.tau)
+    expected = region_atoms(pred.sae, tokens[0], attr, cell_patches((2, 6), (3, 9), store.grid))
+    act = frame_with(at, "atom", "inside", "outside")
+    assert act["atom"].tolist() == [r["atom"] for r in expected.activation]
+    con = frame_with(at, "atom", "guide", "contribution")
+    assert con["atom"].tolist() == [r["atom"] for r in expected.contribution]
+    # One click from an atom of the region to its top auxiliary patches (a crop per patch): an atom that
+    # fires inside the region is live, so it has top patches in the index.
+    from spg_core.atoms import load_atoms
+    atom = int(act["atom"].iloc[0])
+    before = len(at.image)
+    at.selectbox(key=k + "region::atom").set_value(atom).run()
+    assert_clean(at)
+    index, _ = load_atoms(runs_root / RUN)
+    tiles = [i for i in at.image if i.proto.imgs and i.proto.imgs[0].caption.endswith(
+        tuple(f"s={e['value']:.2f}" for e in index.entries(atom)[:6]))]
+    assert len(tiles) == min(6, len(index.entries(atom))) and len(at.image) >= before - 6
+
+
+def test_atoms_page_kind_heatmap_opens_a_cells_patches(runs_root, monkeypatch):
+    at = open_app(runs_root, monkeypatch, page="atoms.py", run=RUN)
+    k = f"{RUN}::atoms::"
+    table = frame_with(at, "atom", "categories", "top_kind")
+    assert len(table) >= 1 and table["categories"].min() >= 0
+    assert plotly_keys(at) == 3                                # two bar charts + the heatmap
+    spans = table["categories"].tolist()
+    assert spans == sorted(spans, reverse=True)               # sorted by categories spanned by default
+    at.segmented_control(key=k + "kind_sort").set_value("atom").run()
+    assert frame_with(at, "atom", "categories", "top_kind")["atom"].tolist() == sorted(table["atom"])
+    atom = int(table.iloc[0]["atom"])
+    kind = table.iloc[0]["top_kind"]
+    at.selectbox(key=k + "kind_atom").set_value(atom).run()
+    at.selectbox(key=k + "kind_kind").set_value(kind).run()
+    assert_clean(at)
+    captions = [c for i in at.image for c in ([i.proto.imgs[0].caption] if i.proto.imgs else [])]
+    category, defect = kind.split(" / ")
+    assert captions and all(c.startswith(f"{category} · {defect}") for c in captions)
+
+
+@pytest.mark.slow
+def test_runs_page_writes_the_report(runs_root, monkeypatch, tmp_path):
+    import shutil
+
+    root = tmp_path / "root"
+    shutil.copytree(runs_root / RUN, root / RUN)
+    at = open_app(root, monkeypatch, run=RUN)
+    at.button(key="report_make").click().run()
+    assert_clean(at)
+    assert (root / RUN / "report.html").is_file()
+    assert at.get("download_button"), "no download button after writing the report"
+
+
+@pytest.mark.slow
+def test_one_run_backbones_page_shows_it_and_the_demo_progress(runs_root, monkeypatch, tmp_path):
+    import json
+    import shutil
+
+    root = tmp_path / "one"
+    shutil.copytree(runs_root / RUN, root / RUN)
+    (root / ".demo_progress.json").write_text(json.dumps({"run": "demo-builtin", "stage": "guides",
+                                                          "fraction": 0.4}))
+    at = open_app(root, monkeypatch, page="backbones.py", run=RUN)
+    said = texts(at)
+    assert "at least two runs" in said and "shown alone" in said
+    assert plotly_keys(at) == 1                                # the one run's per-category bars
+    bars = at.get("progress")
+    assert bars and bars[0].proto.value == 40 and "demo-builtin · guides" in bars[0].proto.text

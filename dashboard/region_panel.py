@@ -1,0 +1,111 @@
+"""Region -> atoms on any image: a box of grid cells (drawn on the map or set with two range sliders),
+the atoms that fire most inside it and those that push it most towards 'anomalous', and each atom's
+top auxiliary patches one click away."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import pandas as pd
+import streamlit as st
+
+from . import nav, state, widgets
+
+
+def region_sliders(key: str, grid: tuple[int, int], start: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Row and column ranges of the region (a box drawn on the map writes them); a new image starts
+    on a 3 x 3 box around `start` (its most anomalous patch)."""
+    h, w = grid
+    r, c = start
+    if key + "rows" not in st.session_state:
+        st.session_state[key + "rows"] = (max(r - 1, 0), min(r + 1, h - 1))
+        st.session_state[key + "cols"] = (max(c - 1, 0), min(c + 1, w - 1))
+    s1, s2 = st.columns(2)
+    rows = s1.slider("Region rows", 0, h - 1, key=key + "rows")
+    cols = s2.slider("Region columns", 0, w - 1, key=key + "cols")
+    return tuple(rows), tuple(cols)  # type: ignore[return-value]
+
+
+def on_box(key: str, chart_key: str) -> Callable[[], None]:
+    """A plotly box selection on the map -> the region sliders (runs before the rerun draws them)."""
+    def callback() -> None:
+        box = widgets.selected_box(st.session_state.get(chart_key))
+        if box is not None:
+            st.session_state[key + "rows"], st.session_state[key + "cols"] = box
+    return callback
+
+
+def reset_region(key: str) -> None:
+    """Forget the region (another image opened)."""
+    for suffix in ("rows", "cols"):
+        st.session_state.pop(key + suffix, None)
+
+
+def region_tables(found: Any, tags: dict[int, str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """RegionAtoms -> the two display tables, with tags and plain headers."""
+    act = pd.DataFrame(found.activation, columns=["atom", "inside", "outside"])
+    act["tag"] = [tags.get(int(a), "") for a in act["atom"]]
+    con = pd.DataFrame(found.contribution, columns=["atom", "guide", "contribution"])
+    con["tag"] = [tags.get(int(a), "") for a in con["atom"]]
+    return act, con
+
+
+def region_panel(key: str, run: str, sig: tuple[float, ...], query: Callable[[tuple[int, int], tuple[int, int]], Any],
+                 rows: tuple[int, int], cols: tuple[int, int]) -> None:
+    """The two rankings for the region and a picker that shows an atom's top auxiliary patches."""
+    with widgets.guard("Atoms for this region are not available for this run"):
+        found = query(rows, cols)
+        tags = state.atom_tags(run, sig)
+        act, con = region_tables(found, tags)
+        st.caption(f"Region: rows {rows[0]}-{rows[1]}, columns {cols[0]}-{cols[1]} ({found.patches} patches)")
+        left, right = st.columns(2)
+        with left:
+            st.markdown("**Most active inside** (what the model sees here)")
+            if act.empty:
+                st.info("No atom fires inside this region.")
+            else:
+                st.dataframe(act, hide_index=True, key=key + "act", column_config={
+                    "atom": st.column_config.NumberColumn("atom", format="#%d"),
+                    "inside": st.column_config.NumberColumn("mean activation inside", format="%.3f"),
+                    "outside": st.column_config.NumberColumn("mean activation elsewhere", format="%.3f"),
+                    "tag": st.column_config.TextColumn("tag")})
+        with right:
+            st.markdown("**Pushing towards anomalous** (why it is flagged)")
+            if con.empty:
+                st.info("No atom pushes this region towards 'anomalous'.")
+            else:
+                st.dataframe(con, hide_index=True, key=key + "con", column_config={
+                    "atom": st.column_config.NumberColumn("atom", format="#%d"),
+                    "contribution": st.column_config.NumberColumn("mean share of l_a - l_n", format="%.4f"),
+                    "tag": st.column_config.TextColumn("tag")})
+        options = list(dict.fromkeys(con["atom"].tolist() + act["atom"].tolist()))
+        if not options:
+            return
+        widgets.keep_choice(key + "atom", options)
+        pick_col, open_col = st.columns([2, 1], vertical_alignment="bottom")
+        atom = int(pick_col.selectbox("Atom of this region", options, key=key + "atom",
+                                      format_func=lambda a: f"#{a}" + (f" · {tags[a]}" if tags.get(a) else "")))
+        if open_col.button("Open atom detail", icon=":material/frame_inspect:", key=key + "open_detail"):
+            st.session_state[state.ATOM_KEY] = atom
+            nav.open_page("atom_detail.py")
+        with st.expander(f"Top auxiliary patches of atom #{atom}", expanded=False):
+            atom_patches(run, sig, atom, key)
+
+
+def atom_patches(run: str, sig: tuple[float, ...], atom: int, key: str, count: int = 6) -> None:
+    """An atom's top auxiliary patches (crop + activation heatmap), or what to do without an atom index."""
+    from pathlib import Path
+
+    from spg_core.atoms.build import INDEX
+    if not (Path(run) / INDEX).is_file():
+        st.info("This run has no atom index, so its atoms' top patches are unknown. "
+                "Build it with `spg atoms --run DIR`.", icon=":material/info:")
+        return
+    with widgets.guard("The atom's top patches cannot be drawn"):
+        tiles = state.atom_tiles(run, sig, atom, count)
+        if not tiles:
+            st.info("This atom never fires on the auxiliary set.")
+            return
+        cols = st.columns(len(tiles))
+        for col, tile in zip(cols, tiles):
+            col.image(tile.crop, width="stretch", output_format="PNG", caption=tile.caption)

@@ -1,0 +1,77 @@
+"""One atom up close: its top auxiliary patches as pictures, its category profile, its activation sample."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+
+@dataclass
+class AtomTile:
+    """One top-activating auxiliary patch of an atom, ready to show."""
+
+    crop: Image.Image           # the patch with context, its cell boxed (red: inside a defect mask)
+    heat: Image.Image           # the atom's activation over the whole image, patch boxed
+    caption: str
+
+
+def atom_tiles(index: Any, records: list[dict[str, Any]], sae: Any, store: Any, atom: int, *,
+               count: int = 8, context: int = 2, tile: int = 160) -> list[AtomTile]:
+    """The atom's `count` top auxiliary patches (from its AtomIndex) as crop + heatmap pictures.
+
+    Heatmaps of one atom share the scale [0, its largest activation], as in the paper's Figure 5.
+    """
+    from spg_core.atoms.visual import IN_MASK, OUT_MASK, atom_heatmap, heatmap_overlay, patch_crop
+    from spg_core.images import load_image
+
+    entries = index.entries(atom)[:count]
+    grid, size = tuple(index.meta["grid"]), int(index.meta["image_size"])
+    vmax = max((e["value"] for e in entries), default=1.0)
+    tiles = []
+    for e in entries:
+        record = records[e["image"]]
+        image = load_image(record["image_path"]).resize((size, size), Image.BICUBIC)
+        colour = IN_MASK if e["mask_fraction"] > 0 else OUT_MASK
+        heat = atom_heatmap(sae, store.tokens([e["image"]])[0], atom, grid, size)
+        tiles.append(AtomTile(
+            crop=patch_crop(image, e["patch"], grid, size, context, tile, outline=colour),
+            heat=heatmap_overlay(image, heat, vmax, patch=e["patch"], grid=grid, outline=colour).resize(
+                (tile, tile), Image.BILINEAR),
+            caption=f"{record['category']} · {record['defect']} · s={e['value']:.2f}"))
+    return tiles
+
+
+def category_profile(index: Any, atom: int) -> pd.Series:
+    """Mean activation of `atom` per auxiliary category (its category histogram), from the index totals."""
+    names = list(index.meta.get("categories") or [])
+    mass = index.counts.category_mass[atom].double().numpy()
+    tokens = index.counts.category_tokens.double().numpy()
+    values = mass / np.maximum(tokens, 1)
+    return pd.Series(values, index=names or [str(i) for i in range(len(values))], name="mean activation")
+
+
+def atom_activation_sample(sae: Any, store: Any, atom: int, *, include: Iterable[int] = (),
+                           flop_budget: float = 2e10) -> tuple[np.ndarray, int]:
+    """The atom's non-zero activations over auxiliary images, the data of its activation histogram.
+
+    Every image when encoding them all fits `flop_budget` (T * M * D multiply-adds), else an evenly
+    spaced sample plus the images in `include` (its top-activating ones, so a rare atom still shows).
+    Returns (activations > 0, number of images encoded).
+    """
+    from spg_core.atoms.visual import atom_activation
+
+    n = store.num_images
+    per_image = store.num_patches * sae.width * sae.dim
+    budget = max(1, int(flop_budget // max(per_image, 1)))
+    picks = set(int(i) for i in include if 0 <= int(i) < n)
+    if budget >= n:
+        picks = set(range(n))
+    elif budget > len(picks):
+        picks |= set(np.linspace(0, n - 1, num=budget - len(picks)).round().astype(int).tolist())
+    values = [atom_activation(sae, store.tokens([i])[0], atom).numpy() for i in sorted(picks)]
+    flat = np.concatenate(values) if values else np.zeros(0)
+    return flat[flat > 0], len(picks)

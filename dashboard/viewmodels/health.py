@@ -1,0 +1,182 @@
+"""Run health: which artifacts a run has, its status, and the overview of every run in a root."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from spg_core.atomic import read_json
+from spg_core.atoms.build import INDEX as ATOM_INDEX
+from spg_core.errors import SPGError
+from spg_core.report import METRIC_TITLES, METRICS
+from spg_core.run_paths import run_names
+from spg_core.runs import (CONFIG_FILE as CONFIG, GUIDES_FILE as GUIDES, METRICS_FILE, PATCH_MAPS_FILE as PATCH_MAPS,
+                           SAE_FILE as SAE, SCORES_FILE as SCORES, RunDir)
+
+from .tables import percent
+
+# What each artifact is needed for, in the words a page shows.
+ARTIFACTS: dict[str, str] = {
+    CONFIG: "run configuration",
+    SAE: "SAE dictionary",
+    GUIDES: "guides",
+    PATCH_MAPS: "target anomaly maps",
+    SCORES: "target image scores",
+    METRICS_FILE: "metrics",
+    ATOM_INDEX: "atom index",
+}
+
+
+def run_signature(path: str | Path) -> tuple[float, ...]:
+    """Modification times of a run's artifacts: a cache key that changes when a run is rewritten."""
+    path = Path(path)
+    return tuple((path / f).stat().st_mtime if (path / f).is_file() else -1.0 for f in ARTIFACTS)
+
+
+@dataclass
+class RunHealth:
+    """Which artifacts a run has; `problems` name what is missing or unreadable."""
+
+    path: Path
+    present: dict[str, bool] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)      # complete but questionable, e.g. saturated guides
+    stale: list[str] = field(default_factory=list)      # artifacts whose producer changed since
+
+    def has(self, *files: str) -> bool:
+        return all(self.present.get(f, False) for f in files)
+
+    def missing(self, *files: str) -> list[str]:
+        return [ARTIFACTS.get(f, f) for f in files if not self.present.get(f, False)]
+
+    @property
+    def status(self) -> str:
+        if not self.has(CONFIG) or any("truncated or damaged" in p for p in self.problems):
+            return "damaged"
+        if not self.has(SAE, GUIDES) and not self.has(GUIDES):
+            return "training"
+        if not self.has(PATCH_MAPS, SCORES, METRICS_FILE):
+            return "not evaluated"
+        if self.stale:      # maps or metrics from earlier guides (see RunDir.stale_artifacts)
+            return "stale"
+        return "complete" if self.has(ATOM_INDEX) else "no atoms"
+
+
+def check_run(path: str | Path) -> RunHealth:
+    """Cheap health check: which artifacts exist and whether the JSON ones parse."""
+    health = RunHealth(Path(path))
+    for name in ARTIFACTS:
+        health.present[name] = (health.path / name).is_file()
+    for name in ARTIFACTS:
+        if name.endswith(".safetensors") and health.present[name] and not safetensors_intact(health.path / name):
+            health.present[name] = False
+            health.problems.append(f"{ARTIFACTS[name]} truncated or damaged ({name})")
+    for name in (CONFIG, METRICS_FILE):
+        if health.present[name]:
+            try:
+                read_json(health.path / name, what=ARTIFACTS[name])
+            except SPGError as exc:
+                health.present[name] = False
+                health.problems.append(str(exc).splitlines()[0] + f" ({name})")
+    for name in ARTIFACTS:
+        if not health.present[name] and not any(name in p for p in health.problems):
+            health.problems.append(f"{ARTIFACTS[name]} missing ({name})")
+    health.notes += guide_notes(health.path / "guides.json")
+    try:
+        health.stale = RunDir(health.path).stale_artifacts()
+    except SPGError:
+        pass            # unreadable files are reported as problems above
+    if health.stale:
+        health.notes.append(f"stale: {', '.join(health.stale)} were made from earlier inputs; "
+                            "re-run `spg eval --run DIR`")
+    return health
+
+
+def safetensors_intact(path: Path) -> bool:
+    """Whether a safetensors file's header parses and its tensors end exactly at the end of the file
+    (a cheap check: reads the header only; a half-written or cut file fails it)."""
+    import json
+    import struct
+
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                return False
+            (n,) = struct.unpack("<Q", head)
+            if n > size - 8:
+                return False
+            header = json.loads(f.read(n))
+        ends = [int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"]
+        return 8 + n + max(ends, default=0) == size
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        return False
+
+
+def guide_notes(path: Path) -> list[str]:
+    """Warnings about a guides.json's auxiliary fit (empty when fine, absent or unreadable)."""
+    from spg_core.guides import saturation_note
+
+    try:
+        record = read_json(path, what="guide training record") if path.is_file() else {}
+    except SPGError:
+        return []
+    note = saturation_note(record.get("aux_fit"), record.get("config", {}))
+    return [note] if note else []
+
+
+def run_overview(root: str | Path) -> pd.DataFrame:
+    """One row per run under `root`: name, direction, backbone, method, status, mean metrics in %."""
+    rows = []
+    for name in run_names(root):
+        path = Path(root).resolve() / name
+        health = check_run(path)
+        cfg: dict[str, Any] = {}
+        mean: dict[str, Any] = {}
+        try:
+            cfg = read_json(path / CONFIG) if health.has(CONFIG) else {}
+            mean = read_json(path / METRICS_FILE).get("mean", {}) if health.has(METRICS_FILE) else {}
+        except SPGError:
+            pass
+        rows.append({"run": name, "aux": cfg.get("aux", "?"), "target": cfg.get("target", "?"),
+                     "backbone": cfg.get("backbone", "?"), "method": cfg.get("method", "?"),
+                     "status": health.status, **{METRIC_TITLES[k]: percent(mean.get(k)) for k in METRICS}})
+    return pd.DataFrame(rows)
+
+
+def config_summary(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """A run's config.json grouped for display: experiment, SAE, guides, scoring, backbone."""
+    top = {k: config.get(k) for k in ("aux", "target", "backbone", "weights", "method", "device_used")}
+    return {"experiment": top, "SAE": dict(config.get("sae", {})), "guides": dict(config.get("guides", {})),
+            "scoring": dict(config.get("score", {})), "backbone": dict(config.get("backbone_identity", {}))}
+
+
+DEMO_PROGRESS = ".demo_progress.json"     # written by the demo builder into the runs root while it works
+
+
+def demo_progress(root: str | Path) -> dict[str, Any] | None:
+    """The demo builder's progress file in the runs root, read leniently: {"text", "fraction" (0-1 or
+    None), "done"}; None when there is none or it cannot be read (it may be mid-rewrite)."""
+    path = Path(root) / DEMO_PROGRESS
+    if not path.is_file():
+        return None
+    try:
+        record = read_json(path, what="demo progress")
+    except SPGError:
+        return None
+    if not isinstance(record, dict):
+        return None
+    fraction = record.get("fraction", record.get("progress"))
+    if fraction is None and record.get("total"):
+        fraction = float(record.get("done_steps", record.get("step", 0))) / float(record["total"])
+    try:
+        fraction = None if fraction is None else min(max(float(fraction), 0.0), 1.0)
+    except (TypeError, ValueError):
+        fraction = None
+    parts = [str(record[k]) for k in ("run", "stage", "message", "status") if record.get(k)]
+    done = bool(record.get("done")) or record.get("status") in ("done", "complete", "finished")
+    return {"text": " · ".join(parts) or "building the demo runs", "fraction": fraction, "done": done}
