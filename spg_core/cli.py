@@ -207,8 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _room_commands() -> list[Callable[[Any], None]]:
     """Commands whose code lives in its own room: sweeps, atoms, the dashboard launcher."""
-    from . import atoms_cli, launch, sweep
-    return [sweep.register_cli, atoms_cli.register_cli, launch.register_cli]
+    from . import atoms_cli, launch, select, sweep
+    return [sweep.register_cli, atoms_cli.register_cli, launch.register_cli, select.register_cli]
 
 
 def main(argv: list[str] | None = None) -> int:
