@@ -117,11 +117,14 @@ def score_fold(aux_view: StoreView, held_view: StoreView, setting: Setting, sae_
     from .metrics import evaluate
     from .pipeline import Scorer, dictionary_of, fit_dictionary, fit_guides, score_store, target_maps
 
-    key = (setting.backbone, setting.width, setting.k, tuple(aux_view.indices))
+    family = (setting.backbone, setting.width, setting.k)
+    if dictionary_cache.get("family") != family:     # settings come dictionary by dictionary: keep one per fold
+        dictionary_cache.clear()
+        dictionary_cache["family"] = family
+    key = tuple(aux_view.indices)
     if key not in dictionary_cache:
         sae, _ = fit_dictionary(aux_view, replace(sae_cfg, width=setting.width, k=setting.k), "spg", device,
                                 progress=False)
-        dictionary_cache.clear()            # one at a time: settings are visited dictionary by dictionary
         dictionary_cache[key] = dictionary_of(sae, aux_view.dim)
     dictionary = dictionary_cache[key]
     pair, _ = fit_guides(aux_view, dictionary, replace(guide_cfg, l1=setting.l1, epochs=setting.guide_epochs),
@@ -139,7 +142,11 @@ def score_fold(aux_view: StoreView, held_view: StoreView, setting: Setting, sae_
 def run_select(aux: str, grid: list[Setting], out: str | Path, *, sae_cfg: SAEConfig, guide_cfg: GuideConfig,
                target: str | None = None, max_folds: int = 4, device: str = "auto",
                cache_dir: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
-    """Cross-validate every setting of `grid` on `aux` alone; write select.csv / select.json into `out`."""
+    """Cross-validate every setting of `grid` on `aux` alone; write select.csv / select.json into `out`.
+
+    The grid is visited backbone by backbone (one token extraction each) and, within one,
+    setting by setting: the SAE of a fold is re-used by every setting that shares its
+    backbone, M and k, so order the grid with those outermost (`parse_grid` does)."""
     from .backbones import load_backbone
     from .backbones.base import resolve_device
     from .pipeline import extract
