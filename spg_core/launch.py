@@ -6,7 +6,7 @@ which this launcher sets for the Streamlit subprocess; nothing outside that
 root is reachable from the app.
 
     spg dashboard                     # ./runs on http://localhost:8501
-    spg dashboard --demo              # build the demo run first if it is missing
+    spg dashboard --demo              # build the demo runs if missing (the second in the background)
     spg dashboard --runs DIR --port P
 """
 
@@ -131,12 +131,17 @@ def stop_server(proc: subprocess.Popen, timeout: float = 10.0) -> None:
 
 def cmd_dashboard(args: argparse.Namespace) -> None:
     root = Path(args.runs).resolve()
+    builders: list[subprocess.Popen] = []
     if args.demo:
-        from .demo import ensure_demo_run
+        from .demo import PROGRESS_FILE, ensure_demo_run, start_background_builds
 
-        print(f"preparing the demo run under {root} (first time: a few minutes on a CPU) ...", flush=True)
+        print(f"preparing the effnet-lite0 demo run under {root} (first time: about a minute on a CPU) ...",
+              flush=True)
         run = ensure_demo_run(root, progress=True, cache_dir=args.cache_dir)
         print(f"demo run ready: {run}", flush=True)
+        builders = start_background_builds(root, cache_dir=args.cache_dir)
+        if builders:
+            print(f"building the builtin demo run in the background (progress: {root / PROGRESS_FILE})", flush=True)
     elif not root.is_dir():
         print(f"note: {root} does not exist yet; the dashboard will say how to make a run", flush=True)
     print(f"SPG Studio on http://{args.host}:{args.port}  (runs: {root}; Ctrl-C to stop)", flush=True)
@@ -148,6 +153,8 @@ def cmd_dashboard(args: argparse.Namespace) -> None:
         proc.wait()
     finally:
         stop_server(proc)
+        for builder in builders:          # a half-built demo run is rebuilt by the next --demo
+            stop_server(builder)
 
 
 def register_cli(sub: Any) -> None:
@@ -157,7 +164,8 @@ def register_cli(sub: Any) -> None:
     p.add_argument("--port", type=int, default=8501, help="port to serve on (default 8501)")
     p.add_argument("--host", default="localhost", help="address to bind (default localhost; 0.0.0.0 for a LAN)")
     p.add_argument("--demo", action="store_true",
-                   help="first build the demo run (synthetic-a -> synthetic-b, builtin backbone) if it is missing")
+                   help="first build the demo runs (synthetic-a -> synthetic-b: effnet-lite0, then builtin "
+                        "in the background) if they are missing")
     p.add_argument("--cache-dir", default=None,
                    help="token stores and synthetic data (default $SPG_CACHE or ~/.cache/spg)")
     p.set_defaults(func=cmd_dashboard)

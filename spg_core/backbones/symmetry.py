@@ -5,7 +5,7 @@ Made things are mostly mirror-symmetric and many textures repeat. A defect break
 both; a unique but intended part (a printed mark on the axis, one of a pair of pins,
 one thread of a weave) does not. Both residuals are per pixel, `[B, 3, S, S]` RGB in
 [0, 1] -> `[B, S, S]`, computed at `SIZE` px and upsampled. Both are divided by the
-reference's local gradient (`_edge_discount`, v6), so that an edge the reference has
+reference's local gradient (`_edge_discount`), so that an edge the reference has
 too, merely shifted by a fraction of a pixel, counts as explained.
 """
 
@@ -72,8 +72,8 @@ def foreground(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     when it covers most of the image. The centroid is
     taken before blurring and dilating: those move it by a fraction of a pixel when the
     part's two edges fall differently on the pixel grid, enough for a long part to
-    prefer its short axis. v4 cut at half the 99th percentile instead, which on the
-    synthetic nut kept only its dark rings and zeroed defects at its outline.
+    prefer its short axis. Otsu, not a fixed quantile: a quantile cut can keep only a
+    part's darkest features (docs/builtin_lab_notes.md).
     """
     base = _border_median(x)
     core = (x - base).norm(dim=1)
@@ -116,16 +116,13 @@ def _edge_discount(reference: torch.Tensor) -> torch.Tensor:
     """`[B, C, s, s]` -> `[B, s, s]`: what a residual against `reference` is divided by.
 
     A mirror image or a repeat is never aligned to better than a fraction of a pixel, and
-    at a sharp edge that fraction leaves a residual in proportion to the edge's contrast:
-    a white tick printed on a disc's axis left 0.3-0.5, as much as a faint stain. Divided
+    at a sharp edge that fraction leaves a residual in proportion to the edge's contrast,
+    as much as a faint stain's for a sharp printed mark. Divided
     by the reference's own local gradient, the residual reads more like a displacement:
     an edge that is merely shifted is explained, while new content where the reference
     is flat (a stain, a crack, a chunk gone) is not. A defect's ghost (its mirror
     position, whose reference holds the defect's edges) is damped as well. The cost: a
     defect lying over the part's own edges is damped too (the nut's contamination).
-    Measured zero-shot (the joint evidence's max per image, with `symmetry_floor`):
-    image AUROC on synthetic-a 0.846 -> 0.859, on synthetic-b 0.913 -> 0.945 (disc
-    0.81 -> 0.89, plug 0.84 -> 0.98), within 0.006 of that for weights 1.5 to 6.
     """
     return 1 + EDGE_WEIGHT * local_gradient(reference)
 

@@ -12,8 +12,14 @@ from ..errors import SPGError
 from .folder import load_folder
 from .mvtec import IMAGE_EXTS, load_mvtec
 from .sample import Dataset, Sample
-from .synthetic import (ALL_GROUP, DEFECT_KINDS, SYNTHETIC_GROUPS, generate_synthetic,
-                        open_synthetic)
+from .synthetic import (
+    ALL_GROUP,
+    DEFECT_KINDS,
+    SYNTHETIC_GROUPS,
+    generate_synthetic,
+    open_synthetic,
+    parse_synthetic_spec,
+)
 from .visa import load_visa
 
 # Accepted dataset specs and what each expects (shown in errors and CLI help).
@@ -26,6 +32,7 @@ DATASET_KINDS: dict[str, str] = {
     "synthetic-a": f"built-in synthetic set, categories {', '.join(SYNTHETIC_GROUPS['synthetic-a'])}",
     "synthetic-b": f"built-in synthetic set, categories {', '.join(SYNTHETIC_GROUPS['synthetic-b'])}",
     ALL_GROUP: "both synthetic groups (all 8 categories)",
+    "synthetic-a@seed=N": "the same categories drawn with image seed N (default 0)",
 }
 DATASET_HELP = "accepted dataset specs:\n" + "\n".join(f"  {k:<12}  {v}" for k, v in DATASET_KINDS.items())
 
@@ -36,7 +43,7 @@ SPLIT_CHOICES = ("test", "train", "all")
 def parse_spec(spec: str) -> tuple[str, str | None]:
     """'mvtec:/data' -> ('mvtec', '/data'); 'synthetic-a' -> ('synthetic-a', None)."""
     spec = spec.strip()
-    if spec == ALL_GROUP or spec in SYNTHETIC_GROUPS:
+    if parse_synthetic_spec(spec) is not None:
         return spec, None
     kind, sep, path = spec.partition(":")
     if sep and kind.lower() in _PATH_LOADERS:
