@@ -1,0 +1,77 @@
+"""torch.distributed on CPU (gloo, 2 spawned processes): extraction, SAE training, atom index, sharded top-k.
+
+Each test compares a 2-rank result with the single-process one on the same data. Workers are in
+tests/distributed_support.py; every spawned world is bounded by a timeout.
+"""
+
+import json
+
+import pytest
+import torch
+from torch.multiprocessing import ProcessRaisedException
+
+from spg_core import distributed
+from spg_core.config import SAEConfig
+from spg_core.sae import TopKSAE
+from spg_core.sae_train import train_sae
+from spg_core.store import TokenStore, build_store, store_dir_for
+
+from distributed_support import (PatchBackbone, extract_worker, index_worker, random_tokens, run_world,
+                                  sharded_worker, train_worker, write_images)
+
+
+def test_batch_slices_cover_the_batch_once():
+    for rows in (0, 1, 5, 12):
+        for size in (1, 2, 3, 5):
+            parts = [range(rows)[distributed.batch_slice(rows, distributed.World(r, size))] for r in range(size)]
+            assert [i for p in parts for i in p] == list(range(rows))
+            assert max(map(len, parts)) - min(map(len, parts)) <= 1
+    assert distributed.owned(7, distributed.World(1, 3)) == [1, 4]
+    assert distributed.world_size() == 1 and distributed.all_reduce(torch.ones(2)).tolist() == [1.0, 1.0]
+
+
+@pytest.fixture()
+def single_store(tmp_path):
+    """The 1-process store of the tiny random dataset (10 images, shards of 2)."""
+    dataset = write_images(tmp_path / "images")
+    return build_store(dataset, PatchBackbone(), cache_dir=tmp_path / "one", shard_images=2, batch_size=2,
+                       num_workers=0, progress=False)
+
+
+def test_two_rank_extraction_equals_one_rank(tmp_path, single_store):
+    run_world(extract_worker, 2, str(tmp_path / "images"), str(tmp_path / "two"), 2)
+    two = TokenStore(store_dir_for(write_images(tmp_path / "images"), PatchBackbone(), tmp_path / "two"))
+    assert two.manifest["world_size"] == 2 and single_store.manifest["world_size"] == 1
+    assert two.images == single_store.images
+    assert [s["count"] for s in two.manifest["shards"]] == [2] * 5
+    assert torch.equal(two.tokens(range(10)), single_store.tokens(range(10)))
+    assert torch.equal(two.masks(range(10)), single_store.masks(range(10)))
+    # rank r wrote shards r, r+2, ...: each shard records its writer
+    ranks = [json.loads(json.dumps(_shard_meta(two.root / s["file"])))["rank"] for s in two.manifest["shards"]]
+    assert ranks == [0, 1, 0, 1, 0]
+
+
+def _shard_meta(path):
+    from safetensors import safe_open
+    with safe_open(str(path), framework="pt") as f:
+        return json.loads(f.metadata()["shard"])
+
+
+def test_crash_of_one_rank_then_rerun_completes(tmp_path, single_store):
+    images, cache = str(tmp_path / "images"), str(tmp_path / "two")
+    with pytest.raises(ProcessRaisedException, match="simulated crash"):
+        run_world(extract_worker, 2, images, cache, 2, 1)
+    root = store_dir_for(write_images(tmp_path / "images"), PatchBackbone(), tmp_path / "two")
+    manifest = json.loads((root / "manifest.json").read_text())
+    assert not manifest["complete"]
+    on_disk = sorted(p.name for p in root.glob("shard_*.safetensors"))
+    # rank 1 died after its first shard (1) and before its second (3); rank 0 may have been
+    # stopped anywhere, so only what rank 1 left is certain
+    assert "shard_00001.safetensors" in on_disk and "shard_00003.safetensors" not in on_disk
+    assert not list(root.glob(".*.tmp"))
+    stamps = {n: (root / n).stat().st_mtime_ns for n in on_disk}
+    run_world(extract_worker, 2, images, cache, 2)
+    store = TokenStore(root)
+    assert {n: (root / n).stat().st_mtime_ns for n in on_disk} == stamps     # finished shards not redone
+    assert torch.equal(store.tokens(range(10)), single_store.tokens(range(10)))
+    assert store.images == single_store.images
