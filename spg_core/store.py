@@ -270,6 +270,10 @@ def _prepare(root: Path, key: dict[str, Any], records: list[dict[str, Any]], sha
         except json.JSONDecodeError:
             manifest = None
         if manifest is not None and manifest.get("key") == key:
+            # A killed writer (kill -9, a rank torn down by torchrun) leaves its temp file; no rank
+            # writes yet, so whatever temp file is here is such a leftover.
+            for leftover in root.glob(".shard_*.tmp"):
+                leftover.unlink(missing_ok=True)
             return
         shutil.rmtree(root)               # stale or damaged: rebuild from scratch
     root.mkdir(parents=True, exist_ok=True)

@@ -48,7 +48,7 @@ def _entry(rank: int, world: int, port: int, fn: Callable[..., None], args: tupl
         distributed.destroy()
 
 
-def run_world(fn: Callable[..., None], world: int, *args: Any, timeout: float = 120.0) -> None:
+def run_world(fn: Callable[..., None], world: int, *args: Any, timeout: float = 240.0) -> None:
     """Run `fn(*args)` in `world` spawned processes joined in a gloo group; raise if any fails
     (the others are then terminated, as torchrun does) or if they outlive `timeout` seconds."""
     ctx = mp.start_processes(_entry, args=(world, free_port(), fn, args), nprocs=world, join=False,
