@@ -158,19 +158,20 @@ def index_worker(store_root: str, sae_path: str, out: str, chunk_tokens: int) ->
         save_index(index, out)
 
 
-def sharded_worker(sae_path: str, out: str, n_tokens: int, steps: int) -> None:
-    """Every rank: a latent-sharded copy of the SAE; codes, reconstruction and a few training steps."""
+def sharded_worker(sae_path: str, out: str, cfg_json: str, n_tokens: int) -> None:
+    """Every rank: the SAE's atoms split over the ranks; its codes and reconstruction of the tokens,
+    and a latent-sharded training run; rank 0 writes them."""
     from spg_core.atomic import save_tensors
+    from spg_core.config import SAEConfig
     from spg_core.sae import TopKSAE
-    from spg_core.sae_sharded import LatentShardedSAE, train_steps
+    from spg_core.sae_sharded import LatentShardedSAE, train_latent_sharded
 
     full, _ = TopKSAE.load(sae_path)
-    sharded = LatentShardedSAE.from_full(full)
-    tokens = random_tokens(n_tokens, full.dim).float()
+    tokens = random_tokens(n_tokens, full.dim)
     with torch.no_grad():
-        recon, code = sharded(tokens)
-    train_steps(sharded, tokens, steps=steps, batch=n_tokens // steps, lr=1e-3)
-    trained = sharded.gather_full()
+        recon, code = LatentShardedSAE.from_full(full)(tokens.float())
+    trained, history = train_latent_sharded(tokens, SAEConfig(**json.loads(cfg_json)), tokens_per_image=16,
+                                            device=torch.device("cpu"))
     if distributed.is_main():
-        save_tensors(out, {"recon": recon, "values": code.values, "indices": code.indices,
-                           **{f"trained.{k}": v for k, v in trained.state_dict().items()}})
+        save_tensors(out, {"recon": recon, "dense": code.dense(full.width),
+                           **{f"trained.{k}": v for k, v in trained.state_dict().items()}}, {"history": history})
