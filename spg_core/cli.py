@@ -10,10 +10,13 @@ import argparse
 import sys
 from typing import Any, Callable
 
+from . import distributed
 from .config import GuideConfig, RunConfig, SAEConfig, ScoreConfig
 from .errors import SPGError
 
 DATASET_HELP = "mvtec:PATH | visa:PATH | folder:PATH | synthetic-a | synthetic-b"
+# Commands that run as one job over every process torchrun starts (docs/SCALING.md).
+COLLECTIVE_COMMANDS = ("extract", "train-sae", "atoms", "run")
 
 
 # -- shared options --------------------------------------------------------------------------
@@ -87,7 +90,8 @@ def _config_from(args: argparse.Namespace) -> RunConfig:
 
 def _io_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return {"cache_dir": args.cache_dir, "skip_bad": args.skip_bad, "batch_size": args.batch_size,
-            "num_workers": args.workers, "progress": not args.quiet, "compile_backbone": args.compile}
+            "num_workers": args.workers, "progress": not args.quiet and distributed.is_main(),
+            "compile_backbone": args.compile}
 
 
 # -- commands --------------------------------------------------------------------------------
@@ -97,10 +101,37 @@ def cmd_run(args: argparse.Namespace) -> None:
     from .report import print_metrics, write_reports
 
     cfg = _config_from(args)
-    metrics = run_experiment(cfg, args.out, metric_options={"aupro_variant": args.aupro}, **_io_kwargs(args))
+    if distributed.world_size() > 1:
+        metrics = _run_distributed(cfg, args)
+        if metrics is None:
+            return
+    else:
+        metrics = run_experiment(cfg, args.out, metric_options={"aupro_variant": args.aupro}, **_io_kwargs(args))
     write_reports(args.out)
     print_metrics(metrics, title=f"{cfg.aux} -> {cfg.target} [{cfg.backbone}, {cfg.method}]")
     print(f"run directory: {args.out}")
+
+
+def _run_distributed(cfg: RunConfig, args: argparse.Namespace) -> dict[str, Any] | None:
+    """`spg run` under torchrun: both token stores and the SAE by every rank; guides, target maps and
+    metrics (minutes, not hours) by rank 0 alone. The metrics on rank 0, None on the others."""
+    from .backbones import load_backbone
+    from .backbones.base import resolve_device
+    from .pipeline import evaluate_target, extract, train_stages
+
+    io = _io_kwargs(args)
+    backbone = load_backbone(cfg.backbone, cfg.weights, device=resolve_device(cfg.device))
+    if io.pop("compile_backbone"):
+        backbone.enable_compile()
+    run = train_stages(cfg, args.out, stages=("sae",), backbone=backbone, **io)
+    extract(cfg.target, backbone, **{k: io[k] for k in ("cache_dir", "skip_bad", "batch_size", "num_workers",
+                                                         "progress")})
+    if not distributed.is_main():
+        return None
+    with distributed.main_only():
+        train_stages(cfg, args.out, stages=("guides",), backbone=backbone, **io)
+        return evaluate_target(run, metric_options={"aupro_variant": args.aupro}, device=cfg.device,
+                               backbone=backbone, **io)
 
 
 def cmd_extract(args: argparse.Namespace) -> None:
@@ -111,15 +142,18 @@ def cmd_extract(args: argparse.Namespace) -> None:
     if args.compile:
         backbone.enable_compile()
     store = extract(args.dataset, backbone, cache_dir=args.cache_dir, skip_bad=args.skip_bad,
-                    batch_size=args.batch_size, num_workers=args.workers, progress=not args.quiet)
-    print(f"{store.num_images} images x {store.num_patches} tokens x {store.dim} dims -> {store.root}")
+                    batch_size=args.batch_size, num_workers=args.workers,
+                    progress=not args.quiet and distributed.is_main())
+    if distributed.is_main():
+        print(f"{store.num_images} images x {store.num_patches} tokens x {store.dim} dims -> {store.root}")
 
 
 def cmd_train_sae(args: argparse.Namespace) -> None:
     from .pipeline import train_stages
 
     run = train_stages(_config_from(args), args.out, stages=("sae",), **_io_kwargs(args))
-    print(f"SAE written to {run.file('sae.safetensors')}")
+    if distributed.is_main():
+        print(f"SAE written to {run.file('sae.safetensors')}")
 
 
 def cmd_train_guides(args: argparse.Namespace) -> None:
@@ -215,6 +249,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     func: Callable[[argparse.Namespace], None] = args.func
     try:
+        if distributed.launched_by_torchrun():
+            if args.command not in COLLECTIVE_COMMANDS:
+                raise SPGError(f"`spg {args.command}` runs in one process",
+                               fix=f"launch it without torchrun (torchrun runs: {', '.join(COLLECTIVE_COMMANDS)})")
+            distributed.init_from_env()
         func(args)
     except SPGError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -222,6 +261,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: finished artifacts are kept, nothing half-written was left", file=sys.stderr)
         return 130
+    finally:
+        distributed.destroy()
     return 0
 
 

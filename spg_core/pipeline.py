@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import __version__
+from . import __version__, distributed
 from .atomic import write_json
 from .backbones import load_backbone
 from .backbones.base import Backbone, resolve_device
@@ -202,13 +202,16 @@ def train_stages(cfg: RunConfig, out: str | Path, *, cache_dir: str | Path | Non
     if cfg.method == "free_guides":
         cfg.guides.variant = "free"
     run.path.mkdir(parents=True, exist_ok=True)
-    run.write_config(cfg, extra)
+    if distributed.is_main():
+        run.write_config(cfg, extra)
 
     if "sae" in stages:
         sae, sae_info = fit_dictionary(aux, cfg.sae, cfg.method, device, progress)
-        if sae is not None:
-            sae.save(str(run.file(SAE)), {"backbone": backbone.identity(), "method": cfg.method})
-        write_json(run.file("sae.json"), {"config": cfg.sae.__dict__, "method": cfg.method, **sae_info})
+        if distributed.is_main():     # under torchrun every rank holds the same SAE; one writes it
+            if sae is not None:
+                sae.save(str(run.file(SAE)), {"backbone": backbone.identity(), "method": cfg.method})
+            write_json(run.file("sae.json"), {"config": cfg.sae.__dict__, "method": cfg.method,
+                                              "world_size": distributed.world_size(), **sae_info})
     if "guides" in stages:
         sae = load_run_sae(run, cfg, backbone.dim)
         pair, info = fit_guides(aux, dictionary_of(sae, backbone.dim), cfg.guides, device, progress)
