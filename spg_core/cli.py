@@ -253,7 +253,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.command not in COLLECTIVE_COMMANDS:
                 raise SPGError(f"`spg {args.command}` runs in one process",
                                fix=f"launch it without torchrun (torchrun runs: {', '.join(COLLECTIVE_COMMANDS)})")
-            distributed.init_from_env()
+            # NCCL needs CUDA tensors: a CPU job on a GPU machine talks over gloo.
+            distributed.init_from_env("gloo" if getattr(args, "device", "auto") == "cpu" else None)
         func(args)
     except SPGError as exc:
         print(f"error: {exc}", file=sys.stderr)

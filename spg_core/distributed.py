@@ -155,15 +155,6 @@ def all_gather(tensor: torch.Tensor) -> list[torch.Tensor]:
     return parts
 
 
-def broadcast_object(obj: Any, src: int = 0) -> Any:
-    """`obj` as rank `src` has it, on every rank (small JSON-like values only)."""
-    if world_size() == 1:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]
-
-
 def all_reduce_grads(params: list[torch.nn.Parameter]) -> None:
     """Sum every parameter's gradient across ranks with one collective (flattened buffer).
 
