@@ -29,8 +29,8 @@ import torch.multiprocessing as mp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from spg_core import distributed  # noqa: E402
-from spg_core.config import SAEConfig  # noqa: E402
+from spg_core import distributed
+from spg_core.config import SAEConfig
 
 
 def _free_port() -> int:

@@ -91,7 +91,7 @@ class LatentShardedSAE(nn.Module):
         self.b_dec = nn.Parameter(torch.zeros(dim))
 
     @classmethod
-    def from_full(cls, sae: TopKSAE) -> "LatentShardedSAE":
+    def from_full(cls, sae: TopKSAE) -> LatentShardedSAE:
         """This rank's slice of a full SAE (every rank passes the same one)."""
         part = cls(sae.dim, sae.width, sae.k).to(sae.W_dec.device)
         with torch.no_grad():

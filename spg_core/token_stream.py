@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -93,7 +93,7 @@ class ShardStream:
                         item = (host.to(self.dtype), None)
                     if not put(item):
                         return
-            except BaseException as exc:          # handed to the consumer, raised there
+            except BaseException as exc:  # noqa: BLE001 (handed to the consumer and raised there)
                 put((exc, None))
                 return
             put((_DONE, None))

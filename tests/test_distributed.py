@@ -8,6 +8,16 @@ import json
 
 import pytest
 import torch
+from distributed_support import (
+    PatchBackbone,
+    extract_worker,
+    index_worker,
+    random_tokens,
+    run_world,
+    sharded_worker,
+    train_worker,
+    write_images,
+)
 from torch.multiprocessing import ProcessRaisedException
 
 from spg_core import distributed
@@ -15,9 +25,6 @@ from spg_core.config import SAEConfig
 from spg_core.sae import TopKSAE
 from spg_core.sae_train import train_sae
 from spg_core.store import TokenStore, build_store, store_dir_for
-
-from distributed_support import (PatchBackbone, extract_worker, index_worker, random_tokens, run_world,
-                                  sharded_worker, train_worker, write_images)
 
 
 def test_batch_slices_cover_the_batch_once():
@@ -47,7 +54,7 @@ def test_two_rank_extraction_equals_one_rank(tmp_path, single_store):
     assert torch.equal(two.tokens(range(10)), single_store.tokens(range(10)))
     assert torch.equal(two.masks(range(10)), single_store.masks(range(10)))
     # rank r wrote shards r, r+2, ...: each shard records its writer
-    ranks = [json.loads(json.dumps(_shard_meta(two.root / s["file"])))["rank"] for s in two.manifest["shards"]]
+    ranks = [_shard_meta(two.root / s["file"])["rank"] for s in two.manifest["shards"]]
     assert ranks == [0, 1, 0, 1, 0]
 
 
@@ -84,7 +91,13 @@ def _index_fixture(store, seed=3):
 
 
 def test_merge_of_shard_partials_equals_the_single_pass(single_store):
-    from spg_core.atoms.index import build_atom_index, merge_partials, store_chunks, stream_top_p
+    from spg_core.atoms.index import (
+        build_atom_index,
+        finish_index,
+        merge_partials,
+        store_chunks,
+        stream_top_p,
+    )
 
     store, sae = single_store, _index_fixture(single_store)
     chunk = 3 * store.num_patches                       # 3 images: shards of 2 are cut the same either way
@@ -92,7 +105,6 @@ def test_merge_of_shard_partials_equals_the_single_pass(single_store):
     parts = [stream_top_p(store_chunks(store, chunk, shards=distributed.owned(5, distributed.World(r, 2))), sae,
                           top_p=4, num_patches=store.num_patches, num_categories=len(store.categories))
              for r in (1, 0)]                              # merge order must not matter
-    from spg_core.atoms.index import finish_index
     merged = finish_index(*merge_partials(parts), store.num_patches, {})
     assert whole.image.ge(0).sum() > 3 * 24              # most slots filled: the merge had work to do
     for name in ("values", "image", "patch", "mask_fraction"):

@@ -4,12 +4,11 @@ import threading
 
 import pytest
 import torch
+from distributed_support import PatchBackbone, write_images
 
 from spg_core import distributed
 from spg_core.store import build_store
 from spg_core.token_stream import ShardStream
-
-from distributed_support import PatchBackbone, write_images
 
 
 @pytest.fixture(scope="module")
