@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from . import distributed
 from .config import SAEConfig
 from .sae import SparseCode, TopKSAE
+from .token_stream import ordered_batches
 
 # Keep tokens resident on the device when they take at most this share of its free memory.
 _RESIDENT_SHARE = 0.6
@@ -121,11 +122,10 @@ def train_sae(tokens: torch.Tensor, cfg: SAEConfig, *, tokens_per_image: int, de
         t0 = time.perf_counter()
         order = torch.randperm(n, generator=gen, device=tokens.device)
         loss_sum = torch.zeros((), device=device)
-        for s in range(steps):
-            rows = order[s * batch:(s + 1) * batch]
-            f = tokens[rows[distributed.batch_slice(len(rows))]].to(device, non_blocking=True).float()
+        # This rank's slice of each global batch; from host memory, gathered and copied ahead.
+        for f, batch_rows in ordered_batches(tokens, order, batch, device):
             loss, values, indices = step_loss(sae, f, use_bf16, sparse_decode)
-            loss = share_of_batch(loss, f.shape[0], len(rows))
+            loss = share_of_batch(loss, f.shape[0], batch_rows)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             distributed.all_reduce_grads(list(sae.parameters()))
@@ -135,7 +135,7 @@ def train_sae(tokens: torch.Tensor, cfg: SAEConfig, *, tokens_per_image: int, de
             with torch.no_grad():
                 loss_sum += loss.detach()
                 # Every rank counts the global batch: the min over ranks is then the global count.
-                mark_fired(since_fired, SparseCode(values, indices), len(rows))
+                mark_fired(since_fired, SparseCode(values, indices), batch_rows)
             bar.update(1)
         if device.type == "cuda":
             torch.cuda.synchronize(device)

@@ -6,15 +6,19 @@ token level, and cut into batches `[B, D]`. A background thread reads, shuffles,
 copies the next batches to the device while the caller computes on the current one, so the
 device waits for the disk only when the disk is slower than the training step.
 
+`ordered_batches` is the same prefetching for `sae_train`'s exact batch order over tokens
+held in host memory (too large for the device).
+
 Under torchrun each rank streams its own shards (shard i on rank i % world), so the ranks
 together read every token once per epoch. The order depends on (seed, epoch) only.
 """
 
 from __future__ import annotations
 
+import math
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -64,54 +68,87 @@ class ShardStream:
 
     def epoch(self, epoch: int = 0) -> Iterator[torch.Tensor]:
         """Iterate the batches of `epoch` on the device; the reader thread stays `prefetch` batches ahead."""
-        out: queue.Queue = queue.Queue(maxsize=self.prefetch)
-        stop = threading.Event()
-        pin = self.device.type == "cuda"
-        stream = torch.cuda.Stream(self.device) if pin else None
+        return prefetched((torch.from_numpy(b) for b in self._batches(epoch)), self.device, self.dtype,
+                          self.prefetch)
 
-        def put(item: tuple) -> bool:
-            """Queue `item` unless the consumer has left; False when it has."""
-            while not stop.is_set():
-                try:
-                    out.put(item, timeout=0.1)
-                    return True
-                except queue.Full:
-                    continue
-            return False
 
-        def read() -> None:
+def ordered_batches(tokens: torch.Tensor, order: torch.Tensor, batch_rows: int, device: torch.device,
+                    *, prefetch: int = 2) -> Iterator[tuple[torch.Tensor, int]]:
+    """This rank's slice of each global batch `order[s*B:(s+1)*B]` of `tokens` `[T, D]`, as float32
+    `[b, D]` on `device`, with the global batch's row count: `sae_train`'s exact batch order.
+
+    Tokens already on `device` are indexed in place. Tokens elsewhere (host memory, too large
+    for the device) are gathered by a reader thread `prefetch` batches ahead and copied on a
+    side stream, so the device computes while the next batches are gathered and copied.
+    """
+    steps = math.ceil(len(order) / batch_rows)
+
+    def host_batches() -> Iterator[tuple[torch.Tensor, int]]:
+        for s in range(steps):
+            rows = order[s * batch_rows:(s + 1) * batch_rows]
+            yield tokens[rows[distributed.batch_slice(len(rows))]], len(rows)
+
+    resident = tokens.device.type == device.type and device.index in (None, tokens.device.index)
+    if resident:
+        return ((part.float(), n) for part, n in host_batches())
+    parts = prefetched((part for part, _ in host_batches()), device, torch.float32, prefetch)
+    return ((part, min(batch_rows, len(order) - s * batch_rows)) for s, part in enumerate(parts))
+
+
+def prefetched(batches: Iterable[torch.Tensor], device: torch.device, dtype: torch.dtype,
+               depth: int) -> Iterator[torch.Tensor]:
+    """`batches` (host tensors, produced by a reader thread) as `dtype` on `device`, `depth` ahead.
+
+    On CUDA the copies run from pinned memory on a side stream, ordered before their use on
+    the consumer's stream. Leaving the loop early stops the thread; its errors are raised here.
+    """
+    out: queue.Queue = queue.Queue(maxsize=max(1, depth))
+    stop = threading.Event()
+    on_cuda = device.type == "cuda"
+    stream = torch.cuda.Stream(device) if on_cuda else None
+
+    def put(item: tuple) -> bool:
+        """Queue `item` unless the consumer has left; False when it has."""
+        while not stop.is_set():
             try:
-                for batch in self._batches(epoch):
-                    host = torch.from_numpy(batch)
-                    if pin:
-                        with torch.cuda.stream(stream):
-                            ready = host.pin_memory().to(self.device, non_blocking=True).to(self.dtype)
-                        event = torch.cuda.Event()
-                        event.record(stream)
-                        item = (ready, event)
-                    else:
-                        item = (host.to(self.dtype), None)
-                    if not put(item):
-                        return
-            except BaseException as exc:  # noqa: BLE001 (handed to the consumer and raised there)
-                put((exc, None))
-                return
-            put((_DONE, None))
+                out.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
 
-        reader = threading.Thread(target=read, name="spg-token-stream", daemon=True)
-        reader.start()
+    def read() -> None:
         try:
-            while True:
-                item, event = out.get()
-                if item is _DONE:
+            for host in batches:
+                if on_cuda:
+                    with torch.cuda.stream(stream):
+                        ready = host.pin_memory().to(device, non_blocking=True).to(dtype)
+                    event = torch.cuda.Event()
+                    event.record(stream)
+                    item = (ready, event)
+                else:
+                    item = (host.to(device=device, dtype=dtype), None)
+                if not put(item):
                     return
-                if isinstance(item, BaseException):
-                    raise item
-                if event is not None:       # the copy ran on the reader's stream: order it before use
-                    current = torch.cuda.current_stream(self.device)
-                    current.wait_event(event)
-                    item.record_stream(current)
-                yield item
-        finally:
-            stop.set()
-            reader.join(timeout=10)
+        except BaseException as exc:  # noqa: BLE001 (handed to the consumer and raised there)
+            put((exc, None))
+            return
+        put((_DONE, None))
+
+    reader = threading.Thread(target=read, name="spg-token-stream", daemon=True)
+    reader.start()
+    try:
+        while True:
+            item, event = out.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            if event is not None:       # the copy ran on the reader's stream: order it before use
+                current = torch.cuda.current_stream(device)
+                current.wait_event(event)
+                item.record_stream(current)
+            yield item
+    finally:
+        stop.set()
+        reader.join(timeout=10)

@@ -8,7 +8,7 @@ from distributed_support import PatchBackbone, write_images
 
 from spg_core import distributed
 from spg_core.store import build_store
-from spg_core.token_stream import ShardStream
+from spg_core.token_stream import ShardStream, ordered_batches, prefetched
 
 
 @pytest.fixture(scope="module")
@@ -54,3 +54,23 @@ def test_leaving_early_stops_the_reader_thread(store):
     it.close()
     alive = [t for t in threading.enumerate() if t.name == "spg-token-stream" and t.ident not in before]
     assert not alive
+
+
+def test_ordered_batches_are_the_training_loop_batches():
+    tokens = torch.randn(50, 4).half()
+    order = torch.randperm(50, generator=torch.Generator().manual_seed(0))
+    got = list(ordered_batches(tokens, order, 16, torch.device("cpu")))
+    assert [n for _, n in got] == [16, 16, 16, 2]
+    assert torch.equal(torch.cat([b for b, _ in got]), tokens[order].float())
+
+
+def test_prefetched_keeps_order_raises_errors_and_stops():
+    batches = [torch.full((2, 3), float(i)) for i in range(20)]
+    got = list(prefetched(iter(batches), torch.device("cpu"), torch.float64, depth=3))
+    assert [float(b[0, 0]) for b in got] == list(range(20)) and got[0].dtype == torch.float64
+
+    def failing():
+        yield batches[0]
+        raise OSError("disk went away")
+    with pytest.raises(OSError, match="disk went away"):
+        list(prefetched(failing(), torch.device("cpu"), torch.float32, depth=2))
