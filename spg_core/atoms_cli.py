@@ -11,6 +11,7 @@ import argparse
 from collections import Counter
 from typing import Any
 
+from . import distributed
 from .errors import SPGError
 
 
@@ -54,10 +55,13 @@ def cmd_atoms(args: argparse.Namespace) -> None:
             must_build = True
     if must_build:
         build_atoms(args.run, progress=not args.quiet, top_p=args.top_p, device=args.device)
-    _summary(args.run)
-    if args.gallery is not None:
-        path = write_gallery(args.run, args.gallery, per_atom=args.per_atom, device=args.device)
-        print(f"gallery: {path}")
+    if not distributed.is_main():       # under torchrun only the index pass is shared
+        return
+    with distributed.main_only():
+        _summary(args.run)
+        if args.gallery is not None:
+            path = write_gallery(args.run, args.gallery, per_atom=args.per_atom, device=args.device)
+            print(f"gallery: {path}")
 
 
 def register_cli(subparsers: Any) -> None:

@@ -14,10 +14,13 @@ import argparse
 import sys
 from typing import Any, Callable
 
+from . import distributed
 from .config import GuideConfig, RunConfig, SAEConfig, ScoreConfig
 from .errors import SPGError
 
 DATASET_HELP = "mvtec:PATH | visa:PATH | folder:PATH | synthetic-a | synthetic-b"
+# Commands that run as one job over every process torchrun starts (docs/SCALING.md).
+COLLECTIVE_COMMANDS = ("extract", "train-sae", "atoms", "run")
 
 
 # -- shared options --------------------------------------------------------------------------
@@ -159,7 +162,8 @@ def _guides_for(run_cfg: RunConfig, args: argparse.Namespace) -> GuideConfig:
 
 def _io_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return {"cache_dir": args.cache_dir, "skip_bad": args.skip_bad, "batch_size": args.batch_size,
-            "num_workers": args.workers, "progress": not args.quiet, "compile_backbone": args.compile}
+            "num_workers": args.workers, "progress": not args.quiet and distributed.is_main(),
+            "compile_backbone": args.compile}
 
 
 def _check_out_dir(path: str) -> None:
@@ -180,10 +184,36 @@ def cmd_run(args: argparse.Namespace) -> None:
     _check_out_dir(args.out)
     cfg = _config_from(args)
     print(f"protocol: {cfg.protocol}", file=sys.stderr)
-    metrics = run_experiment(cfg, args.out, metric_options={"aupro_variant": args.aupro}, **_io_kwargs(args))
+    if distributed.world_size() > 1:
+        metrics = _run_distributed(cfg, args)
+        if metrics is None:
+            return
+    else:
+        metrics = run_experiment(cfg, args.out, metric_options={"aupro_variant": args.aupro}, **_io_kwargs(args))
     write_reports(args.out)
     print_metrics(metrics, title=f"{cfg.aux} -> {cfg.target} [{cfg.backbone}, {cfg.method}, {cfg.protocol}]")
     print(f"run directory: {args.out}")
+
+
+def _run_distributed(cfg: RunConfig, args: argparse.Namespace) -> dict[str, Any] | None:
+    """`spg run` under torchrun: both token stores and the SAE by every rank; guides, target maps and
+    metrics (minutes, not hours) by rank 0 alone. The metrics on rank 0, None on the others."""
+    from .backbones.base import resolve_device
+    from .pipeline import evaluate_target, extract, load_run_backbone, train_stages
+
+    io = _io_kwargs(args)
+    backbone = load_run_backbone(cfg, resolve_device(cfg.device))
+    if io.pop("compile_backbone"):
+        backbone.enable_compile()
+    run = train_stages(cfg, args.out, stages=("sae",), backbone=backbone, **io)
+    extract(cfg.target, backbone, **{k: io[k] for k in ("cache_dir", "skip_bad", "batch_size", "num_workers",
+                                                         "progress")})
+    if not distributed.is_main():
+        return None
+    with distributed.main_only():
+        train_stages(cfg, args.out, stages=("guides",), backbone=backbone, **io)
+        return evaluate_target(run, metric_options={"aupro_variant": args.aupro}, device=cfg.device,
+                               backbone=backbone, **io)
 
 
 def cmd_extract(args: argparse.Namespace) -> None:
@@ -196,8 +226,10 @@ def cmd_extract(args: argparse.Namespace) -> None:
     if args.compile:
         backbone.enable_compile()
     store = extract(args.dataset, backbone, cache_dir=args.cache_dir, skip_bad=args.skip_bad,
-                    batch_size=args.batch_size, num_workers=args.workers, progress=not args.quiet)
-    print(f"{store.num_images} images x {store.num_patches} tokens x {store.dim} dims -> {store.root}")
+                    batch_size=args.batch_size, num_workers=args.workers,
+                    progress=not args.quiet and distributed.is_main())
+    if distributed.is_main():
+        print(f"{store.num_images} images x {store.num_patches} tokens x {store.dim} dims -> {store.root}")
 
 
 def cmd_train_sae(args: argparse.Namespace) -> None:
@@ -205,7 +237,8 @@ def cmd_train_sae(args: argparse.Namespace) -> None:
 
     _check_out_dir(args.out)
     run = train_stages(_config_from(args), args.out, stages=("sae",), **_io_kwargs(args))
-    print(f"SAE written to {run.file('sae.safetensors')}")
+    if distributed.is_main():
+        print(f"SAE written to {run.file('sae.safetensors')}")
 
 
 def cmd_train_guides(args: argparse.Namespace) -> None:
@@ -345,6 +378,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     func: Callable[[argparse.Namespace], None] = args.func
     try:
+        if distributed.launched_by_torchrun():
+            if args.command not in COLLECTIVE_COMMANDS:
+                raise SPGError(f"`spg {args.command}` runs in one process",
+                               fix=f"launch it without torchrun (torchrun runs: {', '.join(COLLECTIVE_COMMANDS)})")
+            # NCCL needs CUDA tensors: a CPU job on a GPU machine talks over gloo.
+            distributed.init_from_env("gloo" if getattr(args, "device", "auto") == "cpu" else None)
         func(args)
     except SPGError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -352,6 +391,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(interrupted_note(args), file=sys.stderr)
         return 130
+    finally:
+        distributed.destroy()
     return 0
 
 

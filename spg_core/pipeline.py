@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import __version__
+from . import __version__, distributed
 from .atomic import write_json
 from .backbones import load_backbone
 from .backbones.base import Backbone, resolve_device
@@ -169,13 +169,16 @@ def train_stages(cfg: RunConfig, out: str | Path, *, cache_dir: str | Path | Non
     stages = set(stages)
     run.path.mkdir(parents=True, exist_ok=True)
     if "sae" in stages:
-        run.write_config(cfg, {"backbone_identity": backbone.identity(), "aux_store": str(aux.root),
-                               "environment": environment(), "device_used": str(device)})
+        if distributed.is_main():
+            run.write_config(cfg, {"backbone_identity": backbone.identity(), "aux_store": str(aux.root),
+                                   "environment": environment(), "device_used": str(device)})
         sae, sae_info = fit_dictionary(aux, cfg.sae, cfg.method, device, progress)
-        if sae is not None:
-            sae.save(str(run.file(SAE_FILE)), {"backbone": backbone.identity(), "method": cfg.method})
-        write_json(run.file(SAE_RECORD_FILE), {"config": asdict(cfg.sae), "method": cfg.method, **sae_info})
-    else:
+        if distributed.is_main():     # under torchrun every rank holds the same SAE; one writes it
+            if sae is not None:
+                sae.save(str(run.file(SAE_FILE)), {"backbone": backbone.identity(), "method": cfg.method})
+            write_json(run.file(SAE_RECORD_FILE), {"config": asdict(cfg.sae), "method": cfg.method,
+                                                   "world_size": distributed.world_size(), **sae_info})
+    elif distributed.is_main():
         run.update_config(guides=asdict(cfg.guides))
     if "guides" in stages:
         sae = load_run_sae(run, cfg, backbone.dim)

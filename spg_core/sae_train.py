@@ -9,6 +9,11 @@ With `cfg.auxk > 0` the loss adds the AuxK term (Gao et al.; official rule, riip
 `cfg.auxk_threshold` in its last `auxk_dead_tokens // tokens_per_step` steps; the
 top `auxk` pre-activations of the dead latents reconstruct the detached residual.
 After training, `dead_atom_mask` marks the atoms that never fire on the whole set.
+
+Under torchrun the loop is data-parallel (the `distributed.*` calls, identities in a
+single process): every rank draws the same global batch order, computes on its slice of
+each global batch, and the gradients are summed across ranks with each rank's loss weighted
+by its share of the batch, so every step equals the single-process step.
 """
 
 from __future__ import annotations
@@ -20,8 +25,10 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from . import distributed
 from .config import SAEConfig
 from .sae import SparseCode, TopKSAE
+from .token_stream import ordered_batches
 
 # Keep tokens resident on the device when they take at most this share of its free memory.
 _RESIDENT_SHARE = 0.6
@@ -50,9 +57,14 @@ def dead_atom_mask(sae: TopKSAE, tokens: torch.Tensor, *, batch: int = 65536) ->
 def evaluate_sae(sae: TopKSAE, tokens: torch.Tensor, *, batch: int = 65536) -> dict[str, float]:
     """FVU and dead-latent fraction over `[T, D]` tokens (any device), in batches."""
     device = sae.W_dec.device
+    n_all = tokens.shape[0]
+    tokens = tokens[distributed.batch_slice(n_all)]      # each rank: its share; sums reduced below
     resid = torch.zeros((), dtype=torch.float64, device=device)
     fired = torch.zeros(sae.width, dtype=torch.bool, device=device)
-    mean = sum(tokens[i:i + batch].to(device).float().sum(0) for i in range(0, tokens.shape[0], batch)) / tokens.shape[0]
+    mean = torch.zeros(sae.dim, device=device)
+    for i in range(0, tokens.shape[0], batch):
+        mean += tokens[i:i + batch].to(device).float().sum(0)
+    mean = distributed.all_reduce(mean) / n_all
     total = torch.zeros((), dtype=torch.float64, device=device)
     for i in range(0, tokens.shape[0], batch):
         f = tokens[i:i + batch].to(device).float()
@@ -60,6 +72,8 @@ def evaluate_sae(sae: TopKSAE, tokens: torch.Tensor, *, batch: int = 65536) -> d
         resid += (f - recon).pow(2).sum().double()
         total += (f - mean).pow(2).sum().double()
         fired[code.indices[code.values > 0]] = True
+    resid, total = distributed.all_reduce(resid), distributed.all_reduce(total)
+    fired = distributed.all_reduce(fired.to(torch.uint8), "max").bool()
     return {"fvu": float(resid / total.clamp_min(1e-12)), "dead_fraction": float(1 - fired.float().mean())}
 
 
@@ -126,6 +140,8 @@ def loss_with_auxk(sae: TopKSAE, f: torch.Tensor, cfg: SAEConfig, steps_silent: 
         recon = sae.decode_dense(code.dense(sae.width))
     with torch.no_grad():
         mark_silent_steps(steps_silent, code, cfg.auxk_threshold)
+        # Under torchrun a latent fired this step if it fired on any rank's slice.
+        distributed.all_reduce(steps_silent, "min")
     recon = recon.float()
     err = (recon - f).pow(2)
     loss = (err.sum(-1) if sae.bias else err.mean(-1)).mean()
@@ -134,6 +150,15 @@ def loss_with_auxk(sae: TopKSAE, f: torch.Tensor, cfg: SAEConfig, steps_silent: 
     # would cost more than the top-k it saves.
     loss = loss + cfg.auxk_coef * auxk_loss(sae, f, recon, pre.float(), dead, cfg.auxk)
     return loss, code.values, code.indices
+
+
+def share_of_batch(loss: torch.Tensor, rows: int, batch_rows: int) -> torch.Tensor:
+    """A rank's mean loss over its `rows` of a global batch of `batch_rows`, weighted by its share,
+    so that the ranks' weighted losses (and gradients) sum to the global batch's mean.
+    An empty slice (a batch smaller than the world) contributes zero, not NaN."""
+    if rows == batch_rows:
+        return loss
+    return loss * (rows / batch_rows) if rows else loss.nan_to_num(0.0) * 0.0
 
 
 def train_sae(tokens: torch.Tensor, cfg: SAEConfig, *, tokens_per_image: int, device: torch.device,
@@ -172,26 +197,31 @@ def train_sae(tokens: torch.Tensor, cfg: SAEConfig, *, tokens_per_image: int, de
         t0 = time.perf_counter()
         order = torch.randperm(n, generator=gen, device=tokens.device)
         loss_sum = torch.zeros((), device=device)
-        for s in range(steps):
-            f = tokens[order[s * batch:(s + 1) * batch]].to(device, non_blocking=True).float()
+        # This rank's slice of each global batch; from host memory, gathered and copied ahead.
+        for f, batch_rows in ordered_batches(tokens, order, batch, device):
             if cfg.auxk > 0:
                 loss, values, indices = loss_with_auxk(sae, f, cfg, steps_silent, dead_steps, use_bf16)
             else:
                 loss, values, indices = step_loss(sae, f, use_bf16, sparse_decode)
+            loss = share_of_batch(loss, f.shape[0], batch_rows)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            distributed.all_reduce_grads(list(sae.parameters()))
             sae.remove_parallel_grad()
             opt.step()
             sae.normalise_decoder()
             with torch.no_grad():
                 loss_sum += loss.detach()
-                mark_fired(since_fired, SparseCode(values, indices), f.shape[0])
+                # Every rank counts the global batch: the min over ranks is then the global count.
+                mark_fired(since_fired, SparseCode(values, indices), batch_rows)
             bar.update(1)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds = time.perf_counter() - t0
+        distributed.all_reduce(loss_sum)
+        silent = distributed.all_reduce(since_fired.clone(), "min")
         rec = {"epoch": epoch, "loss": float(loss_sum) / steps, "tokens_per_s": n / max(seconds, 1e-9),
-               "dead_fraction": float((since_fired >= cfg.dead_after_tokens).float().mean())}
+               "dead_fraction": float((silent >= cfg.dead_after_tokens).float().mean())}
         history.append(rec)
         bar.set_postfix(loss=f"{rec['loss']:.4g}")
     bar.close()

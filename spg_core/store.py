@@ -1,16 +1,20 @@
 """TokenStore: frozen-backbone patch tokens on disk, extracted once and shared by many runs.
 
-One store per (dataset, split, backbone identity, resolution, layer). Layout:
+One store per (dataset, split, backbone identity, resolution, layer). Layout (docs/STORE.md
+is the normative description):
 
     STORE/manifest.json              identity, grid, dtype, per-image records, shard list
-    STORE/shard_00000.safetensors    tokens [n, N, D] fp16 + masks [n, ceil(S*S/8)] uint8 (bit-packed, S x S)
-                                     + cls [n, D] fp16 when the backbone has a CLS token (version 2)
+    STORE/shard_00000.safetensors    tokens [n, N, D] fp16 + masks [n, ceil(S*S/8)] uint8 (bit-packed, S x S);
+                                     + cls [n, D] fp16 when the backbone has a CLS token (version 2);
+                                     its metadata `shard` records the image positions it covers
     STORE/skipped.json               images skipped with --skip-bad, and why
 
-Shards are written atomically as they complete, and the manifest lists only
-finished shards, so an interrupted extraction resumes where it stopped. Shards
-are memory-mapped (safetensors is a JSON header followed by raw arrays), so a
-store larger than RAM is still usable.
+Shard i covers a fixed run of the image list (`shard_plan`), so the shards do not depend on
+how many processes extract them: under torchrun rank r writes shards i % world == r.
+Each shard is written atomically and is complete when its file exists; the manifest says
+`complete` only once every shard is, so an interrupted extraction (of any rank) resumes by
+extracting the missing shards. Shards are memory-mapped (safetensors is a JSON header
+followed by raw arrays), so a store larger than RAM is still usable.
 """
 
 from __future__ import annotations
@@ -31,12 +35,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from . import distributed
 from .atomic import read_json, save_tensors, write_json
 from .backbones.base import Backbone
 from .data import Dataset, Sample
 from .errors import SPGError
-from .images import image_to_uint8, load_image, load_mask, mask_to_tensor
 from .paths import cache_root
+from .images import image_to_uint8, load_image, load_mask, mask_to_tensor
 
 STORE_VERSION = 2   # 2: optional `cls` tensor per shard; v1 stores are rebuilt (with a note)
 DEFAULT_SHARD_IMAGES = 256
@@ -240,79 +245,165 @@ def build_store(dataset: Dataset, backbone: Backbone, *, cache_dir: str | Path |
                 batch_size: int | None = None, num_workers: int | None = None,
                 shard_images: int = DEFAULT_SHARD_IMAGES, skip_bad: bool = False,
                 progress: bool = True) -> TokenStore:
-    """Extract tokens for `dataset` with `backbone`, re-using or resuming a matching store."""
+    """Extract tokens for `dataset` with `backbone`, re-using or resuming a matching store.
+
+    Collective under torchrun: every rank calls it; rank r extracts the missing shards
+    `i % world == r` (see `distributed.owned`), and rank 0 writes the final manifest once
+    every shard is on disk. A single process is a world of one.
+    """
     if len(dataset.samples) == 0:
         raise SPGError(f"dataset {dataset.name} has no images", path=dataset.root,
                        fix="check the dataset path and layout (see `spg run --help`)")
     root = store_dir_for(dataset, backbone, cache_dir)
-    key = store_key(dataset, backbone)
     manifest_path = root / "manifest.json"
+    if distributed.is_main():
+        _prepare(root, store_key(dataset, backbone), _records(dataset.samples), shard_images, backbone.has_cls)
+    distributed.barrier()                 # every rank now sees the same manifest
+    manifest = read_json(manifest_path, what="token store manifest")
+    if manifest.get("complete"):
+        return TokenStore(root)
 
-    manifest: dict[str, Any] | None = None
+    plan = shard_plan(len(manifest["images"]), manifest["shard_images"])
+    done = finished_shards(root, plan)
+    mine = [i for i in distributed.owned(len(plan)) if i not in done]
+    if mine:
+        _extract_shards(root, manifest["images"], plan, mine, backbone, batch_size=batch_size,
+                        num_workers=num_workers, skip_bad=skip_bad, progress=progress)
+    distributed.barrier()                 # every shard of every rank is on disk
+    final = _final_manifest(root, manifest, plan)
+    if not final["images"]:
+        raise SPGError(f"every image of {dataset.name} failed to load", path=str(root / "skipped.json"),
+                       fix="see the skipped-image report for the reasons")
+    if distributed.is_main():
+        if final["skipped"]:
+            write_json(root / "skipped.json", final["skipped"])
+        write_json(manifest_path, final)
+    distributed.barrier()                 # nobody opens the store before the manifest says complete
+    return TokenStore(root)
+
+
+def _prepare(root: Path, key: dict[str, Any], records: list[dict[str, Any]], shard_images: int,
+             has_cls: bool) -> None:
+    """Rank 0: keep a matching store, delete a stale or damaged one, start a new one."""
+    manifest_path = root / "manifest.json"
     if manifest_path.is_file():
         try:
             manifest = json.loads(manifest_path.read_text())
         except json.JSONDecodeError:
             manifest = None
-        if manifest is None or manifest.get("key") != key:
-            old = (manifest or {}).get("key", {}).get("version")
-            if old is not None and old != STORE_VERSION:
-                print(f"note: token store format changed (v{old} -> v{STORE_VERSION}: CLS tokens); "
-                      f"re-extracting {root}", file=sys.stderr)
-            shutil.rmtree(root)          # stale or damaged: rebuild from scratch
-            manifest = None
-        elif manifest.get("complete"):
-            return TokenStore(root)
-
-    if manifest is None:
-        root.mkdir(parents=True, exist_ok=True)
-        manifest = {"key": key, "complete": False, "shard_images": shard_images, "cls": backbone.has_cls,
-                    "images": _records(dataset.samples), "skipped": [], "shards": []}
-        write_json(manifest_path, manifest)
-
-    _extract_missing_shards(root, manifest, backbone, batch_size=batch_size, num_workers=num_workers,
-                            skip_bad=skip_bad, progress=progress)
-    if not manifest["images"]:
-        raise SPGError(f"every image of {dataset.name} failed to load", path=str(root / "skipped.json"),
-                       fix="see the skipped-image report for the reasons")
-    manifest["complete"] = True
-    write_json(manifest_path, manifest)
-    return TokenStore(root)
+        if manifest is not None and manifest.get("key") == key:
+            # A killed writer (kill -9, a rank torn down by torchrun) leaves its temp file; no rank
+            # writes yet, so whatever temp file is here is such a leftover.
+            for leftover in root.glob(".shard_*.tmp"):
+                leftover.unlink(missing_ok=True)
+            return
+        old = (manifest or {}).get("key", {}).get("version")
+        if old is not None and old != STORE_VERSION:
+            print(f"note: token store format changed (v{old} -> v{STORE_VERSION}: CLS tokens); "
+                  f"re-extracting {root}", file=sys.stderr)
+        shutil.rmtree(root)               # stale or damaged: rebuild from scratch
+    root.mkdir(parents=True, exist_ok=True)
+    write_json(manifest_path, {"key": key, "complete": False, "shard_images": shard_images, "cls": has_cls,
+                               "images": records, "skipped": [], "shards": []})
 
 
-def _extract_missing_shards(root: Path, manifest: dict[str, Any], backbone: Backbone, *,
-                            batch_size: int | None, num_workers: int | None, skip_bad: bool,
-                            progress: bool) -> None:
-    """Extract every image no finished shard holds yet, in one pass.
+def shard_plan(num_images: int, shard_images: int) -> list[range]:
+    """Planned image positions of each shard: shard i holds positions [i*S, (i+1)*S) of the
+    dataset's image list (fewer rows when images were skipped). Fixed by the manifest alone,
+    so it is the same for any number of ranks and across resumes."""
+    return [range(lo, min(lo + shard_images, num_images)) for lo in range(0, num_images, shard_images)]
+
+
+def shard_name(index: int) -> str:
+    return f"shard_{index:05d}.safetensors"
+
+
+def _shard_info(path: Path) -> dict[str, Any] | None:
+    """A shard file's own record (its safetensors metadata), or None when absent or unreadable."""
+    try:
+        with open(path, "rb") as fh:
+            (header_len,) = struct.unpack("<Q", fh.read(8))
+            header = json.loads(fh.read(header_len))
+        return json.loads(header["__metadata__"]["shard"])
+    except (OSError, KeyError, ValueError, TypeError, struct.error):
+        return None
+
+
+def finished_shards(root: Path, plan: list[range]) -> dict[int, dict[str, Any]]:
+    """Planned shards whose file is on disk and records the planned positions: {index: record}.
+
+    A shard file is written whole or not at all (temp file + rename), so its presence is its
+    completion; the record check rejects a shard left by another plan (another --shard size)."""
+    done = {}
+    for i, positions in enumerate(plan):
+        info = _shard_info(root / shard_name(i))
+        if info is not None and (info.get("begin"), info.get("end")) == (positions.start, positions.stop):
+            done[i] = info
+    return done
+
+
+def _final_manifest(root: Path, manifest: dict[str, Any], plan: list[range]) -> dict[str, Any]:
+    """The complete manifest, from the shard files alone: kept images in plan order, the
+    skipped ones, and each non-empty shard's first row and row count."""
+    done = finished_shards(root, plan)
+    missing = [shard_name(i) for i in range(len(plan)) if i not in done]
+    if missing:
+        raise SPGError(f"{len(missing)} token shard(s) missing after extraction: {', '.join(missing[:3])}",
+                       path=str(root), fix="re-run the same command to extract them")
+    images, skipped, shards = [], [], []
+    for i, positions in enumerate(plan):
+        info = done[i]
+        lost = {r["image_path"] for r in info["skipped"]}
+        kept = [r for r in manifest["images"][positions.start:positions.stop] if r["image_path"] not in lost]
+        skipped += info["skipped"]
+        if kept:
+            shards.append({"file": shard_name(i), "start": len(images), "count": len(kept)})
+        images += kept
+    return {**manifest, "complete": True, "images": images, "skipped": skipped, "shards": shards,
+            "world_size": distributed.world_size()}
+
+
+def _extract_shards(root: Path, records: list[dict[str, Any]], plan: list[range], todo_shards: list[int],
+                    backbone: Backbone, *, batch_size: int | None, num_workers: int | None, skip_bad: bool,
+                    progress: bool) -> None:
+    """Extract the images of shards `todo_shards` (ascending) and write each shard file.
 
     One DataLoader feeds the whole pass (workers decode in parallel, pinned memory on
-    CUDA), tokens gather in a shard buffer, and full shards are written by a background
+    CUDA), tokens gather in a shard buffer, and finished shards are written by a background
     thread so the accelerator never waits for the disk. A bad image stops the pass with
-    its file name, or with --skip-bad is dropped from the manifest and reported.
+    its file name, or with --skip-bad is left out of its shard and recorded in it.
     """
     device = next(iter(backbone.buffers()), next(iter(backbone.parameters()), torch.empty(0))).device
     on_cuda = device.type == "cuda"
     batch_size = batch_size or (64 if on_cuda else 8)
-    workers = num_workers if num_workers is not None else min(16 if on_cuda else 2, os.cpu_count() or 1)
-    per_shard = manifest["shard_images"]
-    start = sum(s["count"] for s in manifest["shards"])
-    todo = manifest["images"][start:]
+    # Processes on one node share its cores.
+    cores = max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    workers = num_workers if num_workers is not None else min(16 if on_cuda else 2, cores)
+    positions = [p for i in todo_shards for p in plan[i]]
+    shard_of = np.concatenate([np.full(len(plan[i]), i) for i in todo_shards])
+    todo = [records[p] for p in positions]
     loader = torch.utils.data.DataLoader(
         _CheckedImages([Sample(**r) for r in todo], backbone.image_size, backbone.mask_resize),
         batch_size=batch_size, num_workers=workers, pin_memory=on_cuda,
         prefetch_factor=4 if workers else None)
-    bar = tqdm(total=len(todo), desc=f"extract {backbone.name}", unit="img", disable=not progress)
-    buffer = _ShardBuffer(backbone, per_shard, on_cuda)
-    seen = 0
+    world = distributed.current()
+    desc = f"extract {backbone.name}" + (f" [rank {world.rank}/{world.size}]" if world.size > 1 else "")
+    bar = tqdm(total=len(todo), desc=desc, unit="img", disable=not progress)
+    buffer = _ShardBuffer(backbone, plan[0].stop - plan[0].start, on_cuda)
+    seen = {i: 0 for i in todo_shards}
+    skipped: dict[int, list[dict[str, str]]] = {i: [] for i in todo_shards}
+    current = 0
+    buffer.start(todo_shards[0])
     with ThreadPoolExecutor(max_workers=1) as writer:
         pending = None
         for batch in loader:
             keep = []
             for pos, err in zip(batch["index"].tolist(), batch["error"]):
+                seen[int(shard_of[pos])] += 1
                 if not err:
                     keep.append(pos)
                 elif skip_bad:
-                    manifest["skipped"].append({"image_path": todo[pos]["image_path"], "error": err})
+                    skipped[int(shard_of[pos])].append({"image_path": todo[pos]["image_path"], "error": err})
                 else:
                     raise SPGError(f"{err}\n  (or pass --skip-bad to skip bad images and write a report)")
             images, masks = batch["image"], batch["mask"]
@@ -322,26 +413,30 @@ def _extract_missing_shards(root: Path, manifest: dict[str, Any], backbone: Back
             if keep:
                 images = images.to(device, non_blocking=True).float().div_(255.0)
                 tokens, cls = backbone.extract_with_cls(images)
-                buffer.add(tokens, masks.numpy(), [todo[p] for p in keep], cls)
-            seen += len(batch["error"])
+                buffer.add(tokens, masks.numpy(), shard_of[keep], cls)
             bar.update(len(batch["error"]))
-            while buffer.full() or (buffer.count and seen == len(todo)):
+            while current < len(todo_shards) and seen[todo_shards[current]] == len(plan[todo_shards[current]]):
+                i = todo_shards[current]
                 if pending is not None:
                     pending.result()        # its buffer is the one `take` hands out next
-                pending = writer.submit(_write_shard, root, manifest, buffer.take())
+                info = {"index": i, "begin": plan[i].start, "end": plan[i].stop, "skipped": skipped[i],
+                        "rank": world.rank, "world_size": world.size}
+                pending = writer.submit(_write_shard, root / shard_name(i), buffer.take(), info)
+                current += 1
+                if current < len(todo_shards):
+                    buffer.start(todo_shards[current])
         if pending is not None:
             pending.result()
     bar.close()
-    if manifest["skipped"]:
-        write_json(root / "skipped.json", manifest["skipped"])
 
 
 class _ShardBuffer:
-    """Accumulates extracted tokens (fp16; pinned host memory on CUDA) until a shard is full.
+    """Accumulates one shard's extracted tokens (fp16; pinned host memory on CUDA).
 
     Two buffers alternate: one is written to disk while the other fills, so a finished
     shard is handed to the writer without a copy. The caller waits for the previous
-    write before `take`, which makes the other buffer current again.
+    write before `take`, which makes the other buffer current again. Rows of later shards
+    (a batch may span shards) wait in `pending` until their shard is `start`ed.
     """
 
     def __init__(self, backbone: Backbone, per_shard: int, pinned: bool):
@@ -350,56 +445,47 @@ class _ShardBuffer:
                         for _ in range(2)]
         self.cls_buffers = ([torch.empty(per_shard, backbone.dim, dtype=torch.float16, pin_memory=pinned)
                              for _ in range(2)] if backbone.has_cls else None)
-        self.current, self.pinned, self.per_shard = 0, pinned, per_shard
+        self.current, self.pinned, self.count, self.shard = 0, pinned, 0, -1
+        self.mask_bytes = (backbone.image_size ** 2 + 7) // 8
         self.masks: list[np.ndarray] = []
-        self.records: list[dict[str, Any]] = []
-        self.overflow: tuple[torch.Tensor, np.ndarray, list[dict[str, Any]], torch.Tensor | None] | None = None
+        self.pending: list[tuple[torch.Tensor, np.ndarray, np.ndarray, torch.Tensor | None]] = []
 
-    @property
-    def count(self) -> int:
-        return len(self.records)
+    def start(self, shard: int) -> None:
+        """Fill the current buffer with shard `shard`'s rows, beginning with those already waiting."""
+        self.shard = shard
+        waiting, self.pending = self.pending, []
+        for piece in waiting:
+            self.add(*piece)
 
-    def full(self) -> bool:
-        return self.count >= self.per_shard
-
-    def add(self, tokens: torch.Tensor, masks: np.ndarray, records: list[dict[str, Any]],
+    def add(self, tokens: torch.Tensor, masks: np.ndarray, shard_ids: np.ndarray,
             cls: torch.Tensor | None = None) -> None:
-        """Append `[b, N, D]` tokens, packed masks and CLS `[b, D]`; what does not fit waits for the next shard."""
-        n = min(self.per_shard - self.count, tokens.shape[0])
+        """Append `[b, N, D]` tokens, packed masks `[b, P]` and CLS `[b, D]` of shards `shard_ids` `[b]`
+        (ascending)."""
+        n = int((shard_ids == self.shard).sum())
         self.buffers[self.current][self.count:self.count + n].copy_(tokens[:n], non_blocking=self.pinned)
         if self.cls_buffers is not None:
             self.cls_buffers[self.current][self.count:self.count + n].copy_(cls[:n], non_blocking=self.pinned)
         self.masks.append(masks[:n])
-        self.records += records[:n]
+        self.count += n
         if n < tokens.shape[0]:
-            self.overflow = (tokens[n:], masks[n:], records[n:], None if cls is None else cls[n:])
+            self.pending.append((tokens[n:], masks[n:], shard_ids[n:], None if cls is None else cls[n:]))
 
-    def take(self) -> tuple[torch.Tensor, np.ndarray, list[dict[str, Any]], torch.Tensor | None]:
+    def take(self) -> tuple[torch.Tensor, np.ndarray, torch.Tensor | None]:
         """The finished shard (a view of the current buffer); the other buffer becomes current."""
         if self.pinned:
             torch.cuda.synchronize()        # the non-blocking copies into the buffer must be done
+        masks = np.concatenate(self.masks) if self.masks else np.zeros((0, self.mask_bytes), np.uint8)
         cls = None if self.cls_buffers is None else self.cls_buffers[self.current][:self.count]
-        shard = (self.buffers[self.current][:self.count], np.concatenate(self.masks), self.records, cls)
-        self.current = 1 - self.current
-        self.masks, self.records = [], []
-        overflow, self.overflow = self.overflow, None
-        if overflow is not None:
-            self.add(*overflow)
+        shard = (self.buffers[self.current][:self.count], masks, cls)
+        self.current, self.count, self.masks = 1 - self.current, 0, []
         return shard
 
 
-def _write_shard(root: Path, manifest: dict[str, Any],
-                 shard: tuple[torch.Tensor, np.ndarray, list[dict[str, Any]], torch.Tensor | None]) -> None:
-    """Write one shard atomically, then record it (and drop skipped images) in the manifest."""
-    tokens, masks, records, cls = shard
-    name = f"shard_{len(manifest['shards']):05d}.safetensors"
+def _write_shard(path: Path, shard: tuple[torch.Tensor, np.ndarray, torch.Tensor | None],
+                 info: dict[str, Any]) -> None:
+    """Write one shard atomically, its own record (`info`) in the safetensors metadata."""
+    tokens, masks, cls = shard
     tensors = {"tokens": tokens, "masks": torch.from_numpy(masks)}
     if cls is not None:
         tensors["cls"] = cls
-    save_tensors(root / name, tensors)
-    start = sum(s["count"] for s in manifest["shards"])
-    skipped = {r["image_path"] for r in manifest["skipped"]}
-    manifest["images"] = manifest["images"][:start] + [r for r in manifest["images"][start:]
-                                                       if r["image_path"] not in skipped]
-    manifest["shards"].append({"file": name, "start": start, "count": int(tokens.shape[0])})
-    write_json(root / "manifest.json", manifest)   # a finished shard survives an interruption
+    save_tensors(path, tensors, {"shard": info})

@@ -17,6 +17,7 @@ from typing import Any
 import pandas as pd
 import torch
 
+from .. import distributed
 from ..errors import SPGError
 from ..runs import SAE_FILE as SAE, RunDir
 from ..sae import TopKSAE
@@ -70,6 +71,8 @@ def build_atoms(run_dir: str | Path, *, progress: bool = True, top_p: int = 16, 
     sae = _run_sae(run, config)
     store = open_aux_store(config, run.path)
     index = build_atom_index(store, sae, top_p=top_p, device=device, chunk_tokens=chunk_tokens, progress=progress)
+    if not distributed.is_main():       # under torchrun every rank holds the merged index; one writes it
+        return
     index.meta["sae_sha256"] = file_sha256(run.file(SAE))
     save_index(index, run.file(INDEX))
     save_stats(atom_stats(index, store.images), run.file(STATS_JSON), run.file(STATS_CSV))

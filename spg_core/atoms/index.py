@@ -12,6 +12,11 @@ tokens is merged into it and dropped. A chunk is never densified to `[T, M]`
 codes: its `T * k` non-zero (atom, value) pairs are sorted by atom and value,
 the first P of each atom are kept, and the `[M, 2P]` union with the running list
 is cut back to P.
+
+Under torchrun each rank streams its own shards (shard i on rank i % world) and the
+ranks' lists are merged (`merge_partials`): the P best of a union are among the P best
+of each part, and ties go to the earlier token in both, so the merge is exactly the
+single-process index.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .. import distributed
 from ..atomic import load_tensors, save_tensors, write_json
 from ..backbones.base import resolve_device
 from ..errors import SPGError
@@ -164,12 +170,18 @@ def patch_mask_fraction(masks: torch.Tensor, grid: tuple[int, int]) -> torch.Ten
     return pooled.reshape(masks.shape[0], -1)
 
 
-def store_chunks(store: TokenStore, chunk_tokens: int, *, with_masks: bool = True) -> Iterator[TokenChunk]:
-    """Chunks of whole images (at most `chunk_tokens` tokens, at least one image) in store order."""
+def store_chunks(store: TokenStore, chunk_tokens: int, *, with_masks: bool = True,
+                 shards: list[int] | None = None) -> Iterator[TokenChunk]:
+    """Chunks of whole images (at most `chunk_tokens` tokens, at least one image) in store order,
+    of every shard or of the listed shard positions only. Chunks never cross a shard, so a
+    shard is cut the same way whichever process reads it."""
     per_chunk = max(1, chunk_tokens // store.num_patches)
     names = store.categories
     cat_ids = torch.tensor([names.index(r["category"]) for r in store.images], dtype=torch.long)
-    for start, shard in store.iter_shards():
+    wanted = None if shards is None else set(shards)
+    for position, (start, shard) in enumerate(store.iter_shards()):
+        if wanted is not None and position not in wanted:
+            continue
         for lo in range(0, shard.shape[0], per_chunk):
             hi = min(lo + per_chunk, shard.shape[0])
             idx = range(start + lo, start + hi)
@@ -256,15 +268,55 @@ def build_atom_index(store: TokenStore, sae: TopKSAE, *, top_p: int = 16, device
     chunk_tokens = chunk_tokens or default_chunk_tokens(sae, dev)
     total = store.num_images * store.num_patches
     t0 = time.perf_counter()
+    mine = distributed.owned(len(store.manifest["shards"]))
     with tqdm(total=total, desc="atom index", unit="tok", unit_scale=True, disable=not progress) as bar:
-        acc, counts = stream_top_p(store_chunks(store, chunk_tokens), sae, top_p=top_p,
+        acc, counts = stream_top_p(store_chunks(store, chunk_tokens, shards=mine), sae, top_p=top_p,
                                    num_patches=store.num_patches, num_categories=len(store.categories),
                                    device=dev, progress=bar)
-    meta = {"top_p": top_p, "width": sae.width, "grid": list(store.grid), "image_size": store.image_size,
+    if distributed.world_size() > 1:
+        acc, counts = merge_partials(_gathered(acc, counts))
+    meta = {"world_size": distributed.world_size(), "top_p": top_p, "width": sae.width, "grid": list(store.grid), "image_size": store.image_size,
             "num_images": store.num_images, "num_patches": store.num_patches, "categories": store.categories,
             "aux_store": str(store.root), "device": str(dev), "chunk_tokens": chunk_tokens,
             "seconds": time.perf_counter() - t0}
     return finish_index(acc, counts, store.num_patches, meta)
+
+
+def merge_partials(parts: list[tuple[TopPAccumulator, AtomCounts]]) -> tuple[TopPAccumulator, AtomCounts]:
+    """One top-P list and one set of totals from the lists and totals of disjoint token sets.
+
+    Exact: the union `[M, R*P]` is ordered by token id, then stably by value (descending), so
+    equal values keep the earlier token first, as the streaming pass does; empty slots (value 0)
+    sort after every filled one.
+    """
+    first = parts[0][0]
+    acc = TopPAccumulator(first.width, first.top_p, first.device)
+    values = torch.cat([a.values for a, _ in parts], dim=1)
+    token = torch.cat([a.token for a, _ in parts], dim=1)
+    extra = torch.cat([a.extra for a, _ in parts], dim=1)
+    by_token = torch.sort(torch.where(token < 0, torch.iinfo(torch.long).max, token), dim=1, stable=True).indices
+    by_value = torch.sort(values.gather(1, by_token), dim=1, descending=True, stable=True).indices
+    order = by_token.gather(1, by_value)[:, :acc.top_p]
+    acc.values, acc.token, acc.extra = values.gather(1, order), token.gather(1, order), extra.gather(1, order)
+    totals = [c for _, c in parts]
+    counts = AtomCounts(*(sum(getattr(c, n) for c in totals) for n in AtomCounts.TENSORS),
+                        num_tokens=sum(c.num_tokens for c in totals), mask_total=sum(c.mask_total for c in totals))
+    return acc, counts
+
+
+def _gathered(acc: TopPAccumulator, counts: AtomCounts) -> list[tuple[TopPAccumulator, AtomCounts]]:
+    """Every rank's (list, totals), in rank order, on every rank."""
+    lists = [distributed.all_gather(t) for t in (acc.values, acc.token, acc.extra)]
+    tensors = [distributed.all_gather(getattr(counts, n)) for n in AtomCounts.TENSORS]
+    scalars = distributed.all_gather(torch.tensor([counts.num_tokens, counts.mask_total], dtype=torch.float64,
+                                                  device=acc.values.device))
+    parts = []
+    for r in range(distributed.world_size()):
+        part = TopPAccumulator(acc.width, acc.top_p, acc.device)
+        part.values, part.token, part.extra = lists[0][r], lists[1][r], lists[2][r]
+        parts.append((part, AtomCounts(*(t[r] for t in tensors), num_tokens=int(scalars[r][0]),
+                                       mask_total=float(scalars[r][1]))))
+    return parts
 
 
 def finish_index(acc: TopPAccumulator, counts: AtomCounts, num_patches: int, meta: dict[str, Any]) -> AtomIndex:

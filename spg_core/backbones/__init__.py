@@ -139,24 +139,29 @@ def load_backbone(name: str, weights: str | None = None, device: str | torch.dev
     if variant is not None and weights is not None:
         raise SPGError(f"backbone '{name}' is random-initialised and takes no weights (got '{weights}')",
                        fix=f"drop --weights, or use '{spec.name}' to load weights")
-    if spec.family == "builtin":
-        backbone = _load_builtin(weights, dev)
-    elif spec.family.startswith("hf-") or spec.family == "openclip":
-        from ..protocols import image_size as protocol_image_size
+    # A random variant is one fixed model: the same weights in every process (torchrun ranks
+    # extracting shards of one store, a resumed extraction), whatever the global RNG did before.
+    cuda_ids = [dev.index if dev.index is not None else torch.cuda.current_device()] if dev.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda_ids):
+        torch.manual_seed(0)
+        if spec.family == "builtin":
+            backbone = _load_builtin(weights, dev)
+        elif spec.family.startswith("hf-") or spec.family == "openclip":
+            from ..protocols import image_size as protocol_image_size
 
-        options = dict(token_mode=protocol, layer=layer,
-                       image_size=image_size or protocol_image_size(protocol, spec.family))
-        if spec.family == "openclip":
-            from .openclip import load_openclip_backbone
-            backbone = load_openclip_backbone(spec, variant, weights, dev, **options)
-        else:
-            from .hf import load_hf_backbone
-            backbone = load_hf_backbone(spec, variant, weights, dev, **options)
-    elif spec.family == "effnet":
-        from .effnet import load_effnet_backbone
-        backbone = load_effnet_backbone(spec.name, variant, _name_options(name), weights)
-    else:  # a registry entry without an adapter is a bug, not a user error
-        raise AssertionError(f"no adapter for family {spec.family!r}")
+            options = dict(token_mode=protocol, layer=layer,
+                           image_size=image_size or protocol_image_size(protocol, spec.family))
+            if spec.family == "openclip":
+                from .openclip import load_openclip_backbone
+                backbone = load_openclip_backbone(spec, variant, weights, dev, **options)
+            else:
+                from .hf import load_hf_backbone
+                backbone = load_hf_backbone(spec, variant, weights, dev, **options)
+        elif spec.family == "effnet":
+            from .effnet import load_effnet_backbone
+            backbone = load_effnet_backbone(spec.name, variant, _name_options(name), weights)
+        else:  # a registry entry without an adapter is a bug, not a user error
+            raise AssertionError(f"no adapter for family {spec.family!r}")
     return _freeze(backbone, dev)
 
 
