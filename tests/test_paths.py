@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from spg_core.data.synthetic import CACHE_SUBDIR, synthetic_root
+from spg_core.data.synthetic import cache_subdir, synthetic_root
 from spg_core.paths import cache_root, default_cache_dir
 
 
@@ -27,7 +27,7 @@ def test_tilde_expanded_in_the_variable_and_in_an_explicit_folder(monkeypatch):
 
 def test_synthetic_set_follows_the_rule(monkeypatch, tmp_path):
     monkeypatch.setenv("SPG_CACHE", str(tmp_path))
-    assert synthetic_root() == synthetic_root("") == tmp_path / CACHE_SUBDIR
+    assert synthetic_root() == synthetic_root("") == tmp_path / cache_subdir(0)
     monkeypatch.setenv("SPG_CACHE", "")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    assert synthetic_root() == tmp_path / "home" / ".cache" / "spg" / CACHE_SUBDIR
+    assert synthetic_root() == tmp_path / "home" / ".cache" / "spg" / cache_subdir(0)
