@@ -18,7 +18,7 @@ from distributed_support import (
     train_worker,
     write_images,
 )
-from torch.multiprocessing import ProcessRaisedException
+from torch.multiprocessing import ProcessExitedException, ProcessRaisedException
 
 from spg_core import distributed
 from spg_core.config import SAEConfig
@@ -67,8 +67,10 @@ def _shard_meta(path):
 @pytest.mark.slow      # two spawned worlds: about 50 s on the shared 2-core VM
 def test_crash_of_one_rank_then_rerun_completes(tmp_path, single_store):
     images, cache = str(tmp_path / "images"), str(tmp_path / "two")
-    with pytest.raises(ProcessRaisedException, match="simulated crash"):
+    # Whichever rank's failure is reported first: rank 1's crash, or rank 0's broken barrier.
+    with pytest.raises((ProcessRaisedException, ProcessExitedException)):
         run_world(extract_worker, 2, images, cache, 2, 1)
+    assert (tmp_path / "two" / "crashed_rank_1").is_file()
     root = store_dir_for(write_images(tmp_path / "images"), PatchBackbone(), tmp_path / "two")
     manifest = json.loads((root / "manifest.json").read_text())
     assert not manifest["complete"]
