@@ -67,7 +67,8 @@ def cmd_atoms(args: argparse.Namespace) -> None:
 def register_cli(subparsers: Any) -> None:
     """Add the `atoms` subcommand to `spg`'s subparsers (called by spg_core.cli)."""
     p = subparsers.add_parser("atoms", help="interpret a run: atom index, per-atom statistics and tags, gallery")
-    p.add_argument("--run", required=True, help="run directory (from spg run)")
+    # --run-dir: the spelling torchrun passes on (its parser takes --run for its own --run-path)
+    p.add_argument("--run", "--run-dir", dest="run", required=True, help="run directory (from spg run)")
     p.add_argument("--top-p", type=int, default=16, help="auxiliary patches kept per atom (default 16)")
     p.add_argument("--gallery", type=int, default=None, metavar="N",
                    help="write RUN/atoms/gallery.png of the top N anomaly-guide atoms")

@@ -271,12 +271,12 @@ def build_store(dataset: Dataset, backbone: Backbone, *, cache_dir: str | Path |
                         num_workers=num_workers, skip_bad=skip_bad, progress=progress)
     distributed.barrier()                 # every shard of every rank is on disk
     final = _final_manifest(root, manifest, plan)
+    if distributed.is_main() and final["skipped"]:
+        write_json(root / "skipped.json", final["skipped"])
     if not final["images"]:
         raise SPGError(f"every image of {dataset.name} failed to load", path=str(root / "skipped.json"),
                        fix="see the skipped-image report for the reasons")
     if distributed.is_main():
-        if final["skipped"]:
-            write_json(root / "skipped.json", final["skipped"])
         write_json(manifest_path, final)
     distributed.barrier()                 # nobody opens the store before the manifest says complete
     return TokenStore(root)

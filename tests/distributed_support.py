@@ -120,6 +120,7 @@ def extract_worker(images: str, cache: str, shard_images: int, crash_rank: int =
         def dying(x: torch.Tensor) -> torch.Tensor:
             calls["n"] += 1
             if calls["n"] > 1:
+                (Path(cache) / f"crashed_rank_{crash_rank}").touch()
                 raise RuntimeError("simulated crash of one rank")
             return real(x)
         bb.extract = dying                                          # type: ignore[method-assign]

@@ -18,7 +18,7 @@ from distributed_support import (
     train_worker,
     write_images,
 )
-from torch.multiprocessing import ProcessRaisedException
+from torch.multiprocessing import ProcessExitedException, ProcessRaisedException
 
 from spg_core import distributed
 from spg_core.config import SAEConfig
@@ -64,11 +64,13 @@ def _shard_meta(path):
         return json.loads(f.metadata()["shard"])
 
 
-@pytest.mark.slow      # two spawned worlds: about 50 s on the shared 2-core VM
+@pytest.mark.slow      # two spawned worlds: 19-67 s on the shared 2-core VM
 def test_crash_of_one_rank_then_rerun_completes(tmp_path, single_store):
     images, cache = str(tmp_path / "images"), str(tmp_path / "two")
-    with pytest.raises(ProcessRaisedException, match="simulated crash"):
+    # Whichever rank's failure is reported first: rank 1's crash, or rank 0's broken barrier.
+    with pytest.raises((ProcessRaisedException, ProcessExitedException)):
         run_world(extract_worker, 2, images, cache, 2, 1)
+    assert (tmp_path / "two" / "crashed_rank_1").is_file()
     root = store_dir_for(write_images(tmp_path / "images"), PatchBackbone(), tmp_path / "two")
     manifest = json.loads((root / "manifest.json").read_text())
     assert not manifest["complete"]
@@ -132,6 +134,7 @@ def test_two_rank_atom_index_equals_single_process(tmp_path, single_store):
     assert torch.allclose(two.counts.act_sum, one.counts.act_sum, rtol=1e-6)
 
 
+@pytest.mark.slow      # 35-56 s on the shared 2-core VM (load average 15), most of it process start-up
 def test_two_rank_data_parallel_training_equals_one_rank(tmp_path):
     # 4096 tokens, batch 16 images x 16 = 256 tokens: 16 steps x 2 epochs; the odd width and k make
     # the top-k do real selection. 1 process trains here, the 2-rank world in spawned processes.
@@ -154,6 +157,7 @@ def test_two_rank_data_parallel_training_equals_one_rank(tmp_path):
     assert abs(history_one[-1]["fvu"] - history_two[-1]["fvu"]) < 1e-5
 
 
+@pytest.mark.slow      # 39-40 s on the shared 2-core VM (load average 15)
 def test_latent_sharded_topk_and_training_equal_the_unsharded_sae(tmp_path):
     from spg_core.atomic import load_tensors
 
@@ -184,7 +188,7 @@ def test_latent_sharded_topk_and_training_equal_the_unsharded_sae(tmp_path):
     assert meta["history"][-1]["dead_fraction"] == pytest.approx(history[-2]["dead_fraction"])
 
 
-@pytest.mark.slow      # two torchrun launches and one in-process run: about 60 s on the shared 2-core VM
+@pytest.mark.slow      # a torchrun launch and an in-process run: 45-58 s on the shared 2-core VM
 def test_torchrun_train_sae_equals_single_process(tmp_path):
     import os
     import subprocess
