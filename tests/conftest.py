@@ -18,11 +18,15 @@ SLOW_FIXTURES = frozenset({
     "runs_root",     # test_dashboard / test_browser: the dashboard's runs root (a builtin run)
     "damaged_root",  # test_dashboard: built from runs_root
 })
+# One case of a parametrised test: the builtin backbone's features take seconds per image
+# (40 s for this test on 2 busy cores, 2026-11-29), the tiny models' cases milliseconds.
+SLOW_CASES = frozenset({"test_backbones.py::test_batch_independence[builtin]"})
 
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+        case = f"{item.path.name}::{item.name}"
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) or case in SLOW_CASES:
             item.add_marker(pytest.mark.slow)
 
 
