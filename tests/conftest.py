@@ -1,9 +1,33 @@
-"""Shared fixtures: one private cache for the whole session (synthetic data, token stores)."""
+"""Shared fixtures: one private cache for the whole session (synthetic data, token stores),
+and the test tiers.
+
+Tiers: a test that needs a full run of the builtin backbone on the synthetic groups (minutes
+on 2 CPU cores, through one of `SLOW_FIXTURES`) is marked `slow` here, so that
+`python -m pytest -m "not slow and not browser"` is the quick loop; other minute-long tests
+carry `@pytest.mark.slow` themselves. The plain `python -m pytest` runs everything.
+"""
 
 import os
 from pathlib import Path
 
 import pytest
+
+SLOW_FIXTURES = frozenset({
+    "runs",          # test_end_to_end: `spg run` both directions on the full synthetic groups
+    "run_dir",       # test_atoms: a builtin run on synthetic-a -> synthetic-b
+    "runs_root",     # test_dashboard / test_browser: the dashboard's runs root (a builtin run)
+    "damaged_root",  # test_dashboard: built from runs_root
+})
+# One case of a parametrised test: the builtin backbone's features take seconds per image
+# (40 s for this test on 2 busy cores, 2026-11-29), the tiny models' cases milliseconds.
+SLOW_CASES = frozenset({"test_backbones.py::test_batch_independence[builtin]"})
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        case = f"{item.path.name}::{item.name}"
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) or case in SLOW_CASES:
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session", autouse=True)

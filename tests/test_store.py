@@ -37,6 +37,7 @@ def folder(tmp_path):
     return _write_folder(tmp_path / "parts")
 
 
+@pytest.mark.slow
 def test_tokens_and_masks_match_direct_extraction(folder, tmp_path):
     ds = open_dataset(f"folder:{folder}")
     bb = load_backbone("builtin", device="cpu")
@@ -56,6 +57,7 @@ def test_tokens_and_masks_match_direct_extraction(folder, tmp_path):
     assert store.manifest["key"]["identity"]["backbone"] == "builtin"
 
 
+@pytest.mark.slow
 def test_reuse_rebuild_and_resume(folder, tmp_path):
     ds = open_dataset(f"folder:{folder}")
     bb = load_backbone("builtin", device="cpu")
@@ -92,6 +94,7 @@ def test_reuse_rebuild_and_resume(folder, tmp_path):
     assert rebuilt.manifest["key"]["version"] != -1
 
 
+@pytest.mark.slow
 def test_interrupted_extraction_leaves_no_partial_shard(folder, tmp_path):
     ds = open_dataset(f"folder:{folder}")
     bb = load_backbone("builtin", device="cpu")
@@ -137,6 +140,7 @@ def test_mask_size_mismatch_names_both_files(folder, tmp_path):
     assert str(mask) in str(exc.value)
 
 
+@pytest.mark.slow
 def test_truncated_shard_is_a_clear_error(folder, tmp_path):
     ds = open_dataset(f"folder:{folder}")
     store = build_store(ds, load_backbone("builtin", device="cpu"), cache_dir=tmp_path / "c", progress=False,

@@ -6,7 +6,7 @@ One module per idea, one public entry per metric:
 ``image``              :func:`image_auroc`, :func:`image_ap` (equal to sklearn's, ties included)
 ``summary``            :class:`PixelSummary`: the few arrays every pixel metric is a function of
 ``pixels``             :func:`summarise_pixels`: one streaming pass over maps and masks
-``accumulators``       how a pass summarises each map dtype (16-bit histogram, 32-bit radix, sort)
+``accumulators``       how a pass summarises each map dtype (16-bit histogram, or sort)
 ``chunks``             reading chunks of maps and masks, labelling 8-connected components
 ``pixel_auroc``        :func:`pixel_auroc` (exact, over every pixel)
 ``aupro``              :func:`aupro` (exact MVTec AD) and :func:`aupro_official` (official SPG)
