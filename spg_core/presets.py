@@ -16,6 +16,6 @@ DEMO_PRESET: dict[str, Any] = {
 }
 
 EFFNET_PRESET: dict[str, Any] = {
-    "sae": {"width": 1024, "k": 32, "epochs": 10},
+    "sae": {"width": 512, "k": 32, "epochs": 10},
     "guides": {"epochs": 30, "lr": 3e-3},
 }

@@ -201,9 +201,9 @@ class EffNetBackbone(Backbone):
             raise SPGError(f"effnet image size {image_size} is not a multiple of 32", fix="use e.g. 320, 384 or 448")
         self.name = name or f"effnet-{variant}"
         self.variant, self.layout, self.image_size = variant, LAYOUTS[layout], image_size
-        if random_init:
-            torch.manual_seed(0)                  # the same random network every time
-        model = timm.create_model(f"efficientnet_{variant}", pretrained=False)
+        with torch.random.fork_rng(devices=[]):  # the same random network every time; the caller's RNG untouched
+            torch.manual_seed(0)
+            model = timm.create_model(f"efficientnet_{variant}", pretrained=False)
         self.weights_sha256 = ""
         if random_init:
             self.weights = "random"
