@@ -277,7 +277,7 @@ def test_unreachable_hub_fails_fast_without_offline_flag(monkeypatch) -> None:
 
 
 def test_local_directory_round_trip_and_architecture_check(tmp_path) -> None:
-    """A `from_pretrained` directory loads through the released-weights path; a wrong model is refused."""
+    """A `from_pretrained` directory loads through the released-weights path; another family is refused."""
     from spg_core.backbones.hf import load_hf_backbone
 
     tiny = _get("dinov3-vitl16-tiny")
@@ -287,8 +287,12 @@ def test_local_directory_round_trip_and_architecture_check(tmp_path) -> None:
     assert loaded.weights == str(tmp_path)
     x = _images(tiny)
     torch.testing.assert_close(loaded.extract(x), tiny.extract(x))
-    with pytest.raises(SPGError, match="not a dinov3-vitl16"):
-        load_backbone("dinov3-vitl16", str(tmp_path), device="cpu")
+    # Any size of the family loads under the registry name (issue 13: official runs on other sizes);
+    # another family's directory is refused before loading.
+    assert load_backbone("dinov3-vitl16", str(tmp_path), device="cpu").dim == tiny.dim
+    _get("dinov2-large-tiny").model.save_pretrained(tmp_path / "dinov2")
+    with pytest.raises(SPGError, match="not a dinov3 one"):
+        load_backbone("dinov3-vitl16", str(tmp_path / "dinov2"), device="cpu")
 
 
 def test_unavailable_cuda_is_a_clear_error() -> None:
