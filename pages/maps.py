@@ -110,9 +110,9 @@ def threshold_control(scores: list[float], labels: list[int], record: dict | Non
     rules = {}
     if record is not None:
         image = record["image"]
-        rules["auxiliary best F1"] = image["aux_max_f1"]["threshold"]
-        if "aux_fpr" in image:
+        if "aux_fpr" in image:                      # the recorded default first
             rules[f"auxiliary {100 * image['aux_fpr']['fpr_target']:.0f}% FPR"] = image["aux_fpr"]["threshold"]
+        rules["auxiliary best F1"] = image["aux_max_f1"]["threshold"]
     rule_col, slider_col = st.columns([1.2, 3], vertical_alignment="bottom")
     if rules:
         rule = rule_col.segmented_control("Default threshold from", list(rules), default=list(rules)[0],

@@ -204,7 +204,7 @@ def test_maps_page_filters_threshold_and_patch(runs_root, monkeypatch):
     slider = at.slider(key=k + "threshold")
     assert slider.value == pytest.approx(record["image"]["threshold"], abs=slider.step)
     said = texts(at)
-    assert "chosen on the auxiliary set" in said and "auxiliary best F1" in said
+    assert "chosen on the auxiliary set" in said and "by **auxiliary 5% FPR**" in said
     oracle = best_f1_threshold([r["score"] for r in rows], [r["label"] for r in rows])
     assert f"Oracle line, for reference only: the target's own best-F1 threshold is {targets.format_score(oracle)}" in said
     assert "99.9th percentile of auxiliary normal pixels" in said            # the map's legend
@@ -458,7 +458,7 @@ def test_threshold_is_recorded_by_the_pipeline_and_recomputed_for_runs_without_i
     recorded = read_run_threshold(runs_root / RUN)
     assert recorded is not None and recorded["source"] == "auxiliary set"
     image = recorded["image"]
-    assert image["rule"] == "aux_max_f1" and image["threshold"] == image["aux_max_f1"]["threshold"]
+    assert image["rule"] == "aux_fpr" and image["threshold"] == image["aux_fpr"]["threshold"]
     assert image["aux_fpr"]["fpr"] <= image["aux_fpr"]["fpr_target"]
     scale = recorded["pixel_scale"]
     assert scale["space"] == "logit" and scale["vmin"] < scale["vmax"]

@@ -31,12 +31,14 @@ def test_image_threshold_records_both_rules_and_their_outcomes():
     scores = np.r_[rng.normal(0.2, 0.05, 60), rng.normal(0.5, 0.05, 40)]
     labels = np.r_[np.zeros(60, int), np.ones(40, int)]
     out = image_threshold(scores, labels, fpr=0.05)
-    assert out["rule"] == "aux_max_f1" and out["threshold"] == out["aux_max_f1"]["threshold"]
-    assert out["aux_max_f1"]["f1"] == decision_counts(scores, labels, out["threshold"])["f1"]
+    assert out["rule"] == "aux_fpr" and out["threshold"] == out["aux_fpr"]["threshold"]
+    assert out["aux_max_f1"]["f1"] == decision_counts(scores, labels, out["aux_max_f1"]["threshold"])["f1"]
     assert out["aux_max_f1"]["f1"] > 0.95            # the classes are 6 sigma apart
     assert out["aux_fpr"]["fpr"] <= 0.05
     only_good = image_threshold(scores[:60], labels[:60])
-    assert only_good["rule"] == "aux_fpr"            # F1 needs both kinds of images
+    assert only_good["rule"] == "aux_fpr"
+    only_bad = image_threshold(scores[60:], labels[60:])
+    assert only_bad["rule"] == "aux_max_f1" and "aux_fpr" not in only_bad   # no good image to count FPs on
 
 
 def test_pixel_scale_spans_the_normal_pixels_in_log_odds():
