@@ -248,18 +248,21 @@ def test_maps_page_filters_threshold_and_patch(runs_root, monkeypatch):
 
 @pytest.mark.slow
 def test_atoms_page_ranks_and_opens_an_atom(runs_root, monkeypatch):
-    from spg_core.atoms import rank_atoms
+    from spg_core.atoms import load_atoms, rank_atoms
     from spg_core.guides import GuidePair
 
     at = open_app(runs_root, monkeypatch, page="atoms.py", run=RUN)
     pair, _ = GuidePair.load(str(runs_root / RUN / "guides.safetensors"))
-    ranking = rank_atoms(pair)
+    _, stats = load_atoms(runs_root / RUN)
+    dead = set(stats.loc[stats["tag"] == "dead", "atom"].astype(int))
+    ranking = {g: [a for a in entries if a["atom"] not in dead] for g, entries in rank_atoms(pair).items()}
     assert metric(at, "Active anomaly atoms") == str(len(ranking["anomaly"]))
     assert metric(at, "Active normal atoms") == str(len(ranking["normal"]))
-    assert plotly_keys(at) == 2
     k = f"{RUN}::atoms::"
     table = frame_with(at, "guide", "rank", "atom", "share", "tag", "frequency")
     assert len(table) == len(ranking["anomaly"]) + len(ranking["normal"])
+    assert not set(table["atom"]) & dead and "dead" not in set(table["tag"])
+    assert not table.map(lambda v: v is None).any().any()          # no cell says None
 
     at.segmented_control(key=k + "guide").set_value("anomaly").run()
     table = frame_with(at, "guide", "rank", "atom")
