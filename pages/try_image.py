@@ -94,9 +94,20 @@ if health.has(SCORES):
     with widgets.guard("The run's sample images cannot be listed"):
         rows = state.target_outputs(str(run), sig).rows
         samples = [r["image_path"] for r in rows if r["label"]][:: max(1, len(rows) // 40)][:12]
+
+
+def sample_label(path: str | None) -> str:
+    """'category · defect/file.png': file names repeat across categories, so the label names the category."""
+    if path is None:
+        return "none"
+    parts = Path(path).parts
+    category = parts[-4] if len(parts) >= 4 else ""
+    return f"{category} · {parts[-2]}/{parts[-1]}" if category else f"{parts[-2]}/{parts[-1]}"
+
+
 sample_col, opacity_col = st.columns([3, 1])
 sample = sample_col.selectbox("... or try a sample from the target set", [None] + samples, key="try_sample",
-                              format_func=lambda p: "none" if p is None else f"{Path(p).parent.name}/{Path(p).name}")
+                              format_func=sample_label)
 opacity = opacity_col.slider("Map opacity", 0.0, 1.0, 0.55, 0.05, key="try_opacity")
 
 files = [(f.name, f.getvalue()) for f in uploads or []]
