@@ -260,7 +260,13 @@ def kind_heatmap_figure(values: np.ndarray, atoms: Sequence[int], kinds: Sequenc
     fig = go.Figure(go.Heatmap(z=values, x=cols, y=rows, colorscale=COLORSCALE, zmin=0,
                                colorbar=dict(title=dict(text="mean activation<br>in defect", side="right"),
                                              thickness=10),
-                               hovertemplate="%{y}<br>%{x}<br>mean activation %{z:.3f}<extra></extra>"))
+                               hoverinfo="skip"))
+    # Plotly selects points, not heatmap cells: one transparent marker per cell carries hover and clicks.
+    xs, ys = np.meshgrid(np.arange(len(cols)), np.arange(len(rows)))
+    fig.add_trace(go.Scatter(x=[cols[i] for i in xs.ravel()], y=[rows[j] for j in ys.ravel()], mode="markers",
+                             customdata=np.asarray(values).ravel(), showlegend=False,
+                             marker=dict(size=14, color="rgba(0,0,0,0)", symbol="square"),
+                             hovertemplate="%{y}<br>%{x}<br>mean activation %{customdata:.3f}<extra></extra>"))
     fig.update_yaxes(type="category", autorange="reversed", tickfont=dict(size=11))
     fig.update_xaxes(type="category", tickangle=-35, tickfont=dict(size=11), side="top")
     return _layout(fig, height, clickmode="event+select", dragmode=False)

@@ -176,8 +176,11 @@ def on_map_select() -> None:
     """A box drawn on the map sets the region; a click on a patch selects it."""
     event = st.session_state.get(key + "map")
     box = widgets.selected_box(event)
-    if box is not None:
+    if box is not None and (box[0][0] != box[0][1] or box[1][0] != box[1][1]):
         st.session_state[key + "region::rows"], st.session_state[key + "region::cols"] = box
+        return
+    if box is not None:             # in select mode a click arrives as a one-cell box: it picks that patch
+        st.session_state[key + "row"], st.session_state[key + "col"] = box[0][0], box[1][0]
         return
     on_map_click()
 
@@ -220,7 +223,7 @@ def main() -> None:
         image_panel(image, mask, info, threshold)
     with middle:
         map_panel(image, mask, target.probs[index], opacity, outline, scale, record, sigma, region)
-    st.subheader("Region -> atoms")
+    st.subheader("Region → atoms")
     region_panel.region_panel(key + "region::", str(run), sig,
                               lambda r, c: state.stored_region_atoms(str(run), sig, "target_store", index, r, c),
                               *region)

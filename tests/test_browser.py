@@ -168,7 +168,7 @@ def test_box_on_the_map_selects_a_region_and_its_atoms(server, page, shots):
     no_exceptions(page)
     assert after != before, "drawing a box did not set the region"
     assert page.get_by_text("Most active inside").count() == 1
-    page.get_by_text("Region -> atoms").first.evaluate("e => e.scrollIntoView()")
+    page.get_by_text("Most active inside").first.evaluate("e => e.scrollIntoView()")
     page.screenshot(path=str(shots / "maps_region.png"))
 
 
@@ -177,8 +177,8 @@ def test_heatmap_cell_opens_its_patches(server, page, shots):
     url, _ = server
     page.goto(f"{url}/atoms")
     wait_ready(page, "Atoms")
-    kind_box = page.locator('[data-testid="stSelectbox"]:has-text("Cell: defect kind")').first
-    atom_box = page.locator('[data-testid="stSelectbox"]:has-text("Cell: atom")').first
+    kind_box = page.locator('[data-testid="stSelectbox"]:has-text("Cell: defect kind") [data-baseweb="select"]').first
+    atom_box = page.locator('[data-testid="stSelectbox"]:has-text("Cell: atom") [data-baseweb="select"]').first
     before = (atom_box.inner_text(), kind_box.inner_text())
     heat = page.locator('[data-testid="stPlotlyChart"] .nsewdrag').nth(2)
     heat.evaluate("e => e.scrollIntoView()")
