@@ -162,14 +162,15 @@ def patch_map_figure(image: Image.Image | np.ndarray, probs: np.ndarray, *, opac
                      scale: MapScale = PROBABILITY_SCALE, smoothing_sigma: float = 0.0,
                      contour_level: float | None = None, truth: np.ndarray | None = None,
                      selected: tuple[int, int] | None = None, region: tuple[tuple[int, int], tuple[int, int]] | None = None,
-                     title: str = "", height: int = MAP_PX, colorbar: bool = True) -> go.Figure:
+                     title: str = "", height: int = MAP_PX, colorbar: bool = True,
+                     box_select: bool = False) -> go.Figure:
     """Clickable anomaly map: patch probabilities `[h, w]` drawn as the run's protocol sees them
     (upsampled, smoothed with `smoothing_sigma`) on `scale`, over the image, one click target per patch.
 
     Outlines: white where the map reaches `contour_level` (a probability), green the ground truth
     `truth` `[S, S]`; a white box around `selected` (row, col), a dashed one around `region`
-    ((row0, row1), (col0, col1)). Hover gives the patch's exact probability. Box-select (drag) on the
-    figure reports a region.
+    ((row0, row1), (col0, col1)). Hover gives the patch's exact probability. With `box_select`, a drag
+    draws a box (a region) instead of a click selecting a patch.
     """
     h, w = probs.shape
     if not isinstance(image, Image.Image):
@@ -202,7 +203,7 @@ def patch_map_figure(image: Image.Image | np.ndarray, probs: np.ndarray, *, opac
     fig.update_xaxes(visible=False, range=[-0.5, w - 0.5], constrain="domain", constraintoward="left")
     fig.update_yaxes(visible=False, range=[h - 0.5, -0.5], scaleanchor="x", constrain="domain",
                      constraintoward="top")
-    fig = _layout(fig, height, clickmode="event+select", dragmode="select" if region is not None else False)
+    fig = _layout(fig, height, clickmode="event+select", dragmode="select" if box_select else False)
     if title:
         fig.update_layout(title=dict(text=title, x=0.02, font=dict(size=15)))
     else:

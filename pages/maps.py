@@ -159,12 +159,14 @@ def map_scale(record: dict | None):
 def map_panel(image: np.ndarray, mask: np.ndarray, probs: np.ndarray, opacity: float, outline: bool,
               scale, record: dict | None, sigma: float, region) -> None:
     """The clickable anomaly map: the selected patch boxed, the region dashed, thresholded contour in white."""
-    st.markdown("**Anomaly map** (click a patch, drag a box for a region)")
+    st.markdown("**Anomaly map** (click a patch; switch on box drawing to drag a region)")
     contour = sigmoid(record["pixel_scale"]["vmax"]) if record is not None else 0.5
     selected = (st.session_state[key + "row"], st.session_state[key + "col"])
+    drawing = st.toggle("Drag draws a region box", value=False, key=key + "box_mode",
+                        help="on: drag on the map to box a region; off: click a patch to select it")
     fig = widgets.patch_map_figure(image, probs, opacity=opacity, scale=scale, smoothing_sigma=sigma,
                                    contour_level=contour, truth=mask if outline else None,
-                                   selected=selected, region=region, height=380)
+                                   selected=selected, region=region, height=380, box_select=drawing)
     st.plotly_chart(fig, key=key + "map", on_select=on_map_select, selection_mode=("points", "box"),
                     config={"displayModeBar": False})
     where = ("the 99.9th percentile of auxiliary normal pixels" if record is not None else "p = 0.5")
