@@ -30,7 +30,7 @@ from spg_core.backbones import load_backbone
 from spg_core.config import GuideConfig, SAEConfig
 from spg_core.data import Dataset, Sample
 from spg_core.guides import train_guides
-from spg_core.pipeline import Scorer
+from spg_core.inference import Scorer
 from spg_core.sae_train import train_sae
 from spg_core.store import build_store
 

@@ -26,7 +26,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
 from spg_core.backbones import load_backbone
-from spg_core.pipeline import extract, target_maps
+from spg_core.inference import target_maps
+from spg_core.pipeline import extract
 
 
 def patch_labels(masks: torch.Tensor, grid: tuple[int, int], covered: float = 0.3) -> np.ndarray:

@@ -29,7 +29,7 @@ from .config import GuideConfig, RunConfig, SAEConfig, ScoreConfig
 from .data import open_dataset
 from .errors import SPGError
 from .guides import GuideBatch, GuidePair, saturation_note, train_guides
-from .inference import Predictor, Scorer, dictionary_of, load_run_sae, score_store, target_maps  # noqa: F401 (sweep.py)
+from .inference import Predictor, dictionary_of, load_run_sae, score_store, target_maps
 from .metrics import image_auroc
 from .runs import GUIDES_FILE, GUIDES_RECORD_FILE, METRICS_FILE, SAE_FILE, SAE_RECORD_FILE, RunDir, file_sha256
 from .sae import TopKSAE

@@ -31,7 +31,8 @@ from .backbones.base import resolve_device
 from .config import GuideConfig, SAEConfig
 from .errors import SPGError
 from .metrics import METRIC_KEYS, image_metrics_by_category, mean_over_categories, pixel_metrics_by_category
-from .pipeline import Scorer, dictionary_of, extract, fit_dictionary, fit_guides, score_store, target_maps
+from .inference import Scorer, dictionary_of, score_store, target_maps
+from .pipeline import extract, fit_dictionary, fit_guides
 from .scoring import image_scores
 
 
@@ -122,7 +123,7 @@ def run_sweep(*, aux: str, target: str, backbones: list[str], widths: list[int],
             for g in guides:
                 gcfg = replace(base_guides, variant=g.variant,
                                **({"l1": g.value} if g.variant == "relu_l1" else {"topk": int(g.value)}))
-                pair, ginfo = fit_guides(aux_store, dictionary_of(sae, bb.dim), gcfg, dev, progress=False)
+                pair, ginfo = fit_guides(aux_store, dictionary_of(sae, bb.dim), gcfg, dev, progress=False, dead=sae.dead)
                 scorer = Scorer(pair.guide_vectors(dictionary_of(sae, bb.dim).to(dev)).detach(), gcfg.tau,
                                 tgt_store.grid, tgt_store.image_size)
                 probs, _ = score_store(tgt_store, scorer, dev)

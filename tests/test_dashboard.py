@@ -491,7 +491,7 @@ def test_a_box_over_a_defect_finds_atoms_that_fire_there_more_than_on_good_surfa
 
     from spg_core.atoms import attribute
     from spg_core.atoms.region import box_patches, mask_patches, region_atoms
-    from spg_core.pipeline import Predictor
+    from spg_core.inference import Predictor
 
     pred = Predictor(runs_root / RUN, device="cpu")
     store, index, mask = _aux_defect_image(runs_root)
@@ -532,7 +532,7 @@ def test_atom_kind_map_counts_in_mask_activation_and_is_cached(runs_root, tmp_pa
 
     from spg_core.atoms import kinds as kinds_module
     from spg_core.atoms.region import mask_patches
-    from spg_core.pipeline import Predictor
+    from spg_core.inference import Predictor
     from spg_core.store import TokenStore
 
     run = tmp_path / "kinds-run"
@@ -592,7 +592,7 @@ def test_report_holds_every_section_with_inlined_pictures(runs_root, tmp_path):
 def test_region_on_the_maps_page_lists_the_engines_atoms(runs_root, monkeypatch):
     from spg_core.atoms import attribute
     from spg_core.atoms.region import cell_patches, region_atoms
-    from spg_core.pipeline import Predictor
+    from spg_core.inference import Predictor
     from spg_core.store import TokenStore
 
     at = open_app(runs_root, monkeypatch, page="maps.py", run=RUN)
