@@ -8,6 +8,7 @@ JSON only, never pickles.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -114,3 +115,12 @@ def load_tensors(path: str | os.PathLike, *, what: str = "tensor file") -> tuple
         except json.JSONDecodeError:
             meta[k] = v
     return tensors, meta
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes (read in 1 MiB blocks)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

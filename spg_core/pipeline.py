@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from . import __version__, distributed
-from .atomic import write_json
+from .atomic import file_sha256, write_json
 from .backbones import load_backbone
 from .backbones.base import Backbone, resolve_device
 from .config import GuideConfig, RunConfig, SAEConfig, ScoreConfig
@@ -31,7 +31,7 @@ from .errors import SPGError
 from .guides import GuideBatch, GuidePair, saturation_note, train_guides
 from .inference import Predictor, dictionary_of, load_run_sae, score_store, target_maps
 from .metrics import image_auroc
-from .runs import GUIDES_FILE, GUIDES_RECORD_FILE, METRICS_FILE, SAE_FILE, SAE_RECORD_FILE, RunDir, file_sha256
+from .runs import GUIDES_FILE, GUIDES_RECORD_FILE, METRICS_FILE, SAE_FILE, SAE_RECORD_FILE, RunDir
 from .sae import TopKSAE
 from .sae_train import attach_dead_mask, evaluate_sae, train_sae
 from .scoring import cosine_logits, patch_probabilities

@@ -24,14 +24,13 @@ record nothing and are never called stale.
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .atomic import load_tensors, read_json, save_tensors, write_json, write_text
+from .atomic import file_sha256, load_tensors, read_json, save_tensors, write_json, write_text
 from .config import RunConfig
 from .errors import SPGError
 
@@ -43,15 +42,6 @@ GUIDES_RECORD_FILE = "guides.json"
 PATCH_MAPS_FILE = "target/patch_maps.safetensors"
 SCORES_FILE = "target/scores.csv"
 METRICS_FILE = "metrics.json"
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex SHA-256 of a file's bytes (read in 1 MiB blocks)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 class RunDir:

@@ -115,15 +115,15 @@ def extract_worker(images: str, cache: str, shard_images: int, crash_rank: int =
     dataset = write_images(Path(images))
     bb = PatchBackbone()
     if distributed.rank() == crash_rank:
-        real, calls = bb.extract, {"n": 0}
+        real, calls = bb.extract_with_cls, {"n": 0}     # what extraction calls (tokens, CLS)
 
-        def dying(x: torch.Tensor) -> torch.Tensor:
+        def dying(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
             calls["n"] += 1
             if calls["n"] > 1:
                 (Path(cache) / f"crashed_rank_{crash_rank}").touch()
                 raise RuntimeError("simulated crash of one rank")
             return real(x)
-        bb.extract = dying                                          # type: ignore[method-assign]
+        bb.extract_with_cls = dying                                 # type: ignore[method-assign]
     build_store(dataset, bb, cache_dir=cache, shard_images=shard_images, batch_size=shard_images,
                 num_workers=0, progress=False)
 

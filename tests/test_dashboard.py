@@ -17,6 +17,7 @@ from dashboard_support import RUN, TWIN, damaged_runs_root, small_runs_root
 from dashboard.viewmodels import health, targets
 from spg_core import run_paths, thresholds, uploads
 from spg_core.errors import SPGError
+from spg_core.report import METRIC_TITLES
 from spg_core.runs import RunDir
 
 AppTest = pytest.importorskip("streamlit.testing.v1").AppTest
@@ -163,7 +164,8 @@ def test_runs_page(runs_root, monkeypatch):
     assert metric(at, "Image AUROC") == f"{100 * metrics['mean']['image_auroc']:.1f}%"
     overview = frame_with(at, "run", "status")
     assert set(overview["run"]) == {RUN, TWIN} and set(overview["status"]) == {"complete"}
-    table = frame_with(at, "Image AUROC", "Pixel AUPRO", without=("run",))
+    table = frame_with(at, METRIC_TITLES["image_auroc"], METRIC_TITLES["aupro"], METRIC_TITLES["aupro_official"],
+                       without=("run",))
     assert list(table.index) == sorted(metrics["per_category"]) + ["mean"]
     assert "No row of the paper matches" in texts(at)           # synthetic runs have no paper row
     settings = frame_with(at, "setting", "value")

@@ -22,10 +22,13 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _command(aux: str, target: str, out: Path) -> list[str]:
-    # Longer SAE training than the other tiny runs, so that the interrupt lands inside it.
+    # Much longer SAE training than the other tiny runs (seconds), so that the interrupt lands inside
+    # it; no DataLoader workers, since a SIGINT that arrives while a worker forks is swallowed by
+    # Python's at-fork handlers ("Exception ignored") and the run then finishes with rc 0.
     args = list(TINY_RUN_ARGS)
-    args[args.index("--sae-epochs") + 1] = "150"
-    return [sys.executable, "-m", "spg_core.cli", "run", "--aux", aux, "--target", target, "--out", str(out), *args]
+    args[args.index("--sae-epochs") + 1] = "3000"
+    return [sys.executable, "-m", "spg_core.cli", "run", "--aux", aux, "--target", target, "--out", str(out),
+            *args, "--workers", "0"]
 
 
 def _wait_for(path: Path, proc: subprocess.Popen, timeout: float) -> None:

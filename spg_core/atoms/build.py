@@ -10,7 +10,6 @@ so it records the SAE file's SHA-256 and refuses to load after a re-trained SAE.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ import torch
 
 from .. import distributed
 from ..errors import SPGError
+from ..atomic import file_sha256
 from ..runs import SAE_FILE as SAE, RunDir
 from ..sae import TopKSAE
 from ..store import TokenStore
@@ -32,14 +32,6 @@ STATS_JSON = "atoms/stats.json"
 STATS_CSV = "atoms/stats.csv"
 GALLERY = "atoms/gallery.png"
 FIX = "run `spg atoms --run {run}`"
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def open_aux_store(config: dict[str, Any], run_path: str | Path) -> TokenStore:

@@ -129,7 +129,7 @@ def load_kind_map(run_dir: str | Path, sae_sha: str) -> KindMap | None:
 def run_kind_map(run_dir: str | Path, sae: TopKSAE, store: Any, atoms: list[int]) -> KindMap:
     """The run's cached map when it is current and covers `atoms`, else computed and cached."""
     from ..runs import SAE_FILE as SAE
-    from .build import file_sha256
+    from ..atomic import file_sha256
 
     sha = file_sha256(Path(run_dir) / SAE)
     km = load_kind_map(run_dir, sha)

@@ -30,7 +30,6 @@ Token `[B, (S/16)^2, sum of the stages' channels]`: Lite0 `s8-s16` at 448 px giv
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import math
 import os
@@ -41,6 +40,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ..atomic import file_sha256
 from ..errors import SPGError
 from .base import Backbone
 
@@ -97,16 +97,12 @@ def package_weights_file(variant: str) -> Path:
     return files[0]
 
 
-def file_sha256(path: Path) -> str:
+def weights_sha256(path: Path) -> str:
     """sha256 of a weights file, cached per (path, size, mtime): hashing 17-25 MB costs ~50 ms."""
     st = path.stat()
     key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
     if key not in _SHA_CACHE:
-        digest = hashlib.sha256()
-        with open(path, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(chunk)
-        _SHA_CACHE[key] = digest.hexdigest()
+        _SHA_CACHE[key] = file_sha256(path)
     return _SHA_CACHE[key]
 
 
@@ -211,7 +207,7 @@ class EffNetBackbone(Backbone):
             path = Path(weights_file).expanduser() if weights_file else package_weights_file(variant)
             self._load(model, path)
             self.weights = str(path) if weights_file else PACKAGES[variant]
-            self.weights_sha256 = file_sha256(path)
+            self.weights_sha256 = weights_sha256(path)
         last = max(self.layout.blocks)
         self.stem = torch.nn.Sequential(model.conv_stem, model.bn1)
         self.blocks = torch.nn.ModuleList(model.blocks[: last + 1])   # deeper blocks are never run

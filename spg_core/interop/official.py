@@ -31,7 +31,8 @@ from ..config import RunConfig
 from ..errors import SPGError
 from ..guides import GuidePair
 from ..protocols import OFFICIAL, overrides
-from ..runs import GUIDES_FILE, GUIDES_RECORD_FILE, SAE_FILE, SAE_RECORD_FILE, RunDir, file_sha256
+from ..atomic import file_sha256
+from ..runs import GUIDES_FILE, GUIDES_RECORD_FILE, SAE_FILE, SAE_RECORD_FILE, RunDir
 from ..sae import TopKSAE
 
 SAE_PREFIX = "sae_list.0."
