@@ -11,7 +11,9 @@ Every setting of the grid (backbone / token layout, M, k, lambda, guide epochs) 
 mean over folds of each metric; the chosen one has the highest mean of image AUROC and
 pixel AUROC (the two headline figures; ties go to the earlier, smaller setting). Writes
 OUT/select.csv (one row per setting and fold, plus the fold means) and OUT/select.json
-(grid, folds, rows, the choice and the rule).
+(grid, folds, rows, the choice and the rule). A grid can take hours on a CPU, so every
+finished (setting, fold) row is kept in OUT/select.rows.json as it lands: run the same
+command again after an interruption and only the missing rows are computed.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from .config import GuideConfig, SAEConfig
 from .errors import SPGError
 
 CRITERION = ("image_auroc", "pixel_auroc")
+ROWS_FILE = "select.rows.json"
 METRICS = ("image_auroc", "image_ap", "pixel_auroc", "aupro")
 
 
@@ -164,23 +167,29 @@ def run_select(aux: str, grid: list[Setting], out: str | Path, *, sae_cfg: SAECo
     dev = resolve_device(device)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    rows: list[dict[str, Any]] = []
+    identity = {"aux": aux, "max_folds": max_folds, "sae": asdict(sae_cfg), "guides": asdict(guide_cfg)}
+    rows = finished_rows(out / ROWS_FILE, identity)
+    done = {(row_setting(r), r["fold"]) for r in rows}
     folds: list[Fold] = []
     t0 = time.perf_counter()
     for backbone_name, settings in itertools.groupby(grid, key=lambda s: s.backbone):
+        # a finished store is only re-read from the cache
         store = extract(aux, load_backbone(backbone_name, device=dev), cache_dir=cache_dir, progress=progress)
         folds = category_folds(store.images, max_folds)
         cache: dict = {}
         for setting in settings:
             for fold in folds:
+                if (setting, fold.name) in done:
+                    continue
                 metrics = score_fold(StoreView(store, fold.train), StoreView(store, fold.held_out), setting,
                                      sae_cfg, guide_cfg, dev, cache)
                 rows.append({**asdict(setting), "fold": fold.name, **metrics})
+                write_json(out / ROWS_FILE, {**identity, "rows": rows})
                 if progress:
                     print(f"[select {time.perf_counter() - t0:6.0f} s] {setting} held out {fold.name}: "
                           + ", ".join(f"{m} {v:.3f}" for m, v in metrics.items()), flush=True)
     summary = summarise(rows, grid)
-    chosen = max(summary, key=lambda r: (r["criterion"], -grid.index(Setting(**{f: r[f] for f in Setting.__dataclass_fields__}))))
+    chosen = max(summary, key=lambda r: (r["criterion"], -grid.index(row_setting(r))))
     result = {"aux": aux, "target_opened": False, "rule": rule_text(max_folds), "criterion": list(CRITERION),
               "sae": asdict(sae_cfg), "guides": asdict(guide_cfg), "folds": [f.name for f in folds],
               "rows": rows, "summary": summary, "chosen": chosen, "seconds": time.perf_counter() - t0,
@@ -190,11 +199,34 @@ def run_select(aux: str, grid: list[Setting], out: str | Path, *, sae_cfg: SAECo
     return result
 
 
+def row_setting(row: dict[str, Any]) -> Setting:
+    return Setting(**{f: row[f] for f in Setting.__dataclass_fields__})
+
+
+def finished_rows(path: Path, identity: dict[str, Any]) -> list[dict[str, Any]]:
+    """The rows an earlier, interrupted `spg select` into the same folder finished, if it ran
+    with the same auxiliary set, folds and fixed settings; otherwise none (they are recomputed)."""
+    if not path.is_file():
+        return []
+    from .atomic import read_json
+
+    saved = read_json(path, what="select rows file")
+    same = all(json_equal(saved.get(k), v) for k, v in identity.items())
+    return list(saved.get("rows", [])) if same else []
+
+
+def json_equal(a: Any, b: Any) -> bool:
+    """Equality after a JSON round trip (tuples come back as lists)."""
+    import json
+
+    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+
+
 def summarise(rows: list[dict[str, Any]], grid: list[Setting]) -> list[dict[str, Any]]:
     """Fold means per setting (NaN folds skipped), with the selection criterion."""
     out = []
     for s in grid:
-        mine = [r for r in rows if Setting(**{f: r[f] for f in Setting.__dataclass_fields__}) == s]
+        mine = [r for r in rows if row_setting(r) == s]
         means = {m: float(np.nanmean([r[m] for r in mine])) for m in METRICS}
         means.update({f"{m}_std": float(np.nanstd([r[m] for r in mine])) for m in CRITERION})
         out.append({**asdict(s), **means, "criterion": float(np.mean([means[m] for m in CRITERION]))})

@@ -96,3 +96,35 @@ def test_folds_rotate_categories_or_defect_kinds():
     folds = category_folds(one, max_folds=2)
     assert [f.name for f in folds] == ["m:crack+stain", "m:hole"]
     assert [sorted(f.held_out) for f in folds] == [[0, 2, 4, 5, 7], [1, 3, 6]]
+
+
+@pytest.mark.slow      # three tiny-effnet `spg select` runs: ~100 s on 2 contended cores
+def test_an_interrupted_select_resumes_with_only_the_missing_rows(tmp_path, monkeypatch):
+    import spg_core.select as select
+
+    aux = _small_set(tmp_path / "aux", ["disc", "weave"], ["stain", "hole"])
+    calls, stop_at = [], [3]
+
+    def fake_fold(aux_view, held_view, setting, *args):      # the fit is not what this test is about
+        calls.append((setting.k, held_view.images[0]["category"]))
+        if len(calls) == stop_at[0]:
+            raise KeyboardInterrupt                            # the user stops the grid after two rows
+        return {m: setting.k / 10 for m in select.METRICS}
+
+    monkeypatch.setattr(select, "score_fold", fake_fold)
+    args = ["select", "--aux", f"mvtec:{aux}", "--out", str(tmp_path / "sel"), "--cache-dir", str(tmp_path / "c"),
+            *TINY_GRID]
+    assert main(args) == 130                                          # the CLI's Ctrl-C exit
+    saved = json.loads((tmp_path / "sel" / select.ROWS_FILE).read_text())
+    assert [(r["k"], r["fold"]) for r in saved["rows"]] == [(4, "disc"), (4, "weave")]
+    assert not (tmp_path / "sel" / "select.json").exists()
+
+    calls.clear()
+    stop_at[0] = 0
+    assert main(args) == 0
+    assert calls == [(8, "disc"), (8, "weave")]                     # only the missing rows ran
+    assert len(json.loads((tmp_path / "sel" / "select.json").read_text())["rows"]) == 4
+
+    calls.clear()
+    assert main([a if a != "1" else "2" for a in args]) == 0          # --sae-epochs 2: the old rows do not count
+    assert len(calls) == 4
