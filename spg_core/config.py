@@ -49,12 +49,13 @@ class Option:
     cli: bool = True                 # False: set only through config.json / Python (or a shared option)
     rule: Rule | None = None
     choices: tuple[str, ...] | None = None   # command-line choices, where narrower than the annotation's
+    metavar: tuple[str, ...] | None = None   # names of a tuple's values in the help
 
 
 def opt(help: str, *, flag: str | None = None, cli: bool = True, rule: Rule | None = None,
-        choices: tuple[str, ...] | None = None) -> dict[str, Option]:
+        choices: tuple[str, ...] | None = None, metavar: tuple[str, ...] | None = None) -> dict[str, Option]:
     """Field metadata: `field(default=..., metadata=opt("what it is", flag="--x", rule=POSITIVE))`."""
-    return {OPTION: Option(help, flag, cli, rule, choices)}
+    return {OPTION: Option(help, flag, cli, rule, choices, metavar)}
 
 
 def option_of(f: dataclasses.Field) -> Option | None:
@@ -77,9 +78,7 @@ def _problem(kind: Any, value: Any) -> str | None:
     """Why `value` does not fit the annotation `kind`, or None if it fits."""
     origin, args = typing.get_origin(kind), typing.get_args(kind)
     if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        return _problem(next(a for a in args if a is not type(None)), value)
+        return None if value is None and type(None) in args else _problem(non_optional(kind), value)
     if origin is Literal:
         return None if value in args else f"is not one of {', '.join(map(str, args))}"
     if origin is tuple:
@@ -123,17 +122,17 @@ def _fix(f: dataclasses.Field, kind: Any, option: Option | None) -> str:
     return where + wanted
 
 
+def non_optional(kind: Any) -> Any:
+    """`X` for an `X | None` annotation, else the annotation itself."""
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):
+        return next(a for a in typing.get_args(kind) if a is not type(None))
+    return kind
+
+
 def literal_choices(kind: Any) -> tuple[str, ...] | None:
     """The values of a Literal annotation (also inside `X | None`), else None."""
-    if typing.get_origin(kind) in (typing.Union, types.UnionType):
-        kind = next(a for a in typing.get_args(kind) if a is not type(None))
+    kind = non_optional(kind)
     return tuple(map(str, typing.get_args(kind))) if typing.get_origin(kind) is Literal else None
-
-
-def _check_k(cfg: "SAEConfig") -> None:
-    if cfg.k > cfg.width:
-        raise SPGError(f"sae.k = {cfg.k} is larger than the dictionary width sae.width = {cfg.width}",
-                       fix="choose --k no larger than --width")
 
 
 @dataclass
@@ -158,7 +157,7 @@ class SAEConfig:
     bias: bool = field(default=True, metadata=opt(
         "encoder and decoder biases (the official SAE has none)", flag="--sae-bias"))
     adam_betas: tuple[float, float] = field(default=(0.9, 0.999), metadata=opt(
-        "SAE Adam betas", flag="--sae-adam-betas", rule=BETAS))
+        "SAE Adam betas", flag="--sae-adam-betas", rule=BETAS, metavar=("B1", "B2")))
     auxk: int = field(default=0, metadata=opt("k_aux of the AuxK loss (0 = off)", rule=NON_NEGATIVE))
     auxk_coef: float = field(default=1 / 32, metadata=opt("coefficient of the AuxK loss", rule=NON_NEGATIVE))
     auxk_dead_tokens: int = field(default=10_000_000, metadata=opt(
@@ -168,7 +167,9 @@ class SAEConfig:
 
     def __post_init__(self) -> None:
         validate(self)
-        _check_k(self)
+        if self.k > self.width:
+            raise SPGError(f"sae.k = {self.k} is larger than the dictionary width sae.width = {self.width}",
+                           fix="choose --k no larger than --width")
 
 
 @dataclass
@@ -201,7 +202,7 @@ class GuideConfig:
     form: Literal["pair", "official"] = field(default="pair", metadata=opt(
         "pair (a normal and an anomaly local guide) or official (global and local pairs)", flag="--guide-form"))
     adam_betas: tuple[float, float] = field(default=(0.9, 0.999), metadata=opt(
-        "guide Adam betas", flag="--guide-adam-betas", rule=BETAS))
+        "guide Adam betas", flag="--guide-adam-betas", rule=BETAS, metavar=("B1", "B2")))
 
     def __post_init__(self) -> None:
         validate(self)
@@ -216,7 +217,7 @@ class ScoreConfig:
     aggregation: Literal["max", "mean", "lse"] = field(default="max", metadata=opt(
         "image score pooling of the map: max, mean or lse"))
     lse_temperature: float = field(default=0.1, metadata=opt(
-        "temperature T of log-sum-exp pooling", flag="--lse-t", rule=POSITIVE))
+        "temperature T of log-sum-exp pooling (0: the max)", flag="--lse-t", rule=NON_NEGATIVE))
     smoothing_sigma: float = field(default=0.0, metadata=opt(
         "Gaussian sigma of the maps before pixel metrics (0 = off); `spg eval`: default the run's own",
         rule=NON_NEGATIVE))

@@ -17,11 +17,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import types
 import typing
 from typing import Any, Iterable, Literal, TypeVar
 
-from .config import field_types, flag_of, literal_choices, option_of
+from .config import field_types, flag_of, literal_choices, non_optional, option_of
 
 T = TypeVar("T")
 
@@ -40,17 +39,15 @@ def exposed_fields(cls: type, names: Iterable[str] | None = None) -> list[datacl
 def argument_kwargs(cls: type, f: dataclasses.Field, *, switch: bool) -> dict[str, Any]:
     """add_argument keywords (type, nargs, choices, action) from the field's annotation.
     `switch`: a bool is a lone store_true flag instead of a --x / --no-x pair."""
-    kind = field_types(cls)[f.name]
-    if typing.get_origin(kind) in (typing.Union, types.UnionType):
-        kind = next(a for a in typing.get_args(kind) if a is not type(None))
-    option = option_of(f)
+    kind, option = non_optional(field_types(cls)[f.name]), option_of(f)
     if kind is bool:
         return {"action": "store_true"} if switch else {"action": argparse.BooleanOptionalAction}
     if typing.get_origin(kind) is Literal:
         return {"type": str, "choices": list(option.choices or literal_choices(kind))}
     if typing.get_origin(kind) is tuple:
         args = typing.get_args(kind)
-        return {"type": args[0], "nargs": len(args), "metavar": tuple(f"V{i + 1}" for i in range(len(args)))}
+        return {"type": args[0], "nargs": len(args),
+                "metavar": option.metavar or tuple(f"V{i + 1}" for i in range(len(args)))}
     return {"type": kind}
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from spg_core import cli
 from spg_core.config import (ExtractConfig, GuideConfig, RunConfig, SAEConfig, ScoreConfig, field_types,
-                             flag_of, literal_choices, option_of)
+                             flag_of, literal_choices, non_optional, option_of)
 from spg_core.errors import SPGError
 from spg_core.options import exposed_fields
 
@@ -57,9 +57,7 @@ def test_every_exposed_field_is_an_option_with_its_help_and_type():
         for f in exposed_fields(cls):
             action = actions[flag_of(f)]
             assert option_of(f).help in action.help, flag_of(f)
-            kind = field_types(cls)[f.name]
-            if typing.get_origin(kind) is typing.Union or type(kind).__name__ == "UnionType":
-                kind = next(a for a in typing.get_args(kind) if a is not type(None))
+            kind = non_optional(field_types(cls)[f.name])
             if kind is bool:   # a --x / --no-x pair for run settings, a lone switch for ExtractConfig's
                 assert (f"--no-{flag_of(f)[2:]}" in action.option_strings) == (cls is not ExtractConfig)
                 assert action.nargs == 0
