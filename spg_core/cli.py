@@ -20,7 +20,7 @@ from .config import ExtractConfig, GuideConfig, RunConfig, SAEConfig, ScoreConfi
 from .errors import SPGError
 from .options import (add_field_options, add_section_options, config_from_args, field_values,
                       protocol_defaults, section_overrides)
-from .protocols import PROTOCOLS
+from .protocols import PROTOCOLS, check_protocol, default_protocol, overrides
 
 DATASET_HELP = "mvtec:PATH | visa:PATH | folder:PATH | synthetic-a | synthetic-b"
 # Commands that run as one job over every process torchrun starts (docs/SCALING.md).
@@ -73,8 +73,6 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 
 def _config_from(args: argparse.Namespace) -> RunConfig:
     """The run's config: dataclass defaults < the protocol's settings < explicit options."""
-    from .protocols import check_protocol, default_protocol, overrides
-
     protocol = check_protocol(args.protocol or default_protocol(args.backbone))
     d = _merge(overrides(protocol), section_overrides(args, RunConfig.SECTIONS))
     if args.seed is not None:
@@ -88,14 +86,11 @@ def _guides_for(run_cfg: RunConfig, args: argparse.Namespace) -> GuideConfig:
     """`spg train-guides`: the run's guide settings (or a new protocol's) < explicit options."""
     from dataclasses import asdict
 
-    from .protocols import check_protocol, overrides
-
     base = asdict(run_cfg.guides)
     if args.protocol is not None:
         base = {**asdict(GuideConfig()), **overrides(check_protocol(args.protocol)).get("guides", {})}
         base["seed"] = run_cfg.sae.seed
-    given = section_overrides(args, [GuideConfig]).get("guides", {})
-    return RunConfig.from_dict({"guides": {**base, **given}}).guides
+    return GuideConfig(**{**base, **section_overrides(args, [GuideConfig]).get("guides", {})})
 
 
 def _io_kwargs(args: argparse.Namespace) -> dict[str, Any]:
@@ -159,11 +154,10 @@ def _run_distributed(cfg: RunConfig, args: argparse.Namespace) -> dict[str, Any]
 def cmd_extract(args: argparse.Namespace) -> None:
     from .backbones import load_backbone
     from .pipeline import extract
-    from .protocols import default_protocol
 
+    io = _io_kwargs(args)
     backbone = load_backbone(args.backbone, args.weights, device=args.device,
                              protocol=args.protocol or default_protocol(args.backbone))
-    io = _io_kwargs(args)
     if io.pop("compile_backbone"):
         backbone.enable_compile()
     store = extract(args.dataset, backbone, **io)
