@@ -4,8 +4,9 @@ User mistakes surface as SPGError and are printed as one clear message (exit 2);
 Ctrl-C exits 130 saying which artifacts the run holds and which it does not (every
 artifact is written atomically, so none is half-written).
 
-Option defaults come from the run's protocol (protocols.py) over the config dataclasses:
-an option left out takes the protocol's value, so help texts give both protocols' defaults.
+Options that set a config field are generated from the config dataclasses (options.py);
+their defaults come from the run's protocol (protocols.py): an option left out takes the
+protocol's value, so help texts give both protocols' defaults.
 """
 
 from __future__ import annotations
@@ -15,8 +16,11 @@ import sys
 from typing import Any, Callable
 
 from . import distributed
-from .config import GuideConfig, RunConfig, SAEConfig, ScoreConfig
+from .config import ExtractConfig, GuideConfig, RunConfig, SAEConfig, ScoreConfig
 from .errors import SPGError
+from .options import (add_field_options, add_section_options, config_from_args, field_values,
+                      protocol_defaults, section_overrides)
+from .protocols import PROTOCOLS, check_protocol, default_protocol, overrides
 
 DATASET_HELP = "mvtec:PATH | visa:PATH | folder:PATH | synthetic-a | synthetic-b"
 # Commands that run as one job over every process torchrun starts (docs/SCALING.md).
@@ -24,107 +28,40 @@ COLLECTIVE_COMMANDS = ("extract", "train-sae", "atoms", "run")
 
 
 # -- shared options --------------------------------------------------------------------------
+# Every option that sets a config field is generated from its dataclass (options.py, config.py).
 
-def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
-    p.add_argument("--cache-dir", default=None, help="token stores and synthetic data (default $SPG_CACHE or ~/.cache/spg)")
-    p.add_argument("--skip-bad", action="store_true", help="skip unreadable images, writing skipped.json in the store")
-    p.add_argument("--batch-size", type=int, default=None, help="extraction batch size (default 64 on GPU, 8 on CPU)")
-    p.add_argument("--workers", type=int, default=None, help="image decoding workers")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("--compile", action="store_true", help="torch.compile the backbone (faster extraction on CUDA)")
+def _add_common(p: argparse.ArgumentParser, *, device: str | None = None) -> None:
+    """--device (with `device`: what a left-out --device means) and the extraction options."""
+    add_field_options(p, RunConfig, ["device"], omitted=device)
+    add_field_options(p, ExtractConfig)
 
 
 def _add_backbone(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backbone", default=RunConfig.backbone,
-                   help="dinov3-vitl16 (default), dinov2-large, siglip-large, openclip-vitl14-336, builtin; "
-                        "NAME-tiny / NAME-random: random-initialised small / full-size models")
-    p.add_argument("--weights", default=None, help="hub id, local directory or checkpoint file (default: the registry's)")
-
-
-# Options that set a config field: (flag, section, field, type, help). Their defaults come from the
-# protocol (protocols.py) over the dataclasses (config.py); an option given on the command line wins.
-SAE_OPTIONS = [
-    ("--width", "sae", "width", int, "SAE dictionary width M"),
-    ("--k", "sae", "k", int, "SAE TopK k"),
-    ("--sae-epochs", "sae", "epochs", int, "SAE training epochs"),
-    ("--sae-lr", "sae", "lr", float, "SAE Adam learning rate"),
-    ("--sae-batch-images", "sae", "batch_images", int, "images' tokens per SAE step"),
-    ("--auxk", "sae", "auxk", int, "k_aux of the AuxK loss (0 = off)"),
-    ("--auxk-dead-tokens", "sae", "auxk_dead_tokens", int,
-     "AuxK: a latent is dead after this many tokens' worth of steps without firing"),
-]
-GUIDE_OPTIONS = [
-    ("--guide-variant", "guides", "variant", str, "relu_l1 or topk (TopK_K per guide)"),
-    ("--l1", "guides", "l1", float, "lambda of the L1 penalty"),
-    ("--guide-topk", "guides", "topk", int, "K per guide for --guide-variant topk"),
-    ("--guide-epochs", "guides", "epochs", int, "guide training epochs"),
-    ("--guide-lr", "guides", "lr", float, "guide Adam learning rate"),
-    ("--guide-batch-images", "guides", "batch_images", int, "images per guide step"),
-    ("--tau", "guides", "tau", float, "softmax temperature"),
-    ("--ema", "guides", "ema_decay", float, "EMA decay of the guide coefficients"),
-    ("--dice", "guides", "dice", str, "Dice over the whole batch (batch) or averaged per image (image)"),
-]
-SCORE_OPTIONS = [
-    ("--aggregation", "score", "aggregation", str, "image score pooling of the map: max, mean or lse"),
-    ("--lse-t", "score", "lse_temperature", float, "temperature T of log-sum-exp pooling"),
-    ("--smoothing-sigma", "score", "smoothing_sigma", float,
-     "Gaussian sigma of the maps before pixel metrics (0 = off); `spg eval`: default the run's own"),
-    ("--image-score", "score", "image_score", str,
-     "map (pool the raw map), smoothed_map (pool the smoothed map; official), or cls (the official global "
-     "guides on the CLS token)"),
-]
-CHOICES = {"guides.variant": ["relu_l1", "topk"], "guides.dice": ["batch", "image"],
-           "score.aggregation": ["max", "mean", "lse"], "score.image_score": ["map", "smoothed_map", "cls"]}
-
-
-def _protocol_defaults(section: str, name: str) -> str:
-    """'studio X, official Y' for an option's help."""
-    from .protocols import PROTOCOLS, overrides
-
-    base = {"sae": SAEConfig(), "guides": GuideConfig(), "score": ScoreConfig()}[section]
-    values = [f"{p} {overrides(p).get(section, {}).get(name, getattr(base, name))}" for p in PROTOCOLS]
-    return "default: " + ", ".join(values)
-
-
-def _add_options(p: argparse.ArgumentParser, options: list[tuple[str, str, str, type, str]]) -> None:
-    for flag, section, name, kind, text in options:
-        p.add_argument(flag, type=kind, default=None, choices=CHOICES.get(f"{section}.{name}"),
-                       help=f"{text} ({_protocol_defaults(section, name)})")
+    add_field_options(p, RunConfig, ["backbone", "weights"])
 
 
 def _add_protocol(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--protocol", default=None, choices=["official", "studio"],
+    p.add_argument("--protocol", default=None, choices=list(PROTOCOLS),
                    help="settings preset: official (the authors' code, step for step; default for the paper "
                         "backbones) or studio (this project's; default for builtin and CPU backbones)")
 
 
 def _add_sae(p: argparse.ArgumentParser) -> None:
-    _add_options(p, SAE_OPTIONS)
-    p.add_argument("--seed", type=int, default=None, help="seed of both stages (default: studio 0, official 111)")
-    p.add_argument("--method", default="spg", choices=["spg", "free_guides", "random_dict"],
-                   help="spg, or an ablation baseline: free guides in R^D, or SPG on a random dictionary")
+    add_section_options(p, SAEConfig)
+    p.add_argument("--seed", type=int, default=None,
+                   help=f"seed of both stages ({protocol_defaults(SAEConfig, 'seed')})")
+    add_field_options(p, RunConfig, ["method"])
 
 
 def _add_guides(p: argparse.ArgumentParser) -> None:
-    _add_options(p, GUIDE_OPTIONS)
+    add_section_options(p, GuideConfig)
 
 
 def _add_score(p: argparse.ArgumentParser) -> None:
-    _add_options(p, SCORE_OPTIONS)
+    add_section_options(p, ScoreConfig)
     p.add_argument("--aupro", default="mvtec", choices=["mvtec", "official"],
                    help="the headline AUPRO: exact MVTec AD (default) or the official SPG code's 200-threshold "
                         "one; both are always reported, as `aupro` and `aupro_official`")
-
-
-def _explicit(args: argparse.Namespace, options: list[tuple[str, str, str, type, str]]) -> dict[str, dict[str, Any]]:
-    """{section: {field: value}} for the options given on the command line."""
-    out: dict[str, dict[str, Any]] = {}
-    for flag, section, name, _, _ in options:
-        value = getattr(args, flag.lstrip("-").replace("-", "_"), None)
-        if value is not None:
-            out.setdefault(section, {})[name] = value
-    return out
 
 
 def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
@@ -136,14 +73,12 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 
 def _config_from(args: argparse.Namespace) -> RunConfig:
     """The run's config: dataclass defaults < the protocol's settings < explicit options."""
-    from .protocols import check_protocol, default_protocol, overrides
-
     protocol = check_protocol(args.protocol or default_protocol(args.backbone))
-    d = _merge(overrides(protocol), _explicit(args, SAE_OPTIONS + GUIDE_OPTIONS + SCORE_OPTIONS))
+    d = _merge(overrides(protocol), section_overrides(args, RunConfig.SECTIONS))
     if args.seed is not None:
         d = _merge(d, {"sae": {"seed": args.seed}, "guides": {"seed": args.seed}})
-    d.update(aux=args.aux, target=getattr(args, "target", None) or RunConfig.target, backbone=args.backbone,
-             weights=args.weights, method=args.method, device=args.device, protocol=protocol)
+    d.update(field_values(args, RunConfig), aux=args.aux, target=getattr(args, "target", None) or RunConfig.target,
+             protocol=protocol)
     return RunConfig.from_dict(d)
 
 
@@ -151,19 +86,19 @@ def _guides_for(run_cfg: RunConfig, args: argparse.Namespace) -> GuideConfig:
     """`spg train-guides`: the run's guide settings (or a new protocol's) < explicit options."""
     from dataclasses import asdict
 
-    from .protocols import check_protocol, overrides
-
     base = asdict(run_cfg.guides)
     if args.protocol is not None:
         base = {**asdict(GuideConfig()), **overrides(check_protocol(args.protocol)).get("guides", {})}
         base["seed"] = run_cfg.sae.seed
-    return RunConfig.from_dict({"guides": {**base, **_explicit(args, GUIDE_OPTIONS).get("guides", {})}}).guides
+    return GuideConfig(**{**base, **section_overrides(args, [GuideConfig]).get("guides", {})})
 
 
 def _io_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    return {"cache_dir": args.cache_dir, "skip_bad": args.skip_bad, "batch_size": args.batch_size,
-            "num_workers": args.workers, "progress": not args.quiet and distributed.is_main(),
-            "compile_backbone": args.compile}
+    """The extraction options as the pipeline's keywords (validated by ExtractConfig)."""
+    io = config_from_args(args, ExtractConfig)
+    return {"cache_dir": io.cache_dir, "skip_bad": io.skip_bad, "batch_size": io.batch_size,
+            "num_workers": io.workers, "progress": not io.quiet and distributed.is_main(),
+            "compile_backbone": io.compile}
 
 
 def _check_out_dir(path: str) -> None:
@@ -219,15 +154,13 @@ def _run_distributed(cfg: RunConfig, args: argparse.Namespace) -> dict[str, Any]
 def cmd_extract(args: argparse.Namespace) -> None:
     from .backbones import load_backbone
     from .pipeline import extract
-    from .protocols import default_protocol
 
+    io = _io_kwargs(args)
     backbone = load_backbone(args.backbone, args.weights, device=args.device,
                              protocol=args.protocol or default_protocol(args.backbone))
-    if args.compile:
+    if io.pop("compile_backbone"):
         backbone.enable_compile()
-    store = extract(args.dataset, backbone, cache_dir=args.cache_dir, skip_bad=args.skip_bad,
-                    batch_size=args.batch_size, num_workers=args.workers,
-                    progress=not args.quiet and distributed.is_main())
+    store = extract(args.dataset, backbone, **io)
     if distributed.is_main():
         print(f"{store.num_images} images x {store.num_patches} tokens x {store.dim} dims -> {store.root}")
 
@@ -248,7 +181,7 @@ def cmd_train_guides(args: argparse.Namespace) -> None:
     from .runs import RunDir
 
     cfg = RunDir(args.run).run_config()
-    cfg = replace(cfg, guides=_guides_for(cfg, args))
+    cfg = replace(cfg, guides=_guides_for(cfg, args), device=args.device or cfg.device)
     run = train_stages(cfg, args.run, stages=("guides",), **_io_kwargs(args))
     print(f"guides written to {run.file('guides.safetensors')}")
 
@@ -262,9 +195,9 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
     run = RunDir(args.run)
     score = run.run_config().score
-    given = _explicit(args, SCORE_OPTIONS).get("score", {})
+    given = section_overrides(args, [ScoreConfig]).get("score", {})
     metrics = evaluate_target(run, target=args.target, metric_options={"aupro_variant": args.aupro},
-                              score=replace(score, **given), **_io_kwargs(args))
+                              score=replace(score, **given), device=args.device, **_io_kwargs(args))
     write_reports(args.run)
     print_metrics(metrics, title=f"{metrics['settings']['aux']} -> {metrics['settings']['target']}")
 
@@ -311,17 +244,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train-guides", help="stage 2: train guide coefficients for a run that has an SAE")
     p.add_argument("--run", required=True, help="run directory (from spg train-sae)")
-    p.add_argument("--protocol", default=None, choices=["official", "studio"],
+    p.add_argument("--protocol", default=None, choices=list(PROTOCOLS),
                    help="take the guide settings of this protocol (default: the run's own guide settings)")
     _add_guides(p)
-    _add_common(p)
+    _add_common(p, device="the run's own")
     p.set_defaults(func=cmd_train_guides)
 
     p = sub.add_parser("eval", help="score a target dataset with a trained run and write metrics and reports")
     p.add_argument("--run", required=True)
     p.add_argument("--target", default=None, help=f"target dataset (default: the run's; {DATASET_HELP})")
     _add_score(p)
-    _add_common(p)
+    _add_common(p, device="the run's own")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("predict", help="anomaly map PNG and score for new images")

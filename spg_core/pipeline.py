@@ -37,8 +37,6 @@ from .sae_train import attach_dead_mask, evaluate_sae, train_sae
 from .scoring import cosine_logits, patch_probabilities
 from .store import TokenStore, build_store
 
-METHODS = ("spg", "free_guides", "random_dict")
-
 
 # -- stage 0: tokens ------------------------------------------------------------------------
 
@@ -154,8 +152,6 @@ def train_stages(cfg: RunConfig, out: str | Path, *, cache_dir: str | Path | Non
     With the "sae" stage, config.json is written afresh (a new run); a guides-only call
     updates its `guides` section and keeps every other key. `backbone`: an already loaded
     one (so `spg run` loads the model once for both sets)."""
-    if cfg.method not in METHODS:
-        raise SPGError(f"unknown method {cfg.method!r}", fix=f"use one of {', '.join(METHODS)}")
     if cfg.method == "free_guides":
         cfg = dataclasses.replace(cfg, guides=dataclasses.replace(cfg.guides, variant="free", form="pair"))
     run = RunDir(out)
