@@ -3,12 +3,12 @@
 * 16-bit maps (float16, bfloat16): the *histogram path*, a 65536-bin ``bincount``
   of the raw bit patterns, ordered afterwards by the value each pattern encodes.
   Exact, O(pixels), ~10 MB of extra memory whatever the set size.
-* other maps: the *sort path*, normal pixels' values copied once (same dtype, one
-  buffer) and sorted in place in as many parts as there are CPU cores; the CDF sums
-  ``searchsorted`` over parts. Anomalous pixels (a few percent) are sorted with their
-  weights. Exact for the dtype given, O(n log n), one copy of the normal pixels: store
-  maps as float16 when its precision suffices. (Why 32-bit maps get no histogram path:
-  benchmarks/RESULTS.md, "Metrics".)
+* other maps on CUDA, or smoothed: the *sort path*, normal pixels' values copied once
+  (same dtype, one buffer) and sorted in place in as many parts as there are CPU cores;
+  the CDF sums ``searchsorted`` over parts. Anomalous pixels (a few percent) are sorted
+  with their weights. Exact for the dtype given, O(n log n), one copy of the normal
+  pixels. Unsmoothed 32/64-bit maps on CPU skip the copy in two passes (:mod:`.two_pass`).
+  (Why 32-bit maps get no histogram path: benchmarks/RESULTS.md, "Metrics".)
 
 On CUDA the same passes run with torch (``torch.bincount``, ``torch.sort``).
 """

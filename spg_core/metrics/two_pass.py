@@ -36,8 +36,9 @@ from .chunks import _component_weights, _map_chunk, _mask_chunk
 from .official_grid import official_thresholds
 from .summary import PixelSummary, _floor_to_dtype, _TabulatedCDF
 
-_BUFFER_PER_QUERY = 16      # measured: 8 -> 16 -> 32 traded ~20% time for 2x memory each (RESULTS.md)
-_MIN_BUFFER = 1 << 22       # 16 MiB of float32: below this, per-flush overhead dominates
+_BUFFER_PER_QUERY = 16      # 1/16 search per pixel for 64 B per query; 4 saved 10 of 110 MiB for 15%
+                            # more time (40 M genuine float32 pixels, shared 2-core VM)
+_MIN_BUFFER = 1 << 22       # 16 MiB of float32: few flushes (few sorts) when anomalous values are few
 _CPU = torch.device("cpu")
 
 
@@ -57,15 +58,15 @@ class _QueryCounts:
         self.lt = np.zeros(queries.size, dtype=np.int64)
         self.le = np.zeros(queries.size, dtype=np.int64)
 
-    def _count(self, part: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(values < q, values <= q) in the sorted ``part`` [n], each int64 [Q]."""
+    def _count(self, part: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Counts in the sorted ``part`` [n]: (values <= floor(q) int64 [Q], the queries where
+        values < q is fewer, int64 [t], by how many, int64 [t])."""
         right = np.searchsorted(part, self.floor, side="right")
-        # A second search only where the value just below is a tie: rare in 32-bit maps.
-        left = right.copy()
-        tied = np.flatnonzero(right > 0)
-        tied = tied[part[right[tied] - 1] == self.floor[tied]]
-        left[tied] = np.searchsorted(part, self.floor[tied], side="left")
-        return np.where(self.exact, left, right), right
+        # v < q differs from v <= floor(q) only where q is a value of the dtype that some v
+        # equals: a second search there alone (rare in 32-bit maps).
+        just_below = part[np.maximum(right, 1) - 1]
+        tied = np.flatnonzero((just_below == self.floor) & self.exact & (right > 0))
+        return right, tied, right[tied] - np.searchsorted(part, self.floor[tied], side="left")
 
     def add(self, values: np.ndarray) -> None:
         """Count ``values`` [n] (sorted here, in place)."""
@@ -75,9 +76,10 @@ class _QueryCounts:
                 counted = list(pool.map(self._count, parts))
         else:
             counted = [self._count(p) for p in parts]
-        for lt, le in counted:
-            self.lt += lt
-            self.le += le
+        for right, tied, ties in counted:       # summed here: threads must not share an array
+            self.le += right
+            self.lt += right
+            self.lt[tied] -= ties
 
 
 def summarise_two_pass(maps: Array, masks: Array, idx: np.ndarray, per_chunk: int, cast: np.dtype, *,
@@ -133,11 +135,14 @@ def summarise_two_pass(maps: Array, masks: Array, idx: np.ndarray, per_chunk: in
             progress.update(len(sel))
     if fill:
         counter.add(buffer[:fill])
-    anomalous = _QueryCounts(queries, cpu)
-    anomalous.add(np.repeat(values, counts).astype(cpu))
+    # The anomalous values are queries themselves: their counts below / up to each query.
+    at_query = np.zeros(queries.size, dtype=np.int64)
+    at_query[np.searchsorted(queries, values)] = counts
+    anomalous_le = np.cumsum(at_query)
+    anomalous_lt = anomalous_le - at_query
     return PixelSummary(
         n_neg=n_neg, n_pos=n_pos, n_components=n_components,
-        neg_cdf=_TabulatedCDF(queries, counter.lt - anomalous.lt, counter.le - anomalous.le),
+        neg_cdf=_TabulatedCDF(queries, counter.lt - anomalous_lt, counter.le - anomalous_le),
         pos_values=values, pos_counts=counts, pos_weights=weights,
         vmin=vmin, vmax=vmax, path=f"two-pass:{cpu}", dtype=dtype_name,
     )
