@@ -48,8 +48,8 @@ def _chunks(idx: np.ndarray, per_chunk: int) -> Iterator[np.ndarray]:
 
 
 class _QueryCounts:
-    """Normal pixels < q and <= q for fixed queries q (float64 [Q] ascending), added up
-    over sorted batches of values of one dtype."""
+    """Values < q and <= q for fixed queries q (float64 [Q] ascending), added up over
+    batches of values of one dtype."""
 
     def __init__(self, queries: np.ndarray, dtype: np.dtype):
         self.queries = queries
