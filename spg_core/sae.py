@@ -41,6 +41,27 @@ class SparseCode:
         return out.scatter_(1, self.indices, self.values)
 
 
+@torch.no_grad()
+def normalise_atoms_(w_dec: torch.Tensor) -> None:
+    """Scale every atom (column) of a decoder `[D, M]` to unit norm, in place.
+
+    Works on any column slice of a decoder, e.g. one rank's `[D, M / N]` (sae_sharded.py)."""
+    w_dec.div_(w_dec.norm(dim=0, keepdim=True).clamp_min(1e-8))
+
+
+@torch.no_grad()
+def remove_parallel_grad_(w_dec: torch.Tensor) -> None:
+    """Drop from `w_dec.grad` `[D, M]` the component along each unit-norm atom (column), in place.
+
+    That component would only change the atom's norm, which `normalise_atoms_` undoes after
+    the step anyway, and it distorts Adam's moments. Per column, so a column slice of a
+    decoder gets what the whole one would. No gradient: nothing to do."""
+    if w_dec.grad is None:
+        return
+    parallel = (w_dec.grad * w_dec).sum(dim=0, keepdim=True)
+    w_dec.grad.sub_(parallel * w_dec)
+
+
 class TopKSAE(nn.Module):
     """TopK SAE with unit-norm decoder columns. `W_dec` is `[D, M]`; `W_enc` is `[M, D]`."""
 
@@ -116,20 +137,15 @@ class TopKSAE(nn.Module):
         return recon, code
 
     # -- constraints -----------------------------------------------------------------
-    @torch.no_grad()
     def normalise_decoder(self) -> None:
         """Project decoder columns back onto the unit sphere (after each optimiser step)."""
-        self.W_dec.div_(self.W_dec.norm(dim=0, keepdim=True).clamp_min(1e-8))
+        normalise_atoms_(self.W_dec)
 
-    @torch.no_grad()
     def remove_parallel_grad(self) -> None:
-        """Drop the gradient component along each unit-norm atom: it would only change its
-        norm, which `normalise_decoder` undoes anyway, and it distorts Adam's moments.
-        Studio form only: the official code keeps the whole gradient."""
-        if self.W_dec.grad is None or not self.bias:
-            return
-        parallel = (self.W_dec.grad * self.W_dec).sum(dim=0, keepdim=True)
-        self.W_dec.grad.sub_(parallel * self.W_dec)
+        """Drop the gradient component along each atom (`remove_parallel_grad_`). Studio form
+        only: the official code keeps the whole gradient."""
+        if self.bias:
+            remove_parallel_grad_(self.W_dec)
 
     @torch.no_grad()
     def init_bias(self, tokens: torch.Tensor, how: str = "mean") -> None:

@@ -28,7 +28,7 @@ from torch import nn
 from . import distributed
 from .config import SAEConfig
 from .errors import SPGError
-from .sae import SparseCode, TopKSAE
+from .sae import SparseCode, TopKSAE, normalise_atoms_, remove_parallel_grad_
 
 
 class _SumOverShards(torch.autograd.Function):
@@ -124,15 +124,6 @@ class LatentShardedSAE(nn.Module):
         recon = _SumOverShards.apply(dense @ self.W_dec.t().to(dense.dtype)) + self.b_dec
         return recon, code
 
-    @torch.no_grad()
-    def normalise_decoder(self) -> None:
-        self.W_dec.div_(self.W_dec.norm(dim=0, keepdim=True).clamp_min(1e-8))
-
-    @torch.no_grad()
-    def remove_parallel_grad(self) -> None:
-        if self.W_dec.grad is not None:
-            self.W_dec.grad.sub_((self.W_dec.grad * self.W_dec).sum(dim=0, keepdim=True) * self.W_dec)
-
 
 def train_latent_sharded(tokens: torch.Tensor, cfg: SAEConfig, *, tokens_per_image: int, device: torch.device,
                          bf16: bool | None = None) -> tuple[TopKSAE, list[dict[str, Any]]]:
@@ -164,9 +155,9 @@ def train_latent_sharded(tokens: torch.Tensor, cfg: SAEConfig, *, tokens_per_ima
             loss = (recon.float() - f).pow(2).sum(-1).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            sae.remove_parallel_grad()
+            remove_parallel_grad_(sae.W_dec)       # per atom: this rank's columns alone
             opt.step()
-            sae.normalise_decoder()
+            normalise_atoms_(sae.W_dec)
             with torch.no_grad():
                 loss_sum += loss.detach()
                 fired = torch.zeros(sae.width + 1, dtype=torch.bool, device=device)

@@ -28,7 +28,7 @@ from spg_core.inference import Predictor
 from spg_core.pipeline import run_experiment
 from spg_core.runs import RunDir
 from spg_core.scoring import cosine_logits
-from spg_core.store import TokenStore, _pack_masks
+from spg_core.store import TokenStore, pack_masks
 
 TOP_P = 16
 
@@ -69,7 +69,7 @@ def small_store(aux, tmp_path_factory) -> TokenStore:
         idx = list(range(start, min(start + 7, n)))
         name = f"shard_{start // 7:05d}.safetensors"
         save_tensors(root / name, {"tokens": aux.tokens(idx).to(torch.float16),
-                                   "masks": torch.from_numpy(_pack_masks(aux.masks(idx)))})
+                                   "masks": torch.from_numpy(pack_masks(aux.masks(idx)))})
         shards.append({"file": name, "start": start, "count": len(idx)})
     write_json(root / "manifest.json", {"key": aux.manifest["key"], "complete": True, "shard_images": 7,
                                         "images": aux.images[:n], "skipped": 0, "shards": shards})

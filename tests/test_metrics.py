@@ -20,7 +20,7 @@ from sklearn.metrics import auc, average_precision_score, roc_auc_score
 
 from spg_core import metrics as M
 from spg_core.errors import SPGError
-from spg_core.metrics import accumulators, pixels
+from spg_core.metrics import accumulators, pixels, two_pass
 from spg_core.metrics.aupro import aupro_from, aupro_official_from
 from spg_core.metrics.pixel_auroc import pixel_auroc_from
 from spg_core.metrics.smoothing import _gaussian_torch
@@ -324,12 +324,65 @@ def test_official_reproduction_with_sigma_4() -> None:
 def test_sort_path_in_parallel_parts(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(accumulators, "_PARALLEL_SORT_MIN", 1)
     monkeypatch.setattr(accumulators, "_n_workers", lambda: 3)
+    monkeypatch.setattr(pixels, "_takes_two_passes", lambda *a: False)     # the smoothed / CUDA path, on CPU
     maps, masks = make_set(9, levels=7)
     s = M.summarise_pixels(maps, masks, device="cpu")
-    assert len(s.neg_cdf.parts) == 3
+    assert s.path == "sort:float32" and len(s.neg_cdf.parts) == 3
     assert pixel_auroc_from(s)[0] == pytest.approx(sk_pixel_auroc(maps, masks), abs=1e-9)
     assert aupro_from(s, 0.3)[0] == pytest.approx(slow_aupro_mvtec(maps, masks), abs=1e-9)
     assert aupro_official_from(s, 0.3)[0] == pytest.approx(slow_aupro_official(maps, masks), abs=1e-9)
+
+
+def _sort_path_summary(monkeypatch: pytest.MonkeyPatch, maps: np.ndarray, masks: np.ndarray,
+                       **kwargs: object) -> M.PixelSummary:
+    with monkeypatch.context() as m:
+        m.setattr(pixels, "_takes_two_passes", lambda *a: False)
+        return M.summarise_pixels(maps, masks, device="cpu", **kwargs)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int32])
+@pytest.mark.parametrize("levels", [None, 6])
+def test_two_pass_path_equals_the_sort_path_bit_for_bit(monkeypatch: pytest.MonkeyPatch, dtype: type,
+                                                        levels: int | None) -> None:
+    """Several chunks, a buffer of a few values (many flushes, the last one partial), parallel
+    parts, ties between normal and anomalous pixels (levels): every count the metrics read and
+    every metric equal the one-pass sort path's exactly, and sklearn / the slow loops."""
+    maps, masks = make_set(12, k=7, size=18, levels=levels)
+    maps = (maps * 40).astype(dtype)                        # int32: integer maps, cast to float32
+    monkeypatch.setattr(pixels, "_CPU_CHUNK_PIXELS", 2 * 18 * 18)
+    monkeypatch.setattr(two_pass, "_MIN_BUFFER", 37)
+    monkeypatch.setattr(two_pass, "_BUFFER_PER_QUERY", 0)
+    monkeypatch.setattr(accumulators, "_PARALLEL_SORT_MIN", 1)
+    monkeypatch.setattr(accumulators, "_n_workers", lambda: 2)
+    s = M.summarise_pixels(maps, masks, device="cpu")
+    ref = _sort_path_summary(monkeypatch, maps, masks)
+    assert s.path.startswith("two-pass:") and ref.path.startswith("sort:")
+    grid = M.official_thresholds(ref.vmin, ref.vmax, ref.dtype)
+    for q in (ref.pos_values, grid):
+        assert np.array_equal(s.neg_cdf.count_lt(q), ref.neg_cdf.count_lt(q))
+        assert np.array_equal(s.neg_cdf.count_le(q), ref.neg_cdf.count_le(q))
+    assert (s.n_neg, s.n_pos, s.n_components, s.vmin, s.vmax, s.dtype) == \
+        (ref.n_neg, ref.n_pos, ref.n_components, ref.vmin, ref.vmax, ref.dtype)
+    assert pixel_auroc_from(s) == pixel_auroc_from(ref)
+    assert aupro_from(s) == aupro_from(ref) and aupro_official_from(s) == aupro_official_from(ref)
+    assert pixel_auroc_from(s)[0] == pytest.approx(sk_pixel_auroc(maps, masks), abs=1e-12)
+    assert aupro_from(s)[0] == pytest.approx(slow_aupro_mvtec(maps, masks), abs=1e-9)
+
+
+def test_two_pass_summary_answers_only_what_it_counted(monkeypatch: pytest.MonkeyPatch) -> None:
+    maps, masks = make_set(13)
+    s = M.summarise_pixels(maps, masks, device="cpu")
+    with pytest.raises(SPGError, match="official_steps"):
+        s.neg_cdf.count_le(np.array([0.123456789]))
+    with pytest.raises(SPGError, match="official_steps"):
+        aupro_official_from(s, 0.3, steps=50)
+    s50 = M.summarise_pixels(maps, masks, device="cpu", official_steps=50)
+    assert aupro_official_from(s50, 0.3, steps=50) == \
+        aupro_official_from(_sort_path_summary(monkeypatch, maps, masks), 0.3, steps=50)
+    nan_normal = maps.copy()
+    nan_normal[0, 0, 0] = np.nan                            # image 0 has no anomalous pixel
+    with pytest.raises(SPGError, match="NaN"):
+        M.summarise_pixels(nan_normal, masks, device="cpu")
 
 
 # --------------------------------------------------------------------------

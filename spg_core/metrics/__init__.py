@@ -7,6 +7,8 @@ One module per idea, one public entry per metric:
 ``summary``            :class:`PixelSummary`: the few arrays every pixel metric is a function of
 ``pixels``             :func:`summarise_pixels`: one streaming pass over maps and masks
 ``accumulators``       how a pass summarises each map dtype (16-bit histogram, or sort)
+``two_pass``           32/64-bit maps on CPU, unsmoothed: exact in two passes, no copy of the maps
+``official_grid``      the official AUPRO's 200-threshold grid (:func:`official_thresholds`)
 ``chunks``             reading chunks of maps and masks, labelling 8-connected components
 ``pixel_auroc``        :func:`pixel_auroc` (exact, over every pixel)
 ``aupro``              :func:`aupro` (exact MVTec AD) and :func:`aupro_official` (official SPG)
@@ -17,11 +19,12 @@ One module per idea, one public entry per metric:
 Definitions are in each module's docstring (SPG_METHOD.md, "Evaluation").
 """
 
-from .aupro import OFFICIAL_STEPS, aupro, aupro_official, official_thresholds, pro_curve
+from .aupro import aupro, aupro_official, pro_curve
 from .chunks import CONNECTIVITY
 from .evaluate import (AUPRO_VARIANTS, IMAGE_KEYS, METRIC_KEYS, PIXEL_KEYS, evaluate,
                        image_metrics_by_category, mean_over_categories, pixel_metrics_by_category)
 from .image import image_ap, image_auroc
+from .official_grid import OFFICIAL_STEPS, official_thresholds
 from .pixel_auroc import pixel_auroc
 from .pixels import summarise_pixels
 from .smoothing import smooth_maps

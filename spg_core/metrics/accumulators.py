@@ -3,12 +3,12 @@
 * 16-bit maps (float16, bfloat16): the *histogram path*, a 65536-bin ``bincount``
   of the raw bit patterns, ordered afterwards by the value each pattern encodes.
   Exact, O(pixels), ~10 MB of extra memory whatever the set size.
-* other maps: the *sort path*, normal pixels' values copied once (same dtype, one
-  buffer) and sorted in place in as many parts as there are CPU cores; the CDF sums
-  ``searchsorted`` over parts. Anomalous pixels (a few percent) are sorted with their
-  weights. Exact for the dtype given, O(n log n), one copy of the normal pixels: store
-  maps as float16 when its precision suffices. (Why 32-bit maps get no histogram path:
-  benchmarks/RESULTS.md, "Metrics".)
+* other maps on CUDA, or smoothed: the *sort path*, normal pixels' values copied once
+  (same dtype, one buffer) and sorted in place in as many parts as there are CPU cores;
+  the CDF sums ``searchsorted`` over parts. Anomalous pixels (a few percent) are sorted
+  with their weights. Exact for the dtype given, O(n log n), one copy of the normal
+  pixels. Unsmoothed 32/64-bit maps on CPU skip the copy in two passes (:mod:`.two_pass`).
+  (Why 32-bit maps get no histogram path: benchmarks/RESULTS.md, "Metrics".)
 
 On CUDA the same passes run with torch (``torch.bincount``, ``torch.sort``).
 """
@@ -130,6 +130,20 @@ def _n_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def sort_in_parts(data: np.ndarray) -> list[np.ndarray]:
+    """Sort ``data`` [n] in place as contiguous parts, one per CPU core, in parallel (numpy
+    releases the GIL): the sorted parts (views of ``data``), no merge (CDFs of parts add up)."""
+    n = _n_workers() if data.size >= _PARALLEL_SORT_MIN else 1
+    bounds = np.linspace(0, data.size, n + 1).astype(np.int64)
+    parts = [data[bounds[i]:bounds[i + 1]] for i in range(n) if bounds[i + 1] > bounds[i]]
+    if len(parts) > 1:
+        with ThreadPoolExecutor(len(parts)) as pool:
+            list(pool.map(np.ndarray.sort, parts))
+    elif parts:
+        parts[0].sort()
+    return parts
+
+
 class _SortAccumulator:
     """Streaming summary of maps of any other dtype: exact, via sorting.
 
@@ -176,16 +190,7 @@ class _SortAccumulator:
         data = self.buf[:self.fill]
         if isinstance(data, torch.Tensor):
             return [torch.sort(data).values] if self.fill else []
-        # Parallel in-place sorts of contiguous parts (numpy releases the GIL).
-        n = _n_workers() if self.fill >= _PARALLEL_SORT_MIN else 1
-        bounds = np.linspace(0, self.fill, n + 1).astype(np.int64)
-        parts = [data[bounds[i]:bounds[i + 1]] for i in range(n) if bounds[i + 1] > bounds[i]]
-        if len(parts) > 1:
-            with ThreadPoolExecutor(len(parts)) as pool:
-                list(pool.map(np.ndarray.sort, parts))
-        elif parts:
-            parts[0].sort()
-        return parts
+        return sort_in_parts(data)
 
     def finish(self, dtype_name: str) -> PixelSummary:
         parts = self._sorted_parts()
@@ -193,23 +198,29 @@ class _SortAccumulator:
         if any(bool(np.isnan(float(p[-1]))) for p in parts):
             raise SPGError("maps contain NaN values",
                            fix="check the model output; replace NaNs (e.g. np.nan_to_num) before evaluating")
-        pos = np.concatenate(self.pos_vals) if self.pos_vals else np.zeros(0)
-        w = np.concatenate(self.pos_w) if self.pos_w else np.zeros(0)
-        if pos.size and np.isnan(pos.astype(np.float64)).any():
-            raise SPGError("maps contain NaN values",
-                           fix="check the model output; replace NaNs (e.g. np.nan_to_num) before evaluating")
-        order = np.argsort(pos, kind="stable")
-        pos_sorted = pos[order].astype(np.float64)
-        values, counts, weights = _run_lengths(pos_sorted, w[order])
+        values, counts, weights = positive_runs(self.pos_vals, self.pos_w)
         extremes = [float(p[0]) for p in parts] + [float(p[-1]) for p in parts]
-        if pos_sorted.size:
-            extremes += [float(pos_sorted[0]), float(pos_sorted[-1])]
+        if values.size:
+            extremes += [float(values[0]), float(values[-1])]
         return PixelSummary(
-            n_neg=self.fill, n_pos=int(pos.size), n_components=self.n_components,
+            n_neg=self.fill, n_pos=int(counts.sum()), n_components=self.n_components,
             neg_cdf=_SortedCDF(parts), pos_values=values, pos_counts=counts, pos_weights=weights,
             vmin=min(extremes), vmax=max(extremes), path=f"sort:{dtype_name}",
             dtype="float64" if dtype_name == "float64" else "float32",
         )
+
+
+def positive_runs(pos_vals: list[np.ndarray], pos_w: list[np.ndarray]
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Anomalous pixels' values and PRO weights, gathered per chunk -> the summary's
+    (distinct values float64 [J] ascending, counts int64 [J], weight sums float64 [J])."""
+    pos = np.concatenate(pos_vals) if pos_vals else np.zeros(0)
+    w = np.concatenate(pos_w) if pos_w else np.zeros(0)
+    if pos.size and np.isnan(pos.astype(np.float64)).any():
+        raise SPGError("maps contain NaN values",
+                       fix="check the model output; replace NaNs (e.g. np.nan_to_num) before evaluating")
+    order = np.argsort(pos, kind="stable")
+    return _run_lengths(pos[order].astype(np.float64), w[order])
 
 
 def _run_lengths(sorted_vals: np.ndarray, weights: np.ndarray

@@ -30,12 +30,9 @@ import torch
 
 from ..errors import SPGError
 from ._inputs import Array
+from .official_grid import OFFICIAL_STEPS, official_thresholds
 from .pixels import summarise_pixels
 from .summary import PixelSummary
-
-OFFICIAL_STEPS = 200
-"""Thresholds of the official AUPRO grid (``max_step`` in riips/SPG ``cal_pro_score``)."""
-
 
 def _trapezoid(x: np.ndarray, y: np.ndarray) -> float:
     return float(np.sum(0.5 * (y[1:] + y[:-1]) * np.diff(x)))
@@ -91,20 +88,6 @@ def aupro_from(s: PixelSummary, max_fpr: float = 0.3) -> tuple[float, str | None
         return math.nan, reason
     x, y = pro_curve(s)
     return _area_up_to(x, y, max_fpr) / max_fpr, None
-
-
-def official_thresholds(vmin: float, vmax: float, dtype: str = "float32",
-                        steps: int = OFFICIAL_STEPS) -> np.ndarray:
-    """The official grid ``np.arange(min, max, (max - min) / steps)``, float64 [~steps].
-
-    ``min``, ``max`` and the step are computed in ``dtype`` (float32 unless the maps are
-    float64), as numpy does on the official code's float32 maps."""
-    ftype = np.float64 if dtype == "float64" else np.float32
-    lo, hi = ftype(vmin), ftype(vmax)
-    step = (hi - lo) / ftype(steps)
-    if not hi > lo or not math.isfinite(float(hi - lo)) or not step > 0:
-        return np.zeros(0)
-    return np.arange(lo, hi, step).astype(np.float64)
 
 
 def aupro_official_from(s: PixelSummary, max_fpr: float = 0.3,

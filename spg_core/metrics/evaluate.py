@@ -19,9 +19,10 @@ import torch
 
 from ..errors import SPGError
 from ._inputs import Array, _check_pixel_inputs, _dtype_name, _labels_1d, _scores_1d, metrics_device
-from .aupro import OFFICIAL_STEPS, aupro_from, aupro_official_from, check_max_fpr
+from .aupro import aupro_from, aupro_official_from, check_max_fpr
 from .chunks import CONNECTIVITY
 from .image import image_ap_checked, image_auroc_checked
+from .official_grid import OFFICIAL_STEPS
 from .pixel_auroc import pixel_auroc_from
 from .pixels import summarise_pixels
 

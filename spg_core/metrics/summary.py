@@ -18,7 +18,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..errors import SPGError
 from ._inputs import Array
+
 
 class _HistCDF:
     """CDF of normal pixels from a histogram over distinct values."""
@@ -80,6 +82,33 @@ class _SortedCDF:
         return self._count(q, inclusive=False)
 
 
+class _TabulatedCDF:
+    """CDF of normal pixels counted in advance at a fixed set of query values.
+
+    The two-pass path (:mod:`.two_pass`) knows every value a pixel metric asks about
+    before it counts: the anomalous pixels' values and the official threshold grid.
+    Any other query is an error, never a guess."""
+
+    def __init__(self, queries: np.ndarray, lt: np.ndarray, le: np.ndarray):
+        self.queries = queries          # float64 [Q] ascending, distinct
+        self.lt, self.le = lt, le       # int64 [Q]: normal pixels < / <= each query
+
+    def _rows(self, q: np.ndarray) -> np.ndarray:
+        q = np.asarray(q, dtype=np.float64)
+        rows = np.minimum(np.searchsorted(self.queries, q), max(self.queries.size - 1, 0))
+        if q.size and (self.queries.size == 0 or not np.array_equal(self.queries[rows], q)):
+            raise SPGError("this pixel summary counted normal pixels only at the anomalous values and "
+                           "the official 200-step grid; another query needs the maps again",
+                           fix="call summarise_pixels(..., official_steps=N) with the grid you evaluate")
+        return rows
+
+    def count_le(self, q: np.ndarray) -> np.ndarray:
+        return self.le[self._rows(q)]
+
+    def count_lt(self, q: np.ndarray) -> np.ndarray:
+        return self.lt[self._rows(q)]
+
+
 def _numpy_dtype(a: Array) -> np.dtype:
     if isinstance(a, torch.Tensor):
         return torch.empty((), dtype=a.dtype).numpy().dtype
@@ -106,7 +135,7 @@ class PixelSummary:
     n_neg: int
     n_pos: int
     n_components: int
-    neg_cdf: _HistCDF | _SortedCDF
+    neg_cdf: _HistCDF | _SortedCDF | _TabulatedCDF
     pos_values: np.ndarray
     pos_counts: np.ndarray
     pos_weights: np.ndarray

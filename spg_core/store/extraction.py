@@ -1,214 +1,44 @@
-"""TokenStore: frozen-backbone patch tokens on disk, extracted once and shared by many runs.
-
-One store per (dataset, split, backbone identity, resolution, layer). Layout (docs/STORE.md
-is the normative description):
-
-    STORE/manifest.json              identity, grid, dtype, per-image records, shard list
-    STORE/shard_00000.safetensors    tokens [n, N, D] fp16 + masks [n, ceil(S*S/8)] uint8 (bit-packed, S x S);
-                                     + cls [n, D] fp16 when the backbone has a CLS token (version 2);
-                                     its metadata `shard` records the image positions it covers
-    STORE/skipped.json               images skipped with --skip-bad, and why
+"""build_store: extract a dataset's patch tokens into a token store, re-using or resuming one.
 
 Shard i covers a fixed run of the image list (`shard_plan`), so the shards do not depend on
 how many processes extract them: under torchrun rank r writes shards i % world == r.
 Each shard is written atomically and is complete when its file exists; the manifest says
 `complete` only once every shard is, so an interrupted extraction (of any rank) resumes by
-extracting the missing shards. Shards are memory-mapped (safetensors is a JSON header
-followed by raw arrays), so a store larger than RAM is still usable.
+extracting the missing shards. The format is docs/STORE.md; its shared rules are layout.py.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import re
 import shutil
-import struct
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import distributed
-from .atomic import read_json, save_tensors, write_json
-from .backbones.base import Backbone
-from .data import Dataset, Sample
-from .errors import SPGError
-from .paths import cache_root
-from .images import image_to_uint8, load_image, load_mask, mask_to_tensor
-
-STORE_VERSION = 2   # 2: optional `cls` tensor per shard; v1 stores are rebuilt (with a note)
-DEFAULT_SHARD_IMAGES = 256
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-")[:40] or "data"
-
-
-def _records(samples: list[Sample]) -> list[dict[str, Any]]:
-    return [asdict(s) for s in samples]
-
-
-def store_key(dataset: Dataset, backbone: Backbone) -> dict[str, Any]:
-    """Everything that must match for stored tokens to be re-usable."""
-    return {
-        "version": STORE_VERSION,
-        "dataset": dataset.name,
-        "root": str(Path(dataset.root).resolve()),
-        "identity": backbone.identity(),
-        "dtype": "float16",
-        "images_sha": hashlib.sha256(json.dumps(_records(dataset.samples)).encode()).hexdigest(),
-    }
-
-
-def store_dir_for(dataset: Dataset, backbone: Backbone, cache_dir: str | Path | None = None) -> Path:
-    key = store_key(dataset, backbone)
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
-    ident = backbone.identity()
-    name = f"{_slug(dataset.name)}__{_slug(ident['backbone'])}__{ident['image_size']}__L{ident['layer']}__{digest}"
-    return cache_root(cache_dir) / "tokens" / name
-
-
-def _memmap_tensor(path: Path, name: str) -> np.ndarray:
-    """Memory-map one tensor of a safetensors file as a read-only numpy array."""
-    dtypes = {"F16": np.float16, "F32": np.float32, "U8": np.uint8, "I64": np.int64}
-    try:
-        with open(path, "rb") as fh:
-            (header_len,) = struct.unpack("<Q", fh.read(8))
-            header = json.loads(fh.read(header_len))
-        info = header[name]
-        start, end = info["data_offsets"]
-        shape = tuple(info["shape"])
-        dtype = dtypes[info["dtype"]]
-        if path.stat().st_size < 8 + header_len + end:
-            raise ValueError("file shorter than its header says")
-        return np.memmap(path, dtype=dtype, mode="r", offset=8 + header_len + start, shape=shape)
-    except (OSError, KeyError, ValueError, struct.error, json.JSONDecodeError) as exc:
-        raise SPGError(f"token shard is truncated or damaged ({exc})", path=str(path),
-                       fix="delete the token store folder; it is rebuilt on the next run") from None
-
-
-class TokenStore:
-    """Read access to a finished store: tokens `[n_img, N, D]` fp16 and masks `[n_img, S, S]`."""
-
-    def __init__(self, root: str | Path):
-        self.root = Path(root)
-        self.manifest = read_json(self.root / "manifest.json", what="token store manifest")
-        if not self.manifest.get("complete"):
-            raise SPGError("token store is incomplete (extraction was interrupted)", path=str(self.root),
-                           fix="re-run the same `spg extract` / `spg run` command to resume it")
-        self._tokens = [_memmap_tensor(self.root / s["file"], "tokens") for s in self.manifest["shards"]]
-        self._masks = [_memmap_tensor(self.root / s["file"], "masks") for s in self.manifest["shards"]]
-        self._cls = ([_memmap_tensor(self.root / s["file"], "cls") for s in self.manifest["shards"]]
-                     if self.manifest.get("cls") else None)
-        self._offsets = np.cumsum([0] + [s["count"] for s in self.manifest["shards"]])
-
-    # -- description ------------------------------------------------------------------
-    @property
-    def identity(self) -> dict[str, Any]:
-        return self.manifest["key"]["identity"]
-
-    @property
-    def grid(self) -> tuple[int, int]:
-        return tuple(self.identity["grid"])  # type: ignore[return-value]
-
-    @property
-    def image_size(self) -> int:
-        return int(self.identity["image_size"])
-
-    @property
-    def dim(self) -> int:
-        return int(self.identity["dim"])
-
-    @property
-    def num_images(self) -> int:
-        return int(self._offsets[-1])
-
-    @property
-    def num_patches(self) -> int:
-        h, w = self.grid
-        return h * w
-
-    @property
-    def images(self) -> list[dict[str, Any]]:
-        """Per-image records: image_path, mask_path, label, category, defect, split."""
-        return self.manifest["images"]
-
-    @property
-    def categories(self) -> list[str]:
-        return sorted({r["category"] for r in self.images})
-
-    def __len__(self) -> int:
-        return self.num_images
-
-    # -- access -------------------------------------------------------------------------
-    def _locate(self, index: int) -> tuple[int, int]:
-        shard = int(np.searchsorted(self._offsets, index, side="right") - 1)
-        return shard, index - int(self._offsets[shard])
-
-    def tokens(self, indices: list[int] | np.ndarray) -> torch.Tensor:
-        """Tokens of the given images as float32 `[B, N, D]`."""
-        out = np.empty((len(indices), self.num_patches, self.dim), dtype=np.float32)
-        for row, i in enumerate(indices):
-            shard, local = self._locate(int(i))
-            out[row] = self._tokens[shard][local]
-        return torch.from_numpy(out)
-
-    def masks(self, indices: list[int] | np.ndarray) -> torch.Tensor:
-        """Ground-truth masks of the given images as float32 `[B, S, S]` in {0, 1}."""
-        s = self.image_size
-        out = np.empty((len(indices), s, s), dtype=np.float32)
-        for row, i in enumerate(indices):
-            shard, local = self._locate(int(i))
-            out[row] = np.unpackbits(self._masks[shard][local], count=s * s).reshape(s, s)
-        return torch.from_numpy(out)
-
-    @property
-    def has_cls(self) -> bool:
-        return self._cls is not None
-
-    def cls(self, indices: list[int] | np.ndarray) -> torch.Tensor | None:
-        """CLS tokens of the given images as float32 `[B, D]`; None when the store has none."""
-        if self._cls is None:
-            return None
-        out = np.empty((len(indices), self.dim), dtype=np.float32)
-        for row, i in enumerate(indices):
-            shard, local = self._locate(int(i))
-            out[row] = self._cls[shard][local]
-        return torch.from_numpy(out)
-
-    def labels(self) -> np.ndarray:
-        return np.array([r["label"] for r in self.images], dtype=np.int64)
-
-    def iter_shards(self) -> Iterator[tuple[int, np.ndarray]]:
-        """Yield (first image index, fp16 tokens `[n, N, D]` memmap) per shard: the streaming path."""
-        for start, toks in zip(self._offsets[:-1], self._tokens):
-            yield int(start), toks
-
-    def all_tokens(self, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float16) -> torch.Tensor:
-        """Every token as one `[n_img * N, D]` tensor on `device` (caller checks it fits)."""
-        parts = [torch.from_numpy(np.array(t)).to(device=device, dtype=dtype) for _, t in self.iter_shards()]
-        return torch.cat(parts).reshape(-1, self.dim)
-
-    def all_cls(self, dtype: torch.dtype = torch.float16) -> torch.Tensor | None:
-        """Every image's CLS token `[n_img, D]` (CPU), None when the store has none."""
-        if self._cls is None:
-            return None
-        return torch.cat([torch.from_numpy(np.array(c)).to(dtype) for c in self._cls])
-
-
-# -- building -------------------------------------------------------------------------------
-
-def _pack_masks(masks: torch.Tensor) -> np.ndarray:
-    """`[B, S, S]` {0,1} -> `[B, ceil(S*S/8)]` uint8."""
-    flat = masks.reshape(masks.shape[0], -1).bool().numpy()
-    return np.packbits(flat, axis=1)
+from .. import distributed
+from ..atomic import read_json, save_tensors, write_json
+from ..backbones.base import Backbone
+from ..data import Dataset, Sample
+from ..errors import SPGError
+from ..images import image_to_uint8, load_image, load_mask, mask_to_tensor
+from .layout import (
+    DEFAULT_SHARD_IMAGES,
+    STORE_VERSION,
+    finished_shards,
+    image_records,
+    pack_masks,
+    shard_name,
+    shard_plan,
+    store_dir_for,
+    store_key,
+)
+from .reader import TokenStore
 
 
 class _CheckedImages(torch.utils.data.Dataset):
@@ -238,7 +68,7 @@ class _CheckedImages(torch.utils.data.Dataset):
         except SPGError as exc:
             image, mask, error = torch.zeros(3, size, size, dtype=torch.uint8), torch.zeros(size, size), str(exc)
         # Packed here, in the worker: the main process only moves bytes.
-        return {"image": image, "mask": torch.from_numpy(_pack_masks(mask[None])[0]), "index": i, "error": error}
+        return {"image": image, "mask": torch.from_numpy(pack_masks(mask[None])[0]), "index": i, "error": error}
 
 
 def build_store(dataset: Dataset, backbone: Backbone, *, cache_dir: str | Path | None = None,
@@ -257,7 +87,7 @@ def build_store(dataset: Dataset, backbone: Backbone, *, cache_dir: str | Path |
     root = store_dir_for(dataset, backbone, cache_dir)
     manifest_path = root / "manifest.json"
     if distributed.is_main():
-        _prepare(root, store_key(dataset, backbone), _records(dataset.samples), shard_images, backbone.has_cls)
+        _prepare(root, store_key(dataset, backbone), image_records(dataset.samples), shard_images, backbone.has_cls)
     distributed.barrier()                 # every rank now sees the same manifest
     manifest = read_json(manifest_path, what="token store manifest")
     if manifest.get("complete"):
@@ -305,41 +135,6 @@ def _prepare(root: Path, key: dict[str, Any], records: list[dict[str, Any]], sha
     root.mkdir(parents=True, exist_ok=True)
     write_json(manifest_path, {"key": key, "complete": False, "shard_images": shard_images, "cls": has_cls,
                                "images": records, "skipped": [], "shards": []})
-
-
-def shard_plan(num_images: int, shard_images: int) -> list[range]:
-    """Planned image positions of each shard: shard i holds positions [i*S, (i+1)*S) of the
-    dataset's image list (fewer rows when images were skipped). Fixed by the manifest alone,
-    so it is the same for any number of ranks and across resumes."""
-    return [range(lo, min(lo + shard_images, num_images)) for lo in range(0, num_images, shard_images)]
-
-
-def shard_name(index: int) -> str:
-    return f"shard_{index:05d}.safetensors"
-
-
-def _shard_info(path: Path) -> dict[str, Any] | None:
-    """A shard file's own record (its safetensors metadata), or None when absent or unreadable."""
-    try:
-        with open(path, "rb") as fh:
-            (header_len,) = struct.unpack("<Q", fh.read(8))
-            header = json.loads(fh.read(header_len))
-        return json.loads(header["__metadata__"]["shard"])
-    except (OSError, KeyError, ValueError, TypeError, struct.error):
-        return None
-
-
-def finished_shards(root: Path, plan: list[range]) -> dict[int, dict[str, Any]]:
-    """Planned shards whose file is on disk and records the planned positions: {index: record}.
-
-    A shard file is written whole or not at all (temp file + rename), so its presence is its
-    completion; the record check rejects a shard left by another plan (another --shard size)."""
-    done = {}
-    for i, positions in enumerate(plan):
-        info = _shard_info(root / shard_name(i))
-        if info is not None and (info.get("begin"), info.get("end")) == (positions.start, positions.stop):
-            done[i] = info
-    return done
 
 
 def _final_manifest(root: Path, manifest: dict[str, Any], plan: list[range]) -> dict[str, Any]:
