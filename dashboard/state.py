@@ -150,21 +150,47 @@ def image_at(path: str, size: int) -> np.ndarray:
     return np.asarray(load_image(path).resize((size, size), Image.BICUBIC))
 
 
+def stored_mask(run: Path, which: str, index: int) -> np.ndarray:
+    """Ground-truth mask `[S, S]` bool of image `index` of the run's 'target_store' or 'aux_store'."""
+    return store_of(run, which).masks([index])[0].numpy() > 0.5
+
+
 def target_mask(run: Path, index: int) -> np.ndarray:
     """Ground-truth mask `[S, S]` bool of target image `index` (from the target store)."""
-    store = store_of(run, "target_store")
-    return store.masks([index])[0].numpy() > 0.5
+    return stored_mask(run, "target_store", index)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def store_images(path: str, sig: tuple[float, ...], which: str) -> list[dict[str, Any]]:
+    """The image records (image_path, category, defect, label) of the run's 'target_store' or 'aux_store'."""
+    return store_of(Path(path), which).images
+
+
+@st.cache_data(show_spinner=False, max_entries=128)
+def stored_patch_map(path: str, sig: tuple[float, ...], which: str, index: int) -> tuple[np.ndarray, float]:
+    """(patch probabilities `[h, w]`, image score) of image `index` of the run's 'target_store' or
+    'aux_store', scored by the run's Scorer from the stored tokens (auxiliary images have no stored maps)."""
+    pred = predictor(path, sig)
+    store = store_of(Path(path), which)
+    probs, _, scores = pred.scorer(store.tokens([index]), store.cls([index]))
+    return probs[0].reshape(store.grid).numpy(), float(scores[0])
 
 
 # -- attribution -------------------------------------------------------------------------------
 
 @st.cache_resource(show_spinner=False, max_entries=64)
-def target_attribution(path: str, sig: tuple[float, ...], index: int):
-    """Per-atom contributions for every patch of target image `index` (an atoms.Attribution)."""
+def stored_attribution(path: str, sig: tuple[float, ...], which: str, index: int):
+    """(tokens `[1, N, D]`, atoms.Attribution) of image `index` of the run's 'target_store' or 'aux_store':
+    computed once per image, so moving a region over it only averages (region -> atoms)."""
     from spg_core.atoms import attribute
     pred = predictor(path, sig)
-    tokens = store_of(Path(path), "target_store").tokens([index])
-    return attribute(tokens, pred.dictionary, pred.guides, tau=pred.cfg.guides.tau)
+    tokens = store_of(Path(path), which).tokens([index])
+    return tokens, attribute(tokens, pred.dictionary, pred.guides, tau=pred.cfg.guides.tau)
+
+
+def target_attribution(path: str, sig: tuple[float, ...], index: int):
+    """Per-atom contributions for every patch of target image `index` (an atoms.Attribution)."""
+    return stored_attribution(path, sig, "target_store", index)[1]
 
 
 def atom_tags(path: str, sig: tuple[float, ...]) -> dict[int, str]:
@@ -191,21 +217,20 @@ def stored_region_atoms(path: str, sig: tuple[float, ...], which: str, index: in
                         rows: tuple[int, int], cols: tuple[int, int], k: int = 8):
     """atoms.region.RegionAtoms for grid cells rows x cols of image `index` of the run's
     'target_store' or 'aux_store'."""
-    from spg_core.atoms import attribute
     from spg_core.atoms.region import cell_patches, region_atoms
-    pred = predictor(path, sig)
-    store = store_of(Path(path), which)
-    tokens = store.tokens([index])
-    attr = attribute(tokens, pred.dictionary, pred.guides, tau=pred.cfg.guides.tau)
-    return region_atoms(pred.sae, tokens[0], attr, cell_patches(rows, cols, store.grid), k=k)
+    tokens, attr = stored_attribution(path, sig, which, index)
+    grid = store_of(Path(path), which).grid
+    return region_atoms(predictor(path, sig).sae, tokens[0], attr, cell_patches(rows, cols, grid), k=k)
 
 
-def upload_region_atoms(path: str, sig: tuple[float, ...], prediction: "Prediction",
+@st.cache_data(show_spinner=False, max_entries=256)
+def upload_region_atoms(path: str, sig: tuple[float, ...], name: str, data: bytes,
                         rows: tuple[int, int], cols: tuple[int, int], k: int = 8):
-    """atoms.region.RegionAtoms for grid cells rows x cols of an uploaded image's tokens."""
+    """atoms.region.RegionAtoms for grid cells rows x cols of an uploaded image (scored by `predict_upload`)."""
     from spg_core.atoms import attribute
     from spg_core.atoms.region import cell_patches, region_atoms
     pred = predictor(path, sig)
+    prediction = predict_upload(path, sig, name, data)
     tokens = prediction.tokens[None]
     attr = attribute(tokens, pred.dictionary, pred.guides, tau=pred.cfg.guides.tau)
     return region_atoms(pred.sae, tokens[0], attr, cell_patches(rows, cols, prediction.probs.shape), k=k)

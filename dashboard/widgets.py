@@ -6,8 +6,10 @@ Every map uses `spg_core.render.COLORSCALE` (plotly) or `render.colorize` /
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import html
+import io
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -173,10 +175,8 @@ def patch_map_figure(image: Image.Image | np.ndarray, probs: np.ndarray, *, opac
     draws a box (a region) instead of a click selecting a patch.
     """
     h, w = probs.shape
-    if not isinstance(image, Image.Image):
-        image = Image.fromarray(np.asarray(image, dtype=np.uint8))
-    full = display_map(probs, image.size[0], smoothing_sigma)
-    picture = map_picture(image, full, scale, alpha=opacity, contour_level=contour_level, truth=truth)
+    picture = map_picture_uri(np.asarray(image, dtype=np.uint8), np.asarray(probs), scale, opacity, smoothing_sigma,
+                              contour_level, None if truth is None else np.asarray(truth, dtype=bool))
     fig = go.Figure()
     fig.add_layout_image(source=picture, xref="x", yref="y", x=-0.5, y=-0.5, sizex=w, sizey=h,
                          sizing="stretch", layer="below")
@@ -209,6 +209,20 @@ def patch_map_figure(image: Image.Image | np.ndarray, probs: np.ndarray, *, opac
     else:
         fig.update_layout(margin=dict(l=4, r=4, t=4, b=4))
     return fig
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def map_picture_uri(image: np.ndarray, probs: np.ndarray, scale: MapScale, opacity: float, smoothing_sigma: float,
+                    contour_level: float | None, truth: np.ndarray | None) -> str:
+    """The map picture of `patch_map_figure` as a PNG data URI: image `[S, S, 3]` uint8, patch probabilities
+    `[h, w]`, truth `[S, S]` bool. Upsampling, smoothing, colouring and PNG encoding are most of a map
+    page's rerun, and a rerun after a click or a new region draws the same picture: cached on its inputs."""
+    pil = Image.fromarray(image)
+    full = display_map(probs, pil.size[0], smoothing_sigma)
+    picture = map_picture(pil, full, scale, alpha=opacity, contour_level=contour_level, truth=truth)
+    buf = io.BytesIO()
+    picture.save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
 def selected_box(event: Any) -> tuple[tuple[int, int], tuple[int, int]] | None:

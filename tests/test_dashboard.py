@@ -627,6 +627,87 @@ def test_region_on_the_maps_page_lists_the_engines_atoms(runs_root, monkeypatch)
     assert len(tiles) == min(6, len(index.entries(atom))) and len(at.image) >= before - 6
 
 
+def _cell_box(cells):
+    """((row0, row1), (col0, col1)) bounding the True cells of a `[h, w]` bool grid."""
+    import numpy as np
+    rows, cols = np.nonzero(cells)
+    return (int(rows.min()), int(rows.max())), (int(cols.min()), int(cols.max()))
+
+
+def _shown_region(at: AppTest, rows, cols):
+    """Set the auxiliary view's region sliders; returns the shown (activation, contribution) tables."""
+    import pandas as pd
+
+    k = f"{RUN}::aux::region::"
+    at.slider(key=k + "rows").set_value(rows).run()
+    at.slider(key=k + "cols").set_value(cols).run()
+    assert_clean(at)
+    said = texts(at)
+    assert f"Region: rows {rows[0]}-{rows[1]}, columns {cols[0]}-{cols[1]}" in said
+    tables = []
+    for columns, empty in ((("atom", "inside", "outside"), "No atom fires inside this region."),
+                           (("atom", "guide", "contribution"), "No atom pushes this region towards 'anomalous'.")):
+        try:
+            tables.append(frame_with(at, *columns))
+        except AssertionError:           # an empty ranking is said in words, not shown as an empty table
+            assert empty in said, columns
+            tables.append(pd.DataFrame(columns=list(columns)))
+    return tuple(tables)
+
+
+def _best_excess(act) -> float:
+    """The largest 'mean activation inside' minus 'elsewhere' of a shown activation table (0 when empty)."""
+    return float((act["inside"] - act["outside"]).max()) if len(act) else 0.0
+
+
+@pytest.mark.slow
+def test_region_on_an_auxiliary_defect_shows_atoms_that_fire_there_more_than_on_good_surface(runs_root, monkeypatch):
+    from spg_core.atoms import attribute
+    from spg_core.atoms.region import cell_patches, region_atoms
+    from spg_core.inference import Predictor
+
+    store, index, mask = _aux_defect_image(runs_root)
+    h, w = store.grid
+    s = store.image_size
+    coverage = mask.reshape(h, s // h, w, s // w).mean(axis=(1, 3))           # [h, w] defect share per cell
+    defect = _cell_box(coverage >= 0.5)                       # cells at least half defect: inside the mask
+    size = (defect[0][1] - defect[0][0], defect[1][1] - defect[1][0])
+    good = None                                               # the same-size box with no mask pixel in it
+    for r0, c0 in ((0, 0), (0, w - 1 - size[1]), (h - 1 - size[0], 0), (h - 1 - size[0], w - 1 - size[1])):
+        box = (r0, r0 + size[0]), (c0, c0 + size[1])
+        if not coverage[box[0][0]:box[0][1] + 1, box[1][0]:box[1][1] + 1].any():
+            good = box
+            break
+    assert good is not None, "the defect reaches every corner"
+
+    at = open_app(runs_root, monkeypatch, page="maps.py", run=RUN)
+    at.segmented_control(key=f"{RUN}::source").set_value("auxiliary set").run()
+    at.selectbox(key=f"{RUN}::aux::image").set_value(index).run()
+    assert_clean(at)
+    record = store.images[index]
+    name = f"{Path(record['image_path']).parent.name}/{Path(record['image_path']).name}"
+    assert "Auxiliary image and ground truth" in texts(at)
+    assert any(i.proto.imgs and i.proto.imgs[0].caption == f"{name}: defect mask outlined in green" for i in at.image)
+    act_defect, con_defect = _shown_region(at, *defect)
+    act_good, con_good = _shown_region(at, *good)
+
+    # What is shown is the engine's answer for this auxiliary image (not a target image's).
+    pred = Predictor(runs_root / RUN, device="cpu")
+    tokens = store.tokens([index])
+    attr = attribute(tokens, pred.dictionary, pred.guides, tau=pred.cfg.guides.tau)
+    expected = region_atoms(pred.sae, tokens[0], attr, cell_patches(*defect, store.grid))
+    assert act_defect["atom"].tolist() == [r["atom"] for r in expected.activation]
+    # The atoms shown for the defect fire more inside it than on the good box of the same image.
+    codes = pred.sae.encode_dense(tokens[0]).detach().numpy()                 # [N, M]
+    on_good = cell_patches(*good, store.grid)
+    for atom, inside in zip(act_defect["atom"][:3], act_defect["inside"][:3]):
+        assert inside > codes[on_good, int(atom)].mean(), atom
+    # From the tables alone: the defect box's best atom stands out from the rest of the image more than
+    # the good box's best does, and the defect box is pushed towards 'anomalous' more.
+    assert _best_excess(act_defect) > _best_excess(act_good)
+    assert con_defect["contribution"].sum() > con_good["contribution"].sum()
+
+
 def test_atoms_page_kind_heatmap_opens_a_cells_patches(runs_root, monkeypatch):
     at = open_app(runs_root, monkeypatch, page="atoms.py", run=RUN)
     k = f"{RUN}::atoms::"
