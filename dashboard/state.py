@@ -20,7 +20,7 @@ from PIL import Image
 from spg_core import run_paths, uploads
 from spg_core.errors import SPGError
 
-from .viewmodels import atom_detail, attribution, health, sweeps
+from .viewmodels import atom_detail, attribution, health, sweeps, targets
 
 RUN_KEY = "chosen_run"   # session_state key of the chosen run (root-relative name)
 RUN_WIDGET = "run"       # key of the sidebar's run selectbox
@@ -141,6 +141,12 @@ def smoothing_sigma(path: str, sig: tuple[float, ...]) -> float:
     return float(run_config(path, sig).get("score", {}).get("smoothing_sigma", 0.0))
 
 
+@st.cache_data(show_spinner=False, max_entries=64)
+def target_frame(path: str, sig: tuple[float, ...], threshold: float):
+    """targets.target_table of the run's target images at `threshold` (outcome and short name per image)."""
+    return targets.target_table(target_outputs(path, sig).rows, threshold)
+
+
 # -- images -----------------------------------------------------------------------------------
 
 @st.cache_data(show_spinner=False, max_entries=256)
@@ -193,6 +199,13 @@ def target_attribution(path: str, sig: tuple[float, ...], index: int):
     return stored_attribution(path, sig, "target_store", index)[1]
 
 
+@st.cache_data(show_spinner=False, max_entries=256)
+def patch_contributions(path: str, sig: tuple[float, ...], index: int, patch: int, k: int = 6):
+    """attribution.patch_contributions of one patch of target image `index` (tagged)."""
+    return attribution.patch_contributions(target_attribution(path, sig, index), patch, k=k,
+                                           tags=atom_tags(path, sig))
+
+
 def atom_tags(path: str, sig: tuple[float, ...]) -> dict[int, str]:
     """{atom: tag} from the run's atom statistics, or {} when the run has no atom index."""
     try:
@@ -212,28 +225,43 @@ def atom_ranking(path: str, sig: tuple[float, ...]) -> dict[str, list[dict[str, 
     return rank_atoms(predictor(path, sig).guides)
 
 
+@st.cache_resource(show_spinner=False, max_entries=64)
+def stored_image_atoms(path: str, sig: tuple[float, ...], which: str, index: int):
+    """atoms.region.ImageAtoms (SAE codes and net contributions) of image `index` of the run's
+    'target_store' or 'aux_store': once per image, so a new region costs two masked means."""
+    from spg_core.atoms.region import image_atoms
+    tokens, attr = stored_attribution(path, sig, which, index)
+    return image_atoms(predictor(path, sig).sae, tokens[0], attr)
+
+
 @st.cache_data(show_spinner=False, max_entries=256)
 def stored_region_atoms(path: str, sig: tuple[float, ...], which: str, index: int,
                         rows: tuple[int, int], cols: tuple[int, int], k: int = 8):
     """atoms.region.RegionAtoms for grid cells rows x cols of image `index` of the run's
     'target_store' or 'aux_store'."""
-    from spg_core.atoms.region import cell_patches, region_atoms
-    tokens, attr = stored_attribution(path, sig, which, index)
+    from spg_core.atoms.region import cell_patches, rank_region
     grid = store_of(Path(path), which).grid
-    return region_atoms(predictor(path, sig).sae, tokens[0], attr, cell_patches(rows, cols, grid), k=k)
+    return rank_region(stored_image_atoms(path, sig, which, index), cell_patches(rows, cols, grid), k=k)
+
+
+@st.cache_resource(show_spinner=False, max_entries=32)
+def upload_image_atoms(path: str, sig: tuple[float, ...], name: str, data: bytes):
+    """atoms.region.ImageAtoms of an uploaded image (scored by `predict_upload`)."""
+    from spg_core.atoms import attribute
+    from spg_core.atoms.region import image_atoms
+    pred = predictor(path, sig)
+    tokens = predict_upload(path, sig, name, data).tokens[None]
+    attr = attribute(tokens, pred.dictionary, pred.guides, tau=pred.cfg.guides.tau)
+    return image_atoms(pred.sae, tokens[0], attr)
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
 def upload_region_atoms(path: str, sig: tuple[float, ...], name: str, data: bytes,
                         rows: tuple[int, int], cols: tuple[int, int], k: int = 8):
-    """atoms.region.RegionAtoms for grid cells rows x cols of an uploaded image (scored by `predict_upload`)."""
-    from spg_core.atoms import attribute
-    from spg_core.atoms.region import cell_patches, region_atoms
-    pred = predictor(path, sig)
-    prediction = predict_upload(path, sig, name, data)
-    tokens = prediction.tokens[None]
-    attr = attribute(tokens, pred.dictionary, pred.guides, tau=pred.cfg.guides.tau)
-    return region_atoms(pred.sae, tokens[0], attr, cell_patches(rows, cols, prediction.probs.shape), k=k)
+    """atoms.region.RegionAtoms for grid cells rows x cols of an uploaded image."""
+    from spg_core.atoms.region import cell_patches, rank_region
+    grid = predict_upload(path, sig, name, data).probs.shape
+    return rank_region(upload_image_atoms(path, sig, name, data), cell_patches(rows, cols, grid), k=k)
 
 
 @st.cache_resource(show_spinner="Measuring each guide atom inside each auxiliary defect kind ...", max_entries=8)

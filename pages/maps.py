@@ -11,8 +11,7 @@ from PIL import Image
 
 from dashboard import nav, region_panel, state, widgets
 from dashboard.viewmodels.targets import (OUTCOME_FILTERS, filter_targets, format_score, image_table, patch_at,
-                                         peak_patch, target_table, threshold_range)
-from dashboard.viewmodels.attribution import patch_contributions
+                                         peak_patch, threshold_range)
 from spg_core.render import PROBABILITY_SCALE, fitted_scale, sigmoid
 from spg_core.thresholds import best_f1_threshold
 from spg_core.atoms import patch_crop
@@ -69,7 +68,7 @@ def image_panel(image: np.ndarray, mask: np.ndarray, info: dict[str, Any], thres
     verdict = f"{info['outcome']} at {format_score(threshold)}"
     st.markdown(f"**Image and ground truth** {widgets.pill(label, label)} {widgets.pill(info['defect'])} "
                 f"{widgets.pill(verdict, info['outcome'])}", unsafe_allow_html=True)
-    st.image(widgets.image_with_mask(image, mask), width="stretch",
+    st.image(widgets.image_with_mask_png(image, mask), width="stretch",
              caption=f"{info['name']}: ground truth outlined in green")
     st.metric("Image score", format_score(info["score"]), border=True,
               help="the image's anomaly score: its map pooled with the run's aggregation (max, mean or LSE)")
@@ -90,7 +89,7 @@ def patch_panel(image: np.ndarray, index: int, grid: tuple[int, int], size: int)
         crop = patch_crop(Image.fromarray(image), patch, grid, size, context=2, out=150, outline=(255, 255, 255))
         crop_col.image(crop, width=140, caption=f"row {r}, column {c}")
         text_col.metric("Patch p(anomaly)", format_score(p), border=True)
-        contrib = patch_contributions(attr, patch, k=6, tags=state.atom_tags(str(run), sig))
+        contrib = state.patch_contributions(str(run), sig, index, patch)
         if contrib.empty:
             st.info("No atom contributes to this patch.")
         else:
@@ -230,7 +229,7 @@ def aux_images() -> None:
         label = "anomalous" if info["label"] else "normal"
         st.markdown(f"**Auxiliary image and ground truth** {widgets.pill(label, label)} "
                     f"{widgets.pill(info['defect'])}", unsafe_allow_html=True)
-        st.image(widgets.image_with_mask(image, mask), width="stretch",
+        st.image(widgets.image_with_mask_png(image, mask), width="stretch",
                  caption=f"{info['name']}: defect mask outlined in green")
         st.metric("Image score", format_score(score), border=True,
                   help="scored now from the stored auxiliary tokens with the run's guides and aggregation")
@@ -267,7 +266,7 @@ def main() -> None:
     with widgets.guard("The auxiliary threshold cannot be computed for this run"):
         record = state.run_threshold(str(run), sig)
     threshold = threshold_control([r["score"] for r in target.rows], [r["label"] for r in target.rows], record)
-    frame = target_table(target.rows, threshold)
+    frame = state.target_frame(str(run), sig, threshold)
     outcome_pills(frame)
     rows = choose_images(frame)
     if rows.empty:
