@@ -51,7 +51,7 @@ def take(runs: Path, out: Path, run: str | None) -> list[Path]:
                 written.append(path)
                 print(f"{path}")
                 if url == "maps":                # the auxiliary view: a defect's map and its region's atoms
-                    page.get_by_role("button", name="auxiliary set").click()
+                    page.get_by_role("radio", name="auxiliary set").click()
                     wait_ready(page, title)
                     path = out / "maps_auxiliary.png"
                     page.screenshot(path=str(path))

@@ -234,10 +234,12 @@ def aux_images() -> None:
         st.metric("Image score", format_score(score), border=True,
                   help="scored now from the stored auxiliary tokens with the run's guides and aggregation")
     with middle:
-        st.markdown("**Anomaly map** (drag a box to select a region; click a patch to centre one on it)")
+        st.markdown("**Anomaly map** (click a patch to centre a region on it; switch on box drawing to drag one)")
+        drawing = st.toggle("Drag draws a region box", value=False, key=akey + "box_mode",
+                            help="on: drag on the map to box a region; off: a click centres a 3 x 3 region")
         fig = widgets.patch_map_figure(image, probs, opacity=opacity, scale=scale, smoothing_sigma=sigma,
                                        contour_level=contour, truth=mask, region=region, height=380,
-                                       box_select=True)
+                                       box_select=drawing)
         st.plotly_chart(fig, key=akey + "map", selection_mode=("points", "box"), config={"displayModeBar": False},
                         on_select=region_panel.on_region_select(akey + "region::", akey + "map", store.grid))
         st.caption(f"{scale.legend}. White outline: p {contour:.2g}; green: the defect mask.")
