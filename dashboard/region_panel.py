@@ -53,6 +53,23 @@ def on_region_select(key: str, chart_key: str, grid: tuple[int, int]) -> Callabl
     return callback
 
 
+def maps_keys(run_name: str) -> tuple[str, str]:
+    """(the Anomaly maps page's per-run key prefix, its auxiliary view's prefix)."""
+    return f"{run_name}::", f"{run_name}::aux::"
+
+
+def open_aux_region(run_name: str, image: int, patch: int, grid: tuple[int, int]) -> None:
+    """Open the Anomaly maps page on auxiliary image `image`, with a 3 x 3 region centred on `patch`
+    (e.g. one of an atom's top patches: what else fires around it)."""
+    key, akey = maps_keys(run_name)
+    st.session_state[key + "source"] = "auxiliary set"
+    st.session_state[akey + "category"] = st.session_state[akey + "defect"] = "all"
+    st.session_state[akey + "image"] = st.session_state[akey + "region_of"] = int(image)
+    st.session_state[akey + "region::rows"], st.session_state[akey + "region::cols"] = \
+        box_around(divmod(int(patch), grid[1]), grid)
+    nav.open_page("maps.py")
+
+
 def reset_region(key: str) -> None:
     """Forget the region (another image opened)."""
     for suffix in ("rows", "cols"):

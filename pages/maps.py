@@ -23,7 +23,7 @@ widgets.page_header("Anomaly maps", "Target or auxiliary images with their anoma
 health = widgets.run_health(run)
 widgets.require(health, [PATCH_MAPS, SCORES], "Browsing anomaly maps")
 sig = state.signature(run)
-key = f"{run.name}::"       # per-run widget keys: another run has other images and scores
+key, akey = region_panel.maps_keys(run.name)   # per-run widget keys: another run has other images
 
 
 def choose_images(frame: pd.DataFrame) -> pd.DataFrame:
@@ -190,7 +190,6 @@ def on_map_select() -> None:
 def aux_images() -> None:
     """Auxiliary images (the set the guides were fitted on): map, defect mask and region -> atoms, so a
     region can be asked about on images with known defects the target set does not have."""
-    akey = key + "aux::"
     store = state.store_of(run, "aux_store")
     frame = image_table(state.store_images(str(run), sig, "aux_store"))
     c1, c2 = st.columns(2)
@@ -256,7 +255,8 @@ SOURCES = {"target set": "target_store", "auxiliary set": "aux_store"}
 
 
 def main() -> None:
-    source = st.segmented_control("Images from", list(SOURCES), default="target set", key=key + "source",
+    st.session_state.setdefault(key + "source", "target set")    # (other pages may open the auxiliary view)
+    source = st.segmented_control("Images from", list(SOURCES), key=key + "source",
                                   help="target: the images the run was evaluated on; auxiliary: the labelled "
                                        "images its guides were fitted on") or "target set"
     if source == "auxiliary set":

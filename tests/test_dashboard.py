@@ -708,6 +708,40 @@ def test_region_on_an_auxiliary_defect_shows_atoms_that_fire_there_more_than_on_
     assert con_defect["contribution"].sum() > con_good["contribution"].sum()
 
 
+@pytest.mark.slow
+def test_an_atoms_top_patch_opens_its_auxiliary_image_in_the_region_view(runs_root, monkeypatch):
+    from spg_core.atoms import load_atoms
+    from spg_core.atoms.region import cell_patches, region_atoms
+    from spg_core.inference import Predictor
+    from spg_core.atoms import attribute
+    from spg_core.store import TokenStore
+
+    at = open_app(runs_root, monkeypatch, page="atom_detail.py", run=RUN)
+    k = f"{RUN}::atom::"
+    atom = at.selectbox(key=k + "pick").value
+    index, _ = load_atoms(runs_root / RUN)
+    entry = index.entries(atom)[1]                     # the atom's second strongest auxiliary patch
+    at.selectbox(key=k + "region_pick").set_value(1).run()
+    at.button(key=k + "open_region").click().run()
+    assert_clean(at)
+    assert "Auxiliary image and ground truth" in texts(at)                  # the Maps page's auxiliary view
+    assert at.selectbox(key=f"{RUN}::aux::image").value == entry["image"]
+    h, w = index.meta["grid"]
+    r, c = divmod(entry["patch"], w)
+    rows, cols = (max(r - 1, 0), min(r + 1, h - 1)), (max(c - 1, 0), min(c + 1, w - 1))
+    assert f"Region: rows {rows[0]}-{rows[1]}, columns {cols[0]}-{cols[1]}" in texts(at)
+    # The region's tables are the engine's answer there, and the atom fires inside it (it is a top patch).
+    pred = Predictor(runs_root / RUN, device="cpu")
+    store = TokenStore(pred.config["aux_store"])
+    tokens = store.tokens([entry["image"]])
+    attr = attribute(tokens, pred.dictionary, pred.guides, tau=pred.cfg.guides.tau)
+    expected = region_atoms(pred.sae, tokens[0], attr, cell_patches(rows, cols, store.grid))
+    act = frame_with(at, "atom", "inside", "outside")
+    assert act["atom"].tolist() == [e["atom"] for e in expected.activation]
+    codes = pred.sae.encode_dense(tokens[0]).detach().numpy()
+    assert codes[cell_patches(rows, cols, store.grid), atom].mean() > 0
+
+
 def test_atoms_page_kind_heatmap_opens_a_cells_patches(runs_root, monkeypatch):
     at = open_app(runs_root, monkeypatch, page="atoms.py", run=RUN)
     k = f"{RUN}::atoms::"
