@@ -40,7 +40,7 @@ def take(runs: Path, out: Path, run: str | None) -> list[Path]:
                 page.goto(f"http://localhost:{port}/{url}")
                 wait_ready(page, title)
                 if run:
-                    picker = page.get_by_label("Run")
+                    picker = page.get_by_role("combobox", name="Run")    # the sidebar's run selectbox
                     if picker.count():
                         picker.first.click()
                         page.get_by_role("option", name=run, exact=True).click()
