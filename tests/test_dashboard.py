@@ -144,6 +144,31 @@ def test_best_threshold_and_outcomes():
     assert [targets.outcome(s, y, 0.5) for s, y in ((0.9, 1), (0.9, 0), (0.1, 1), (0.1, 0))] == ["TP", "FP", "FN", "TN"]
 
 
+def test_region_ranking_from_an_images_codes_and_contributions():
+    """A region is ranked from one image's precomputed codes and net contributions (atoms.region.ImageAtoms)."""
+    import torch
+
+    from spg_core.atoms.region import ImageAtoms, cell_patches, rank_region
+
+    grid = (4, 4)
+    region = cell_patches((0, 1), (0, 1), grid)                       # the top-left 2 x 2 cells
+    codes = torch.zeros(16, 3)
+    codes[:, 0] = 1.0                                                 # atom 0: the same everywhere
+    codes[torch.as_tensor(region), 1] = 2.0                           # atom 1: only inside the region
+    codes[~torch.as_tensor(region), 2] = 0.5                          # atom 2: only outside
+    net = torch.zeros(16, 2)
+    net[torch.as_tensor(region), 0] = 0.3                             # atom 7 pushes the region to 'anomalous'
+    net[:, 1] = -0.1                                                  # atom 9 pulls everywhere to 'normal'
+    found = ImageAtoms(codes, torch.tensor([7, 9]), net, frozenset({7}), frozenset({9}))
+    ranked = rank_region(found, region, k=3)
+    assert ranked.patches == 4
+    assert [r["atom"] for r in ranked.activation] == [1, 0]           # 2 never fires inside: left out
+    assert ranked.activation[0]["inside"] == pytest.approx(2.0) and ranked.activation[1]["outside"] == 1.0
+    assert ranked.contribution == [{"atom": 7, "guide": "anomaly", "contribution": pytest.approx(0.3)}]
+    with pytest.raises(SPGError, match="no patch"):
+        rank_region(found, cell_patches((0, 0), (0, 0), grid) & False)
+
+
 # -- pages on the small run ------------------------------------------------------------------------
 
 def test_empty_root_says_how_to_make_a_run(tmp_path, monkeypatch):
