@@ -251,12 +251,12 @@ def aux_images() -> None:
                               *region)
 
 
-SOURCES = {"target set": "target_store", "auxiliary set": "aux_store"}
+SOURCES = ("target set", "auxiliary set")     # the Images-from choice: the run's target or auxiliary store
 
 
 def main() -> None:
     st.session_state.setdefault(key + "source", "target set")    # (other pages may open the auxiliary view)
-    source = st.segmented_control("Images from", list(SOURCES), key=key + "source",
+    source = st.segmented_control("Images from", SOURCES, key=key + "source",
                                   help="target: the images the run was evaluated on; auxiliary: the labelled "
                                        "images its guides were fitted on") or "target set"
     if source == "auxiliary set":
