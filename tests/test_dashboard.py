@@ -389,6 +389,23 @@ def test_try_an_image_scores_uploads_and_refuses_bad_files(runs_root, monkeypatc
     sample_row = next(r for r in rows if r["image_path"] == first_anomalous)
     assert float(metric(at, "Image score")) == pytest.approx(sample_row["score"], abs=0.02, rel=0.05)
 
+    # Region -> atoms on the scored image: the tables are the engine's answer for the new image's tokens.
+    from spg_core.atoms import attribute
+    from spg_core.atoms.region import cell_patches, region_atoms
+    from spg_core.inference import Predictor
+
+    name = Path(first_anomalous).name
+    rk = f"try_region_{name}::"
+    at.slider(key=rk + "rows").set_value((4, 8)).run()
+    at.slider(key=rk + "cols").set_value((10, 14)).run()
+    assert_clean(at)
+    assert "Region: rows 4-8, columns 10-14 (25 patches)" in texts(at)
+    pred = Predictor(runs_root / RUN, device="cpu")
+    out = pred.predict_images([uploads.decode_upload(name, Path(first_anomalous).read_bytes())])
+    attr = attribute(out["tokens"], pred.dictionary, pred.guides, tau=pred.cfg.guides.tau)
+    expected = region_atoms(pred.sae, out["tokens"][0], attr, cell_patches((4, 8), (10, 14), pred.scorer.grid))
+    assert frame_with(at, "atom", "inside", "outside")["atom"].tolist() == [r["atom"] for r in expected.activation]
+
 
 @pytest.mark.slow
 def test_models_are_shared_between_sessions(runs_root, monkeypatch):
