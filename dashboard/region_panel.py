@@ -12,27 +12,62 @@ import streamlit as st
 from . import nav, state, widgets
 
 
-def region_sliders(key: str, grid: tuple[int, int], start: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int]]:
-    """Row and column ranges of the region (a box drawn on the map writes them); a new image starts
-    on a 3 x 3 box around `start` (its most anomalous patch)."""
-    h, w = grid
-    r, c = start
+def current_region(key: str, grid: tuple[int, int], start: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int]]:
+    """The region's (rows, cols) from session_state; a new image starts on a 3 x 3 box around `start`
+    (its most anomalous patch). Read before the map is drawn, so the map can show the region."""
     if key + "rows" not in st.session_state:
-        st.session_state[key + "rows"] = (max(r - 1, 0), min(r + 1, h - 1))
-        st.session_state[key + "cols"] = (max(c - 1, 0), min(c + 1, w - 1))
+        st.session_state[key + "rows"], st.session_state[key + "cols"] = box_around(start, grid)
+    return tuple(st.session_state[key + "rows"]), tuple(st.session_state[key + "cols"])  # type: ignore[return-value]
+
+
+def box_around(cell: tuple[int, int], grid: tuple[int, int], radius: int = 1) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(rows, cols) of the (2 radius + 1)-cell square centred on `cell`, clipped to the grid."""
+    (h, w), (r, c) = grid, cell
+    return (max(r - radius, 0), min(r + radius, h - 1)), (max(c - radius, 0), min(c + radius, w - 1))
+
+
+def region_sliders(key: str, grid: tuple[int, int], start: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Row and column ranges of the region (a box drawn on the map writes them)."""
+    h, w = grid
+    current_region(key, grid, start)
     s1, s2 = st.columns(2)
     rows = s1.slider("Region rows", 0, h - 1, key=key + "rows")
     cols = s2.slider("Region columns", 0, w - 1, key=key + "cols")
     return tuple(rows), tuple(cols)  # type: ignore[return-value]
 
 
-def on_box(key: str, chart_key: str) -> Callable[[], None]:
-    """A plotly box selection on the map -> the region sliders (runs before the rerun draws them)."""
+def on_region_select(key: str, chart_key: str, grid: tuple[int, int]) -> Callable[[], None]:
+    """Plotly selection on a map whose drag draws boxes -> the region (runs before the rerun draws the
+    sliders): a box of several cells becomes the region; a click (a one-cell box, or a point) centres
+    a 3 x 3 region on its patch."""
     def callback() -> None:
-        box = widgets.selected_box(st.session_state.get(chart_key))
+        event = st.session_state.get(chart_key)
+        box = widgets.selected_box(event)
+        if box is not None and box[0][0] == box[0][1] and box[1][0] == box[1][1]:
+            box = box_around((box[0][0], box[1][0]), grid)
+        elif box is None:
+            point = widgets.selected_point(event)
+            box = None if point is None else box_around(point, grid)
         if box is not None:
             st.session_state[key + "rows"], st.session_state[key + "cols"] = box
     return callback
+
+
+def maps_keys(run_name: str) -> tuple[str, str]:
+    """(the Anomaly maps page's per-run key prefix, its auxiliary view's prefix)."""
+    return f"{run_name}::", f"{run_name}::aux::"
+
+
+def open_aux_region(run_name: str, image: int, patch: int, grid: tuple[int, int]) -> None:
+    """Open the Anomaly maps page on auxiliary image `image`, with a 3 x 3 region centred on `patch`
+    (e.g. one of an atom's top patches: what else fires around it)."""
+    key, akey = maps_keys(run_name)
+    st.session_state[key + "source"] = "auxiliary set"
+    st.session_state[akey + "category"] = st.session_state[akey + "defect"] = "all"
+    st.session_state[akey + "image"] = st.session_state[akey + "region_of"] = int(image)
+    st.session_state[akey + "region::rows"], st.session_state[akey + "region::cols"] = \
+        box_around(divmod(int(patch), grid[1]), grid)
+    nav.open_page("maps.py")
 
 
 def reset_region(key: str) -> None:

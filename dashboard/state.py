@@ -20,7 +20,7 @@ from PIL import Image
 from spg_core import run_paths, uploads
 from spg_core.errors import SPGError
 
-from .viewmodels import atom_detail, attribution, health, sweeps
+from .viewmodels import atom_detail, attribution, health, sweeps, targets
 
 RUN_KEY = "chosen_run"   # session_state key of the chosen run (root-relative name)
 RUN_WIDGET = "run"       # key of the sidebar's run selectbox
@@ -141,6 +141,12 @@ def smoothing_sigma(path: str, sig: tuple[float, ...]) -> float:
     return float(run_config(path, sig).get("score", {}).get("smoothing_sigma", 0.0))
 
 
+@st.cache_data(show_spinner=False, max_entries=64)
+def target_frame(path: str, sig: tuple[float, ...], threshold: float):
+    """targets.target_table of the run's target images at `threshold` (outcome and short name per image)."""
+    return targets.target_table(target_outputs(path, sig).rows, threshold)
+
+
 # -- images -----------------------------------------------------------------------------------
 
 @st.cache_data(show_spinner=False, max_entries=256)
@@ -150,21 +156,54 @@ def image_at(path: str, size: int) -> np.ndarray:
     return np.asarray(load_image(path).resize((size, size), Image.BICUBIC))
 
 
+def stored_mask(run: Path, which: str, index: int) -> np.ndarray:
+    """Ground-truth mask `[S, S]` bool of image `index` of the run's 'target_store' or 'aux_store'."""
+    return store_of(run, which).masks([index])[0].numpy() > 0.5
+
+
 def target_mask(run: Path, index: int) -> np.ndarray:
     """Ground-truth mask `[S, S]` bool of target image `index` (from the target store)."""
-    store = store_of(run, "target_store")
-    return store.masks([index])[0].numpy() > 0.5
+    return stored_mask(run, "target_store", index)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def store_images(path: str, sig: tuple[float, ...], which: str) -> list[dict[str, Any]]:
+    """The image records (image_path, category, defect, label) of the run's 'target_store' or 'aux_store'."""
+    return store_of(Path(path), which).images
+
+
+@st.cache_data(show_spinner=False, max_entries=128)
+def stored_patch_map(path: str, sig: tuple[float, ...], which: str, index: int) -> tuple[np.ndarray, float]:
+    """(patch probabilities `[h, w]`, image score) of image `index` of the run's 'target_store' or
+    'aux_store', scored by the run's Scorer from the stored tokens (auxiliary images have no stored maps)."""
+    pred = predictor(path, sig)
+    store = store_of(Path(path), which)
+    probs, _, scores = pred.scorer(store.tokens([index]), store.cls([index]))
+    return probs[0].reshape(store.grid).numpy(), float(scores[0])
 
 
 # -- attribution -------------------------------------------------------------------------------
 
 @st.cache_resource(show_spinner=False, max_entries=64)
-def target_attribution(path: str, sig: tuple[float, ...], index: int):
-    """Per-atom contributions for every patch of target image `index` (an atoms.Attribution)."""
+def stored_attribution(path: str, sig: tuple[float, ...], which: str, index: int):
+    """(tokens `[1, N, D]`, atoms.Attribution) of image `index` of the run's 'target_store' or 'aux_store':
+    computed once per image, so moving a region over it only averages (region -> atoms)."""
     from spg_core.atoms import attribute
     pred = predictor(path, sig)
-    tokens = store_of(Path(path), "target_store").tokens([index])
-    return attribute(tokens, pred.dictionary, pred.guides, tau=pred.cfg.guides.tau)
+    tokens = store_of(Path(path), which).tokens([index])
+    return tokens, attribute(tokens, pred.dictionary, pred.guides, tau=pred.cfg.guides.tau)
+
+
+def target_attribution(path: str, sig: tuple[float, ...], index: int):
+    """Per-atom contributions for every patch of target image `index` (an atoms.Attribution)."""
+    return stored_attribution(path, sig, "target_store", index)[1]
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def patch_contributions(path: str, sig: tuple[float, ...], index: int, patch: int, k: int = 6):
+    """attribution.patch_contributions of one patch of target image `index` (tagged)."""
+    return attribution.patch_contributions(target_attribution(path, sig, index), patch, k=k,
+                                           tags=atom_tags(path, sig))
 
 
 def atom_tags(path: str, sig: tuple[float, ...]) -> dict[int, str]:
@@ -186,29 +225,43 @@ def atom_ranking(path: str, sig: tuple[float, ...]) -> dict[str, list[dict[str, 
     return rank_atoms(predictor(path, sig).guides)
 
 
+@st.cache_resource(show_spinner=False, max_entries=64)
+def stored_image_atoms(path: str, sig: tuple[float, ...], which: str, index: int):
+    """atoms.region.ImageAtoms (SAE codes and net contributions) of image `index` of the run's
+    'target_store' or 'aux_store': once per image, so a new region costs two masked means."""
+    from spg_core.atoms.region import image_atoms
+    tokens, attr = stored_attribution(path, sig, which, index)
+    return image_atoms(predictor(path, sig).sae, tokens[0], attr)
+
+
 @st.cache_data(show_spinner=False, max_entries=256)
 def stored_region_atoms(path: str, sig: tuple[float, ...], which: str, index: int,
                         rows: tuple[int, int], cols: tuple[int, int], k: int = 8):
     """atoms.region.RegionAtoms for grid cells rows x cols of image `index` of the run's
     'target_store' or 'aux_store'."""
+    from spg_core.atoms.region import cell_patches, rank_region
+    grid = store_of(Path(path), which).grid
+    return rank_region(stored_image_atoms(path, sig, which, index), cell_patches(rows, cols, grid), k=k)
+
+
+@st.cache_resource(show_spinner=False, max_entries=32)
+def upload_image_atoms(path: str, sig: tuple[float, ...], name: str, data: bytes):
+    """atoms.region.ImageAtoms of an uploaded image (scored by `predict_upload`)."""
     from spg_core.atoms import attribute
-    from spg_core.atoms.region import cell_patches, region_atoms
+    from spg_core.atoms.region import image_atoms
     pred = predictor(path, sig)
-    store = store_of(Path(path), which)
-    tokens = store.tokens([index])
+    tokens = predict_upload(path, sig, name, data).tokens[None]
     attr = attribute(tokens, pred.dictionary, pred.guides, tau=pred.cfg.guides.tau)
-    return region_atoms(pred.sae, tokens[0], attr, cell_patches(rows, cols, store.grid), k=k)
+    return image_atoms(pred.sae, tokens[0], attr)
 
 
-def upload_region_atoms(path: str, sig: tuple[float, ...], prediction: "Prediction",
+@st.cache_data(show_spinner=False, max_entries=256)
+def upload_region_atoms(path: str, sig: tuple[float, ...], name: str, data: bytes,
                         rows: tuple[int, int], cols: tuple[int, int], k: int = 8):
-    """atoms.region.RegionAtoms for grid cells rows x cols of an uploaded image's tokens."""
-    from spg_core.atoms import attribute
-    from spg_core.atoms.region import cell_patches, region_atoms
-    pred = predictor(path, sig)
-    tokens = prediction.tokens[None]
-    attr = attribute(tokens, pred.dictionary, pred.guides, tau=pred.cfg.guides.tau)
-    return region_atoms(pred.sae, tokens[0], attr, cell_patches(rows, cols, prediction.probs.shape), k=k)
+    """atoms.region.RegionAtoms for grid cells rows x cols of an uploaded image."""
+    from spg_core.atoms.region import cell_patches, rank_region
+    grid = predict_upload(path, sig, name, data).probs.shape
+    return rank_region(upload_image_atoms(path, sig, name, data), cell_patches(rows, cols, grid), k=k)
 
 
 @st.cache_resource(show_spinner="Measuring each guide atom inside each auxiliary defect kind ...", max_entries=8)

@@ -6,8 +6,10 @@ Every map uses `spg_core.render.COLORSCALE` (plotly) or `render.colorize` /
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import html
+import io
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -158,6 +160,21 @@ def image_with_mask(image: np.ndarray, mask: np.ndarray | None) -> Image.Image:
     return pil
 
 
+@st.cache_data(show_spinner=False, max_entries=128)
+def image_with_mask_png(image: np.ndarray, mask: np.ndarray | None) -> bytes:
+    """`image_with_mask` `[S, S, 3]` + `[S, S]` as PNG bytes, encoded once (st.image re-encodes a PIL
+    image on every rerun)."""
+    buf = io.BytesIO()
+    image_with_mask(image, mask).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+# Figure builders below that a page calls on every rerun are cached with st.cache_resource: plotly
+# validates every property as a figure is built (tens of ms a figure), and a rerun after a click
+# mostly redraws the same figures. A cached figure is shared, so nothing may change it after it is
+# built (st.plotly_chart only reads it).
+
+@st.cache_resource(show_spinner=False, max_entries=128)
 def patch_map_figure(image: Image.Image | np.ndarray, probs: np.ndarray, *, opacity: float,
                      scale: MapScale = PROBABILITY_SCALE, smoothing_sigma: float = 0.0,
                      contour_level: float | None = None, truth: np.ndarray | None = None,
@@ -173,42 +190,56 @@ def patch_map_figure(image: Image.Image | np.ndarray, probs: np.ndarray, *, opac
     draws a box (a region) instead of a click selecting a patch.
     """
     h, w = probs.shape
-    if not isinstance(image, Image.Image):
-        image = Image.fromarray(np.asarray(image, dtype=np.uint8))
-    full = display_map(probs, image.size[0], smoothing_sigma)
-    picture = map_picture(image, full, scale, alpha=opacity, contour_level=contour_level, truth=truth)
-    fig = go.Figure()
-    fig.add_layout_image(source=picture, xref="x", yref="y", x=-0.5, y=-0.5, sizex=w, sizey=h,
-                         sizing="stretch", layer="below")
+    picture = map_picture_uri(np.asarray(image, dtype=np.uint8), np.asarray(probs), scale, opacity, smoothing_sigma,
+                              contour_level, None if truth is None else np.asarray(truth, dtype=bool))
+    traces = []
     if colorbar:       # an invisible trace that carries the colour bar of `scale`
-        fig.add_trace(go.Heatmap(z=[[scale.vmin, scale.vmax]], x=[0, 1], y=[0], zmin=scale.vmin, zmax=scale.vmax,
+        traces.append(go.Heatmap(z=[[scale.vmin, scale.vmax]], x=[0, 1], y=[0], zmin=scale.vmin, zmax=scale.vmax,
                                  colorscale=COLORSCALE, opacity=0, hoverinfo="skip", showscale=True,
                                  colorbar=dict(thickness=10, len=0.85, tickvals=[scale.vmin, scale.vmax],
                                                ticktext=[t.replace("\n", "<br>") for t in scale.tick_text],
                                                tickfont=dict(size=10))))
     rows, cols = np.mgrid[0:h, 0:w]
-    fig.add_trace(go.Scatter(
+    traces.append(go.Scatter(
         x=cols.ravel(), y=rows.ravel(), mode="markers", customdata=probs.ravel(),
         marker=dict(size=max(4, int(height * 0.8 / max(h, w))), color="rgba(0,0,0,0)", symbol="square"),
         hovertemplate="row %{y}, col %{x}<br>p(anomaly) %{customdata:.3g}<extra></extra>", showlegend=False))
+    shapes = []
     if selected is not None:
         r, c = selected
-        fig.add_shape(type="rect", x0=c - 0.5, x1=c + 0.5, y0=r - 0.5, y1=r + 0.5,
-                      line=dict(color="#FFFFFF", width=3))
+        shapes.append(dict(type="rect", x0=c - 0.5, x1=c + 0.5, y0=r - 0.5, y1=r + 0.5,
+                           line=dict(color="#FFFFFF", width=3)))
     if region is not None:
         (r0, r1), (c0, c1) = region
-        fig.add_shape(type="rect", x0=c0 - 0.5, x1=c1 + 0.5, y0=r0 - 0.5, y1=r1 + 0.5,
-                      line=dict(color="#FAAA28", width=3, dash="dash"))
-    # Square cells, the picture pinned to the top-left of the figure (no band above it).
-    fig.update_xaxes(visible=False, range=[-0.5, w - 0.5], constrain="domain", constraintoward="left")
-    fig.update_yaxes(visible=False, range=[h - 0.5, -0.5], scaleanchor="x", constrain="domain",
-                     constraintoward="top")
-    fig = _layout(fig, height, clickmode="event+select", dragmode="select" if box_select else False)
+        shapes.append(dict(type="rect", x0=c0 - 0.5, x1=c1 + 0.5, y0=r0 - 0.5, y1=r1 + 0.5,
+                           line=dict(color="#FAAA28", width=3, dash="dash")))
+    # One layout dict, validated once (each update_* call validates again). Square cells, the picture
+    # pinned to the top-left of the figure (no band above it).
+    layout = dict(
+        height=height, font=FONT, paper_bgcolor="rgba(0,0,0,0)", plot_bgcolor="rgba(0,0,0,0)",
+        margin=dict(l=8, r=8, t=36, b=8) if title else dict(l=4, r=4, t=4, b=4),
+        images=[dict(source=picture, xref="x", yref="y", x=-0.5, y=-0.5, sizex=w, sizey=h, sizing="stretch",
+                     layer="below")],
+        shapes=shapes, clickmode="event+select", dragmode="select" if box_select else False,
+        xaxis=dict(visible=False, range=[-0.5, w - 0.5], constrain="domain", constraintoward="left"),
+        yaxis=dict(visible=False, range=[h - 0.5, -0.5], scaleanchor="x", constrain="domain", constraintoward="top"))
     if title:
-        fig.update_layout(title=dict(text=title, x=0.02, font=dict(size=15)))
-    else:
-        fig.update_layout(margin=dict(l=4, r=4, t=4, b=4))
-    return fig
+        layout["title"] = dict(text=title, x=0.02, font=dict(size=15))
+    return go.Figure(data=traces, layout=layout)
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def map_picture_uri(image: np.ndarray, probs: np.ndarray, scale: MapScale, opacity: float, smoothing_sigma: float,
+                    contour_level: float | None, truth: np.ndarray | None) -> str:
+    """The map picture of `patch_map_figure` as a PNG data URI: image `[S, S, 3]` uint8, patch probabilities
+    `[h, w]`, truth `[S, S]` bool. Upsampling, smoothing, colouring and PNG encoding are most of a map
+    page's rerun, and a rerun after a click or a new region draws the same picture: cached on its inputs."""
+    pil = Image.fromarray(image)
+    full = display_map(probs, pil.size[0], smoothing_sigma)
+    picture = map_picture(pil, full, scale, alpha=opacity, contour_level=contour_level, truth=truth)
+    buf = io.BytesIO()
+    picture.save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
 def selected_box(event: Any) -> tuple[tuple[int, int], tuple[int, int]] | None:
@@ -273,17 +304,24 @@ def kind_heatmap_figure(values: np.ndarray, atoms: Sequence[int], kinds: Sequenc
     return _layout(fig, height, clickmode="event+select", dragmode=False)
 
 
+def _small_frame_key(frame: pd.DataFrame) -> tuple:
+    """A cache key of a small table by its values (Streamlit's DataFrame hash costs ~5 ms a table)."""
+    return tuple(frame.columns), frame.to_numpy().tolist()
+
+
+@st.cache_resource(show_spinner=False, max_entries=128, hash_funcs={pd.DataFrame: _small_frame_key})
 def contribution_figure(frame: pd.DataFrame, height: int = 320) -> go.Figure:
     """Per-atom contributions to one patch's anomaly logit: positive push towards 'anomalous'."""
     frame = frame.iloc[::-1]
     colours = ["#E6461E" if v >= 0 else "#1E3C96" for v in frame["contribution"]]
     labels = [f"#{int(a)} ({g})" for a, g in zip(frame["atom"], frame["guide"])]
-    fig = go.Figure(go.Bar(x=frame["contribution"], y=labels, orientation="h", marker_color=colours,
-                           hovertemplate="%{y}<br>contribution %{x:.4f}<extra></extra>"))
-    fig.update_yaxes(type="category")
-    fig.update_xaxes(title="contribution to the anomaly logit", zeroline=True, zerolinecolor="#141A33",
-                     gridcolor="#E3E7F2")
-    return _layout(fig, height, title=dict(text="Top contributing atoms", x=0.02, font=dict(size=15)))
+    bar = go.Bar(x=frame["contribution"], y=labels, orientation="h", marker_color=colours,
+                 hovertemplate="%{y}<br>contribution %{x:.4f}<extra></extra>")
+    return go.Figure(bar, layout=dict(    # one layout dict: validated once (it is redrawn per patch)
+        height=height, margin=dict(l=8, r=8, t=36, b=8), font=FONT, paper_bgcolor="rgba(0,0,0,0)",
+        plot_bgcolor="rgba(0,0,0,0)", title=dict(text="Top contributing atoms", x=0.02, font=dict(size=15)),
+        yaxis=dict(type="category"), xaxis=dict(title="contribution to the anomaly logit", zeroline=True,
+                                                 zerolinecolor="#141A33", gridcolor="#E3E7F2")))
 
 
 def histogram_figure(values: Sequence[float] | np.ndarray, title: str, xtitle: str, height: int = 260,

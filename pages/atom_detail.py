@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboard import state, widgets
+from dashboard import region_panel, state, widgets
 from dashboard.viewmodels.tables import ablation_frame, metrics_frame
 from dashboard.viewmodels.targets import format_score, most_changed
 from dashboard.viewmodels.atom_detail import category_profile
@@ -87,6 +87,14 @@ def top_patches(atom: int) -> None:
                 a.image(tile.crop, width="stretch", output_format="PNG")
                 b.image(tile.heat, width="stretch", output_format="PNG")
                 st.caption(tile.caption)
+    index, _ = state.atoms(str(run), sig)
+    entries = index.entries(atom)[:len(tiles)]
+    pick_col, open_col = st.columns([2, 1], vertical_alignment="bottom")
+    pick = pick_col.selectbox("What else fires around one of these patches?", range(len(entries)),
+                              key=key + "region_pick", format_func=lambda i: f"{i + 1}. {tiles[i].caption}")
+    if open_col.button("Open its image in the region view", icon=":material/select_all:", key=key + "open_region"):
+        region_panel.open_aux_region(run.name, entries[pick]["image"], entries[pick]["patch"],
+                                     tuple(index.meta["grid"]))
 
 
 def histograms(atom: int, index, stats) -> None:

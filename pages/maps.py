@@ -10,20 +10,20 @@ import streamlit as st
 from PIL import Image
 
 from dashboard import nav, region_panel, state, widgets
-from dashboard.viewmodels.targets import OUTCOME_FILTERS, filter_targets, format_score, patch_at, peak_patch, target_table, threshold_range
-from dashboard.viewmodels.attribution import patch_contributions
+from dashboard.viewmodels.targets import (OUTCOME_FILTERS, filter_targets, format_score, image_table, patch_at,
+                                         peak_patch, threshold_range)
 from spg_core.render import PROBABILITY_SCALE, fitted_scale, sigmoid
 from spg_core.thresholds import best_f1_threshold
 from spg_core.atoms import patch_crop
 from spg_core.runs import PATCH_MAPS_FILE as PATCH_MAPS, SCORES_FILE as SCORES
 
 run = widgets.require_run()
-widgets.page_header("Anomaly maps", "Target images with their anomaly maps; click a patch to see which atoms "
-                                    "drive it", run)
+widgets.page_header("Anomaly maps", "Target or auxiliary images with their anomaly maps; click a patch or "
+                                    "drag a box to see which atoms drive it", run)
 health = widgets.run_health(run)
 widgets.require(health, [PATCH_MAPS, SCORES], "Browsing anomaly maps")
 sig = state.signature(run)
-key = f"{run.name}::"       # per-run widget keys: another run has other images and scores
+key, akey = region_panel.maps_keys(run.name)   # per-run widget keys: another run has other images
 
 
 def choose_images(frame: pd.DataFrame) -> pd.DataFrame:
@@ -68,7 +68,7 @@ def image_panel(image: np.ndarray, mask: np.ndarray, info: dict[str, Any], thres
     verdict = f"{info['outcome']} at {format_score(threshold)}"
     st.markdown(f"**Image and ground truth** {widgets.pill(label, label)} {widgets.pill(info['defect'])} "
                 f"{widgets.pill(verdict, info['outcome'])}", unsafe_allow_html=True)
-    st.image(widgets.image_with_mask(image, mask), width="stretch",
+    st.image(widgets.image_with_mask_png(image, mask), width="stretch",
              caption=f"{info['name']}: ground truth outlined in green")
     st.metric("Image score", format_score(info["score"]), border=True,
               help="the image's anomaly score: its map pooled with the run's aggregation (max, mean or LSE)")
@@ -89,7 +89,7 @@ def patch_panel(image: np.ndarray, index: int, grid: tuple[int, int], size: int)
         crop = patch_crop(Image.fromarray(image), patch, grid, size, context=2, out=150, outline=(255, 255, 255))
         crop_col.image(crop, width=140, caption=f"row {r}, column {c}")
         text_col.metric("Patch p(anomaly)", format_score(p), border=True)
-        contrib = patch_contributions(attr, patch, k=6, tags=state.atom_tags(str(run), sig))
+        contrib = state.patch_contributions(str(run), sig, index, patch)
         if contrib.empty:
             st.info("No atom contributes to this patch.")
         else:
@@ -187,13 +187,88 @@ def on_map_select() -> None:
     on_map_click()
 
 
+def aux_images() -> None:
+    """Auxiliary images (the set the guides were fitted on): map, defect mask and region -> atoms, so a
+    region can be asked about on images with known defects the target set does not have."""
+    store = state.store_of(run, "aux_store")
+    frame = image_table(state.store_images(str(run), sig, "aux_store"))
+    c1, c2 = st.columns(2)
+    category = c1.selectbox("Category", ["all"] + sorted(frame["category"].unique()), key=akey + "category")
+    in_cat = frame if category == "all" else frame[frame["category"] == category]
+    defect = c2.selectbox("Defect type", ["all"] + sorted(in_cat["defect"].unique()), key=akey + "defect")
+    rows = filter_targets(frame, None if category == "all" else category, None if defect == "all" else defect)
+    options = rows["index"].tolist()
+    defective = rows.loc[rows["label"] == 1, "index"].tolist()
+    if akey + "image" not in st.session_state and defective:     # open on a defect: what a region asks about
+        st.session_state[akey + "image"] = defective[0]
+    widgets.keep_choice(akey + "image", options)
+    names = dict(zip(frame["index"], frame["name"]))
+    pick_col, scale_col, opacity_col = st.columns([3, 1.6, 1.1], vertical_alignment="bottom")
+    index = int(pick_col.selectbox(f"Auxiliary image ({len(options)} shown)", options, key=akey + "image",
+                                   format_func=lambda i: f"{names.get(i, i)}  ·  #{i}"))
+    record = None
+    with widgets.guard("The run's fitted colour scale cannot be computed"):
+        record = state.run_threshold(str(run), sig)
+    with scale_col:
+        scale = map_scale(record)
+    opacity = opacity_col.slider("Map opacity", 0.0, 1.0, 0.55, 0.05, key=akey + "opacity")
+
+    info = frame.set_index("index").loc[index].to_dict()
+    image = state.image_at(info["image_path"], store.image_size)
+    mask = state.stored_mask(run, "aux_store", index)
+    probs, score = state.stored_patch_map(str(run), sig, "aux_store", index)
+    if st.session_state.get(akey + "region_of") != index:
+        region_panel.reset_region(akey + "region::")
+        st.session_state[akey + "region_of"] = index
+    region = region_panel.current_region(akey + "region::", store.grid, peak_patch(probs, probs.shape))
+    sigma = state.smoothing_sigma(str(run), sig)
+    contour = sigmoid(record["pixel_scale"]["vmax"]) if record is not None else 0.5
+    left, middle, right = st.columns([1, 1.2, 1], gap="medium")
+    with left:
+        label = "anomalous" if info["label"] else "normal"
+        st.markdown(f"**Auxiliary image and ground truth** {widgets.pill(label, label)} "
+                    f"{widgets.pill(info['defect'])}", unsafe_allow_html=True)
+        st.image(widgets.image_with_mask_png(image, mask), width="stretch",
+                 caption=f"{info['name']}: defect mask outlined in green")
+        st.metric("Image score", format_score(score), border=True,
+                  help="scored now from the stored auxiliary tokens with the run's guides and aggregation")
+    with middle:
+        st.markdown("**Anomaly map** (click a patch to centre a region on it; switch on box drawing to drag one)")
+        drawing = st.toggle("Drag draws a region box", value=False, key=akey + "box_mode",
+                            help="on: drag on the map to box a region; off: a click centres a 3 x 3 region")
+        fig = widgets.patch_map_figure(image, probs, opacity=opacity, scale=scale, smoothing_sigma=sigma,
+                                       contour_level=contour, truth=mask, region=region, height=380,
+                                       box_select=drawing)
+        st.plotly_chart(fig, key=akey + "map", selection_mode=("points", "box"), config={"displayModeBar": False},
+                        on_select=region_panel.on_region_select(akey + "region::", akey + "map", store.grid))
+        st.caption(f"{scale.legend}. White outline: p {contour:.2g}; green: the defect mask.")
+    with right:
+        st.markdown("**Region** (drag a box on the map, or set it here)")
+        region = region_panel.region_sliders(akey + "region::", store.grid, peak_patch(probs, probs.shape))
+    st.subheader("Region → atoms")
+    region_panel.region_panel(akey + "region::", str(run), sig,
+                              lambda r, c: state.stored_region_atoms(str(run), sig, "aux_store", index, r, c),
+                              *region)
+
+
+SOURCES = ("target set", "auxiliary set")     # the Images-from choice: the run's target or auxiliary store
+
+
 def main() -> None:
+    st.session_state.setdefault(key + "source", "target set")    # (other pages may open the auxiliary view)
+    source = st.segmented_control("Images from", SOURCES, key=key + "source",
+                                  help="target: the images the run was evaluated on; auxiliary: the labelled "
+                                       "images its guides were fitted on") or "target set"
+    if source == "auxiliary set":
+        with widgets.guard("The run's auxiliary images cannot be opened"):
+            aux_images()
+        return
     target = state.target_outputs(str(run), sig)
     record = None
     with widgets.guard("The auxiliary threshold cannot be computed for this run"):
         record = state.run_threshold(str(run), sig)
     threshold = threshold_control([r["score"] for r in target.rows], [r["label"] for r in target.rows], record)
-    frame = target_table(target.rows, threshold)
+    frame = state.target_frame(str(run), sig, threshold)
     outcome_pills(frame)
     rows = choose_images(frame)
     if rows.empty:

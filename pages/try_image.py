@@ -51,7 +51,7 @@ def map_look():
             fitted_scale(record["pixel_scale"]).legend + f"; white outline where the map reaches p {contour:.2g}")
 
 
-def show(name: str, result: state.Prediction, threshold: float | None, source: str, opacity: float) -> None:
+def show(name: str, data: bytes, result: state.Prediction, threshold: float | None, source: str, opacity: float) -> None:
     with st.container(border=True):
         verdict = ""
         if threshold is not None:
@@ -59,30 +59,39 @@ def show(name: str, result: state.Prediction, threshold: float | None, source: s
             verdict = widgets.pill(f"{kind} at threshold {format_score(threshold)} ({source})", kind)
         st.markdown(f"**{name}** {verdict}", unsafe_allow_html=True)
         left, middle, right = st.columns([1, 1.2, 1.1], gap="medium")
-        middle.caption("Anomaly map (box: the most anomalous patch)")
+        has_atoms = result.atoms is not None and not result.atoms.empty
+        rkey, chart = f"try_region_{name}::", f"try_map_{name}"
+        grid, peak = result.probs.shape, peak_patch(result.probs, result.probs.shape)
+        region = region_panel.current_region(rkey, grid, peak) if has_atoms else None
+        middle.caption("Anomaly map (white box: the most anomalous patch"
+                       + ("; drag a box for the region's atoms below)" if has_atoms else ")"))
         left.image(result.image, caption="as the backbone sees it", width="stretch")
         scale, contour, legend = map_look()
-        middle.plotly_chart(widgets.patch_map_figure(result.image, result.probs, opacity=opacity, scale=scale,
-                                                     smoothing_sigma=state.smoothing_sigma(str(run), sig),
-                                                     contour_level=contour,
-                                                     selected=peak_patch(result.probs, result.probs.shape),
-                                                     height=400),
-                            key=f"try_map_{name}", config={"displayModeBar": False})
+        fig = widgets.patch_map_figure(result.image, result.probs, opacity=opacity, scale=scale,
+                                       smoothing_sigma=state.smoothing_sigma(str(run), sig), contour_level=contour,
+                                       selected=peak, region=region, height=400, box_select=has_atoms)
+        if has_atoms:
+            middle.plotly_chart(fig, key=chart, selection_mode=("points", "box"), config={"displayModeBar": False},
+                                on_select=region_panel.on_region_select(rkey, chart, grid))
+        else:
+            middle.plotly_chart(fig, key=chart, config={"displayModeBar": False})
         middle.caption(legend)
         with right:
             st.metric("Image score", format_score(result.score), border=True)
-            if result.atoms is None or result.atoms.empty:
+            if not has_atoms:
                 st.caption("This run has no dictionary (free guides): no atoms to show.")
             else:
                 st.plotly_chart(widgets.contribution_figure(result.atoms, height=300), key=f"try_atoms_{name}",
                                 config={"displayModeBar": False})
-        if result.atoms is not None and not result.atoms.empty:
-            with st.expander("Region -> atoms: which atoms fire in a part of this image, and why it is flagged"):
-                rkey = f"try_region_{name}::"
-                region = region_panel.region_sliders(rkey, result.probs.shape,
-                                                     peak_patch(result.probs, result.probs.shape))
+        if has_atoms:
+            # Opens by itself once a box is drawn on the map (the selection is the question asked).
+            drawn = bool(widgets.selected_box(st.session_state.get(chart)) or
+                         widgets.selected_point(st.session_state.get(chart)))
+            with st.expander("Region -> atoms: which atoms fire in a part of this image, and why it is flagged",
+                             expanded=drawn):
+                region = region_panel.region_sliders(rkey, grid, peak)
                 region_panel.region_panel(rkey, str(run), sig, lambda r, c: state.upload_region_atoms(
-                    str(run), sig, result, r, c), *region)
+                    str(run), sig, name, data, r, c), *region)
 
 
 # No `type=` filter: Streamlit would refuse other files with an exception; decode_upload refuses
@@ -120,6 +129,6 @@ if not files:
 threshold, source = run_threshold()
 for name, data in files:
     try:
-        show(name, state.predict_upload(str(run), sig, name, data), threshold, source, opacity)
+        show(name, data, state.predict_upload(str(run), sig, name, data), threshold, source, opacity)
     except SPGError as exc:
         widgets.error_box(exc, f"{name} was refused")

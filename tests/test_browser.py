@@ -14,6 +14,7 @@ test run.
 from __future__ import annotations
 
 import os
+import re
 import time
 from pathlib import Path
 
@@ -169,9 +170,59 @@ def test_box_on_the_map_selects_a_region_and_its_atoms(server, page, shots):
     wait_ready(page, "Anomaly maps")
     no_exceptions(page)
     assert after != before, "drawing a box did not set the region"
-    assert page.get_by_text("Most active inside").count() == 1
+    # The region -> atoms tables answer for the drawn box: the caption gives the sliders' rows, and
+    # the activation table has rows.
+    shown = _shown_region(page)
+    thumbs = [int(t) for t in rows.locator('[data-testid="stSliderThumbValue"]').all_inner_texts()]
+    assert shown is not None and list(shown[:2]) == thumbs, (shown, thumbs)
+    assert _table_rows(page, "Most active inside") > 0
     page.get_by_text("Most active inside").first.evaluate("e => e.scrollIntoView()")
     page.screenshot(path=str(shots / "maps_region.png"))
+
+
+REGION = re.compile(r"Region: rows (\d+)-(\d+), columns (\d+)-(\d+) \((\d+) patches\)")
+
+
+def _shown_region(page) -> tuple[int, ...] | None:
+    """(row0, row1, col0, col1, patches) from the region caption on the page, if one is shown."""
+    found = REGION.search(page.inner_text("body"))
+    return tuple(int(g) for g in found.groups()) if found else None
+
+
+def _table_rows(page, heading: str) -> int:
+    """Data rows of the st.dataframe under a markdown heading (the grid's accessible table)."""
+    column = page.locator('[data-testid="stColumn"]', has_text=heading).last
+    return column.locator('[data-testid="stDataFrame"] table tbody tr').count()
+
+
+def test_click_on_an_auxiliary_map_selects_a_region_and_shows_its_atoms(server, page, shots):
+    """On an auxiliary image, a click on the map centres a 3 x 3 region on the clicked patch and the
+    region -> atoms tables list atoms for it."""
+    url, _ = server
+    page.goto(f"{url}/maps")
+    wait_ready(page, "Anomaly maps")
+    page.get_by_role("radio", name="auxiliary set").click()          # the segmented control's option
+    wait_ready(page, "Anomaly maps")
+    assert page.get_by_text("Auxiliary image and ground truth").count() == 1
+    before = _shown_region(page)
+    after = before
+    for _ in range(3):
+        box = _map_plot(page).bounding_box()
+        assert box is not None
+        page.mouse.click(box["x"] + box["width"] * 0.15, box["y"] + box["height"] * 0.85)   # lower left
+        after = _wait_change(lambda: _shown_region(page), before)
+        if after != before:
+            break
+    wait_ready(page, "Anomaly maps")
+    no_exceptions(page)
+    assert after is not None and after != before, "clicking the auxiliary map did not select a region"
+    r0, r1, c0, c1, patches = after
+    grid = int(page.locator('input[type="range"][aria-label="Region rows — end"]').first.get_attribute("max")) + 1
+    assert r1 - r0 <= 2 and c1 - c0 <= 2 and patches == (r1 - r0 + 1) * (c1 - c0 + 1)
+    assert (r0 + r1) / 2 > grid / 2 > (c0 + c1) / 2       # the lower-left quarter, where the click was
+    assert _table_rows(page, "Most active inside") > 0
+    page.get_by_text("Region → atoms").first.evaluate("e => e.scrollIntoView()")
+    page.screenshot(path=str(shots / "maps_auxiliary_region.png"))
 
 
 def test_heatmap_cell_opens_its_patches(server, page, shots):

@@ -144,6 +144,31 @@ def test_best_threshold_and_outcomes():
     assert [targets.outcome(s, y, 0.5) for s, y in ((0.9, 1), (0.9, 0), (0.1, 1), (0.1, 0))] == ["TP", "FP", "FN", "TN"]
 
 
+def test_region_ranking_from_an_images_codes_and_contributions():
+    """A region is ranked from one image's precomputed codes and net contributions (atoms.region.ImageAtoms)."""
+    import torch
+
+    from spg_core.atoms.region import ImageAtoms, cell_patches, rank_region
+
+    grid = (4, 4)
+    region = cell_patches((0, 1), (0, 1), grid)                       # the top-left 2 x 2 cells
+    codes = torch.zeros(16, 3)
+    codes[:, 0] = 1.0                                                 # atom 0: the same everywhere
+    codes[torch.as_tensor(region), 1] = 2.0                           # atom 1: only inside the region
+    codes[~torch.as_tensor(region), 2] = 0.5                          # atom 2: only outside
+    net = torch.zeros(16, 2)
+    net[torch.as_tensor(region), 0] = 0.3                             # atom 7 pushes the region to 'anomalous'
+    net[:, 1] = -0.1                                                  # atom 9 pulls everywhere to 'normal'
+    found = ImageAtoms(codes, torch.tensor([7, 9]), net, frozenset({7}), frozenset({9}))
+    ranked = rank_region(found, region, k=3)
+    assert ranked.patches == 4
+    assert [r["atom"] for r in ranked.activation] == [1, 0]           # 2 never fires inside: left out
+    assert ranked.activation[0]["inside"] == pytest.approx(2.0) and ranked.activation[1]["outside"] == 1.0
+    assert ranked.contribution == [{"atom": 7, "guide": "anomaly", "contribution": pytest.approx(0.3)}]
+    with pytest.raises(SPGError, match="no patch"):
+        rank_region(found, cell_patches((0, 0), (0, 0), grid) & False)
+
+
 # -- pages on the small run ------------------------------------------------------------------------
 
 def test_empty_root_says_how_to_make_a_run(tmp_path, monkeypatch):
@@ -363,6 +388,23 @@ def test_try_an_image_scores_uploads_and_refuses_bad_files(runs_root, monkeypatc
     assert not at.error
     sample_row = next(r for r in rows if r["image_path"] == first_anomalous)
     assert float(metric(at, "Image score")) == pytest.approx(sample_row["score"], abs=0.02, rel=0.05)
+
+    # Region -> atoms on the scored image: the tables are the engine's answer for the new image's tokens.
+    from spg_core.atoms import attribute
+    from spg_core.atoms.region import cell_patches, region_atoms
+    from spg_core.inference import Predictor
+
+    name = Path(first_anomalous).name
+    rk = f"try_region_{name}::"
+    at.slider(key=rk + "rows").set_value((4, 8)).run()
+    at.slider(key=rk + "cols").set_value((10, 14)).run()
+    assert_clean(at)
+    assert "Region: rows 4-8, columns 10-14 (25 patches)" in texts(at)
+    pred = Predictor(runs_root / RUN, device="cpu")
+    out = pred.predict_images([uploads.decode_upload(name, Path(first_anomalous).read_bytes())])
+    attr = attribute(out["tokens"], pred.dictionary, pred.guides, tau=pred.cfg.guides.tau)
+    expected = region_atoms(pred.sae, out["tokens"][0], attr, cell_patches((4, 8), (10, 14), pred.scorer.grid))
+    assert frame_with(at, "atom", "inside", "outside")["atom"].tolist() == [r["atom"] for r in expected.activation]
 
 
 @pytest.mark.slow
@@ -625,6 +667,121 @@ def test_region_on_the_maps_page_lists_the_engines_atoms(runs_root, monkeypatch)
     tiles = [i for i in at.image if i.proto.imgs and i.proto.imgs[0].caption.endswith(
         tuple(f"s={e['value']:.2f}" for e in index.entries(atom)[:6]))]
     assert len(tiles) == min(6, len(index.entries(atom))) and len(at.image) >= before - 6
+
+
+def _cell_box(cells):
+    """((row0, row1), (col0, col1)) bounding the True cells of a `[h, w]` bool grid."""
+    import numpy as np
+    rows, cols = np.nonzero(cells)
+    return (int(rows.min()), int(rows.max())), (int(cols.min()), int(cols.max()))
+
+
+def _shown_region(at: AppTest, rows, cols):
+    """Set the auxiliary view's region sliders; returns the shown (activation, contribution) tables."""
+    import pandas as pd
+
+    k = f"{RUN}::aux::region::"
+    at.slider(key=k + "rows").set_value(rows).run()
+    at.slider(key=k + "cols").set_value(cols).run()
+    assert_clean(at)
+    said = texts(at)
+    assert f"Region: rows {rows[0]}-{rows[1]}, columns {cols[0]}-{cols[1]}" in said
+    tables = []
+    for columns, empty in ((("atom", "inside", "outside"), "No atom fires inside this region."),
+                           (("atom", "guide", "contribution"), "No atom pushes this region towards 'anomalous'.")):
+        try:
+            tables.append(frame_with(at, *columns))
+        except AssertionError:           # an empty ranking is said in words, not shown as an empty table
+            assert empty in said, columns
+            tables.append(pd.DataFrame(columns=list(columns)))
+    return tuple(tables)
+
+
+def _best_excess(act) -> float:
+    """The largest 'mean activation inside' minus 'elsewhere' of a shown activation table (0 when empty)."""
+    return float((act["inside"] - act["outside"]).max()) if len(act) else 0.0
+
+
+@pytest.mark.slow
+def test_region_on_an_auxiliary_defect_shows_atoms_that_fire_there_more_than_on_good_surface(runs_root, monkeypatch):
+    from spg_core.atoms import attribute
+    from spg_core.atoms.region import cell_patches, region_atoms
+    from spg_core.inference import Predictor
+
+    store, index, mask = _aux_defect_image(runs_root)
+    h, w = store.grid
+    s = store.image_size
+    coverage = mask.reshape(h, s // h, w, s // w).mean(axis=(1, 3))           # [h, w] defect share per cell
+    defect = _cell_box(coverage >= 0.5)                       # cells at least half defect: inside the mask
+    size = (defect[0][1] - defect[0][0], defect[1][1] - defect[1][0])
+    good = None                                               # the same-size box with no mask pixel in it
+    for r0, c0 in ((0, 0), (0, w - 1 - size[1]), (h - 1 - size[0], 0), (h - 1 - size[0], w - 1 - size[1])):
+        box = (r0, r0 + size[0]), (c0, c0 + size[1])
+        if not coverage[box[0][0]:box[0][1] + 1, box[1][0]:box[1][1] + 1].any():
+            good = box
+            break
+    assert good is not None, "the defect reaches every corner"
+
+    at = open_app(runs_root, monkeypatch, page="maps.py", run=RUN)
+    at.segmented_control(key=f"{RUN}::source").set_value("auxiliary set").run()
+    at.selectbox(key=f"{RUN}::aux::image").set_value(index).run()
+    assert_clean(at)
+    record = store.images[index]
+    name = f"{Path(record['image_path']).parent.name}/{Path(record['image_path']).name}"
+    assert "Auxiliary image and ground truth" in texts(at)
+    assert any(i.proto.imgs and i.proto.imgs[0].caption == f"{name}: defect mask outlined in green" for i in at.image)
+    act_defect, con_defect = _shown_region(at, *defect)
+    act_good, con_good = _shown_region(at, *good)
+
+    # What is shown is the engine's answer for this auxiliary image (not a target image's).
+    pred = Predictor(runs_root / RUN, device="cpu")
+    tokens = store.tokens([index])
+    attr = attribute(tokens, pred.dictionary, pred.guides, tau=pred.cfg.guides.tau)
+    expected = region_atoms(pred.sae, tokens[0], attr, cell_patches(*defect, store.grid))
+    assert act_defect["atom"].tolist() == [r["atom"] for r in expected.activation]
+    # The atoms shown for the defect fire more inside it than on the good box of the same image.
+    codes = pred.sae.encode_dense(tokens[0]).detach().numpy()                 # [N, M]
+    on_good = cell_patches(*good, store.grid)
+    for atom, inside in zip(act_defect["atom"][:3], act_defect["inside"][:3]):
+        assert inside > codes[on_good, int(atom)].mean(), atom
+    # From the tables alone: the defect box's best atom stands out from the rest of the image more than
+    # the good box's best does, and the defect box is pushed towards 'anomalous' more.
+    assert _best_excess(act_defect) > _best_excess(act_good)
+    assert con_defect["contribution"].sum() > con_good["contribution"].sum()
+
+
+@pytest.mark.slow
+def test_an_atoms_top_patch_opens_its_auxiliary_image_in_the_region_view(runs_root, monkeypatch):
+    from spg_core.atoms import load_atoms
+    from spg_core.atoms.region import cell_patches, region_atoms
+    from spg_core.inference import Predictor
+    from spg_core.atoms import attribute
+    from spg_core.store import TokenStore
+
+    at = open_app(runs_root, monkeypatch, page="atom_detail.py", run=RUN)
+    k = f"{RUN}::atom::"
+    atom = at.selectbox(key=k + "pick").value
+    index, _ = load_atoms(runs_root / RUN)
+    entry = index.entries(atom)[1]                     # the atom's second strongest auxiliary patch
+    at.selectbox(key=k + "region_pick").set_value(1).run()
+    at.button(key=k + "open_region").click().run()
+    assert_clean(at)
+    assert "Auxiliary image and ground truth" in texts(at)                  # the Maps page's auxiliary view
+    assert at.selectbox(key=f"{RUN}::aux::image").value == entry["image"]
+    h, w = index.meta["grid"]
+    r, c = divmod(entry["patch"], w)
+    rows, cols = (max(r - 1, 0), min(r + 1, h - 1)), (max(c - 1, 0), min(c + 1, w - 1))
+    assert f"Region: rows {rows[0]}-{rows[1]}, columns {cols[0]}-{cols[1]}" in texts(at)
+    # The region's tables are the engine's answer there, and the atom fires inside it (it is a top patch).
+    pred = Predictor(runs_root / RUN, device="cpu")
+    store = TokenStore(pred.config["aux_store"])
+    tokens = store.tokens([entry["image"]])
+    attr = attribute(tokens, pred.dictionary, pred.guides, tau=pred.cfg.guides.tau)
+    expected = region_atoms(pred.sae, tokens[0], attr, cell_patches(rows, cols, store.grid))
+    act = frame_with(at, "atom", "inside", "outside")
+    assert act["atom"].tolist() == [e["atom"] for e in expected.activation]
+    codes = pred.sae.encode_dense(tokens[0]).detach().numpy()
+    assert codes[cell_patches(rows, cols, store.grid), atom].mean() > 0
 
 
 def test_atoms_page_kind_heatmap_opens_a_cells_patches(runs_root, monkeypatch):

@@ -35,6 +35,15 @@ def target_table(rows: list[dict[str, Any]], threshold: float) -> pd.DataFrame:
     return frame
 
 
+def image_table(records: list[dict[str, Any]]) -> pd.DataFrame:
+    """A token store's image records -> DataFrame with their store index and a short name
+    (columns index, image_path, category, defect, label, name)."""
+    frame = pd.DataFrame(records, columns=["image_path", "category", "defect", "label"])
+    frame.insert(0, "index", range(len(frame)))
+    frame["name"] = [short_name(p) for p in frame["image_path"]]
+    return frame
+
+
 def filter_targets(frame: pd.DataFrame, category: str | None = None, defect: str | None = None,
                    kind: str | None = None) -> pd.DataFrame:
     """Rows of `target_table` for a category, defect type and outcome ('FP', 'FN', ...; None = any)."""

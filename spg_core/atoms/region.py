@@ -69,15 +69,39 @@ class RegionAtoms:
     contribution: list[dict[str, float | int | str]]
 
 
+@dataclass
+class ImageAtoms:
+    """What every region of one image is ranked from, computed once per image: SAE codes `[N, M]`,
+    the net contributions to l_a - l_n `[N, U]` of atoms `[U]` (Attribution.net), and the atoms
+    each guide weights. A region query is then two masked means."""
+
+    codes: torch.Tensor
+    atoms: torch.Tensor
+    net: torch.Tensor
+    in_a: frozenset[int]
+    in_n: frozenset[int]
+
+
 @torch.no_grad()
-def region_activation(sae: TopKSAE, tokens: torch.Tensor, region: np.ndarray, k: int = 8) -> list[dict[str, float | int]]:
-    """The k atoms whose mean activation inside `region` `[N]` most exceeds their mean elsewhere in the
-    image, over one image's tokens `[N, D]` (only atoms that fire inside; a whole-image region ranks by
-    the mean alone)."""
+def image_atoms(sae: TopKSAE, tokens: torch.Tensor, attr: Attribution, image: int = 0) -> ImageAtoms:
+    """ImageAtoms of one image's tokens `[N, D]` and its attribution (image `image` of `attr`)."""
+    codes = sae.encode_dense(tokens.to(next(sae.parameters()).device).float()).cpu()   # [N, M]
+    atoms, net = attr.net()                                                           # [U], [B, N, U]
+    return ImageAtoms(codes, atoms, net[image], frozenset(attr.atoms_a.tolist()), frozenset(attr.atoms_n.tolist()))
+
+
+def _inside(region: np.ndarray) -> torch.Tensor:
     inside = torch.as_tensor(np.asarray(region, dtype=bool))
     if not inside.any():
         raise SPGError("the region holds no patch", fix="draw a larger box")
-    codes = sae.encode_dense(tokens.to(next(sae.parameters()).device).float()).cpu()   # [N, M]
+    return inside
+
+
+def activation_ranking(codes: torch.Tensor, region: np.ndarray, k: int = 8) -> list[dict[str, float | int]]:
+    """The k atoms whose mean activation inside `region` `[N]` most exceeds their mean elsewhere in the
+    image, from one image's SAE codes `[N, M]` (only atoms that fire inside; a whole-image region ranks
+    by the mean alone)."""
+    inside = _inside(region)
     mean_in = codes[inside].mean(0)
     mean_out = codes[~inside].mean(0) if (~inside).any() else torch.zeros_like(mean_in)
     excess = torch.where(mean_in > 0, mean_in - mean_out, torch.full_like(mean_in, -float("inf")))
@@ -86,27 +110,27 @@ def region_activation(sae: TopKSAE, tokens: torch.Tensor, region: np.ndarray, k:
             for j in top.indices.tolist()]
 
 
-def region_contribution(attr: Attribution, region: np.ndarray, k: int = 8, image: int = 0) -> list[dict[str, float | int | str]]:
+def contribution_ranking(found: ImageAtoms, region: np.ndarray, k: int = 8) -> list[dict[str, float | int | str]]:
     """The k atoms whose mean contribution to l_a - l_n inside `region` `[N]` is largest (positive only)."""
-    inside = torch.as_tensor(np.asarray(region, dtype=bool))
-    if not inside.any():
-        raise SPGError("the region holds no patch", fix="draw a larger box")
-    atoms, net = attr.net()                                  # [U], [B, N, U]
-    mean = net[image][inside].mean(0)
-    in_a, in_n = set(attr.atoms_a.tolist()), set(attr.atoms_n.tolist())
+    mean = found.net[_inside(region)].mean(0)
     top = mean.topk(min(k, mean.numel()))
     rows = []
     for i, v in zip(top.indices.tolist(), top.values.tolist()):
         if v <= 0:
             break
-        j = int(atoms[i])
-        guide = "both" if j in in_a and j in in_n else ("anomaly" if j in in_a else "normal")
+        j = int(found.atoms[i])
+        guide = "both" if j in found.in_a and j in found.in_n else ("anomaly" if j in found.in_a else "normal")
         rows.append({"atom": j, "guide": guide, "contribution": float(v)})
     return rows
+
+
+def rank_region(found: ImageAtoms, region: np.ndarray, k: int = 8) -> RegionAtoms:
+    """Both rankings for `region` `[N]` of an image whose ImageAtoms are computed."""
+    return RegionAtoms(int(np.asarray(region).sum()), activation_ranking(found.codes, region, k),
+                       contribution_ranking(found, region, k))
 
 
 def region_atoms(sae: TopKSAE, tokens: torch.Tensor, attr: Attribution, region: np.ndarray,
                  k: int = 8) -> RegionAtoms:
     """Both rankings for one image's tokens `[N, D]`, its attribution (one image) and `region` `[N]`."""
-    return RegionAtoms(int(np.asarray(region).sum()), region_activation(sae, tokens, region, k),
-                       region_contribution(attr, region, k))
+    return rank_region(image_atoms(sae, tokens, attr), region, k)
