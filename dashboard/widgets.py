@@ -82,11 +82,10 @@ def demo_progress_note(root: Path) -> None:
     progress = demo_progress(root)
     if progress is None or progress["done"]:
         return
-    text = f"Demo runs are still being built: {progress['text']}. They appear here when done."
-    if progress["fraction"] is None:
-        st.info(text, icon=":material/hourglass:")
+    if progress["stopped"]:
+        st.warning(f"A demo run is not finished: {progress['text']}.", icon=":material/warning:")
     else:
-        st.progress(progress["fraction"], text=text)
+        st.progress(progress["fraction"], text=f"Building a demo run: {progress['text']}. It appears here when done.")
 
 
 def require_run() -> Path:

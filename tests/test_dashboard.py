@@ -824,11 +824,24 @@ def test_one_run_backbones_page_shows_it_and_the_demo_progress(runs_root, monkey
 
     root = tmp_path / "one"
     shutil.copytree(runs_root / RUN, root / RUN)
-    (root / ".demo_progress.json").write_text(json.dumps({"run": "demo-builtin", "stage": "guides",
-                                                          "fraction": 0.4}))
+    from spg_core import demo
+
+    demo._report(root, "demo-effnet", "done")                 # the progress file as the demo builder writes it
+    demo._report(root, "demo-builtin", "scoring the target")  # ... by this (live) process
     at = open_app(root, monkeypatch, page="backbones.py", run=RUN)
     said = texts(at)
     assert "at least two runs" in said and "shown alone" in said
     assert plotly_keys(at) == 1                                # the one run's per-category bars
     bars = at.get("progress")
-    assert bars and bars[0].proto.value == 40 and "demo-builtin · guides" in bars[0].proto.text
+    assert bars and bars[0].proto.value == 50 and "demo-builtin: scoring the target (step 3 of 4" in bars[0].proto.text
+    assert not at.warning
+
+    demo._report(root, "demo-builtin", "done")                 # every demo run built: no note at all
+    at = open_app(root, monkeypatch, page="backbones.py", run=RUN)
+    assert not at.get("progress") and "demo run" not in texts(at)
+
+    state = json.loads((root / demo.PROGRESS_FILE).read_text())
+    state["demo-builtin"].update(stage="training", pid=2 ** 22 + 1)   # a builder that is gone
+    (root / demo.PROGRESS_FILE).write_text(json.dumps(state))
+    at = open_app(root, monkeypatch, page="backbones.py", run=RUN)
+    assert "run `spg dashboard --demo` again" in at.warning[0].value

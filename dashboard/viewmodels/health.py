@@ -155,28 +155,28 @@ def config_summary(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
             "scoring": dict(config.get("score", {})), "backbone": dict(config.get("backbone_identity", {}))}
 
 
-DEMO_PROGRESS = ".demo_progress.json"     # written by the demo builder into the runs root while it works
-
-
 def demo_progress(root: str | Path) -> dict[str, Any] | None:
-    """The demo builder's progress file in the runs root, read leniently: {"text", "fraction" (0-1 or
-    None), "done"}; None when there is none or it cannot be read (it may be mid-rewrite)."""
-    path = Path(root) / DEMO_PROGRESS
-    if not path.is_file():
-        return None
+    """The demo builder's progress in the runs root (spg_core.demo's file, read by spg_core.demo):
+    {"text", "fraction" (0-1), "done", "stopped"} for the first demo run not yet built; None when no
+    demo build was started there or the file cannot be read. `stopped`: its builder is gone before
+    finishing (interrupted or failed), so nothing more will appear until `spg dashboard --demo` runs again."""
+    from spg_core.demo import read_demo_progress
+
     try:
-        record = read_json(path, what="demo progress")
+        runs = read_demo_progress(root)
     except SPGError:
         return None
-    if not isinstance(record, dict):
+    if not runs:
         return None
-    fraction = record.get("fraction", record.get("progress"))
-    if fraction is None and record.get("total"):
-        fraction = float(record.get("done_steps", record.get("step", 0))) / float(record["total"])
-    try:
-        fraction = None if fraction is None else min(max(float(fraction), 0.0), 1.0)
-    except (TypeError, ValueError):
-        fraction = None
-    parts = [str(record[k]) for k in ("run", "stage", "message", "status") if record.get(k)]
-    done = bool(record.get("done")) or record.get("status") in ("done", "complete", "finished")
-    return {"text": " · ".join(parts) or "building the demo runs", "fraction": fraction, "done": done}
+    pending = [(name, entry) for name, entry in runs.items() if entry.get("stage") != "done"]
+    if not pending:
+        return {"text": "every demo run is built", "fraction": 1.0, "done": True, "stopped": False}
+    name, entry = pending[0]
+    stopped = not entry["alive"] or entry.get("stage") == "failed"
+    if stopped:
+        why = f": {entry['error']}" if entry.get("error") else ""
+        text = (f"{name} stopped at '{entry.get('stage', 'queued')}'{why}; run `spg dashboard --demo` again to "
+                f"finish it")
+    else:
+        text = f"{name}: {entry['stage']} (step {entry['step'] + 1} of {entry['steps']}, {entry['seconds']:.0f} s so far)"
+    return {"text": text, "fraction": min(entry["step"] / entry["steps"], 1.0), "done": False, "stopped": stopped}
