@@ -47,7 +47,7 @@ if overview.empty:
 st.dataframe(overview.fillna({c: "?" for c in overview.columns if overview[c].dtype == object}),
              hide_index=True, key="runs_overview",
              column_config={k: st.column_config.NumberColumn(f"{k} (%)", format="%.1f")
-                            for k in overview.columns if k.endswith(("AUROC", "AP", "AUPRO"))})
+                            for k in overview.columns if k in METRIC_TITLES.values()})
 
 run = widgets.require_run()
 st.subheader(f"Run {run.name}")
