@@ -44,16 +44,18 @@ def spg_cache(tmp_path_factory) -> Path:
         os.environ["SPG_CACHE"] = old
 
 
+_MAIN = sys.modules.get("__main__")     # pytest's own, captured before any test or fixture runs
+
+
 @pytest.fixture(autouse=True)
 def keep_main_module():
-    """Put `sys.modules["__main__"]` back after every test.
+    """Put pytest's `sys.modules["__main__"]` back after every test.
 
     Streamlit's AppTest installs the page script it ran as `__main__` and leaves it there; a
     process started later with the "spawn" method (tests/distributed_support.run_world) then
     re-executes that page script in every child before the worker runs. That rerun of the whole
     app inside a gloo rank aborted one rank in CI (SIGABRT, "terminate called without an active
     exception"), depending on which dashboard test ran last."""
-    main = sys.modules.get("__main__")
     yield
-    if main is not None and sys.modules.get("__main__") is not main:
-        sys.modules["__main__"] = main
+    if _MAIN is not None and sys.modules.get("__main__") is not _MAIN:
+        sys.modules["__main__"] = _MAIN

@@ -5,6 +5,8 @@ tests/distributed_support.py; every spawned world is bounded by a timeout.
 """
 
 import json
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -215,3 +217,23 @@ def test_torchrun_train_sae_equals_single_process(tmp_path):
     for name, p in one.state_dict().items():
         # measured max |diff| 1.5e-8 with `spg run` on a similar set; 1e-4 as in the data-parallel test
         assert torch.allclose(p, two.state_dict()[name], atol=1e-4), name
+
+
+# -- a spawned world must not re-run a Streamlit page that an earlier test executed ------------------
+# AppTest leaves its page script installed as __main__; spawned children re-import __main__. conftest's
+# keep_main_module puts pytest's back after each test: these two tests, in this order, check that it does.
+_RERUN_MARK = Path(tempfile.mkdtemp()) / "page_ran_in_a_child"
+
+
+def test_an_apptest_page_runs_first():
+    AppTest = pytest.importorskip("streamlit.testing.v1").AppTest
+    AppTest.from_string(f"from pathlib import Path\nPath({str(_RERUN_MARK)!r}).touch()").run()
+    assert _RERUN_MARK.exists()
+    _RERUN_MARK.unlink()
+
+
+def test_then_spawned_ranks_do_not_rerun_that_page(tmp_path):
+    cfg = {"width": 48, "k": 6, "lr": 3e-3, "batch_images": 16, "epochs": 1, "seed": 5, "dead_after_tokens": 512}
+    run_world(train_worker, 2, str(tmp_path / "two.safetensors"), json.dumps(cfg), 512, 24)
+    assert (tmp_path / "two.safetensors").is_file()
+    assert not _RERUN_MARK.exists(), "a spawned rank re-ran the Streamlit page of an earlier test"
