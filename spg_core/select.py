@@ -22,6 +22,7 @@ import argparse
 import csv
 import io
 import itertools
+import json
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -30,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .atomic import write_json, write_text
+from .atomic import read_json, write_json, write_text
 from .config import GuideConfig, SAEConfig
 from .errors import SPGError
 
@@ -208,8 +209,6 @@ def finished_rows(path: Path, identity: dict[str, Any]) -> list[dict[str, Any]]:
     with the same auxiliary set, folds and fixed settings; otherwise none (they are recomputed)."""
     if not path.is_file():
         return []
-    from .atomic import read_json
-
     saved = read_json(path, what="select rows file")
     same = all(json_equal(saved.get(k), v) for k, v in identity.items())
     return list(saved.get("rows", [])) if same else []
@@ -217,8 +216,6 @@ def finished_rows(path: Path, identity: dict[str, Any]) -> list[dict[str, Any]]:
 
 def json_equal(a: Any, b: Any) -> bool:
     """Equality after a JSON round trip (tuples come back as lists)."""
-    import json
-
     return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
 
 
