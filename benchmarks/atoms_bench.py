@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import resource
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 
@@ -26,15 +26,17 @@ from spg_core.atoms.index import default_chunk_tokens
 from spg_core.backbones.base import resolve_device
 from spg_core.sae import TopKSAE
 
-POOL = 4          # distinct random blocks cycled through
+POOL = 4  # distinct random blocks cycled through
 
 
-def random_chunks(total: int, patches: int, dim: int, chunk_images: int, categories: int,
-                  device: torch.device, seed: int = 0) -> Iterator[TokenChunk]:
+def random_chunks(
+    total: int, patches: int, dim: int, chunk_images: int, categories: int, device: torch.device, seed: int = 0
+) -> Iterator[TokenChunk]:
     """Chunks of `chunk_images` images (`patches` tokens each) until `total` tokens, with sparse masks."""
     gen = torch.Generator(device=device).manual_seed(seed)
-    pool = [torch.randn(chunk_images, patches, dim, generator=gen, device=device, dtype=torch.float16)
-            for _ in range(POOL)]
+    pool = [
+        torch.randn(chunk_images, patches, dim, generator=gen, device=device, dtype=torch.float16) for _ in range(POOL)
+    ]
     masks = [(torch.rand(chunk_images, patches, generator=gen, device=device) < 0.03).float() for _ in range(POOL)]
     cats = torch.arange(chunk_images, device=device) % categories
     images = -(-total // patches)
@@ -45,7 +47,7 @@ def random_chunks(total: int, patches: int, dim: int, chunk_images: int, categor
 
 
 def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024        # Linux: KiB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
 def main() -> None:
@@ -69,8 +71,10 @@ def main() -> None:
     chunk_tokens = args.chunk_tokens or default_chunk_tokens(sae, device)
     chunk_images = max(1, chunk_tokens // args.patches)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu x{torch.get_num_threads()} threads"
-    print(f"device {name}; D={args.dim} M={args.width} k={args.k} P={args.top_p}; "
-          f"{args.patches} tokens/image, {chunk_images} images ({chunk_images * args.patches:,} tokens)/chunk")
+    print(
+        f"device {name}; D={args.dim} M={args.width} k={args.k} P={args.top_p}; "
+        f"{args.patches} tokens/image, {chunk_images} images ({chunk_images * args.patches:,} tokens)/chunk"
+    )
     print(f"baseline peak RSS {peak_rss_mib():,.0f} MiB (imports, SAE)")
     for total in sorted(int(t) for t in args.tokens):
         chunks = random_chunks(total, args.patches, args.dim, chunk_images, args.categories, device)
@@ -78,16 +82,22 @@ def main() -> None:
             torch.cuda.synchronize(device)
             torch.cuda.reset_peak_memory_stats(device)
         t0 = time.perf_counter()
-        acc, counts = stream_top_p(chunks, sae, top_p=args.top_p, num_patches=args.patches,
-                                   num_categories=args.categories, device=device)
+        acc, counts = stream_top_p(
+            chunks, sae, top_p=args.top_p, num_patches=args.patches, num_categories=args.categories, device=device
+        )
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds = time.perf_counter() - t0
-        gpu = (f", peak GPU memory {torch.cuda.max_memory_allocated(device) / 2 ** 20:,.0f} MiB"
-               if device.type == "cuda" else "")
+        gpu = (
+            f", peak GPU memory {torch.cuda.max_memory_allocated(device) / 2**20:,.0f} MiB"
+            if device.type == "cuda"
+            else ""
+        )
         filled = int((acc.token >= 0).sum())
-        print(f"{counts.num_tokens:>12,} tokens: {seconds:7.2f} s ({counts.num_tokens / seconds / 1e6:6.2f} M tok/s), "
-              f"peak RSS {peak_rss_mib():,.0f} MiB{gpu}; {filled:,} of {acc.values.numel():,} slots filled")
+        print(
+            f"{counts.num_tokens:>12,} tokens: {seconds:7.2f} s ({counts.num_tokens / seconds / 1e6:6.2f} M tok/s), "
+            f"peak RSS {peak_rss_mib():,.0f} MiB{gpu}; {filled:,} of {acc.values.numel():,} slots filled"
+        )
 
 
 if __name__ == "__main__":

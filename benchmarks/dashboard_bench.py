@@ -31,8 +31,16 @@ ROOT = Path(__file__).resolve().parent.parent
 PAGES = ["runs.py", "maps.py", "atoms.py", "atom_detail.py", "backbones.py", "try_image.py"]
 TARGET_MS = 300.0
 CHROMIUM = "/usr/bin/chromium"
-BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+BROWSER_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def rss_mb(pid: int) -> float:
@@ -76,11 +84,11 @@ def rerun_times(runs_root: Path, run: str, reruns: int) -> list[tuple[str, float
         at.run()
         at.selectbox(key="run").set_value(run).run()
         at.switch_page(str(ROOT / "pages" / page)).run()
-        if page == "try_image.py":          # score a sample image, so the rerun shows a result
+        if page == "try_image.py":  # score a sample image, so the rerun shows a result
             at.selectbox(key="try_sample").set_value(_first_sample(runs_root / run)).run()
         if at.exception:
             raise RuntimeError(f"{page}: {[e.value for e in at.exception]}")
-        at.run()                            # warm-up: every cache filled
+        at.run()  # warm-up: every cache filled
         times = []
         for _ in range(reruns):
             t0 = time.perf_counter()
@@ -107,7 +115,7 @@ def region_times(runs_root: Path, run: str, reruns: int, source: str = "target s
     at.segmented_control(key=f"{run}::source").set_value(source).run()
     key = f"{run}::" + ("aux::" if source == "auxiliary set" else "") + "region::"
     rows_max = at.slider(key=key + "rows").max
-    at.slider(key=key + "rows").set_value((0, 1)).run()          # warm-up
+    at.slider(key=key + "rows").set_value((0, 1)).run()  # warm-up
     times = []
     for i in range(reruns):
         r0 = (2 + i) % max(rows_max - 2, 1)
@@ -121,6 +129,7 @@ def region_times(runs_root: Path, run: str, reruns: int, source: str = "target s
 
 def _first_sample(run_dir: Path) -> str:
     from spg_core.runs import RunDir
+
     return next(r["image_path"] for r in RunDir(run_dir).read_scores() if r["label"])
 
 
@@ -183,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     runs_root = Path(args.runs).resolve()
     if args.run is None:
         from spg_core.demo import DEMO_NAME, ensure_demo_run
+
         t0 = time.perf_counter()
         ensure_demo_run(runs_root, progress=False)
         print(f"demo run ready under {runs_root} ({time.perf_counter() - t0:.1f} s)")
@@ -190,8 +200,10 @@ def main(argv: list[str] | None = None) -> int:
     else:
         run = args.run
 
-    print(f"\ncompiling app.py and the {len(PAGES)} page scripts (AppTest does it on every rerun, the server "
-          f"once): {compile_ms(PAGES):.1f} ms")
+    print(
+        f"\ncompiling app.py and the {len(PAGES)} page scripts (AppTest does it on every rerun, the server "
+        f"once): {compile_ms(PAGES):.1f} ms"
+    )
     share_script_cache()
     print(f"\nserver-side rerun time per page (AppTest, warm caches, {args.reruns} reruns)")
     print(f"{'page':<18}{'median ms':>10}{'max ms':>10}  target < {TARGET_MS:.0f} ms")

@@ -66,6 +66,7 @@ def bench_forward(bb, batch: int, device: torch.device, compile_: bool) -> float
     def run():
         with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             model(x)
+
     return batch / timed(run, device)
 
 
@@ -90,8 +91,16 @@ def bench_extraction(bb, n_images: int, batch: int, workers: int, device: torch.
     return n_images / (time.perf_counter() - t0)
 
 
-def bench_sae(n_tokens: int, dim: int, cfg: SAEConfig, device: torch.device, bf16: bool,
-              tokens_per_image: int, sparse_decode: bool = False, compile_: bool | str = False) -> tuple[float, float]:
+def bench_sae(
+    n_tokens: int,
+    dim: int,
+    cfg: SAEConfig,
+    device: torch.device,
+    bf16: bool,
+    tokens_per_image: int,
+    sparse_decode: bool = False,
+    compile_: bool | str = False,
+) -> tuple[float, float]:
     """Tokens/s (median epoch after the first) and final FVU of SAE training on synthetic tokens."""
     gen = torch.Generator(device=device).manual_seed(0)
     # Sparse mixtures of 512 directions + noise: an SAE can explain them, so FVU means something.
@@ -103,8 +112,16 @@ def bench_sae(n_tokens: int, dim: int, cfg: SAEConfig, device: torch.device, bf1
         chunks.append((coef @ basis / 4 + 0.05 * torch.randn(n, dim, generator=gen, device=device)).half())
     tokens = torch.cat(chunks)
     del chunks
-    sae, history = train_sae(tokens, cfg, tokens_per_image=tokens_per_image, device=device, progress=False,
-                             bf16=bf16, sparse_decode=sparse_decode, compile=compile_)
+    _sae, history = train_sae(
+        tokens,
+        cfg,
+        tokens_per_image=tokens_per_image,
+        device=device,
+        progress=False,
+        bf16=bf16,
+        sparse_decode=sparse_decode,
+        compile=compile_,
+    )
     epochs = [h["tokens_per_s"] for h in history if h["epoch"] != "final"]
     return float(np.median(epochs[1:] or epochs)), history[-1]["fvu"]
 
@@ -145,12 +162,14 @@ def main() -> None:
     workers = min(16, os.cpu_count() or 1) if device.type == "cuda" else 2
     with tempfile.TemporaryDirectory() as tmp:
         ext = bench_extraction(bb, n_extract, batch, workers, device, Path(tmp) / "eager")
-    print(f"extraction eager  {ext:8.1f} img/s   end to end ({n_extract} JPEGs 900x900, {workers} workers), "
-          f"ratio to eager forward {ext / fwd:.2f}")
+    print(
+        f"extraction eager  {ext:8.1f} img/s   end to end ({n_extract} JPEGs 900x900, {workers} workers), "
+        f"ratio to eager forward {ext / fwd:.2f}"
+    )
     out.update(extraction_img_s=ext, extraction_ratio=ext / fwd)
     if "forward_compiled_img_s" in out:
         bb_c = load_backbone(name, device=device).enable_compile()
-        bench_forward(bb_c, batch, device, compile_=False)          # compile outside the timed run
+        bench_forward(bb_c, batch, device, compile_=False)  # compile outside the timed run
         with tempfile.TemporaryDirectory() as tmp:
             ext_c = bench_extraction(bb_c, n_extract, batch, workers, device, Path(tmp) / "compiled")
         ratio = ext_c / float(out["forward_compiled_img_s"])
@@ -161,17 +180,30 @@ def main() -> None:
     n_tok = args.sae_tokens or (20_000 if small else 8_500_000)
     cfg = SAEConfig(width=4096 if not small else 512, k=64 if not small else 16, epochs=3)
     # (bf16, sparse decode, torch.compile, images per batch); the paper's batch is 16 images.
-    variants = ([(False, False, False, 16), (True, False, False, 16), (True, True, False, 16),
-                 (True, False, True, 16), (True, False, "reduce-overhead", 16), (True, False, True, 64)]
-                if device.type == "cuda"
-                else [(False, False, False, 16), (False, True, False, 16)])
+    variants = (
+        [
+            (False, False, False, 16),
+            (True, False, False, 16),
+            (True, True, False, 16),
+            (True, False, True, 16),
+            (True, False, "reduce-overhead", 16),
+            (True, False, True, 64),
+        ]
+        if device.type == "cuda"
+        else [(False, False, False, 16), (False, True, False, 16)]
+    )
     for bf16, sparse, comp, b_img in variants:
         tps, fvu = bench_sae(n_tok, dim, replace(cfg, batch_images=b_img), device, bf16, n_patch, sparse, comp)
-        label = ("bf16" if bf16 else "fp32") + ("_sparse" if sparse else "") \
-            + ({True: "_compiled", "reduce-overhead": "_cudagraphs"}.get(comp, "")) \
+        label = (
+            ("bf16" if bf16 else "fp32")
+            + ("_sparse" if sparse else "")
+            + ({True: "_compiled", "reduce-overhead": "_cudagraphs"}.get(comp, ""))
             + ("" if b_img == 16 else f"_batch{b_img}")
-        print(f"SAE train {label:<24} {tps / 1e6:7.3f} M tok/s (D {dim}, M {cfg.width}, k {cfg.k}, batch "
-              f"{b_img} img = {b_img * n_patch} tok, {n_tok} tokens), FVU {fvu:.4f}")
+        )
+        print(
+            f"SAE train {label:<24} {tps / 1e6:7.3f} M tok/s (D {dim}, M {cfg.width}, k {cfg.k}, batch "
+            f"{b_img} img = {b_img * n_patch} tok, {n_tok} tokens), FVU {fvu:.4f}"
+        )
         out[f"sae_{label}_tok_s"] = tps
         out[f"sae_{label}_fvu"] = fvu
     # The projection uses the paper's batch (16 images): the fastest 16-image variant.
@@ -179,7 +211,9 @@ def main() -> None:
     visa_tokens = VISA_TEST * n_patch
     mvtec_tokens = MVTEC_TEST * n_patch
     sae_50 = 50 * (visa_tokens + mvtec_tokens) / float(sae_tps)
-    print(f"SAE 50 epochs     {50 * visa_tokens / float(sae_tps):8.1f} s at VisA scale ({visa_tokens / 1e6:.1f} M tokens)")
+    print(
+        f"SAE 50 epochs     {50 * visa_tokens / float(sae_tps):8.1f} s at VisA scale ({visa_tokens / 1e6:.1f} M tokens)"
+    )
 
     # Guides: the paper's batch of 16 images; random tokens and masks of the real shapes.
     n_img = 64 if small else 512
@@ -188,8 +222,15 @@ def main() -> None:
     dictionary = torch.nn.functional.normalize(torch.randn(dim, cfg.width, device=device), dim=0)
     gcfg = GuideConfig(epochs=2)
     t0 = time.perf_counter()
-    train_guides(dictionary, lambda idx: (tokens[idx.to(device)], masks[idx.to(device)]), n_img, bb.grid, gcfg,
-                 device=device, progress=False)
+    train_guides(
+        dictionary,
+        lambda idx: (tokens[idx.to(device)], masks[idx.to(device)]),
+        n_img,
+        bb.grid,
+        gcfg,
+        device=device,
+        progress=False,
+    )
     sync(device)
     guide_s_per_img_epoch = (time.perf_counter() - t0) / (n_img * gcfg.epochs)
     print(f"guide training    {1 / guide_s_per_img_epoch:8.1f} img/s per epoch (batch 16)")
@@ -210,10 +251,17 @@ def main() -> None:
     guides_s = GuideConfig().epochs * n_all * guide_s_per_img_epoch
     eval_s = n_all / thr
     total = extract_s + sae_50 + guides_s + eval_s
-    print(f"projected full two-direction run: {total:.0f} s = extract {extract_s:.0f} + SAE {sae_50:.0f} + "
-          f"guides {guides_s:.0f} + inference {eval_s:.0f} (metrics excluded; see metrics_bench.py)")
-    out.update(projected_total_s=total, projected_extract_s=extract_s, projected_sae_s=sae_50,
-               projected_guides_s=guides_s, projected_eval_s=eval_s)
+    print(
+        f"projected full two-direction run: {total:.0f} s = extract {extract_s:.0f} + SAE {sae_50:.0f} + "
+        f"guides {guides_s:.0f} + inference {eval_s:.0f} (metrics excluded; see metrics_bench.py)"
+    )
+    out.update(
+        projected_total_s=total,
+        projected_extract_s=extract_s,
+        projected_sae_s=sae_50,
+        projected_guides_s=guides_s,
+        projected_eval_s=eval_s,
+    )
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2))
 

@@ -31,8 +31,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -40,19 +41,19 @@ from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from spg_core import metrics  # noqa: E402
-from spg_core.metrics.aupro import _area_up_to  # noqa: E402
+from spg_core import metrics
+from spg_core.metrics.aupro import _area_up_to
 
 MVTEC_CATEGORIES = 15
-ANOMALOUS_FRACTION = 1258 / 1725       # MVTec AD test split
+ANOMALOUS_FRACTION = 1258 / 1725  # MVTec AD test split
 
 
 # --------------------------------------------------------------------------
 # synthetic data
 # --------------------------------------------------------------------------
 
-def _blob_batch(n: int, size: int, gen: torch.Generator, anomalous: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+
+def _blob_batch(n: int, size: int, gen: torch.Generator, anomalous: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Maps (float32 [n, S, S] in [0, 1]) and masks (bool) for n images.
 
     Background: smooth low-frequency noise. Anomalous images get 1-3 elliptic
@@ -60,8 +61,7 @@ def _blob_batch(n: int, size: int, gen: torch.Generator, anomalous: torch.Tensor
     that the metrics are not trivial) and the mask is the ellipse.
     """
     low = torch.rand(n, 1, 14, 14, generator=gen)
-    bg = torch.nn.functional.interpolate(low, size=(size, size), mode="bilinear",
-                                         align_corners=False)[:, 0]
+    bg = torch.nn.functional.interpolate(low, size=(size, size), mode="bilinear", align_corners=False)[:, 0]
     maps = 0.15 + 0.35 * bg + 0.05 * torch.rand(n, size, size, generator=gen)
     masks = torch.zeros(n, size, size, dtype=torch.bool)
     coords = torch.arange(size, dtype=torch.float32)
@@ -81,13 +81,10 @@ def generate(images: int, size: int, categories: int, seed: int, out: Path) -> N
     """Write maps.npy (float16), maps32.npy (the same maps before rounding to float16: genuine
     float32 values, as a run's maps are), masks.npy (bool), scores.npy, labels.npy, cats.npy."""
     gen = torch.Generator().manual_seed(seed)
-    maps = np.lib.format.open_memmap(out / "maps.npy", mode="w+", dtype=np.float16,
-                                     shape=(images, size, size))
-    maps32 = np.lib.format.open_memmap(out / "maps32.npy", mode="w+", dtype=np.float32,
-                                       shape=(images, size, size))
-    masks = np.lib.format.open_memmap(out / "masks.npy", mode="w+", dtype=bool,
-                                      shape=(images, size, size))
-    labels = (torch.rand(images, generator=gen) < ANOMALOUS_FRACTION)
+    maps = np.lib.format.open_memmap(out / "maps.npy", mode="w+", dtype=np.float16, shape=(images, size, size))
+    maps32 = np.lib.format.open_memmap(out / "maps32.npy", mode="w+", dtype=np.float32, shape=(images, size, size))
+    masks = np.lib.format.open_memmap(out / "masks.npy", mode="w+", dtype=bool, shape=(images, size, size))
+    labels = torch.rand(images, generator=gen) < ANOMALOUS_FRACTION
     batch = max(1, (1 << 22) // (size * size))
     for s in range(0, images, batch):
         e = min(images, s + batch)
@@ -98,7 +95,7 @@ def generate(images: int, size: int, categories: int, seed: int, out: Path) -> N
     maps.flush()
     maps32.flush()
     masks.flush()
-    labels_np = masks.reshape(images, -1).any(axis=1)           # a defect may miss: relabel
+    labels_np = masks.reshape(images, -1).any(axis=1)  # a defect may miss: relabel
     scores = maps.reshape(images, -1).max(axis=1).astype(np.float64)
     scores += np.random.default_rng(seed).normal(0, 0.05, images)
     cats = np.array([f"cat{i * categories // images:02d}" for i in range(images)])
@@ -112,8 +109,10 @@ def generate(images: int, size: int, categories: int, seed: int, out: Path) -> N
 # straightforward baselines (what evaluation scripts usually do)
 # --------------------------------------------------------------------------
 
+
 def sklearn_pixel_auroc(maps: np.ndarray, masks: np.ndarray) -> float:
     from sklearn.metrics import roc_auc_score
+
     return float(roc_auc_score(masks.ravel(), maps.ravel()))
 
 
@@ -141,12 +140,12 @@ def mvtec_reference_aupro(maps: np.ndarray, masks: np.ndarray, max_fpr: float = 
     return _area_up_to(x, y, max_fpr) / max_fpr
 
 
-def loop_aupro(maps: np.ndarray, masks: np.ndarray, thresholds: int | None = None,
-               max_fpr: float = 0.3) -> float:
+def loop_aupro(maps: np.ndarray, masks: np.ndarray, thresholds: int | None = None, max_fpr: float = 0.3) -> float:
     """The official SPG (AnomalyCLIP) loop: binarise at each of 200 grid thresholds, FPR over
     normal pixels, PRO = mean over regions (labelled once) of their coverage.
     With ``thresholds`` < 200 only the first ones are run (timing only)."""
     from sklearn.metrics import auc
+
     regions = []
     for i in range(len(masks)):
         lab, n = ndimage.label(masks[i], structure=np.ones((3, 3), dtype=int))
@@ -177,6 +176,7 @@ def loop_aupro(maps: np.ndarray, masks: np.ndarray, thresholds: int | None = Non
 # worker: one measurement in a fresh process
 # --------------------------------------------------------------------------
 
+
 def _status_kib(key: str) -> int:
     """A memory line of /proc/self/status (VmRSS, VmHWM) in KiB."""
     with open("/proc/self/status") as fh:
@@ -201,9 +201,13 @@ def _load(work: Path, images: int | None, dtype: str) -> dict[str, Any]:
     maps = np.load(work / ("maps32.npy" if dtype == "float32" else "maps.npy"), mmap_mode="r")
     masks = np.load(work / "masks.npy", mmap_mode="r")
     n = len(maps) if images is None else images
-    d = {"maps": np.array(maps[:n]), "masks": np.array(masks[:n]),
-         "scores": np.load(work / "scores.npy")[:n], "labels": np.load(work / "labels.npy")[:n],
-         "cats": np.load(work / "cats.npy")[:n]}
+    d = {
+        "maps": np.array(maps[:n]),
+        "masks": np.array(masks[:n]),
+        "scores": np.load(work / "scores.npy")[:n],
+        "labels": np.load(work / "labels.npy")[:n],
+        "cats": np.load(work / "cats.npy")[:n],
+    }
     if dtype == "float32-from-fp16":
         d["maps"] = d["maps"].astype(np.float32)
     return d
@@ -211,7 +215,8 @@ def _load(work: Path, images: int | None, dtype: str) -> dict[str, Any]:
 
 TASKS: dict[str, Callable[[dict[str, Any], argparse.Namespace], Any]] = {
     "ours_evaluate": lambda d, a: metrics.evaluate(
-        d["scores"], d["labels"], d["maps"], d["masks"], d["cats"], device=a.device)["mean"],
+        d["scores"], d["labels"], d["maps"], d["masks"], d["cats"], device=a.device
+    )["mean"],
     "ours_pixel_auroc": lambda d, a: metrics.pixel_auroc(d["maps"], d["masks"], device=a.device),
     "ours_aupro": lambda d, a: metrics.aupro(d["maps"], d["masks"], device=a.device),
     "ours_aupro_official": lambda d, a: metrics.aupro_official(d["maps"], d["masks"], device=a.device),
@@ -223,7 +228,7 @@ TASKS: dict[str, Callable[[dict[str, Any], argparse.Namespace], Any]] = {
 
 def worker(args: argparse.Namespace) -> None:
     data = _load(Path(args.workdir), args.worker_images, args.dtype)
-    if args.device == "cuda":              # initialise CUDA outside the timed region
+    if args.device == "cuda":  # initialise CUDA outside the timed region
         torch.zeros(1, device="cuda")
         torch.cuda.synchronize()
     hwm_reset = _reset_peak_rss()
@@ -237,14 +242,39 @@ def worker(args: argparse.Namespace) -> None:
     # (which may still hold the loading peak, so it can only over-state).
     peak = _status_kib("VmHWM") if hwm_reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     pixels = int(np.prod(data["maps"].shape))
-    print(json.dumps({"task": args.worker, "seconds": seconds, "pixels": pixels,
-                      "extra_rss_mib": max(0, peak - before) / 1024, "value": value}))
+    print(
+        json.dumps(
+            {
+                "task": args.worker,
+                "seconds": seconds,
+                "pixels": pixels,
+                "extra_rss_mib": max(0, peak - before) / 1024,
+                "value": value,
+            }
+        )
+    )
 
 
-def run_task(task: str, args: argparse.Namespace, *, images: int | None = None,
-             dtype: str = "float16", loop_thresholds: int | None = None) -> dict[str, Any]:
-    cmd = [sys.executable, __file__, "--worker", task, "--workdir", str(args.workdir),
-           "--device", args.device, "--dtype", dtype]
+def run_task(
+    task: str,
+    args: argparse.Namespace,
+    *,
+    images: int | None = None,
+    dtype: str = "float16",
+    loop_thresholds: int | None = None,
+) -> dict[str, Any]:
+    cmd = [
+        sys.executable,
+        __file__,
+        "--worker",
+        task,
+        "--workdir",
+        str(args.workdir),
+        "--device",
+        args.device,
+        "--dtype",
+        dtype,
+    ]
     if images is not None:
         cmd += ["--worker-images", str(images)]
     if loop_thresholds is not None:
@@ -259,6 +289,7 @@ def run_task(task: str, args: argparse.Namespace, *, images: int | None = None,
 # report
 # --------------------------------------------------------------------------
 
+
 def _row(name: str, seconds: float, mib: float | None, note: str = "") -> str:
     mem = f"{mib:9.0f}" if mib is not None else f"{'-':>9}"
     return f"  {name:<50} {seconds:9.2f} {mem}   {note}"
@@ -269,12 +300,18 @@ def main() -> None:
     p.add_argument("--images", type=int, default=1725)
     p.add_argument("--size", type=int, default=448)
     p.add_argument("--categories", type=int, default=MVTEC_CATEGORIES)
-    p.add_argument("--subset-pixels", type=float, default=50e6,
-                   help="pixels the straightforward baselines are timed on")
-    p.add_argument("--agree-pixels", type=float, default=5e6,
-                   help="pixels for the full 200-threshold loop agreement check")
-    p.add_argument("--loop-thresholds", type=int, default=20,
-                   help="thresholds the loop baseline is timed with (then extrapolated to 200)")
+    p.add_argument(
+        "--subset-pixels", type=float, default=50e6, help="pixels the straightforward baselines are timed on"
+    )
+    p.add_argument(
+        "--agree-pixels", type=float, default=5e6, help="pixels for the full 200-threshold loop agreement check"
+    )
+    p.add_argument(
+        "--loop-thresholds",
+        type=int,
+        default=20,
+        help="thresholds the loop baseline is timed with (then extrapolated to 200)",
+    )
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--no-float32", action="store_true", help="skip the float32 runs")
     p.add_argument("--workdir", type=Path, default=None)
@@ -304,34 +341,59 @@ def report(args: argparse.Namespace) -> None:
     agree_n = max(1, min(n, math.ceil(args.agree_pixels / (s * s))))
     sub_px = sub_n * s * s
     cpu = os.cpu_count()
-    print(f"spg_core.metrics benchmark: {n} images x {s} x {s} = {total_px / 1e6:.1f} M pixels, "
-          f"{args.categories} categories, float16 maps")
-    print(f"machine: {cpu} CPU cores visible, device={args.device}"
-          + (f" ({torch.cuda.get_device_name()})" if args.device == "cuda" else ""))
+    print(
+        f"spg_core.metrics benchmark: {n} images x {s} x {s} = {total_px / 1e6:.1f} M pixels, "
+        f"{args.categories} categories, float16 maps"
+    )
+    print(
+        f"machine: {cpu} CPU cores visible, device={args.device}"
+        + (f" ({torch.cuda.get_device_name()})" if args.device == "cuda" else "")
+    )
     t0 = time.perf_counter()
     generate(n, s, args.categories, args.seed, args.workdir)
-    print(f"generated synthetic data in {time.perf_counter() - t0:.1f} s "
-          f"({np.load(args.workdir / 'masks.npy', mmap_mode='r').mean() * 100:.2f}% anomalous pixels)\n")
+    print(
+        f"generated synthetic data in {time.perf_counter() - t0:.1f} s "
+        f"({np.load(args.workdir / 'masks.npy', mmap_mode='r').mean() * 100:.2f}% anomalous pixels)\n"
+    )
 
     print(f"  {'measurement':<50} {'seconds':>9} {'extra MiB':>9}   note")
     full: dict[str, dict[str, Any]] = {}
     for task in ("ours_evaluate", "ours_pixel_auroc", "ours_aupro", "ours_aupro_official"):
         r = full[task] = run_task(task, args)
-        print(_row(f"{task} (full set, fp16)", r["seconds"], r["extra_rss_mib"],
-                   f"{r['seconds'] / total_px * 1e9:.2f} ns/pixel"))
+        print(
+            _row(
+                f"{task} (full set, fp16)",
+                r["seconds"],
+                r["extra_rss_mib"],
+                f"{r['seconds'] / total_px * 1e9:.2f} ns/pixel",
+            )
+        )
     if not args.no_float32:
-        for task, dtype, suffix in (("ours_evaluate", "float32", "_f32"), ("ours_pixel_auroc", "float32", "_f32"),
-                                    ("ours_aupro", "float32", "_f32"),
-                                    ("ours_pixel_auroc", "float32-from-fp16", "_f32h"),
-                                    ("ours_aupro", "float32-from-fp16", "_f32h")):
+        for task, dtype, suffix in (
+            ("ours_evaluate", "float32", "_f32"),
+            ("ours_pixel_auroc", "float32", "_f32"),
+            ("ours_aupro", "float32", "_f32"),
+            ("ours_pixel_auroc", "float32-from-fp16", "_f32h"),
+            ("ours_aupro", "float32-from-fp16", "_f32h"),
+        ):
             r = full[task + suffix] = run_task(task, args, dtype=dtype)
-            print(_row(f"{task} (full set, {dtype})", r["seconds"], r["extra_rss_mib"],
-                       f"{r['seconds'] / total_px * 1e9:.2f} ns/pixel"))
+            print(
+                _row(
+                    f"{task} (full set, {dtype})",
+                    r["seconds"],
+                    r["extra_rss_mib"],
+                    f"{r['seconds'] / total_px * 1e9:.2f} ns/pixel",
+                )
+            )
 
-    print(f"\n  subset: first {sub_n} images = {sub_px / 1e6:.1f} M pixels "
-          f"(extrapolated x{total_px / sub_px:.2f} linearly to the full set)")
-    sub = {t: run_task(t, args, images=sub_n) for t in
-           ("ours_pixel_auroc", "ours_aupro", "sklearn_pixel_auroc", "mvtec_reference_aupro")}
+    print(
+        f"\n  subset: first {sub_n} images = {sub_px / 1e6:.1f} M pixels "
+        f"(extrapolated x{total_px / sub_px:.2f} linearly to the full set)"
+    )
+    sub = {
+        t: run_task(t, args, images=sub_n)
+        for t in ("ours_pixel_auroc", "ours_aupro", "sklearn_pixel_auroc", "mvtec_reference_aupro")
+    }
     sub["loop_aupro"] = run_task("loop_aupro", args, images=sub_n, loop_thresholds=args.loop_thresholds)
     scale = total_px / sub_px
     for task, r in sub.items():
@@ -345,38 +407,56 @@ def report(args: argparse.Namespace) -> None:
     est_ref = sub["mvtec_reference_aupro"]["seconds"] * scale
     est_loop = sub["loop_aupro"]["seconds"] * scale * metrics.OFFICIAL_STEPS / args.loop_thresholds
     print("\n  speed-up on the full set (ours measured, baselines extrapolated):")
-    print(f"    pixel AUROC    : sklearn {est_sk:8.1f} s / ours {full['ours_pixel_auroc']['seconds']:.2f} s"
-          f" = {est_sk / full['ours_pixel_auroc']['seconds']:6.0f}x")
-    print(f"    AUPRO (exact)  : MVTec-reference sort {est_ref:8.1f} s / ours "
-          f"{full['ours_aupro']['seconds']:.2f} s = {est_ref / full['ours_aupro']['seconds']:6.0f}x")
-    print(f"    AUPRO (200 th) : threshold loop {est_loop:8.1f} s / ours official "
-          f"{full['ours_aupro_official']['seconds']:.2f} s = "
-          f"{est_loop / full['ours_aupro_official']['seconds']:6.0f}x")
+    print(
+        f"    pixel AUROC    : sklearn {est_sk:8.1f} s / ours {full['ours_pixel_auroc']['seconds']:.2f} s"
+        f" = {est_sk / full['ours_pixel_auroc']['seconds']:6.0f}x"
+    )
+    print(
+        f"    AUPRO (exact)  : MVTec-reference sort {est_ref:8.1f} s / ours "
+        f"{full['ours_aupro']['seconds']:.2f} s = {est_ref / full['ours_aupro']['seconds']:6.0f}x"
+    )
+    print(
+        f"    AUPRO (200 th) : threshold loop {est_loop:8.1f} s / ours official "
+        f"{full['ours_aupro_official']['seconds']:.2f} s = "
+        f"{est_loop / full['ours_aupro_official']['seconds']:6.0f}x"
+    )
     all_four = est_sk + est_ref
-    print(f"    all pixel metrics per category (evaluate) {full['ours_evaluate']['seconds']:.2f} s "
-          f"vs sklearn + MVTec-reference {all_four:.1f} s = "
-          f"{all_four / full['ours_evaluate']['seconds']:.0f}x")
+    print(
+        f"    all pixel metrics per category (evaluate) {full['ours_evaluate']['seconds']:.2f} s "
+        f"vs sklearn + MVTec-reference {all_four:.1f} s = "
+        f"{all_four / full['ours_evaluate']['seconds']:.0f}x"
+    )
     for suffix, name in (("_f32", "float32 maps"), ("_f32h", "float32 maps of float16 values")):
         if "ours_pixel_auroc" + suffix in full:
-            print(f"    {name}: pixel AUROC {est_sk / full['ours_pixel_auroc' + suffix]['seconds']:.0f}x, "
-                  f"AUPRO {est_ref / full['ours_aupro' + suffix]['seconds']:.0f}x "
-                  "(baselines timed on the float16 maps)")
+            print(
+                f"    {name}: pixel AUROC {est_sk / full['ours_pixel_auroc' + suffix]['seconds']:.0f}x, "
+                f"AUPRO {est_ref / full['ours_aupro' + suffix]['seconds']:.0f}x "
+                "(baselines timed on the float16 maps)"
+            )
 
     print(f"\n  agreement on the subset ({sub_px / 1e6:.1f} M pixels):")
     d_auc = abs(sub["ours_pixel_auroc"]["value"] - sub["sklearn_pixel_auroc"]["value"])
     d_pro = abs(sub["ours_aupro"]["value"] - sub["mvtec_reference_aupro"]["value"])
-    print(f"    pixel AUROC  ours {sub['ours_pixel_auroc']['value']:.9f}  sklearn "
-          f"{sub['sklearn_pixel_auroc']['value']:.9f}  |diff| {d_auc:.2e}")
-    print(f"    AUPRO mvtec  ours {sub['ours_aupro']['value']:.9f}  reference "
-          f"{sub['mvtec_reference_aupro']['value']:.9f}  |diff| {d_pro:.2e}")
+    print(
+        f"    pixel AUROC  ours {sub['ours_pixel_auroc']['value']:.9f}  sklearn "
+        f"{sub['sklearn_pixel_auroc']['value']:.9f}  |diff| {d_auc:.2e}"
+    )
+    print(
+        f"    AUPRO mvtec  ours {sub['ours_aupro']['value']:.9f}  reference "
+        f"{sub['mvtec_reference_aupro']['value']:.9f}  |diff| {d_pro:.2e}"
+    )
     ours_ac = run_task("ours_aupro_official", args, images=agree_n)
     loop_ac = run_task("loop_aupro", args, images=agree_n, loop_thresholds=metrics.OFFICIAL_STEPS)
-    print(f"    AUPRO official on {agree_n * s * s / 1e6:.1f} M pixels (all 200 thresholds): ours "
-          f"{ours_ac['value']:.9f}  loop {loop_ac['value']:.9f}  "
-          f"|diff| {abs(ours_ac['value'] - loop_ac['value']):.2e}  "
-          f"(loop {loop_ac['seconds']:.1f} s, ours {ours_ac['seconds']:.2f} s)")
-    print("\n  mean over categories (ours): "
-          + ", ".join(f"{k} {v:.4f}" for k, v in full["ours_evaluate"]["value"].items()))
+    print(
+        f"    AUPRO official on {agree_n * s * s / 1e6:.1f} M pixels (all 200 thresholds): ours "
+        f"{ours_ac['value']:.9f}  loop {loop_ac['value']:.9f}  "
+        f"|diff| {abs(ours_ac['value'] - loop_ac['value']):.2e}  "
+        f"(loop {loop_ac['seconds']:.1f} s, ours {ours_ac['seconds']:.2f} s)"
+    )
+    print(
+        "\n  mean over categories (ours): "
+        + ", ".join(f"{k} {v:.4f}" for k, v in full["ours_evaluate"]["value"].items())
+    )
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Where one TopK SAE training step spends its time (torch.profiler, CUDA when present).
 
-    python benchmarks/sae_profile.py [--tokens 12544] [--dim 1024] [--width 4096] [--k 64]
+python benchmarks/sae_profile.py [--tokens 12544] [--dim 1024] [--width 4096] [--k 64]
 """
 
 from __future__ import annotations

@@ -45,8 +45,16 @@ def _tokens(n: int, dim: int) -> torch.Tensor:
 
 
 def _worker(rank: int, world: int, port: int, args: argparse.Namespace, out: str) -> None:
-    os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
-                       "LOCAL_WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+    os.environ.update(
+        {
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "WORLD_SIZE": str(world),
+            "LOCAL_WORLD_SIZE": str(world),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+        }
+    )
     torch.set_num_threads(args.threads)
     if world > 1:
         distributed.init_from_env("nccl" if args.device == "cuda" else "gloo")
@@ -89,16 +97,25 @@ def _stream_rate(args: argparse.Namespace) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         shards = []
         for i, lo in enumerate(range(0, images, shard_images)):
-            part = tokens[lo:lo + shard_images]
-            save_tensors(Path(tmp) / f"shard_{i:05d}.safetensors",
-                         {"tokens": part, "masks": torch.zeros(len(part), 1, dtype=torch.uint8)})
+            part = tokens[lo : lo + shard_images]
+            save_tensors(
+                Path(tmp) / f"shard_{i:05d}.safetensors",
+                {"tokens": part, "masks": torch.zeros(len(part), 1, dtype=torch.uint8)},
+            )
             shards.append({"file": f"shard_{i:05d}.safetensors", "start": lo, "count": len(part)})
-        side = int(per_image ** 0.5)
-        write_json(Path(tmp) / "manifest.json", {
-            "key": {"identity": {"grid": [side, per_image // side], "image_size": 2, "dim": args.dim}},
-            "complete": True, "images": [{"category": "x", "label": 0}] * images, "shards": shards})
-        stream = ShardStream(TokenStore(tmp), args.batch_images * per_image,
-                             device="cuda" if args.device == "cuda" else "cpu")
+        side = int(per_image**0.5)
+        write_json(
+            Path(tmp) / "manifest.json",
+            {
+                "key": {"identity": {"grid": [side, per_image // side], "image_size": 2, "dim": args.dim}},
+                "complete": True,
+                "images": [{"category": "x", "label": 0}] * images,
+                "shards": shards,
+            },
+        )
+        stream = ShardStream(
+            TokenStore(tmp), args.batch_images * per_image, device="cuda" if args.device == "cuda" else "cpu"
+        )
         t0 = time.perf_counter()
         n = sum(len(b) for b in stream.epoch(0))
         return n / (time.perf_counter() - t0)
@@ -119,15 +136,22 @@ def main() -> None:
     p.add_argument("--sharded-single", action="store_true", help="also time latent-sharded code in a world of one")
     args = p.parse_args()
 
-    print(f"machine: {platform.node()} {os.cpu_count()} CPU cores, torch {torch.__version__}"
-          + (f", {torch.cuda.get_device_name(0)}" if args.device == "cuda" else ""))
-    print(f"tokens {args.tokens} x D {args.dim}, M {args.width}, k {args.k}, batch "
-          f"{args.batch_images * args.tokens_per_image} tokens, {args.epochs} epochs, {args.threads} thread(s)/process")
+    print(
+        f"machine: {platform.node()} {os.cpu_count()} CPU cores, torch {torch.__version__}"
+        + (f", {torch.cuda.get_device_name(0)}" if args.device == "cuda" else "")
+    )
+    print(
+        f"tokens {args.tokens} x D {args.dim}, M {args.width}, k {args.k}, batch "
+        f"{args.batch_images * args.tokens_per_image} tokens, {args.epochs} epochs, {args.threads} thread(s)/process"
+    )
     for world in args.nproc:
         res = _run_world(world, args)
-        line = f"{world} process(es): data-parallel {statistics.median(res['data_parallel'][1:] or res['data_parallel']):,.0f} tok/s"
+        rate = statistics.median(res["data_parallel"][1:] or res["data_parallel"])
+        line = f"{world} process(es): data-parallel {rate:,.0f} tok/s"
         if "latent_sharded" in res:
-            line += f", latent-sharded {statistics.median(res['latent_sharded'][1:] or res['latent_sharded']):,.0f} tok/s"
+            line += (
+                f", latent-sharded {statistics.median(res['latent_sharded'][1:] or res['latent_sharded']):,.0f} tok/s"
+            )
         print(line + f" (FVU {res['fvu']:.4f})")
     print(f"streaming reader (1 process, {args.device}): {_stream_rate(args):,.0f} tok/s")
 

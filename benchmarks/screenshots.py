@@ -40,7 +40,7 @@ def take(runs: Path, out: Path, run: str | None) -> list[Path]:
                 page.goto(f"http://localhost:{port}/{url}")
                 wait_ready(page, title)
                 if run:
-                    picker = page.get_by_role("combobox", name="Run")    # the sidebar's run selectbox
+                    picker = page.get_by_role("combobox", name="Run")  # the sidebar's run selectbox
                     if picker.count():
                         picker.first.click()
                         page.get_by_role("option", name=run, exact=True).click()
@@ -50,14 +50,14 @@ def take(runs: Path, out: Path, run: str | None) -> list[Path]:
                 page.screenshot(path=str(path))
                 written.append(path)
                 print(f"{path}")
-                if url == "maps":                # the auxiliary view: a defect's map and its region's atoms
+                if url == "maps":  # the auxiliary view: a defect's map and its region's atoms
                     page.get_by_role("radio", name="auxiliary set").click()
                     wait_ready(page, title)
                     path = out / "maps_auxiliary.png"
                     page.screenshot(path=str(path))
                     written.append(path)
                     print(f"{path}")
-                if url == "try":                 # the README shows the page with a scored sample
+                if url == "try":  # the README shows the page with a scored sample
                     page.locator('[data-testid="stSelectbox"]:has-text("try a sample")').first.click()
                     page.get_by_role("option").nth(1).click()
                     page.wait_for_selector('[data-testid="stMetric"]:has-text("Image score")', timeout=300_000)

@@ -32,30 +32,44 @@ DIRECTIONS = {"a->b": ("synthetic-a", "synthetic-b"), "b->a": ("synthetic-b", "s
 def one(backbone: str, seed: int, direction: str, out: Path, cache_dir: str | None) -> dict:
     aux, target = (f"{d}@seed={seed}" for d in DIRECTIONS[direction])
     preset = PRESETS[backbone]
-    cfg = RunConfig(aux=aux, target=target, backbone=backbone, device="cpu",
-                    sae=SAEConfig(**preset["sae"]), guides=GuideConfig(**preset["guides"]))
+    cfg = RunConfig(
+        aux=aux,
+        target=target,
+        backbone=backbone,
+        device="cpu",
+        sae=SAEConfig(**preset["sae"]),
+        guides=GuideConfig(**preset["guides"]),
+    )
     run = out / f"{backbone}_{direction.replace('->', '_to_')}_seed{seed}"
     t0 = time.perf_counter()
     spg = run_experiment(cfg, run, cache_dir=cache_dir, progress=False)
     store = TokenStore(json.loads((run / "config.json").read_text())["target_store"])
     kind = default_baseline(backbone)
     base = evaluate_baseline(store, kind)
-    return {"backbone": backbone, "seed": seed, "direction": direction, "baseline": kind,
-            "seconds": time.perf_counter() - t0,
-            "spg": {k: spg["mean"][k] for k in KEYS}, "zero_training": {k: base["mean"][k] for k in KEYS}}
+    return {
+        "backbone": backbone,
+        "seed": seed,
+        "direction": direction,
+        "baseline": kind,
+        "seconds": time.perf_counter() - t0,
+        "spg": {k: spg["mean"][k] for k in KEYS},
+        "zero_training": {k: base["mean"][k] for k in KEYS},
+    }
 
 
 def summary(rows: list[dict]) -> list[str]:
     lines = []
-    for (bb, d) in sorted({(r["backbone"], r["direction"]) for r in rows}):
+    for bb, d in sorted({(r["backbone"], r["direction"]) for r in rows}):
         mine = [r for r in rows if (r["backbone"], r["direction"]) == (bb, d)]
         for what in ("spg", "zero_training"):
             cells = []
             for k in KEYS:
                 v = np.array([r[what][k] for r in mine])
                 cells.append(f"{v.mean():.3f} +- {v.std(ddof=1) if len(v) > 1 else 0:.3f}")
-            lines.append(f"| {bb} | {d} | {what if what == 'spg' else 'zero-training ' + mine[0]['baseline']} | "
-                         f"{len(mine)} | " + " | ".join(cells) + " |")
+            lines.append(
+                f"| {bb} | {d} | {what if what == 'spg' else 'zero-training ' + mine[0]['baseline']} | "
+                f"{len(mine)} | " + " | ".join(cells) + " |"
+            )
     return lines
 
 
@@ -78,10 +92,15 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 r = one(bb, seed, d, out, args.cache_dir)
                 rows.append(r)
-                write_json(out / "seeds.json", {"rows": rows})       # resumable: finished cells are kept
-                print(f"{bb} seed {seed} {d}: SPG " + " ".join(f"{r['spg'][k]:.3f}" for k in KEYS)
-                      + f" | zero-training {r['baseline']} " + " ".join(f"{r['zero_training'][k]:.3f}" for k in KEYS)
-                      + f" ({r['seconds']:.0f} s)", flush=True)
+                write_json(out / "seeds.json", {"rows": rows})  # resumable: finished cells are kept
+                print(
+                    f"{bb} seed {seed} {d}: SPG "
+                    + " ".join(f"{r['spg'][k]:.3f}" for k in KEYS)
+                    + f" | zero-training {r['baseline']} "
+                    + " ".join(f"{r['zero_training'][k]:.3f}" for k in KEYS)
+                    + f" ({r['seconds']:.0f} s)",
+                    flush=True,
+                )
     print("\n| backbone | direction | method | seeds | " + " | ".join(KEYS) + " |")
     print("|---|---|---|---|" + "---|" * len(KEYS))
     print("\n".join(summary(rows)))

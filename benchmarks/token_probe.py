@@ -57,8 +57,10 @@ def probe(aux: str, target: str, backbone_name: str, device: str) -> dict[str, t
     out = {}
     for c in sorted(set(cats)):
         i = cats == c
-        out[c] = (roc_auc_score(labels[i], maps[i].reshape(i.sum(), -1).max(1)),
-                  roc_auc_score(masks[i].ravel() > 0, maps[i].ravel()))
+        out[c] = (
+            roc_auc_score(labels[i], maps[i].reshape(i.sum(), -1).max(1)),
+            roc_auc_score(masks[i].ravel() > 0, maps[i].ravel()),
+        )
     return out
 
 
@@ -75,8 +77,10 @@ def main() -> None:
         res = probe(aux, target, args.backbone, args.device)
         mean = np.mean(list(res.values()), axis=0)
         cells = "  ".join(f"{c} {a:.3f}/{p:.3f}" for c, (a, p) in res.items())
-        print(f"{args.backbone}  {aux} -> {target}  linear-probe image/pixel AUROC: {cells}  "
-              f"| mean {mean[0]:.3f}/{mean[1]:.3f}  ({time.time() - start:.0f} s)")
+        print(
+            f"{args.backbone}  {aux} -> {target}  linear-probe image/pixel AUROC: {cells}  "
+            f"| mean {mean[0]:.3f}/{mean[1]:.3f}  ({time.time() - start:.0f} s)"
+        )
 
 
 if __name__ == "__main__":

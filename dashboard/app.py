@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:          # runnable from a source tree without installing
+if str(ROOT) not in sys.path:  # runnable from a source tree without installing
     sys.path.insert(0, str(ROOT))
 
 import streamlit as st  # noqa: E402
@@ -37,8 +37,13 @@ def run_picker() -> None:
     with st.sidebar:
         if names:
             st.session_state[state.RUN_WIDGET] = chosen
-            st.selectbox("Run", names, key=state.RUN_WIDGET, on_change=_remember_run,
-                         help="every run directory under the runs root")
+            st.selectbox(
+                "Run",
+                names,
+                key=state.RUN_WIDGET,
+                on_change=_remember_run,
+                help="every run directory under the runs root",
+            )
         else:
             st.caption("No runs yet")
         st.caption(f"Runs root: `{root}`")
@@ -48,8 +53,9 @@ def _remember_run() -> None:
     st.session_state[state.RUN_KEY] = st.session_state[state.RUN_WIDGET]
 
 
-st.set_page_config(page_title="SPG Studio", page_icon=str(ASSETS / "icon.png"), layout="wide",
-                   initial_sidebar_state="expanded")
+st.set_page_config(
+    page_title="SPG Studio", page_icon=str(ASSETS / "icon.png"), layout="wide", initial_sidebar_state="expanded"
+)
 apply_look()
 page = navigation()
 run_picker()

@@ -19,8 +19,8 @@ PAGE_SPECS = [
     ("backbones.py", "Backbones", ":material/compare:", "backbones"),
     ("try_image.py", "Try an image", ":material/add_photo_alternate:", "try"),
 ]
-SECTIONS = {"Explore": 4, "Compare and try": 2}     # consecutive PAGE_SPECS per sidebar section
-HOME_URL = "home"        # the root URL's page (serves PAGE_SPECS[0]'s script)
+SECTIONS = {"Explore": 4, "Compare and try": 2}  # consecutive PAGE_SPECS per sidebar section
+HOME_URL = "home"  # the root URL's page (serves PAGE_SPECS[0]'s script)
 
 
 def navigation() -> st.Page:
@@ -31,8 +31,7 @@ def navigation() -> st.Page:
     the first script, every PAGE_SPECS page keeps its url_path, and the sidebar (st.page_link,
     grouped into SECTIONS) lists PAGE_SPECS only, so the alias never shows twice.
     """
-    pages = [st.Page(PAGES / script, title=title, icon=icon, url_path=url)
-             for script, title, icon, url in PAGE_SPECS]
+    pages = [st.Page(PAGES / script, title=title, icon=icon, url_path=url) for script, title, icon, url in PAGE_SPECS]
     script, title, icon, _ = PAGE_SPECS[0]
     home = st.Page(PAGES / script, title=title, icon=icon, url_path=HOME_URL, default=True)
     page = st.navigation([home, *pages], position="hidden")
@@ -40,7 +39,7 @@ def navigation() -> st.Page:
         start = 0
         for section, count in SECTIONS.items():
             st.caption(section)
-            for p in pages[start:start + count]:
+            for p in pages[start : start + count]:
                 st.page_link(p)
             start += count
     return page

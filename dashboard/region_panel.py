@@ -4,7 +4,8 @@ top auxiliary patches one click away."""
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pandas as pd
 import streamlit as st
@@ -20,7 +21,9 @@ def current_region(key: str, grid: tuple[int, int], start: tuple[int, int]) -> t
     return tuple(st.session_state[key + "rows"]), tuple(st.session_state[key + "cols"])  # type: ignore[return-value]
 
 
-def box_around(cell: tuple[int, int], grid: tuple[int, int], radius: int = 1) -> tuple[tuple[int, int], tuple[int, int]]:
+def box_around(
+    cell: tuple[int, int], grid: tuple[int, int], radius: int = 1
+) -> tuple[tuple[int, int], tuple[int, int]]:
     """(rows, cols) of the (2 radius + 1)-cell square centred on `cell`, clipped to the grid."""
     (h, w), (r, c) = grid, cell
     return (max(r - radius, 0), min(r + radius, h - 1)), (max(c - radius, 0), min(c + radius, w - 1))
@@ -40,6 +43,7 @@ def on_region_select(key: str, chart_key: str, grid: tuple[int, int]) -> Callabl
     """Plotly selection on a map whose drag draws boxes -> the region (runs before the rerun draws the
     sliders): a box of several cells becomes the region; a click (a one-cell box, or a point) centres
     a 3 x 3 region on its patch."""
+
     def callback() -> None:
         event = st.session_state.get(chart_key)
         box = widgets.selected_box(event)
@@ -50,6 +54,7 @@ def on_region_select(key: str, chart_key: str, grid: tuple[int, int]) -> Callabl
             box = None if point is None else box_around(point, grid)
         if box is not None:
             st.session_state[key + "rows"], st.session_state[key + "cols"] = box
+
     return callback
 
 
@@ -65,8 +70,9 @@ def open_aux_region(run_name: str, image: int, patch: int, grid: tuple[int, int]
     st.session_state[key + "source"] = "auxiliary set"
     st.session_state[akey + "category"] = st.session_state[akey + "defect"] = "all"
     st.session_state[akey + "image"] = st.session_state[akey + "region_of"] = int(image)
-    st.session_state[akey + "region::rows"], st.session_state[akey + "region::cols"] = \
-        box_around(divmod(int(patch), grid[1]), grid)
+    st.session_state[akey + "region::rows"], st.session_state[akey + "region::cols"] = box_around(
+        divmod(int(patch), grid[1]), grid
+    )
     nav.open_page("maps.py")
 
 
@@ -85,8 +91,14 @@ def region_tables(found: Any, tags: dict[int, str]) -> tuple[pd.DataFrame, pd.Da
     return act, con
 
 
-def region_panel(key: str, run: str, sig: tuple[float, ...], query: Callable[[tuple[int, int], tuple[int, int]], Any],
-                 rows: tuple[int, int], cols: tuple[int, int]) -> None:
+def region_panel(
+    key: str,
+    run: str,
+    sig: tuple[float, ...],
+    query: Callable[[tuple[int, int], tuple[int, int]], Any],
+    rows: tuple[int, int],
+    cols: tuple[int, int],
+) -> None:
     """The two rankings for the region and a picker that shows an atom's top auxiliary patches."""
     with widgets.guard("Atoms for this region are not available for this run"):
         found = query(rows, cols)
@@ -99,27 +111,45 @@ def region_panel(key: str, run: str, sig: tuple[float, ...], query: Callable[[tu
             if act.empty:
                 st.info("No atom fires inside this region.")
             else:
-                st.dataframe(act, hide_index=True, key=key + "act", column_config={
-                    "atom": st.column_config.NumberColumn("atom", format="#%d"),
-                    "inside": st.column_config.NumberColumn("mean activation inside", format="%.3f"),
-                    "outside": st.column_config.NumberColumn("mean activation elsewhere", format="%.3f"),
-                    "tag": st.column_config.TextColumn("tag")})
+                st.dataframe(
+                    act,
+                    hide_index=True,
+                    key=key + "act",
+                    column_config={
+                        "atom": st.column_config.NumberColumn("atom", format="#%d"),
+                        "inside": st.column_config.NumberColumn("mean activation inside", format="%.3f"),
+                        "outside": st.column_config.NumberColumn("mean activation elsewhere", format="%.3f"),
+                        "tag": st.column_config.TextColumn("tag"),
+                    },
+                )
         with right:
             st.markdown("**Pushing towards anomalous** (why it is flagged)")
             if con.empty:
                 st.info("No atom pushes this region towards 'anomalous'.")
             else:
-                st.dataframe(con, hide_index=True, key=key + "con", column_config={
-                    "atom": st.column_config.NumberColumn("atom", format="#%d"),
-                    "contribution": st.column_config.NumberColumn("mean share of l_a - l_n", format="%.4f"),
-                    "tag": st.column_config.TextColumn("tag")})
+                st.dataframe(
+                    con,
+                    hide_index=True,
+                    key=key + "con",
+                    column_config={
+                        "atom": st.column_config.NumberColumn("atom", format="#%d"),
+                        "contribution": st.column_config.NumberColumn("mean share of l_a - l_n", format="%.4f"),
+                        "tag": st.column_config.TextColumn("tag"),
+                    },
+                )
         options = list(dict.fromkeys(con["atom"].tolist() + act["atom"].tolist()))
         if not options:
             return
         widgets.keep_choice(key + "atom", options)
         pick_col, open_col = st.columns([2, 1], vertical_alignment="bottom")
-        atom = int(pick_col.selectbox("Atom of this region", options, key=key + "atom",
-                                      format_func=lambda a: f"#{a}" + (f" · {tags[a]}" if tags.get(a) else "")))
+        atom = int(
+            pick_col.selectbox(
+                "Atom of this region",
+                options,
+                key=key + "atom",
+                format_func=lambda a: f"#{a}" + (f" · {tags[a]}" if tags.get(a) else ""),
+            )
+        )
         if open_col.button("Open atom detail", icon=":material/frame_inspect:", key=key + "open_detail"):
             st.session_state[state.ATOM_KEY] = atom
             nav.open_page("atom_detail.py")
@@ -132,9 +162,12 @@ def atom_patches(run: str, sig: tuple[float, ...], atom: int, key: str, count: i
     from pathlib import Path
 
     from spg_core.atoms.build import INDEX
+
     if not (Path(run) / INDEX).is_file():
-        st.info("This run has no atom index, so its atoms' top patches are unknown. "
-                "Build it with `spg atoms --run DIR`.", icon=":material/info:")
+        st.info(
+            "This run has no atom index, so its atoms' top patches are unknown. Build it with `spg atoms --run DIR`.",
+            icon=":material/info:",
+        )
         return
     with widgets.guard("The atom's top patches cannot be drawn"):
         tiles = state.atom_tiles(run, sig, atom, count)

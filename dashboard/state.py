@@ -22,12 +22,13 @@ from spg_core.errors import SPGError
 
 from .viewmodels import atom_detail, attribution, health, sweeps, targets
 
-RUN_KEY = "chosen_run"   # session_state key of the chosen run (root-relative name)
-RUN_WIDGET = "run"       # key of the sidebar's run selectbox
-ATOM_KEY = "atom"        # session_state key of the atom opened on the Atom detail page
+RUN_KEY = "chosen_run"  # session_state key of the chosen run (root-relative name)
+RUN_WIDGET = "run"  # key of the sidebar's run selectbox
+ATOM_KEY = "atom"  # session_state key of the atom opened on the Atom detail page
 
 
 # -- runs root and chosen run ------------------------------------------------------------------
+
 
 def runs_root() -> Path:
     """The runs root the launcher passed in `$SPG_RUNS_ROOT` (default ./runs)."""
@@ -59,15 +60,18 @@ def signature(run: Path) -> tuple[float, ...]:
 
 # -- run artifacts ----------------------------------------------------------------------------
 
+
 @st.cache_data(show_spinner=False, max_entries=32)
 def run_config(path: str, sig: tuple[float, ...]) -> dict[str, Any]:
     from spg_core.runs import RunDir
+
     return RunDir(path).read_config()
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
 def run_metrics(path: str, sig: tuple[float, ...]) -> dict[str, Any]:
     from spg_core.runs import RunDir
+
     return RunDir(path).read_metrics()
 
 
@@ -75,6 +79,7 @@ def run_metrics(path: str, sig: tuple[float, ...]) -> dict[str, Any]:
 def predictor(path: str, sig: tuple[float, ...]):
     """The run's Predictor (SAE, guides, scorer); the backbone loads on first image."""
     from spg_core.inference import Predictor
+
     return Predictor(path, device="cpu")
 
 
@@ -92,12 +97,16 @@ class TargetOutputs:
 @st.cache_resource(show_spinner="Loading target maps ...", max_entries=8)
 def target_outputs(path: str, sig: tuple[float, ...]) -> TargetOutputs:
     from spg_core.runs import RunDir
+
     run = RunDir(path)
     probs, _, meta = run.read_target()
     rows = run.read_scores()
     if len(rows) != probs.shape[0]:
-        raise SPGError(f"scores.csv has {len(rows)} rows but the maps file has {probs.shape[0]} maps",
-                       path=str(run.file("target")), fix="re-run `spg eval --run DIR`")
+        raise SPGError(
+            f"scores.csv has {len(rows)} rows but the maps file has {probs.shape[0]} maps",
+            path=str(run.file("target")),
+            fix="re-run `spg eval --run DIR`",
+        )
     grid = tuple(meta.get("grid", probs.shape[1:]))
     return TargetOutputs(probs.numpy(), rows, grid, int(meta.get("image_size", 0)))  # type: ignore[arg-type]
 
@@ -106,6 +115,7 @@ def target_outputs(path: str, sig: tuple[float, ...]) -> TargetOutputs:
 def token_store(path: str):
     """A TokenStore (memory-mapped shards: cheap to share between sessions)."""
     from spg_core.store import TokenStore
+
     return TokenStore(path)
 
 
@@ -114,8 +124,11 @@ def store_of(run: Path, which: str):
     cfg = run_config(str(run), signature(run))
     path = cfg.get(which)
     if not path:
-        raise SPGError(f"the run's config has no {which}", path=str(run / "config.json"),
-                       fix="re-run `spg eval --run DIR` to record it")
+        raise SPGError(
+            f"the run's config has no {which}",
+            path=str(run / "config.json"),
+            fix="re-run `spg eval --run DIR` to record it",
+        )
     return token_store(str(path))
 
 
@@ -123,6 +136,7 @@ def store_of(run: Path, which: str):
 def atoms(path: str, sig: tuple[float, ...]):
     """(AtomIndex, stats DataFrame) from RUN/atoms."""
     from spg_core.atoms import load_atoms
+
     return load_atoms(path)
 
 
@@ -130,6 +144,7 @@ def atoms(path: str, sig: tuple[float, ...]):
 def run_threshold(path: str, sig: tuple[float, ...]) -> dict[str, Any]:
     """RUN/threshold.json (thresholds.run_threshold: computed and recorded first for runs without one)."""
     from spg_core.thresholds import run_threshold as recorded
+
     return recorded(path, predictor=predictor(path, sig))
 
 
@@ -149,10 +164,12 @@ def target_frame(path: str, sig: tuple[float, ...], threshold: float):
 
 # -- images -----------------------------------------------------------------------------------
 
+
 @st.cache_data(show_spinner=False, max_entries=256)
 def image_at(path: str, size: int) -> np.ndarray:
     """An image file as RGB uint8 `[size, size, 3]` (the backbone's input view)."""
     from spg_core.images import load_image
+
     return np.asarray(load_image(path).resize((size, size), Image.BICUBIC))
 
 
@@ -184,11 +201,13 @@ def stored_patch_map(path: str, sig: tuple[float, ...], which: str, index: int) 
 
 # -- attribution -------------------------------------------------------------------------------
 
+
 @st.cache_resource(show_spinner=False, max_entries=64)
 def stored_attribution(path: str, sig: tuple[float, ...], which: str, index: int):
     """(tokens `[1, N, D]`, atoms.Attribution) of image `index` of the run's 'target_store' or 'aux_store':
     computed once per image, so moving a region over it only averages (region -> atoms)."""
     from spg_core.atoms import attribute
+
     pred = predictor(path, sig)
     tokens = store_of(Path(path), which).tokens([index])
     return tokens, attribute(tokens, pred.dictionary, pred.guides, tau=pred.cfg.guides.tau)
@@ -202,8 +221,7 @@ def target_attribution(path: str, sig: tuple[float, ...], index: int):
 @st.cache_data(show_spinner=False, max_entries=256)
 def patch_contributions(path: str, sig: tuple[float, ...], index: int, patch: int, k: int = 6):
     """attribution.patch_contributions of one patch of target image `index` (tagged)."""
-    return attribution.patch_contributions(target_attribution(path, sig, index), patch, k=k,
-                                           tags=atom_tags(path, sig))
+    return attribution.patch_contributions(target_attribution(path, sig, index), patch, k=k, tags=atom_tags(path, sig))
 
 
 def atom_tags(path: str, sig: tuple[float, ...]) -> dict[int, str]:
@@ -222,6 +240,7 @@ def atom_tags(path: str, sig: tuple[float, ...]) -> dict[int, str]:
 def atom_ranking(path: str, sig: tuple[float, ...]) -> dict[str, list[dict[str, Any]]]:
     """Both guides' active atoms, largest coefficient first (atoms.rank_atoms)."""
     from spg_core.atoms import rank_atoms
+
     return rank_atoms(predictor(path, sig).guides)
 
 
@@ -230,16 +249,19 @@ def stored_image_atoms(path: str, sig: tuple[float, ...], which: str, index: int
     """atoms.region.ImageAtoms (SAE codes and net contributions) of image `index` of the run's
     'target_store' or 'aux_store': once per image, so a new region costs two masked means."""
     from spg_core.atoms.region import image_atoms
+
     tokens, attr = stored_attribution(path, sig, which, index)
     return image_atoms(predictor(path, sig).sae, tokens[0], attr)
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
-def stored_region_atoms(path: str, sig: tuple[float, ...], which: str, index: int,
-                        rows: tuple[int, int], cols: tuple[int, int], k: int = 8):
+def stored_region_atoms(
+    path: str, sig: tuple[float, ...], which: str, index: int, rows: tuple[int, int], cols: tuple[int, int], k: int = 8
+):
     """atoms.region.RegionAtoms for grid cells rows x cols of image `index` of the run's
     'target_store' or 'aux_store'."""
     from spg_core.atoms.region import cell_patches, rank_region
+
     grid = store_of(Path(path), which).grid
     return rank_region(stored_image_atoms(path, sig, which, index), cell_patches(rows, cols, grid), k=k)
 
@@ -249,6 +271,7 @@ def upload_image_atoms(path: str, sig: tuple[float, ...], name: str, data: bytes
     """atoms.region.ImageAtoms of an uploaded image (scored by `predict_upload`)."""
     from spg_core.atoms import attribute
     from spg_core.atoms.region import image_atoms
+
     pred = predictor(path, sig)
     tokens = predict_upload(path, sig, name, data).tokens[None]
     attr = attribute(tokens, pred.dictionary, pred.guides, tau=pred.cfg.guides.tau)
@@ -256,10 +279,12 @@ def upload_image_atoms(path: str, sig: tuple[float, ...], name: str, data: bytes
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
-def upload_region_atoms(path: str, sig: tuple[float, ...], name: str, data: bytes,
-                        rows: tuple[int, int], cols: tuple[int, int], k: int = 8):
+def upload_region_atoms(
+    path: str, sig: tuple[float, ...], name: str, data: bytes, rows: tuple[int, int], cols: tuple[int, int], k: int = 8
+):
     """atoms.region.RegionAtoms for grid cells rows x cols of an uploaded image."""
     from spg_core.atoms.region import cell_patches, rank_region
+
     grid = predict_upload(path, sig, name, data).probs.shape
     return rank_region(upload_image_atoms(path, sig, name, data), cell_patches(rows, cols, grid), k=k)
 
@@ -268,6 +293,7 @@ def upload_region_atoms(path: str, sig: tuple[float, ...], name: str, data: byte
 def kind_map(path: str, sig: tuple[float, ...]):
     """atoms.kinds.KindMap of the run's live guide atoms (cached in RUN/atoms/kinds.*)."""
     from spg_core.atoms.kinds import run_kind_map
+
     dead = {a for a, t in atom_tags(path, sig).items() if t == "dead"}
     ranking = atom_ranking(path, sig)
     atoms = sorted({a["atom"] for g in ranking.values() for a in g} - dead)
@@ -280,6 +306,7 @@ def kind_tiles(path: str, sig: tuple[float, ...], atom: int, category: str, defe
     from spg_core.atoms.kinds import kind_patches
     from spg_core.atoms.visual import IN_MASK, patch_crop
     from spg_core.images import load_image
+
     store = store_of(Path(path), "aux_store")
     found = kind_patches(predictor(path, sig).sae, store, atom, (category, defect), count)
     size = store.image_size
@@ -293,6 +320,7 @@ def kind_tiles(path: str, sig: tuple[float, ...], atom: int, category: str, defe
 
 
 # -- atom detail and ablation ------------------------------------------------------------------
+
 
 @dataclass
 class Tile:
@@ -330,6 +358,7 @@ def atom_activations(path: str, sig: tuple[float, ...], atom: int) -> tuple[np.n
 def ablator(path: str, sig: tuple[float, ...]):
     """An atoms.Ablator over the run's target tokens (one per run, shared by every session)."""
     from spg_core.atoms import Ablator
+
     return Ablator(predictor(path, sig), store=store_of(Path(path), "target_store"))
 
 
@@ -342,15 +371,16 @@ def ablation(path: str, sig: tuple[float, ...], atom: int | None, guide: str):
 
 # -- new images -----------------------------------------------------------------------------------
 
+
 @dataclass
 class Prediction:
     """One uploaded image scored by a run: the model's view, patch map, score, top atoms."""
 
-    image: np.ndarray          # [S, S, 3] uint8, as the backbone saw it
-    probs: np.ndarray          # [h, w] patch anomaly probabilities
+    image: np.ndarray  # [S, S, 3] uint8, as the backbone saw it
+    probs: np.ndarray  # [h, w] patch anomaly probabilities
     score: float
-    tokens: Any                # [N, D] float32 tensor (for region queries)
-    atoms: Any                 # DataFrame from attribution.image_top_atoms (empty without a dictionary)
+    tokens: Any  # [N, D] float32 tensor (for region queries)
+    atoms: Any  # DataFrame from attribution.image_top_atoms (empty without a dictionary)
 
 
 @st.cache_data(show_spinner="Scoring the image ...", max_entries=64)
@@ -363,6 +393,7 @@ def predict_upload(path: str, sig: tuple[float, ...], name: str, data: bytes) ->
     top = None
     if pred.sae is not None:
         from spg_core.atoms import attribute
+
         attr = attribute(out["tokens"], pred.dictionary, pred.guides, tau=pred.cfg.guides.tau)
         top = attribution.image_top_atoms(attr, k=6, tags=atom_tags(path, sig))
     view = np.asarray(image.resize((size, size), Image.BICUBIC))
@@ -370,6 +401,7 @@ def predict_upload(path: str, sig: tuple[float, ...], name: str, data: bytes) ->
 
 
 # -- sweeps ---------------------------------------------------------------------------------------
+
 
 @st.cache_data(ttl=5, show_spinner=False)
 def sweep_names(root: str) -> list[str]:
@@ -380,4 +412,5 @@ def sweep_names(root: str) -> list[str]:
 def sweep_figures(path: str, mtime: float) -> dict[str, Any]:
     """The sweep's plotly figures (spg_core.sweep.sweep_figures over its sweep.csv)."""
     from spg_core.sweep import sweep_figures as figures
+
     return figures(sweeps.sweep_frame(path))

@@ -10,8 +10,9 @@ import base64
 import contextlib
 import html
 import io
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -26,12 +27,13 @@ from . import state
 from .viewmodels.health import RunHealth, check_run
 from .viewmodels.sweeps import SWEEP_CSV, sweep_html
 
-MAP_PX = 440              # on-screen side of a map figure: large enough to see small defects
+MAP_PX = 440  # on-screen side of a map figure: large enough to see small defects
 FONT = dict(family="Inter, Helvetica, Arial, sans-serif", size=14, color="#141A33")
 BRAND = ["#1E3C96", "#E6461E", "#3CC8A0", "#FAAA28", "#148CBE", "#96A0C8", "#7A1E8C", "#4E5A6E"]
 
 
 # -- guards and states ---------------------------------------------------------------------------
+
 
 def error_box(exc: BaseException, context: str) -> None:
     """Show an SPGError (or any failure) as one readable message, never a traceback."""
@@ -54,7 +56,7 @@ def guard(context: str) -> Iterator[None]:
         yield
     except SPGError as exc:
         error_box(exc, context)
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:   # damaged files that slip past checks
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:  # damaged files that slip past checks
         error_box(exc, context)
 
 
@@ -105,8 +107,11 @@ def run_health(run: Path, banner: bool = True) -> RunHealth:
     """The run's health check; with `banner`, a one-line warning when something is missing or damaged."""
     health = check_run(run)
     if banner and health.problems:
-        st.warning("This run is incomplete or damaged: " + "; ".join(health.problems) + ". "
-                   "What depends on it is left out below.", icon=":material/construction:")
+        st.warning(
+            "This run is incomplete or damaged: " + "; ".join(health.problems) + ". "
+            "What depends on it is left out below.",
+            icon=":material/construction:",
+        )
     if banner and health.notes:
         st.info("This run is complete, but " + "; ".join(health.notes) + ".", icon=":material/info:")
     return health
@@ -116,9 +121,12 @@ def require(health: RunHealth, files: Sequence[str], purpose: str) -> None:
     """Stop the page with a clear message when the run lacks what it needs."""
     missing = health.missing(*files)
     if missing:
-        st.warning(f"**{purpose} is not available for this run**: its {', '.join(missing)} "
-                   f"{'is' if len(missing) == 1 else 'are'} missing or damaged.\n\n"
-                   f"Run directory: `{health.path}`", icon=":material/construction:")
+        st.warning(
+            f"**{purpose} is not available for this run**: its {', '.join(missing)} "
+            f"{'is' if len(missing) == 1 else 'are'} missing or damaged.\n\n"
+            f"Run directory: `{health.path}`",
+            icon=":material/construction:",
+        )
         st.stop()
 
 
@@ -142,13 +150,20 @@ def page_header(title: str, subtitle: str, run: Path | None = None) -> None:
 
 # -- maps ------------------------------------------------------------------------------------------
 
+
 def _layout(fig: go.Figure, height: int, **kwargs: Any) -> go.Figure:
-    fig.update_layout(height=height, margin=dict(l=8, r=8, t=36, b=8), font=FONT,
-                      paper_bgcolor="rgba(0,0,0,0)", plot_bgcolor="rgba(0,0,0,0)", **kwargs)
+    fig.update_layout(
+        height=height,
+        margin=dict(l=8, r=8, t=36, b=8),
+        font=FONT,
+        paper_bgcolor="rgba(0,0,0,0)",
+        plot_bgcolor="rgba(0,0,0,0)",
+        **kwargs,
+    )
     return fig
 
 
-TRUTH_COLOUR = (60, 255, 120)     # ground-truth outlines, on the image and on the map alike
+TRUTH_COLOUR = (60, 255, 120)  # ground-truth outlines, on the image and on the map alike
 
 
 def image_with_mask(image: np.ndarray, mask: np.ndarray | None) -> Image.Image:
@@ -173,13 +188,24 @@ def image_with_mask_png(image: np.ndarray, mask: np.ndarray | None) -> bytes:
 # mostly redraws the same figures. A cached figure is shared, so nothing may change it after it is
 # built (st.plotly_chart only reads it).
 
+
 @st.cache_resource(show_spinner=False, max_entries=128)
-def patch_map_figure(image: Image.Image | np.ndarray, probs: np.ndarray, *, opacity: float,
-                     scale: MapScale = PROBABILITY_SCALE, smoothing_sigma: float = 0.0,
-                     contour_level: float | None = None, truth: np.ndarray | None = None,
-                     selected: tuple[int, int] | None = None, region: tuple[tuple[int, int], tuple[int, int]] | None = None,
-                     title: str = "", height: int = MAP_PX, colorbar: bool = True,
-                     box_select: bool = False) -> go.Figure:
+def patch_map_figure(
+    image: Image.Image | np.ndarray,
+    probs: np.ndarray,
+    *,
+    opacity: float,
+    scale: MapScale = PROBABILITY_SCALE,
+    smoothing_sigma: float = 0.0,
+    contour_level: float | None = None,
+    truth: np.ndarray | None = None,
+    selected: tuple[int, int] | None = None,
+    region: tuple[tuple[int, int], tuple[int, int]] | None = None,
+    title: str = "",
+    height: int = MAP_PX,
+    colorbar: bool = True,
+    box_select: bool = False,
+) -> go.Figure:
     """Clickable anomaly map: patch probabilities `[h, w]` drawn as the run's protocol sees them
     (upsampled, smoothed with `smoothing_sigma`) on `scale`, over the image, one click target per patch.
 
@@ -189,47 +215,99 @@ def patch_map_figure(image: Image.Image | np.ndarray, probs: np.ndarray, *, opac
     draws a box (a region) instead of a click selecting a patch.
     """
     h, w = probs.shape
-    picture = map_picture_uri(np.asarray(image, dtype=np.uint8), np.asarray(probs), scale, opacity, smoothing_sigma,
-                              contour_level, None if truth is None else np.asarray(truth, dtype=bool))
+    picture = map_picture_uri(
+        np.asarray(image, dtype=np.uint8),
+        np.asarray(probs),
+        scale,
+        opacity,
+        smoothing_sigma,
+        contour_level,
+        None if truth is None else np.asarray(truth, dtype=bool),
+    )
     traces = []
-    if colorbar:       # an invisible trace that carries the colour bar of `scale`
-        traces.append(go.Heatmap(z=[[scale.vmin, scale.vmax]], x=[0, 1], y=[0], zmin=scale.vmin, zmax=scale.vmax,
-                                 colorscale=COLORSCALE, opacity=0, hoverinfo="skip", showscale=True,
-                                 colorbar=dict(thickness=10, len=0.85, tickvals=[scale.vmin, scale.vmax],
-                                               ticktext=[t.replace("\n", "<br>") for t in scale.tick_text],
-                                               tickfont=dict(size=10))))
+    if colorbar:  # an invisible trace that carries the colour bar of `scale`
+        traces.append(
+            go.Heatmap(
+                z=[[scale.vmin, scale.vmax]],
+                x=[0, 1],
+                y=[0],
+                zmin=scale.vmin,
+                zmax=scale.vmax,
+                colorscale=COLORSCALE,
+                opacity=0,
+                hoverinfo="skip",
+                showscale=True,
+                colorbar=dict(
+                    thickness=10,
+                    len=0.85,
+                    tickvals=[scale.vmin, scale.vmax],
+                    ticktext=[t.replace("\n", "<br>") for t in scale.tick_text],
+                    tickfont=dict(size=10),
+                ),
+            )
+        )
     rows, cols = np.mgrid[0:h, 0:w]
-    traces.append(go.Scatter(
-        x=cols.ravel(), y=rows.ravel(), mode="markers", customdata=probs.ravel(),
-        marker=dict(size=max(4, int(height * 0.8 / max(h, w))), color="rgba(0,0,0,0)", symbol="square"),
-        hovertemplate="row %{y}, col %{x}<br>p(anomaly) %{customdata:.3g}<extra></extra>", showlegend=False))
+    traces.append(
+        go.Scatter(
+            x=cols.ravel(),
+            y=rows.ravel(),
+            mode="markers",
+            customdata=probs.ravel(),
+            marker=dict(size=max(4, int(height * 0.8 / max(h, w))), color="rgba(0,0,0,0)", symbol="square"),
+            hovertemplate="row %{y}, col %{x}<br>p(anomaly) %{customdata:.3g}<extra></extra>",
+            showlegend=False,
+        )
+    )
     shapes = []
     if selected is not None:
         r, c = selected
-        shapes.append(dict(type="rect", x0=c - 0.5, x1=c + 0.5, y0=r - 0.5, y1=r + 0.5,
-                           line=dict(color="#FFFFFF", width=3)))
+        shapes.append(
+            dict(type="rect", x0=c - 0.5, x1=c + 0.5, y0=r - 0.5, y1=r + 0.5, line=dict(color="#FFFFFF", width=3))
+        )
     if region is not None:
         (r0, r1), (c0, c1) = region
-        shapes.append(dict(type="rect", x0=c0 - 0.5, x1=c1 + 0.5, y0=r0 - 0.5, y1=r1 + 0.5,
-                           line=dict(color="#FAAA28", width=3, dash="dash")))
+        shapes.append(
+            dict(
+                type="rect",
+                x0=c0 - 0.5,
+                x1=c1 + 0.5,
+                y0=r0 - 0.5,
+                y1=r1 + 0.5,
+                line=dict(color="#FAAA28", width=3, dash="dash"),
+            )
+        )
     # One layout dict, validated once (each update_* call validates again). Square cells, the picture
     # pinned to the top-left of the figure (no band above it).
     layout = dict(
-        height=height, font=FONT, paper_bgcolor="rgba(0,0,0,0)", plot_bgcolor="rgba(0,0,0,0)",
+        height=height,
+        font=FONT,
+        paper_bgcolor="rgba(0,0,0,0)",
+        plot_bgcolor="rgba(0,0,0,0)",
         margin=dict(l=8, r=8, t=36, b=8) if title else dict(l=4, r=4, t=4, b=4),
-        images=[dict(source=picture, xref="x", yref="y", x=-0.5, y=-0.5, sizex=w, sizey=h, sizing="stretch",
-                     layer="below")],
-        shapes=shapes, clickmode="event+select", dragmode="select" if box_select else False,
+        images=[
+            dict(source=picture, xref="x", yref="y", x=-0.5, y=-0.5, sizex=w, sizey=h, sizing="stretch", layer="below")
+        ],
+        shapes=shapes,
+        clickmode="event+select",
+        dragmode="select" if box_select else False,
         xaxis=dict(visible=False, range=[-0.5, w - 0.5], constrain="domain", constraintoward="left"),
-        yaxis=dict(visible=False, range=[h - 0.5, -0.5], scaleanchor="x", constrain="domain", constraintoward="top"))
+        yaxis=dict(visible=False, range=[h - 0.5, -0.5], scaleanchor="x", constrain="domain", constraintoward="top"),
+    )
     if title:
         layout["title"] = dict(text=title, x=0.02, font=dict(size=15))
     return go.Figure(data=traces, layout=layout)
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
-def map_picture_uri(image: np.ndarray, probs: np.ndarray, scale: MapScale, opacity: float, smoothing_sigma: float,
-                    contour_level: float | None, truth: np.ndarray | None) -> str:
+def map_picture_uri(
+    image: np.ndarray,
+    probs: np.ndarray,
+    scale: MapScale,
+    opacity: float,
+    smoothing_sigma: float,
+    contour_level: float | None,
+    truth: np.ndarray | None,
+) -> str:
     """The map picture of `patch_map_figure` as a PNG data URI: image `[S, S, 3]` uint8, patch probabilities
     `[h, w]`, truth `[S, S]` bool. Upsampling, smoothing, colouring and PNG encoding are most of a map
     page's rerun, and a rerun after a click or a new region draws the same picture: cached on its inputs."""
@@ -270,34 +348,60 @@ def selected_point(event: Any) -> tuple[int, int] | None:
 
 # -- charts ---------------------------------------------------------------------------------------
 
-def atom_bar_figure(frame: pd.DataFrame, value: str, title: str, colour: str, height: int = 360,
-                    xtitle: str = "") -> go.Figure:
+
+def atom_bar_figure(
+    frame: pd.DataFrame, value: str, title: str, colour: str, height: int = 360, xtitle: str = ""
+) -> go.Figure:
     """Horizontal bars of atoms ranked by `value` (largest on top), labelled with their tags."""
     frame = frame.iloc[::-1]
-    labels = [f"#{int(a)}" + (f"  {t}" if isinstance(t, str) and t else "")
-              for a, t in zip(frame["atom"], frame.get("tag", [""] * len(frame)))]
-    fig = go.Figure(go.Bar(x=frame[value], y=labels, orientation="h", marker_color=colour,
-                           hovertemplate="%{y}<br>" + value + " %{x:.4f}<extra></extra>"))
+    labels = [
+        f"#{int(a)}" + (f"  {t}" if isinstance(t, str) and t else "")
+        for a, t in zip(frame["atom"], frame.get("tag", [""] * len(frame)))
+    ]
+    fig = go.Figure(
+        go.Bar(
+            x=frame[value],
+            y=labels,
+            orientation="h",
+            marker_color=colour,
+            hovertemplate="%{y}<br>" + value + " %{x:.4f}<extra></extra>",
+        )
+    )
     fig.update_yaxes(type="category", tickfont=dict(size=12))
     fig.update_xaxes(title=xtitle or value, gridcolor="#E3E7F2")
     return _layout(fig, height, title=dict(text=title, x=0.02, font=dict(size=15)))
 
 
-def kind_heatmap_figure(values: np.ndarray, atoms: Sequence[int], kinds: Sequence[tuple[str, str]],
-                        tags: dict[int, str], height: int = 520) -> go.Figure:
+def kind_heatmap_figure(
+    values: np.ndarray, atoms: Sequence[int], kinds: Sequence[tuple[str, str]], tags: dict[int, str], height: int = 520
+) -> go.Figure:
     """Atom x defect-kind heatmap `[A, K]` (mean activation inside the kind's masks); click a cell."""
     rows = [f"#{a}" + (f" {tags.get(int(a), '')}" if tags.get(int(a)) else "") for a in atoms]
     cols = [f"{c} / {d}" for c, d in kinds]
-    fig = go.Figure(go.Heatmap(z=values, x=cols, y=rows, colorscale=COLORSCALE, zmin=0,
-                               colorbar=dict(title=dict(text="mean activation<br>in defect", side="right"),
-                                             thickness=10),
-                               hoverinfo="skip"))
+    fig = go.Figure(
+        go.Heatmap(
+            z=values,
+            x=cols,
+            y=rows,
+            colorscale=COLORSCALE,
+            zmin=0,
+            colorbar=dict(title=dict(text="mean activation<br>in defect", side="right"), thickness=10),
+            hoverinfo="skip",
+        )
+    )
     # Plotly selects points, not heatmap cells: one transparent marker per cell carries hover and clicks.
     xs, ys = np.meshgrid(np.arange(len(cols)), np.arange(len(rows)))
-    fig.add_trace(go.Scatter(x=[cols[i] for i in xs.ravel()], y=[rows[j] for j in ys.ravel()], mode="markers",
-                             customdata=np.asarray(values).ravel(), showlegend=False,
-                             marker=dict(size=14, color="rgba(0,0,0,0)", symbol="square"),
-                             hovertemplate="%{y}<br>%{x}<br>mean activation %{customdata:.3f}<extra></extra>"))
+    fig.add_trace(
+        go.Scatter(
+            x=[cols[i] for i in xs.ravel()],
+            y=[rows[j] for j in ys.ravel()],
+            mode="markers",
+            customdata=np.asarray(values).ravel(),
+            showlegend=False,
+            marker=dict(size=14, color="rgba(0,0,0,0)", symbol="square"),
+            hovertemplate="%{y}<br>%{x}<br>mean activation %{customdata:.3f}<extra></extra>",
+        )
+    )
     fig.update_yaxes(type="category", autorange="reversed", tickfont=dict(size=11))
     fig.update_xaxes(type="category", tickangle=-35, tickfont=dict(size=11), side="top")
     return _layout(fig, height, clickmode="event+select", dragmode=False)
@@ -314,23 +418,51 @@ def contribution_figure(frame: pd.DataFrame, height: int = 320) -> go.Figure:
     frame = frame.iloc[::-1]
     colours = ["#E6461E" if v >= 0 else "#1E3C96" for v in frame["contribution"]]
     labels = [f"#{int(a)} ({g})" for a, g in zip(frame["atom"], frame["guide"])]
-    bar = go.Bar(x=frame["contribution"], y=labels, orientation="h", marker_color=colours,
-                 hovertemplate="%{y}<br>contribution %{x:.4f}<extra></extra>")
-    return go.Figure(bar, layout=dict(    # one layout dict: validated once (it is redrawn per patch)
-        height=height, margin=dict(l=8, r=8, t=36, b=8), font=FONT, paper_bgcolor="rgba(0,0,0,0)",
-        plot_bgcolor="rgba(0,0,0,0)", title=dict(text="Top contributing atoms", x=0.02, font=dict(size=15)),
-        yaxis=dict(type="category"), xaxis=dict(title="contribution to the anomaly logit", zeroline=True,
-                                                 zerolinecolor="#141A33", gridcolor="#E3E7F2")))
+    bar = go.Bar(
+        x=frame["contribution"],
+        y=labels,
+        orientation="h",
+        marker_color=colours,
+        hovertemplate="%{y}<br>contribution %{x:.4f}<extra></extra>",
+    )
+    return go.Figure(
+        bar,
+        layout=dict(  # one layout dict: validated once (it is redrawn per patch)
+            height=height,
+            margin=dict(l=8, r=8, t=36, b=8),
+            font=FONT,
+            paper_bgcolor="rgba(0,0,0,0)",
+            plot_bgcolor="rgba(0,0,0,0)",
+            title=dict(text="Top contributing atoms", x=0.02, font=dict(size=15)),
+            yaxis=dict(type="category"),
+            xaxis=dict(
+                title="contribution to the anomaly logit", zeroline=True, zerolinecolor="#141A33", gridcolor="#E3E7F2"
+            ),
+        ),
+    )
 
 
-def histogram_figure(values: Sequence[float] | np.ndarray, title: str, xtitle: str, height: int = 260,
-                     colour: str = "#1E3C96", bins: int = 40) -> go.Figure:
+def histogram_figure(
+    values: Sequence[float] | np.ndarray,
+    title: str,
+    xtitle: str,
+    height: int = 260,
+    colour: str = "#1E3C96",
+    bins: int = 40,
+) -> go.Figure:
     """A histogram binned here (40 bars to send, not every value: an atom can fire on 100k patches)."""
     counts, edges = np.histogram(np.asarray(values, dtype=np.float64), bins=bins)
     centres = (edges[:-1] + edges[1:]) / 2
-    fig = go.Figure(go.Bar(x=centres, y=counts, width=np.diff(edges), marker_color=colour,
-                           customdata=np.stack([edges[:-1], edges[1:]], axis=1),
-                           hovertemplate="%{customdata[0]:.3g} to %{customdata[1]:.3g}: %{y}<extra></extra>"))
+    fig = go.Figure(
+        go.Bar(
+            x=centres,
+            y=counts,
+            width=np.diff(edges),
+            marker_color=colour,
+            customdata=np.stack([edges[:-1], edges[1:]], axis=1),
+            hovertemplate="%{customdata[0]:.3g} to %{customdata[1]:.3g}: %{y}<extra></extra>",
+        )
+    )
     fig.update_xaxes(title=xtitle, gridcolor="#E3E7F2")
     fig.update_yaxes(title="patches", gridcolor="#E3E7F2")
     return _layout(fig, height, title=dict(text=title, x=0.02, font=dict(size=14)), bargap=0.05)
@@ -338,8 +470,14 @@ def histogram_figure(values: Sequence[float] | np.ndarray, title: str, xtitle: s
 
 def category_bar_figure(values: pd.Series, title: str, height: int = 260) -> go.Figure:
     """One bar per category (e.g. an atom's mean activation per auxiliary category)."""
-    fig = go.Figure(go.Bar(x=list(values.index), y=list(values.values), marker_color="#148CBE",
-                           hovertemplate="%{x}: %{y:.4f}<extra></extra>"))
+    fig = go.Figure(
+        go.Bar(
+            x=list(values.index),
+            y=list(values.values),
+            marker_color="#148CBE",
+            hovertemplate="%{x}: %{y:.4f}<extra></extra>",
+        )
+    )
     fig.update_yaxes(title=str(values.name or ""), gridcolor="#E3E7F2")
     return _layout(fig, height, title=dict(text=title, x=0.02, font=dict(size=14)))
 
@@ -349,19 +487,38 @@ def grouped_metric_figure(long: pd.DataFrame, metric: str, height: int = 420) ->
     data = long[long["metric"] == metric]
     fig = go.Figure()
     for i, (run, part) in enumerate(data.groupby("run", sort=False)):
-        fig.add_trace(go.Bar(name=run, x=part["category"], y=part["value"], marker_color=BRAND[i % len(BRAND)],
-                             hovertemplate=f"{run}<br>%{{x}}: %{{y:.1f}}%<extra></extra>"))
+        fig.add_trace(
+            go.Bar(
+                name=run,
+                x=part["category"],
+                y=part["value"],
+                marker_color=BRAND[i % len(BRAND)],
+                hovertemplate=f"{run}<br>%{{x}}: %{{y:.1f}}%<extra></extra>",
+            )
+        )
     fig.update_yaxes(title=f"{metric} (%)", range=[0, 100], gridcolor="#E3E7F2")
-    return _layout(fig, height, barmode="group", legend=dict(orientation="h", y=-0.18),
-                   title=dict(text=metric, x=0.02, font=dict(size=15)))
+    return _layout(
+        fig,
+        height,
+        barmode="group",
+        legend=dict(orientation="h", y=-0.18),
+        title=dict(text=metric, x=0.02, font=dict(size=15)),
+    )
 
 
 def run_metrics_figure(frame: pd.DataFrame, height: int = 340) -> go.Figure:
     """One run's four metrics per category (rows of `viewmodels.tables.metrics_frame`), grouped bars."""
     fig = go.Figure()
     for i, metric in enumerate(frame.columns):
-        fig.add_trace(go.Bar(name=metric, x=list(frame.index), y=frame[metric], marker_color=BRAND[i % len(BRAND)],
-                             hovertemplate=f"{metric}<br>%{{x}}: %{{y:.1f}}%<extra></extra>"))
+        fig.add_trace(
+            go.Bar(
+                name=metric,
+                x=list(frame.index),
+                y=frame[metric],
+                marker_color=BRAND[i % len(BRAND)],
+                hovertemplate=f"{metric}<br>%{{x}}: %{{y:.1f}}%<extra></extra>",
+            )
+        )
     fig.update_yaxes(title="%", range=[0, 100], gridcolor="#E3E7F2")
     fig = _layout(fig, height, barmode="group", legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0))
     fig.update_layout(margin=dict(t=48))

@@ -6,13 +6,15 @@ from __future__ import annotations
 import streamlit as st
 
 from dashboard import region_panel, state, widgets
-from dashboard.viewmodels.tables import ablation_frame, metrics_frame
-from dashboard.viewmodels.targets import format_score, most_changed
 from dashboard.viewmodels.atom_detail import category_profile
 from dashboard.viewmodels.attribution import live_ranking
+from dashboard.viewmodels.tables import ablation_frame, metrics_frame
+from dashboard.viewmodels.targets import format_score, most_changed
 from spg_core.atoms.build import INDEX
 from spg_core.report import METRIC_TITLES
-from spg_core.runs import GUIDES_FILE as GUIDES, PATCH_MAPS_FILE as PATCH_MAPS, SCORES_FILE as SCORES
+from spg_core.runs import GUIDES_FILE as GUIDES
+from spg_core.runs import PATCH_MAPS_FILE as PATCH_MAPS
+from spg_core.runs import SCORES_FILE as SCORES
 
 run = widgets.require_run()
 widgets.page_header("Atom detail", "What one dictionary atom fires on, and what the guide loses without it", run)
@@ -30,7 +32,7 @@ def pick_atom(ranking: dict[str, list[dict]], tags: dict[int, str]) -> int:
     options = list(dict.fromkeys([a["atom"] for a in live["anomaly"]] + [a["atom"] for a in live["normal"]]))
     wanted = st.session_state.get(state.ATOM_KEY)
     every = {a["atom"] for g in ranking.values() for a in g}
-    if wanted in every and wanted not in options:          # asked for by number: show it, dead or not
+    if wanted in every and wanted not in options:  # asked for by number: show it, dead or not
         options.append(wanted)
     if not options:
         options = sorted(every)
@@ -39,8 +41,15 @@ def pick_atom(ranking: dict[str, list[dict]], tags: dict[int, str]) -> int:
     def remember() -> None:
         st.session_state[state.ATOM_KEY] = st.session_state[key + "pick"]
 
-    return int(st.selectbox("Atom", options, key=key + "pick", on_change=remember,
-                            format_func=lambda a: f"#{a}" + (f" · {tags[a]}" if tags.get(a) else "")))
+    return int(
+        st.selectbox(
+            "Atom",
+            options,
+            key=key + "pick",
+            on_change=remember,
+            format_func=lambda a: f"#{a}" + (f" · {tags[a]}" if tags.get(a) else ""),
+        )
+    )
 
 
 def summary(atom: int, ranking: dict[str, list[dict]], stats) -> list[str]:
@@ -53,63 +62,95 @@ def summary(atom: int, ranking: dict[str, list[dict]], stats) -> list[str]:
     cols = st.columns(5)
     for col, guide in zip(cols, ("anomaly", "normal")):
         entry = coef[guide]
-        col.metric(f"{guide.capitalize()} guide", "inactive" if entry is None else f"{100 * entry['share']:.1f}%",
-                   help="the atom's share of the guide's coefficient mass", border=True)
+        col.metric(
+            f"{guide.capitalize()} guide",
+            "inactive" if entry is None else f"{100 * entry['share']:.1f}%",
+            help="the atom's share of the guide's coefficient mass",
+            border=True,
+        )
     if row is not None:
-        cols[2].metric("Fires on", f"{100 * row['frequency']:.2g}%", border=True,
-                       help="share of auxiliary patches where its activation is above zero")
+        cols[2].metric(
+            "Fires on",
+            f"{100 * row['frequency']:.2g}%",
+            border=True,
+            help="share of auxiliary patches where its activation is above zero",
+        )
         lift = row["lift"]
-        cols[3].metric("In-defect lift", "n/a" if lift != lift else f"{lift:.1f}x", border=True,
-                       help="share of its activation inside defect masks, over the auxiliary base rate")
+        cols[3].metric(
+            "In-defect lift",
+            "n/a" if lift != lift else f"{lift:.1f}x",
+            border=True,
+            help="share of its activation inside defect masks, over the auxiliary base rate",
+        )
         share = row["top_category_share"]
-        cols[4].metric(f"Top category: {row['top_category']}", "n/a" if share != share else f"{100 * share:.0f}%",
-                       border=True, help="share of its category profile (mean activation per category) in "
-                                         "its top category")
+        cols[4].metric(
+            f"Top category: {row['top_category']}",
+            "n/a" if share != share else f"{100 * share:.0f}%",
+            border=True,
+            help="share of its category profile (mean activation per category) in its top category",
+        )
     return [g for g in ("anomaly", "normal") if coef[g] is not None]
 
 
 def top_patches(atom: int) -> None:
     st.subheader("Top-activating auxiliary patches")
-    st.caption("Each pair: the patch with its surroundings (boxed red when it overlaps a defect mask) and "
-               "the atom's activation over the whole image, on one scale per atom.")
+    st.caption(
+        "Each pair: the patch with its surroundings (boxed red when it overlaps a defect mask) and "
+        "the atom's activation over the whole image, on one scale per atom."
+    )
     count = st.select_slider("Patches", [3, 6, 9, 12, 15], value=9, key=key + "count")
     tiles = state.atom_tiles(str(run), sig, atom, count)
     if not tiles:
-        st.info("This atom never fires on the auxiliary set (a dead atom): it has no patches to show. "
-                "Pick a live atom above.")
+        st.info(
+            "This atom never fires on the auxiliary set (a dead atom): it has no patches to show. "
+            "Pick a live atom above."
+        )
         return
     per_row = 3
     for start in range(0, len(tiles), per_row):
         cols = st.columns(per_row)
-        for col, tile in zip(cols, tiles[start:start + per_row]):
+        for col, tile in zip(cols, tiles[start : start + per_row]):
             with col, st.container(border=True):
                 a, b = st.columns(2, gap="small")
                 a.image(tile.crop, width="stretch", output_format="PNG")
                 b.image(tile.heat, width="stretch", output_format="PNG")
                 st.caption(tile.caption)
     index, _ = state.atoms(str(run), sig)
-    entries = index.entries(atom)[:len(tiles)]
+    entries = index.entries(atom)[: len(tiles)]
     pick_col, open_col = st.columns([2, 1], vertical_alignment="bottom")
-    pick = pick_col.selectbox("What else fires around one of these patches?", range(len(entries)),
-                              key=key + "region_pick", format_func=lambda i: f"{i + 1}. {tiles[i].caption}")
+    pick = pick_col.selectbox(
+        "What else fires around one of these patches?",
+        range(len(entries)),
+        key=key + "region_pick",
+        format_func=lambda i: f"{i + 1}. {tiles[i].caption}",
+    )
     if open_col.button("Open its image in the region view", icon=":material/select_all:", key=key + "open_region"):
-        region_panel.open_aux_region(run.name, entries[pick]["image"], entries[pick]["patch"],
-                                     tuple(index.meta["grid"]))
+        region_panel.open_aux_region(
+            run.name, entries[pick]["image"], entries[pick]["patch"], tuple(index.meta["grid"])
+        )
 
 
 def histograms(atom: int, index, stats) -> None:
     left, right = st.columns(2)
     profile = category_profile(index, atom)
-    left.plotly_chart(widgets.category_bar_figure(profile, "Category histogram: mean activation per category"),
-                      key=key + "cats", config={"displayModeBar": False})
+    left.plotly_chart(
+        widgets.category_bar_figure(profile, "Category histogram: mean activation per category"),
+        key=key + "cats",
+        config={"displayModeBar": False},
+    )
     values, encoded = state.atom_activations(str(run), sig, atom)
     if len(values):
-        right.plotly_chart(widgets.histogram_figure(values, f"Activation histogram ({len(values)} firing patches)",
-                                                    "activation s_j"), key=key + "hist",
-                           config={"displayModeBar": False})
+        right.plotly_chart(
+            widgets.histogram_figure(values, f"Activation histogram ({len(values)} firing patches)", "activation s_j"),
+            key=key + "hist",
+            config={"displayModeBar": False},
+        )
         total = index.meta.get("num_images", encoded)
-        right.caption(f"Over {encoded} of {total} auxiliary images"
-                      + ("" if encoded >= total else " (an even sample plus the atom's top images)") + ".")
+        right.caption(
+            f"Over {encoded} of {total} auxiliary images"
+            + ("" if encoded >= total else " (an even sample plus the atom's top images)")
+            + "."
+        )
     else:
         right.info("This atom never fires on the auxiliary set.")
     if stats is not None and stats.attrs.get("rule"):
@@ -141,11 +182,21 @@ def ablation_metrics(before: dict, after: dict) -> None:
     mean_after = metrics_frame(after).loc["mean"]
     widgets.metric_cards(mean_after.to_dict(), (mean_after - mean_before).to_dict())
     frame = ablation_frame(before, after)
-    metric = st.segmented_control("Per category", list(METRIC_TITLES.values()), default="Image AUROC",
-                                  key=key + "abl_metric") or "Image AUROC"
-    st.dataframe(frame[frame["metric"] == metric].drop(columns="metric"), hide_index=True, key=key + "abl_table",
-                 column_config={c: st.column_config.NumberColumn(c, format="%+.1f" if c == "change" else "%.1f")
-                                for c in ("before", "after", "change")})
+    metric = (
+        st.segmented_control(
+            "Per category", list(METRIC_TITLES.values()), default="Image AUROC", key=key + "abl_metric"
+        )
+        or "Image AUROC"
+    )
+    st.dataframe(
+        frame[frame["metric"] == metric].drop(columns="metric"),
+        hide_index=True,
+        key=key + "abl_table",
+        column_config={
+            c: st.column_config.NumberColumn(c, format="%+.1f" if c == "change" else "%.1f")
+            for c in ("before", "after", "change")
+        },
+    )
 
 
 def ablation_maps(before, after) -> None:
@@ -156,18 +207,23 @@ def ablation_maps(before, after) -> None:
 
     def label(i: int) -> str:
         row = target.rows[i]
-        return (f"{row['category']}/{row['defect']} #{i}: {format_score(before.scores[i])} -> "
-                f"{format_score(after.scores[i])}")
+        return (
+            f"{row['category']}/{row['defect']} #{i}: {format_score(before.scores[i])} -> "
+            f"{format_score(after.scores[i])}"
+        )
 
-    pick = st.selectbox("Target image (largest score change first)", changed, key=key + "abl_image",
-                        format_func=label)
+    pick = st.selectbox("Target image (largest score change first)", changed, key=key + "abl_image", format_func=label)
     image = state.image_at(target.rows[pick]["image_path"], target.image_size)
     background = widgets.image_with_mask(image, state.target_mask(run, pick))
-    for col, result, title, last in zip(st.columns(2), (before, after), ("With the atom", "Without it"),
-                                        (False, True)):
-        fig = widgets.patch_map_figure(background, result.probs[pick].reshape(target.grid).numpy(), opacity=0.55,
-                                       title=f"{title}: score {format_score(result.scores[pick])}",
-                                       height=380, colorbar=last)
+    for col, result, title, last in zip(st.columns(2), (before, after), ("With the atom", "Without it"), (False, True)):
+        fig = widgets.patch_map_figure(
+            background,
+            result.probs[pick].reshape(target.grid).numpy(),
+            opacity=0.55,
+            title=f"{title}: score {format_score(result.scores[pick])}",
+            height=380,
+            colorbar=last,
+        )
         col.plotly_chart(fig, key=key + ("abl_after" if last else "abl_before"), config={"displayModeBar": False})
 
 
@@ -183,8 +239,11 @@ with widgets.guard("This run's atoms cannot be shown"):
         with widgets.guard("The atom index cannot be read, so top patches and histograms are left out"):
             index, stats = state.atoms(str(run), sig)
     else:
-        st.info("This run has no atom index, so top patches and histograms are missing. "
-                "Build it with `spg atoms --run DIR`.", icon=":material/info:")
+        st.info(
+            "This run has no atom index, so top patches and histograms are missing. "
+            "Build it with `spg atoms --run DIR`.",
+            icon=":material/info:",
+        )
     guides = summary(atom, ranking, stats)
     if index is not None:
         top_patches(atom)

@@ -11,18 +11,22 @@ from dashboard import state, widgets
 from dashboard.viewmodels.health import check_run
 from dashboard.viewmodels.tables import metrics_frame, per_category_long
 from dashboard.viewmodels.targets import common_targets, format_score
-from spg_core.run_paths import resolve_run
 from spg_core.errors import SPGError
 from spg_core.report import METRIC_TITLES
-from spg_core.runs import METRICS_FILE as METRICS, PATCH_MAPS_FILE as PATCH_MAPS, SCORES_FILE as SCORES
+from spg_core.run_paths import resolve_run
+from spg_core.runs import METRICS_FILE as METRICS
+from spg_core.runs import PATCH_MAPS_FILE as PATCH_MAPS
+from spg_core.runs import SCORES_FILE as SCORES
 
 # What a damaged run can raise while loading; it is reported and left out, the others go on.
 DAMAGE = (SPGError, OSError, ValueError, KeyError, RuntimeError)
-MAP_HEIGHT = {2: 460, 3: 380, 4: 320}      # by number of runs: maps as large as their columns allow
+MAP_HEIGHT = {2: 460, 3: 380, 4: 320}  # by number of runs: maps as large as their columns allow
 
 root = state.runs_root()
-widgets.page_header("Backbones", "Compare runs (e.g. the same experiment with different backbones) on the same "
-                                 "target image and per category")
+widgets.page_header(
+    "Backbones",
+    "Compare runs (e.g. the same experiment with different backbones) on the same target image and per category",
+)
 
 
 def default_selection(names: list[str]) -> list[str]:
@@ -35,7 +39,7 @@ def default_selection(names: list[str]) -> list[str]:
 def backbone_of(run: Path) -> str:
     try:
         return str(state.run_config(str(run), state.signature(run)).get("backbone", "?"))
-    except DAMAGE:           # a damaged config is reported where the run is used
+    except DAMAGE:  # a damaged config is reported where the run is used
         return "?"
 
 
@@ -50,8 +54,10 @@ def target_rows(runs: dict[str, Path]) -> dict[str, list[dict[str, Any]]]:
                 raise SPGError(f"its {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} missing or damaged")
             tables[name] = state.target_outputs(str(run), state.signature(run)).rows
         except DAMAGE as exc:
-            st.warning(f"Run **{name}** is left out of the image comparison: {str(exc).splitlines()[0]}.",
-                       icon=":material/construction:")
+            st.warning(
+                f"Run **{name}** is left out of the image comparison: {str(exc).splitlines()[0]}.",
+                icon=":material/construction:",
+            )
     return tables
 
 
@@ -60,8 +66,7 @@ def side_by_side(runs: dict[str, Path], tables: dict[str, list[dict[str, Any]]])
     st.subheader("Same image, every run")
     common = common_targets(tables)
     if common.empty:
-        st.info("These runs share no target image, so there is nothing to show side by side.",
-                icon=":material/info:")
+        st.info("These runs share no target image, so there is nothing to show side by side.", icon=":material/info:")
         return
     c1, c2, c3 = st.columns([1, 2, 1])
     category = c1.selectbox("Category", sorted(common["category"].unique()), key="bb_category")
@@ -74,17 +79,24 @@ def side_by_side(runs: dict[str, Path], tables: dict[str, list[dict[str, Any]]])
     cols = st.columns(len(tables))
     for i, (col, name) in enumerate(zip(cols, tables)):
         with col, widgets.guard(f"Run {name} cannot be shown"):
-            run_map(runs[name], name, int(row[name]), row["image_path"], opacity, colorbar=i == len(cols) - 1,
-                    height=MAP_HEIGHT.get(len(cols), 320))
+            run_map(
+                runs[name],
+                name,
+                int(row[name]),
+                row["image_path"],
+                opacity,
+                colorbar=i == len(cols) - 1,
+                height=MAP_HEIGHT.get(len(cols), 320),
+            )
 
 
-def run_map(run: Path, name: str, index: int, image_path: str, opacity: float, colorbar: bool,
-            height: int) -> None:
+def run_map(run: Path, name: str, index: int, image_path: str, opacity: float, colorbar: bool, height: int) -> None:
     target = state.target_outputs(str(run), state.signature(run))
     image = state.image_at(image_path, target.image_size)
     background = widgets.image_with_mask(image, state.target_mask(run, index))
-    fig = widgets.patch_map_figure(background, target.probs[index], opacity=opacity, title=backbone_of(run),
-                                   height=height, colorbar=colorbar)
+    fig = widgets.patch_map_figure(
+        background, target.probs[index], opacity=opacity, title=backbone_of(run), height=height, colorbar=colorbar
+    )
     st.plotly_chart(fig, key=f"bb_map_{name}", config={"displayModeBar": False})
     st.metric(name, f"score {format_score(target.rows[index]['score'])}", border=True)
 
@@ -101,10 +113,15 @@ def metric_bars(runs: dict[str, Path]) -> None:
             metrics = state.run_metrics(str(run), state.signature(run))
             frames[f"{name} ({backbone_of(run)})"] = metrics_frame(metrics)
     if frames:
-        metric = st.segmented_control("Metric", list(METRIC_TITLES.values()), default="Image AUROC",
-                                      key="bb_metric") or "Image AUROC"
-        st.plotly_chart(widgets.grouped_metric_figure(per_category_long(frames), metric), key="bb_metrics",
-                        config={"displayModeBar": False})
+        metric = (
+            st.segmented_control("Metric", list(METRIC_TITLES.values()), default="Image AUROC", key="bb_metric")
+            or "Image AUROC"
+        )
+        st.plotly_chart(
+            widgets.grouped_metric_figure(per_category_long(frames), metric),
+            key="bb_metrics",
+            config={"displayModeBar": False},
+        )
 
 
 def main() -> None:
@@ -114,16 +131,18 @@ def main() -> None:
         return
     widgets.demo_progress_note(root)
     if len(names) < 2:
-        st.info(f"Comparing needs at least two runs under the runs root; there is one ({names[0]}), shown alone "
-                "below. Make another with a different backbone and it appears here, e.g. "
-                "`spg run --aux synthetic-a --target synthetic-b --backbone builtin --out runs/other`.",
-                icon=":material/info:")
+        st.info(
+            f"Comparing needs at least two runs under the runs root; there is one ({names[0]}), shown alone "
+            "below. Make another with a different backbone and it appears here, e.g. "
+            "`spg run --aux synthetic-a --target synthetic-b --backbone builtin --out runs/other`.",
+            icon=":material/info:",
+        )
         with widgets.guard(f"Run {names[0]} cannot be opened"):
             metric_bars({names[0]: resolve_run(root, names[0])})
         return
     if "bb_runs" not in st.session_state:
         st.session_state["bb_runs"] = default_selection(names)
-    else:                                   # a run deleted meanwhile must not stay selected
+    else:  # a run deleted meanwhile must not stay selected
         st.session_state["bb_runs"] = [n for n in st.session_state["bb_runs"] if n in names]
     chosen = st.multiselect("Runs to compare (2 to 4)", names, max_selections=4, key="bb_runs")
     if len(chosen) < 2:

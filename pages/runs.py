@@ -8,13 +8,23 @@ import streamlit as st
 
 from dashboard import state, widgets
 from dashboard.viewmodels.health import config_summary
-from dashboard.viewmodels.tables import metrics_frame, paper_comparison
 from dashboard.viewmodels.sweeps import run_sweep_dir
-from spg_core.run_paths import resolve_run
+from dashboard.viewmodels.tables import metrics_frame, paper_comparison
 from spg_core.report import METRIC_TITLES
 from spg_core.report_html import write_report
-from spg_core.runs import (CONFIG_FILE as CONFIG, METRICS_FILE as METRICS, PATCH_MAPS_FILE as PATCH_MAPS,
-                           SCORES_FILE as SCORES)
+from spg_core.run_paths import resolve_run
+from spg_core.runs import (
+    CONFIG_FILE as CONFIG,
+)
+from spg_core.runs import (
+    METRICS_FILE as METRICS,
+)
+from spg_core.runs import (
+    PATCH_MAPS_FILE as PATCH_MAPS,
+)
+from spg_core.runs import (
+    SCORES_FILE as SCORES,
+)
 
 
 def report_button(run, health) -> None:
@@ -23,20 +33,30 @@ def report_button(run, health) -> None:
         st.caption("A report needs an evaluated run: `spg eval --run DIR` first.")
         return
     make_col, get_col = st.columns([1, 3], vertical_alignment="center")
-    if make_col.button("Write run report", icon=":material/description:", key="report_make",
-                       help="one HTML file with metrics, the worst errors' maps and the top atoms; opens offline"):
+    if make_col.button(
+        "Write run report",
+        icon=":material/description:",
+        key="report_make",
+        help="one HTML file with metrics, the worst errors' maps and the top atoms; opens offline",
+    ):
         with st.spinner("Writing the report ..."), widgets.guard("The report cannot be written"):
             st.session_state["report_path"] = str(write_report(run))
     path = st.session_state.get("report_path")
     if path and Path(path).is_file() and Path(path).parent == run:
-        get_col.download_button(f"Download {Path(path).name} ({Path(path).stat().st_size / 2**20:.1f} MB)",
-                                Path(path).read_bytes(), file_name=f"{run.name}-report.html", mime="text/html",
-                                key="report_download", icon=":material/download:")
+        get_col.download_button(
+            f"Download {Path(path).name} ({Path(path).stat().st_size / 2**20:.1f} MB)",
+            Path(path).read_bytes(),
+            file_name=f"{run.name}-report.html",
+            mime="text/html",
+            key="report_download",
+            icon=":material/download:",
+        )
 
 
 root = state.runs_root()
-widgets.page_header("Runs", "Experiments under the runs root: settings, per-category metrics and how they "
-                            "compare with the paper")
+widgets.page_header(
+    "Runs", "Experiments under the runs root: settings, per-category metrics and how they compare with the paper"
+)
 
 widgets.demo_progress_note(root)
 overview = state.run_overview(str(root))
@@ -44,10 +64,16 @@ if overview.empty:
     widgets.empty_state(root)
     st.stop()
 
-st.dataframe(overview.fillna({c: "?" for c in overview.columns if overview[c].dtype == object}),
-             hide_index=True, key="runs_overview",
-             column_config={k: st.column_config.NumberColumn(f"{k} (%)", format="%.1f")
-                            for k in overview.columns if k in METRIC_TITLES.values()})
+st.dataframe(
+    overview.fillna({c: "?" for c in overview.columns if overview[c].dtype == object}),
+    hide_index=True,
+    key="runs_overview",
+    column_config={
+        k: st.column_config.NumberColumn(f"{k} (%)", format="%.1f")
+        for k in overview.columns
+        if k in METRIC_TITLES.values()
+    },
+)
 
 run = widgets.require_run()
 st.subheader(f"Run {run.name}")
@@ -65,9 +91,13 @@ with tab_metrics, widgets.guard("The metrics of this run cannot be shown"):
         metrics = state.run_metrics(str(run), sig)
         frame = metrics_frame(metrics)
         widgets.metric_cards(frame.loc["mean"].to_dict())
-        st.dataframe(frame, key="metrics_table",
-                     column_config={c: st.column_config.ProgressColumn(c, format="%.1f", min_value=0, max_value=100)
-                                    for c in frame.columns})
+        st.dataframe(
+            frame,
+            key="metrics_table",
+            column_config={
+                c: st.column_config.ProgressColumn(c, format="%.1f", min_value=0, max_value=100) for c in frame.columns
+            },
+        )
         st.plotly_chart(widgets.run_metrics_figure(frame), key="metrics_chart", config={"displayModeBar": False})
         for note in metrics.get("warnings", []):
             st.caption(f"Note: {note}")
@@ -78,30 +108,42 @@ with tab_config, widgets.guard("The configuration of this run cannot be shown"):
     for col, (section, values) in zip(cols, summary.items()):
         with col:
             st.markdown(f"**{section}**")
-            st.dataframe({"setting": list(values), "value": [str(v) for v in values.values()]},
-                         hide_index=True, key=f"config_{section}")
+            st.dataframe(
+                {"setting": list(values), "value": [str(v) for v in values.values()]},
+                hide_index=True,
+                key=f"config_{section}",
+            )
 
 with tab_paper, widgets.guard("The paper comparison cannot be shown"):
     comparison = paper_comparison(state.run_metrics(str(run), sig)) if health.has(METRICS) else None
     if comparison is None:
-        st.info("No row of the paper matches this run. The paper reports SPG with DINOv3 or OpenCLIP "
-                "for MVTec AD -> VisA and VisA -> MVTec AD; other runs have nothing to compare with.",
-                icon=":material/info:")
+        st.info(
+            "No row of the paper matches this run. The paper reports SPG with DINOv3 or OpenCLIP "
+            "for MVTec AD -> VisA and VisA -> MVTec AD; other runs have nothing to compare with.",
+            icon=":material/info:",
+        )
     else:
         name, table = comparison
         st.markdown(f"Ours against **{name}** (values in %).")
-        metric = st.segmented_control("Metric", list(METRIC_TITLES.values()), default="Image AUROC",
-                                      key="paper_metric")
-        st.dataframe(table[table["metric"] == (metric or "Image AUROC")].drop(columns="metric"),
-                     hide_index=True, key="paper_table",
-                     column_config={c: st.column_config.NumberColumn(c, format="%+.1f" if c == "difference" else "%.1f")
-                                    for c in ("ours", "paper", "difference")})
+        metric = st.segmented_control("Metric", list(METRIC_TITLES.values()), default="Image AUROC", key="paper_metric")
+        st.dataframe(
+            table[table["metric"] == (metric or "Image AUROC")].drop(columns="metric"),
+            hide_index=True,
+            key="paper_table",
+            column_config={
+                c: st.column_config.NumberColumn(c, format="%+.1f" if c == "difference" else "%.1f")
+                for c in ("ours", "paper", "difference")
+            },
+        )
 
 with tab_sweep, widgets.guard("The sweep of this run cannot be shown"):
     sweep = run_sweep_dir(run)
     if sweep is None:
-        st.info("This run has no sweep (`RUN/sweep/`). Sweeps made with `spg sweep --out DIR` under the runs "
-                "root are listed below the tabs.", icon=":material/info:")
+        st.info(
+            "This run has no sweep (`RUN/sweep/`). Sweeps made with `spg sweep --out DIR` under the runs "
+            "root are listed below the tabs.",
+            icon=":material/info:",
+        )
     else:
         widgets.sweep_view(sweep, key="run_sweep")
 

@@ -8,15 +8,17 @@ import streamlit as st
 
 from dashboard import region_panel, state, widgets
 from dashboard.viewmodels.targets import format_score, peak_patch
+from spg_core.errors import SPGError
 from spg_core.render import PROBABILITY_SCALE, fitted_scale, sigmoid
+from spg_core.runs import GUIDES_FILE as GUIDES
+from spg_core.runs import SCORES_FILE as SCORES
 from spg_core.thresholds import best_f1_threshold
 from spg_core.uploads import MAX_UPLOAD_BYTES, UPLOAD_TYPES
-from spg_core.errors import SPGError
-from spg_core.runs import GUIDES_FILE as GUIDES, SCORES_FILE as SCORES
 
 run = widgets.require_run()
-widgets.page_header("Try an image", "Score your own images with this run: anomaly map, image score and the "
-                                    "atoms behind it", run)
+widgets.page_header(
+    "Try an image", "Score your own images with this run: anomaly map, image score and the atoms behind it", run
+)
 health = widgets.run_health(run)
 widgets.require(health, [GUIDES], "Scoring new images")
 sig = state.signature(run)
@@ -47,11 +49,16 @@ def map_look():
     except SPGError:
         return PROBABILITY_SCALE, 0.5, PROBABILITY_SCALE.legend + "; white outline where p >= 0.5"
     contour = sigmoid(record["pixel_scale"]["vmax"])
-    return (fitted_scale(record["pixel_scale"]), contour,
-            fitted_scale(record["pixel_scale"]).legend + f"; white outline where the map reaches p {contour:.2g}")
+    return (
+        fitted_scale(record["pixel_scale"]),
+        contour,
+        fitted_scale(record["pixel_scale"]).legend + f"; white outline where the map reaches p {contour:.2g}",
+    )
 
 
-def show(name: str, data: bytes, result: state.Prediction, threshold: float | None, source: str, opacity: float) -> None:
+def show(
+    name: str, data: bytes, result: state.Prediction, threshold: float | None, source: str, opacity: float
+) -> None:
     with st.container(border=True):
         verdict = ""
         if threshold is not None:
@@ -63,16 +70,32 @@ def show(name: str, data: bytes, result: state.Prediction, threshold: float | No
         rkey, chart = f"try_region_{name}::", f"try_map_{name}"
         grid, peak = result.probs.shape, peak_patch(result.probs, result.probs.shape)
         region = region_panel.current_region(rkey, grid, peak) if has_atoms else None
-        middle.caption("Anomaly map (white box: the most anomalous patch"
-                       + ("; drag a box for the region's atoms below)" if has_atoms else ")"))
+        middle.caption(
+            "Anomaly map (white box: the most anomalous patch"
+            + ("; drag a box for the region's atoms below)" if has_atoms else ")")
+        )
         left.image(result.image, caption="as the backbone sees it", width="stretch")
         scale, contour, legend = map_look()
-        fig = widgets.patch_map_figure(result.image, result.probs, opacity=opacity, scale=scale,
-                                       smoothing_sigma=state.smoothing_sigma(str(run), sig), contour_level=contour,
-                                       selected=peak, region=region, height=400, box_select=has_atoms)
+        fig = widgets.patch_map_figure(
+            result.image,
+            result.probs,
+            opacity=opacity,
+            scale=scale,
+            smoothing_sigma=state.smoothing_sigma(str(run), sig),
+            contour_level=contour,
+            selected=peak,
+            region=region,
+            height=400,
+            box_select=has_atoms,
+        )
         if has_atoms:
-            middle.plotly_chart(fig, key=chart, selection_mode=("points", "box"), config={"displayModeBar": False},
-                                on_select=region_panel.on_region_select(rkey, chart, grid))
+            middle.plotly_chart(
+                fig,
+                key=chart,
+                selection_mode=("points", "box"),
+                config={"displayModeBar": False},
+                on_select=region_panel.on_region_select(rkey, chart, grid),
+            )
         else:
             middle.plotly_chart(fig, key=chart, config={"displayModeBar": False})
         middle.caption(legend)
@@ -81,23 +104,34 @@ def show(name: str, data: bytes, result: state.Prediction, threshold: float | No
             if not has_atoms:
                 st.caption("This run has no dictionary (free guides): no atoms to show.")
             else:
-                st.plotly_chart(widgets.contribution_figure(result.atoms, height=300), key=f"try_atoms_{name}",
-                                config={"displayModeBar": False})
+                st.plotly_chart(
+                    widgets.contribution_figure(result.atoms, height=300),
+                    key=f"try_atoms_{name}",
+                    config={"displayModeBar": False},
+                )
         if has_atoms:
             # Opens by itself once a box is drawn on the map (the selection is the question asked).
-            drawn = bool(widgets.selected_box(st.session_state.get(chart)) or
-                         widgets.selected_point(st.session_state.get(chart)))
-            with st.expander("Region -> atoms: which atoms fire in a part of this image, and why it is flagged",
-                             expanded=drawn):
+            drawn = bool(
+                widgets.selected_box(st.session_state.get(chart)) or widgets.selected_point(st.session_state.get(chart))
+            )
+            with st.expander(
+                "Region -> atoms: which atoms fire in a part of this image, and why it is flagged", expanded=drawn
+            ):
                 region = region_panel.region_sliders(rkey, grid, peak)
-                region_panel.region_panel(rkey, str(run), sig, lambda r, c: state.upload_region_atoms(
-                    str(run), sig, name, data, r, c), *region)
+                region_panel.region_panel(
+                    rkey,
+                    str(run),
+                    sig,
+                    lambda r, c: state.upload_region_atoms(str(run), sig, name, data, r, c),
+                    *region,
+                )
 
 
 # No `type=` filter: Streamlit would refuse other files with an exception; decode_upload refuses
 # them with a message instead (and also checks size, pixel count and that the file decodes).
-uploads = st.file_uploader(f"Images ({', '.join(UPLOAD_TYPES)}; up to {limit_mb} MB each)",
-                           accept_multiple_files=True, key="uploads")
+uploads = st.file_uploader(
+    f"Images ({', '.join(UPLOAD_TYPES)}; up to {limit_mb} MB each)", accept_multiple_files=True, key="uploads"
+)
 samples = []
 if health.has(SCORES):
     with widgets.guard("The run's sample images cannot be listed"):
@@ -115,8 +149,9 @@ def sample_label(path: str | None) -> str:
 
 
 sample_col, opacity_col = st.columns([3, 1])
-sample = sample_col.selectbox("... or try a sample from the target set", [None] + samples, key="try_sample",
-                              format_func=sample_label)
+sample = sample_col.selectbox(
+    "... or try a sample from the target set", [None] + samples, key="try_sample", format_func=sample_label
+)
 opacity = opacity_col.slider("Map opacity", 0.0, 1.0, 0.55, 0.05, key="try_opacity")
 
 files = [(f.name, f.getvalue()) for f in uploads or []]

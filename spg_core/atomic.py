@@ -13,8 +13,9 @@ import json
 import math
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -76,17 +77,24 @@ def read_json(path: str | os.PathLike, *, what: str = "JSON file") -> Any:
     """Read JSON with an error that names the file when it is missing or corrupt."""
     path = Path(path)
     if not path.is_file():
-        raise SPGError(f"{what} not found", path=str(path),
-                       fix="check the path, or re-create it with the spg command that writes it")
+        raise SPGError(
+            f"{what} not found",
+            path=str(path),
+            fix="check the path, or re-create it with the spg command that writes it",
+        )
     try:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise SPGError(f"{what} is not valid JSON ({exc})", path=str(path),
-                       fix="the file is damaged or half-written: delete it and re-create it") from None
+        raise SPGError(
+            f"{what} is not valid JSON ({exc})",
+            path=str(path),
+            fix="the file is damaged or half-written: delete it and re-create it",
+        ) from None
 
 
-def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor],
-                 metadata: dict[str, Any] | None = None) -> None:
+def save_tensors(
+    path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, Any] | None = None
+) -> None:
     """Save tensors as safetensors, atomically. `metadata` values are JSON-encoded."""
     meta = {k: json.dumps(_nan_to_none(v), default=_json_default) for k, v in (metadata or {}).items()}
     clean = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
@@ -94,20 +102,29 @@ def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor],
         save_file(clean, str(tmp), metadata=meta)
 
 
-def load_tensors(path: str | os.PathLike, *, what: str = "tensor file") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def load_tensors(
+    path: str | os.PathLike, *, what: str = "tensor file"
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Load a safetensors file and its JSON metadata, with clear errors for missing or truncated files."""
     path = Path(path)
     if not path.is_file():
-        raise SPGError(f"{what} not found", path=str(path),
-                       fix="check the path, or re-create it with the spg command that writes it")
+        raise SPGError(
+            f"{what} not found",
+            path=str(path),
+            fix="check the path, or re-create it with the spg command that writes it",
+        )
     try:
         tensors = load_file(str(path))
         from safetensors import safe_open
+
         with safe_open(str(path), framework="pt") as f:
             raw_meta = f.metadata() or {}
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise SPGError(f"{what} is truncated or not a safetensors file ({exc})", path=str(path),
-                       fix="the file is damaged or half-written: delete it and re-create it") from None
+        raise SPGError(
+            f"{what} is truncated or not a safetensors file ({exc})",
+            path=str(path),
+            fix="the file is damaged or half-written: delete it and re-create it",
+        ) from None
     meta: dict[str, Any] = {}
     for k, v in raw_meta.items():
         try:

@@ -1,8 +1,8 @@
 """`spg atoms`: build a run's atom index and statistics, and draw the atom gallery.
 
-    spg atoms --run DIR                 index + stats into RUN/atoms/ (rebuilt every time)
-    spg atoms --run DIR --gallery 8     RUN/atoms/gallery.png of the top 8 anomaly-guide atoms
-                                        (builds the index first only when it is missing or stale)
+spg atoms --run DIR                 index + stats into RUN/atoms/ (rebuilt every time)
+spg atoms --run DIR --gallery 8     RUN/atoms/gallery.png of the top 8 anomaly-guide atoms
+                                    (builds the index first only when it is missing or stale)
 """
 
 from __future__ import annotations
@@ -21,14 +21,17 @@ def _summary(run: str, limit: int = 10) -> None:
     from .atoms import load_atoms, rank_atoms
     from .atoms.stats import TAG_RULE
     from .guides import GuidePair
-    from .runs import GUIDES_FILE as GUIDES, RunDir
+    from .runs import GUIDES_FILE as GUIDES
+    from .runs import RunDir
 
     index, stats = load_atoms(run)
     pair, _ = GuidePair.load(str(RunDir(run).file(GUIDES)), expect_width=index.width)
     ranked = rank_atoms(pair)
-    print(f"atom index: {index.width} atoms x top {index.top_p} patches over "
-          f"{index.counts.num_tokens:,} auxiliary tokens ({index.meta.get('seconds', 0):.1f} s on "
-          f"{index.meta.get('device', '?')})")
+    print(
+        f"atom index: {index.width} atoms x top {index.top_p} patches over "
+        f"{index.counts.num_tokens:,} auxiliary tokens ({index.meta.get('seconds', 0):.1f} s on "
+        f"{index.meta.get('device', '?')})"
+    )
     print(f"tags (all atoms): {dict(Counter(stats['tag']))}")
     for guide in ("anomaly", "normal"):
         tags = Counter(stats["tag"].iloc[a["atom"]] for a in ranked[guide])
@@ -55,7 +58,7 @@ def cmd_atoms(args: argparse.Namespace) -> None:
             must_build = True
     if must_build:
         build_atoms(args.run, progress=not args.quiet, top_p=args.top_p, device=args.device)
-    if not distributed.is_main():       # under torchrun only the index pass is shared
+    if not distributed.is_main():  # under torchrun only the index pass is shared
         return
     with distributed.main_only():
         _summary(args.run)
@@ -70,8 +73,13 @@ def register_cli(subparsers: Any) -> None:
     # --run-dir: the spelling torchrun passes on (its parser takes --run for its own --run-path)
     p.add_argument("--run", "--run-dir", dest="run", required=True, help="run directory (from spg run)")
     p.add_argument("--top-p", type=int, default=16, help="auxiliary patches kept per atom (default 16)")
-    p.add_argument("--gallery", type=int, default=None, metavar="N",
-                   help="write RUN/atoms/gallery.png of the top N anomaly-guide atoms")
+    p.add_argument(
+        "--gallery",
+        type=int,
+        default=None,
+        metavar="N",
+        help="write RUN/atoms/gallery.png of the top N anomaly-guide atoms",
+    )
     p.add_argument("--per-atom", type=int, default=9, help="top patches shown per atom in the gallery (default 9)")
     p.add_argument("--rebuild", action="store_true", help="with --gallery: rebuild the index even if it is fresh")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 BASELINES = ("joint-channel", "self-nn")
-JOINT_CHANNEL = 1            # builtin's token layout: [1 | joint | descriptors]
+JOINT_CHANNEL = 1  # builtin's token layout: [1 | joint | descriptors]
 
 
 def neighbourhood_mask(h: int, w: int) -> torch.Tensor:
@@ -32,7 +32,7 @@ def neighbourhood_mask(h: int, w: int) -> torch.Tensor:
 def self_nn_scores(tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     """`[B, N, D]` -> `[B, N]`: 1 - the best cosine similarity to a patch outside the 3 x 3 neighbourhood."""
     unit = F.normalize(tokens.float(), dim=-1)
-    sim = unit @ unit.transpose(1, 2)                                   # [B, N, N]
+    sim = unit @ unit.transpose(1, 2)  # [B, N, N]
     sim = sim.masked_fill(neighbourhood_mask(*grid).to(sim.device), -2.0)
     return 1 - sim.max(-1).values
 
@@ -55,10 +55,20 @@ def evaluate_baseline(store: Any, kind: str, batch_images: int = 32) -> dict[str
     from .metrics import evaluate
     from .scoring import upsample
 
-    patches = torch.cat([patch_scores(store.tokens(list(range(i, min(i + batch_images, store.num_images)))),
-                                      store.grid, kind) for i in range(0, store.num_images, batch_images)])
-    maps = torch.cat([upsample(patches[i:i + 64], store.grid, store.image_size).float()
-                      for i in range(0, patches.shape[0], 64)])
+    patches = torch.cat(
+        [
+            patch_scores(store.tokens(list(range(i, min(i + batch_images, store.num_images)))), store.grid, kind)
+            for i in range(0, store.num_images, batch_images)
+        ]
+    )
+    maps = torch.cat(
+        [upsample(patches[i : i + 64], store.grid, store.image_size).float() for i in range(0, patches.shape[0], 64)]
+    )
     masks = store.masks(range(store.num_images)).to(torch.uint8)
-    return evaluate(patches.max(1).values.numpy(), store.labels(), maps.numpy(), masks.numpy(),
-                    [r["category"] for r in store.images])
+    return evaluate(
+        patches.max(1).values.numpy(),
+        store.labels(),
+        maps.numpy(),
+        masks.numpy(),
+        [r["category"] for r in store.images],
+    )

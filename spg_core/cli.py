@@ -13,13 +13,20 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from . import distributed
 from .config import ExtractConfig, GuideConfig, RunConfig, SAEConfig, ScoreConfig
 from .errors import SPGError
-from .options import (add_field_options, add_section_options, config_from_args, field_values,
-                      protocol_defaults, section_overrides)
+from .options import (
+    add_field_options,
+    add_section_options,
+    config_from_args,
+    field_values,
+    protocol_defaults,
+    section_overrides,
+)
 from .protocols import PROTOCOLS, check_protocol, default_protocol, overrides
 
 DATASET_HELP = "mvtec:PATH | visa:PATH | folder:PATH | synthetic-a | synthetic-b"
@@ -29,6 +36,7 @@ COLLECTIVE_COMMANDS = ("extract", "train-sae", "atoms", "run")
 
 # -- shared options --------------------------------------------------------------------------
 # Every option that sets a config field is generated from its dataclass (options.py, config.py).
+
 
 def _add_common(p: argparse.ArgumentParser, *, device: str | None = None) -> None:
     """--device (with `device`: what a left-out --device means) and the extraction options."""
@@ -41,15 +49,20 @@ def _add_backbone(p: argparse.ArgumentParser) -> None:
 
 
 def _add_protocol(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--protocol", default=None, choices=list(PROTOCOLS),
-                   help="settings preset: official (the authors' code, step for step; default for the paper "
-                        "backbones) or studio (this project's; default for builtin and CPU backbones)")
+    p.add_argument(
+        "--protocol",
+        default=None,
+        choices=list(PROTOCOLS),
+        help="settings preset: official (the authors' code, step for step; default for the paper "
+        "backbones) or studio (this project's; default for builtin and CPU backbones)",
+    )
 
 
 def _add_sae(p: argparse.ArgumentParser) -> None:
     add_section_options(p, SAEConfig)
-    p.add_argument("--seed", type=int, default=None,
-                   help=f"seed of both stages ({protocol_defaults(SAEConfig, 'seed')})")
+    p.add_argument(
+        "--seed", type=int, default=None, help=f"seed of both stages ({protocol_defaults(SAEConfig, 'seed')})"
+    )
     add_field_options(p, RunConfig, ["method"])
 
 
@@ -59,9 +72,13 @@ def _add_guides(p: argparse.ArgumentParser) -> None:
 
 def _add_score(p: argparse.ArgumentParser) -> None:
     add_section_options(p, ScoreConfig)
-    p.add_argument("--aupro", default="mvtec", choices=["mvtec", "official"],
-                   help="the headline AUPRO: exact MVTec AD (default) or the official SPG code's 200-threshold "
-                        "one; both are always reported, as `aupro` and `aupro_official`")
+    p.add_argument(
+        "--aupro",
+        default="mvtec",
+        choices=["mvtec", "official"],
+        help="the headline AUPRO: exact MVTec AD (default) or the official SPG code's 200-threshold "
+        "one; both are always reported, as `aupro` and `aupro_official`",
+    )
 
 
 def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
@@ -77,8 +94,12 @@ def _config_from(args: argparse.Namespace) -> RunConfig:
     d = _merge(overrides(protocol), section_overrides(args, RunConfig.SECTIONS))
     if args.seed is not None:
         d = _merge(d, {"sae": {"seed": args.seed}, "guides": {"seed": args.seed}})
-    d.update(field_values(args, RunConfig), aux=args.aux, target=getattr(args, "target", None) or RunConfig.target,
-             protocol=protocol)
+    d.update(
+        field_values(args, RunConfig),
+        aux=args.aux,
+        target=getattr(args, "target", None) or RunConfig.target,
+        protocol=protocol,
+    )
     return RunConfig.from_dict(d)
 
 
@@ -96,9 +117,14 @@ def _guides_for(run_cfg: RunConfig, args: argparse.Namespace) -> GuideConfig:
 def _io_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """The extraction options as the pipeline's keywords (validated by ExtractConfig)."""
     io = config_from_args(args, ExtractConfig)
-    return {"cache_dir": io.cache_dir, "skip_bad": io.skip_bad, "batch_size": io.batch_size,
-            "num_workers": io.workers, "progress": not io.quiet and distributed.is_main(),
-            "compile_backbone": io.compile}
+    return {
+        "cache_dir": io.cache_dir,
+        "skip_bad": io.skip_bad,
+        "batch_size": io.batch_size,
+        "num_workers": io.workers,
+        "progress": not io.quiet and distributed.is_main(),
+        "compile_backbone": io.compile,
+    }
 
 
 def _check_out_dir(path: str) -> None:
@@ -106,11 +132,15 @@ def _check_out_dir(path: str) -> None:
     from pathlib import Path
 
     if Path(path).exists() and not Path(path).is_dir():
-        raise SPGError("--out names an existing file, not a directory", path=path,
-                       fix="pass a new or existing directory for the run")
+        raise SPGError(
+            "--out names an existing file, not a directory",
+            path=path,
+            fix="pass a new or existing directory for the run",
+        )
 
 
 # -- commands --------------------------------------------------------------------------------
+
 
 def cmd_run(args: argparse.Namespace) -> None:
     from .pipeline import run_experiment
@@ -141,14 +171,16 @@ def _run_distributed(cfg: RunConfig, args: argparse.Namespace) -> dict[str, Any]
     if io.pop("compile_backbone"):
         backbone.enable_compile()
     run = train_stages(cfg, args.out, stages=("sae",), backbone=backbone, **io)
-    extract(cfg.target, backbone, **{k: io[k] for k in ("cache_dir", "skip_bad", "batch_size", "num_workers",
-                                                         "progress")})
+    extract(
+        cfg.target, backbone, **{k: io[k] for k in ("cache_dir", "skip_bad", "batch_size", "num_workers", "progress")}
+    )
     if not distributed.is_main():
         return None
     with distributed.main_only():
         train_stages(cfg, args.out, stages=("guides",), backbone=backbone, **io)
-        return evaluate_target(run, metric_options={"aupro_variant": args.aupro}, device=cfg.device,
-                               backbone=backbone, **io)
+        return evaluate_target(
+            run, metric_options={"aupro_variant": args.aupro}, device=cfg.device, backbone=backbone, **io
+        )
 
 
 def cmd_extract(args: argparse.Namespace) -> None:
@@ -156,8 +188,9 @@ def cmd_extract(args: argparse.Namespace) -> None:
     from .pipeline import extract
 
     io = _io_kwargs(args)
-    backbone = load_backbone(args.backbone, args.weights, device=args.device,
-                             protocol=args.protocol or default_protocol(args.backbone))
+    backbone = load_backbone(
+        args.backbone, args.weights, device=args.device, protocol=args.protocol or default_protocol(args.backbone)
+    )
     if io.pop("compile_backbone"):
         backbone.enable_compile()
     store = extract(args.dataset, backbone, **io)
@@ -196,8 +229,14 @@ def cmd_eval(args: argparse.Namespace) -> None:
     run = RunDir(args.run)
     score = run.run_config().score
     given = section_overrides(args, [ScoreConfig]).get("score", {})
-    metrics = evaluate_target(run, target=args.target, metric_options={"aupro_variant": args.aupro},
-                              score=replace(score, **given), device=args.device, **_io_kwargs(args))
+    metrics = evaluate_target(
+        run,
+        target=args.target,
+        metric_options={"aupro_variant": args.aupro},
+        score=replace(score, **given),
+        device=args.device,
+        **_io_kwargs(args),
+    )
     write_reports(args.run)
     print_metrics(metrics, title=f"{metrics['settings']['aux']} -> {metrics['settings']['target']}")
 
@@ -206,8 +245,9 @@ def cmd_predict(args: argparse.Namespace) -> None:
     from .predict import predict_files
 
     _check_out_dir(args.out)
-    rows, skipped = predict_files(args.run, args.images, args.out, device=args.device, skip_bad=args.skip_bad,
-                                  max_pixels=args.max_pixels)
+    rows, skipped = predict_files(
+        args.run, args.images, args.out, device=args.device, skip_bad=args.skip_bad, max_pixels=args.max_pixels
+    )
     width = max((len(r["image"]) for r in rows), default=0)
     for r in rows:
         print(f"{r['image']:<{width}}  score {r['score']:.4f}  map {r['map']}")
@@ -218,7 +258,9 @@ def cmd_predict(args: argparse.Namespace) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from .images import MAX_IMAGE_PIXELS
 
-    parser = argparse.ArgumentParser(prog="spg", description="SPG Studio: zero-shot anomaly detection with sparse-projected guides")
+    parser = argparse.ArgumentParser(
+        prog="spg", description="SPG Studio: zero-shot anomaly detection with sparse-projected guides"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="the whole experiment: tokens, SAE, guides, target maps, metrics")
@@ -244,8 +286,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train-guides", help="stage 2: train guide coefficients for a run that has an SAE")
     p.add_argument("--run", required=True, help="run directory (from spg train-sae)")
-    p.add_argument("--protocol", default=None, choices=list(PROTOCOLS),
-                   help="take the guide settings of this protocol (default: the run's own guide settings)")
+    p.add_argument(
+        "--protocol",
+        default=None,
+        choices=list(PROTOCOLS),
+        help="take the guide settings of this protocol (default: the run's own guide settings)",
+    )
     _add_guides(p)
     _add_common(p, device="the run's own")
     p.set_defaults(func=cmd_train_guides)
@@ -262,10 +308,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", help="image files")
     p.add_argument("--out", default="predictions", help="folder for map PNGs and scores.csv")
     p.add_argument("--device", default="auto")
-    p.add_argument("--skip-bad", action="store_true",
-                   help="skip unreadable or oversized images, listing them in OUT/skipped.json")
-    p.add_argument("--max-pixels", type=int, default=MAX_IMAGE_PIXELS,
-                   help=f"refuse images with more pixels than this (default {MAX_IMAGE_PIXELS:,})")
+    p.add_argument(
+        "--skip-bad", action="store_true", help="skip unreadable or oversized images, listing them in OUT/skipped.json"
+    )
+    p.add_argument(
+        "--max-pixels",
+        type=int,
+        default=MAX_IMAGE_PIXELS,
+        help=f"refuse images with more pixels than this (default {MAX_IMAGE_PIXELS:,})",
+    )
     p.set_defaults(func=cmd_predict)
 
     for register in _room_commands():
@@ -277,8 +328,15 @@ def _room_commands() -> list[Callable[[Any], None]]:
     """Commands whose code lives in its own room: sweeps, selection, atoms, reports, the dashboard launcher, imports."""
     from . import atoms_cli, launch, report_html, select, sweep
     from .interop import cli as interop_cli
-    return [sweep.register_cli, select.register_cli, atoms_cli.register_cli, report_html.register_cli,
-            launch.register_cli, interop_cli.register_cli]
+
+    return [
+        sweep.register_cli,
+        select.register_cli,
+        atoms_cli.register_cli,
+        report_html.register_cli,
+        launch.register_cli,
+        interop_cli.register_cli,
+    ]
 
 
 def interrupted_note(args: argparse.Namespace) -> str:
@@ -286,24 +344,31 @@ def interrupted_note(args: argparse.Namespace) -> str:
     whole: temp file, then rename) and which do not."""
     from pathlib import Path
 
-    from .runs import (CONFIG_FILE, GUIDES_FILE, METRICS_FILE, PATCH_MAPS_FILE, SAE_FILE, RunDir)
+    from .runs import CONFIG_FILE, GUIDES_FILE, METRICS_FILE, PATCH_MAPS_FILE, SAE_FILE, RunDir
 
     folder = getattr(args, "run", None) or getattr(args, "out", None)
     if not folder or not Path(folder).is_dir() or args.command not in ("run", "train-sae", "train-guides", "eval"):
         return "interrupted: no file is half-written (each is written whole); re-run the command to finish"
     run = RunDir(folder)
-    names = {CONFIG_FILE: "config", SAE_FILE: "SAE", GUIDES_FILE: "guides", PATCH_MAPS_FILE: "target maps",
-             METRICS_FILE: "metrics"}
+    names = {
+        CONFIG_FILE: "config",
+        SAE_FILE: "SAE",
+        GUIDES_FILE: "guides",
+        PATCH_MAPS_FILE: "target maps",
+        METRICS_FILE: "metrics",
+    }
     present = [label for f, label in names.items() if run.exists(f)]
     missing = [label for f, label in names.items() if not run.exists(f)]
     try:
         stale = run.stale_artifacts()
     except SPGError:
         stale = []
-    text = (f"interrupted: {folder} holds {', '.join(present) or 'nothing yet'}"
-            + (f"; not done: {', '.join(missing)}" if missing else "")
-            + (f"; made from earlier inputs (stale): {', '.join(stale)}" if stale else "")
-            + ". No file is half-written; re-run the command to finish (token extraction resumes).")
+    text = (
+        f"interrupted: {folder} holds {', '.join(present) or 'nothing yet'}"
+        + (f"; not done: {', '.join(missing)}" if missing else "")
+        + (f"; made from earlier inputs (stale): {', '.join(stale)}" if stale else "")
+        + ". No file is half-written; re-run the command to finish (token extraction resumes)."
+    )
     return text
 
 
@@ -313,8 +378,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if distributed.launched_by_torchrun():
             if args.command not in COLLECTIVE_COMMANDS:
-                raise SPGError(f"`spg {args.command}` runs in one process",
-                               fix=f"launch it without torchrun (torchrun runs: {', '.join(COLLECTIVE_COMMANDS)})")
+                raise SPGError(
+                    f"`spg {args.command}` runs in one process",
+                    fix=f"launch it without torchrun (torchrun runs: {', '.join(COLLECTIVE_COMMANDS)})",
+                )
             # NCCL needs CUDA tensors: a CPU job on a GPU machine talks over gloo.
             distributed.init_from_env("gloo" if getattr(args, "device", "auto") == "cpu" else None)
         func(args)

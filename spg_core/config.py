@@ -17,12 +17,13 @@ import functools
 import numbers
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from .errors import SPGError
 
-OPTION = "spg_option"     # the key of a field's `Option` in its dataclass metadata
+OPTION = "spg_option"  # the key of a field's `Option` in its dataclass metadata
 
 
 @dataclass(frozen=True)
@@ -45,15 +46,22 @@ class Option:
     """A config field as the user sees it: help text, flag, and the rule its value obeys."""
 
     help: str
-    flag: str | None = None          # None: --field-name
-    cli: bool = True                 # False: set only through config.json / Python (or a shared option)
+    flag: str | None = None  # None: --field-name
+    cli: bool = True  # False: set only through config.json / Python (or a shared option)
     rule: Rule | None = None
-    choices: tuple[str, ...] | None = None   # command-line choices, where narrower than the annotation's
-    metavar: tuple[str, ...] | None = None   # names of a tuple's values in the help
+    choices: tuple[str, ...] | None = None  # command-line choices, where narrower than the annotation's
+    metavar: tuple[str, ...] | None = None  # names of a tuple's values in the help
 
 
-def opt(help: str, *, flag: str | None = None, cli: bool = True, rule: Rule | None = None,
-        choices: tuple[str, ...] | None = None, metavar: tuple[str, ...] | None = None) -> dict[str, Option]:
+def opt(
+    help: str,
+    *,
+    flag: str | None = None,
+    cli: bool = True,
+    rule: Rule | None = None,
+    choices: tuple[str, ...] | None = None,
+    metavar: tuple[str, ...] | None = None,
+) -> dict[str, Option]:
     """Field metadata: `field(default=..., metadata=opt("what it is", flag="--x", rule=POSITIVE))`."""
     return {OPTION: Option(help, flag, cli, rule, choices, metavar)}
 
@@ -109,15 +117,20 @@ def validate(cfg: Any) -> None:
         if problem is None and option and option.rule and value is not None and not option.rule.holds(value):
             problem = f"must be {option.rule.text}"
         if problem is not None:
-            raise SPGError(f"{section + '.' if section else ''}{f.name} = {value!r} {problem}",
-                           fix=_fix(f, kind, option))
+            raise SPGError(
+                f"{section + '.' if section else ''}{f.name} = {value!r} {problem}", fix=_fix(f, kind, option)
+            )
 
 
 def _fix(f: dataclasses.Field, kind: Any, option: Option | None) -> str:
     choices = (option.choices if option and option.cli else None) or literal_choices(kind)
-    wanted = (f"one of {', '.join(choices)}" if choices
-              else f"a value {option.rule.text}" if option and option.rule
-              else f"a value of type {getattr(kind, '__name__', kind)}")
+    wanted = (
+        f"one of {', '.join(choices)}"
+        if choices
+        else f"a value {option.rule.text}"
+        if option and option.rule
+        else f"a value of type {getattr(kind, '__name__', kind)}"
+    )
     where = f"give {flag_of(f)} " if option and option.cli else f"set `{f.name}` in the run's config.json to "
     return where + wanted
 
@@ -142,34 +155,52 @@ class SAEConfig:
     SECTION: ClassVar[str] = "sae"
 
     width: int = field(default=4096, metadata=opt("SAE dictionary width M", rule=AT_LEAST_1))
-    k: int = field(default=64, metadata=opt(   # did not survive extraction; ours
-        "SAE TopK k", rule=AT_LEAST_1))
+    k: int = field(
+        default=64,
+        metadata=opt(  # did not survive extraction; ours
+            "SAE TopK k", rule=AT_LEAST_1
+        ),
+    )
     lr: float = field(default=1e-3, metadata=opt("SAE Adam learning rate", flag="--sae-lr", rule=POSITIVE))
-    batch_images: int = field(default=16, metadata=opt(
-        "images' tokens per SAE step", flag="--sae-batch-images", rule=AT_LEAST_1))
+    batch_images: int = field(
+        default=16, metadata=opt("images' tokens per SAE step", flag="--sae-batch-images", rule=AT_LEAST_1)
+    )
     epochs: int = field(default=50, metadata=opt("SAE training epochs", flag="--sae-epochs", rule=NON_NEGATIVE))
-    init_bias: Literal["mean", "median"] = field(default="mean", metadata=opt(
-        "initial decoder bias b_dec: the tokens' mean or median (biased SAE only)", flag="--sae-init-bias"))
-    dead_after_tokens: int = field(default=1_000_000, metadata=opt(
-        "history statistic: a latent silent for this many tokens counts dead", rule=AT_LEAST_1))
-    seed: int = field(default=0, metadata=opt("SAE seed", cli=False))   # set with the guides' by --seed
+    init_bias: Literal["mean", "median"] = field(
+        default="mean",
+        metadata=opt(
+            "initial decoder bias b_dec: the tokens' mean or median (biased SAE only)", flag="--sae-init-bias"
+        ),
+    )
+    dead_after_tokens: int = field(
+        default=1_000_000,
+        metadata=opt("history statistic: a latent silent for this many tokens counts dead", rule=AT_LEAST_1),
+    )
+    seed: int = field(default=0, metadata=opt("SAE seed", cli=False))  # set with the guides' by --seed
     # -- what the official code does differently (protocols.OFFICIAL sets these) --
-    bias: bool = field(default=True, metadata=opt(
-        "encoder and decoder biases (the official SAE has none)", flag="--sae-bias"))
-    adam_betas: tuple[float, float] = field(default=(0.9, 0.999), metadata=opt(
-        "SAE Adam betas", flag="--sae-adam-betas", rule=BETAS, metavar=("B1", "B2")))
+    bias: bool = field(
+        default=True, metadata=opt("encoder and decoder biases (the official SAE has none)", flag="--sae-bias")
+    )
+    adam_betas: tuple[float, float] = field(
+        default=(0.9, 0.999), metadata=opt("SAE Adam betas", flag="--sae-adam-betas", rule=BETAS, metavar=("B1", "B2"))
+    )
     auxk: int = field(default=0, metadata=opt("k_aux of the AuxK loss (0 = off)", rule=NON_NEGATIVE))
     auxk_coef: float = field(default=1 / 32, metadata=opt("coefficient of the AuxK loss", rule=NON_NEGATIVE))
-    auxk_dead_tokens: int = field(default=10_000_000, metadata=opt(
-        "AuxK: a latent is dead after this many tokens' worth of steps without firing", rule=AT_LEAST_1))
-    auxk_threshold: float = field(default=1e-3, metadata=opt(
-        "AuxK: a latent fires when its code value is above this", rule=NON_NEGATIVE))
+    auxk_dead_tokens: int = field(
+        default=10_000_000,
+        metadata=opt("AuxK: a latent is dead after this many tokens' worth of steps without firing", rule=AT_LEAST_1),
+    )
+    auxk_threshold: float = field(
+        default=1e-3, metadata=opt("AuxK: a latent fires when its code value is above this", rule=NON_NEGATIVE)
+    )
 
     def __post_init__(self) -> None:
         validate(self)
         if self.k > self.width:
-            raise SPGError(f"sae.k = {self.k} is larger than the dictionary width sae.width = {self.width}",
-                           fix="choose --k no larger than --width")
+            raise SPGError(
+                f"sae.k = {self.k} is larger than the dictionary width sae.width = {self.width}",
+                fix="choose --k no larger than --width",
+            )
 
 
 @dataclass
@@ -179,30 +210,53 @@ class GuideConfig:
     SECTION: ClassVar[str] = "guides"
 
     # "free" is set by --method free_guides (guides in R^D), never chosen directly.
-    variant: Literal["relu_l1", "topk", "free"] = field(default="relu_l1", metadata=opt(
-        "relu_l1 or topk (TopK_K per guide)", flag="--guide-variant", choices=("relu_l1", "topk")))
-    l1: float = field(default=1e-3, metadata=opt(   # calibrated, not the paper's (lost)
-        "lambda of the L1 penalty", rule=NON_NEGATIVE))
-    topk: int = field(default=64, metadata=opt(
-        "K per guide for --guide-variant topk", flag="--guide-topk", rule=AT_LEAST_1))
+    variant: Literal["relu_l1", "topk", "free"] = field(
+        default="relu_l1",
+        metadata=opt("relu_l1 or topk (TopK_K per guide)", flag="--guide-variant", choices=("relu_l1", "topk")),
+    )
+    l1: float = field(
+        default=1e-3,
+        metadata=opt(  # calibrated, not the paper's (lost)
+            "lambda of the L1 penalty", rule=NON_NEGATIVE
+        ),
+    )
+    topk: int = field(
+        default=64, metadata=opt("K per guide for --guide-variant topk", flag="--guide-topk", rule=AT_LEAST_1)
+    )
     tau: float = field(default=0.07, metadata=opt("softmax temperature", rule=POSITIVE))
     focal_gamma: float = field(default=2.0, metadata=opt("gamma of the focal loss", rule=NON_NEGATIVE))
-    dice: Literal["batch", "image"] = field(default="batch", metadata=opt(   # see guides.dice_loss
-        "Dice over the whole batch (batch) or averaged per image (image)"))
-    ema_decay: float = field(default=0.999, metadata=opt(
-        "EMA decay of the guide coefficients", flag="--ema", rule=FRACTION))
+    dice: Literal["batch", "image"] = field(
+        default="batch",
+        metadata=opt(  # see guides.dice_loss
+            "Dice over the whole batch (batch) or averaged per image (image)"
+        ),
+    )
+    ema_decay: float = field(
+        default=0.999, metadata=opt("EMA decay of the guide coefficients", flag="--ema", rule=FRACTION)
+    )
     lr: float = field(default=1e-3, metadata=opt("guide Adam learning rate", flag="--guide-lr", rule=POSITIVE))
-    batch_images: int = field(default=16, metadata=opt(
-        "images per guide step", flag="--guide-batch-images", rule=AT_LEAST_1))
+    batch_images: int = field(
+        default=16, metadata=opt("images per guide step", flag="--guide-batch-images", rule=AT_LEAST_1)
+    )
     epochs: int = field(default=20, metadata=opt("guide training epochs", flag="--guide-epochs", rule=NON_NEGATIVE))
-    init_scale: float = field(default=0.01, metadata=opt(   # small and positive: every atom starts active
-        "scale of the initial guide coefficients theta", flag="--guide-init-scale", rule=NON_NEGATIVE))
-    seed: int = field(default=0, metadata=opt("guide seed", cli=False))   # set with the SAE's by --seed
+    init_scale: float = field(
+        default=0.01,
+        metadata=opt(  # small and positive: every atom starts active
+            "scale of the initial guide coefficients theta", flag="--guide-init-scale", rule=NON_NEGATIVE
+        ),
+    )
+    seed: int = field(default=0, metadata=opt("guide seed", cli=False))  # set with the SAE's by --seed
     # -- official four-guide form (protocols.OFFICIAL sets these) --
-    form: Literal["pair", "official"] = field(default="pair", metadata=opt(
-        "pair (a normal and an anomaly local guide) or official (global and local pairs)", flag="--guide-form"))
-    adam_betas: tuple[float, float] = field(default=(0.9, 0.999), metadata=opt(
-        "guide Adam betas", flag="--guide-adam-betas", rule=BETAS, metavar=("B1", "B2")))
+    form: Literal["pair", "official"] = field(
+        default="pair",
+        metadata=opt(
+            "pair (a normal and an anomaly local guide) or official (global and local pairs)", flag="--guide-form"
+        ),
+    )
+    adam_betas: tuple[float, float] = field(
+        default=(0.9, 0.999),
+        metadata=opt("guide Adam betas", flag="--guide-adam-betas", rule=BETAS, metavar=("B1", "B2")),
+    )
 
     def __post_init__(self) -> None:
         validate(self)
@@ -214,16 +268,27 @@ class ScoreConfig:
 
     SECTION: ClassVar[str] = "score"
 
-    aggregation: Literal["max", "mean", "lse"] = field(default="max", metadata=opt(
-        "image score pooling of the map: max, mean or lse"))
-    lse_temperature: float = field(default=0.1, metadata=opt(
-        "temperature T of log-sum-exp pooling (0: the max)", flag="--lse-t", rule=NON_NEGATIVE))
-    smoothing_sigma: float = field(default=0.0, metadata=opt(
-        "Gaussian sigma of the maps before pixel metrics (0 = off); `spg eval`: default the run's own",
-        rule=NON_NEGATIVE))
-    image_score: Literal["map", "smoothed_map", "cls"] = field(default="map", metadata=opt(
-        "map (pool the raw map), smoothed_map (pool the smoothed map; official), or cls (the official global "
-        "guides on the CLS token)"))
+    aggregation: Literal["max", "mean", "lse"] = field(
+        default="max", metadata=opt("image score pooling of the map: max, mean or lse")
+    )
+    lse_temperature: float = field(
+        default=0.1,
+        metadata=opt("temperature T of log-sum-exp pooling (0: the max)", flag="--lse-t", rule=NON_NEGATIVE),
+    )
+    smoothing_sigma: float = field(
+        default=0.0,
+        metadata=opt(
+            "Gaussian sigma of the maps before pixel metrics (0 = off); `spg eval`: default the run's own",
+            rule=NON_NEGATIVE,
+        ),
+    )
+    image_score: Literal["map", "smoothed_map", "cls"] = field(
+        default="map",
+        metadata=opt(
+            "map (pool the raw map), smoothed_map (pool the smoothed map; official), or cls (the official global "
+            "guides on the CLS token)"
+        ),
+    )
 
     def __post_init__(self) -> None:
         validate(self)
@@ -233,19 +298,30 @@ class ScoreConfig:
 class RunConfig:
     """One aux -> target experiment."""
 
-    aux: str = field(default="synthetic-a", metadata=opt("auxiliary dataset", cli=False))   # per command
+    aux: str = field(default="synthetic-a", metadata=opt("auxiliary dataset", cli=False))  # per command
     target: str = field(default="synthetic-b", metadata=opt("target dataset", cli=False))
-    backbone: str = field(default="dinov3-vitl16", metadata=opt(
-        "dinov3-vitl16 (default), dinov2-large, siglip-large, openclip-vitl14-336, builtin; "
-        "NAME-tiny / NAME-random: random-initialised small / full-size models"))
-    weights: str | None = field(default=None, metadata=opt(
-        "hub id, local directory or checkpoint file (default: the registry's)"))
-    method: Literal["spg", "free_guides", "random_dict"] = field(default="spg", metadata=opt(
-        "spg, or an ablation baseline: free guides in R^D, or SPG on a random dictionary"))
+    backbone: str = field(
+        default="dinov3-vitl16",
+        metadata=opt(
+            "dinov3-vitl16 (default), dinov2-large, siglip-large, openclip-vitl14-336, builtin; "
+            "NAME-tiny / NAME-random: random-initialised small / full-size models"
+        ),
+    )
+    weights: str | None = field(
+        default=None, metadata=opt("hub id, local directory or checkpoint file (default: the registry's)")
+    )
+    method: Literal["spg", "free_guides", "random_dict"] = field(
+        default="spg", metadata=opt("spg, or an ablation baseline: free guides in R^D, or SPG on a random dictionary")
+    )
     device: str = field(default="auto", metadata=opt("auto (CUDA when present), cpu, cuda, cuda:1 ..."))
-    protocol: Literal["official", "studio"] = field(default="studio", metadata=opt(   # protocols.PROTOCOLS
-        "settings preset: official (the authors' code, step for step; default for the paper backbones) or "
-        "studio (this project's; default for builtin and CPU backbones)", cli=False))   # cli.py: default by backbone
+    protocol: Literal["official", "studio"] = field(
+        default="studio",
+        metadata=opt(  # protocols.PROTOCOLS
+            "settings preset: official (the authors' code, step for step; default for the paper backbones) or "
+            "studio (this project's; default for builtin and CPU backbones)",
+            cli=False,
+        ),
+    )  # cli.py: default by backbone
     sae: SAEConfig = field(default_factory=SAEConfig)
     guides: GuideConfig = field(default_factory=GuideConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
@@ -259,7 +335,7 @@ class RunConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
+    def from_dict(cls, d: dict[str, Any]) -> RunConfig:
         d = dict(d)
         sections = {s.SECTION: s(**_tuples(_known(s, d.pop(s.SECTION, {})))) for s in cls.SECTIONS}
         return cls(**_known(cls, d), **sections)
@@ -269,19 +345,19 @@ class RunConfig:
 class ExtractConfig:
     """How tokens are extracted and runs read: speed and logging only, never a result (so not saved)."""
 
-    cache_dir: str | None = field(default=None, metadata=opt(
-        "token stores and synthetic data (default $SPG_CACHE or ~/.cache/spg)"))
-    skip_bad: bool = field(default=False, metadata=opt(
-        "skip unreadable images, writing skipped.json in the store"))
-    batch_size: int | None = field(default=None, metadata=opt(
-        "extraction batch size (default 64 on GPU, 8 on CPU)", rule=AT_LEAST_1))
+    cache_dir: str | None = field(
+        default=None, metadata=opt("token stores and synthetic data (default $SPG_CACHE or ~/.cache/spg)")
+    )
+    skip_bad: bool = field(default=False, metadata=opt("skip unreadable images, writing skipped.json in the store"))
+    batch_size: int | None = field(
+        default=None, metadata=opt("extraction batch size (default 64 on GPU, 8 on CPU)", rule=AT_LEAST_1)
+    )
     workers: int | None = field(default=None, metadata=opt("image decoding workers", rule=NON_NEGATIVE))
     quiet: bool = field(default=False, metadata=opt("no progress bars"))
     compile: bool = field(default=False, metadata=opt("torch.compile the backbone (faster extraction on CUDA)"))
 
     def __post_init__(self) -> None:
         validate(self)
-
 
 
 def _tuples(d: dict[str, Any]) -> dict[str, Any]:

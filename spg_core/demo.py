@@ -36,25 +36,43 @@ class DemoRun:
     preset: dict[str, Any]
 
 
-DEMO_RUNS = (DemoRun("demo-synthetic-effnet-lite0", "effnet-lite0", EFFNET_PRESET),
-             DemoRun("demo-synthetic-builtin", "builtin", DEMO_PRESET))
-DEMO_NAME = DEMO_RUNS[0].name            # the run the app opens first
+DEMO_RUNS = (
+    DemoRun("demo-synthetic-effnet-lite0", "effnet-lite0", EFFNET_PRESET),
+    DemoRun("demo-synthetic-builtin", "builtin", DEMO_PRESET),
+)
+DEMO_NAME = DEMO_RUNS[0].name  # the run the app opens first
 
 
 def demo_config(run: DemoRun = DEMO_RUNS[0]) -> RunConfig:
     p = run.preset
-    return RunConfig(aux="synthetic-a", target="synthetic-b", backbone=run.backbone, device="auto",
-                     sae=SAEConfig(**p.get("sae", {})), guides=GuideConfig(**p.get("guides", {})),
-                     score=ScoreConfig(**p.get("score", {})))
+    return RunConfig(
+        aux="synthetic-a",
+        target="synthetic-b",
+        backbone=run.backbone,
+        device="auto",
+        sae=SAEConfig(**p.get("sae", {})),
+        guides=GuideConfig(**p.get("guides", {})),
+        score=ScoreConfig(**p.get("score", {})),
+    )
 
 
 def demo_is_complete(run_dir: str | Path) -> bool:
     run = RunDir(run_dir)
-    return all(run.exists(f) for f in ("config.json", "sae.safetensors", "guides.safetensors",
-                                       "metrics.json", "target/patch_maps.safetensors", "atoms/index.safetensors"))
+    return all(
+        run.exists(f)
+        for f in (
+            "config.json",
+            "sae.safetensors",
+            "guides.safetensors",
+            "metrics.json",
+            "target/patch_maps.safetensors",
+            "atoms/index.safetensors",
+        )
+    )
 
 
 # -- progress file -------------------------------------------------------------------------
+
 
 def read_demo_progress(runs_root: str | Path) -> dict[str, dict[str, Any]]:
     """Per demo run: {"stage", "step" (0..4 of STAGES), "steps", "seconds", "error"?, "alive"}.
@@ -68,9 +86,13 @@ def read_demo_progress(runs_root: str | Path) -> dict[str, dict[str, Any]]:
     out = {}
     for name, entry in state.items():
         done = entry.get("stage") == "done"
-        out[name] = {**entry, "step": STAGES.index(entry.get("stage", "queued")) if entry.get("stage") in STAGES else 0,
-                     "steps": len(STAGES) - 1, "seconds": time.time() - entry.get("started", time.time()),
-                     "alive": done or _pid_alive(entry.get("pid"))}
+        out[name] = {
+            **entry,
+            "step": STAGES.index(entry.get("stage", "queued")) if entry.get("stage") in STAGES else 0,
+            "steps": len(STAGES) - 1,
+            "seconds": time.time() - entry.get("started", time.time()),
+            "alive": done or _pid_alive(entry.get("pid")),
+        }
     return out
 
 
@@ -97,8 +119,10 @@ def _report(runs_root: Path, name: str, stage: str, **extra: Any) -> None:
 
 # -- building ------------------------------------------------------------------------------
 
-def build_demo_run(runs_root: str | Path, run: DemoRun, *, progress: bool = True,
-                   cache_dir: str | Path | None = None) -> Path:
+
+def build_demo_run(
+    runs_root: str | Path, run: DemoRun, *, progress: bool = True, cache_dir: str | Path | None = None
+) -> Path:
     """Build one demo run under `runs_root` unless it is complete; report each stage."""
     from .atoms import build_atoms
     from .backbones import load_backbone
@@ -145,9 +169,16 @@ def start_background_builds(runs_root: str | Path, cache_dir: str | Path | None 
     cmd = [sys.executable, "-m", "spg_core.demo", "--runs", str(root), *todo]
     if cache_dir is not None:
         cmd += ["--cache-dir", str(cache_dir)]
-    with open(root / ".demo_build.log", "ab") as log:   # the builder's own output, for a failed build
-        return [subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                 cwd=str(Path(__file__).resolve().parent.parent))]
+    with open(root / ".demo_build.log", "ab") as log:  # the builder's own output, for a failed build
+        return [
+            subprocess.Popen(
+                cmd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                cwd=str(Path(__file__).resolve().parent.parent),
+            )
+        ]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,7 +28,7 @@ from .errors import SPGError
 # Collectives wait this long for a missing rank before failing (default: NCCL/gloo's 10/30 min).
 TIMEOUT_ENV = "SPG_DIST_TIMEOUT_S"
 
-_solo_depth = 0   # > 0 inside `main_only()`: this rank acts as a world of one
+_solo_depth = 0  # > 0 inside `main_only()`: this rank acts as a world of one
 
 
 @dataclass(frozen=True)
@@ -80,8 +80,10 @@ def init_from_env(backend: str | None = None) -> World:
         return current()
     missing = [v for v in ("RANK", "MASTER_ADDR", "MASTER_PORT") if v not in os.environ]
     if missing:
-        raise SPGError(f"WORLD_SIZE is set but {', '.join(missing)} is not",
-                       fix="launch with `torchrun --nproc-per-node N -m spg_core.cli ...`, which sets them all")
+        raise SPGError(
+            f"WORLD_SIZE is set but {', '.join(missing)} is not",
+            fix="launch with `torchrun --nproc-per-node N -m spg_core.cli ...`, which sets them all",
+        )
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = torch.cuda.is_available()
     backend = backend or ("nccl" if use_cuda else "gloo")
@@ -116,6 +118,7 @@ def main_only() -> Iterator[None]:
 
 # -- deterministic sharing of work ----------------------------------------------------------------
 
+
 def owned(count: int, world: World | None = None) -> list[int]:
     """Items `0..count-1` this rank owns: item i belongs to rank i % size (round robin)."""
     world = world or current()
@@ -134,6 +137,7 @@ def batch_slice(batch_rows: int, world: World | None = None) -> slice:
 
 # -- collectives (identity in a world of one) --------------------------------------------------
 
+
 def barrier() -> None:
     if world_size() > 1:
         dist.barrier()
@@ -142,8 +146,7 @@ def barrier() -> None:
 def all_reduce(tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
     """Reduce `tensor` in place across ranks (op: sum, min or max) and return it."""
     if world_size() > 1:
-        dist.all_reduce(tensor, op={"sum": dist.ReduceOp.SUM, "min": dist.ReduceOp.MIN,
-                                    "max": dist.ReduceOp.MAX}[op])
+        dist.all_reduce(tensor, op={"sum": dist.ReduceOp.SUM, "min": dist.ReduceOp.MIN, "max": dist.ReduceOp.MAX}[op])
     return tensor
 
 
@@ -165,12 +168,12 @@ def all_reduce_grads(params: list[torch.nn.Parameter]) -> None:
     if world_size() == 1:
         return
     for p in params:
-        if p.grad is None:          # every rank must send the same layout, even an idle one
+        if p.grad is None:  # every rank must send the same layout, even an idle one
             p.grad = torch.zeros_like(p)
     grads = [p.grad for p in params]
     flat = torch.cat([g.reshape(-1) for g in grads])
     dist.all_reduce(flat)
     offset = 0
     for g in grads:
-        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
         offset += g.numel()

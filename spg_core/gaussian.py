@@ -40,8 +40,7 @@ def _pad(x: torch.Tensor, radius: int, axis: int, mode: str) -> torch.Tensor:
     return x.index_select(axis, _reflect_index(x.shape[axis], radius, x.device))
 
 
-def gaussian_blur(x: torch.Tensor, sigma: float, *, radius: int | None = None,
-                  mode: str = "reflect") -> torch.Tensor:
+def gaussian_blur(x: torch.Tensor, sigma: float, *, radius: int | None = None, mode: str = "reflect") -> torch.Tensor:
     """Separable Gaussian blur of ``[B, C, H, W]``, each channel on its own, in ``x``'s dtype.
 
     Args:
@@ -53,13 +52,14 @@ def gaussian_blur(x: torch.Tensor, sigma: float, *, radius: int | None = None,
         ``[B, C, H, W]``, same dtype and device.
     """
     if mode not in EDGE_MODES:
-        raise SPGError(f"unknown edge mode {mode!r} for the Gaussian blur",
-                       fix=f"use one of {', '.join(map(repr, EDGE_MODES))}")
+        raise SPGError(
+            f"unknown edge mode {mode!r} for the Gaussian blur", fix=f"use one of {', '.join(map(repr, EDGE_MODES))}"
+        )
     if not sigma > 0:
         raise SPGError(f"Gaussian sigma must be > 0, got {sigma!r}", fix="skip the blur for sigma 0")
     radius = scipy_radius(sigma) if radius is None else int(radius)
     t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
     k = torch.exp(-0.5 * (t / sigma) ** 2)
-    k = (k / k.sum()).view(1, 1, 1, -1).repeat(x.shape[1], 1, 1, 1)        # [C, 1, 1, 2r+1]
-    x = F.conv2d(_pad(x, radius, 3, mode), k, groups=x.shape[1])             # along W
-    return F.conv2d(_pad(x, radius, 2, mode), k.transpose(-1, -2), groups=x.shape[1])   # along H
+    k = (k / k.sum()).view(1, 1, 1, -1).repeat(x.shape[1], 1, 1, 1)  # [C, 1, 1, 2r+1]
+    x = F.conv2d(_pad(x, radius, 3, mode), k, groups=x.shape[1])  # along W
+    return F.conv2d(_pad(x, radius, 2, mode), k.transpose(-1, -2), groups=x.shape[1])  # along H

@@ -25,8 +25,9 @@ directly in R^D (dictionary = identity, no sign constraint, no L1).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -53,11 +54,16 @@ def saturation_note(fit: dict[str, Any] | None, cfg: dict[str, Any]) -> str | No
     """
     if not fit or fit.get("p_defect_median", 1.0) >= SATURATED:
         return None
-    fix = ("`--dice batch`" if cfg.get("dice", "image") == "image"
-           else f"more `--guide-epochs` (this run: {cfg.get('epochs', '?')}) or a higher `--guide-lr`")
-    return (f"the guides are saturated (median p(anomaly) {fit['p_defect_median']:.1e} on the auxiliary "
-            "set's own defect patches): maps still rank, but their values mean little as thresholds; "
-            f"re-train them with `spg train-guides --run DIR` and {fix}")
+    fix = (
+        "`--dice batch`"
+        if cfg.get("dice", "image") == "image"
+        else f"more `--guide-epochs` (this run: {cfg.get('epochs', '?')}) or a higher `--guide-lr`"
+    )
+    return (
+        f"the guides are saturated (median p(anomaly) {fit['p_defect_median']:.1e} on the auxiliary "
+        "set's own defect patches): maps still rank, but their values mean little as thresholds; "
+        f"re-train them with `spg train-guides --run DIR` and {fix}"
+    )
 
 
 def topk_mask(theta: torch.Tensor, k: int) -> torch.Tensor:
@@ -76,15 +82,25 @@ class GuidePair(nn.Module):
     global normal, global anomaly, local normal, local anomaly), with an optional dead-atom
     mask `[M]` (True = dead, coefficient forced to 0)."""
 
-    def __init__(self, width: int, variant: str = "relu_l1", *, topk: int = 64,
-                 init_scale: float = 0.01, seed: int = 0, form: str = "pair",
-                 dead: torch.Tensor | None = None):
+    def __init__(
+        self,
+        width: int,
+        variant: str = "relu_l1",
+        *,
+        topk: int = 64,
+        init_scale: float = 0.01,
+        seed: int = 0,
+        form: str = "pair",
+        dead: torch.Tensor | None = None,
+    ):
         super().__init__()
         if variant not in VARIANTS:
             raise SPGError(f"unknown guide variant {variant!r}", fix=f"use one of {', '.join(VARIANTS)}")
         if form not in FORMS or (form == "official" and variant == "free"):
-            raise SPGError(f"unknown guide form {form!r} for variant {variant!r}",
-                           fix=f"use one of {', '.join(FORMS)} (free guides: pair only)")
+            raise SPGError(
+                f"unknown guide form {form!r} for variant {variant!r}",
+                fix=f"use one of {', '.join(FORMS)} (free guides: pair only)",
+            )
         self.width, self.variant, self.topk, self.form = width, variant, topk, form
         gen = torch.Generator().manual_seed(seed)
         if form == "official":
@@ -113,7 +129,7 @@ class GuidePair(nn.Module):
             return theta
         c = torch.relu(theta) * self.live.to(theta)
         if self.variant == "topk":
-            if self.form == "official":   # straight-through: the forward keeps the top K, all get gradients
+            if self.form == "official":  # straight-through: the forward keeps the top K, all get gradients
                 return c + (topk_mask(c, self.topk) - c).detach()
             return topk_mask(c, self.topk)
         return c
@@ -156,8 +172,10 @@ class GuidePair(nn.Module):
 
     # -- persistence -----------------------------------------------------------------
     def save(self, path: str, extra: dict[str, Any] | None = None) -> None:
-        meta = {"config": {"width": self.width, "variant": self.variant, "topk": self.topk, "form": self.form},
-                **(extra or {})}
+        meta = {
+            "config": {"width": self.width, "variant": self.variant, "topk": self.topk, "form": self.form},
+            **(extra or {}),
+        }
         tensors = {"theta_raw": self.theta.detach(), "ema_steps": self.ema_steps}
         if self.form == "official":
             tensors["theta"] = self.theta_ema
@@ -168,25 +186,39 @@ class GuidePair(nn.Module):
         save_tensors(path, tensors, meta)
 
     @classmethod
-    def load(cls, path: str, *, expect_width: int | None = None) -> tuple["GuidePair", dict[str, Any]]:
+    def load(cls, path: str, *, expect_width: int | None = None) -> tuple[GuidePair, dict[str, Any]]:
         tensors, meta = load_tensors(path, what="guide file")
         cfg = meta.get("config")
         form = cfg.get("form", "pair") if isinstance(cfg, dict) else "pair"
         key = "theta" if form == "official" else "theta_a"
         if not isinstance(cfg, dict) or "width" not in cfg or key not in tensors:
-            raise SPGError("guide file has no config metadata or coefficients", path=path,
-                           fix="re-train it with `spg train-guides`")
+            raise SPGError(
+                "guide file has no config metadata or coefficients",
+                path=path,
+                fix="re-train it with `spg train-guides`",
+            )
         if expect_width is not None and cfg["width"] != expect_width:
-            raise SPGError(f"guides have {cfg['width']} coefficients but the dictionary has {expect_width} atoms "
-                           "(they come from a different SAE or backbone)", path=path,
-                           fix="use the guides trained with this run's SAE, or re-train with `spg train-guides`")
+            raise SPGError(
+                f"guides have {cfg['width']} coefficients but the dictionary has {expect_width} atoms "
+                "(they come from a different SAE or backbone)",
+                path=path,
+                fix="use the guides trained with this run's SAE, or re-train with `spg train-guides`",
+            )
         dead = tensors.get("dead_atoms")
-        pair = cls(cfg["width"], cfg["variant"], topk=cfg.get("topk", 64), form=form,
-                   dead=None if dead is None else dead.bool())
+        pair = cls(
+            cfg["width"],
+            cfg["variant"],
+            topk=cfg.get("topk", 64),
+            form=form,
+            dead=None if dead is None else dead.bool(),
+        )
         ema = tensors["theta"] if form == "official" else torch.stack([tensors["theta_n"], tensors["theta_a"]])
         if tuple(ema.shape) != tuple(pair.theta.shape):
-            raise SPGError(f"guide coefficients have shape {list(ema.shape)}, expected {list(pair.theta.shape)}",
-                           path=path, fix="the file is damaged: re-train it with `spg train-guides`")
+            raise SPGError(
+                f"guide coefficients have shape {list(ema.shape)}, expected {list(pair.theta.shape)}",
+                path=path,
+                fix="the file is damaged: re-train it with `spg train-guides`",
+            )
         with torch.no_grad():
             pair.theta_ema.copy_(ema)
             pair.theta.copy_(tensors.get("theta_raw", pair.theta_ema))
@@ -195,6 +227,7 @@ class GuidePair(nn.Module):
 
 
 # -- losses -------------------------------------------------------------------------------
+
 
 def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0) -> torch.Tensor:
     """Binary focal loss of P = sigmoid(logits), mean over pixels. `logits`, `target`: `[B, H, W]`.
@@ -224,8 +257,9 @@ def dice_loss(p: torch.Tensor, target: torch.Tensor, smooth: float = 1.0, reduct
     return (1 - (2 * inter + smooth) / (denom + smooth)).mean()
 
 
-def official_focal_loss(probs: torch.Tensor, target: torch.Tensor, gamma: float = 2.0,
-                        smooth: float = 1e-5) -> torch.Tensor:
+def official_focal_loss(
+    probs: torch.Tensor, target: torch.Tensor, gamma: float = 2.0, smooth: float = 1e-5
+) -> torch.Tensor:
     """The official focal loss on 2-class probabilities `[B, 2, H, W]` (channel 0 normal, 1
     anomaly) against a {0, 1} mask `[B, H, W]`, mean over pixels: the one-hot target is clamped
     to [smooth, 1 - smooth], p_t = <one-hot, p> + smooth, loss = -(1 - p_t)^gamma log p_t."""
@@ -245,21 +279,32 @@ class GuideBatch:
     labels: torch.Tensor
     cls: torch.Tensor | None = None
 
-    def to(self, device: torch.device) -> "GuideBatch":
-        return GuideBatch(self.tokens.to(device), self.masks.to(device), self.labels.to(device),
-                          None if self.cls is None else self.cls.to(device))
+    def to(self, device: torch.device) -> GuideBatch:
+        return GuideBatch(
+            self.tokens.to(device),
+            self.masks.to(device),
+            self.labels.to(device),
+            None if self.cls is None else self.cls.to(device),
+        )
 
 
-def guide_loss(pair: GuidePair, dictionary: torch.Tensor, batch: GuideBatch, cfg: GuideConfig,
-               grid: tuple[int, int]) -> dict[str, torch.Tensor]:
+def guide_loss(
+    pair: GuidePair, dictionary: torch.Tensor, batch: GuideBatch, cfg: GuideConfig, grid: tuple[int, int]
+) -> dict[str, torch.Tensor]:
     """Loss terms for one batch (raw theta, not the EMA), in the pair's form."""
     if pair.form == "official":
         return official_guide_loss(pair, dictionary, batch, cfg, grid)
     return pair_guide_loss(pair, dictionary, batch.tokens, batch.masks, cfg, grid)
 
 
-def pair_guide_loss(pair: GuidePair, dictionary: torch.Tensor, tokens: torch.Tensor, masks: torch.Tensor,
-                    cfg: GuideConfig, grid: tuple[int, int]) -> dict[str, torch.Tensor]:
+def pair_guide_loss(
+    pair: GuidePair,
+    dictionary: torch.Tensor,
+    tokens: torch.Tensor,
+    masks: torch.Tensor,
+    cfg: GuideConfig,
+    grid: tuple[int, int],
+) -> dict[str, torch.Tensor]:
     """Studio loss terms: tokens `[B, N, D]`, masks `[B, S, S]`.
 
     The map is the bilinear upsampling of the patch logits (l_a - l_n) / tau, through a
@@ -280,39 +325,49 @@ def pair_guide_loss(pair: GuidePair, dictionary: torch.Tensor, tokens: torch.Ten
     return {"loss": focal + dice + l1, "focal": focal, "dice": dice, "l1": l1, "global_ce": zero}
 
 
-def official_guide_loss(pair: GuidePair, dictionary: torch.Tensor, batch: GuideBatch, cfg: GuideConfig,
-                        grid: tuple[int, int]) -> dict[str, torch.Tensor]:
+def official_guide_loss(
+    pair: GuidePair, dictionary: torch.Tensor, batch: GuideBatch, cfg: GuideConfig, grid: tuple[int, int]
+) -> dict[str, torch.Tensor]:
     """Official loss terms: focal on the upsampled (p_n, p_a) + Dice(p_a, mask) + Dice(p_n, 1 - mask)
     + CE of the CLS token's raw cosines with the global guides + lambda * mean_g |c_g|_1."""
-    c = pair.all_coefficients(pair.theta)                       # [4, M]
-    g = (dictionary.float() @ c.t().float()).t()                # [4, D]
-    local = cosine_logits(batch.tokens, g[2:])                  # [B, N, 2]
+    c = pair.all_coefficients(pair.theta)  # [4, M]
+    g = (dictionary.float() @ c.t().float()).t()  # [4, D]
+    local = cosine_logits(batch.tokens, g[2:])  # [B, N, 2]
     probs = torch.softmax(local / cfg.tau, dim=-1)
     size = batch.masks.shape[-1]
-    maps = torch.stack([upsample(probs[..., i], grid, size) for i in range(2)], dim=1)   # [B, 2, S, S]
+    maps = torch.stack([upsample(probs[..., i], grid, size) for i in range(2)], dim=1)  # [B, 2, S, S]
     focal = official_focal_loss(maps, batch.masks, cfg.focal_gamma)
-    dice = (dice_loss(maps[:, 1], batch.masks, reduction="image")
-            + dice_loss(maps[:, 0], 1 - batch.masks, reduction="image"))
+    dice = dice_loss(maps[:, 1], batch.masks, reduction="image") + dice_loss(
+        maps[:, 0], 1 - batch.masks, reduction="image"
+    )
     if batch.cls is not None:
         global_ce = F.cross_entropy(cosine_logits(batch.cls, g[:2]), batch.labels.long())
-    else:   # no CLS token (SigLIP): the official code feeds zeros, whose cosines carry no gradient
+    else:  # no CLS token (SigLIP): the official code feeds zeros, whose cosines carry no gradient
         global_ce = torch.zeros((), device=batch.tokens.device)
     l1 = cfg.l1 * c.abs().sum(-1).mean() if pair.variant == "relu_l1" else torch.zeros((), device=c.device)
     return {"loss": focal + dice + global_ce + l1, "focal": focal, "dice": dice, "l1": l1, "global_ce": global_ce}
 
 
-def train_guides(dictionary: torch.Tensor, get_batch: Callable[[torch.Tensor], GuideBatch],
-                 num_images: int, grid: tuple[int, int], cfg: GuideConfig, *,
-                 device: torch.device, progress: bool = True,
-                 dead: torch.Tensor | None = None) -> tuple[GuidePair, list[dict[str, float]]]:
+def train_guides(
+    dictionary: torch.Tensor,
+    get_batch: Callable[[torch.Tensor], GuideBatch],
+    num_images: int,
+    grid: tuple[int, int],
+    cfg: GuideConfig,
+    *,
+    device: torch.device,
+    progress: bool = True,
+    dead: torch.Tensor | None = None,
+) -> tuple[GuidePair, list[dict[str, float]]]:
     """Train guides of form `cfg.form`. `get_batch(indices)` returns a GuideBatch; `dead` `[M]`
     is the SAE's dead-atom mask (those coefficients stay 0).
 
     Returns the guides (their EMA is what counts) and per-epoch history.
     """
     width = dictionary.shape[1]
-    pair = GuidePair(width, cfg.variant, topk=cfg.topk, init_scale=cfg.init_scale, seed=cfg.seed,
-                     form=cfg.form, dead=dead).to(device)
+    pair = GuidePair(
+        width, cfg.variant, topk=cfg.topk, init_scale=cfg.init_scale, seed=cfg.seed, form=cfg.form, dead=dead
+    ).to(device)
     dictionary = dictionary.to(device).float()
     opt = torch.optim.Adam([pair.theta], lr=cfg.lr, betas=tuple(cfg.adam_betas))
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -323,7 +378,7 @@ def train_guides(dictionary: torch.Tensor, get_batch: Callable[[torch.Tensor], G
         order = torch.randperm(num_images, generator=gen)
         sums = {"loss": 0.0, "focal": 0.0, "dice": 0.0, "l1": 0.0, "global_ce": 0.0}
         for start in range(0, num_images, cfg.batch_images):
-            batch = get_batch(order[start:start + cfg.batch_images]).to(device)
+            batch = get_batch(order[start : start + cfg.batch_images]).to(device)
             terms = guide_loss(pair, dictionary, batch, cfg, grid)
             opt.zero_grad(set_to_none=True)
             terms["loss"].backward()

@@ -55,11 +55,13 @@ def _open_decoded(path: str | os.PathLike, what: str, max_pixels: int | None = N
     max_pixels = MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
     path = str(path)
     if not os.path.exists(path):
-        raise SPGError(f"{what} not found", path=path,
-                       fix="check the path; if the dataset moved, re-open it from its new location")
+        raise SPGError(
+            f"{what} not found", path=path, fix="check the path; if the dataset moved, re-open it from its new location"
+        )
     if os.path.isdir(path):
-        raise SPGError(f"{what} is a folder, not an image file", path=path,
-                       fix="point at an image file (.png, .jpg, .bmp, .tif)")
+        raise SPGError(
+            f"{what} is a folder, not an image file", path=path, fix="point at an image file (.png, .jpg, .bmp, .tif)"
+        )
     try:
         with warnings.catch_warnings():
             # Our limit below replaces PIL's bomb check (a warning, or an error above 2x its limit).
@@ -71,16 +73,20 @@ def _open_decoded(path: str | os.PathLike, what: str, max_pixels: int | None = N
                 Image.MAX_IMAGE_PIXELS = pil_limit
             w, h = img.size
             if w * h > max_pixels:
-                raise SPGError(f"{what} is {w} x {h} = {w * h / 1e6:.0f} megapixels, above the limit of "
-                               f"{max_pixels / 1e6:.0f} megapixels", path=path,
-                               fix="downscale it, or raise the limit (`spg predict --max-pixels N`, or "
-                                   "SPG_MAX_IMAGE_PIXELS=N for every command)")
+                raise SPGError(
+                    f"{what} is {w} x {h} = {w * h / 1e6:.0f} megapixels, above the limit of "
+                    f"{max_pixels / 1e6:.0f} megapixels",
+                    path=path,
+                    fix="downscale it, or raise the limit (`spg predict --max-pixels N`, or "
+                    "SPG_MAX_IMAGE_PIXELS=N for every command)",
+                )
             img.load()  # force the decode now so truncation is caught here, not in a worker
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError,
-            Image.DecompressionBombError) as exc:
-        raise SPGError(f"{what} is corrupt, truncated or not an image ({type(exc).__name__}: {exc})",
-                       path=path,
-                       fix="re-export or re-download this file, or delete it from the dataset") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise SPGError(
+            f"{what} is corrupt, truncated or not an image ({type(exc).__name__}: {exc})",
+            path=path,
+            fix="re-export or re-download this file, or delete it from the dataset",
+        ) from None
     return img
 
 
@@ -88,7 +94,7 @@ def _wide_to_uint8(arr: np.ndarray, mode: str) -> np.ndarray:
     """Scale a 16/32-bit integer or float array [H, W] onto uint8 [H, W] without clipping."""
     a = arr.astype(np.float64)
     if mode != "F" and a.size and a.min() >= 0 and a.max() <= 65535:
-        scaled = a / 257.0                      # 65535 / 257 = 255 exactly
+        scaled = a / 257.0  # 65535 / 257 = 255 exactly
     else:
         lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
         scaled = (a - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(a)
@@ -104,7 +110,7 @@ def to_rgb(img: Image.Image) -> Image.Image:
         gray = _wide_to_uint8(np.asarray(img), mode)
         return Image.fromarray(gray).convert("RGB")
     if mode == "P" and "transparency" in img.info:
-        mode = "PA"                             # palette transparency: treat like any alpha
+        mode = "PA"  # palette transparency: treat like any alpha
     if mode in _ALPHA_MODES:
         # RGBA -> RGB in PIL drops alpha (no compositing), which is the rule we want.
         return img.convert("RGBA").convert("RGB")
@@ -118,8 +124,11 @@ def load_image(path: str | os.PathLike, max_pixels: int | None = None) -> Image.
     try:
         return to_rgb(img)
     except (OSError, ValueError) as exc:
-        raise SPGError(f"image has an unsupported pixel format {img.mode!r} ({exc})", path=str(path),
-                       fix="re-save it as 8-bit RGB or grayscale PNG/JPEG") from None
+        raise SPGError(
+            f"image has an unsupported pixel format {img.mode!r} ({exc})",
+            path=str(path),
+            fix="re-save it as 8-bit RGB or grayscale PNG/JPEG",
+        ) from None
 
 
 def _mask_array(img: Image.Image) -> np.ndarray:
@@ -139,12 +148,13 @@ def binarize_mask(values: np.ndarray) -> np.ndarray:
     if values.size == 0:
         return values.astype(bool)
     top = int(values.max())
-    half = 32767 if top > 255 else 127          # 16-bit container vs 8-bit
+    half = 32767 if top > 255 else 127  # 16-bit container vs 8-bit
     return values > half if top > half else values > 0
 
 
-def load_mask(path: str | os.PathLike, size: tuple[int, int], *,
-              image_path: str | os.PathLike | None = None) -> np.ndarray:
+def load_mask(
+    path: str | os.PathLike, size: tuple[int, int], *, image_path: str | os.PathLike | None = None
+) -> np.ndarray:
     """Load a ground-truth mask as bool [H, W]; `size` = (W, H) of its image.
 
     A mask whose size differs from `size` raises SPGError naming both files and
@@ -157,7 +167,8 @@ def load_mask(path: str | os.PathLike, size: tuple[int, int], *,
             f"mask is {img.size[0]}x{img.size[1]} but {image_part} {size[0]}x{size[1]} (W x H)",
             path=str(path),
             fix="masks must have exactly their image's size: re-export the mask at the image's "
-                "size (nearest-neighbour resize), or check it belongs to this image")
+            "size (nearest-neighbour resize), or check it belongs to this image",
+        )
     return binarize_mask(_mask_array(img))
 
 
@@ -197,6 +208,7 @@ def mask_to_tensor(mask: np.ndarray, size: int, mode: str = "nearest") -> torch.
         raise ValueError(f"mask_to_tensor expects a mask [H, W], got shape {tuple(t.shape)}")
     if t.shape != (size, size):
         kwargs = {"align_corners": False} if mode == "bilinear" else {}
-        t = F.interpolate(t[None, None], size=(size, size), mode="bilinear" if mode == "bilinear" else "nearest-exact",
-                          **kwargs)[0, 0]
+        t = F.interpolate(
+            t[None, None], size=(size, size), mode="bilinear" if mode == "bilinear" else "nearest-exact", **kwargs
+        )[0, 0]
     return (t > 0.5).float()

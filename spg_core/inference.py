@@ -54,25 +54,33 @@ class Scorer:
 
     @property
     def score_config(self) -> ScoreConfig:
-        return ScoreConfig(aggregation=self.aggregation, lse_temperature=self.lse_temperature,  # type: ignore[arg-type]
-                           smoothing_sigma=self.smoothing_sigma, image_score=self.image_score)  # type: ignore[arg-type]
+        return ScoreConfig(
+            aggregation=self.aggregation,
+            lse_temperature=self.lse_temperature,  # type: ignore[arg-type]
+            smoothing_sigma=self.smoothing_sigma,
+            image_score=self.image_score,
+        )  # type: ignore[arg-type]
 
     @torch.no_grad()
-    def __call__(self, tokens: torch.Tensor, cls: torch.Tensor | None = None
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def __call__(
+        self, tokens: torch.Tensor, cls: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """`[B, N, D]` (+ CLS `[B, D]`) -> (patch probabilities `[B, N]`, raw maps `[B, S, S]`, scores `[B]`)."""
         g = self.guides.to(tokens.device)
         probs, maps = anomaly_maps(tokens, g[0], g[1], tau=self.tau, grid=self.grid, size=self.image_size)
         if self.image_score == "cls":
             if self.global_guides is None or cls is None:
-                raise SPGError("--image-score cls needs official (four-guide) guides and a backbone with a "
-                               "CLS token", fix="use --image-score map, or a run made with --protocol official")
+                raise SPGError(
+                    "--image-score cls needs official (four-guide) guides and a backbone with a CLS token",
+                    fix="use --image-score map, or a run made with --protocol official",
+                )
             return probs, maps, cls_scores(cls.to(tokens.device), self.global_guides.to(tokens.device), self.tau)
         return probs, maps, map_image_scores(maps, self.score_config)
 
 
-def score_store(store: TokenStore, scorer: Scorer, device: torch.device,
-                batch_images: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+def score_store(
+    store: TokenStore, scorer: Scorer, device: torch.device, batch_images: int = 64
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Patch probabilities `[K, N]` and image scores `[K]` for every image of a store."""
     probs, scores = [], []
     for start in range(0, store.num_images, batch_images):
@@ -89,8 +97,7 @@ def target_maps(probs: torch.Tensor, grid: tuple[int, int], size: int, batch: in
 
     Not fp16: confident guides put probabilities around 1e-6, where fp16 turns distinct
     values into ties and silently lowers pixel AUROC."""
-    return torch.cat([upsample(probs[i:i + batch], grid, size).float()
-                      for i in range(0, probs.shape[0], batch)])
+    return torch.cat([upsample(probs[i : i + batch], grid, size).float() for i in range(0, probs.shape[0], batch)])
 
 
 def dictionary_of(sae: TopKSAE | None, dim: int) -> torch.Tensor:
@@ -109,8 +116,14 @@ def load_run_sae(run: RunDir, cfg: RunConfig, dim: int | None) -> TopKSAE | None
 class Predictor:
     """A trained run ready to score new images or stored tokens (CLI `predict`, dashboard)."""
 
-    def __init__(self, run_dir: str | Path, device: str | torch.device = "auto", compile_backbone: bool = False,
-                 backbone: Backbone | None = None, score: ScoreConfig | None = None):
+    def __init__(
+        self,
+        run_dir: str | Path,
+        device: str | torch.device = "auto",
+        compile_backbone: bool = False,
+        backbone: Backbone | None = None,
+        score: ScoreConfig | None = None,
+    ):
         self.run = RunDir(run_dir)
         self.config = self.run.read_config()
         self.cfg = RunConfig.from_dict(self.config)
@@ -128,25 +141,40 @@ class Predictor:
         grid = tuple(identity.get("grid", (0, 0)))
         global_guides = self.guides.global_vectors(self.dictionary)
         s = self.cfg.score
-        self.scorer = Scorer(self.guides.guide_vectors(self.dictionary).detach(), self.cfg.guides.tau, grid,
-                             int(identity.get("image_size", 0)), s.aggregation, s.lse_temperature,
-                             s.smoothing_sigma, s.image_score,
-                             None if global_guides is None else global_guides.detach())
+        self.scorer = Scorer(
+            self.guides.guide_vectors(self.dictionary).detach(),
+            self.cfg.guides.tau,
+            grid,
+            int(identity.get("image_size", 0)),
+            s.aggregation,
+            s.lse_temperature,
+            s.smoothing_sigma,
+            s.image_score,
+            None if global_guides is None else global_guides.detach(),
+        )
 
     @property
     def backbone(self) -> Backbone:
         """Loaded on first use: scoring stored tokens needs no backbone."""
         if self._backbone is None:
             identity = self.config.get("backbone_identity", {})
-            self._backbone = load_backbone(self.cfg.backbone, self.cfg.weights, device=self.device,
-                                           protocol=self.cfg.protocol, image_size=identity.get("image_size"),
-                                           layer=identity.get("layer"))
+            self._backbone = load_backbone(
+                self.cfg.backbone,
+                self.cfg.weights,
+                device=self.device,
+                protocol=self.cfg.protocol,
+                image_size=identity.get("image_size"),
+                layer=identity.get("layer"),
+            )
             if self._compile:
                 self._backbone.enable_compile()
             if self._backbone.dim != self.dictionary.shape[0]:
-                raise SPGError(f"backbone {self.cfg.backbone} gives {self._backbone.dim}-dim tokens but this run's "
-                               f"dictionary is {self.dictionary.shape[0]}-dim", path=str(self.run.path),
-                               fix="use the backbone the run was trained with")
+                raise SPGError(
+                    f"backbone {self.cfg.backbone} gives {self._backbone.dim}-dim tokens but this run's "
+                    f"dictionary is {self.dictionary.shape[0]}-dim",
+                    path=str(self.run.path),
+                    fix="use the backbone the run was trained with",
+                )
         return self._backbone
 
     @torch.no_grad()
@@ -154,6 +182,7 @@ class Predictor:
         """PIL images -> tokens `[B, N, D]`, probs `[B, N]`, maps `[B, S, S]` (smoothed as the run's
         metrics smooth them), scores `[B]`."""
         from .images import image_to_tensor
+
         bb = self.backbone
         batch = torch.stack([image_to_tensor(im, bb.image_size) for im in images]).to(self.device)
         tokens, cls = bb.extract_with_cls(batch)

@@ -50,8 +50,11 @@ THEME: dict[str, str] = {
 def app_path() -> Path:
     """The Streamlit entrypoint; an editable install keeps it beside the package."""
     if not APP_PATH.is_file():
-        raise SPGError("the dashboard app is not installed beside spg_core", path=str(APP_PATH),
-                       fix="install SPG Studio from its source tree (`pip install -e .`)")
+        raise SPGError(
+            "the dashboard app is not installed beside spg_core",
+            path=str(APP_PATH),
+            fix="install SPG Studio from its source tree (`pip install -e .`)",
+        )
     return APP_PATH
 
 
@@ -61,7 +64,7 @@ def streamlit_command(port: int, host: str = "localhost") -> list[str]:
         "server.headless": "true",
         "server.port": str(port),
         "server.address": host,
-        "server.fileWatcherType": "none",        # a demo server must not rerun on file edits
+        "server.fileWatcherType": "none",  # a demo server must not rerun on file edits
         "server.runOnSave": "false",
         "server.maxUploadSize": str(MAX_UPLOAD_MB),
         "browser.gatherUsageStats": "false",
@@ -88,24 +91,38 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-def start_server(runs_root: str | Path, port: int, *, host: str = "localhost",
-                 cache_dir: str | Path | None = None, quiet: bool = False) -> subprocess.Popen:
+def start_server(
+    runs_root: str | Path,
+    port: int,
+    *,
+    host: str = "localhost",
+    cache_dir: str | Path | None = None,
+    quiet: bool = False,
+) -> subprocess.Popen:
     """Start the app as a subprocess (its own process group, so it can be stopped as a whole)."""
     out: Any = subprocess.DEVNULL if quiet else None
-    return subprocess.Popen(streamlit_command(port, host), env=app_env(runs_root, cache_dir),
-                            cwd=str(app_path().parent.parent), stdout=out, stderr=out,
-                            start_new_session=True)
+    return subprocess.Popen(
+        streamlit_command(port, host),
+        env=app_env(runs_root, cache_dir),
+        cwd=str(app_path().parent.parent),
+        stdout=out,
+        stderr=out,
+        start_new_session=True,
+    )
 
 
-def wait_until_healthy(port: int, proc: subprocess.Popen | None = None, host: str = "localhost",
-                       timeout: float = 60.0) -> None:
+def wait_until_healthy(
+    port: int, proc: subprocess.Popen | None = None, host: str = "localhost", timeout: float = 60.0
+) -> None:
     """Poll Streamlit's health endpoint until it answers 'ok' (or the process dies)."""
     url = f"http://{host}:{port}/_stcore/health"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
-            raise SPGError(f"the dashboard server exited with code {proc.returncode}",
-                           fix="run `spg dashboard` in a terminal to see its output")
+            raise SPGError(
+                f"the dashboard server exited with code {proc.returncode}",
+                fix="run `spg dashboard` in a terminal to see its output",
+            )
         try:
             with urllib.request.urlopen(url, timeout=2) as resp:
                 if resp.read().strip() == b"ok":
@@ -113,8 +130,10 @@ def wait_until_healthy(port: int, proc: subprocess.Popen | None = None, host: st
         except OSError:
             pass
         time.sleep(0.25)
-    raise SPGError(f"the dashboard did not answer on {url} within {timeout:.0f} s",
-                   fix="check that the port is free, or pass another with --port")
+    raise SPGError(
+        f"the dashboard did not answer on {url} within {timeout:.0f} s",
+        fix="check that the port is free, or pass another with --port",
+    )
 
 
 def stop_server(proc: subprocess.Popen, timeout: float = 10.0) -> None:
@@ -135,8 +154,7 @@ def cmd_dashboard(args: argparse.Namespace) -> None:
     if args.demo:
         from .demo import PROGRESS_FILE, ensure_demo_run, start_background_builds
 
-        print(f"preparing the effnet-lite0 demo run under {root} (first time: about a minute on a CPU) ...",
-              flush=True)
+        print(f"preparing the effnet-lite0 demo run under {root} (first time: about a minute on a CPU) ...", flush=True)
         run = ensure_demo_run(root, progress=True, cache_dir=args.cache_dir)
         print(f"demo run ready: {run}", flush=True)
         builders = start_background_builds(root, cache_dir=args.cache_dir)
@@ -153,7 +171,7 @@ def cmd_dashboard(args: argparse.Namespace) -> None:
         proc.wait()
     finally:
         stop_server(proc)
-        for builder in builders:          # a half-built demo run is rebuilt by the next --demo
+        for builder in builders:  # a half-built demo run is rebuilt by the next --demo
             stop_server(builder)
 
 
@@ -163,9 +181,13 @@ def register_cli(sub: Any) -> None:
     p.add_argument("--runs", default="runs", help="runs root: every run directory under it is shown (default ./runs)")
     p.add_argument("--port", type=int, default=8501, help="port to serve on (default 8501)")
     p.add_argument("--host", default="localhost", help="address to bind (default localhost; 0.0.0.0 for a LAN)")
-    p.add_argument("--demo", action="store_true",
-                   help="first build the demo runs (synthetic-a -> synthetic-b: effnet-lite0, then builtin "
-                        "in the background) if they are missing")
-    p.add_argument("--cache-dir", default=None,
-                   help="token stores and synthetic data (default $SPG_CACHE or ~/.cache/spg)")
+    p.add_argument(
+        "--demo",
+        action="store_true",
+        help="first build the demo runs (synthetic-a -> synthetic-b: effnet-lite0, then builtin "
+        "in the background) if they are missing",
+    )
+    p.add_argument(
+        "--cache-dir", default=None, help="token stores and synthetic data (default $SPG_CACHE or ~/.cache/spg)"
+    )
     p.set_defaults(func=cmd_dashboard)

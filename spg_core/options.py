@@ -18,7 +18,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import typing
-from typing import Any, Iterable, Literal, TypeVar
+from collections.abc import Iterable
+from typing import Any, Literal, TypeVar
 
 from .config import field_types, flag_of, literal_choices, non_optional, option_of
 
@@ -46,8 +47,11 @@ def argument_kwargs(cls: type, f: dataclasses.Field, *, switch: bool) -> dict[st
         return {"type": str, "choices": list(option.choices or literal_choices(kind))}
     if typing.get_origin(kind) is tuple:
         args = typing.get_args(kind)
-        return {"type": args[0], "nargs": len(args),
-                "metavar": option.metavar or tuple(f"V{i + 1}" for i in range(len(args)))}
+        return {
+            "type": args[0],
+            "nargs": len(args),
+            "metavar": option.metavar or tuple(f"V{i + 1}" for i in range(len(args))),
+        }
     return {"type": kind}
 
 
@@ -63,12 +67,18 @@ def protocol_defaults(cls: type, name: str) -> str:
 def add_section_options(p: argparse.ArgumentParser, cls: type) -> None:
     """One option per exposed field of a config section; left out (None), the protocol's value holds."""
     for f in exposed_fields(cls):
-        p.add_argument(flag_of(f), dest=dest_of(f), default=None, **argument_kwargs(cls, f, switch=False),
-                       help=f"{option_of(f).help} ({protocol_defaults(cls, f.name)})")
+        p.add_argument(
+            flag_of(f),
+            dest=dest_of(f),
+            default=None,
+            **argument_kwargs(cls, f, switch=False),
+            help=f"{option_of(f).help} ({protocol_defaults(cls, f.name)})",
+        )
 
 
-def add_field_options(p: argparse.ArgumentParser, cls: type, names: Iterable[str] | None = None, *,
-                      omitted: str | None = None) -> None:
+def add_field_options(
+    p: argparse.ArgumentParser, cls: type, names: Iterable[str] | None = None, *, omitted: str | None = None
+) -> None:
     """Options for plain fields with the dataclass default; with `omitted` (e.g. "the run's own"),
     a left-out option is None and the help says what holds instead."""
     for f in exposed_fields(cls, names):

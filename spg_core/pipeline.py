@@ -13,9 +13,10 @@ import platform
 import sys
 import time
 import warnings
+from collections.abc import Callable, Iterable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,21 +38,38 @@ from .sae_train import attach_dead_mask, evaluate_sae, train_sae
 from .scoring import cosine_logits, patch_probabilities
 from .store import TokenStore, build_store
 
-
 # -- stage 0: tokens ------------------------------------------------------------------------
 
-def extract(spec: str, backbone: Backbone, *, cache_dir: str | Path | None = None, skip_bad: bool = False,
-            batch_size: int | None = None, num_workers: int | None = None, progress: bool = True) -> TokenStore:
+
+def extract(
+    spec: str,
+    backbone: Backbone,
+    *,
+    cache_dir: str | Path | None = None,
+    skip_bad: bool = False,
+    batch_size: int | None = None,
+    num_workers: int | None = None,
+    progress: bool = True,
+) -> TokenStore:
     """Open dataset `spec` (its test split) and return its (re-used, resumed or new) token store."""
     dataset = open_dataset(spec, split="test", cache_dir=str(cache_dir) if cache_dir else None)
-    return build_store(dataset, backbone, cache_dir=cache_dir, skip_bad=skip_bad, batch_size=batch_size,
-                       num_workers=num_workers, progress=progress)
+    return build_store(
+        dataset,
+        backbone,
+        cache_dir=cache_dir,
+        skip_bad=skip_bad,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        progress=progress,
+    )
 
 
 # -- stage 1: dictionary --------------------------------------------------------------------
 
-def fit_dictionary(store: TokenStore, cfg: SAEConfig, method: str, device: torch.device,
-                   progress: bool = True) -> tuple[TopKSAE | None, dict[str, Any]]:
+
+def fit_dictionary(
+    store: TokenStore, cfg: SAEConfig, method: str, device: torch.device, progress: bool = True
+) -> tuple[TopKSAE | None, dict[str, Any]]:
     """Train the SAE ('spg'), draw a random one ('random_dict'), or none ('free_guides')."""
     if method == "free_guides":
         return None, {"trained": False, "note": "free guides: no dictionary"}
@@ -66,18 +84,27 @@ def fit_dictionary(store: TokenStore, cfg: SAEConfig, method: str, device: torch
     # The mask runs over every auxiliary token the official statistic sees: patches and CLS.
     cls = store.all_cls()
     dead = attach_dead_mask(sae, tokens if cls is None else torch.cat([tokens, cls]))
-    print(f"SAE: {dead} of {sae.width} atoms never fire on the auxiliary set (dead; masked out of the guides)",
-          file=sys.stderr)
+    print(
+        f"SAE: {dead} of {sae.width} atoms never fire on the auxiliary set (dead; masked out of the guides)",
+        file=sys.stderr,
+    )
     return sae, {"trained": True, "seconds": seconds, "history": history, **history[-1], "dead_atoms": dead}
 
 
 # -- stage 2: guides ------------------------------------------------------------------------
 
-def fit_guides(store: TokenStore, dictionary: torch.Tensor, cfg: GuideConfig, device: torch.device,
-               progress: bool = True, dead: torch.Tensor | None = None) -> tuple[GuidePair, dict[str, Any]]:
+
+def fit_guides(
+    store: TokenStore,
+    dictionary: torch.Tensor,
+    cfg: GuideConfig,
+    device: torch.device,
+    progress: bool = True,
+    dead: torch.Tensor | None = None,
+) -> tuple[GuidePair, dict[str, Any]]:
     """Train guides on the auxiliary store's tokens, CLS tokens, masks and labels; `dead` `[M]`:
     the SAE's dead-atom mask (those coefficients stay 0)."""
-    resident = store.num_images * store.num_patches * store.dim * 4 < 2 * 1024 ** 3
+    resident = store.num_images * store.num_patches * store.dim * 4 < 2 * 1024**3
     cache = store.tokens(range(store.num_images)).to(device) if resident else None
     labels = torch.from_numpy(store.labels())
 
@@ -87,8 +114,9 @@ def fit_guides(store: TokenStore, dictionary: torch.Tensor, cfg: GuideConfig, de
         return GuideBatch(tokens, store.masks(idx), labels[idx], store.cls(idx))
 
     t0 = time.perf_counter()
-    pair, history = train_guides(dictionary, get_batch, store.num_images, store.grid, cfg,
-                                 device=device, progress=progress, dead=dead)
+    pair, history = train_guides(
+        dictionary, get_batch, store.num_images, store.grid, cfg, device=device, progress=progress, dead=dead
+    )
     seconds = time.perf_counter() - t0
     a_n, a_a = pair.active_atoms()
     guides = pair.guide_vectors(dictionary.to(device)).detach()
@@ -96,14 +124,25 @@ def fit_guides(store: TokenStore, dictionary: torch.Tensor, cfg: GuideConfig, de
     note = saturation_note(fit, asdict(cfg))
     if note:
         warnings.warn(note, stacklevel=2)
-    return pair, {"seconds": seconds, "history": history,
-                  "active_normal": len(a_n), "active_anomaly": len(a_a), "aux_fit": fit}
+    return pair, {
+        "seconds": seconds,
+        "history": history,
+        "active_normal": len(a_n),
+        "active_anomaly": len(a_a),
+        "aux_fit": fit,
+    }
 
 
 @torch.no_grad()
-def auxiliary_fit(get_batch: Callable[[torch.Tensor], GuideBatch], num_images: int,
-                  grid: tuple[int, int], guides: torch.Tensor, tau: float, device: torch.device,
-                  covered: float = 0.5) -> dict[str, float]:
+def auxiliary_fit(
+    get_batch: Callable[[torch.Tensor], GuideBatch],
+    num_images: int,
+    grid: tuple[int, int],
+    guides: torch.Tensor,
+    tau: float,
+    device: torch.device,
+    covered: float = 0.5,
+) -> dict[str, float]:
     """How the saved (EMA) guides `[2, D]` separate the auxiliary set they were trained on.
 
     `get_batch` is the training one (a GuideBatch). A patch is a
@@ -125,28 +164,52 @@ def auxiliary_fit(get_batch: Callable[[torch.Tensor], GuideBatch], num_images: i
 
     def stat(x: torch.Tensor, fn) -> float:
         return float(fn(x)) if len(x) else float("nan")
-    auroc = image_auroc(torch.cat([d, n]).numpy(), np.r_[np.ones(len(d)), np.zeros(len(n))]) \
-        if len(d) and len(n) else float("nan")
-    return {"patch_auroc": auroc, "p_defect_median": stat(d, torch.median), "p_normal_median": stat(n, torch.median),
-            "p_normal_q99": stat(n, lambda x: x.kthvalue(max(1, int(0.99 * len(x)))).values),
-            "defect_patches_flagged": stat(d, lambda x: (x > 0.5).double().mean()),
-            "normal_patches_flagged": stat(n, lambda x: (x > 0.5).double().mean()),
-            "defect_patches": len(d), "normal_patches": len(n)}
+
+    auroc = (
+        image_auroc(torch.cat([d, n]).numpy(), np.r_[np.ones(len(d)), np.zeros(len(n))])
+        if len(d) and len(n)
+        else float("nan")
+    )
+    return {
+        "patch_auroc": auroc,
+        "p_defect_median": stat(d, torch.median),
+        "p_normal_median": stat(n, torch.median),
+        "p_normal_q99": stat(n, lambda x: x.kthvalue(max(1, int(0.99 * len(x)))).values),
+        "defect_patches_flagged": stat(d, lambda x: (x > 0.5).double().mean()),
+        "normal_patches_flagged": stat(n, lambda x: (x > 0.5).double().mean()),
+        "defect_patches": len(d),
+        "normal_patches": len(n),
+    }
 
 
 # -- whole runs -----------------------------------------------------------------------------
 
+
 def environment() -> dict[str, Any]:
     import transformers
-    return {"spg_core": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
-            "python": platform.python_version(),
-            "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+    return {
+        "spg_core": __version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+        "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
 
 
-def train_stages(cfg: RunConfig, out: str | Path, *, cache_dir: str | Path | None = None, skip_bad: bool = False,
-                 batch_size: int | None = None, num_workers: int | None = None, progress: bool = True,
-                 compile_backbone: bool = False, stages: Iterable[str] = ("sae", "guides"),
-                 backbone: Backbone | None = None) -> RunDir:
+def train_stages(
+    cfg: RunConfig,
+    out: str | Path,
+    *,
+    cache_dir: str | Path | None = None,
+    skip_bad: bool = False,
+    batch_size: int | None = None,
+    num_workers: int | None = None,
+    progress: bool = True,
+    compile_backbone: bool = False,
+    stages: Iterable[str] = ("sae", "guides"),
+    backbone: Backbone | None = None,
+) -> RunDir:
     """Stages 1 and 2 on the auxiliary set, writing config, SAE and guides into `out`.
 
     With the "sae" stage, config.json is written afresh (a new run); a guides-only call
@@ -160,20 +223,36 @@ def train_stages(cfg: RunConfig, out: str | Path, *, cache_dir: str | Path | Non
         backbone = load_run_backbone(cfg, device)
         if compile_backbone:
             backbone.enable_compile()
-    aux = extract(cfg.aux, backbone, cache_dir=cache_dir, skip_bad=skip_bad, batch_size=batch_size,
-                  num_workers=num_workers, progress=progress)
+    aux = extract(
+        cfg.aux,
+        backbone,
+        cache_dir=cache_dir,
+        skip_bad=skip_bad,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        progress=progress,
+    )
     stages = set(stages)
     run.path.mkdir(parents=True, exist_ok=True)
     if "sae" in stages:
         if distributed.is_main():
-            run.write_config(cfg, {"backbone_identity": backbone.identity(), "aux_store": str(aux.root),
-                                   "environment": environment(), "device_used": str(device)})
+            run.write_config(
+                cfg,
+                {
+                    "backbone_identity": backbone.identity(),
+                    "aux_store": str(aux.root),
+                    "environment": environment(),
+                    "device_used": str(device),
+                },
+            )
         sae, sae_info = fit_dictionary(aux, cfg.sae, cfg.method, device, progress)
-        if distributed.is_main():     # under torchrun every rank holds the same SAE; one writes it
+        if distributed.is_main():  # under torchrun every rank holds the same SAE; one writes it
             if sae is not None:
                 sae.save(str(run.file(SAE_FILE)), {"backbone": backbone.identity(), "method": cfg.method})
-            write_json(run.file(SAE_RECORD_FILE), {"config": asdict(cfg.sae), "method": cfg.method,
-                                                   "world_size": distributed.world_size(), **sae_info})
+            write_json(
+                run.file(SAE_RECORD_FILE),
+                {"config": asdict(cfg.sae), "method": cfg.method, "world_size": distributed.world_size(), **sae_info},
+            )
     elif distributed.is_main():
         run.update_config(guides=asdict(cfg.guides))
     if "guides" in stages:
@@ -182,12 +261,18 @@ def train_stages(cfg: RunConfig, out: str | Path, *, cache_dir: str | Path | Non
         pair, info = fit_guides(aux, dictionary_of(sae, backbone.dim), cfg.guides, device, progress, dead=dead)
         before = run.digest(GUIDES_FILE)
         pair.save(str(run.file(GUIDES_FILE)), {"backbone": backbone.identity(), "method": cfg.method})
-        write_json(run.file(GUIDES_RECORD_FILE), {"config": asdict(cfg.guides), **info,
-                                                  "provenance": {"sae_sha256": run.digest(SAE_FILE)}})
+        write_json(
+            run.file(GUIDES_RECORD_FILE),
+            {"config": asdict(cfg.guides), **info, "provenance": {"sae_sha256": run.digest(SAE_FILE)}},
+        )
         if before is not None and run.exists(METRICS_FILE):
-            print("note: the guides changed, so this run's target maps and metrics are stale; "
-                  f"re-run `spg eval --run {run.path}`", file=sys.stderr)
-        from .thresholds import write_run_threshold     # decision threshold + map scale, set on the aux side
+            print(
+                "note: the guides changed, so this run's target maps and metrics are stale; "
+                f"re-run `spg eval --run {run.path}`",
+                file=sys.stderr,
+            )
+        from .thresholds import write_run_threshold  # decision threshold + map scale, set on the aux side
+
         write_run_threshold(run.path, device=str(device))
     return run
 
@@ -195,15 +280,31 @@ def train_stages(cfg: RunConfig, out: str | Path, *, cache_dir: str | Path | Non
 def load_run_backbone(cfg: RunConfig, device: torch.device, identity: dict[str, Any] | None = None) -> Backbone:
     """The run's backbone with its protocol's tokens (and, for a stored run, its image size and layer)."""
     identity = identity or {}
-    return load_backbone(cfg.backbone, cfg.weights, device=device, protocol=cfg.protocol,
-                         image_size=identity.get("image_size"), layer=identity.get("layer"))
+    return load_backbone(
+        cfg.backbone,
+        cfg.weights,
+        device=device,
+        protocol=cfg.protocol,
+        image_size=identity.get("image_size"),
+        layer=identity.get("layer"),
+    )
 
 
-def evaluate_target(run: RunDir, *, target: str | None = None, cache_dir: str | Path | None = None,
-                    skip_bad: bool = False, batch_size: int | None = None, num_workers: int | None = None,
-                    progress: bool = True, metric_options: dict[str, Any] | None = None,
-                    compile_backbone: bool = False, device: str | None = None,
-                    backbone: Backbone | None = None, score: ScoreConfig | None = None) -> dict[str, Any]:
+def evaluate_target(
+    run: RunDir,
+    *,
+    target: str | None = None,
+    cache_dir: str | Path | None = None,
+    skip_bad: bool = False,
+    batch_size: int | None = None,
+    num_workers: int | None = None,
+    progress: bool = True,
+    metric_options: dict[str, Any] | None = None,
+    compile_backbone: bool = False,
+    device: str | None = None,
+    backbone: Backbone | None = None,
+    score: ScoreConfig | None = None,
+) -> dict[str, Any]:
     """Score the target set with a trained run; write target maps, scores and metrics.json, and
     record the target evaluated (`target`, `target_store`) in config.json.
 
@@ -212,44 +313,95 @@ def evaluate_target(run: RunDir, *, target: str | None = None, cache_dir: str | 
     from .metrics import evaluate
 
     cfg = run.run_config()
-    predictor = Predictor(run.path, device=device or cfg.device, compile_backbone=compile_backbone,
-                          backbone=backbone, score=score)
+    predictor = Predictor(
+        run.path, device=device or cfg.device, compile_backbone=compile_backbone, backbone=backbone, score=score
+    )
     score = predictor.cfg.score
     target = target or cfg.target
-    store = extract(target, predictor.backbone, cache_dir=cache_dir, skip_bad=skip_bad,
-                    batch_size=batch_size, num_workers=num_workers, progress=progress)
+    store = extract(
+        target,
+        predictor.backbone,
+        cache_dir=cache_dir,
+        skip_bad=skip_bad,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        progress=progress,
+    )
     if store.dim != predictor.dictionary.shape[0]:
-        raise SPGError("target tokens and the run's dictionary differ in dimension", path=str(store.root),
-                       fix="evaluate with the backbone the run was trained with")
+        raise SPGError(
+            "target tokens and the run's dictionary differ in dimension",
+            path=str(store.root),
+            fix="evaluate with the backbone the run was trained with",
+        )
     run.update_config(target=target, target_store=str(store.root))
-    provenance = {"guides_sha256": run.digest(GUIDES_FILE),
-                  "target_store_manifest_sha256": file_sha256(store.root / "manifest.json")}
+    provenance = {
+        "guides_sha256": run.digest(GUIDES_FILE),
+        "target_store_manifest_sha256": file_sha256(store.root / "manifest.json"),
+    }
     probs, scores = score_store(store, predictor.scorer, predictor.device)
     run.write_target(probs, scores, store.images, store.grid, store.image_size, provenance)
     maps = target_maps(probs, store.grid, store.image_size)
     masks = store.masks(range(store.num_images)).to(torch.uint8)
     options = {"smoothing_sigma": score.smoothing_sigma, **(metric_options or {})}
-    metrics = evaluate(scores.numpy(), store.labels(), maps.numpy(), masks.numpy(),
-                       [r["category"] for r in store.images], progress=progress, **options)
-    metrics["settings"] = {**metrics.get("settings", {}), "aux": cfg.aux, "target": target,
-                           "backbone": cfg.backbone, "method": cfg.method, "protocol": cfg.protocol,
-                           "aggregation": score.aggregation, "image_score": score.image_score,
-                           "image_size": store.image_size}
+    metrics = evaluate(
+        scores.numpy(),
+        store.labels(),
+        maps.numpy(),
+        masks.numpy(),
+        [r["category"] for r in store.images],
+        progress=progress,
+        **options,
+    )
+    metrics["settings"] = {
+        **metrics.get("settings", {}),
+        "aux": cfg.aux,
+        "target": target,
+        "backbone": cfg.backbone,
+        "method": cfg.method,
+        "protocol": cfg.protocol,
+        "aggregation": score.aggregation,
+        "image_score": score.image_score,
+        "image_size": store.image_size,
+    }
     metrics["provenance"] = provenance
     write_json(run.file(METRICS_FILE), metrics)
     return metrics
 
 
-def run_experiment(cfg: RunConfig, out: str | Path, *, cache_dir: str | Path | None = None,
-                   skip_bad: bool = False, batch_size: int | None = None, num_workers: int | None = None,
-                   progress: bool = True, compile_backbone: bool = False,
-                   metric_options: dict[str, Any] | None = None) -> dict[str, Any]:
+def run_experiment(
+    cfg: RunConfig,
+    out: str | Path,
+    *,
+    cache_dir: str | Path | None = None,
+    skip_bad: bool = False,
+    batch_size: int | None = None,
+    num_workers: int | None = None,
+    progress: bool = True,
+    compile_backbone: bool = False,
+    metric_options: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """`spg run`: both training stages on the auxiliary set, then evaluation on the target."""
     backbone = load_run_backbone(cfg, resolve_device(cfg.device))
     if compile_backbone:
         backbone.enable_compile()
-    run = train_stages(cfg, out, backbone=backbone, cache_dir=cache_dir, skip_bad=skip_bad,
-                       batch_size=batch_size, num_workers=num_workers, progress=progress)
-    return evaluate_target(run, cache_dir=cache_dir, skip_bad=skip_bad, batch_size=batch_size,
-                           num_workers=num_workers, progress=progress, metric_options=metric_options,
-                           device=cfg.device, backbone=backbone)
+    run = train_stages(
+        cfg,
+        out,
+        backbone=backbone,
+        cache_dir=cache_dir,
+        skip_bad=skip_bad,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        progress=progress,
+    )
+    return evaluate_target(
+        run,
+        cache_dir=cache_dir,
+        skip_bad=skip_bad,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        progress=progress,
+        metric_options=metric_options,
+        device=cfg.device,
+        backbone=backbone,
+    )

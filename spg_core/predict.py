@@ -21,7 +21,7 @@ def map_names(images: list[str]) -> list[str]:
     """One distinct `<name>_map.png` per input: the file stem, with as many parent folders
     prefixed as it takes to tell same-named inputs apart (MVTec-style trees repeat 000.png
     in every defect folder); an input given twice gets its position appended."""
-    parts = [Path(p).with_suffix("").parts[1 if Path(p).anchor else 0:] for p in images]
+    parts = [Path(p).with_suffix("").parts[1 if Path(p).anchor else 0 :] for p in images]
     depth = [1] * len(images)
     while True:
         names = ["_".join(pp[-d:]) for pp, d in zip(parts, depth)]
@@ -34,9 +34,16 @@ def map_names(images: list[str]) -> list[str]:
     return [f"{n}_map.png" if count[n] == 1 else f"{parts[i][-1]}_{i}_map.png" for i, n in enumerate(names)]
 
 
-def predict_files(run_dir: str | Path, images: list[str], out: str | Path, *, device: str = "auto",
-                  batch: int = 8, skip_bad: bool = False,
-                  max_pixels: int | None = None) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+def predict_files(
+    run_dir: str | Path,
+    images: list[str],
+    out: str | Path,
+    *,
+    device: str = "auto",
+    batch: int = 8,
+    skip_bad: bool = False,
+    max_pixels: int | None = None,
+) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
     """Write one map PNG (image | overlay) per image, named by `map_names`, and `scores.csv`.
 
     An unreadable or oversized image stops the call with its name, or with `skip_bad` is left

@@ -9,10 +9,19 @@ from PIL import Image
 
 # Anchor colours of the map scale (dark blue -> cyan -> yellow -> red), sampled at
 # equal steps on [0, 1]: perceptually ordered and readable on a projector.
-_ANCHORS = np.array([
-    [12, 7, 60], [30, 60, 150], [20, 140, 190], [60, 200, 160],
-    [200, 225, 80], [250, 170, 40], [230, 70, 30], [150, 10, 20],
-], dtype=np.float32)
+_ANCHORS = np.array(
+    [
+        [12, 7, 60],
+        [30, 60, 150],
+        [20, 140, 190],
+        [60, 200, 160],
+        [200, 225, 80],
+        [250, 170, 40],
+        [230, 70, 30],
+        [150, 10, 20],
+    ],
+    dtype=np.float32,
+)
 COLORSCALE = [[i / (len(_ANCHORS) - 1), f"rgb({r:.0f},{g:.0f},{b:.0f})"] for i, (r, g, b) in enumerate(_ANCHORS)]
 
 
@@ -26,7 +35,9 @@ def colorize(values: np.ndarray, vmin: float = 0.0, vmax: float = 1.0) -> np.nda
     return rgb.round().astype(np.uint8)
 
 
-def overlay(image: Image.Image, values: np.ndarray, alpha: float = 0.5, vmin: float = 0.0, vmax: float = 1.0) -> Image.Image:
+def overlay(
+    image: Image.Image, values: np.ndarray, alpha: float = 0.5, vmin: float = 0.0, vmax: float = 1.0
+) -> Image.Image:
     """Blend the coloured map over `image` (resized to the map's size) with opacity `alpha`."""
     heat = Image.fromarray(colorize(values, vmin, vmax))
     base = image.convert("RGB").resize(heat.size, Image.BILINEAR)
@@ -55,6 +66,7 @@ def draw_outline(image: Image.Image, mask: np.ndarray, colour: tuple[int, int, i
 
 # -- maps as an inspection engineer reads them ---------------------------------------------------
 
+
 @dataclass(frozen=True)
 class MapScale:
     """How map values become colours: the space ('logit' or 'probability') and its [vmin, vmax].
@@ -74,8 +86,9 @@ class MapScale:
         return logit(probs) if self.space == "logit" else np.asarray(probs, dtype=np.float64)
 
 
-PROBABILITY_SCALE = MapScale("probability", 0.0, 1.0, "colour: patch anomaly probability, 0 (blue) to 1 (red)",
-                             ("0", "1"))
+PROBABILITY_SCALE = MapScale(
+    "probability", 0.0, 1.0, "colour: patch anomaly probability, 0 (blue) to 1 (red)", ("0", "1")
+)
 
 
 def logit(p: np.ndarray, eps: float = 1e-7) -> np.ndarray:
@@ -92,10 +105,15 @@ def fitted_scale(pixel_scale: dict[str, float]) -> MapScale:
     """The run's own scale (`thresholds.pixel_scale`): blue at the median auxiliary normal pixel,
     red at their 99.9th percentile, in log-odds."""
     lo, hi = float(pixel_scale["vmin"]), float(pixel_scale["vmax"])
-    return MapScale("logit", lo, hi,
-                    f"colour: log-odds of the smoothed map, fitted to this run's auxiliary normal pixels: blue = "
-                    f"their median (p {sigmoid(lo):.2g}), red = their 99.9th percentile (p {sigmoid(hi):.2g}) "
-                    f"and above", (f"normal median\np {sigmoid(lo):.2g}", f"normal 99.9%\np {sigmoid(hi):.2g}"))
+    return MapScale(
+        "logit",
+        lo,
+        hi,
+        f"colour: log-odds of the smoothed map, fitted to this run's auxiliary normal pixels: blue = "
+        f"their median (p {sigmoid(lo):.2g}), red = their 99.9th percentile (p {sigmoid(hi):.2g}) "
+        f"and above",
+        (f"normal median\np {sigmoid(lo):.2g}", f"normal 99.9%\np {sigmoid(hi):.2g}"),
+    )
 
 
 def display_map(patch_probs: np.ndarray, size: int, smoothing_sigma: float) -> np.ndarray:
@@ -111,10 +129,17 @@ def display_map(patch_probs: np.ndarray, size: int, smoothing_sigma: float) -> n
     return np.asarray(smooth_maps(full, float(smoothing_sigma))[0].numpy(), dtype=np.float32)
 
 
-def map_picture(image: Image.Image, probs: np.ndarray, scale: MapScale, *, alpha: float = 0.55,
-                contour_level: float | None = None, truth: np.ndarray | None = None,
-                contour_colour: tuple[int, int, int] = (255, 255, 255),
-                truth_colour: tuple[int, int, int] = (60, 255, 120)) -> Image.Image:
+def map_picture(
+    image: Image.Image,
+    probs: np.ndarray,
+    scale: MapScale,
+    *,
+    alpha: float = 0.55,
+    contour_level: float | None = None,
+    truth: np.ndarray | None = None,
+    contour_colour: tuple[int, int, int] = (255, 255, 255),
+    truth_colour: tuple[int, int, int] = (60, 255, 120),
+) -> Image.Image:
     """The map `[S, S]` (probabilities) coloured on `scale` over `image`, with two outlines:
     where the map reaches `contour_level` (a probability; white) and the ground truth (green)."""
     picture = overlay(image, scale.values(probs), alpha=alpha, vmin=scale.vmin, vmax=scale.vmax)

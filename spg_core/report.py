@@ -18,12 +18,21 @@ from typing import Any
 from .atomic import read_json, write_text
 from .metrics import METRIC_KEYS as METRICS
 
-METRIC_TITLES = {"image_auroc": "Image AUROC", "image_ap": "Image AP", "pixel_auroc": "Pixel AUROC",
-                 "aupro": "Pixel AUPRO (MVTec AD, exact)", "aupro_official": "Pixel AUPRO (official, AnomalyCLIP's)"}
+METRIC_TITLES = {
+    "image_auroc": "Image AUROC",
+    "image_ap": "Image AP",
+    "pixel_auroc": "Pixel AUROC",
+    "aupro": "Pixel AUPRO (MVTec AD, exact)",
+    "aupro_official": "Pixel AUPRO (official, AnomalyCLIP's)",
+}
 # Which of the paper's columns each of our metrics compares with, like with like: the paper's
 # AUPRO is the official code's (200 thresholds, FPR rescaled), so the exact MVTec AUPRO has none.
-PAPER_KEYS = {"image_auroc": "image_auroc", "image_ap": "image_ap", "pixel_auroc": "pixel_auroc",
-              "aupro_official": "aupro"}
+PAPER_KEYS = {
+    "image_auroc": "image_auroc",
+    "image_ap": "image_ap",
+    "pixel_auroc": "pixel_auroc",
+    "aupro_official": "aupro",
+}
 _PAPER_BACKBONES = {"dinov3-vitl16": "SPG (DINOv3)", "openclip-vitl14-336": "SPG (OpenCLIP)"}
 
 
@@ -95,21 +104,27 @@ def report_markdown(metrics: dict[str, Any]) -> str:
     settings = metrics.get("settings", {})
     paper = paper_row(settings)
     out = [f"# SPG report: {settings.get('aux', '?')} -> {settings.get('target', '?')}", ""]
-    out.append(f"Backbone `{settings.get('backbone', '?')}`, method `{settings.get('method', 'spg')}`, "
-               f"protocol `{settings.get('protocol', 'studio')}`, image score `{settings.get('aggregation', 'max')}`"
-               f" of `{settings.get('image_score', 'map')}`.")
-    out.append(f"Two AUPROs: `aupro` is the exact MVTec AD definition (every threshold, area up to FPR "
-               f"{settings.get('max_fpr', 0.3)} / {settings.get('max_fpr', 0.3)}; definition "
-               f"`{settings.get('aupro_variant', 'mvtec')}`), `aupro_official` the official code's "
-               "(AnomalyCLIP's: 200 thresholds, FPR < 0.3 rescaled to [0, 1]); the paper reports the latter, "
-               f"so only it is compared with the paper. Map smoothing sigma {settings.get('smoothing_sigma', 0.0)}, "
-               f"evaluated at {settings.get('eval_resolution', 'input')} resolution "
-               f"({settings.get('image_size', '?')} px). Values in %.")
+    out.append(
+        f"Backbone `{settings.get('backbone', '?')}`, method `{settings.get('method', 'spg')}`, "
+        f"protocol `{settings.get('protocol', 'studio')}`, image score `{settings.get('aggregation', 'max')}`"
+        f" of `{settings.get('image_score', 'map')}`."
+    )
+    out.append(
+        f"Two AUPROs: `aupro` is the exact MVTec AD definition (every threshold, area up to FPR "
+        f"{settings.get('max_fpr', 0.3)} / {settings.get('max_fpr', 0.3)}; definition "
+        f"`{settings.get('aupro_variant', 'mvtec')}`), `aupro_official` the official code's "
+        "(AnomalyCLIP's: 200 thresholds, FPR < 0.3 rescaled to [0, 1]); the paper reports the latter, "
+        f"so only it is compared with the paper. Map smoothing sigma {settings.get('smoothing_sigma', 0.0)}, "
+        f"evaluated at {settings.get('eval_resolution', 'input')} resolution "
+        f"({settings.get('image_size', '?')} px). Values in %."
+    )
     for w in metrics.get("warnings", []):
         out.append(f"\n> note: {w}")
     if paper is None:
-        out.append("\nNo row of the paper matches this run (paper rows: DINOv3 or OpenCLIP, SPG, "
-                   "MVTec AD <-> VisA), so no comparison is shown.")
+        out.append(
+            "\nNo row of the paper matches this run (paper rows: DINOv3 or OpenCLIP, SPG, "
+            "MVTec AD <-> VisA), so no comparison is shown."
+        )
     for key in METRICS:
         out += ["", f"## {METRIC_TITLES[key]}", ""]
         paper_key = PAPER_KEYS.get(key)

@@ -27,7 +27,7 @@ def run_names(root: str | Path) -> list[str]:
     for p in list_runs(root):
         try:
             names.append(p.resolve().relative_to(root).as_posix())
-        except ValueError:          # a symlink pointing outside the root: not reachable
+        except ValueError:  # a symlink pointing outside the root: not reachable
             continue
     return names
 
@@ -36,8 +36,9 @@ def resolve_run(root: str | Path, name: str) -> Path:
     """The run directory `name` under `root`, refusing anything that escapes the root."""
     root = Path(root).resolve()
     if not name or Path(name).is_absolute() or ".." in Path(name).parts:
-        raise SPGError(f"run name {name!r} is not a path inside the runs root", path=str(root),
-                       fix="pick a run from the list")
+        raise SPGError(
+            f"run name {name!r} is not a path inside the runs root", path=str(root), fix="pick a run from the list"
+        )
     path = (root / name).resolve()
     if path != root and root not in path.parents:
         raise SPGError(f"run {name!r} lies outside the runs root", path=str(root), fix="pick a run from the list")

@@ -62,8 +62,11 @@ class RunDir:
 
     def read_config(self) -> dict[str, Any]:
         if not self.path.is_dir():
-            raise SPGError("run directory not found", path=str(self.path),
-                           fix="create one with `spg run --aux ... --target ... --out DIR`")
+            raise SPGError(
+                "run directory not found",
+                path=str(self.path),
+                fix="create one with `spg run --aux ... --target ... --out DIR`",
+            )
         return read_json(self.file(CONFIG_FILE), what="run config")
 
     def run_config(self) -> RunConfig:
@@ -84,8 +87,9 @@ class RunDir:
         """Files whose recorded producer no longer matches: guides trained on another SAE, maps
         or metrics made with other guides. Empty for consistent runs and for runs without records."""
         stale = []
-        guides_rec = read_json(self.file(GUIDES_RECORD_FILE), what="guide record") \
-            if self.exists(GUIDES_RECORD_FILE) else {}
+        guides_rec = (
+            read_json(self.file(GUIDES_RECORD_FILE), what="guide record") if self.exists(GUIDES_RECORD_FILE) else {}
+        )
         sae_sha = guides_rec.get("provenance", {}).get("sae_sha256")
         if sae_sha and self.exists(SAE_FILE) and sae_sha != self.digest(SAE_FILE):
             stale.append(GUIDES_FILE)
@@ -102,14 +106,23 @@ class RunDir:
         return stale
 
     # -- target outputs --------------------------------------------------------------------
-    def write_target(self, probs: torch.Tensor, scores: torch.Tensor, records: list[dict[str, Any]],
-                     grid: tuple[int, int], image_size: int, provenance: dict[str, Any] | None = None) -> None:
+    def write_target(
+        self,
+        probs: torch.Tensor,
+        scores: torch.Tensor,
+        records: list[dict[str, Any]],
+        grid: tuple[int, int],
+        image_size: int,
+        provenance: dict[str, Any] | None = None,
+    ) -> None:
         """probs `[K, N]`, scores `[K]`, one record per target image; `provenance`: hashes of the
         guides and target store that produced them."""
         h, w = grid
-        save_tensors(self.file(PATCH_MAPS_FILE), {"probs": probs.reshape(-1, h, w).float(),
-                                                  "scores": scores.float()},
-                     {"grid": [h, w], "image_size": image_size, "provenance": provenance or {}})
+        save_tensors(
+            self.file(PATCH_MAPS_FILE),
+            {"probs": probs.reshape(-1, h, w).float(), "scores": scores.float()},
+            {"grid": [h, w], "image_size": image_size, "provenance": provenance or {}},
+        )
         buf = io.StringIO()
         writer = csv.writer(buf)
         writer.writerow(["index", "image_path", "category", "defect", "label", "score"])
@@ -121,8 +134,11 @@ class RunDir:
         """(probs `[K, h, w]` float32, scores `[K]`, metadata with grid and image_size)."""
         tensors, meta = load_tensors(self.file(PATCH_MAPS_FILE), what="target maps")
         if "probs" not in tensors or "scores" not in tensors:
-            raise SPGError("target maps file lacks probs/scores", path=str(self.file(PATCH_MAPS_FILE)),
-                           fix="re-run `spg eval --run DIR`")
+            raise SPGError(
+                "target maps file lacks probs/scores",
+                path=str(self.file(PATCH_MAPS_FILE)),
+                fix="re-run `spg eval --run DIR`",
+            )
         return tensors["probs"].float(), tensors["scores"].float(), meta
 
     def read_scores(self) -> list[dict[str, Any]]:

@@ -68,14 +68,16 @@ class TopKSAE(nn.Module):
     def __init__(self, dim: int, width: int, k: int, *, seed: int = 0, bias: bool = True):
         super().__init__()
         if not 0 < k <= width:
-            raise SPGError(f"TopK k={k} must be between 1 and the dictionary width M={width}",
-                           fix="choose --k no larger than --width")
+            raise SPGError(
+                f"TopK k={k} must be between 1 and the dictionary width M={width}",
+                fix="choose --k no larger than --width",
+            )
         self.dim, self.width, self.k, self.bias = dim, width, k, bias
         gen = torch.Generator().manual_seed(seed)
         if bias:
             w_dec = torch.randn(dim, width, generator=gen)
-        else:   # official: atoms [M, D] ~ N(0, 1/M), then unit rows
-            w_dec = (torch.randn(width, dim, generator=gen) / width ** 0.5).t()
+        else:  # official: atoms [M, D] ~ N(0, 1/M), then unit rows
+            w_dec = (torch.randn(width, dim, generator=gen) / width**0.5).t()
         w_dec = w_dec / w_dec.norm(dim=0, keepdim=True).clamp_min(1e-8)
         self.W_dec = nn.Parameter(w_dec.contiguous())
         # Encoder starts as the decoder's transpose (Gao et al.): every latent begins
@@ -86,7 +88,7 @@ class TopKSAE(nn.Module):
             self.b_dec = nn.Parameter(torch.zeros(dim))
         else:
             self.b_enc = self.b_dec = None
-        self.dead: torch.Tensor | None = None     # [M] bool once computed (see sae_train.dead_atom_mask)
+        self.dead: torch.Tensor | None = None  # [M] bool once computed (see sae_train.dead_atom_mask)
 
     # -- forward pieces -------------------------------------------------------------
     def atoms(self) -> torch.Tensor:
@@ -177,30 +179,39 @@ class TopKSAE(nn.Module):
         save_tensors(path, tensors, meta)
 
     @classmethod
-    def load(cls, path: str, *, expect_dim: int | None = None, map_location: str | torch.device = "cpu") -> tuple["TopKSAE", dict[str, Any]]:
+    def load(
+        cls, path: str, *, expect_dim: int | None = None, map_location: str | torch.device = "cpu"
+    ) -> tuple[TopKSAE, dict[str, Any]]:
         """Load weights + metadata; `expect_dim` guards against an SAE from another backbone."""
         tensors, meta = load_tensors(path, what="SAE file")
         cfg = meta.get("config")
         if not isinstance(cfg, dict) or {"dim", "width", "k"} - cfg.keys():
-            raise SPGError("SAE file has no config metadata", path=path,
-                           fix="re-train it with `spg train-sae`")
+            raise SPGError("SAE file has no config metadata", path=path, fix="re-train it with `spg train-sae`")
         if expect_dim is not None and cfg["dim"] != expect_dim:
             raise SPGError(
                 f"SAE was trained on {cfg['dim']}-dim tokens but this backbone gives {expect_dim}-dim tokens "
                 f"(SAE backbone: {meta.get('backbone', {}).get('backbone', 'unknown')})",
-                path=path, fix="use an SAE trained with the same backbone, or re-train with `spg train-sae`")
+                path=path,
+                fix="use an SAE trained with the same backbone, or re-train with `spg train-sae`",
+            )
         sae = cls(cfg["dim"], cfg["width"], cfg["k"], bias=bool(cfg.get("bias", True)))
         dead = tensors.pop("dead_atoms", None)
         if dead is not None:
             if tuple(dead.shape) != (sae.width,):
-                raise SPGError(f"dead-atom mask has shape {list(dead.shape)}, expected [{sae.width}]", path=path,
-                               fix="the file is damaged: re-train it with `spg train-sae`")
+                raise SPGError(
+                    f"dead-atom mask has shape {list(dead.shape)}, expected [{sae.width}]",
+                    path=path,
+                    fix="the file is damaged: re-train it with `spg train-sae`",
+                )
             sae.dead = dead.bool()
         try:
             sae.load_state_dict(tensors)
         except RuntimeError as exc:
-            raise SPGError(f"SAE file does not match its own config ({exc})", path=path,
-                           fix="the file is damaged: re-train it with `spg train-sae`") from None
+            raise SPGError(
+                f"SAE file does not match its own config ({exc})",
+                path=path,
+                fix="the file is damaged: re-train it with `spg train-sae`",
+            ) from None
         sae = sae.to(map_location)
         if sae.dead is not None:
             sae.dead = sae.dead.to(map_location)

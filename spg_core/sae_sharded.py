@@ -64,7 +64,7 @@ def global_topk(z_local: torch.Tensor, k: int, offset: int) -> SparseCode:
     kk = min(k, z_local.shape[1])
     top = z_local.topk(kk, dim=-1, sorted=False)
     values, indices = top.values, top.indices + offset
-    if kk < k:      # a shard narrower than k pads with candidates that never win
+    if kk < k:  # a shard narrower than k pads with candidates that never win
         values = torch.cat([values, values.new_full((values.shape[0], k - kk), float("-inf"))], dim=1)
         indices = torch.cat([indices, indices.new_zeros((indices.shape[0], k - kk))], dim=1)
     all_values = torch.cat(distributed.all_gather(values), dim=1)
@@ -80,8 +80,10 @@ class LatentShardedSAE(nn.Module):
         super().__init__()
         world = distributed.current()
         if width % world.size:
-            raise SPGError(f"a dictionary of {width} atoms does not split evenly over {world.size} processes",
-                           fix="choose --width a multiple of the number of processes")
+            raise SPGError(
+                f"a dictionary of {width} atoms does not split evenly over {world.size} processes",
+                fix="choose --width a multiple of the number of processes",
+            )
         self.dim, self.width, self.k = dim, width, k
         share = width // world.size
         self.lo, self.hi = world.rank * share, (world.rank + 1) * share
@@ -95,9 +97,9 @@ class LatentShardedSAE(nn.Module):
         """This rank's slice of a full SAE (every rank passes the same one)."""
         part = cls(sae.dim, sae.width, sae.k).to(sae.W_dec.device)
         with torch.no_grad():
-            part.W_enc.copy_(sae.W_enc[part.lo:part.hi])
-            part.b_enc.copy_(sae.b_enc[part.lo:part.hi])
-            part.W_dec.copy_(sae.W_dec[:, part.lo:part.hi])
+            part.W_enc.copy_(sae.W_enc[part.lo : part.hi])
+            part.b_enc.copy_(sae.b_enc[part.lo : part.hi])
+            part.W_dec.copy_(sae.W_dec[:, part.lo : part.hi])
             part.b_dec.copy_(sae.b_dec)
         return part
 
@@ -125,16 +127,18 @@ class LatentShardedSAE(nn.Module):
         return recon, code
 
 
-def train_latent_sharded(tokens: torch.Tensor, cfg: SAEConfig, *, tokens_per_image: int, device: torch.device,
-                         bf16: bool | None = None) -> tuple[TopKSAE, list[dict[str, Any]]]:
+def train_latent_sharded(
+    tokens: torch.Tensor, cfg: SAEConfig, *, tokens_per_image: int, device: torch.device, bf16: bool | None = None
+) -> tuple[TopKSAE, list[dict[str, Any]]]:
     """Train a TopK SAE on `[T, D]` tokens with its atoms split over the ranks; the whole SAE back.
 
     Same initialisation, batch order and step as `sae_train.train_sae` (every rank reads the
     whole global batch), so in a world of one, or of N, it trains the same SAE.
     """
     full = TopKSAE(tokens.shape[1], cfg.width, cfg.k, seed=cfg.seed)
-    sample = tokens[torch.randperm(tokens.shape[0], generator=torch.Generator().manual_seed(cfg.seed))[:65536]
-                    .to(tokens.device)]
+    sample = tokens[
+        torch.randperm(tokens.shape[0], generator=torch.Generator().manual_seed(cfg.seed))[:65536].to(tokens.device)
+    ]
     full.init_bias(sample, cfg.init_bias)
     sae = LatentShardedSAE.from_full(full.to(device))
     opt = torch.optim.Adam(sae.parameters(), lr=cfg.lr)
@@ -149,22 +153,27 @@ def train_latent_sharded(tokens: torch.Tensor, cfg: SAEConfig, *, tokens_per_ima
         order = torch.randperm(n, generator=gen, device=tokens.device)
         loss_sum = torch.zeros((), device=device)
         for s in range(steps):
-            f = tokens[order[s * batch:(s + 1) * batch]].to(device, non_blocking=True).float()
+            f = tokens[order[s * batch : (s + 1) * batch]].to(device, non_blocking=True).float()
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
                 recon, code = sae(f)
             loss = (recon.float() - f).pow(2).sum(-1).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            remove_parallel_grad_(sae.W_dec)       # per atom: this rank's columns alone
+            remove_parallel_grad_(sae.W_dec)  # per atom: this rank's columns alone
             opt.step()
             normalise_atoms_(sae.W_dec)
             with torch.no_grad():
                 loss_sum += loss.detach()
                 fired = torch.zeros(sae.width + 1, dtype=torch.bool, device=device)
                 fired.scatter_(0, torch.where(code.values > 0, code.indices, sae.width).flatten(), True)
-                since_fired.add_(f.shape[0]).masked_fill_(fired[sae.lo:sae.hi], 0)
+                since_fired.add_(f.shape[0]).masked_fill_(fired[sae.lo : sae.hi], 0)
         dead = distributed.all_reduce((since_fired >= cfg.dead_after_tokens).sum())
-        history.append({"epoch": epoch, "loss": float(loss_sum) / steps,
-                        "tokens_per_s": n / max(time.perf_counter() - t0, 1e-9),
-                        "dead_fraction": float(dead) / sae.width})
+        history.append(
+            {
+                "epoch": epoch,
+                "loss": float(loss_sum) / steps,
+                "tokens_per_s": n / max(time.perf_counter() - t0, 1e-9),
+                "dead_fraction": float(dead) / sae.width,
+            }
+        )
     return sae.gather_full(), history

@@ -48,7 +48,7 @@ def dead_atom_mask(sae: TopKSAE, tokens: torch.Tensor, *, batch: int = 65536) ->
     device = sae.W_dec.device
     fired = torch.zeros(sae.width, dtype=torch.bool, device=device)
     for i in range(0, tokens.shape[0], batch):
-        code = sae.encode(tokens[i:i + batch].to(device).float())
+        code = sae.encode(tokens[i : i + batch].to(device).float())
         fired[code.indices[code.values > 0]] = True
     return ~fired
 
@@ -58,16 +58,16 @@ def evaluate_sae(sae: TopKSAE, tokens: torch.Tensor, *, batch: int = 65536) -> d
     """FVU and dead-latent fraction over `[T, D]` tokens (any device), in batches."""
     device = sae.W_dec.device
     n_all = tokens.shape[0]
-    tokens = tokens[distributed.batch_slice(n_all)]      # each rank: its share; sums reduced below
+    tokens = tokens[distributed.batch_slice(n_all)]  # each rank: its share; sums reduced below
     resid = torch.zeros((), dtype=torch.float64, device=device)
     fired = torch.zeros(sae.width, dtype=torch.bool, device=device)
     mean = torch.zeros(sae.dim, device=device)
     for i in range(0, tokens.shape[0], batch):
-        mean += tokens[i:i + batch].to(device).float().sum(0)
+        mean += tokens[i : i + batch].to(device).float().sum(0)
     mean = distributed.all_reduce(mean) / n_all
     total = torch.zeros((), dtype=torch.float64, device=device)
     for i in range(0, tokens.shape[0], batch):
-        f = tokens[i:i + batch].to(device).float()
+        f = tokens[i : i + batch].to(device).float()
         recon, code = sae(f)
         resid += (f - recon).pow(2).sum().double()
         total += (f - mean).pow(2).sum().double()
@@ -104,8 +104,9 @@ def auxk_dead_steps(cfg: SAEConfig, tokens_per_step: int) -> int:
     return max(1, cfg.auxk_dead_tokens // max(1, tokens_per_step))
 
 
-def auxk_loss(sae: TopKSAE, f: torch.Tensor, recon: torch.Tensor, pre: torch.Tensor,
-              dead: torch.Tensor, k_aux: int) -> torch.Tensor:
+def auxk_loss(
+    sae: TopKSAE, f: torch.Tensor, recon: torch.Tensor, pre: torch.Tensor, dead: torch.Tensor, k_aux: int
+) -> torch.Tensor:
     """AuxK: reconstruct the detached residual `f - f^` `[T, D]` from the `k_aux` largest
     pre-activations `[T, M]` of the `dead` `[M]` latents; mean over D and tokens.
 
@@ -121,8 +122,9 @@ def auxk_loss(sae: TopKSAE, f: torch.Tensor, recon: torch.Tensor, pre: torch.Ten
     return torch.nan_to_num((resid - e_hat.float()).pow(2).mean(-1)).mean()
 
 
-def reconstruction_loss(sae: TopKSAE, f: torch.Tensor, bf16: bool,
-                        sparse_decode: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def reconstruction_loss(
+    sae: TopKSAE, f: torch.Tensor, bf16: bool, sparse_decode: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Reconstruction error of `[T, D]` tokens, and the code (values, indices `[T, k]`).
 
     Studio form: squared error summed over D; official form: averaged over D (their MSE)."""
@@ -132,8 +134,9 @@ def reconstruction_loss(sae: TopKSAE, f: torch.Tensor, bf16: bool,
     return (err.sum(-1) if sae.bias else err.mean(-1)).mean(), code.values, code.indices
 
 
-def loss_with_auxk(sae: TopKSAE, f: torch.Tensor, cfg: SAEConfig, steps_silent: torch.Tensor,
-                   dead_steps: int, bf16: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def loss_with_auxk(
+    sae: TopKSAE, f: torch.Tensor, cfg: SAEConfig, steps_silent: torch.Tensor, dead_steps: int, bf16: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Official step loss: MSE + auxk_coef * AuxK, updating the silence statistic first (as the
     official forward does, so this step's firing counts). Returns (loss, values, indices)."""
     with torch.autocast(f.device.type, dtype=torch.bfloat16, enabled=bf16):
@@ -164,9 +167,17 @@ def share_of_batch(loss: torch.Tensor, rows: int, batch_rows: int) -> torch.Tens
     return loss * (rows / batch_rows) if rows else loss.nan_to_num(0.0) * 0.0
 
 
-def train_sae(tokens: torch.Tensor, cfg: SAEConfig, *, tokens_per_image: int, device: torch.device,
-              progress: bool = True, bf16: bool | None = None, sparse_decode: bool = False,
-              compile: bool | str = False) -> tuple[TopKSAE, list[dict[str, Any]]]:
+def train_sae(
+    tokens: torch.Tensor,
+    cfg: SAEConfig,
+    *,
+    tokens_per_image: int,
+    device: torch.device,
+    progress: bool = True,
+    bf16: bool | None = None,
+    sparse_decode: bool = False,
+    compile: bool | str = False,
+) -> tuple[TopKSAE, list[dict[str, Any]]]:
     """Train a TopK SAE on `[T, D]` tokens (fp16/fp32, any device).
 
     Returns the SAE and per-epoch history: loss, FVU, dead-latent fraction, tokens/s.
@@ -178,7 +189,9 @@ def train_sae(tokens: torch.Tensor, cfg: SAEConfig, *, tokens_per_image: int, de
     sae = TopKSAE(dim, cfg.width, cfg.k, seed=cfg.seed, bias=cfg.bias).to(device)
     if tokens.device != device and _fits_on(device, tokens.numel() * tokens.element_size()):
         tokens = tokens.to(device)
-    sample = tokens[torch.randperm(tokens.shape[0], generator=torch.Generator().manual_seed(cfg.seed))[:65536].to(tokens.device)]
+    sample = tokens[
+        torch.randperm(tokens.shape[0], generator=torch.Generator().manual_seed(cfg.seed))[:65536].to(tokens.device)
+    ]
     sae.init_bias(sample.to(device), cfg.init_bias)
     # Fused Adam: one kernel for all parameters instead of a handful per tensor.
     opt = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=tuple(cfg.adam_betas), fused=device.type == "cuda")
@@ -189,7 +202,7 @@ def train_sae(tokens: torch.Tensor, cfg: SAEConfig, *, tokens_per_image: int, de
     gen = torch.Generator(device=tokens.device).manual_seed(cfg.seed)
     # Tokens since each latent last fired: a latent silent for `dead_after_tokens` is dead.
     since_fired = torch.zeros(cfg.width, dtype=torch.long, device=device)
-    steps_silent = torch.zeros(cfg.width, dtype=torch.long, device=device)   # AuxK's statistic
+    steps_silent = torch.zeros(cfg.width, dtype=torch.long, device=device)  # AuxK's statistic
     dead_steps = auxk_dead_steps(cfg, batch)
     step_loss = reconstruction_loss
     if compile:
@@ -223,8 +236,12 @@ def train_sae(tokens: torch.Tensor, cfg: SAEConfig, *, tokens_per_image: int, de
         seconds = time.perf_counter() - t0
         distributed.all_reduce(loss_sum)
         silent = distributed.all_reduce(since_fired.clone(), "min")
-        rec = {"epoch": epoch, "loss": float(loss_sum) / steps, "tokens_per_s": n / max(seconds, 1e-9),
-               "dead_fraction": float((silent >= cfg.dead_after_tokens).float().mean())}
+        rec = {
+            "epoch": epoch,
+            "loss": float(loss_sum) / steps,
+            "tokens_per_s": n / max(seconds, 1e-9),
+            "dead_fraction": float((silent >= cfg.dead_after_tokens).float().mean()),
+        }
         history.append(rec)
         bar.set_postfix(loss=f"{rec['loss']:.4g}")
     bar.close()

@@ -18,7 +18,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-
 # F.normalize's floor on a norm: the same in every cosine of the engine.
 NORM_EPS = 1e-12
 
@@ -38,13 +37,13 @@ def atom_logit_weights(dictionary: torch.Tensor, coefficients: torch.Tensor) -> 
     c / |g|, so that cosine_logits(tokens, g) = unit(tokens) @ dictionary @ weights.T, and
     each atom's share of a patch's logit is unit(f) . d_j * weight_j (exact decomposition)."""
     c = coefficients.float()
-    norms = (dictionary.float() @ c.t()).norm(dim=0).clamp_min(NORM_EPS)     # [G]
+    norms = (dictionary.float() @ c.t()).norm(dim=0).clamp_min(NORM_EPS)  # [G]
     return c / norms[:, None]
 
 
 def patch_probabilities(l_n: torch.Tensor, l_a: torch.Tensor, tau: float) -> torch.Tensor:
     """Two-class temperature softmax: `[B, N]` logits -> `[B, N]` anomaly probability."""
-    return torch.sigmoid((l_a - l_n) / tau)      # == exp(l_a/t) / (exp(l_n/t) + exp(l_a/t))
+    return torch.sigmoid((l_a - l_n) / tau)  # == exp(l_a/t) / (exp(l_n/t) + exp(l_a/t))
 
 
 def upsample(patch_maps: torch.Tensor, grid: tuple[int, int], size: int) -> torch.Tensor:
@@ -73,8 +72,9 @@ def image_scores(maps: torch.Tensor, aggregation: str = "max", temperature: floa
     raise ValueError(f"unknown aggregation {aggregation!r}: use max, mean or lse")
 
 
-def anomaly_maps(tokens: torch.Tensor, g_n: torch.Tensor, g_a: torch.Tensor, *, tau: float,
-                 grid: tuple[int, int], size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def anomaly_maps(
+    tokens: torch.Tensor, g_n: torch.Tensor, g_a: torch.Tensor, *, tau: float, grid: tuple[int, int], size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """`[B, N, D]` tokens -> (patch probabilities `[B, N]`, maps `[B, S, S]`)."""
     logits = cosine_logits(tokens, torch.stack([g_n, g_a]))
     p = patch_probabilities(logits[..., 0], logits[..., 1], tau)

@@ -107,13 +107,19 @@ def category_folds(images: list[dict[str, Any]], max_folds: int = 4) -> list[Fol
     else:
         kinds = sorted({r.get("defect", "") for r in images if int(r["label"]) == 1})
         if len(kinds) < 2:
-            raise SPGError("one auxiliary category with fewer than two defect kinds: nothing to hold out",
-                           fix="use an auxiliary set with two or more categories or defect kinds")
+            raise SPGError(
+                "one auxiliary category with fewer than two defect kinds: nothing to hold out",
+                fix="use an auxiliary set with two or more categories or defect kinds",
+            )
         n = min(max_folds, len(kinds))
         groups = [kinds[i::n] for i in range(n)]
         good = [i for i, r in enumerate(images) if int(r["label"]) == 0]
-        key = [next(f for f, g in enumerate(groups) if r.get("defect", "") in g) if int(r["label"]) == 1
-               else good.index(i) % n for i, r in enumerate(images)]
+        key = [
+            next(f for f, g in enumerate(groups) if r.get("defect", "") in g)
+            if int(r["label"]) == 1
+            else good.index(i) % n
+            for i, r in enumerate(images)
+        ]
         names = [f"{cats[0]}:{'+'.join(g)}" for g in groups]
     folds = []
     for f, name in enumerate(names):
@@ -122,38 +128,63 @@ def category_folds(images: list[dict[str, Any]], max_folds: int = 4) -> list[Fol
     return folds
 
 
-def score_fold(aux_view: StoreView, held_view: StoreView, setting: Setting, sae_cfg: SAEConfig,
-               guide_cfg: GuideConfig, device: torch.device, dictionary_cache: dict) -> dict[str, float]:
+def score_fold(
+    aux_view: StoreView,
+    held_view: StoreView,
+    setting: Setting,
+    sae_cfg: SAEConfig,
+    guide_cfg: GuideConfig,
+    device: torch.device,
+    dictionary_cache: dict,
+) -> dict[str, float]:
     """Fit the SAE (cached per backbone, M, k and fold) and guides on `aux_view`; metrics on `held_view`."""
-    from .metrics import evaluate
     from .inference import Scorer, dictionary_of, score_store, target_maps
+    from .metrics import evaluate
     from .pipeline import fit_dictionary, fit_guides
 
     family = (setting.backbone, setting.width, setting.k)
-    if dictionary_cache.get("family") != family:     # settings come dictionary by dictionary: keep one per fold
+    if dictionary_cache.get("family") != family:  # settings come dictionary by dictionary: keep one per fold
         dictionary_cache.clear()
         dictionary_cache["family"] = family
     key = tuple(aux_view.indices)
     if key not in dictionary_cache:
-        sae, _ = fit_dictionary(aux_view, replace(sae_cfg, width=setting.width, k=setting.k), "spg", device,
-                                progress=False)
+        sae, _ = fit_dictionary(
+            aux_view, replace(sae_cfg, width=setting.width, k=setting.k), "spg", device, progress=False
+        )
         dictionary_cache[key] = (dictionary_of(sae, aux_view.dim), None if sae is None else sae.dead)
     dictionary, dead = dictionary_cache[key]
-    pair, _ = fit_guides(aux_view, dictionary, replace(guide_cfg, l1=setting.l1, epochs=setting.guide_epochs),
-                         device, progress=False, dead=dead)
+    pair, _ = fit_guides(
+        aux_view,
+        dictionary,
+        replace(guide_cfg, l1=setting.l1, epochs=setting.guide_epochs),
+        device,
+        progress=False,
+        dead=dead,
+    )
     guides = pair.guide_vectors(dictionary.to(device)).detach()
     scorer = Scorer(guides, guide_cfg.tau, held_view.grid, held_view.image_size)
     probs, scores = score_store(held_view, scorer, device)
     maps = target_maps(probs, held_view.grid, held_view.image_size)
     masks = held_view.masks(range(held_view.num_images)).to(torch.uint8)
-    out = evaluate(scores.numpy(), held_view.labels(), maps.numpy(), masks.numpy(),
-                   [r["category"] for r in held_view.images])
+    out = evaluate(
+        scores.numpy(), held_view.labels(), maps.numpy(), masks.numpy(), [r["category"] for r in held_view.images]
+    )
     return {m: float(out["mean"].get(m, float("nan"))) for m in METRICS}
 
 
-def run_select(aux: str, grid: list[Setting], out: str | Path, *, sae_cfg: SAEConfig, guide_cfg: GuideConfig,
-               target: str | None = None, max_folds: int = 4, device: str = "auto",
-               cache_dir: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
+def run_select(
+    aux: str,
+    grid: list[Setting],
+    out: str | Path,
+    *,
+    sae_cfg: SAEConfig,
+    guide_cfg: GuideConfig,
+    target: str | None = None,
+    max_folds: int = 4,
+    device: str = "auto",
+    cache_dir: str | Path | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Cross-validate every setting of `grid` on `aux` alone; write select.csv / select.json into `out`.
 
     The grid is visited backbone by backbone (one token extraction each) and, within one,
@@ -182,19 +213,39 @@ def run_select(aux: str, grid: list[Setting], out: str | Path, *, sae_cfg: SAECo
             for fold in folds:
                 if (setting, fold.name) in done:
                     continue
-                metrics = score_fold(StoreView(store, fold.train), StoreView(store, fold.held_out), setting,
-                                     sae_cfg, guide_cfg, dev, cache)
+                metrics = score_fold(
+                    StoreView(store, fold.train),
+                    StoreView(store, fold.held_out),
+                    setting,
+                    sae_cfg,
+                    guide_cfg,
+                    dev,
+                    cache,
+                )
                 rows.append({**asdict(setting), "fold": fold.name, **metrics})
                 write_json(out / ROWS_FILE, {**identity, "rows": rows})
                 if progress:
-                    print(f"[select {time.perf_counter() - t0:6.0f} s] {setting} held out {fold.name}: "
-                          + ", ".join(f"{m} {v:.3f}" for m, v in metrics.items()), flush=True)
+                    print(
+                        f"[select {time.perf_counter() - t0:6.0f} s] {setting} held out {fold.name}: "
+                        + ", ".join(f"{m} {v:.3f}" for m, v in metrics.items()),
+                        flush=True,
+                    )
     summary = summarise(rows, grid)
     chosen = max(summary, key=lambda r: (r["criterion"], -grid.index(row_setting(r))))
-    result = {"aux": aux, "target_opened": False, "rule": rule_text(max_folds), "criterion": list(CRITERION),
-              "sae": asdict(sae_cfg), "guides": asdict(guide_cfg), "folds": [f.name for f in folds],
-              "rows": rows, "summary": summary, "chosen": chosen, "seconds": time.perf_counter() - t0,
-              "command": suggested_command(aux, target, chosen, sae_cfg, guide_cfg)}
+    result = {
+        "aux": aux,
+        "target_opened": False,
+        "rule": rule_text(max_folds),
+        "criterion": list(CRITERION),
+        "sae": asdict(sae_cfg),
+        "guides": asdict(guide_cfg),
+        "folds": [f.name for f in folds],
+        "rows": rows,
+        "summary": summary,
+        "chosen": chosen,
+        "seconds": time.perf_counter() - t0,
+        "command": suggested_command(aux, target, chosen, sae_cfg, guide_cfg),
+    }
     write_text(out / "select.csv", table_csv(rows + [{**r, "fold": "mean"} for r in summary]))
     write_json(out / "select.json", result)
     return result
@@ -231,15 +282,20 @@ def summarise(rows: list[dict[str, Any]], grid: list[Setting]) -> list[dict[str,
 
 
 def rule_text(max_folds: int) -> str:
-    return (f"leave-categories-out on the auxiliary set (at most {max_folds} folds; one category: defect "
-            f"kinds held out); highest fold-mean of {' and '.join(CRITERION)} averaged; target never opened")
+    return (
+        f"leave-categories-out on the auxiliary set (at most {max_folds} folds; one category: defect "
+        f"kinds held out); highest fold-mean of {' and '.join(CRITERION)} averaged; target never opened"
+    )
 
 
-def suggested_command(aux: str, target: str | None, chosen: dict[str, Any], sae_cfg: SAEConfig,
-                      guide_cfg: GuideConfig) -> str:
-    return (f"spg run --aux {aux} --target {target or 'TARGET'} --out RUN --backbone {chosen['backbone']} "
-            f"--width {chosen['width']} --k {chosen['k']} --sae-epochs {sae_cfg.epochs} --l1 {chosen['l1']} "
-            f"--guide-epochs {chosen['guide_epochs']} --guide-lr {guide_cfg.lr}")
+def suggested_command(
+    aux: str, target: str | None, chosen: dict[str, Any], sae_cfg: SAEConfig, guide_cfg: GuideConfig
+) -> str:
+    return (
+        f"spg run --aux {aux} --target {target or 'TARGET'} --out RUN --backbone {chosen['backbone']} "
+        f"--width {chosen['width']} --k {chosen['k']} --sae-epochs {sae_cfg.epochs} --l1 {chosen['l1']} "
+        f"--guide-epochs {chosen['guide_epochs']} --guide-lr {guide_cfg.lr}"
+    )
 
 
 def table_csv(rows: list[dict[str, Any]]) -> str:
@@ -254,33 +310,56 @@ def table_csv(rows: list[dict[str, Any]]) -> str:
 
 def parse_grid(args: argparse.Namespace) -> list[Setting]:
     """Comma-separated option values -> the product grid, ordered backbone-major."""
+
     def values(text: str, cast: Any) -> list[Any]:
         try:
             return [cast(v) for v in text.split(",") if v.strip()]
         except ValueError:
             raise SPGError(f"cannot read the grid values {text!r}", fix="give comma-separated numbers") from None
-    return [Setting(*p) for p in itertools.product(
-        values(args.backbones, str.strip), values(args.widths, int), values(args.ks, int),
-        values(args.l1s, float), values(args.guide_epochs, int))]
+
+    return [
+        Setting(*p)
+        for p in itertools.product(
+            values(args.backbones, str.strip),
+            values(args.widths, int),
+            values(args.ks, int),
+            values(args.l1s, float),
+            values(args.guide_epochs, int),
+        )
+    ]
 
 
 def cmd_select(args: argparse.Namespace) -> None:
     sae_cfg = SAEConfig(epochs=args.sae_epochs, seed=args.seed)
     guide_cfg = GuideConfig(lr=args.guide_lr, seed=args.seed)
-    result = run_select(args.aux, parse_grid(args), args.out, sae_cfg=sae_cfg, guide_cfg=guide_cfg,
-                        target=args.target, max_folds=args.folds, device=args.device, cache_dir=args.cache_dir,
-                        progress=not args.quiet)
+    result = run_select(
+        args.aux,
+        parse_grid(args),
+        args.out,
+        sae_cfg=sae_cfg,
+        guide_cfg=guide_cfg,
+        target=args.target,
+        max_folds=args.folds,
+        device=args.device,
+        cache_dir=args.cache_dir,
+        progress=not args.quiet,
+    )
     c = result["chosen"]
-    print(f"chosen on {args.aux} alone ({len(result['folds'])} folds): {c['backbone']} M {c['width']} k {c['k']} "
-          f"lambda {c['l1']} guide epochs {c['guide_epochs']}: image AUROC {c['image_auroc']:.3f}, "
-          f"pixel AUROC {c['pixel_auroc']:.3f}")
+    print(
+        f"chosen on {args.aux} alone ({len(result['folds'])} folds): {c['backbone']} M {c['width']} k {c['k']} "
+        f"lambda {c['l1']} guide epochs {c['guide_epochs']}: image AUROC {c['image_auroc']:.3f}, "
+        f"pixel AUROC {c['pixel_auroc']:.3f}"
+    )
     print(f"table: {Path(args.out) / 'select.csv'}\nnext:  {result['command']}")
 
 
 def register_cli(sub: Any) -> None:
     """Add `spg select` to the CLI (called by spg_core.cli)."""
-    p = sub.add_parser("select", help="choose hyper-parameters by leave-categories-out validation on the "
-                                      "auxiliary set alone (the target is never opened)")
+    p = sub.add_parser(
+        "select",
+        help="choose hyper-parameters by leave-categories-out validation on the "
+        "auxiliary set alone (the target is never opened)",
+    )
     p.add_argument("--aux", required=True, help="auxiliary dataset (the only one read)")
     p.add_argument("--target", default=None, help="only written into the suggested `spg run` command; never opened")
     p.add_argument("--out", required=True, help="folder for select.csv and select.json")

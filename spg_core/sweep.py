@@ -30,16 +30,15 @@ from .backbones import load_backbone
 from .backbones.base import resolve_device
 from .config import GuideConfig, SAEConfig
 from .errors import SPGError
-from .metrics import METRIC_KEYS, image_metrics_by_category, mean_over_categories, pixel_metrics_by_category
 from .inference import Scorer, dictionary_of, score_store, target_maps
+from .metrics import METRIC_KEYS, image_metrics_by_category, mean_over_categories, pixel_metrics_by_category
 from .pipeline import extract, fit_dictionary, fit_guides
 from .scoring import image_scores
 
 
-
 @dataclass(frozen=True)
 class Aggregation:
-    kind: str            # max | mean | lse
+    kind: str  # max | mean | lse
     temperature: float = 0.0
 
     @property
@@ -49,8 +48,8 @@ class Aggregation:
 
 @dataclass(frozen=True)
 class GuideSetting:
-    variant: str         # relu_l1 | topk
-    value: float         # lambda for relu_l1, K for topk
+    variant: str  # relu_l1 | topk
+    value: float  # lambda for relu_l1, K for topk
 
     @property
     def label(self) -> str:
@@ -63,7 +62,9 @@ def parse_aggregations(text: str) -> list[Aggregation]:
     for item in filter(None, (t.strip() for t in text.split(","))):
         kind, _, t = item.partition(":")
         if kind not in ("max", "mean", "lse") or (kind == "lse" and not t):
-            raise SPGError(f"bad aggregation {item!r}", fix="use max, mean or lse:T, e.g. --aggregations max,mean,lse:0.1")
+            raise SPGError(
+                f"bad aggregation {item!r}", fix="use max, mean or lse:T, e.g. --aggregations max,mean,lse:0.1"
+            )
         out.append(Aggregation(kind, float(t) if t else 0.0))
     return out
 
@@ -87,8 +88,11 @@ def setting_rows(setting: dict[str, Any], per_category: dict[str, dict[str, floa
     """Tidy rows (one per category x metric, plus the category "mean") of one setting, with
     metrics.evaluate's NaN rule: a mean skips the categories where a metric is undefined."""
     mean, _ = mean_over_categories(per_category)
-    return [{**setting, "category": cat, "metric": key, "value": row.get(key, float("nan"))}
-            for cat, row in [*sorted(per_category.items()), ("mean", mean)] for key in METRIC_KEYS]
+    return [
+        {**setting, "category": cat, "metric": key, "value": row.get(key, float("nan"))}
+        for cat, row in [*sorted(per_category.items()), ("mean", mean)]
+        for key in METRIC_KEYS
+    ]
 
 
 def _warn_once(notes: list[str], seen: set[str]) -> None:
@@ -98,10 +102,22 @@ def _warn_once(notes: list[str], seen: set[str]) -> None:
             warnings.warn(note, stacklevel=3)
 
 
-def run_sweep(*, aux: str, target: str, backbones: list[str], widths: list[int], ks: list[int],
-              guides: list[GuideSetting], aggregations: list[Aggregation], base_sae: SAEConfig,
-              base_guides: GuideConfig, out: str | Path, device: str = "auto", cache_dir: str | None = None,
-              progress: bool = True) -> pd.DataFrame:
+def run_sweep(
+    *,
+    aux: str,
+    target: str,
+    backbones: list[str],
+    widths: list[int],
+    ks: list[int],
+    guides: list[GuideSetting],
+    aggregations: list[Aggregation],
+    base_sae: SAEConfig,
+    base_guides: GuideConfig,
+    out: str | Path,
+    device: str = "auto",
+    cache_dir: str | None = None,
+    progress: bool = True,
+) -> pd.DataFrame:
     """Run every setting; returns the tidy frame also written to OUT/sweep.csv."""
     out = Path(out)
     dev = resolve_device(device)
@@ -121,17 +137,33 @@ def run_sweep(*, aux: str, target: str, backbones: list[str], widths: list[int],
             sae, info = fit_dictionary(aux_store, replace(base_sae, width=width, k=k), "spg", dev, progress=False)
             sae_seconds = time.perf_counter() - t0
             for g in guides:
-                gcfg = replace(base_guides, variant=g.variant,
-                               **({"l1": g.value} if g.variant == "relu_l1" else {"topk": int(g.value)}))
-                pair, ginfo = fit_guides(aux_store, dictionary_of(sae, bb.dim), gcfg, dev, progress=False, dead=sae.dead)
-                scorer = Scorer(pair.guide_vectors(dictionary_of(sae, bb.dim).to(dev)).detach(), gcfg.tau,
-                                tgt_store.grid, tgt_store.image_size)
+                gcfg = replace(
+                    base_guides,
+                    variant=g.variant,
+                    **({"l1": g.value} if g.variant == "relu_l1" else {"topk": int(g.value)}),
+                )
+                pair, ginfo = fit_guides(
+                    aux_store, dictionary_of(sae, bb.dim), gcfg, dev, progress=False, dead=sae.dead
+                )
+                scorer = Scorer(
+                    pair.guide_vectors(dictionary_of(sae, bb.dim).to(dev)).detach(),
+                    gcfg.tau,
+                    tgt_store.grid,
+                    tgt_store.image_size,
+                )
                 probs, _ = score_store(tgt_store, scorer, dev)
                 maps = target_maps(probs, tgt_store.grid, tgt_store.image_size)
-                setting = {"backbone": backbone, "width": width, "k": k, "guide": g.label,
-                           "guide_variant": g.variant, "guide_value": g.value,
-                           "active_atoms": ginfo["active_normal"] + ginfo["active_anomaly"],
-                           "sae_fvu": info.get("fvu"), "sae_seconds": sae_seconds}
+                setting = {
+                    "backbone": backbone,
+                    "width": width,
+                    "k": k,
+                    "guide": g.label,
+                    "guide_variant": g.variant,
+                    "guide_value": g.value,
+                    "active_atoms": ginfo["active_normal"] + ginfo["active_anomaly"],
+                    "sae_fvu": info.get("fvu"),
+                    "sae_seconds": sae_seconds,
+                }
                 # pixel metrics once per guide pair: the aggregations only re-pool the same maps
                 pixel, notes, _ = pixel_metrics_by_category(maps, masks, cats, device=dev)
                 _warn_once(notes, seen)
@@ -146,10 +178,20 @@ def run_sweep(*, aux: str, target: str, backbones: list[str], widths: list[int],
     frame = pd.DataFrame(rows)
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "sweep.csv", frame.to_csv(index=False))
-    write_json(out / "sweep.json", {"aux": aux, "target": target, "backbones": backbones, "widths": widths,
-                                    "ks": ks, "guides": [g.label for g in guides],
-                                    "aggregations": [a.label for a in aggregations],
-                                    "sae": base_sae.__dict__, "guide_base": base_guides.__dict__})
+    write_json(
+        out / "sweep.json",
+        {
+            "aux": aux,
+            "target": target,
+            "backbones": backbones,
+            "widths": widths,
+            "ks": ks,
+            "guides": [g.label for g in guides],
+            "aggregations": [a.label for a in aggregations],
+            "sae": base_sae.__dict__,
+            "guide_base": base_guides.__dict__,
+        },
+    )
     write_figures(frame, out)
     return frame
 
@@ -163,6 +205,7 @@ def _grid(widths: list[int], ks: list[int]) -> tuple[list[int], list[int]]:
 
 
 # -- figures ------------------------------------------------------------------------------------
+
 
 def _mean_frame(frame: pd.DataFrame) -> pd.DataFrame:
     return frame[frame["category"] == "mean"]
@@ -178,22 +221,43 @@ def sweep_figures(frame: pd.DataFrame) -> dict[str, Any]:
     first_guide = mean["guide"].iloc[0]
     base = mean[(mean["aggregation"] == first_agg) & (mean["guide"] == first_guide)]
     if base["width"].nunique() > 1 or base["k"].nunique() > 1:
-        figs["sae_width_k"] = px.line(base, x="width", y="value", color="k", facet_col="metric", markers=True,
-                                      line_dash="backbone", log_x=True,
-                                      title=f"SAE width M and sparsity k ({first_guide}, {first_agg})")
+        figs["sae_width_k"] = px.line(
+            base,
+            x="width",
+            y="value",
+            color="k",
+            facet_col="metric",
+            markers=True,
+            line_dash="backbone",
+            log_x=True,
+            title=f"SAE width M and sparsity k ({first_guide}, {first_agg})",
+        )
     agg = mean[(mean["guide"] == first_guide) & (mean["metric"].isin(["image_auroc", "image_ap"]))]
     if agg["aggregation"].nunique() > 1:
-        figs["aggregation"] = px.bar(agg, x="aggregation", y="value", color="metric", barmode="group",
-                                     facet_col="backbone", title="Image-score aggregation")
+        figs["aggregation"] = px.bar(
+            agg,
+            x="aggregation",
+            y="value",
+            color="metric",
+            barmode="group",
+            facet_col="backbone",
+            title="Image-score aggregation",
+        )
     guides = mean[mean["aggregation"] == first_agg]
     if guides["guide"].nunique() > 1:
-        figs["guide_sparsity"] = px.scatter(guides, x="active_atoms", y="value", color="guide_variant",
-                                            symbol="backbone", facet_col="metric", hover_data=["guide"],
-                                            title="Guide sparsity: total active atoms vs metric")
+        figs["guide_sparsity"] = px.scatter(
+            guides,
+            x="active_atoms",
+            y="value",
+            color="guide_variant",
+            symbol="backbone",
+            facet_col="metric",
+            hover_data=["guide"],
+            title="Guide sparsity: total active atoms vs metric",
+        )
     if mean["backbone"].nunique() > 1:
         bb = base if not base.empty else mean
-        figs["backbones"] = px.bar(bb, x="metric", y="value", color="backbone", barmode="group",
-                                   title="Backbones")
+        figs["backbones"] = px.bar(bb, x="metric", y="value", color="backbone", barmode="group", title="Backbones")
     for fig in figs.values():
         fig.update_layout(template="plotly_white", height=420)
         fig.update_yaxes(range=[0, 1.02])
@@ -218,15 +282,26 @@ def write_figures(frame: pd.DataFrame, out: Path) -> list[str]:
 
 # -- CLI ----------------------------------------------------------------------------------------
 
+
 def cmd_sweep(args: argparse.Namespace) -> None:
     frame = run_sweep(
-        aux=args.aux, target=args.target, backbones=[b for b in args.backbones.split(",") if b],
-        widths=_ints(args.widths), ks=_ints(args.ks), guides=parse_guides(args.guides),
+        aux=args.aux,
+        target=args.target,
+        backbones=[b for b in args.backbones.split(",") if b],
+        widths=_ints(args.widths),
+        ks=_ints(args.ks),
+        guides=parse_guides(args.guides),
         aggregations=parse_aggregations(args.aggregations),
-        base_sae=SAEConfig(epochs=args.sae_epochs), base_guides=GuideConfig(epochs=args.guide_epochs),
-        out=args.out, device=args.device, cache_dir=args.cache_dir, progress=not args.quiet)
-    mean = _mean_frame(frame).pivot_table(index=["backbone", "width", "k", "guide", "aggregation"],
-                                          columns="metric", values="value")
+        base_sae=SAEConfig(epochs=args.sae_epochs),
+        base_guides=GuideConfig(epochs=args.guide_epochs),
+        out=args.out,
+        device=args.device,
+        cache_dir=args.cache_dir,
+        progress=not args.quiet,
+    )
+    mean = _mean_frame(frame).pivot_table(
+        index=["backbone", "width", "k", "guide", "aggregation"], columns="metric", values="value"
+    )
     print((100 * mean[[k for k in METRIC_KEYS if k in mean.columns]]).round(1).to_string())
     print(f"sweep written to {args.out}")
 
@@ -240,8 +315,9 @@ def register_cli(sub: Any) -> None:
     p.add_argument("--widths", default="1024,2048,4096", help="SAE widths M")
     p.add_argument("--ks", default="16,32,64,128", help="TopK k values")
     p.add_argument("--guides", default="relu_l1:1e-3", help="relu_l1:LAMBDA and/or topk:K, comma-separated")
-    p.add_argument("--aggregations", default="max,mean,lse:0.01,lse:0.1,lse:1",
-                   help="max, mean, lse:T, comma-separated")
+    p.add_argument(
+        "--aggregations", default="max,mean,lse:0.01,lse:0.1,lse:1", help="max, mean, lse:T, comma-separated"
+    )
     p.add_argument("--sae-epochs", type=int, default=SAEConfig.epochs)
     p.add_argument("--guide-epochs", type=int, default=GuideConfig.epochs)
     p.add_argument("--device", default="auto")

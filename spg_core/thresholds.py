@@ -22,8 +22,9 @@ threshold (`best_f1_threshold` on target labels) is an oracle, labelled so where
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,9 +33,9 @@ from .errors import SPGError
 
 THRESHOLD = "threshold.json"
 VERSION = 2
-DEFAULT_FPR = 0.05                    # the alternative rule: 5% of auxiliary good images flagged
+DEFAULT_FPR = 0.05  # the alternative rule: 5% of auxiliary good images flagged
 SCALE_QUANTILES = (0.5, 0.99, 0.999)  # of auxiliary good pixels: colour floor, -, colour ceiling
-MAX_SCALE_IMAGES = 64                 # good images sampled for the pixel quantiles (enough for 0.999)
+MAX_SCALE_IMAGES = 64  # good images sampled for the pixel quantiles (enough for 0.999)
 
 
 def best_f1_threshold(scores: Iterable[float], labels: Iterable[int]) -> float:
@@ -63,7 +64,7 @@ def fpr_threshold(good_scores: Iterable[float], fpr: float = DEFAULT_FPR) -> flo
         raise SPGError("no good images to set a false-positive rate on", fix="use rule 'aux_max_f1'")
     if not 0.0 <= fpr < 1.0:
         raise SPGError(f"false-positive rate must lie in [0, 1), got {fpr}")
-    allowed = int(math.floor(fpr * s.size))      # images at or above the cut-off
+    allowed = int(math.floor(fpr * s.size))  # images at or above the cut-off
     # Just above the (allowed+1)-th largest score: that image and all below stay negative.
     return float(np.nextafter(s[allowed], np.inf))
 
@@ -83,8 +84,11 @@ def image_threshold(scores: np.ndarray, labels: np.ndarray, fpr: float = DEFAULT
     ("aux_fpr"; without good images "aux_max_f1", which then falls back to the median score)."""
     scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels, dtype=np.int64)
     f1_cut = best_f1_threshold(scores, labels)
-    out: dict[str, Any] = {"rule": "aux_max_f1", "threshold": f1_cut,
-                           "aux_max_f1": {"threshold": f1_cut, **decision_counts(scores, labels, f1_cut)}}
+    out: dict[str, Any] = {
+        "rule": "aux_max_f1",
+        "threshold": f1_cut,
+        "aux_max_f1": {"threshold": f1_cut, **decision_counts(scores, labels, f1_cut)},
+    }
     if (labels == 0).any():
         cut = fpr_threshold(scores[labels == 0], fpr)
         out["aux_fpr"] = {"fpr_target": fpr, "threshold": cut, **decision_counts(scores, labels, cut)}
@@ -107,14 +111,23 @@ def pixel_scale(good_maps: torch.Tensor | np.ndarray, smoothing_sigma: float) ->
         raise SPGError("no auxiliary good pixels to fit the colour scale on")
     q = np.quantile(values, SCALE_QUANTILES)
     vmin, vmax = float(q[0]), float(q[2])
-    if vmax - vmin < 1e-6:                       # a flat normal field: give the scale some width
+    if vmax - vmin < 1e-6:  # a flat normal field: give the scale some width
         vmax = vmin + 1.0
-    return {"space": "logit", "smoothing_sigma": float(smoothing_sigma), "images": int(len(maps)),
-            "q50": float(q[0]), "q99": float(q[1]), "q999": float(q[2]), "vmin": vmin, "vmax": vmax}
+    return {
+        "space": "logit",
+        "smoothing_sigma": float(smoothing_sigma),
+        "images": len(maps),
+        "q50": float(q[0]),
+        "q99": float(q[1]),
+        "q999": float(q[2]),
+        "vmin": vmin,
+        "vmax": vmax,
+    }
 
 
-def compute_run_threshold(run_dir: str | Path, *, fpr: float = DEFAULT_FPR, device: str = "cpu",
-                          predictor: Any | None = None) -> dict[str, Any]:
+def compute_run_threshold(
+    run_dir: str | Path, *, fpr: float = DEFAULT_FPR, device: str = "cpu", predictor: Any | None = None
+) -> dict[str, Any]:
     """Score the run's auxiliary token store with its Scorer and derive threshold and colour scale.
 
     Reads config.json's `aux_store`; the pixel scale uses up to MAX_SCALE_IMAGES good images
@@ -126,8 +139,11 @@ def compute_run_threshold(run_dir: str | Path, *, fpr: float = DEFAULT_FPR, devi
     pred = predictor if predictor is not None else Predictor(run_dir, device=device)
     aux_path = pred.config.get("aux_store")
     if not aux_path or not Path(aux_path).is_dir():
-        raise SPGError("the run's auxiliary token store is not available", path=str(aux_path or run_dir),
-                       fix="re-run `spg run` (it records aux_store in config.json) or rebuild the store")
+        raise SPGError(
+            "the run's auxiliary token store is not available",
+            path=str(aux_path or run_dir),
+            fix="re-run `spg run` (it records aux_store in config.json) or rebuild the store",
+        )
     store = TokenStore(aux_path)
     probs, scores = score_store(store, pred.scorer, pred.device)
     labels = store.labels()
@@ -137,11 +153,16 @@ def compute_run_threshold(run_dir: str | Path, *, fpr: float = DEFAULT_FPR, devi
     picks = good[np.linspace(0, good.size - 1, num=min(good.size, MAX_SCALE_IMAGES)).round().astype(int)]
     good_maps = target_maps(probs[torch.as_tensor(np.unique(picks))], store.grid, store.image_size)
     sigma = float(pred.cfg.score.smoothing_sigma)
-    return {"version": VERSION, "source": "auxiliary set", "aux": pred.cfg.aux,
-            "aux_images": int(labels.size), "aux_good_images": int(good.size),
-            "aggregation": pred.cfg.score.aggregation,
-            "image": image_threshold(scores.numpy(), labels, fpr),
-            "pixel_scale": pixel_scale(good_maps, sigma)}
+    return {
+        "version": VERSION,
+        "source": "auxiliary set",
+        "aux": pred.cfg.aux,
+        "aux_images": int(labels.size),
+        "aux_good_images": int(good.size),
+        "aggregation": pred.cfg.score.aggregation,
+        "image": image_threshold(scores.numpy(), labels, fpr),
+        "pixel_scale": pixel_scale(good_maps, sigma),
+    }
 
 
 def write_run_threshold(run_dir: str | Path, **kwargs: Any) -> dict[str, Any]:

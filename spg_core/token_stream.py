@@ -36,9 +36,18 @@ class ShardStream:
     The last batch of an epoch may be shorter; every token of the chosen shards appears once.
     """
 
-    def __init__(self, store: TokenStore, batch_tokens: int, *, device: str | torch.device = "cpu",
-                 dtype: torch.dtype = torch.float32, seed: int = 0, window_shards: int = 4, prefetch: int = 4,
-                 shards: list[int] | None = None):
+    def __init__(
+        self,
+        store: TokenStore,
+        batch_tokens: int,
+        *,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+        seed: int = 0,
+        window_shards: int = 4,
+        prefetch: int = 4,
+        shards: list[int] | None = None,
+    ):
         self.store, self.batch_tokens = store, batch_tokens
         self.device, self.dtype = torch.device(device), dtype
         self.seed, self.window_shards, self.prefetch = seed, max(1, window_shards), max(1, prefetch)
@@ -56,24 +65,26 @@ class ShardStream:
         order = [self.shards[i] for i in rng.permutation(len(self.shards))]
         carry = np.empty((0, self.store.dim), np.float16)
         for lo in range(0, len(order), self.window_shards):
-            window = [np.asarray(self._memmaps[i]).reshape(-1, self.store.dim) for i in order[lo:lo + self.window_shards]]
+            window = [
+                np.asarray(self._memmaps[i]).reshape(-1, self.store.dim) for i in order[lo : lo + self.window_shards]
+            ]
             tokens = np.concatenate([carry, *window])
             tokens = tokens[rng.permutation(len(tokens))]
             full = len(tokens) // self.batch_tokens * self.batch_tokens
             for start in range(0, full, self.batch_tokens):
-                yield tokens[start:start + self.batch_tokens]
+                yield tokens[start : start + self.batch_tokens]
             carry = tokens[full:]
         if len(carry):
             yield carry
 
     def epoch(self, epoch: int = 0) -> Iterator[torch.Tensor]:
         """Iterate the batches of `epoch` on the device; the reader thread stays `prefetch` batches ahead."""
-        return prefetched((torch.from_numpy(b) for b in self._batches(epoch)), self.device, self.dtype,
-                          self.prefetch)
+        return prefetched((torch.from_numpy(b) for b in self._batches(epoch)), self.device, self.dtype, self.prefetch)
 
 
-def ordered_batches(tokens: torch.Tensor, order: torch.Tensor, batch_rows: int, device: torch.device,
-                    *, prefetch: int = 2) -> Iterator[tuple[torch.Tensor, int]]:
+def ordered_batches(
+    tokens: torch.Tensor, order: torch.Tensor, batch_rows: int, device: torch.device, *, prefetch: int = 2
+) -> Iterator[tuple[torch.Tensor, int]]:
     """This rank's slice of each global batch `order[s*B:(s+1)*B]` of `tokens` `[T, D]`, as float32
     `[b, D]` on `device`, with the global batch's row count: `sae_train`'s exact batch order.
 
@@ -85,7 +96,7 @@ def ordered_batches(tokens: torch.Tensor, order: torch.Tensor, batch_rows: int, 
 
     def host_batches() -> Iterator[tuple[torch.Tensor, int]]:
         for s in range(steps):
-            rows = order[s * batch_rows:(s + 1) * batch_rows]
+            rows = order[s * batch_rows : (s + 1) * batch_rows]
             yield tokens[rows[distributed.batch_slice(len(rows))]], len(rows)
 
     resident = tokens.device.type == device.type and device.index in (None, tokens.device.index)
@@ -95,8 +106,9 @@ def ordered_batches(tokens: torch.Tensor, order: torch.Tensor, batch_rows: int, 
     return ((part, min(batch_rows, len(order) - s * batch_rows)) for s, part in enumerate(parts))
 
 
-def prefetched(batches: Iterable[torch.Tensor], device: torch.device, dtype: torch.dtype,
-               depth: int) -> Iterator[torch.Tensor]:
+def prefetched(
+    batches: Iterable[torch.Tensor], device: torch.device, dtype: torch.dtype, depth: int
+) -> Iterator[torch.Tensor]:
     """`batches` (host tensors, produced by a reader thread) as `dtype` on `device`, `depth` ahead.
 
     On CUDA the copies run from pinned memory on a side stream, ordered before their use on
@@ -130,7 +142,7 @@ def prefetched(batches: Iterable[torch.Tensor], device: torch.device, dtype: tor
                     item = (host.to(device=device, dtype=dtype), None)
                 if not put(item):
                     return
-        except BaseException as exc:  # noqa: BLE001 (handed to the consumer and raised there)
+        except BaseException as exc:
             put((exc, None))
             return
         put((_DONE, None))
@@ -144,7 +156,7 @@ def prefetched(batches: Iterable[torch.Tensor], device: torch.device, dtype: tor
                 return
             if isinstance(item, BaseException):
                 raise item
-            if event is not None:       # the copy ran on the reader's stream: order it before use
+            if event is not None:  # the copy ran on the reader's stream: order it before use
                 current = torch.cuda.current_stream(device)
                 current.wait_event(event)
                 item.record_stream(current)

@@ -17,11 +17,12 @@ from .images import MAX_IMAGE_PIXELS
 
 UPLOAD_TYPES = ("png", "jpg", "jpeg", "bmp", "tif", "tiff", "webp")
 MAX_UPLOAD_BYTES = 25 * 1024 * 1024
-MAX_UPLOAD_PIXELS = MAX_IMAGE_PIXELS   # the engine's one pixel limit (images.py)
+MAX_UPLOAD_PIXELS = MAX_IMAGE_PIXELS  # the engine's one pixel limit (images.py)
 
 
-def decode_upload(name: str, data: bytes, *, max_bytes: int = MAX_UPLOAD_BYTES,
-                  max_pixels: int = MAX_UPLOAD_PIXELS) -> Image.Image:
+def decode_upload(
+    name: str, data: bytes, *, max_bytes: int = MAX_UPLOAD_BYTES, max_pixels: int = MAX_UPLOAD_PIXELS
+) -> Image.Image:
     """Validate an uploaded file and decode it to 8-bit RGB, or raise SPGError saying why not.
 
     Checks, in order: extension, byte size, that it decodes as an image at all, pixel count
@@ -31,23 +32,31 @@ def decode_upload(name: str, data: bytes, *, max_bytes: int = MAX_UPLOAD_BYTES,
 
     ext = Path(name).suffix.lower().lstrip(".")
     if ext not in UPLOAD_TYPES:
-        raise SPGError(f"{name}: .{ext or '?'} files are not accepted",
-                       fix=f"upload an image: {', '.join('.' + t for t in UPLOAD_TYPES)}")
+        raise SPGError(
+            f"{name}: .{ext or '?'} files are not accepted",
+            fix=f"upload an image: {', '.join('.' + t for t in UPLOAD_TYPES)}",
+        )
     if len(data) == 0:
         raise SPGError(f"{name} is empty", fix="upload the image file again")
     if len(data) > max_bytes:
-        raise SPGError(f"{name} is {len(data) / 2**20:.1f} MB, more than the {max_bytes / 2**20:.0f} MB limit",
-                       fix="downscale or re-compress the image")
+        raise SPGError(
+            f"{name} is {len(data) / 2**20:.1f} MB, more than the {max_bytes / 2**20:.0f} MB limit",
+            fix="downscale or re-compress the image",
+        )
     try:
         with Image.open(io.BytesIO(data)) as probe:
             w, h = probe.size
             if w * h > max_pixels:
-                raise SPGError(f"{name} is {w} x {h} pixels, more than {max_pixels / 1e6:.0f} megapixels",
-                               fix="downscale the image")
+                raise SPGError(
+                    f"{name} is {w} x {h} pixels, more than {max_pixels / 1e6:.0f} megapixels",
+                    fix="downscale the image",
+                )
             probe.load()
             return to_rgb(probe).copy()
     except SPGError:
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise SPGError(f"{name} is corrupt, truncated or not an image ({type(exc).__name__})",
-                       fix="re-export the image as PNG or JPEG") from None
+        raise SPGError(
+            f"{name} is corrupt, truncated or not an image ({type(exc).__name__})",
+            fix="re-export the image as PNG or JPEG",
+        ) from None

@@ -13,12 +13,14 @@ from pathlib import Path
 
 import pytest
 
-SLOW_FIXTURES = frozenset({
-    "runs",          # test_end_to_end: `spg run` both directions on the full synthetic groups
-    "run_dir",       # test_atoms: a builtin run on synthetic-a -> synthetic-b
-    "runs_root",     # test_dashboard / test_browser: the dashboard's runs root (a builtin run)
-    "damaged_root",  # test_dashboard: built from runs_root
-})
+SLOW_FIXTURES = frozenset(
+    {
+        "runs",  # test_end_to_end: `spg run` both directions on the full synthetic groups
+        "run_dir",  # test_atoms: a builtin run on synthetic-a -> synthetic-b
+        "runs_root",  # test_dashboard / test_browser: the dashboard's runs root (a builtin run)
+        "damaged_root",  # test_dashboard: built from runs_root
+    }
+)
 # One case of a parametrised test: the builtin backbone's features take seconds per image
 # (40 s for this test on 2 busy cores, 2026-11-29), the tiny models' cases milliseconds.
 SLOW_CASES = frozenset({"test_backbones.py::test_batch_independence[builtin]"})
@@ -44,7 +46,7 @@ def spg_cache(tmp_path_factory) -> Path:
         os.environ["SPG_CACHE"] = old
 
 
-_MAIN = sys.modules.get("__main__")     # pytest's own, captured before any test or fixture runs
+_MAIN = sys.modules.get("__main__")  # pytest's own, captured before any test or fixture runs
 
 
 @pytest.fixture(autouse=True)

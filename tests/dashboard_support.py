@@ -14,12 +14,16 @@ from pathlib import Path
 from spg_core.config import GuideConfig, RunConfig, SAEConfig
 
 RUN = "small"
-TWIN = "small-twin"          # a copy of RUN, so the Backbones page has two runs to compare
+TWIN = "small-twin"  # a copy of RUN, so the Backbones page has two runs to compare
 
 
 def small_config() -> RunConfig:
-    return RunConfig(backbone="builtin", device="cpu", sae=SAEConfig(width=128, k=8, epochs=2),
-                     guides=GuideConfig(epochs=30, lr=3e-3))   # enough not to saturate (see guides.SATURATED)
+    return RunConfig(
+        backbone="builtin",
+        device="cpu",
+        sae=SAEConfig(width=128, k=8, epochs=2),
+        guides=GuideConfig(epochs=30, lr=3e-3),
+    )  # enough not to saturate (see guides.SATURATED)
 
 
 def build_small_run(out: Path) -> Path:
@@ -34,7 +38,7 @@ def build_small_run(out: Path) -> Path:
     return out
 
 
-REUSE_ENV = "SPG_TEST_RUNS_ROOT"   # a root this module built before (quick loops: skips the build)
+REUSE_ENV = "SPG_TEST_RUNS_ROOT"  # a root this module built before (quick loops: skips the build)
 
 
 def small_runs_root(tmp_path_factory) -> Path:
@@ -57,7 +61,7 @@ def build_runs_root(root: Path) -> Path:
         build_small_run(root / RUN)
         shutil.copytree(root / RUN, root / TWIN)
         write_sweep(root / "sweeps" / "width-k")
-        write_sweep(root / TWIN / "sweep")          # a run carrying its own sweep
+        write_sweep(root / TWIN / "sweep")  # a run carrying its own sweep
         done.write_text("ok\n")
     return root
 
@@ -99,9 +103,18 @@ def write_sweep(out: Path) -> Path:
     for width in (64, 128):
         for k in (4, 8):
             for agg in ("max", "mean"):
-                setting = {"backbone": "builtin", "width": width, "k": k, "guide": "relu_l1(lambda=0.001)",
-                           "guide_variant": "relu_l1", "guide_value": 1e-3, "active_atoms": width // 2,
-                           "aggregation": agg, "agg_kind": agg, "agg_T": 0.0}
+                setting = {
+                    "backbone": "builtin",
+                    "width": width,
+                    "k": k,
+                    "guide": "relu_l1(lambda=0.001)",
+                    "guide_variant": "relu_l1",
+                    "guide_value": 1e-3,
+                    "active_atoms": width // 2,
+                    "aggregation": agg,
+                    "agg_kind": agg,
+                    "agg_T": 0.0,
+                }
                 for metric in ("image_auroc", "image_ap", "pixel_auroc", "aupro"):
                     value = 0.5 + width / 1000 + k / 100 + (0.05 if agg == "max" else 0.0)
                     for category in ("brushed", "pill", "mean"):
@@ -115,10 +128,18 @@ def write_sweep(out: Path) -> Path:
 # -- headless Chromium (the browser tests and `python benchmarks/screenshots.py`) -------------------
 
 CHROMIUM = "/usr/bin/chromium"
-BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+BROWSER_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 VIEWPORT = {"width": 1600, "height": 1700}
-READY_TIMEOUT_MS = 180_000       # first page view loads torch and the model on 2 busy cores
+READY_TIMEOUT_MS = 180_000  # first page view loads torch and the model on 2 busy cores
 BUSY = ('[data-testid="stStatusWidget"]', '[data-testid="stSpinner"]', '[data-testid="stSkeleton"]')
 
 

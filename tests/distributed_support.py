@@ -34,9 +34,17 @@ def free_port() -> int:
 
 def _enter_world(rank: int, world: int, port: int) -> None:
     """What torchrun would set, then join the gloo group (one thread per rank on a 2-core box)."""
-    os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
-                       "LOCAL_WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
-                       distributed.TIMEOUT_ENV: "60"})
+    os.environ.update(
+        {
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "WORLD_SIZE": str(world),
+            "LOCAL_WORLD_SIZE": str(world),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+            distributed.TIMEOUT_ENV: "60",
+        }
+    )
     torch.set_num_threads(1)
     distributed.init_from_env("gloo")
 
@@ -52,8 +60,9 @@ def _entry(rank: int, world: int, port: int, fn: Callable[..., None], args: tupl
 def run_world(fn: Callable[..., None], world: int, *args: Any, timeout: float = 240.0) -> None:
     """Run `fn(*args)` in `world` spawned processes joined in a gloo group; raise if any fails
     (the others are then terminated, as torchrun does) or if they outlive `timeout` seconds."""
-    ctx = mp.start_processes(_entry, args=(world, free_port(), fn, args), nprocs=world, join=False,
-                             start_method="spawn")
+    ctx = mp.start_processes(
+        _entry, args=(world, free_port(), fn, args), nprocs=world, join=False, start_method="spawn"
+    )
     deadline = time.monotonic() + timeout
     while not ctx.join(timeout=1.0):
         if time.monotonic() > deadline:
@@ -63,6 +72,7 @@ def run_world(fn: Callable[..., None], world: int, *args: Any, timeout: float = 
 
 
 # -- a tiny deterministic backbone and dataset ----------------------------------------------------
+
 
 class PatchBackbone(Backbone):
     """A linear patch embedding (conv 8x8, stride 8) with seeded weights: 32 px -> 4x4 tokens of 16 dims."""
@@ -101,12 +111,21 @@ def write_images(root: Path, n: int = 10, size: int = 40, seed: int = 0) -> Data
             mask[5:15, 3:30] = 255
             mask_path = root / f"img_{i:03d}_mask.png"
             Image.fromarray(mask).save(mask_path)
-        samples.append(Sample(str(path), str(mask_path) if mask_path else None, int(mask_path is not None),
-                              "cat" if i % 2 else "dog", "band" if mask_path else "good", "test"))
+        samples.append(
+            Sample(
+                str(path),
+                str(mask_path) if mask_path else None,
+                int(mask_path is not None),
+                "cat" if i % 2 else "dog",
+                "band" if mask_path else "good",
+                "test",
+            )
+        )
     return Dataset(name="tiny-random", root=str(root), samples=samples)
 
 
 # -- workers (run in every rank) ----------------------------------------------------------------------
+
 
 def extract_worker(images: str, cache: str, shard_images: int, crash_rank: int = -1) -> None:
     """Every rank: build the store of `images`; rank `crash_rank` dies after its first shard."""
@@ -115,7 +134,7 @@ def extract_worker(images: str, cache: str, shard_images: int, crash_rank: int =
     dataset = write_images(Path(images))
     bb = PatchBackbone()
     if distributed.rank() == crash_rank:
-        real, calls = bb.extract_with_cls, {"n": 0}     # what extraction calls (tokens, CLS)
+        real, calls = bb.extract_with_cls, {"n": 0}  # what extraction calls (tokens, CLS)
 
         def dying(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
             calls["n"] += 1
@@ -123,9 +142,11 @@ def extract_worker(images: str, cache: str, shard_images: int, crash_rank: int =
                 (Path(cache) / f"crashed_rank_{crash_rank}").touch()
                 raise RuntimeError("simulated crash of one rank")
             return real(x)
-        bb.extract_with_cls = dying                                 # type: ignore[method-assign]
-    build_store(dataset, bb, cache_dir=cache, shard_images=shard_images, batch_size=shard_images,
-                num_workers=0, progress=False)
+
+        bb.extract_with_cls = dying  # type: ignore[method-assign]
+    build_store(
+        dataset, bb, cache_dir=cache, shard_images=shard_images, batch_size=shard_images, num_workers=0, progress=False
+    )
 
 
 def train_worker(out: str, cfg_json: str, n_tokens: int, dim: int) -> None:
@@ -134,8 +155,9 @@ def train_worker(out: str, cfg_json: str, n_tokens: int, dim: int) -> None:
     from spg_core.sae_train import train_sae
 
     cfg = SAEConfig(**json.loads(cfg_json))
-    sae, history = train_sae(random_tokens(n_tokens, dim), cfg, tokens_per_image=16, device=torch.device("cpu"),
-                             progress=False)
+    sae, history = train_sae(
+        random_tokens(n_tokens, dim), cfg, tokens_per_image=16, device=torch.device("cpu"), progress=False
+    )
     if distributed.is_main():
         sae.save(out, {"history": history})
 
@@ -172,8 +194,16 @@ def sharded_worker(sae_path: str, out: str, cfg_json: str, n_tokens: int) -> Non
     tokens = random_tokens(n_tokens, full.dim)
     with torch.no_grad():
         recon, code = LatentShardedSAE.from_full(full)(tokens.float())
-    trained, history = train_latent_sharded(tokens, SAEConfig(**json.loads(cfg_json)), tokens_per_image=16,
-                                            device=torch.device("cpu"))
+    trained, history = train_latent_sharded(
+        tokens, SAEConfig(**json.loads(cfg_json)), tokens_per_image=16, device=torch.device("cpu")
+    )
     if distributed.is_main():
-        save_tensors(out, {"recon": recon, "dense": code.dense(full.width),
-                           **{f"trained.{k}": v for k, v in trained.state_dict().items()}}, {"history": history})
+        save_tensors(
+            out,
+            {
+                "recon": recon,
+                "dense": code.dense(full.width),
+                **{f"trained.{k}": v for k, v in trained.state_dict().items()},
+            },
+            {"history": history},
+        )

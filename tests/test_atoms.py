@@ -15,9 +15,24 @@ import pytest
 import torch
 
 from spg_core.atomic import save_tensors, write_json
-from spg_core.atoms import (Ablator, TokenChunk, atom_activation, atom_heatmap, atom_stats, attribute,
-                            build_atom_index, build_atoms, load_atoms, patch_box, patch_crop, rank_atoms,
-                            stream_top_p, tag_atoms, top_atoms_per_image, top_atoms_per_patch)
+from spg_core.atoms import (
+    Ablator,
+    TokenChunk,
+    atom_activation,
+    atom_heatmap,
+    atom_stats,
+    attribute,
+    build_atom_index,
+    build_atoms,
+    load_atoms,
+    patch_box,
+    patch_crop,
+    rank_atoms,
+    stream_top_p,
+    tag_atoms,
+    top_atoms_per_image,
+    top_atoms_per_patch,
+)
 from spg_core.atoms.index import patch_mask_fraction, store_chunks
 from spg_core.atoms.stats import TAGS
 from spg_core.cli import main as spg_main
@@ -36,9 +51,15 @@ TOP_P = 16
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("atoms")
-    cfg = RunConfig(aux="synthetic-a", target="synthetic-b", backbone="builtin", device="cpu",
-                    sae=SAEConfig(width=128, k=8, epochs=2), guides=GuideConfig(epochs=2))
-    run_experiment(cfg, root / "run", progress=False)   # session cache: shared synthetic data and stores
+    cfg = RunConfig(
+        aux="synthetic-a",
+        target="synthetic-b",
+        backbone="builtin",
+        device="cpu",
+        sae=SAEConfig(width=128, k=8, epochs=2),
+        guides=GuideConfig(epochs=2),
+    )
+    run_experiment(cfg, root / "run", progress=False)  # session cache: shared synthetic data and stores
     return root / "run"
 
 
@@ -68,11 +89,22 @@ def small_store(aux, tmp_path_factory) -> TokenStore:
     for start in range(0, n, 7):
         idx = list(range(start, min(start + 7, n)))
         name = f"shard_{start // 7:05d}.safetensors"
-        save_tensors(root / name, {"tokens": aux.tokens(idx).to(torch.float16),
-                                   "masks": torch.from_numpy(pack_masks(aux.masks(idx)))})
+        save_tensors(
+            root / name,
+            {"tokens": aux.tokens(idx).to(torch.float16), "masks": torch.from_numpy(pack_masks(aux.masks(idx)))},
+        )
         shards.append({"file": name, "start": start, "count": len(idx)})
-    write_json(root / "manifest.json", {"key": aux.manifest["key"], "complete": True, "shard_images": 7,
-                                        "images": aux.images[:n], "skipped": 0, "shards": shards})
+    write_json(
+        root / "manifest.json",
+        {
+            "key": aux.manifest["key"],
+            "complete": True,
+            "shard_images": 7,
+            "images": aux.images[:n],
+            "skipped": 0,
+            "shards": shards,
+        },
+    )
     return TokenStore(root)
 
 
@@ -88,12 +120,13 @@ def _brute_force_index(store: TokenStore, sae, top_p: int):
         col = dense[:, j]
         order = np.lexsort((np.arange(len(col)), -col))
         order = order[col[order] > 0][:top_p]
-        values[j, :len(order)] = col[order]
-        token[j, :len(order)] = order
+        values[j, : len(order)] = col[order]
+        token[j, : len(order)] = order
     return dense, frac, values, token
 
 
 # -- 1. ranking ------------------------------------------------------------------------------------
+
 
 def test_dead_atoms_are_never_ranked(predictor, run_dir, capsys):
     """The SAE's dead-atom mask (atoms that never fire on the auxiliary set) is saved with it and
@@ -108,6 +141,7 @@ def test_dead_atoms_are_never_ranked(predictor, run_dir, capsys):
 
 def json_dead(run_dir) -> int:
     import json
+
     return json.loads((Path(run_dir) / "sae.json").read_text())["dead_atoms"]
 
 
@@ -127,6 +161,7 @@ def test_ranking_is_sorted_and_shares_sum_to_one(predictor):
 
 # -- 2. attribution --------------------------------------------------------------------------------
 
+
 def test_contributions_sum_to_logits(predictor):
     store = TokenStore(predictor.config["target_store"])
     tokens = store.tokens([0, 5, 40])
@@ -136,7 +171,7 @@ def test_contributions_sum_to_logits(predictor):
     torch.testing.assert_close(attr.logit_n, cosine_logits(tokens, g[0]), atol=1e-5, rtol=0)
     probs, _, _ = predictor.scorer(tokens)
     torch.testing.assert_close(attr.probs, probs, atol=1e-5, rtol=0)
-    atoms, net = attr.net()
+    _atoms, net = attr.net()
     torch.testing.assert_close(net.sum(-1), attr.logit_a - attr.logit_n, atol=1e-5, rtol=0)
     assert attr.contrib_a.shape == (3, store.num_patches, len(predictor.guides.active_atoms()[1]))
 
@@ -147,7 +182,7 @@ def test_top_atoms_per_patch_and_image(predictor):
     ids, vals = top_atoms_per_patch(attr, "anomaly", k=3)
     assert ids.shape == vals.shape == (2, store.num_patches, 3)
     assert (vals[..., :-1] >= vals[..., 1:]).all()
-    pos = torch.searchsorted(attr.atoms_a, ids)                 # atoms_a is sorted (nonzero order)
+    pos = torch.searchsorted(attr.atoms_a, ids)  # atoms_a is sorted (nonzero order)
     torch.testing.assert_close(attr.contrib_a.gather(-1, pos), vals)
     img_ids, img_vals = top_atoms_per_image(attr, "anomaly", k=4)
     w = attr.probs / attr.probs.sum(1, keepdim=True)
@@ -166,6 +201,7 @@ def test_attribution_of_a_new_image(predictor, aux):
 
 # -- 3. streaming index ------------------------------------------------------------------------------
 
+
 def test_streaming_index_equals_brute_force(predictor, small_store):
     sae = predictor.sae
     # 3000 tokens -> 2 images (of 1024 patches) per chunk: chunks straddle nothing, shards hold 7, 7, 6.
@@ -181,11 +217,12 @@ def test_streaming_index_equals_brute_force(predictor, small_store):
     assert c.num_tokens == dense.shape[0]
     assert np.array_equal(c.fire_count.numpy(), (dense > 0).sum(0))
     np.testing.assert_allclose(c.act_sum.numpy(), dense.astype(np.float64).sum(0), rtol=1e-9, atol=1e-9)
-    np.testing.assert_allclose(c.masked_sum.numpy(), (dense.astype(np.float64) * frac[:, None]).sum(0),
-                               rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(
+        c.masked_sum.numpy(), (dense.astype(np.float64) * frac[:, None]).sum(0), rtol=1e-9, atol=1e-9
+    )
     assert c.category_mass.sum().item() == pytest.approx(c.act_sum.sum().item())
     assert c.mask_total == pytest.approx(float(frac.sum()))
-    assert (index.values > 0).sum() > index.width            # the test compares real entries
+    assert (index.values > 0).sum() > index.width  # the test compares real entries
 
 
 def test_memory_is_bounded_by_chunks(predictor, small_store):
@@ -197,13 +234,13 @@ def test_memory_is_bounded_by_chunks(predictor, small_store):
         seen.append(x.shape[0])
         return original(x)
 
-    sae.encode = encode                                   # instance attribute: this object only
+    sae.encode = encode  # instance attribute: this object only
     try:
         small = build_atom_index(small_store, sae, top_p=TOP_P, device="cpu", chunk_tokens=1024)
     finally:
         del sae.encode
     assert max(seen) <= 1024 and len(seen) == small_store.num_images
-    whole = build_atom_index(small_store, sae, top_p=TOP_P, device="cpu", chunk_tokens=10 ** 9)
+    whole = build_atom_index(small_store, sae, top_p=TOP_P, device="cpu", chunk_tokens=10**9)
     for name in ("values", "image", "patch", "mask_fraction"):
         assert torch.equal(getattr(small, name), getattr(whole, name))
     assert small.values.shape == (sae.width, TOP_P)
@@ -212,16 +249,20 @@ def test_memory_is_bounded_by_chunks(predictor, small_store):
 def test_stream_top_p_on_a_plain_iterator(predictor, small_store):
     """The streaming core runs on any iterator of chunks (what the benchmark feeds it)."""
     sae = predictor.sae
-    chunks = (TokenChunk(c.start_image, torch.from_numpy(np.array(c.tokens)), c.mask_fraction, c.category)
-              for c in store_chunks(small_store, 4096))
-    acc, counts = stream_top_p(chunks, sae, top_p=4, num_patches=small_store.num_patches,
-                               num_categories=len(small_store.categories))
+    chunks = (
+        TokenChunk(c.start_image, torch.from_numpy(np.array(c.tokens)), c.mask_fraction, c.category)
+        for c in store_chunks(small_store, 4096)
+    )
+    acc, _counts = stream_top_p(
+        chunks, sae, top_p=4, num_patches=small_store.num_patches, num_categories=len(small_store.categories)
+    )
     _, _, values, token = _brute_force_index(small_store, sae, 4)
     assert torch.equal(acc.values, torch.from_numpy(values))
     assert torch.equal(acc.token, torch.from_numpy(token))
 
 
 # -- 4. heatmaps and crops -------------------------------------------------------------------------
+
 
 def test_heatmap_peaks_at_the_most_active_patch(predictor, aux, built):
     index, _ = built
@@ -254,6 +295,7 @@ def test_patch_crop_geometry(aux):
 
 # -- 5. statistics and tags ------------------------------------------------------------------------
 
+
 def test_stats_columns_are_in_range_and_consistent(built, predictor, aux):
     index, stats = built
     assert len(stats) == index.width and stats["atom"].tolist() == list(range(index.width))
@@ -267,7 +309,7 @@ def test_stats_columns_are_in_range_and_consistent(built, predictor, aux):
     assert (live["max_activation"] >= live["mean_activation"] - 1e-6).all()
     assert stats["tag"].tolist() == tag_atoms(stats).tolist()
     assert {"class-general", "class-specific"} <= set(stats["tag"])
-    for _, row in stats.iterrows():            # defect kinds are counted over the in-mask top patches
+    for _, row in stats.iterrows():  # defect kinds are counted over the in-mask top patches
         assert sum(row["top_defects"].values()) == row["in_mask_top"]
         assert sum(row["top_categories"].values()) == int((index.image[row["atom"]] >= 0).sum())
     # selectivity and frequency of the most frequent atom, computed directly
@@ -279,12 +321,18 @@ def test_stats_columns_are_in_range_and_consistent(built, predictor, aux):
 
 
 def test_tag_rule_on_hand_made_rows():
-    df = pd.DataFrame({"frequency": [0.0, 0.1, 0.1, 0.1, 0.1], "top_category_share": [np.nan, 0.8, 0.3, 0.3, 0.5],
-                       "lift": [np.nan, 10.0, 3.0, 1.0, 0.0]})
+    df = pd.DataFrame(
+        {
+            "frequency": [0.0, 0.1, 0.1, 0.1, 0.1],
+            "top_category_share": [np.nan, 0.8, 0.3, 0.3, 0.5],
+            "lift": [np.nan, 10.0, 3.0, 1.0, 0.0],
+        }
+    )
     assert tag_atoms(df).tolist() == ["dead", "class-specific", "class-general", "shared", "class-specific"]
 
 
 # -- 6. ablation -----------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def ablator(predictor) -> Ablator:
@@ -295,7 +343,7 @@ def test_empty_ablation_reproduces_the_run(ablator, run_dir):
     probs, scores, _ = RunDir(run_dir).read_target()
     base = ablator.ablate()
     torch.testing.assert_close(base.scores, scores, atol=1e-5, rtol=0)
-    torch.testing.assert_close(base.probs, probs.reshape(len(probs), -1), atol=1e-3, rtol=0)   # stored fp16
+    torch.testing.assert_close(base.probs, probs.reshape(len(probs), -1), atol=1e-3, rtol=0)  # stored fp16
     stored = RunDir(run_dir).read_metrics()["mean"]
     for key, value in stored.items():
         assert base.metrics["mean"][key] == pytest.approx(value, abs=1e-6), key
@@ -317,7 +365,7 @@ def test_ablations_change_what_they_should(ablator, predictor):
     assert (one.probs - base.probs).abs().max() > 0
     changed = (one.coefficients[1] != base.coefficients[1]).nonzero().flatten()
     assert len(changed) == 1 and one.coefficients[1, changed[0]] == 0
-    assert int(ablator.atoms[changed[0]]) == anomaly[0]           # columns are Ablator.atoms
+    assert int(ablator.atoms[changed[0]]) == anomaly[0]  # columns are Ablator.atoms
     inactive = sorted(set(range(predictor.sae.width)) - set(anomaly))
     if inactive:
         with pytest.raises(SPGError, match="not active"):
@@ -327,6 +375,7 @@ def test_ablations_change_what_they_should(ablator, predictor):
 
 
 # -- persistence, errors, CLI ----------------------------------------------------------------------
+
 
 def test_save_load_round_trip_is_exact(built, run_dir, aux, predictor):
     index, stats = built
@@ -353,21 +402,23 @@ def test_missing_damaged_or_stale_atoms_raise_with_the_fix(run_dir, built, tmp_p
     with pytest.raises(SPGError, match="spg atoms --run"):
         load_atoms(copy)
     shutil.copy(Path(run_dir) / "atoms" / "index.safetensors", index_file)
-    load_atoms(copy)                                                 # whole again: loads
+    load_atoms(copy)  # whole again: loads
     sae_file = copy / "sae.safetensors"
-    sae_file.write_bytes(sae_file.read_bytes() + b" ")              # another SAE file
+    sae_file.write_bytes(sae_file.read_bytes() + b" ")  # another SAE file
     with pytest.raises(SPGError, match="another SAE"):
         load_atoms(copy)
 
 
 def test_cli_builds_index_and_gallery(run_dir, built, capsys):
-    assert spg_main(["atoms", "--run", str(run_dir), "--gallery", "2", "--per-atom", "3", "--quiet",
-                     "--device", "cpu"]) == 0
+    assert (
+        spg_main(["atoms", "--run", str(run_dir), "--gallery", "2", "--per-atom", "3", "--quiet", "--device", "cpu"])
+        == 0
+    )
     out = capsys.readouterr().out
     assert "anomaly guide:" in out and "gallery:" in out
     from PIL import Image
 
     with Image.open(Path(run_dir) / "atoms" / "gallery.png") as im:
         width, height = im.size
-    assert width > 3 * 96 and height > 2 * 2 * 96                # 2 atom bands of crop + heatmap tiles
+    assert width > 3 * 96 and height > 2 * 2 * 96  # 2 atom bands of crop + heatmap tiles
     assert spg_main(["atoms", "--run", str(Path(run_dir) / "nope")]) == 2

@@ -17,8 +17,12 @@ TINY = ["dinov3-vitl16-tiny", "dinov2-large-tiny", "siglip-large-tiny", "opencli
 # CLS + registers the adapters must drop: DINOv3 has 4 registers, SigLIP no CLS at all.
 DROPPED = {"dinov3-vitl16-tiny": 5, "dinov2-large-tiny": 1, "siglip-large-tiny": 0, "openclip-vitl14-336-tiny": 1}
 # SPG_METHOD.md, "Frozen encoder": S, grid side, D.
-TABLE = {"dinov3-vitl16": (448, 28, 1024), "dinov2-large": (448, 32, 1024), "siglip-large": (384, 24, 1024),
-         "openclip-vitl14-336": (518, 37, 1024)}
+TABLE = {
+    "dinov3-vitl16": (448, 28, 1024),
+    "dinov2-large": (448, 32, 1024),
+    "siglip-large": (384, 24, 1024),
+    "openclip-vitl14-336": (518, 37, 1024),
+}
 
 
 ALL = TINY + ["builtin"]
@@ -75,8 +79,12 @@ def test_tiny_variants_are_the_real_classes_with_random_tiny_weights(name: str) 
     assert b.identity()["weights"] == "random-tiny" and b.identity()["backbone"] == name
     assert b.patch_size == spec.patch_size and (b.mean, b.std) == (spec.mean, spec.std)
     model = b.model if hasattr(b, "model") else b.visual
-    expected = {"dinov3-vitl16-tiny": "DINOv3ViTModel", "dinov2-large-tiny": "Dinov2Model",
-                "siglip-large-tiny": "SiglipVisionModel", "openclip-vitl14-336-tiny": "VisionTransformer"}[name]
+    expected = {
+        "dinov3-vitl16-tiny": "DINOv3ViTModel",
+        "dinov2-large-tiny": "Dinov2Model",
+        "siglip-large-tiny": "SiglipVisionModel",
+        "openclip-vitl14-336-tiny": "VisionTransformer",
+    }[name]
     assert type(model).__name__ == expected
     if hasattr(b, "model"):
         assert b.model.config._attn_implementation == "sdpa"
@@ -91,7 +99,7 @@ def test_cls_and_register_tokens_are_dropped(name: str) -> None:
         tokens = b(x)
     n = b.num_patches
     assert full.shape[1] - n == DROPPED[name]
-    torch.testing.assert_close(tokens, full[:, full.shape[1] - n:])
+    torch.testing.assert_close(tokens, full[:, full.shape[1] - n :])
     if DROPPED[name]:
         # the dropped rows really are different tokens (CLS, registers), not duplicated patches
         assert not any(torch.allclose(full[:, i], tokens[:, j]) for i in range(DROPPED[name]) for j in range(n))
@@ -137,8 +145,16 @@ def test_batch_independence(name: str) -> None:
 
 
 def test_registry_constants_follow_the_method_table() -> None:
-    assert list_backbones() == ["dinov3-vitl16", "dinov2-large", "siglip-large", "openclip-vitl14-336",
-                                "effnet-lite0", "effnet-lite1", "effnet-lite2", "builtin"]
+    assert list_backbones() == [
+        "dinov3-vitl16",
+        "dinov2-large",
+        "siglip-large",
+        "openclip-vitl14-336",
+        "effnet-lite0",
+        "effnet-lite1",
+        "effnet-lite2",
+        "builtin",
+    ]
     assert "siglip-large-tiny" in list_backbones(include_variants=True)
     assert "builtin-tiny" not in list_backbones(include_variants=True)
     for name, (size, side, dim) in TABLE.items():
@@ -239,12 +255,15 @@ def _uncached(repo: str, filename: str = "config.json") -> bool:
     return not isinstance(try_to_load_from_cache(repo, filename), str)
 
 
-@pytest.mark.parametrize("name,weights", [
-    ("dinov3-vitl16", "spg-tests/no-such-model-anywhere"),
-    ("dinov3-vitl16", None),
-    ("siglip-large", None),
-    ("openclip-vitl14-336", None),
-])
+@pytest.mark.parametrize(
+    "name,weights",
+    [
+        ("dinov3-vitl16", "spg-tests/no-such-model-anywhere"),
+        ("dinov3-vitl16", None),
+        ("siglip-large", None),
+        ("openclip-vitl14-336", None),
+    ],
+)
 def test_offline_uncached_hub_id_fails_fast(name: str, weights: str | None, monkeypatch) -> None:
     spec = BACKBONES[name]
     repo = weights or (spec.weights if spec.family != "openclip" else "timm/vit_large_patch14_clip_336.openai")

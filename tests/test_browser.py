@@ -19,15 +19,15 @@ import time
 from pathlib import Path
 
 import pytest
-
 from dashboard_support import BROWSER_ARGS, CHROMIUM, READY_TIMEOUT_MS, VIEWPORT, small_runs_root, wait_ready
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 if not Path(CHROMIUM).is_file():
     pytest.skip("headless Chromium is not installed (apt-get install -y chromium)", allow_module_level=True)
-sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright for Python is not installed "
-                                                               "(pip install playwright)")
+sync_api = pytest.importorskip(
+    "playwright.sync_api", reason="Playwright for Python is not installed (pip install playwright)"
+)
 
 from dashboard.nav import PAGE_SPECS  # noqa: E402
 
@@ -37,8 +37,11 @@ def server(tmp_path_factory):
     """`spg dashboard`'s server on a free localhost port, over the small runs root."""
     from spg_core.launch import free_port, start_server, stop_server, wait_until_healthy
 
-    root = Path(os.environ["SPG_BROWSER_RUNS"]) if os.environ.get("SPG_BROWSER_RUNS") else \
-        small_runs_root(tmp_path_factory)
+    root = (
+        Path(os.environ["SPG_BROWSER_RUNS"])
+        if os.environ.get("SPG_BROWSER_RUNS")
+        else small_runs_root(tmp_path_factory)
+    )
     port = free_port()
     proc = start_server(root, port, quiet=True)
     try:
@@ -95,6 +98,7 @@ def test_upload_in_the_browser(server, page, tmp_path):
     page.goto(f"{url}/try")
     wait_ready(page, "Try an image")
     from spg_core.runs import RunDir
+
     runs = [p.parent.parent for p in root.glob("*/target/scores.csv")]
     rows = RunDir(runs[0]).read_scores()
     image = Path(next(r["image_path"] for r in rows if r["label"]))
@@ -103,11 +107,13 @@ def test_upload_in_the_browser(server, page, tmp_path):
     page.set_input_files('[data-testid="stFileUploaderDropzoneInput"]', [str(image), str(text)])
     try:
         page.wait_for_selector('[data-testid="stMetric"]:has-text("Image score")', timeout=READY_TIMEOUT_MS)
-        page.wait_for_selector('text=notes.txt was refused', timeout=READY_TIMEOUT_MS)
+        page.wait_for_selector("text=notes.txt was refused", timeout=READY_TIMEOUT_MS)
     except sync_api.TimeoutError:
         page.screenshot(path=str(tmp_path / "upload_failure.png"))
-        raise AssertionError(f"no result after the upload; page says: {page.inner_text('body')[-1200:]!r} "
-                             f"(screenshot {tmp_path / 'upload_failure.png'})") from None
+        raise AssertionError(
+            f"no result after the upload; page says: {page.inner_text('body')[-1200:]!r} "
+            f"(screenshot {tmp_path / 'upload_failure.png'})"
+        ) from None
     wait_ready(page, "Try an image")
     no_exceptions(page)
 
@@ -134,7 +140,7 @@ def test_click_on_the_map_selects_a_patch(server, page):
     row = page.locator('input[type="range"][aria-label="Row"]').first
     before = row.get_attribute("value")
     after = before
-    for _ in range(3):            # a click that lands while plotly is still wiring its events is lost
+    for _ in range(3):  # a click that lands while plotly is still wiring its events is lost
         box = _map_plot(page).bounding_box()
         assert box is not None
         page.mouse.click(box["x"] + box["width"] * 0.8, box["y"] + box["height"] * 0.85)
@@ -143,7 +149,7 @@ def test_click_on_the_map_selects_a_patch(server, page):
             break
     no_exceptions(page)
     assert after != before, "clicking the map did not move the patch selection"
-    assert int(after) > 16            # the click was in the lower part of the 32-row grid
+    assert int(after) > 16  # the click was in the lower part of the 32-row grid
 
 
 def test_box_on_the_map_selects_a_region_and_its_atoms(server, page, shots):
@@ -201,7 +207,7 @@ def test_click_on_an_auxiliary_map_selects_a_region_and_shows_its_atoms(server, 
     url, _ = server
     page.goto(f"{url}/maps")
     wait_ready(page, "Anomaly maps")
-    page.get_by_role("radio", name="auxiliary set").click()          # the segmented control's option
+    page.get_by_role("radio", name="auxiliary set").click()  # the segmented control's option
     wait_ready(page, "Anomaly maps")
     assert page.get_by_text("Auxiliary image and ground truth").count() == 1
     before = _shown_region(page)
@@ -209,7 +215,7 @@ def test_click_on_an_auxiliary_map_selects_a_region_and_shows_its_atoms(server, 
     for _ in range(3):
         box = _map_plot(page).bounding_box()
         assert box is not None
-        page.mouse.click(box["x"] + box["width"] * 0.15, box["y"] + box["height"] * 0.85)   # lower left
+        page.mouse.click(box["x"] + box["width"] * 0.15, box["y"] + box["height"] * 0.85)  # lower left
         after = _wait_change(lambda: _shown_region(page), before)
         if after != before:
             break
@@ -219,7 +225,7 @@ def test_click_on_an_auxiliary_map_selects_a_region_and_shows_its_atoms(server, 
     r0, r1, c0, c1, patches = after
     grid = int(page.locator('input[type="range"][aria-label="Region rows — end"]').first.get_attribute("max")) + 1
     assert r1 - r0 <= 2 and c1 - c0 <= 2 and patches == (r1 - r0 + 1) * (c1 - c0 + 1)
-    assert (r0 + r1) / 2 > grid / 2 > (c0 + c1) / 2       # the lower-left quarter, where the click was
+    assert (r0 + r1) / 2 > grid / 2 > (c0 + c1) / 2  # the lower-left quarter, where the click was
     assert _table_rows(page, "Most active inside") > 0
     page.get_by_text("Region → atoms").first.evaluate("e => e.scrollIntoView()")
     page.screenshot(path=str(shots / "maps_auxiliary_region.png"))
@@ -230,7 +236,8 @@ def test_heatmap_cell_opens_its_patches(server, page, shots):
     url, _ = server
     page.goto(f"{url}/atoms")
     wait_ready(page, "Atoms")
-    def shown():             # the captions of the cell's patches: "category · defect · s=..."
+
+    def shown():  # the captions of the cell's patches: "category · defect · s=..."
         return tuple(page.locator('[data-testid="stImageCaption"]').all_inner_texts())
 
     before = shown()
@@ -240,7 +247,7 @@ def test_heatmap_cell_opens_its_patches(server, page, shots):
     for _ in range(3):
         box = heat.bounding_box()
         assert box is not None
-        page.mouse.click(box["x"] + box["width"] * 0.95, box["y"] + box["height"] * 0.97)   # last column, last row
+        page.mouse.click(box["x"] + box["width"] * 0.95, box["y"] + box["height"] * 0.97)  # last column, last row
         after = _wait_change(shown, before)
         if after != before:
             break

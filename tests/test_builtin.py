@@ -23,16 +23,16 @@ from spg_core.backbones.symmetry import (
     symmetry_features,
 )
 
-DESC = 0.02        # builtin's descriptor scale: token channels 2.. are descriptors x DESC
+DESC = 0.02  # builtin's descriptor scale: token channels 2.. are descriptors x DESC
 
 
 def _grey_with_spots(spots: list[tuple[int, int]], colour=(0.8, 0.1, 0.1), size: int = 256) -> torch.Tensor:
     """`[1, 3, S, S]` mid-grey image with 6 x 6 px spots of one colour at the given corners."""
     img = torch.full((1, 3, size, size), 0.5)
     gen = torch.Generator().manual_seed(0)
-    img += 0.01 * torch.randn(img.shape, generator=gen)          # sensor noise
+    img += 0.01 * torch.randn(img.shape, generator=gen)  # sensor noise
     for y, x in spots:
-        img[0, :, y:y + 6, x:x + 6] = torch.tensor(colour).view(3, 1, 1)
+        img[0, :, y : y + 6, x : x + 6] = torch.tensor(colour).view(3, 1, 1)
     return img.clamp(0, 1)
 
 
@@ -43,8 +43,8 @@ def _rarity(img: torch.Tensor) -> torch.Tensor:
 def test_a_unique_colour_is_rare_and_ordinary_ones_are_not():
     r = _rarity(_grey_with_spots([(100, 100)]))
     spot, background = r[101:105, 101:105], r[10:90, 10:90]
-    assert spot.min() > background.max() + 3          # e^3 = 20x less likely than any grey pixel
-    assert background.std() < 0.2                     # noise alone does not make grey pixels rare
+    assert spot.min() > background.max() + 3  # e^3 = 20x less likely than any grey pixel
+    assert background.std() < 0.2  # noise alone does not make grey pixels rare
 
 
 def test_a_spot_does_not_explain_itself_but_a_distant_twin_does():
@@ -52,17 +52,17 @@ def test_a_spot_does_not_explain_itself_but_a_distant_twin_does():
     alone = _rarity(_grey_with_spots([(100, 100)]))[101:105, 101:105].mean()
     twins = _rarity(_grey_with_spots([(100, 100), (20, 200)]))[101:105, 101:105].mean()
     near = _rarity(_grey_with_spots([(100, 100), (100, 112)]))[101:105, 101:105].mean()
-    assert twins < alone - 1          # 36 distant look-alike pixels (spread over 27 bins) count
-    assert near == alone              # a look-alike within 2 patches does not count
+    assert twins < alone - 1  # 36 distant look-alike pixels (spread over 27 bins) count
+    assert near == alone  # a look-alike within 2 patches does not count
 
 
 def test_pooled_map_keeps_thin_spots_in_the_max_and_erodes_edge_bands():
     r = torch.zeros(1, 16, 16)
-    r[0, 2, :8] = 10.0                # a 1-px line of rare pixels across the first patch row
-    r[0, 8:14, 8:14] = 10.0           # a 6 x 6 blob in the last patch
-    mean, peak, eroded_mean, eroded_peak = pooled_map(r, 8)[0].t()
-    assert peak[0] == 10 and eroded_peak[0] == 0      # the line: kept by max, dropped by erosion
-    assert eroded_peak[3] == 10                       # the blob survives erosion
+    r[0, 2, :8] = 10.0  # a 1-px line of rare pixels across the first patch row
+    r[0, 8:14, 8:14] = 10.0  # a 6 x 6 blob in the last patch
+    mean, peak, _eroded_mean, eroded_peak = pooled_map(r, 8)[0].t()
+    assert peak[0] == 10 and eroded_peak[0] == 0  # the line: kept by max, dropped by erosion
+    assert eroded_peak[3] == 10  # the blob survives erosion
     assert mean[3] > mean[0]
 
 
@@ -70,8 +70,8 @@ def test_builtin_tokens_layout():
     bb = BuiltinBackbone()
     tokens = bb(_grey_with_spots([(100, 100)]))
     assert tokens.shape == (1, 1024, bb.dim) and bb.dim == 87
-    assert torch.all(tokens[..., 0] == 1)              # the constant channel
-    rarity_max = tokens[0, :, 15].view(32, 32)         # raw max-pooled colour rarity (1 + joint + 12 + mean)
+    assert torch.all(tokens[..., 0] == 1)  # the constant channel
+    rarity_max = tokens[0, :, 15].view(32, 32)  # raw max-pooled colour rarity (1 + joint + 12 + mean)
     assert rarity_max.flatten().argmax().item() in {12 * 32 + 12, 12 * 32 + 13, 13 * 32 + 12, 13 * 32 + 13}
     assert 2.5 * DESC < rarity_max.median() < 4 * DESC  # the most common colour: -log p ~ 3.4, scaled
 
@@ -96,17 +96,17 @@ def _near(m: torch.Tensor, theta: float, u: float, v: float, cx: float = 140.0, 
     """Max of `[S, S]` map `m` within 4 px of the point (u, v) of the bar's frame."""
     x = cx + u * math.cos(theta) - v * math.sin(theta)
     y = cy + u * math.sin(theta) + v * math.cos(theta)
-    return float(m[int(y) - 4:int(y) + 5, int(x) - 4:int(x) + 5].max())
+    return float(m[int(y) - 4 : int(y) + 5, int(x) - 4 : int(x) + 5].max())
 
 
 def test_mirror_residual_finds_a_tilted_axis_and_flags_only_what_breaks_the_symmetry():
-    theta = 0.7                                            # 40 degrees: off the pixel grid
-    on_axis = [(20.0, 0.0), (35.0, 0.0)]                   # printed marks on the axis: symmetric
+    theta = 0.7  # 40 degrees: off the pixel grid
+    on_axis = [(20.0, 0.0), (35.0, 0.0)]  # printed marks on the axis: symmetric
     sym = mirror_residual(_tilted_part(theta, on_axis))[0]
     broken = mirror_residual(_tilted_part(theta, on_axis + [(-30.0, 12.0)]))[0]
-    assert sym.quantile(0.999) < 0.3                       # the whole part is explained by its mirror
-    assert _near(sym, theta, 20, 0) < 0.5                  # the marks too (edges misalign a little)
-    assert _near(broken, theta, -30, 12) > 1.0             # a dot with no mirror twin is not
+    assert sym.quantile(0.999) < 0.3  # the whole part is explained by its mirror
+    assert _near(sym, theta, 20, 0) < 0.5  # the marks too (edges misalign a little)
+    assert _near(broken, theta, -30, 12) > 1.0  # a dot with no mirror twin is not
     assert _near(broken, theta, 20, 0) < 0.5
 
 
@@ -133,7 +133,7 @@ def test_joint_evidence_ranks_a_broken_symmetry_above_a_symmetric_unique_mark():
     dot = max(float(grid[(130 + dy) // 8, (110 + dx) // 8]) for dy in (-3, 3) for dx in (-3, 3))
     rar = rarity[:, 1].view(32, 32)
     assert rar[118 // 8, 170 // 8] > rar.median() + 2 and rar[130 // 8, 110 // 8] > rar.median() + 2
-    assert dot == float(grid.max()) and dot > 1.5 * mark          # measured 1.8x (the product: 10x)
+    assert dot == float(grid.max()) and dot > 1.5 * mark  # measured 1.8x (the product: 10x)
 
 
 def test_mirror_residual_flags_a_bite_out_of_the_outline():
@@ -142,12 +142,12 @@ def test_mirror_residual_flags_a_bite_out_of_the_outline():
     theta = 0.0
     img = _tilted_part(theta, [])
     yy, xx = torch.meshgrid(torch.arange(256).float(), torch.arange(256).float(), indexing="ij")
-    bite = torch.hypot(xx - 180, yy - 92) < 10                  # into the top edge, off both axes
+    bite = torch.hypot(xx - 180, yy - 92) < 10  # into the top edge, off both axes
     img[0, :, bite] = torch.tensor([0.55, 0.6, 0.5]).view(3, 1)
     residual = mirror_residual(img)[0]
     bitten = float(residual[92:100, 172:188].max())
     assert bitten == float(residual.max()) and bitten > 0.5
-    assert float(residual[100:136, 90:190].quantile(0.99)) < bitten / 4   # the intact body (measured 1/7)
+    assert float(residual[100:136, 90:190].quantile(0.99)) < bitten / 4  # the intact body (measured 1/7)
 
 
 def test_mirror_axis_centroid_is_taken_before_growing_the_foreground():
@@ -173,7 +173,7 @@ def _woven(period: int = 24, size: int = 256, flaw: tuple[int, int] | None = Non
     img = torch.stack([0.5 * lum, 0.7 * lum, lum])
     if flaw is not None:
         y, x = flaw
-        img[:, y:y + 8, x:x + 8] = torch.tensor([0.45, 0.3, 0.15]).view(3, 1, 1)
+        img[:, y : y + 8, x : x + 8] = torch.tensor([0.45, 0.3, 0.15]).view(3, 1, 1)
     gen = torch.Generator().manual_seed(3)
     return (img + 0.01 * torch.randn(img.shape, generator=gen)).clamp(0, 1)[None]
 
@@ -188,7 +188,7 @@ def test_repeat_periods_find_the_weave_and_the_residual_flags_only_the_flaw():
     assert flaw > 10 * float(residual.quantile(0.99))
     # No ghost: the cells one period away are matched by their other neighbours.
     for dy, dx in ((0, 24), (0, -24), (24, 0), (-24, 0)):
-        assert float(residual[102 + dy:106 + dy, 142 + dx:146 + dx].max()) < flaw / 5
+        assert float(residual[102 + dy : 106 + dy, 142 + dx : 146 + dx].max()) < flaw / 5
 
 
 def _speckle(size: int = 256, odd: tuple[int, int] | None = None) -> torch.Tensor:
@@ -200,8 +200,8 @@ def _speckle(size: int = 256, odd: tuple[int, int] | None = None) -> torch.Tenso
     shares = torch.tensor([0.6, 0.9]).view(2, 1, 1).expand(2, size, size).clone()
     if odd is not None:
         y, x = odd
-        shares[:, y:y + 32, x:x + 32] = 1.0
-    which = (u[None] > shares).sum(0)                                  # 0, 1 or 2
+        shares[:, y : y + 32, x : x + 32] = 1.0
+    which = (u[None] > shares).sum(0)  # 0, 1 or 2
     palette = torch.tensor([[0.8, 0.75, 0.7], [0.75, 0.45, 0.45], [0.15, 0.15, 0.15]])
     return palette[which].permute(2, 0, 1)[None]
 
@@ -239,10 +239,12 @@ def test_mirror_residual_explains_a_sharp_mark_on_the_axis_but_not_a_faint_stain
     yy, xx = torch.meshgrid(torch.arange(256).float(), torch.arange(256).float(), indexing="ij")
     cx, cy = 128.3, 127.6
     body = (70 - torch.hypot(xx - cx, yy - cy)).clamp(0, 1)
-    img = torch.tensor([0.25, 0.25, 0.28]).view(3, 1, 1) * (1 - body) + torch.tensor([0.8, 0.3, 0.2]).view(3, 1, 1) * body
+    img = (
+        torch.tensor([0.25, 0.25, 0.28]).view(3, 1, 1) * (1 - body) + torch.tensor([0.8, 0.3, 0.2]).view(3, 1, 1) * body
+    )
     tick = (2.5 - (xx - cx).abs()).clamp(0, 1) * ((yy > cy - 50) & (yy < cy - 25)).float()
     img = img * (1 - tick) + torch.tensor([0.95, 0.95, 0.9]).view(3, 1, 1) * tick
-    img = img * (1 - 0.25 * torch.exp(-((xx - cx - 35) ** 2 + (yy - cy - 20) ** 2) / (2 * 8.0 ** 2)))
+    img = img * (1 - 0.25 * torch.exp(-((xx - cx - 35) ** 2 + (yy - cy - 20) ** 2) / (2 * 8.0**2)))
     residual = mirror_residual(img[None])[0]
     stain = float(residual[138:158, 153:173].max())
     assert stain == float(residual.max())

@@ -11,8 +11,18 @@ import typing
 import pytest
 
 from spg_core import cli
-from spg_core.config import (ExtractConfig, GuideConfig, RunConfig, SAEConfig, ScoreConfig, field_types,
-                             flag_of, literal_choices, non_optional, option_of)
+from spg_core.config import (
+    ExtractConfig,
+    GuideConfig,
+    RunConfig,
+    SAEConfig,
+    ScoreConfig,
+    field_types,
+    flag_of,
+    literal_choices,
+    non_optional,
+    option_of,
+)
 from spg_core.errors import SPGError
 from spg_core.options import exposed_fields
 
@@ -20,19 +30,28 @@ from spg_core.options import exposed_fields
 # none may disappear.
 LEGACY_FLAGS = {
     "run": "--aggregation --aupro --aux --auxk --auxk-dead-tokens --backbone --batch-size --cache-dir --compile "
-           "--device --dice --ema --guide-batch-images --guide-epochs --guide-lr --guide-topk --guide-variant "
-           "--image-score --k --l1 --lse-t --method --out --protocol --quiet --sae-batch-images --sae-epochs "
-           "--sae-lr --seed --skip-bad --smoothing-sigma --target --tau --weights --width --workers",
+    "--device --dice --ema --guide-batch-images --guide-epochs --guide-lr --guide-topk --guide-variant "
+    "--image-score --k --l1 --lse-t --method --out --protocol --quiet --sae-batch-images --sae-epochs "
+    "--sae-lr --seed --skip-bad --smoothing-sigma --target --tau --weights --width --workers",
     "extract": "--backbone --batch-size --cache-dir --compile --dataset --device --protocol --quiet --skip-bad "
-               "--weights --workers",
+    "--weights --workers",
     "train-guides": "--batch-size --cache-dir --compile --device --dice --ema --guide-batch-images --guide-epochs "
-                    "--guide-lr --guide-topk --guide-variant --l1 --protocol --quiet --run --skip-bad --tau --workers",
+    "--guide-lr --guide-topk --guide-variant --l1 --protocol --quiet --run --skip-bad --tau --workers",
     "eval": "--aggregation --aupro --batch-size --cache-dir --compile --device --image-score --lse-t --quiet --run "
-            "--skip-bad --smoothing-sigma --target --workers",
+    "--skip-bad --smoothing-sigma --target --workers",
     "predict": "--device --max-pixels --out --run --skip-bad",
 }
-TINY_OFFICIAL = ["run", "--aux", "synthetic-a", "--target", "synthetic-b", "--out", "unused",
-                 "--backbone", "dinov2-large-tiny"]      # a paper family: official by default
+TINY_OFFICIAL = [
+    "run",
+    "--aux",
+    "synthetic-a",
+    "--target",
+    "synthetic-b",
+    "--out",
+    "unused",
+    "--backbone",
+    "dinov2-large-tiny",
+]  # a paper family: official by default
 TINY_STUDIO = ["run", "--aux", "synthetic-a", "--target", "synthetic-b", "--out", "unused", "--backbone", "builtin"]
 
 
@@ -58,7 +77,7 @@ def test_every_exposed_field_is_an_option_with_its_help_and_type():
             action = actions[flag_of(f)]
             assert option_of(f).help in action.help, flag_of(f)
             kind = non_optional(field_types(cls)[f.name])
-            if kind is bool:   # a --x / --no-x pair for run settings, a lone switch for ExtractConfig's
+            if kind is bool:  # a --x / --no-x pair for run settings, a lone switch for ExtractConfig's
                 assert (f"--no-{flag_of(f)[2:]}" in action.option_strings) == (cls is not ExtractConfig)
                 assert action.nargs == 0
             elif choices := literal_choices(kind):
@@ -74,9 +93,16 @@ def test_every_exposed_field_is_an_option_with_its_help_and_type():
     assert "--sae-seed" not in actions and "--guide-seed" not in actions and "--seed" in actions
 
 
-@pytest.mark.parametrize("flag, value", [("--aggregation", "median"), ("--guide-variant", "free"),
-                                         ("--guide-form", "both"), ("--sae-init-bias", "mode"),
-                                         ("--method", "pca")])
+@pytest.mark.parametrize(
+    "flag, value",
+    [
+        ("--aggregation", "median"),
+        ("--guide-variant", "free"),
+        ("--guide-form", "both"),
+        ("--sae-init-bias", "mode"),
+        ("--method", "pca"),
+    ],
+)
 def test_a_literal_option_rejects_a_bad_value_at_parse_time(flag, value, capsys):
     with pytest.raises(SystemExit) as exc:
         cli.build_parser().parse_args([*TINY_STUDIO, flag, value])
@@ -104,14 +130,24 @@ def test_an_explicit_option_overrides_the_protocol_and_a_left_out_one_keeps_it()
     assert default.score.smoothing_sigma == 4.0
     # the studio protocol's values hold the same way
     studio = _config([*TINY_STUDIO, "--guide-form", "official", "--seed", "3"])
-    assert (studio.protocol, studio.guides.form, studio.sae.bias, studio.score.smoothing_sigma) == ("studio", "official", True, 0.0)
+    assert (studio.protocol, studio.guides.form, studio.sae.bias, studio.score.smoothing_sigma) == (
+        "studio",
+        "official",
+        True,
+        0.0,
+    )
     assert studio.sae.seed == studio.guides.seed == 3
 
 
-@pytest.mark.parametrize("argv, what", [(["--width", "0"], "sae.width = 0 must be 1 or more"),
-                                        (["--width", "8", "--k", "9"], "sae.k = 9 is larger"),
-                                        (["--ema", "1.5"], "guides.ema_decay = 1.5 must be in [0, 1)"),
-                                        (["--batch-size", "0"], "batch_size = 0 must be 1 or more")])
+@pytest.mark.parametrize(
+    "argv, what",
+    [
+        (["--width", "0"], "sae.width = 0 must be 1 or more"),
+        (["--width", "8", "--k", "9"], "sae.k = 9 is larger"),
+        (["--ema", "1.5"], "guides.ema_decay = 1.5 must be in [0, 1)"),
+        (["--batch-size", "0"], "batch_size = 0 must be 1 or more"),
+    ],
+)
 def test_a_bad_option_value_is_one_clear_error(argv, what, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr("spg_core.pipeline.run_experiment", _must_not_run)
     out = str(tmp_path / "run")
@@ -128,8 +164,10 @@ def _must_not_run(*args, **kwargs):
 def stored_run(tmp_path):
     """A run directory holding only an official config.json (device cpu, sigma 4, guide lr 0.01)."""
     from spg_core.protocols import OFFICIAL, overrides
-    cfg = RunConfig.from_dict({**overrides(OFFICIAL), "protocol": OFFICIAL, "backbone": "dinov2-large-tiny",
-                               "device": "cpu"})
+
+    cfg = RunConfig.from_dict(
+        {**overrides(OFFICIAL), "protocol": OFFICIAL, "backbone": "dinov2-large-tiny", "device": "cpu"}
+    )
     (tmp_path / "config.json").write_text(json.dumps(cfg.to_dict()))
     return tmp_path
 
@@ -142,6 +180,7 @@ def _recording(seen: dict):
     def fake(*args, **kwargs):
         seen.update(kwargs, args=args)
         raise Stop("recorded")
+
     return fake
 
 
@@ -150,7 +189,7 @@ def test_eval_keeps_the_runs_own_score_settings_and_device_unless_given(stored_r
     monkeypatch.setattr("spg_core.pipeline.evaluate_target", _recording(seen))
     cli.main(["eval", "--run", str(stored_run)])
     assert seen["score"].smoothing_sigma == 4.0 and seen["score"].image_score == "smoothed_map"
-    assert seen["device"] is None                                  # evaluate_target: None = the run's own
+    assert seen["device"] is None  # evaluate_target: None = the run's own
     cli.main(["eval", "--run", str(stored_run), "--smoothing-sigma", "0", "--device", "cuda:1"])
     assert seen["score"].smoothing_sigma == 0.0 and seen["score"].image_score == "smoothed_map"
     assert seen["device"] == "cuda:1"

@@ -8,22 +8,52 @@ import typing
 
 import pytest
 
-from spg_core.config import (ExtractConfig, GuideConfig, RunConfig, SAEConfig, ScoreConfig, field_types,
-                             option_of)
+from spg_core.config import ExtractConfig, GuideConfig, RunConfig, SAEConfig, ScoreConfig, field_types, option_of
 from spg_core.errors import SPGError
 from spg_core.protocols import PROTOCOLS, overrides
 
 # config.json of an official run as the code wrote it before the fields carried their options
 # (JSON: Adam betas as lists), with the keys RunDir.write_config adds beside the settings.
 STORED = {
-    "aux": "folder:/data/parts", "target": "folder:/data/parts", "backbone": "dinov2-large-tiny", "weights": None,
-    "method": "spg", "device": "cpu", "protocol": "official",
-    "sae": {"width": 64, "k": 4, "lr": 0.001, "batch_images": 16, "epochs": 1, "init_bias": "mean",
-            "dead_after_tokens": 1000000, "seed": 111, "bias": False, "adam_betas": [0.5, 0.999], "auxk": 512,
-            "auxk_coef": 0.03125, "auxk_dead_tokens": 10000000, "auxk_threshold": 0.001},
-    "guides": {"variant": "relu_l1", "l1": 0.001, "topk": 32, "tau": 0.07, "focal_gamma": 2.0, "dice": "image",
-               "ema_decay": 0.999, "lr": 0.01, "batch_images": 8, "epochs": 1, "init_scale": 0.1, "seed": 111,
-               "form": "official", "adam_betas": [0.5, 0.999]},
+    "aux": "folder:/data/parts",
+    "target": "folder:/data/parts",
+    "backbone": "dinov2-large-tiny",
+    "weights": None,
+    "method": "spg",
+    "device": "cpu",
+    "protocol": "official",
+    "sae": {
+        "width": 64,
+        "k": 4,
+        "lr": 0.001,
+        "batch_images": 16,
+        "epochs": 1,
+        "init_bias": "mean",
+        "dead_after_tokens": 1000000,
+        "seed": 111,
+        "bias": False,
+        "adam_betas": [0.5, 0.999],
+        "auxk": 512,
+        "auxk_coef": 0.03125,
+        "auxk_dead_tokens": 10000000,
+        "auxk_threshold": 0.001,
+    },
+    "guides": {
+        "variant": "relu_l1",
+        "l1": 0.001,
+        "topk": 32,
+        "tau": 0.07,
+        "focal_gamma": 2.0,
+        "dice": "image",
+        "ema_decay": 0.999,
+        "lr": 0.01,
+        "batch_images": 8,
+        "epochs": 1,
+        "init_scale": 0.1,
+        "seed": 111,
+        "form": "official",
+        "adam_betas": [0.5, 0.999],
+    },
     "score": {"aggregation": "max", "lse_temperature": 0.1, "smoothing_sigma": 4.0, "image_score": "smoothed_map"},
 }
 EXTRA_KEYS = {"backbone_identity": {"tokens": "official"}, "aux_store": "/cache/tokens/x", "versions": {}}
@@ -100,8 +130,12 @@ def test_validation_covers_replace_and_config_json():
 
 def test_values_every_caller_uses_stay_valid():
     # `--method free_guides` stores guides of variant "free" (pipeline.train_stages): they must load.
-    assert RunConfig.from_dict({**STORED, "method": "free_guides",
-                                "guides": {**STORED["guides"], "variant": "free", "form": "pair"}}).guides.variant == "free"
-    assert SAEConfig(width=1, k=1, epochs=0).k == 1                  # the smallest dictionary; no training
-    assert ScoreConfig(smoothing_sigma=4).smoothing_sigma == 4       # an int where a float is declared
+    assert (
+        RunConfig.from_dict(
+            {**STORED, "method": "free_guides", "guides": {**STORED["guides"], "variant": "free", "form": "pair"}}
+        ).guides.variant
+        == "free"
+    )
+    assert SAEConfig(width=1, k=1, epochs=0).k == 1  # the smallest dictionary; no training
+    assert ScoreConfig(smoothing_sigma=4).smoothing_sigma == 4  # an int where a float is declared
     assert ExtractConfig(batch_size=None, workers=0).workers == 0

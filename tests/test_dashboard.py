@@ -11,9 +11,9 @@ import io
 from pathlib import Path
 
 import pytest
+from dashboard_support import RUN, TWIN, damaged_runs_root, small_runs_root
 from PIL import Image
 
-from dashboard_support import RUN, TWIN, damaged_runs_root, small_runs_root
 from dashboard.viewmodels import health, targets
 from spg_core import run_paths, thresholds, uploads
 from spg_core.errors import SPGError
@@ -25,10 +25,11 @@ AppTest = pytest.importorskip("streamlit.testing.v1").AppTest
 ROOT = Path(__file__).resolve().parent.parent
 APP = ROOT / "dashboard" / "app.py"
 PAGES = ROOT / "pages"
-TIMEOUT = 300          # the first run of a session imports torch and loads the model on 2 busy cores
+TIMEOUT = 300  # the first run of a session imports torch and loads the model on 2 busy cores
 
 
 # -- helpers ---------------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def runs_root(tmp_path_factory) -> Path:
@@ -87,6 +88,7 @@ def png_bytes(image: Image.Image) -> bytes:
 
 
 # -- launcher and view models ----------------------------------------------------------------------
+
 
 def test_launcher_command_is_headless_without_usage_stats():
     from spg_core.launch import app_env, streamlit_command
@@ -151,18 +153,18 @@ def test_region_ranking_from_an_images_codes_and_contributions():
     from spg_core.atoms.region import ImageAtoms, cell_patches, rank_region
 
     grid = (4, 4)
-    region = cell_patches((0, 1), (0, 1), grid)                       # the top-left 2 x 2 cells
+    region = cell_patches((0, 1), (0, 1), grid)  # the top-left 2 x 2 cells
     codes = torch.zeros(16, 3)
-    codes[:, 0] = 1.0                                                 # atom 0: the same everywhere
-    codes[torch.as_tensor(region), 1] = 2.0                           # atom 1: only inside the region
-    codes[~torch.as_tensor(region), 2] = 0.5                          # atom 2: only outside
+    codes[:, 0] = 1.0  # atom 0: the same everywhere
+    codes[torch.as_tensor(region), 1] = 2.0  # atom 1: only inside the region
+    codes[~torch.as_tensor(region), 2] = 0.5  # atom 2: only outside
     net = torch.zeros(16, 2)
-    net[torch.as_tensor(region), 0] = 0.3                             # atom 7 pushes the region to 'anomalous'
-    net[:, 1] = -0.1                                                  # atom 9 pulls everywhere to 'normal'
+    net[torch.as_tensor(region), 0] = 0.3  # atom 7 pushes the region to 'anomalous'
+    net[:, 1] = -0.1  # atom 9 pulls everywhere to 'normal'
     found = ImageAtoms(codes, torch.tensor([7, 9]), net, frozenset({7}), frozenset({9}))
     ranked = rank_region(found, region, k=3)
     assert ranked.patches == 4
-    assert [r["atom"] for r in ranked.activation] == [1, 0]           # 2 never fires inside: left out
+    assert [r["atom"] for r in ranked.activation] == [1, 0]  # 2 never fires inside: left out
     assert ranked.activation[0]["inside"] == pytest.approx(2.0) and ranked.activation[1]["outside"] == 1.0
     assert ranked.contribution == [{"atom": 7, "guide": "anomaly", "contribution": pytest.approx(0.3)}]
     with pytest.raises(SPGError, match="no patch"):
@@ -170,6 +172,7 @@ def test_region_ranking_from_an_images_codes_and_contributions():
 
 
 # -- pages on the small run ------------------------------------------------------------------------
+
 
 def test_empty_root_says_how_to_make_a_run(tmp_path, monkeypatch):
     at = open_app(tmp_path, monkeypatch)
@@ -189,21 +192,22 @@ def test_runs_page(runs_root, monkeypatch):
     assert metric(at, "Image AUROC") == f"{100 * metrics['mean']['image_auroc']:.1f}%"
     overview = frame_with(at, "run", "status")
     assert set(overview["run"]) == {RUN, TWIN} and set(overview["status"]) == {"complete"}
-    table = frame_with(at, METRIC_TITLES["image_auroc"], METRIC_TITLES["aupro"], METRIC_TITLES["aupro_official"],
-                       without=("run",))
+    table = frame_with(
+        at, METRIC_TITLES["image_auroc"], METRIC_TITLES["aupro"], METRIC_TITLES["aupro_official"], without=("run",)
+    )
     assert list(table.index) == sorted(metrics["per_category"]) + ["mean"]
-    assert "No row of the paper matches" in texts(at)           # synthetic runs have no paper row
+    assert "No row of the paper matches" in texts(at)  # synthetic runs have no paper row
     settings = frame_with(at, "setting", "value")
-    assert "aux" in settings["setting"].tolist()                # configuration is shown
+    assert "aux" in settings["setting"].tolist()  # configuration is shown
 
     # The sweep folder under the root is listed and drawn from its sweep.csv.
     assert at.selectbox(key="sweep_pick").value == "sweeps/width-k"
-    assert plotly_keys(at) >= 1 + 2                            # metrics chart + width/k and aggregation figures
+    assert plotly_keys(at) >= 1 + 2  # metrics chart + width/k and aggregation figures
 
     at.selectbox(key="run").set_value(TWIN).run()
     assert_clean(at)
     assert at.subheader[0].value == f"Run {TWIN}"
-    assert plotly_keys(at) == 1 + 2 + 2                        # + the twin's own sweep (RUN/sweep)
+    assert plotly_keys(at) == 1 + 2 + 2  # + the twin's own sweep (RUN/sweep)
 
 
 @pytest.mark.slow
@@ -227,14 +231,17 @@ def test_maps_page_filters_threshold_and_patch(runs_root, monkeypatch):
     # The slider opens on the threshold chosen on the auxiliary set (recorded in RUN/threshold.json),
     # and says so; the target's own best-F1 threshold appears only as the labelled oracle.
     from spg_core.thresholds import best_f1_threshold, read_run_threshold
+
     record = read_run_threshold(runs_root / RUN)
     slider = at.slider(key=k + "threshold")
     assert slider.value == pytest.approx(record["image"]["threshold"], abs=slider.step)
     said = texts(at)
     assert "chosen on the auxiliary set" in said and "by **auxiliary 5% FPR**" in said
     oracle = best_f1_threshold([r["score"] for r in rows], [r["label"] for r in rows])
-    assert f"Oracle line, for reference only: the target's own best-F1 threshold is {targets.format_score(oracle)}" in said
-    assert "99.9th percentile of auxiliary normal pixels" in said            # the map's legend
+    assert (
+        f"Oracle line, for reference only: the target's own best-F1 threshold is {targets.format_score(oracle)}" in said
+    )
+    assert "99.9th percentile of auxiliary normal pixels" in said  # the map's legend
 
     # Threshold above every score: nothing is called anomalous, every anomalous image is a false negative.
     top = max(r["score"] for r in rows)
@@ -263,7 +270,7 @@ def test_maps_page_filters_threshold_and_patch(runs_root, monkeypatch):
     assert_clean(at)
     # Recomputed from the tokens by the attribution (float32) vs the stored fp16 map.
     assert float(metric(at, "Patch p(anomaly)")) == pytest.approx(float(probs[index, 3, 7]), rel=0.02, abs=1e-3)
-    assert plotly_keys(at) >= 2                               # the map and the atom contributions
+    assert plotly_keys(at) >= 2  # the map and the atom contributions
 
     # Open one of the patch's atoms on the Atom detail page.
     atom = at.selectbox(key=k + "open_atom").value
@@ -289,7 +296,7 @@ def test_atoms_page_ranks_and_opens_an_atom(runs_root, monkeypatch):
     table = frame_with(at, "guide", "rank", "atom", "share", "tag", "frequency")
     assert len(table) == len(ranking["anomaly"]) + len(ranking["normal"])
     assert not set(table["atom"]) & dead and "dead" not in set(table["tag"])
-    assert not table.map(lambda v: v is None).any().any()          # no cell says None
+    assert not table.map(lambda v: v is None).any().any()  # no cell says None
 
     at.segmented_control(key=k + "guide").set_value("anomaly").run()
     table = frame_with(at, "guide", "rank", "atom")
@@ -313,6 +320,7 @@ def test_atom_detail_tiles_histograms_and_ablation(runs_root, monkeypatch):
     # The page opens on the anomaly guide's top live atom, and offers no dead one.
     from spg_core.atoms import load_atoms, rank_atoms
     from spg_core.guides import GuidePair
+
     _, stats = load_atoms(runs_root / RUN)
     dead = set(stats.loc[stats["tag"] == "dead", "atom"].astype(int))
     pair, _ = GuidePair.load(str(runs_root / RUN / "guides.safetensors"))
@@ -322,8 +330,8 @@ def test_atom_detail_tiles_histograms_and_ablation(runs_root, monkeypatch):
     assert offered and not offered & dead
     atom = top_live
     at.selectbox(key=k + "pick").set_value(atom).run()
-    assert len(at.image) == 2 * 9                             # crop + heatmap per top patch
-    assert plotly_keys(at) == 2                               # category and activation histograms
+    assert len(at.image) == 2 * 9  # crop + heatmap per top patch
+    assert plotly_keys(at) == 2  # category and activation histograms
     assert any(f'spg-pill neutral">{tag}<' in texts(at) for tag in ("class-general", "class-specific", "shared"))
     at.select_slider(key=k + "count").set_value(3).run()
     assert len(at.image) == 2 * 3
@@ -333,7 +341,7 @@ def test_atom_detail_tiles_histograms_and_ablation(runs_root, monkeypatch):
     expected = Ablator(runs_root / RUN, device="cpu").ablate(remove=[atom], guide="anomaly").metrics
     assert metric(at, "Image AUROC") == f"{100 * expected['mean']['image_auroc']:.1f}%"
     assert len(frame_with(at, "category", "before", "after", "change"))
-    assert plotly_keys(at) == 4                               # + the maps with and without the atom
+    assert plotly_keys(at) == 4  # + the maps with and without the atom
 
     at.toggle(key=k + f"remove_{atom}_anomaly").set_value(False).run()
     assert "Switch it on" in texts(at)
@@ -344,10 +352,10 @@ def test_backbones_page_compares_two_runs(runs_root, monkeypatch):
     at = open_app(runs_root, monkeypatch, page="backbones.py", run=RUN)
     assert sorted(at.multiselect(key="bb_runs").value) == sorted([RUN, TWIN])
     charts = {c.proto.id for c in at.get("plotly_chart")}
-    assert len(charts) == 3                                   # two maps + grouped metric bars
+    assert len(charts) == 3  # two maps + grouped metric bars
     scores = {m.label: m.value for m in at.metric}
     shown = at.selectbox(key="bb_image").value
-    for name in (RUN, TWIN):                                   # each card holds its own run's stored score
+    for name in (RUN, TWIN):  # each card holds its own run's stored score
         row = next(r for r in RunDir(runs_root / name).read_scores() if r["image_path"] == shown)
         assert scores[name] == f"score {targets.format_score(row['score'])}"
     category = at.selectbox(key="bb_category").options[-1]
@@ -365,12 +373,14 @@ def test_try_an_image_scores_uploads_and_refuses_bad_files(runs_root, monkeypatc
     rows = RunDir(runs_root / RUN).read_scores()
     row = next(r for r in rows if r["label"] == 1)
     real = Path(row["image_path"]).read_bytes()
-    at.file_uploader(key="uploads").set_value([
-        ("target.png", real, "image/png"),
-        ("notes.txt", b"not an image", "text/plain"),
-        ("broken.png", real[:500], "image/png"),
-        ("huge.png", real + b"\0" * (uploads.MAX_UPLOAD_BYTES + 1), "image/png"),
-    ]).run()
+    at.file_uploader(key="uploads").set_value(
+        [
+            ("target.png", real, "image/png"),
+            ("notes.txt", b"not an image", "text/plain"),
+            ("broken.png", real[:500], "image/png"),
+            ("huge.png", real + b"\0" * (uploads.MAX_UPLOAD_BYTES + 1), "image/png"),
+        ]
+    ).run()
     assert_clean(at)
     # The upload goes through the same decoding and backbone as the stored target tokens.
     assert float(metric(at, "Image score")) == pytest.approx(row["score"], abs=0.02, rel=0.05)
@@ -378,7 +388,7 @@ def test_try_an_image_scores_uploads_and_refuses_bad_files(runs_root, monkeypatc
     assert "notes.txt was refused" in errors and "not accepted" in errors
     assert "broken.png was refused" in errors and "corrupt" in errors
     assert "huge.png was refused" in errors and "limit" in errors
-    assert plotly_keys(at) == 2                                # map + top atoms for the one good image
+    assert plotly_keys(at) == 2  # map + top atoms for the one good image
 
     # Without an upload, a sample from the target set can be scored instead.
     at.file_uploader(key="uploads").set_value(None).run()
@@ -432,13 +442,17 @@ def test_models_are_shared_between_sessions(runs_root, monkeypatch):
 
 # -- damaged runs ---------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def damaged_root(runs_root, tmp_path_factory) -> Path:
     return damaged_runs_root(tmp_path_factory.mktemp("damaged"), runs_root / RUN)
 
 
-DAMAGE = {"truncated": ("guides truncated", "truncated or not a safetensors"),
-          "corrupt": ("not valid JSON", "metrics"), "half": ("missing",)}
+DAMAGE = {
+    "truncated": ("guides truncated", "truncated or not a safetensors"),
+    "corrupt": ("not valid JSON", "metrics"),
+    "half": ("missing",),
+}
 
 
 @pytest.mark.slow
@@ -481,7 +495,7 @@ def test_saturated_guides_get_a_note_and_healthy_ones_do_not(tmp_path):
     from spg_core.atomic import write_json
 
     path = tmp_path / "guides.json"
-    assert health.guide_notes(path) == []                                     # no record: nothing to say
+    assert health.guide_notes(path) == []  # no record: nothing to say
     write_json(path, {"config": {"dice": "image", "epochs": 20}, "aux_fit": {"p_defect_median": 2e-7}})
     (note,) = health.guide_notes(path)
     assert "saturated" in note and "2.0e-07" in note and "--dice batch" in note
@@ -491,10 +505,11 @@ def test_saturated_guides_get_a_note_and_healthy_ones_do_not(tmp_path):
     write_json(path, {"aux_fit": {"p_defect_median": 1e-2, "patch_auroc": 0.83}})
     assert health.guide_notes(path) == []
     path.write_text("{ truncated")
-    assert health.guide_notes(path) == []                                     # unreadable: the health check reports files, not this
+    assert health.guide_notes(path) == []  # unreadable: the health check reports files, not this
 
 
 # -- thresholds, region -> atoms, defect kinds, report (engine parts on the small run) ----------------
+
 
 @pytest.mark.slow
 def test_threshold_is_recorded_by_the_pipeline_and_recomputed_for_runs_without_it(runs_root, tmp_path):
@@ -509,7 +524,7 @@ def test_threshold_is_recorded_by_the_pipeline_and_recomputed_for_runs_without_i
     assert image["aux_fpr"]["fpr"] <= image["aux_fpr"]["fpr_target"]
     scale = recorded["pixel_scale"]
     assert scale["space"] == "logit" and scale["vmin"] < scale["vmax"]
-    old = tmp_path / "old-run"                               # a run from before threshold.json existed
+    old = tmp_path / "old-run"  # a run from before threshold.json existed
     shutil.copytree(runs_root / RUN, old)
     (old / THRESHOLD).unlink()
     again = run_threshold(old)
@@ -541,13 +556,17 @@ def test_a_box_over_a_defect_finds_atoms_that_fire_there_more_than_on_good_surfa
     store, index, mask = _aux_defect_image(runs_root)
     ys, xs = np.nonzero(mask)
     defect_box = (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
-    h, w = store.grid
+    _h, w = store.grid
     cell = store.image_size / w
     width, height = defect_box[2] - defect_box[0], defect_box[3] - defect_box[1]
     # The same-size box on good surface: the corner farthest from the defect, with no mask pixel in it.
     good_box = None
-    for x0, y0 in ((0, 0), (store.image_size - width, 0), (0, store.image_size - height),
-                   (store.image_size - width, store.image_size - height)):
+    for x0, y0 in (
+        (0, 0),
+        (store.image_size - width, 0),
+        (0, store.image_size - height),
+        (store.image_size - width, store.image_size - height),
+    ):
         box = (x0, y0, x0 + width, y0 + height)
         if not (box_patches(box, store.grid, store.image_size) & mask_patches(mask, store.grid)).any():
             good_box = box
@@ -558,11 +577,11 @@ def test_a_box_over_a_defect_finds_atoms_that_fire_there_more_than_on_good_surfa
     inside = region_atoms(pred.sae, tokens[0], attr, box_patches(defect_box, store.grid, store.image_size))
     good = region_atoms(pred.sae, tokens[0], attr, box_patches(good_box, store.grid, store.image_size))
     assert inside.activation and inside.contribution
-    codes = pred.sae.encode_dense(tokens[0]).detach().numpy()                 # [N, M]
+    codes = pred.sae.encode_dense(tokens[0]).detach().numpy()  # [N, M]
     on_good = box_patches(good_box, store.grid, store.image_size)
     top = [row["atom"] for row in inside.activation[:3]]
     for atom, row in zip(top, inside.activation):
-        assert row["inside"] > codes[on_good, atom].mean(), atom    # fires more on the defect than on good surface
+        assert row["inside"] > codes[on_good, atom].mean(), atom  # fires more on the defect than on good surface
     # The defect box is pushed towards 'anomalous' more than the good one (sum of the top shares).
     assert sum(r["contribution"] for r in inside.contribution) > sum(r["contribution"] for r in good.contribution)
     assert cell > 0 and inside.patches == int(box_patches(defect_box, store.grid, store.image_size).sum())
@@ -584,9 +603,10 @@ def test_atom_kind_map_counts_in_mask_activation_and_is_cached(runs_root, tmp_pa
     pred = Predictor(run, device="cpu")
     store = TokenStore(pred.config["aux_store"])
     from spg_core.atoms import load_atoms
+
     _, stats = load_atoms(run)
     live = stats[stats["tag"] != "dead"].sort_values("selectivity", ascending=False)["atom"].astype(int)
-    atoms = sorted(live.head(3).tolist())          # atoms that fire inside defects, so the map has mass
+    atoms = sorted(live.head(3).tolist())  # atoms that fire inside defects, so the map has mass
     km = kinds_module.run_kind_map(run, pred.sae, store, atoms)
     assert km.mean.max() > 0
     assert km.mean.shape == (3, len(km.kinds)) and (run / kinds_module.KINDS_JSON).is_file()
@@ -626,11 +646,12 @@ def test_report_holds_every_section_with_inlined_pictures(runs_root, tmp_path):
         assert f'<section id="{section}">' in text, section
     sources = re.findall(r'<img src="([^"]+)"', text)
     assert len(sources) >= 2 and all(s.startswith("data:image/png;base64,") for s in sources)
-    assert "http://" not in text and "https://" not in text and "<script" not in text    # nothing to fetch
+    assert "http://" not in text and "https://" not in text and "<script" not in text  # nothing to fetch
     assert "Oracle line" in text and "chosen on the auxiliary set" in text
 
 
 # -- new interactions under AppTest ----------------------------------------------------------------
+
 
 @pytest.mark.slow
 def test_region_on_the_maps_page_lists_the_engines_atoms(runs_root, monkeypatch):
@@ -659,19 +680,25 @@ def test_region_on_the_maps_page_lists_the_engines_atoms(runs_root, monkeypatch)
     # One click from an atom of the region to its top auxiliary patches (a crop per patch): an atom that
     # fires inside the region is live, so it has top patches in the index.
     from spg_core.atoms import load_atoms
+
     atom = int(act["atom"].iloc[0])
     before = len(at.image)
     at.selectbox(key=k + "region::atom").set_value(atom).run()
     assert_clean(at)
     index, _ = load_atoms(runs_root / RUN)
-    tiles = [i for i in at.image if i.proto.imgs and i.proto.imgs[0].caption.endswith(
-        tuple(f"s={e['value']:.2f}" for e in index.entries(atom)[:6]))]
+    tiles = [
+        i
+        for i in at.image
+        if i.proto.imgs
+        and i.proto.imgs[0].caption.endswith(tuple(f"s={e['value']:.2f}" for e in index.entries(atom)[:6]))
+    ]
     assert len(tiles) == min(6, len(index.entries(atom))) and len(at.image) >= before - 6
 
 
 def _cell_box(cells):
     """((row0, row1), (col0, col1)) bounding the True cells of a `[h, w]` bool grid."""
     import numpy as np
+
     rows, cols = np.nonzero(cells)
     return (int(rows.min()), int(rows.max())), (int(cols.min()), int(cols.max()))
 
@@ -687,11 +714,13 @@ def _shown_region(at: AppTest, rows, cols):
     said = texts(at)
     assert f"Region: rows {rows[0]}-{rows[1]}, columns {cols[0]}-{cols[1]}" in said
     tables = []
-    for columns, empty in ((("atom", "inside", "outside"), "No atom fires inside this region."),
-                           (("atom", "guide", "contribution"), "No atom pushes this region towards 'anomalous'.")):
+    for columns, empty in (
+        (("atom", "inside", "outside"), "No atom fires inside this region."),
+        (("atom", "guide", "contribution"), "No atom pushes this region towards 'anomalous'."),
+    ):
         try:
             tables.append(frame_with(at, *columns))
-        except AssertionError:           # an empty ranking is said in words, not shown as an empty table
+        except AssertionError:  # an empty ranking is said in words, not shown as an empty table
             assert empty in said, columns
             tables.append(pd.DataFrame(columns=list(columns)))
     return tuple(tables)
@@ -711,13 +740,13 @@ def test_region_on_an_auxiliary_defect_shows_atoms_that_fire_there_more_than_on_
     store, index, mask = _aux_defect_image(runs_root)
     h, w = store.grid
     s = store.image_size
-    coverage = mask.reshape(h, s // h, w, s // w).mean(axis=(1, 3))           # [h, w] defect share per cell
-    defect = _cell_box(coverage >= 0.5)                       # cells at least half defect: inside the mask
+    coverage = mask.reshape(h, s // h, w, s // w).mean(axis=(1, 3))  # [h, w] defect share per cell
+    defect = _cell_box(coverage >= 0.5)  # cells at least half defect: inside the mask
     size = (defect[0][1] - defect[0][0], defect[1][1] - defect[1][0])
-    good = None                                               # the same-size box with no mask pixel in it
+    good = None  # the same-size box with no mask pixel in it
     for r0, c0 in ((0, 0), (0, w - 1 - size[1]), (h - 1 - size[0], 0), (h - 1 - size[0], w - 1 - size[1])):
         box = (r0, r0 + size[0]), (c0, c0 + size[1])
-        if not coverage[box[0][0]:box[0][1] + 1, box[1][0]:box[1][1] + 1].any():
+        if not coverage[box[0][0] : box[0][1] + 1, box[1][0] : box[1][1] + 1].any():
             good = box
             break
     assert good is not None, "the defect reaches every corner"
@@ -740,7 +769,7 @@ def test_region_on_an_auxiliary_defect_shows_atoms_that_fire_there_more_than_on_
     expected = region_atoms(pred.sae, tokens[0], attr, cell_patches(*defect, store.grid))
     assert act_defect["atom"].tolist() == [r["atom"] for r in expected.activation]
     # The atoms shown for the defect fire more inside it than on the good box of the same image.
-    codes = pred.sae.encode_dense(tokens[0]).detach().numpy()                 # [N, M]
+    codes = pred.sae.encode_dense(tokens[0]).detach().numpy()  # [N, M]
     on_good = cell_patches(*good, store.grid)
     for atom, inside in zip(act_defect["atom"][:3], act_defect["inside"][:3]):
         assert inside > codes[on_good, int(atom)].mean(), atom
@@ -752,21 +781,20 @@ def test_region_on_an_auxiliary_defect_shows_atoms_that_fire_there_more_than_on_
 
 @pytest.mark.slow
 def test_an_atoms_top_patch_opens_its_auxiliary_image_in_the_region_view(runs_root, monkeypatch):
-    from spg_core.atoms import load_atoms
+    from spg_core.atoms import attribute, load_atoms
     from spg_core.atoms.region import cell_patches, region_atoms
     from spg_core.inference import Predictor
-    from spg_core.atoms import attribute
     from spg_core.store import TokenStore
 
     at = open_app(runs_root, monkeypatch, page="atom_detail.py", run=RUN)
     k = f"{RUN}::atom::"
     atom = at.selectbox(key=k + "pick").value
     index, _ = load_atoms(runs_root / RUN)
-    entry = index.entries(atom)[1]                     # the atom's second strongest auxiliary patch
+    entry = index.entries(atom)[1]  # the atom's second strongest auxiliary patch
     at.selectbox(key=k + "region_pick").set_value(1).run()
     at.button(key=k + "open_region").click().run()
     assert_clean(at)
-    assert "Auxiliary image and ground truth" in texts(at)                  # the Maps page's auxiliary view
+    assert "Auxiliary image and ground truth" in texts(at)  # the Maps page's auxiliary view
     assert at.selectbox(key=f"{RUN}::aux::image").value == entry["image"]
     h, w = index.meta["grid"]
     r, c = divmod(entry["patch"], w)
@@ -789,9 +817,9 @@ def test_atoms_page_kind_heatmap_opens_a_cells_patches(runs_root, monkeypatch):
     k = f"{RUN}::atoms::"
     table = frame_with(at, "atom", "categories", "top_kind")
     assert len(table) >= 1 and table["categories"].min() >= 0
-    assert plotly_keys(at) == 3                                # two bar charts + the heatmap
+    assert plotly_keys(at) == 3  # two bar charts + the heatmap
     spans = table["categories"].tolist()
-    assert spans == sorted(spans, reverse=True)               # sorted by categories spanned by default
+    assert spans == sorted(spans, reverse=True)  # sorted by categories spanned by default
     at.segmented_control(key=k + "kind_sort").set_value("atom").run()
     assert frame_with(at, "atom", "categories", "top_kind")["atom"].tolist() == sorted(table["atom"])
     atom = int(table.iloc[0]["atom"])
@@ -826,22 +854,22 @@ def test_one_run_backbones_page_shows_it_and_the_demo_progress(runs_root, monkey
     shutil.copytree(runs_root / RUN, root / RUN)
     from spg_core import demo
 
-    demo._report(root, "demo-effnet", "done")                 # the progress file as the demo builder writes it
+    demo._report(root, "demo-effnet", "done")  # the progress file as the demo builder writes it
     demo._report(root, "demo-builtin", "scoring the target")  # ... by this (live) process
     at = open_app(root, monkeypatch, page="backbones.py", run=RUN)
     said = texts(at)
     assert "at least two runs" in said and "shown alone" in said
-    assert plotly_keys(at) == 1                                # the one run's per-category bars
+    assert plotly_keys(at) == 1  # the one run's per-category bars
     bars = at.get("progress")
     assert bars and bars[0].proto.value == 50 and "demo-builtin: scoring the target (step 3 of 4" in bars[0].proto.text
     assert not at.warning
 
-    demo._report(root, "demo-builtin", "done")                 # every demo run built: no note at all
+    demo._report(root, "demo-builtin", "done")  # every demo run built: no note at all
     at = open_app(root, monkeypatch, page="backbones.py", run=RUN)
     assert not at.get("progress") and "demo run" not in texts(at)
 
     state = json.loads((root / demo.PROGRESS_FILE).read_text())
-    state["demo-builtin"].update(stage="training", pid=2 ** 22 + 1)   # a builder that is gone
+    state["demo-builtin"].update(stage="training", pid=2**22 + 1)  # a builder that is gone
     (root / demo.PROGRESS_FILE).write_text(json.dumps(state))
     at = open_app(root, monkeypatch, page="backbones.py", run=RUN)
     assert "run `spg dashboard --demo` again" in at.warning[0].value

@@ -11,11 +11,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from spg_core.data import (DATASET_HELP, DATASET_KINDS, DEFECT_KINDS, SYNTHETIC_GROUPS, Dataset,
-                           generate_synthetic, open_dataset)
+from spg_core.data import (
+    DATASET_HELP,
+    DATASET_KINDS,
+    DEFECT_KINDS,
+    SYNTHETIC_GROUPS,
+    Dataset,
+    generate_synthetic,
+    open_dataset,
+)
 from spg_core.data.synthetic import CATEGORIES, MARKER, OBJECTS, TEXTURES, synthetic_root
 from spg_core.errors import SPGError
 from spg_core.images import image_to_tensor, load_image, load_mask, mask_to_tensor
+
 
 def _find_realdata() -> Path:
     """shared/realdata beside the checkout (as in CI), or $SPG_REALDATA."""
@@ -24,8 +32,7 @@ def _find_realdata() -> Path:
 
 
 REALDATA = _find_realdata()
-needs_realdata = pytest.mark.skipif(not (REALDATA / "mvtec_ad" / "bottle").is_dir(),
-                                    reason="realdata not available")
+needs_realdata = pytest.mark.skipif(not (REALDATA / "mvtec_ad" / "bottle").is_dir(), reason="realdata not available")
 
 
 def _img(path: Path, size=(32, 24), value=128) -> Path:
@@ -54,6 +61,7 @@ def _raises(fn, *needles: str) -> str:
 
 
 # ----------------------------------------------------------------------------- real data
+
 
 @needs_realdata
 def test_realdata_mvtec_bottle():
@@ -86,7 +94,7 @@ def test_realdata_magnetic_tile():
     assert counts == {"blowhole": 70, "break": 65, "crack": 42, "fray": 25, "uneven": 67}
     assert len(open_dataset(f"mvtec:{REALDATA / 'magnetic_tile'}", split="train")) == 200
     s = ds.filter(label=1).samples[0]
-    img = load_image(s.image_path)                      # grayscale JPEG -> RGB
+    img = load_image(s.image_path)  # grayscale JPEG -> RGB
     assert img.mode == "RGB" and load_mask(s.mask_path, img.size).any()
 
 
@@ -102,6 +110,7 @@ def test_realdata_mislaid_points_to_the_right_folder():
 
 # ----------------------------------------------------------------------------- MVTec errors
 
+
 def _mini_mvtec(root: Path) -> Path:
     cat = root / "widget"
     _img(cat / "train" / "good" / "000.png")
@@ -109,7 +118,7 @@ def _mini_mvtec(root: Path) -> Path:
     _img(cat / "test" / "dent" / "000.jpg")
     _mask(cat / "ground_truth" / "dent" / "000_mask.png")
     _img(cat / "test" / "dent" / "001.bmp")
-    _mask(cat / "ground_truth" / "dent" / "001.png")      # <stem>.png also accepted
+    _mask(cat / "ground_truth" / "dent" / "001.png")  # <stem>.png also accepted
     (cat / "test" / "dent" / ".DS_Store").write_text("x")
     (cat / "readme.txt").write_text("ignored")
     return root
@@ -135,14 +144,14 @@ def test_missing_path(tmp_path):
 def test_empty_folder(tmp_path):
     (tmp_path / "empty").mkdir()
     for kind in ("mvtec", "folder"):
-        _raises(lambda: open_dataset(f"{kind}:{tmp_path / 'empty'}"), str(tmp_path / "empty"), "empty")
+        _raises(lambda kind=kind: open_dataset(f"{kind}:{tmp_path / 'empty'}"), str(tmp_path / "empty"), "empty")
 
 
 def test_mislaid_inside_category(tmp_path):
     root = _mini_mvtec(tmp_path / "ds")
     cat = root / "widget"
     for inner in (cat / "test", cat / "test" / "dent", cat / "ground_truth"):
-        msg = _raises(lambda: open_dataset(f"mvtec:{inner}"), str(inner))
+        msg = _raises(lambda inner=inner: open_dataset(f"mvtec:{inner}"), str(inner))
         assert f"mvtec:{root}" in msg and f"mvtec:{root / 'widget'}" in msg
 
 
@@ -162,12 +171,13 @@ def test_unknown_spec_and_split(tmp_path):
     msg = _raises(lambda: open_dataset("imagenet:/data"), "imagenet:/data")
     for form in ("mvtec:PATH", "visa:PATH", "folder:PATH", "synthetic-a", "synthetic-b"):
         assert form in msg and form in DATASET_KINDS and form in DATASET_HELP
-    _raises(lambda: open_dataset(str(tmp_path)), "mvtec:")          # bare folder: suggests a prefix
+    _raises(lambda: open_dataset(str(tmp_path)), "mvtec:")  # bare folder: suggests a prefix
     _raises(lambda: open_dataset("mvtec:"), "mvtec:")
     _raises(lambda: open_dataset(f"mvtec:{tmp_path}", split="val"), "val")
 
 
 # ----------------------------------------------------------------------------- VisA
+
 
 def _fake_visa(root: Path) -> Path:
     rows = []
@@ -180,7 +190,7 @@ def _fake_visa(root: Path) -> Path:
             rel = f"{obj}/Data/Images/Anomaly/{i:03d}.JPG"
             mrel = f"{obj}/Data/Masks/Anomaly/{i:03d}.png"
             _img(root / rel)
-            _mask(root / mrel, scale=1 + i)              # VisA masks hold class indices, not 255
+            _mask(root / mrel, scale=1 + i)  # VisA masks hold class indices, not 255
             rows.append([obj, "test", "anomaly", rel, mrel])
     (root / "split_csv").mkdir(parents=True)
     with open(root / "split_csv" / "1cls.csv", "w", newline="") as f:
@@ -198,13 +208,17 @@ def test_visa_fake_tree(tmp_path):
     assert len(open_dataset(f"visa:{root}", split="train")) == 4
     assert len(open_dataset(f"visa:{root}", split="all")) == 10
     for s in ds.filter(label=1):
-        assert load_mask(s.mask_path, (32, 24)).sum() == 35          # 0/1 and 0/2 masks detected
+        assert load_mask(s.mask_path, (32, 24)).sum() == 35  # 0/1 and 0/2 masks detected
 
 
 def test_visa_missing_csv(tmp_path):
     (tmp_path / "VisA" / "candle").mkdir(parents=True)
-    _raises(lambda: open_dataset(f"visa:{tmp_path / 'VisA'}"),
-            "split_csv/1cls.csv", "prepare_data.py", str(tmp_path / "VisA"))
+    _raises(
+        lambda: open_dataset(f"visa:{tmp_path / 'VisA'}"),
+        "split_csv/1cls.csv",
+        "prepare_data.py",
+        str(tmp_path / "VisA"),
+    )
 
 
 def test_visa_missing_mask(tmp_path):
@@ -215,6 +229,7 @@ def test_visa_missing_mask(tmp_path):
 
 
 # ----------------------------------------------------------------------------- folder
+
 
 def test_folder_sorted_layout(tmp_path):
     root = tmp_path / "gasket"
@@ -233,7 +248,7 @@ def test_folder_images_masks_layout(tmp_path):
     for name in ("a", "b", "c"):
         _img(root / "images" / f"{name}.png")
     _mask(root / "masks" / "a_mask.png")
-    _mask(root / "masks" / "b.png", empty=True)          # all-black mask: a good image
+    _mask(root / "masks" / "b.png", empty=True)  # all-black mask: a good image
     ds = open_dataset(f"folder:{root}")
     assert [(Path(s.image_path).stem, s.label) for s in ds] == [("a", 1), ("b", 0), ("c", 0)]
     assert ds.samples[1].mask_path is None
@@ -255,16 +270,20 @@ def test_folder_mislaid(tmp_path):
 
 # ----------------------------------------------------------------------------- synthetic
 
+
 @pytest.fixture(scope="module")
 def synth_cache(tmp_path_factory) -> Path:
     cache = tmp_path_factory.mktemp("spg_cache")
-    open_dataset("synthetic-a", cache_dir=str(cache))     # generates everything once
+    open_dataset("synthetic-a", cache_dir=str(cache))  # generates everything once
     return cache
 
 
 def _hashes(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_synthetic_groups(synth_cache):
@@ -302,14 +321,16 @@ def test_synthetic_is_deterministic(synth_cache, tmp_path):
     # A second, smaller generation must reproduce the same files byte for byte:
     # every image has its own seed, so order and counts do not matter.
     full = synthetic_root(synth_cache)
-    small = generate_synthetic(tmp_path / "again", n_train_good=1, n_test_good=1, n_per_defect=1,
-                               categories=("weave", "nut"), workers=1)
+    small = generate_synthetic(
+        tmp_path / "again", n_train_good=1, n_test_good=1, n_per_defect=1, categories=("weave", "nut"), workers=1
+    )
     small_h, full_h = _hashes(small), _hashes(full)
     shared = [k for k in small_h if k != MARKER]
     assert len(shared) == 2 * (2 + 2 * len(DEFECT_KINDS))
     assert all(small_h[k] == full_h[k] for k in shared)
-    other_seed = generate_synthetic(tmp_path / "seed1", seed=1, n_train_good=1, n_test_good=0,
-                                    n_per_defect=0, categories=("weave",))
+    other_seed = generate_synthetic(
+        tmp_path / "seed1", seed=1, n_train_good=1, n_test_good=0, n_per_defect=0, categories=("weave",)
+    )
     assert _hashes(other_seed)["weave/train/good/000.png"] != full_h["weave/train/good/000.png"]
 
 
@@ -317,14 +338,13 @@ def test_synthetic_marker_reuse_and_regenerate(synth_cache):
     root = synthetic_root(synth_cache)
     marker = root / MARKER
     before = marker.stat().st_mtime_ns
-    generate_synthetic(root)                              # up to date: nothing rewritten
+    generate_synthetic(root)  # up to date: nothing rewritten
     assert marker.stat().st_mtime_ns == before
     assert not [p for p in root.parent.iterdir() if p.name.startswith(".")], "no temp dirs left"
 
 
 def test_synthetic_stale_marker_regenerates(tmp_path):
-    root = generate_synthetic(tmp_path / "s", n_train_good=1, n_test_good=0, n_per_defect=0,
-                              categories=("disc",))
+    root = generate_synthetic(tmp_path / "s", n_train_good=1, n_test_good=0, n_per_defect=0, categories=("disc",))
     marker = root / MARKER
     marker.write_text(marker.read_text().replace('"generator_version": ', '"generator_version": -'))
     (root / "junk.txt").write_text("left by an old generator")

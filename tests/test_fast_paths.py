@@ -41,9 +41,10 @@ def test_sparse_decode_matches_dense_in_values_and_gradients():
 def test_training_with_sparse_decode_matches_dense():
     tokens = _tokens()
     cfg = SAEConfig(width=192, k=8, epochs=3, batch_images=4)
-    dense, h_dense = train_sae(tokens, cfg, tokens_per_image=50, device=torch.device("cpu"), progress=False)
-    sparse, h_sparse = train_sae(tokens, cfg, tokens_per_image=50, device=torch.device("cpu"), progress=False,
-                                 sparse_decode=True)
+    _dense, h_dense = train_sae(tokens, cfg, tokens_per_image=50, device=torch.device("cpu"), progress=False)
+    _sparse, h_sparse = train_sae(
+        tokens, cfg, tokens_per_image=50, device=torch.device("cpu"), progress=False, sparse_decode=True
+    )
     assert abs(h_dense[-1]["fvu"] - h_sparse[-1]["fvu"]) < 0.01
 
 
@@ -51,7 +52,7 @@ def test_bf16_autocast_sae_close_to_fp32():
     tokens = _tokens()
     cfg = SAEConfig(width=192, k=8, epochs=3, batch_images=4)
     fp32, h32 = train_sae(tokens, cfg, tokens_per_image=50, device=torch.device("cpu"), progress=False, bf16=False)
-    bf16, h16 = train_sae(tokens, cfg, tokens_per_image=50, device=torch.device("cpu"), progress=False, bf16=True)
+    _bf16, h16 = train_sae(tokens, cfg, tokens_per_image=50, device=torch.device("cpu"), progress=False, bf16=True)
     assert abs(h32[-1]["fvu"] - h16[-1]["fvu"]) < 0.01
     # bf16 inference of the same SAE: reconstruction quality within 0.01 FVU of fp32.
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -74,8 +75,9 @@ def test_cuda_sae_bf16_within_one_percent_fvu_of_fp32():
     tokens = _tokens(20000).cuda()
     cfg = SAEConfig(width=512, k=16, epochs=4, batch_images=8)
     _, h32 = train_sae(tokens, cfg, tokens_per_image=100, device=torch.device("cuda"), progress=False, bf16=False)
-    _, h16 = train_sae(tokens, cfg, tokens_per_image=100, device=torch.device("cuda"), progress=False, bf16=True,
-                       sparse_decode=True)
+    _, h16 = train_sae(
+        tokens, cfg, tokens_per_image=100, device=torch.device("cuda"), progress=False, bf16=True, sparse_decode=True
+    )
     assert abs(h32[-1]["fvu"] - h16[-1]["fvu"]) < 0.01
 
 
@@ -88,5 +90,5 @@ def test_cuda_backbones_match_cpu(name):
     x = torch.rand(2, 3, cpu.image_size, cpu.image_size)
     a = cpu.extract(x)
     b = gpu.extract(x.cuda()).cpu()
-    tol = 1e-4 if name == "builtin" else 3e-2   # builtin runs in fp32 even under autocast
+    tol = 1e-4 if name == "builtin" else 3e-2  # builtin runs in fp32 even under autocast
     assert ((b - a).norm() / a.norm()) < tol

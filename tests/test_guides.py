@@ -23,7 +23,7 @@ def _toy_problem(n_img=24, grid=(6, 6), d=16, m=64, seed=0):
         patch_mask = torch.zeros(h, w)
         if i % 2:
             y, x = torch.randint(0, h - 2, (2,), generator=g).tolist()
-            patch_mask[y:y + 2, x:x + 2] = 1
+            patch_mask[y : y + 2, x : x + 2] = 1
         masks[i] = torch.nn.functional.interpolate(patch_mask[None, None], size=(size, size), mode="nearest")[0, 0]
         base = torch.where(patch_mask.flatten()[:, None] > 0, dictionary[:, 0], dictionary[:, 1])
         tokens[i] = base + 0.3 * torch.randn(h * w, d, generator=g)
@@ -54,8 +54,15 @@ def test_guide_vectors_are_dictionary_combinations():
 def test_training_lowers_loss_and_ema_differs_from_raw():
     dictionary, tokens, masks, grid = _toy_problem()
     cfg = GuideConfig(epochs=15, batch_images=4, lr=2e-2, l1=1e-4)
-    pair, history = train_guides(dictionary, lambda idx: GuideBatch(tokens[idx], masks[idx], (masks[idx].flatten(1).amax(1) > 0).long()), len(tokens), grid, cfg,
-                                 device=torch.device("cpu"), progress=False)
+    pair, history = train_guides(
+        dictionary,
+        lambda idx: GuideBatch(tokens[idx], masks[idx], (masks[idx].flatten(1).amax(1) > 0).long()),
+        len(tokens),
+        grid,
+        cfg,
+        device=torch.device("cpu"),
+        progress=False,
+    )
     assert history[-1]["loss"] < 0.7 * history[0]["loss"]
     assert not torch.allclose(pair.theta_ema, pair.theta.detach())
     # The learned anomaly guide points at the anomaly atom more than the normal guide does.
@@ -69,8 +76,15 @@ def test_l1_prunes_atoms():
     counts = []
     for l1 in (0.0, 5e-2):
         cfg = GuideConfig(epochs=10, batch_images=4, lr=2e-2, l1=l1)
-        pair, _ = train_guides(dictionary, lambda idx: GuideBatch(tokens[idx], masks[idx], (masks[idx].flatten(1).amax(1) > 0).long()), len(tokens), grid, cfg,
-                               device=torch.device("cpu"), progress=False)
+        pair, _ = train_guides(
+            dictionary,
+            lambda idx: GuideBatch(tokens[idx], masks[idx], (masks[idx].flatten(1).amax(1) > 0).long()),
+            len(tokens),
+            grid,
+            cfg,
+            device=torch.device("cpu"),
+            progress=False,
+        )
         counts.append(sum(len(a) for a in pair.active_atoms()))
     assert counts[1] < counts[0]
 
@@ -93,7 +107,7 @@ def test_save_load_round_trip_is_exact(tmp_path):
 def test_focal_and_dice_reference_values():
     p = torch.tensor([[[0.9, 0.2]]])
     t = torch.tensor([[[1.0, 0.0]]])
-    expected = (-(0.1 ** 2) * math.log(0.9) - (0.2 ** 2) * math.log(0.8)) / 2
+    expected = (-(0.1**2) * math.log(0.9) - (0.2**2) * math.log(0.8)) / 2
     assert focal_loss(torch.logit(p), t).item() == pytest.approx(expected, rel=1e-5)
     assert dice_loss(t, t).item() == pytest.approx(0.0, abs=1e-6)
     assert dice_loss(1 - t, t).item() == pytest.approx(1 - 1 / 3, rel=1e-5)
@@ -104,19 +118,19 @@ def test_focal_keeps_its_gradient_where_the_map_saturates():
     loss gives exactly zero gradient there, which froze guide training)."""
     logits = torch.tensor([[[-25.0, -25.0]]], requires_grad=True)
     focal_loss(logits, torch.tensor([[[1.0, 0.0]]])).backward()
-    assert logits.grad[0, 0, 0] < -0.1          # the missed positive is pushed up, hard
-    assert abs(float(logits.grad[0, 0, 1])) < 1e-9   # the true negative is left alone
+    assert logits.grad[0, 0, 0] < -0.1  # the missed positive is pushed up, hard
+    assert abs(float(logits.grad[0, 0, 1])) < 1e-9  # the true negative is left alone
 
 
 def test_batch_dice_does_not_demand_zero_maps_on_good_images():
     """Per-image Dice charges a good image (empty mask) almost fully for any diffuse P; over the
     batch, the same P costs in proportion to its area against the anomalous image's overlap."""
     masks = torch.zeros(2, 16, 16)
-    masks[0, 4:8, 4:8] = 1                      # one anomalous image, one good image
-    p = masks * 0.9 + 0.01                      # good detection, faint background everywhere
+    masks[0, 4:8, 4:8] = 1  # one anomalous image, one good image
+    p = masks * 0.9 + 0.01  # good detection, faint background everywhere
     per_image = dice_loss(p, masks, reduction="image").item()
     batch = dice_loss(p, masks, reduction="batch").item()
-    assert per_image > 0.35                     # the good image alone costs 1 - 1/(2.56 + 1) = 0.72
+    assert per_image > 0.35  # the good image alone costs 1 - 1/(2.56 + 1) = 0.72
     assert batch < 0.2
 
 
@@ -144,10 +158,10 @@ class _AuxBatches:
 
     def __init__(self):
         e1, e2 = torch.eye(3)[0], torch.eye(3)[1]
-        self._tokens = torch.stack([e2.expand(4, 3).clone() for _ in range(2)])   # all normal-looking
-        self._tokens[0, 0] = e1                                                     # one defect patch
+        self._tokens = torch.stack([e2.expand(4, 3).clone() for _ in range(2)])  # all normal-looking
+        self._tokens[0, 0] = e1  # one defect patch
         self._masks = torch.zeros(2, 8, 8)
-        self._masks[0, :4, :4] = 1                                                  # its mask
+        self._masks[0, :4, :4] = 1  # its mask
 
     def get_batch(self, idx):
         return GuideBatch(self._tokens[idx], self._masks[idx], torch.tensor([1, 0])[idx])

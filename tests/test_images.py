@@ -11,8 +11,7 @@ from PIL import Image
 
 from spg_core.data.sample import Sample
 from spg_core.errors import SPGError
-from spg_core.images import (image_to_tensor, load_image, load_mask, mask_has_anomaly,
-                             mask_to_tensor)
+from spg_core.images import image_to_tensor, load_image, load_mask, mask_has_anomaly, mask_to_tensor
 
 
 def _save(tmp_path: Path, name: str, img: Image.Image, **kw) -> Path:
@@ -28,6 +27,7 @@ def _rgb(path: Path) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- conversions
+
 
 def test_grayscale_becomes_rgb(tmp_path):
     gray = np.arange(64, dtype=np.uint8).reshape(8, 8) * 4
@@ -46,7 +46,7 @@ def test_one_bit_becomes_rgb(tmp_path):
 def test_rgba_drops_alpha(tmp_path):
     rgba = np.zeros((4, 4, 4), np.uint8)
     rgba[..., 0], rgba[..., 1], rgba[..., 2] = 200, 100, 50
-    rgba[..., 3] = 0                      # fully transparent: colour is kept, not blackened
+    rgba[..., 3] = 0  # fully transparent: colour is kept, not blackened
     arr = _rgb(_save(tmp_path, "a.png", Image.fromarray(rgba, "RGBA")))
     assert (arr == [200, 100, 50]).all()
 
@@ -73,7 +73,7 @@ def test_palette_with_transparency(tmp_path):
 
 
 def test_cmyk_becomes_rgb(tmp_path):
-    cmyk = Image.new("CMYK", (4, 4), (0, 255, 255, 0))          # pure red in CMYK
+    cmyk = Image.new("CMYK", (4, 4), (0, 255, 255, 0))  # pure red in CMYK
     arr = _rgb(_save(tmp_path, "c.jpg", cmyk, quality=100))
     assert arr[..., 0].min() > 200 and arr[..., 1].max() < 60
 
@@ -101,6 +101,7 @@ def test_16bit_big_endian_and_32bit(tmp_path):
 
 # ----------------------------------------------------------------------------- bad files
 
+
 def test_corrupt_image_names_the_file(tmp_path):
     bad = tmp_path / "noise.png"
     bad.write_bytes(np.random.default_rng(0).integers(0, 256, 500, dtype=np.uint8).tobytes())
@@ -127,13 +128,14 @@ def test_missing_image_names_the_file(tmp_path):
 
 # ----------------------------------------------------------------------------- masks
 
+
 def test_mask_255_and_01_and_rgb_and_16bit(tmp_path):
     m = np.zeros((6, 8), np.uint8)
     m[2:4, 3:6] = 1
     truth = m.astype(bool)
     for name, img in {
         "m255.png": Image.fromarray(m * 255),
-        "m01.png": Image.fromarray(m),                                   # VisA-style 0/1
+        "m01.png": Image.fromarray(m),  # VisA-style 0/1
         "mred.png": Image.fromarray(np.stack([m * 255, 0 * m, 0 * m], -1)),  # red on black
         "m16.png": Image.fromarray(m.astype(np.uint16) * 65535),
         "m1.png": Image.fromarray(truth),
@@ -165,12 +167,13 @@ def test_mask_has_anomaly(tmp_path):
 
 # ----------------------------------------------------------------------------- tensors
 
+
 def test_image_to_tensor_shape_range_and_antialias():
     checker = ((np.indices((64, 64)).sum(0) % 2) * 255).astype(np.uint8)
     img = Image.fromarray(np.stack([checker] * 3, -1))
     t = image_to_tensor(img, 16)
     assert t.shape == (3, 16, 16) and t.dtype == torch.float32
-    assert 0 <= t.min() and t.max() <= 1
+    assert t.min() >= 0 and t.max() <= 1
     # antialiased downscale of a 1-px checkerboard is flat grey, not aliased black/white
     assert (t - 0.5).abs().max() < 0.05
 
@@ -194,14 +197,14 @@ def test_mask_to_tensor_nearest():
 
 # ----------------------------------------------------------------------------- decoding a sample
 
+
 def _tiny_samples(tmp_path: Path, mask_size=(20, 16)) -> list[Sample]:
     good = _save(tmp_path, "good.png", Image.new("RGB", (20, 16), (10, 20, 30)))
     bad = _save(tmp_path, "bad.png", Image.new("L", (20, 16), 90))
     m = np.zeros(mask_size[::-1], np.uint8)
     m[4:8, 5:10] = 255
     mask = _save(tmp_path, "bad_mask.png", Image.fromarray(m))
-    return [Sample(str(good), None, 0, "c", "good", "test"),
-            Sample(str(bad), str(mask), 1, "c", "dent", "test")]
+    return [Sample(str(good), None, 0, "c", "good", "test"), Sample(str(bad), str(mask), 1, "c", "dent", "test")]
 
 
 def test_mask_size_mismatch_names_both_files(tmp_path):

@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from tiny_data import TINY_RUN_ARGS, tiny_pair
 
 REPO = Path(__file__).resolve().parents[1]
@@ -27,16 +26,31 @@ def _command(aux: str, target: str, out: Path) -> list[str]:
     # Python's at-fork handlers ("Exception ignored") and the run then finishes with rc 0.
     args = list(TINY_RUN_ARGS)
     args[args.index("--sae-epochs") + 1] = "3000"
-    return [sys.executable, "-m", "spg_core.cli", "run", "--aux", aux, "--target", target, "--out", str(out),
-            *args, "--workers", "0"]
+    return [
+        sys.executable,
+        "-m",
+        "spg_core.cli",
+        "run",
+        "--aux",
+        aux,
+        "--target",
+        target,
+        "--out",
+        str(out),
+        *args,
+        "--workers",
+        "0",
+    ]
 
 
 def _wait_for(path: Path, proc: subprocess.Popen, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while not path.exists():
         if proc.poll() is not None:
-            raise AssertionError(f"spg run ended (rc {proc.returncode}) before {path.name} appeared:\n"
-                                 f"{proc.stderr.read() if proc.stderr else ''}")
+            raise AssertionError(
+                f"spg run ended (rc {proc.returncode}) before {path.name} appeared:\n"
+                f"{proc.stderr.read() if proc.stderr else ''}"
+            )
         if time.monotonic() > deadline:
             proc.kill()
             raise AssertionError(f"{path} did not appear within {timeout} s")
@@ -51,14 +65,14 @@ def test_sigint_then_the_same_command_resumes_and_finishes(tmp_path):
     cmd = _command(aux, target, out)
 
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _wait_for(out / "config.json", proc, timeout=300)       # written after the aux store is finished
-    time.sleep(0.5)                                          # inside SAE training
+    _wait_for(out / "config.json", proc, timeout=300)  # written after the aux store is finished
+    time.sleep(0.5)  # inside SAE training
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert "interrupted" in err and "Traceback" not in err
     assert not (out / "metrics.json").exists() and not (out / "guides.safetensors").exists()
-    assert not [p for p in out.rglob("*") if ".tmp" in p.name]          # nothing half-written
+    assert not [p for p in out.rglob("*") if ".tmp" in p.name]  # nothing half-written
     stores = sorted((tmp_path / "cache" / "tokens").iterdir())
     finished = [s for s in stores if json.loads((s / "manifest.json").read_text()).get("complete")]
     assert finished, "the auxiliary token store should have been finished before the interrupt"

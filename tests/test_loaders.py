@@ -40,7 +40,7 @@ def _mask(path: Path, scale: int = 255) -> Path:
 class LoaderContract:
     """What every loader guarantees. Subclasses set `expected` and implement `build` and `drop_mask`."""
 
-    expected: dict[str, dict[str, int]]          # test split: {category: {defect: count}}
+    expected: dict[str, dict[str, int]]  # test split: {category: {defect: count}}
 
     def build(self, root: Path) -> str:
         """Write a small data set under `root` (or reuse one); return its dataset spec."""
@@ -120,14 +120,14 @@ class TestVisALoader(LoaderContract):
     def build(self, root: Path) -> str:
         rows = []
         for obj, counts in self.expected.items():
-            for i in range(counts["good"] + 1):                  # one more normal image for train
+            for i in range(counts["good"] + 1):  # one more normal image for train
                 rel = f"{obj}/Data/Images/Normal/{i:04d}.JPG"
                 _img(root / rel)
                 rows.append([obj, "train" if i == counts["good"] else "test", "normal", rel, ""])
             for i in range(counts["anomaly"]):
                 rel, mrel = f"{obj}/Data/Images/Anomaly/{i:03d}.JPG", f"{obj}/Data/Masks/Anomaly/{i:03d}.png"
                 _img(root / rel, 200)
-                _mask(root / mrel, scale=1 + i)                  # VisA masks hold class indices
+                _mask(root / mrel, scale=1 + i)  # VisA masks hold class indices
                 rows.append([obj, "test", "anomaly", rel, mrel])
         (root / "split_csv").mkdir(parents=True)
         with open(root / "split_csv" / "1cls.csv", "w", newline="") as f:
@@ -165,8 +165,10 @@ class TestSyntheticLoader(LoaderContract):
     """The built-in set, generated once per session in the session cache (conftest) and shared
     with the end-to-end tests; the broken copy lives in a private cache folder."""
 
-    expected = {cat: {"contamination": 4, "crack": 4, "good": 10, "hole": 4, "missing": 4, "scratch": 4,
-                      "stain": 4} for cat in SYNTHETIC_GROUPS["synthetic-a"]}
+    expected = {
+        cat: {"contamination": 4, "crack": 4, "good": 10, "hole": 4, "missing": 4, "scratch": 4, "stain": 4}
+        for cat in SYNTHETIC_GROUPS["synthetic-a"]
+    }
 
     def build(self, root: Path) -> str:
         return "synthetic-a"

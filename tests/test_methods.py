@@ -11,13 +11,13 @@ import json
 
 import pytest
 import torch
+from tiny_data import TINY_RUN_ARGS, TINY_TARGET, tiny_pair
 
 from spg_core.cli import main
 from spg_core.guides import GuidePair
 from spg_core.metrics import METRIC_KEYS
 from spg_core.runs import RunDir
 from spg_core.sae import TopKSAE
-from tiny_data import TINY_RUN_ARGS, TINY_TARGET, tiny_pair
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +28,7 @@ def data(tmp_path_factory):
 def _run(data, tmp_path, method: str) -> RunDir:
     aux, target = data
     out = tmp_path / method
-    assert main(["run", "--aux", aux, "--target", target, "--out", str(out), "--method", method,
-                 *TINY_RUN_ARGS]) == 0
+    assert main(["run", "--aux", aux, "--target", target, "--out", str(out), "--method", method, *TINY_RUN_ARGS]) == 0
     return RunDir(out)
 
 
@@ -47,7 +46,7 @@ def test_free_guides_end_to_end(data, tmp_path):
     run = _run(data, tmp_path, "free_guides")
     cfg = json.loads(run.file("config.json").read_text())
     assert cfg["method"] == "free_guides"
-    assert not run.file("sae.safetensors").exists()                 # no dictionary at all
+    assert not run.file("sae.safetensors").exists()  # no dictionary at all
     assert json.loads(run.file("sae.json").read_text())["trained"] is False
     _check_metrics(run)
     # the guides live in token space: one coefficient per token dimension (a width mismatch raises)

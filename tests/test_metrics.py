@@ -9,6 +9,7 @@ grid re-derived from riips/SPG src/metrics.py ``cal_pro_score``).
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
 import warnings
 
@@ -31,6 +32,7 @@ EIGHT = np.ones((3, 3), dtype=int)
 # --------------------------------------------------------------------------
 # slow references
 # --------------------------------------------------------------------------
+
 
 def _components(masks: np.ndarray) -> list[tuple[int, np.ndarray]]:
     out = []
@@ -66,7 +68,7 @@ def slow_aupro_mvtec(maps: np.ndarray, masks: np.ndarray, max_fpr: float = 0.3) 
         ys.append(float(np.mean([above[k][c].mean() for k, c in comps])))
     xs.append(1.0)
     ys.append(1.0)
-    assert all(b >= a for a, b in zip(xs, xs[1:]))
+    assert all(b >= a for a, b in itertools.pairwise(xs))
     assert bisect.bisect(xs, max_fpr) >= 1
     return _trapezoid_to(xs, ys, max_fpr) / max_fpr
 
@@ -104,8 +106,10 @@ def sk_pixel_auroc(maps: np.ndarray, masks: np.ndarray) -> float:
 # data
 # --------------------------------------------------------------------------
 
-def make_set(seed: int, k: int = 5, size: int = 20, levels: int | None = None,
-             dtype: type = np.float32) -> tuple[np.ndarray, np.ndarray]:
+
+def make_set(
+    seed: int, k: int = 5, size: int = 20, levels: int | None = None, dtype: type = np.float32
+) -> tuple[np.ndarray, np.ndarray]:
     """Random rectangles (some touching the border, some single pixels) and
     maps that are higher inside them, optionally quantised to ``levels``."""
     rng = np.random.default_rng(seed)
@@ -113,9 +117,9 @@ def make_set(seed: int, k: int = 5, size: int = 20, levels: int | None = None,
     for i in range(1, k):
         for _ in range(rng.integers(1, 4)):
             y, x = rng.integers(0, size, 2)
-            masks[i, y:y + rng.integers(1, 7), x:x + rng.integers(1, 7)] = True
-        masks[i, rng.integers(0, size), rng.integers(0, size)] = True     # 1-pixel component
-    masks[1, 0, :3] = True                                                 # touches the border
+            masks[i, y : y + rng.integers(1, 7), x : x + rng.integers(1, 7)] = True
+        masks[i, rng.integers(0, size), rng.integers(0, size)] = True  # 1-pixel component
+    masks[1, 0, :3] = True  # touches the border
     masks[-1, -3:, -1] = True
     maps = rng.random((k, size, size)) * 0.7 + masks * rng.random((k, size, size)) * 0.6
     if levels is not None:
@@ -131,13 +135,14 @@ CASES = [dict(seed=s, levels=lv) for s in (0, 1, 2) for lv in (None, 5)]
 # image level
 # --------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("seed", range(5))
 def test_image_metrics_match_sklearn(seed: int) -> None:
     rng = np.random.default_rng(seed)
     n = 60
     labels = rng.random(n) < 0.6
     scores = rng.random(n) + labels * 0.3
-    if seed % 2:                                   # heavy ties
+    if seed % 2:  # heavy ties
         scores = np.round(scores * 3) / 3
     assert M.image_auroc(scores, labels) == pytest.approx(roc_auc_score(labels, scores), abs=1e-6)
     assert M.image_ap(scores, labels) == pytest.approx(average_precision_score(labels, scores), abs=1e-6)
@@ -157,6 +162,7 @@ def test_image_metrics_single_class_is_nan_with_warning() -> None:
 # pixel AUROC
 # --------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", CASES)
 def test_pixel_auroc_matches_sklearn(dtype: type, case: dict) -> None:
@@ -168,25 +174,24 @@ def test_pixel_auroc_other_dtypes_and_torch() -> None:
     maps, masks = make_set(3, k=4, size=24)
     ref = sk_pixel_auroc(maps, masks)
     assert M.pixel_auroc(maps.astype(np.float64), masks, device="cpu") == pytest.approx(ref, abs=1e-6)
-    assert M.pixel_auroc(torch.from_numpy(maps), torch.from_numpy(masks), device="cpu") == \
-        pytest.approx(ref, abs=1e-6)
+    assert M.pixel_auroc(torch.from_numpy(maps), torch.from_numpy(masks), device="cpu") == pytest.approx(ref, abs=1e-6)
     assert M.pixel_auroc(maps, masks.astype(np.uint8), device="cpu") == pytest.approx(ref, abs=1e-6)
-    ints = (maps * 1000).astype(np.int64) - 300                        # integer maps: exact too
+    ints = (maps * 1000).astype(np.int64) - 300  # integer maps: exact too
     assert M.pixel_auroc(ints, masks, device="cpu") == pytest.approx(sk_pixel_auroc(ints, masks), abs=1e-6)
     assert M.aupro(ints, masks, device="cpu") == pytest.approx(slow_aupro_mvtec(ints, masks), abs=1e-9)
-    assert M.aupro(masks, masks, device="cpu") == pytest.approx(1.0)    # bool maps
+    assert M.aupro(masks, masks, device="cpu") == pytest.approx(1.0)  # bool maps
     bf = torch.from_numpy(maps).to(torch.bfloat16)
-    assert M.pixel_auroc(bf, torch.from_numpy(masks), device="cpu") == \
-        pytest.approx(sk_pixel_auroc(bf.float().numpy(), masks), abs=1e-6)
+    assert M.pixel_auroc(bf, torch.from_numpy(masks), device="cpu") == pytest.approx(
+        sk_pixel_auroc(bf.float().numpy(), masks), abs=1e-6
+    )
     h = torch.from_numpy(maps).half()
-    assert M.pixel_auroc(h, masks, device="cpu") == \
-        pytest.approx(sk_pixel_auroc(h.float().numpy(), masks), abs=1e-6)
+    assert M.pixel_auroc(h, masks, device="cpu") == pytest.approx(sk_pixel_auroc(h.float().numpy(), masks), abs=1e-6)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_signed_zero_inf_and_negative_values(dtype: type) -> None:
     maps, masks = make_set(4, k=3, size=16, levels=4)
-    maps = (maps - 0.5).astype(dtype)                    # negative values
+    maps = (maps - 0.5).astype(dtype)  # negative values
     maps[0, :4] = -0.0
     maps[1, :4] = 0.0
     maps[2, 0, :2] = np.inf
@@ -227,33 +232,35 @@ def test_no_anomalous_pixel_is_nan_with_warning() -> None:
 # AUPRO
 # --------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", CASES)
 def test_aupro_mvtec_matches_threshold_loop(dtype: type, case: dict) -> None:
     maps, masks = make_set(dtype=dtype, **case)
     ref = slow_aupro_mvtec(maps, masks)
     assert M.aupro(maps, masks, device="cpu") == pytest.approx(ref, abs=1e-3)
-    assert M.aupro(maps, masks, device="cpu") == pytest.approx(ref, abs=1e-9)    # in fact exact
+    assert M.aupro(maps, masks, device="cpu") == pytest.approx(ref, abs=1e-9)  # in fact exact
 
 
 @pytest.mark.parametrize("max_fpr", [0.01, 0.05, 0.3, 0.77, 1.0])
 def test_aupro_mvtec_integration_limits(max_fpr: float) -> None:
     maps, masks = make_set(7, levels=9)
-    assert M.aupro(maps, masks, max_fpr=max_fpr, device="cpu") == \
-        pytest.approx(slow_aupro_mvtec(maps, masks, max_fpr), abs=1e-9)
+    assert M.aupro(maps, masks, max_fpr=max_fpr, device="cpu") == pytest.approx(
+        slow_aupro_mvtec(maps, masks, max_fpr), abs=1e-9
+    )
 
 
 def test_aupro_components_are_8_connected() -> None:
     masks = np.zeros((2, 6, 6), dtype=bool)
-    masks[0, 1, 1] = masks[0, 2, 2] = True          # diagonal: one component with 8-connectivity
-    masks[0, 5, 5] = True                            # 1-pixel component in the corner
-    masks[1, 0, :] = True                            # whole border row
+    masks[0, 1, 1] = masks[0, 2, 2] = True  # diagonal: one component with 8-connectivity
+    masks[0, 5, 5] = True  # 1-pixel component in the corner
+    masks[1, 0, :] = True  # whole border row
     s = M.summarise_pixels(np.zeros(masks.shape, np.float32), masks, device="cpu")
     assert s.n_components == 3
     maps = np.zeros(masks.shape, dtype=np.float32)
-    maps[0, 1, 1] = 1.0                              # half of the diagonal component
+    maps[0, 1, 1] = 1.0  # half of the diagonal component
     maps[1, 0, :3] = 0.5
-    maps[0, 0, 0] = 0.7                              # a false positive
+    maps[0, 0, 0] = 0.7  # a false positive
     assert M.aupro(maps, masks, device="cpu") == pytest.approx(slow_aupro_mvtec(maps, masks), abs=1e-12)
 
 
@@ -262,7 +269,7 @@ def test_aupro_components_are_8_connected() -> None:
 def test_aupro_official_matches_the_official_loop(dtype: type, case: dict) -> None:
     maps, masks = make_set(dtype=dtype, **case)
     ref = slow_aupro_official(maps, masks)
-    if math.isnan(ref):            # 5 levels: one grid point below FPR 0.3, the official code raises
+    if math.isnan(ref):  # 5 levels: one grid point below FPR 0.3, the official code raises
         with pytest.warns(UserWarning, match="official AUPRO is undefined"):
             assert math.isnan(M.aupro_official(maps, masks, device="cpu"))
         return
@@ -283,8 +290,7 @@ def test_aupro_official_thresholds_are_the_float32_grid() -> None:
     assert np.array_equal(M.official_thresholds(float(lo), float(hi)), grid)
     # values on the grid: the strict '>' decides, as in the official code
     maps.reshape(-1)[:150] = grid[:150].astype(np.float32)
-    assert M.aupro_official(maps, masks, device="cpu") == pytest.approx(
-        slow_aupro_official(maps, masks), abs=1e-12)
+    assert M.aupro_official(maps, masks, device="cpu") == pytest.approx(slow_aupro_official(maps, masks), abs=1e-12)
 
 
 def test_aupro_official_nan_with_warning_where_the_official_code_raises() -> None:
@@ -311,8 +317,9 @@ def test_official_reproduction_with_sigma_4() -> None:
     labels = masks.reshape(len(masks), -1).any(1)
     scores = maps.reshape(len(maps), -1).max(1)
     for variant in ("mvtec", "official", "anomalyclip"):
-        res = M.evaluate(scores, labels, maps, masks, ["a"] * len(maps), aupro_variant=variant,
-                         smoothing_sigma=4, device="cpu")
+        res = M.evaluate(
+            scores, labels, maps, masks, ["a"] * len(maps), aupro_variant=variant, smoothing_sigma=4, device="cpu"
+        )
         got = res["per_category"]["a"]
         assert got["aupro_official"] == pytest.approx(slow_aupro_official(smoothed, masks), abs=1e-6)
         assert got["aupro"] == pytest.approx(slow_aupro_mvtec(smoothed, masks), abs=1e-6)
@@ -324,7 +331,7 @@ def test_official_reproduction_with_sigma_4() -> None:
 def test_sort_path_in_parallel_parts(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(accumulators, "_PARALLEL_SORT_MIN", 1)
     monkeypatch.setattr(accumulators, "_n_workers", lambda: 3)
-    monkeypatch.setattr(pixels, "_takes_two_passes", lambda *a: False)     # the smoothed / CUDA path, on CPU
+    monkeypatch.setattr(pixels, "_takes_two_passes", lambda *a: False)  # the smoothed / CUDA path, on CPU
     maps, masks = make_set(9, levels=7)
     s = M.summarise_pixels(maps, masks, device="cpu")
     assert s.path == "sort:float32" and len(s.neg_cdf.parts) == 3
@@ -333,8 +340,9 @@ def test_sort_path_in_parallel_parts(monkeypatch: pytest.MonkeyPatch) -> None:
     assert aupro_official_from(s, 0.3)[0] == pytest.approx(slow_aupro_official(maps, masks), abs=1e-9)
 
 
-def _sort_path_summary(monkeypatch: pytest.MonkeyPatch, maps: np.ndarray, masks: np.ndarray,
-                       **kwargs: object) -> M.PixelSummary:
+def _sort_path_summary(
+    monkeypatch: pytest.MonkeyPatch, maps: np.ndarray, masks: np.ndarray, **kwargs: object
+) -> M.PixelSummary:
     with monkeypatch.context() as m:
         m.setattr(pixels, "_takes_two_passes", lambda *a: False)
         return M.summarise_pixels(maps, masks, device="cpu", **kwargs)
@@ -342,13 +350,14 @@ def _sort_path_summary(monkeypatch: pytest.MonkeyPatch, maps: np.ndarray, masks:
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int32])
 @pytest.mark.parametrize("levels", [None, 6])
-def test_two_pass_path_equals_the_sort_path_bit_for_bit(monkeypatch: pytest.MonkeyPatch, dtype: type,
-                                                        levels: int | None) -> None:
+def test_two_pass_path_equals_the_sort_path_bit_for_bit(
+    monkeypatch: pytest.MonkeyPatch, dtype: type, levels: int | None
+) -> None:
     """Several chunks, a buffer of a few values (many flushes, the last one partial), parallel
     parts, ties between normal and anomalous pixels (levels): every count the metrics read and
     every metric equal the one-pass sort path's exactly, and sklearn / the slow loops."""
     maps, masks = make_set(12, k=7, size=18, levels=levels)
-    maps = (maps * 40).astype(dtype)                        # int32: integer maps, cast to float32
+    maps = (maps * 40).astype(dtype)  # int32: integer maps, cast to float32
     monkeypatch.setattr(pixels, "_CPU_CHUNK_PIXELS", 2 * 18 * 18)
     monkeypatch.setattr(two_pass, "_MIN_BUFFER", 37)
     monkeypatch.setattr(two_pass, "_BUFFER_PER_QUERY", 0)
@@ -361,8 +370,14 @@ def test_two_pass_path_equals_the_sort_path_bit_for_bit(monkeypatch: pytest.Monk
     for q in (ref.pos_values, grid):
         assert np.array_equal(s.neg_cdf.count_lt(q), ref.neg_cdf.count_lt(q))
         assert np.array_equal(s.neg_cdf.count_le(q), ref.neg_cdf.count_le(q))
-    assert (s.n_neg, s.n_pos, s.n_components, s.vmin, s.vmax, s.dtype) == \
-        (ref.n_neg, ref.n_pos, ref.n_components, ref.vmin, ref.vmax, ref.dtype)
+    assert (s.n_neg, s.n_pos, s.n_components, s.vmin, s.vmax, s.dtype) == (
+        ref.n_neg,
+        ref.n_pos,
+        ref.n_components,
+        ref.vmin,
+        ref.vmax,
+        ref.dtype,
+    )
     assert pixel_auroc_from(s) == pixel_auroc_from(ref)
     assert aupro_from(s) == aupro_from(ref) and aupro_official_from(s) == aupro_official_from(ref)
     assert pixel_auroc_from(s)[0] == pytest.approx(sk_pixel_auroc(maps, masks), abs=1e-12)
@@ -377,10 +392,11 @@ def test_two_pass_summary_answers_only_what_it_counted(monkeypatch: pytest.Monke
     with pytest.raises(SPGError, match="official_steps"):
         aupro_official_from(s, 0.3, steps=50)
     s50 = M.summarise_pixels(maps, masks, device="cpu", official_steps=50)
-    assert aupro_official_from(s50, 0.3, steps=50) == \
-        aupro_official_from(_sort_path_summary(monkeypatch, maps, masks), 0.3, steps=50)
+    assert aupro_official_from(s50, 0.3, steps=50) == aupro_official_from(
+        _sort_path_summary(monkeypatch, maps, masks), 0.3, steps=50
+    )
     nan_normal = maps.copy()
-    nan_normal[0, 0, 0] = np.nan                            # image 0 has no anomalous pixel
+    nan_normal[0, 0, 0] = np.nan  # image 0 has no anomalous pixel
     with pytest.raises(SPGError, match="NaN"):
         M.summarise_pixels(nan_normal, masks, device="cpu")
 
@@ -388,6 +404,7 @@ def test_two_pass_summary_answers_only_what_it_counted(monkeypatch: pytest.Monke
 # --------------------------------------------------------------------------
 # smoothing
 # --------------------------------------------------------------------------
+
 
 def test_smooth_maps_matches_scipy() -> None:
     rng = np.random.default_rng(10)
@@ -402,8 +419,11 @@ def test_smooth_maps_matches_scipy() -> None:
     t = _gaussian_torch(torch.from_numpy(maps), 4.0).numpy()
     np.testing.assert_allclose(t, ref, atol=1e-5)
     tiny = rng.random((2, 5, 4)).astype(np.float32)
-    np.testing.assert_allclose(_gaussian_torch(torch.from_numpy(tiny), 3.0).numpy(),
-                               np.stack([ndimage.gaussian_filter(m, sigma=3) for m in tiny]), atol=1e-5)
+    np.testing.assert_allclose(
+        _gaussian_torch(torch.from_numpy(tiny), 3.0).numpy(),
+        np.stack([ndimage.gaussian_filter(m, sigma=3) for m in tiny]),
+        atol=1e-5,
+    )
     assert isinstance(M.smooth_maps(torch.from_numpy(maps), 1.0), torch.Tensor)
     with pytest.raises(SPGError):
         M.smooth_maps(maps, -1)
@@ -413,22 +433,23 @@ def test_smooth_maps_matches_scipy() -> None:
 # evaluate
 # --------------------------------------------------------------------------
 
+
 def _eval_set(seed: int = 11) -> tuple[np.ndarray, ...]:
     maps_a, masks_a = make_set(seed, k=6, size=16)
     maps_b, masks_b = make_set(seed + 1, k=5, size=16, levels=5)
     maps_c, _ = make_set(seed + 2, k=3, size=16)
-    masks_c = np.zeros_like(maps_c, dtype=bool)                     # no anomalous image
+    masks_c = np.zeros_like(maps_c, dtype=bool)  # no anomalous image
     maps = np.concatenate([maps_a, maps_b, maps_c]).astype(np.float16)
     masks = np.concatenate([masks_a, masks_b, masks_c])
     cats = np.array(["a"] * 6 + ["b"] * 5 + ["c"] * 3)
-    order = np.random.default_rng(seed).permutation(len(cats))      # interleave categories
+    order = np.random.default_rng(seed).permutation(len(cats))  # interleave categories
     labels = masks.reshape(len(masks), -1).any(1)
     scores = maps.reshape(len(maps), -1).astype(np.float64).max(1)
     return scores[order], labels[order], maps[order], masks[order], cats[order]
 
 
 def test_evaluate_per_category_and_mean(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(pixels, "_CPU_CHUNK_PIXELS", 600)        # several chunks per category
+    monkeypatch.setattr(pixels, "_CPU_CHUNK_PIXELS", 600)  # several chunks per category
     scores, labels, maps, masks, cats = _eval_set()
     with pytest.warns(UserWarning, match="category 'c'"):
         res = M.evaluate(scores, labels, maps, masks, cats, device="cpu")
@@ -445,7 +466,7 @@ def test_evaluate_per_category_and_mean(monkeypatch: pytest.MonkeyPatch) -> None
     c = res["per_category"]["c"]
     assert all(math.isnan(v) for v in c.values())
     for key in M.METRIC_KEYS:
-        want = np.nanmean([res["per_category"][x][key] for x in ("a", "b")])   # b's official AUPRO is NaN
+        want = np.nanmean([res["per_category"][x][key] for x in ("a", "b")])  # b's official AUPRO is NaN
         assert res["mean"][key] == pytest.approx(want, abs=1e-12)
         assert 0.0 <= res["mean"][key] <= 1.0
     assert any("skips" in w and "c" in w for w in res["warnings"])
@@ -457,7 +478,7 @@ def test_evaluate_per_category_and_mean(monkeypatch: pytest.MonkeyPatch) -> None
 
 def test_evaluate_no_normal_image_keeps_pixel_metrics() -> None:
     maps, masks = make_set(12, k=4)
-    masks[0, 0, 0] = True                                   # every image anomalous
+    masks[0, 0, 0] = True  # every image anomalous
     labels = np.ones(4, dtype=bool)
     with pytest.warns(UserWarning, match="image_auroc undefined"):
         res = M.evaluate(np.arange(4.0), labels, maps, masks, ["x"] * 4, device="cpu")
@@ -470,6 +491,7 @@ def test_evaluate_no_normal_image_keeps_pixel_metrics() -> None:
 # --------------------------------------------------------------------------
 # errors
 # --------------------------------------------------------------------------
+
 
 def test_bad_inputs_raise_spg_error() -> None:
     maps, masks = make_set(13, k=3)
@@ -505,6 +527,7 @@ def test_bad_inputs_raise_spg_error() -> None:
 # CUDA (runs where a GPU is present)
 # --------------------------------------------------------------------------
 
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("dtype", [np.float16, np.float32])
 def test_cuda_matches_cpu(dtype: type) -> None:
@@ -514,13 +537,10 @@ def test_cuda_matches_cpu(dtype: type) -> None:
         warnings.simplefilter("ignore")
         cpu = M.evaluate(scores, labels, maps, masks, cats, device="cpu")
         gpu = M.evaluate(scores, labels, maps, masks, cats, device="cuda")
-        gpu_t = M.evaluate(scores, labels, torch.from_numpy(maps).cuda(),
-                           torch.from_numpy(masks).cuda(), cats)
+        gpu_t = M.evaluate(scores, labels, torch.from_numpy(maps).cuda(), torch.from_numpy(masks).cuda(), cats)
         for variant in M.AUPRO_VARIANTS:
-            a = M.evaluate(scores, labels, maps, masks, cats, device="cpu", aupro_variant=variant,
-                           smoothing_sigma=2)
-            b = M.evaluate(scores, labels, maps, masks, cats, device="cuda", aupro_variant=variant,
-                           smoothing_sigma=2)
+            a = M.evaluate(scores, labels, maps, masks, cats, device="cpu", aupro_variant=variant, smoothing_sigma=2)
+            b = M.evaluate(scores, labels, maps, masks, cats, device="cuda", aupro_variant=variant, smoothing_sigma=2)
             np.testing.assert_allclose(a["mean"]["aupro"], b["mean"]["aupro"], atol=2e-3)
     for res in (gpu, gpu_t):
         for c, vals in cpu["per_category"].items():

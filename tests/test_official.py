@@ -19,10 +19,8 @@ from spg_core.config import GuideConfig, RunConfig, SAEConfig
 from spg_core.guides import GuideBatch, GuidePair, official_guide_loss, train_guides
 from spg_core.inference import Scorer
 from spg_core.protocols import OFFICIAL, default_protocol, overrides
-from spg_core.sae import TopKSAE
-from spg_core.sae_train import (auxk_dead_steps, dead_atom_mask, loss_with_auxk, mark_silent_steps,
-                                train_sae)
-from spg_core.sae import SparseCode
+from spg_core.sae import SparseCode, TopKSAE
+from spg_core.sae_train import auxk_dead_steps, dead_atom_mask, loss_with_auxk, mark_silent_steps, train_sae
 
 ATOL = 1e-5
 
@@ -53,7 +51,13 @@ def test_protocol_defaults_by_backbone_family():
     assert default_protocol("openclip-vitl14-336-tiny") == OFFICIAL
     assert default_protocol("builtin") == "studio"
     cfg = RunConfig.from_dict({**overrides(OFFICIAL), "protocol": OFFICIAL})
-    assert (cfg.sae.k, cfg.sae.width, cfg.sae.auxk, cfg.sae.bias, cfg.sae.adam_betas) == (32, 4096, 512, False, (0.5, 0.999))
+    assert (cfg.sae.k, cfg.sae.width, cfg.sae.auxk, cfg.sae.bias, cfg.sae.adam_betas) == (
+        32,
+        4096,
+        512,
+        False,
+        (0.5, 0.999),
+    )
     assert (cfg.guides.form, cfg.guides.lr, cfg.guides.batch_images, cfg.guides.epochs) == ("official", 0.01, 8, 15)
     # Runs older than protocols load as studio runs.
     assert RunConfig.from_dict({"aux": "a"}).protocol == "studio"
@@ -73,18 +77,18 @@ def test_official_init_is_tied_and_unit_norm():
     sae = TopKSAE(16, 64, 4, seed=3, bias=False)
     norms = sae.W_dec.norm(dim=0)
     torch.testing.assert_close(norms, torch.ones_like(norms), atol=1e-6, rtol=0)
-    torch.testing.assert_close(sae.W_enc, sae.W_dec.t())          # encoder = dictionary
+    torch.testing.assert_close(sae.W_enc, sae.W_dec.t())  # encoder = dictionary
 
 
 def test_auxk_loss_and_dead_rule_match_the_formula():
     sae = _official_sae()
     cfg = SAEConfig(width=32, k=4, bias=False, auxk=8, auxk_coef=1 / 32, auxk_dead_tokens=6, auxk_threshold=1e-3)
-    x = torch.randn(3, 8, generator=torch.Generator().manual_seed(5))     # 3 tokens x k 4: most latents silent
+    x = torch.randn(3, 8, generator=torch.Generator().manual_seed(5))  # 3 tokens x k 4: most latents silent
     dead_steps = auxk_dead_steps(cfg, 3)
-    assert dead_steps == 2                                           # max(1, 6 // 3)
-    silent = torch.arange(32) % 4                                    # 0..3 steps silent before this one
+    assert dead_steps == 2  # max(1, 6 // 3)
+    silent = torch.arange(32) % 4  # 0..3 steps silent before this one
     before = silent.clone()
-    loss, values, indices = loss_with_auxk(sae, x, cfg, silent, dead_steps, bf16=False)
+    loss, _values, _indices = loss_with_auxk(sae, x, cfg, silent, dead_steps, bf16=False)
 
     x_hat, z, pre = _reference_forward(sae, x, 4)
     fired = (z > 1e-3).any(dim=0)
@@ -114,7 +118,7 @@ def test_auxk_residual_is_detached():
     x_hat, _, _ = sae(x)[0], None, None
     (x_hat - x).pow(2).mean(-1).mean().backward()
     # Live latents' encoder rows get gradient only from the MSE term (AuxK reads dead ones only).
-    live = (silent <= 1)
+    live = silent <= 1
     torch.testing.assert_close(grad_full[live], sae.W_enc.grad[live], atol=1e-6, rtol=0)
 
 
@@ -122,7 +126,7 @@ def test_silence_counter_restarts_at_one_for_fired_latents():
     silent = torch.tensor([0, 3, 7, 2])
     code = SparseCode(values=torch.tensor([[0.5, 1e-4]]), indices=torch.tensor([[1, 2]]))
     mark_silent_steps(silent, code, 1e-3)
-    assert silent.tolist() == [1, 1, 8, 3]          # atom 2's 1e-4 is below the threshold
+    assert silent.tolist() == [1, 1, 8, 3]  # atom 2's 1e-4 is below the threshold
 
 
 def test_official_training_keeps_atoms_unit_norm_and_dead_mask_is_never_fired():
@@ -134,10 +138,11 @@ def test_official_training_keeps_atoms_unit_norm_and_dead_mask_is_never_fired():
     torch.testing.assert_close(norms, torch.ones_like(norms), atol=1e-5, rtol=0)
     dead = dead_atom_mask(sae, tokens)
     _, z, _ = _reference_forward(sae, tokens, 4)
-    assert torch.equal(dead, (z > 0).sum(0) == 0)                   # official count_active == 0
+    assert torch.equal(dead, (z > 0).sum(0) == 0)  # official count_active == 0
 
 
 # -- guides ----------------------------------------------------------------------------------
+
 
 def _guide_problem(seed=0, b=3, grid=(4, 4), d=8, m=16, size=16):
     g = torch.Generator().manual_seed(seed)
@@ -156,23 +161,25 @@ def test_four_guide_loss_matches_the_official_formula():
     dead[[2, 5]] = True
     pair = GuidePair(16, "relu_l1", form="official", init_scale=0.1, seed=1, dead=dead)
     with torch.no_grad():
-        pair.theta[:, 0] = -0.2                                      # a negative entry: ReLU makes it 0
+        pair.theta[:, 0] = -0.2  # a negative entry: ReLU makes it 0
     cfg = GuideConfig(form="official", tau=0.07, l1=1e-3)
     terms = official_guide_loss(pair, dictionary, batch, cfg, grid)
 
     c = torch.relu(pair.theta.detach()) * (~dead).float()
     assert torch.all(c[:, [0, 2, 5]] == 0)
-    g = c @ dictionary.t()                                           # [4, D]
-    sim_local = F.cosine_similarity(batch.tokens[:, :, None, :], g[None, None, 2:], dim=-1)   # [B, N, 2]
+    g = c @ dictionary.t()  # [4, D]
+    sim_local = F.cosine_similarity(batch.tokens[:, :, None, :], g[None, None, 2:], dim=-1)  # [B, N, 2]
     probs = torch.softmax(sim_local / 0.07, dim=-1)
-    maps = F.interpolate(probs.permute(0, 2, 1).reshape(3, 2, *grid), size=(16, 16), mode="bilinear",
-                         align_corners=False)
+    maps = F.interpolate(
+        probs.permute(0, 2, 1).reshape(3, 2, *grid), size=(16, 16), mode="bilinear", align_corners=False
+    )
     one_hot = torch.stack([1 - batch.masks, batch.masks], 1).clamp(1e-5, 1 - 1e-5)
     pt = (one_hot * maps).sum(1) + 1e-5
-    focal = (-(1 - pt) ** 2 * pt.log()).mean()
+    focal = (-((1 - pt) ** 2) * pt.log()).mean()
 
     def dice(p, t):
         return 1 - ((2 * (p * t).flatten(1).sum(1) + 1) / (p.flatten(1).sum(1) + t.flatten(1).sum(1) + 1)).mean()
+
     seg = focal + dice(maps[:, 1], batch.masks) + dice(maps[:, 0], 1 - batch.masks)
     ce = F.cross_entropy(F.cosine_similarity(batch.cls[:, None, :], g[None, :2], dim=-1), batch.labels)
     l1 = 1e-3 * c.abs().sum(-1).mean()
@@ -185,11 +192,11 @@ def test_four_guide_loss_matches_the_official_formula():
 def test_official_init_and_ema_copy_then_decay():
     pair = GuidePair(2000, form="official", init_scale=0.1, seed=0)
     theta = pair.theta.detach()
-    assert abs(float(theta.mean()) - 0.1) < 1e-3 and abs(float(theta.std()) - 0.01) < 1e-3   # 8000 draws
+    assert abs(float(theta.mean()) - 0.1) < 1e-3 and abs(float(theta.std()) - 0.01) < 1e-3  # 8000 draws
     with torch.no_grad():
         pair.theta.fill_(1.0)
     pair.update_ema(0.999)
-    assert torch.equal(pair.theta_ema, pair.theta.detach())        # AveragedModel: first update copies
+    assert torch.equal(pair.theta_ema, pair.theta.detach())  # AveragedModel: first update copies
     with torch.no_grad():
         pair.theta.fill_(3.0)
     pair.update_ema(0.999)
@@ -203,7 +210,7 @@ def test_topk_straight_through_keeps_k_forward_and_all_gradients():
     assert torch.all((c > 0).sum(-1) == 3)
     weights = torch.randn(4, 10)
     (c * weights).sum().backward()
-    torch.testing.assert_close(theta.grad, weights * (theta.detach() > 0).float())   # identity through ReLU>0
+    torch.testing.assert_close(theta.grad, weights * (theta.detach() > 0).float())  # identity through ReLU>0
 
 
 def test_training_never_uses_dead_atoms():
@@ -211,28 +218,36 @@ def test_training_never_uses_dead_atoms():
     dead = torch.zeros(16, dtype=torch.bool)
     dead[:5] = True
     cfg = GuideConfig(form="official", epochs=3, batch_images=2, lr=0.01, init_scale=0.1, adam_betas=(0.5, 0.999))
-    pair, _ = train_guides(dictionary, lambda idx: GuideBatch(batch.tokens[idx], batch.masks[idx],
-                                                               batch.labels[idx], batch.cls[idx]),
-                           3, grid, cfg, device=torch.device("cpu"), progress=False, dead=dead)
+    pair, _ = train_guides(
+        dictionary,
+        lambda idx: GuideBatch(batch.tokens[idx], batch.masks[idx], batch.labels[idx], batch.cls[idx]),
+        3,
+        grid,
+        cfg,
+        device=torch.device("cpu"),
+        progress=False,
+        dead=dead,
+    )
     c = pair.all_coefficients()
     assert torch.all(c[:, :5] == 0) and torch.all(c[:, 5:].sum(0) > 0)
 
 
 # -- scoring ----------------------------------------------------------------------------------
 
+
 def test_smoothed_map_and_image_score_match_scipy():
     g = torch.Generator().manual_seed(0)
     tokens = torch.randn(2, 16, 8, generator=g)
     guides = torch.randn(2, 8, generator=g)
     scorer = Scorer(guides, 0.07, (4, 4), 32, "max", 0.1, 4.0, "smoothed_map")
-    probs, maps, scores = scorer(tokens)
+    _probs, maps, scores = scorer(tokens)
     # The official map (p_a + 1 - p_n) / 2 from the 2-class softmax, upsampled channel-wise.
     sim = F.cosine_similarity(tokens[:, :, None], guides[None, None], dim=-1)
     p = torch.softmax(sim / 0.07, dim=-1).permute(0, 2, 1).reshape(2, 2, 4, 4)
     up = F.interpolate(p, size=(32, 32), mode="bilinear", align_corners=False)
     official = (up[:, 1] + 1 - up[:, 0]) / 2
     torch.testing.assert_close(maps, official, atol=ATOL, rtol=0)
-    smoothed = np.stack([gaussian_filter(m.double().numpy(), sigma=4) for m in official])   # reflect, truncate 4
+    smoothed = np.stack([gaussian_filter(m.double().numpy(), sigma=4) for m in official])  # reflect, truncate 4
     np.testing.assert_allclose(scores.numpy(), smoothed.reshape(2, -1).max(1), atol=ATOL)
 
 
@@ -247,6 +262,7 @@ def test_cls_image_score_is_the_global_softmax():
 
 
 # -- tokens ------------------------------------------------------------------------------------
+
 
 def _hidden(bb, x):
     out = bb.model(pixel_values=bb.normalise(x), output_hidden_states=True, **bb.forward_kwargs)
@@ -269,9 +285,13 @@ def test_official_tokens_per_family(name):
     if name.startswith("dinov3") or name.startswith("siglip"):
         torch.testing.assert_close(tokens, last[:, p:], atol=1e-5, rtol=0)
     else:
-        assert (tokens - last[:, p:]).abs().max() > 1e-2                 # not post-norm
-        torch.testing.assert_close(bb.model.layernorm(torch.cat([cls[:, None], tokens], 1)),
-                                   last[:, [0] + list(range(p, last.shape[1]))], atol=1e-5, rtol=0)
+        assert (tokens - last[:, p:]).abs().max() > 1e-2  # not post-norm
+        torch.testing.assert_close(
+            bb.model.layernorm(torch.cat([cls[:, None], tokens], 1)),
+            last[:, [0] + list(range(p, last.shape[1]))],
+            atol=1e-5,
+            rtol=0,
+        )
     if name.startswith("siglip"):
         assert cls is None
     else:
@@ -286,7 +306,7 @@ def test_official_openclip_tokens_are_projected_with_cls():
     x = torch.rand(2, 3, bb.image_size, bb.image_size, generator=torch.Generator().manual_seed(0))
     tokens, cls = bb.extract_with_cls(x)
     with torch.no_grad():
-        pooled, _ = bb.visual(bb.normalise(x))          # ln_post(x[:, 0]) @ proj
+        pooled, _ = bb.visual(bb.normalise(x))  # ln_post(x[:, 0]) @ proj
     torch.testing.assert_close(cls, pooled, atol=1e-5, rtol=0)
     assert tokens.shape[-1] == bb.visual.proj.shape[1] == bb.dim
 
@@ -299,14 +319,19 @@ def test_weights_of_any_size_of_the_family_load_with_their_own_width_and_depth(t
     from spg_core.backbones import load_backbone
     from spg_core.errors import SPGError
 
-    cfg = transformers.Dinov2Config(hidden_size=48, num_hidden_layers=3, num_attention_heads=2, mlp_ratio=2,
-                                    patch_size=14, image_size=56)
+    cfg = transformers.Dinov2Config(
+        hidden_size=48, num_hidden_layers=3, num_attention_heads=2, mlp_ratio=2, patch_size=14, image_size=56
+    )
     transformers.Dinov2Model(cfg).save_pretrained(tmp_path / "d2")
     bb = load_backbone("dinov2-large", str(tmp_path / "d2"), device="cpu", protocol=OFFICIAL, image_size=56)
     assert (bb.dim, bb.patch_size, bb.layer) == (48, 14, 3)
     tokens, cls = bb.extract_with_cls(torch.rand(1, 3, 56, 56))
     assert tokens.shape == (1, 16, 48) and cls.shape == (1, 48)
-    assert load_backbone("dinov2-large", str(tmp_path / "d2"), device="cpu", protocol=OFFICIAL,
-                         image_size=56, layer=2).layer == 2
+    assert (
+        load_backbone(
+            "dinov2-large", str(tmp_path / "d2"), device="cpu", protocol=OFFICIAL, image_size=56, layer=2
+        ).layer
+        == 2
+    )
     with pytest.raises(SPGError, match="dinov2"):
         load_backbone("dinov3-vitl16", str(tmp_path / "d2"), device="cpu", protocol=OFFICIAL, image_size=64)

@@ -4,10 +4,10 @@ from spg_core.predict import map_names
 
 
 def test_namesakes_in_defect_folders_get_their_folder_prefixed():
-    names = map_names(["/d/pill/test/good/000.png", "/d/pill/test/stain/000.png",
-                       "/d/plug/test/stain/000.png", "shots/a.jpg"])
-    assert names == ["good_000_map.png", "pill_test_stain_000_map.png", "plug_test_stain_000_map.png",
-                     "a_map.png"]
+    names = map_names(
+        ["/d/pill/test/good/000.png", "/d/pill/test/stain/000.png", "/d/plug/test/stain/000.png", "shots/a.jpg"]
+    )
+    assert names == ["good_000_map.png", "pill_test_stain_000_map.png", "plug_test_stain_000_map.png", "a_map.png"]
 
 
 def test_repeated_and_rootless_inputs_stay_distinct():

@@ -20,15 +20,21 @@ def test_paper_tables_hold_the_papers_means():
     assert p["VisA->MVTec AD"]["SPG (DINOv3)"]["image_auroc"]["mean"] == 91.4
     assert p["MVTec AD->VisA"]["SPG (DINOv3)"]["aupro"]["mean"] == 89.1
     assert p["MVTec AD->VisA"]["SPG (OpenCLIP)"]["pixel_auroc"]["mean"] == 94.7
-    assert len(p["VisA->MVTec AD"]["SPG (DINOv3)"]["pixel_auroc"]) == 16    # 15 categories + mean
+    assert len(p["VisA->MVTec AD"]["SPG (DINOv3)"]["pixel_auroc"]) == 16  # 15 categories + mean
 
 
 def test_report_puts_the_matching_paper_row_beside_ours():
     visa = ["candle", "capsules", "pcb1"]
     m = _metrics(visa, 0.95)
-    m["settings"] = {"aux": "mvtec:/data/mvtec", "target": "visa:/data/visa", "backbone": "dinov3-vitl16",
-                     "method": "spg", "aupro_variant": "mvtec", "smoothing_sigma": 4.0}
-    name, table = paper_row(m["settings"])
+    m["settings"] = {
+        "aux": "mvtec:/data/mvtec",
+        "target": "visa:/data/visa",
+        "backbone": "dinov3-vitl16",
+        "method": "spg",
+        "aupro_variant": "mvtec",
+        "smoothing_sigma": 4.0,
+    }
+    name, _table = paper_row(m["settings"])
     assert name == "SPG (DINOv3), MVTec AD->VisA"
     text = report_markdown(m)
     # candle image AUROC: ours 95.0, paper 74.7 -> +20.3
@@ -54,11 +60,14 @@ def test_paper_aupro_is_compared_with_the_official_aupro_only():
     assert "| candle | n/a |" in report_markdown(old).split("## Pixel AUPRO (official")[1]
 
 
-@pytest.mark.parametrize("settings", [
-    {"aux": "synthetic-a", "target": "synthetic-b", "backbone": "dinov3-vitl16"},
-    {"aux": "mvtec:/m", "target": "visa:/v", "backbone": "builtin"},
-    {"aux": "mvtec:/m", "target": "visa:/v", "backbone": "dinov3-vitl16", "method": "free_guides"},
-])
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"aux": "synthetic-a", "target": "synthetic-b", "backbone": "dinov3-vitl16"},
+        {"aux": "mvtec:/m", "target": "visa:/v", "backbone": "builtin"},
+        {"aux": "mvtec:/m", "target": "visa:/v", "backbone": "dinov3-vitl16", "method": "free_guides"},
+    ],
+)
 def test_no_paper_row_when_the_setting_differs(settings):
     assert paper_row(settings) is None
 
@@ -87,9 +96,20 @@ def test_sweep_figures_follow_the_axes_that_vary():
     for width in (256, 512):
         for agg in ("max", "mean"):
             for metric in ("image_auroc", "pixel_auroc"):
-                rows.append({"backbone": "builtin", "width": width, "k": 8, "guide": "topk(K=32)",
-                             "guide_variant": "topk", "active_atoms": 64, "aggregation": agg,
-                             "category": "mean", "metric": metric, "value": 0.5 + width / 2048})
+                rows.append(
+                    {
+                        "backbone": "builtin",
+                        "width": width,
+                        "k": 8,
+                        "guide": "topk(K=32)",
+                        "guide_variant": "topk",
+                        "active_atoms": 64,
+                        "aggregation": agg,
+                        "category": "mean",
+                        "metric": metric,
+                        "value": 0.5 + width / 2048,
+                    }
+                )
     figs = sweep_figures(pd.DataFrame(rows))
     assert set(figs) == {"sae_width_k", "aggregation"}
     ys = [y for trace in figs["sae_width_k"].data for y in trace.y]

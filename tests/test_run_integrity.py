@@ -12,13 +12,29 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from spg_core.cli import interrupted_note, main as spg_main
+from spg_core.cli import interrupted_note
+from spg_core.cli import main as spg_main
 from spg_core.errors import SPGError
 from spg_core.images import load_image
 from spg_core.runs import METRICS_FILE, PATCH_MAPS_FILE, RunDir
 
-TINY = ["--backbone", "dinov2-large-tiny", "--width", "64", "--k", "4", "--sae-epochs", "1", "--guide-epochs", "1",
-        "--device", "cpu", "--quiet", "--workers", "0"]
+TINY = [
+    "--backbone",
+    "dinov2-large-tiny",
+    "--width",
+    "64",
+    "--k",
+    "4",
+    "--sae-epochs",
+    "1",
+    "--guide-epochs",
+    "1",
+    "--device",
+    "cpu",
+    "--quiet",
+    "--workers",
+    "0",
+]
 
 
 def _write_folder(root: Path, n_good: int = 3, n_bad: int = 3, size: int = 64, seed: int = 0) -> Path:
@@ -64,13 +80,18 @@ def test_official_run_records_protocol_both_aupros_and_provenance(run):
 
 def test_train_guides_keeps_config_and_marks_outputs_stale_until_eval(run, data):
     before = json.loads((run / "config.json").read_text())
-    assert spg_main(["train-guides", "--run", str(run), "--guide-epochs", "2", "--device", "cpu", "--quiet",
-                     "--workers", "0"]) == 0
+    assert (
+        spg_main(
+            ["train-guides", "--run", str(run), "--guide-epochs", "2", "--device", "cpu", "--quiet", "--workers", "0"]
+        )
+        == 0
+    )
     after = json.loads((run / "config.json").read_text())
     assert set(after) == set(before) and after["target_store"] == before["target_store"]
     assert after["guides"]["epochs"] == 2 and after["guides"]["form"] == "official"
     assert sorted(RunDir(run).stale_artifacts()) == sorted([METRICS_FILE, PATCH_MAPS_FILE])
     from dashboard.viewmodels.health import check_run
+
     assert check_run(run).status == "stale"
     # `spg eval` without --smoothing-sigma uses the run's own (official: 4), and clears the staleness.
     assert spg_main(["eval", "--run", str(run), "--device", "cpu", "--quiet", "--workers", "0"]) == 0
@@ -93,8 +114,10 @@ def test_predict_skip_bad_reports_and_scores_the_rest(run, data, tmp_path, capsy
     out = tmp_path / "pred"
     assert spg_main(["predict", "--run", str(run), str(bad), *good, "--out", str(out), "--device", "cpu"]) == 2
     assert "broken.png" in capsys.readouterr().err
-    assert spg_main(["predict", "--run", str(run), str(bad), *good, "--out", str(out), "--device", "cpu",
-                     "--skip-bad"]) == 0
+    assert (
+        spg_main(["predict", "--run", str(run), str(bad), *good, "--out", str(out), "--device", "cpu", "--skip-bad"])
+        == 0
+    )
     skipped = json.loads((out / "skipped.json").read_text())
     assert [s["image"] for s in skipped] == [str(bad)]
     rows = (out / "scores.csv").read_text().strip().splitlines()
@@ -102,7 +125,7 @@ def test_predict_skip_bad_reports_and_scores_the_rest(run, data, tmp_path, capsy
 
 
 def test_pixel_limit_refuses_without_pil_warning(data, monkeypatch):
-    path = data / "good" / "000.png"                                 # 64 x 64 = 4096 px
+    path = data / "good" / "000.png"  # 64 x 64 = 4096 px
     with pytest.raises(SPGError, match="megapixels"):
         load_image(path, max_pixels=4000)
     # Our limit replaces PIL's: with PIL's own limit below the image, no DecompressionBombWarning leaks.
@@ -110,7 +133,7 @@ def test_pixel_limit_refuses_without_pil_warning(data, monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert load_image(path).size == (64, 64)
-    assert Image.MAX_IMAGE_PIXELS == 1000                            # restored
+    assert Image.MAX_IMAGE_PIXELS == 1000  # restored
 
 
 def test_interrupt_note_names_what_is_done_and_not(tmp_path):

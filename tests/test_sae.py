@@ -37,7 +37,7 @@ def test_topk_leaves_exactly_k_candidates_and_nonnegative():
 def test_topk_exactly_k_nonzeros_when_preactivations_positive():
     sae = TopKSAE(8, 64, 5)
     with torch.no_grad():
-        sae.b_enc.fill_(100.0)          # every pre-activation positive: ReLU keeps all k
+        sae.b_enc.fill_(100.0)  # every pre-activation positive: ReLU keeps all k
     s = sae.encode_dense(torch.randn(30, 8))
     assert ((s != 0).sum(1) == 5).all()
 

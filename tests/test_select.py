@@ -13,7 +13,7 @@ from spg_core.cli import main
 from spg_core.data import generate_synthetic
 from spg_core.select import category_folds
 
-_GUARDED: list[str] = []          # path prefixes whose opening raises (see _guard)
+_GUARDED: list[str] = []  # path prefixes whose opening raises (see _guard)
 _TOUCHED: list[str] = []
 
 
@@ -29,7 +29,7 @@ def _audit(event: str, args: tuple) -> None:
             raise PermissionError(f"select touched the target: {text}")
 
 
-sys.addaudithook(_audit)          # hooks cannot be removed: it is idle while _GUARDED is empty
+sys.addaudithook(_audit)  # hooks cannot be removed: it is idle while _GUARDED is empty
 
 
 @pytest.fixture
@@ -39,30 +39,58 @@ def guard():
 
 
 def _small_set(root: Path, categories: list[str], defects: list[str]) -> Path:
-    return generate_synthetic(root, categories=categories, defects=defects, n_train_good=0, n_test_good=4,
-                              n_per_defect=2, workers=1)
+    return generate_synthetic(
+        root, categories=categories, defects=defects, n_train_good=0, n_test_good=4, n_per_defect=2, workers=1
+    )
 
 
-TINY_GRID = ["--backbones", "effnet-lite0-tiny", "--widths", "32", "--ks", "4,8", "--l1s", "1e-3",
-             "--guide-epochs", "2", "--sae-epochs", "1", "--device", "cpu", "--quiet"]
+TINY_GRID = [
+    "--backbones",
+    "effnet-lite0-tiny",
+    "--widths",
+    "32",
+    "--ks",
+    "4,8",
+    "--l1s",
+    "1e-3",
+    "--guide-epochs",
+    "2",
+    "--sae-epochs",
+    "1",
+    "--device",
+    "cpu",
+    "--quiet",
+]
 
 
-@pytest.mark.slow      # ~70 s on 2 contended cores, most of it importing timm/transformers and 4 fits
+@pytest.mark.slow  # ~70 s on 2 contended cores, most of it importing timm/transformers and 4 fits
 def test_select_never_reads_the_target_and_writes_the_table(tmp_path, guard, capsys):
     aux = _small_set(tmp_path / "aux", ["disc", "weave"], ["stain", "hole"])
     target = _small_set(tmp_path / "target", ["pill"], ["stain"])
-    os.chmod(target, 0)               # unreadable for a normal user; root is stopped by the audit hook
+    os.chmod(target, 0)  # unreadable for a normal user; root is stopped by the audit hook
     guard.append(str(target))
     try:
-        code = main(["select", "--aux", f"mvtec:{aux}", "--target", f"mvtec:{target}", "--out",
-                     str(tmp_path / "sel"), "--cache-dir", str(tmp_path / "cache"), *TINY_GRID])
+        code = main(
+            [
+                "select",
+                "--aux",
+                f"mvtec:{aux}",
+                "--target",
+                f"mvtec:{target}",
+                "--out",
+                str(tmp_path / "sel"),
+                "--cache-dir",
+                str(tmp_path / "cache"),
+                *TINY_GRID,
+            ]
+        )
     finally:
         guard.clear()
         os.chmod(target, 0o755)
     assert code == 0 and _TOUCHED == []
     result = json.loads((tmp_path / "sel" / "select.json").read_text())
     assert result["folds"] == ["disc", "weave"] and result["target_opened"] is False
-    assert len(result["rows"]) == 2 * 2                                   # 2 settings x 2 folds
+    assert len(result["rows"]) == 2 * 2  # 2 settings x 2 folds
     assert {r["k"] for r in result["summary"]} == {4, 8}
     best = max(result["summary"], key=lambda r: r["criterion"])
     assert result["chosen"] == best
@@ -83,38 +111,50 @@ def test_the_guard_does_refuse_a_read_of_the_target(tmp_path, guard):
 
 
 def test_folds_rotate_categories_or_defect_kinds():
-    recs = [{"category": c, "label": lab, "defect": d} for c in ("a", "b", "c", "d", "e")
-            for lab, d in ((0, "good"), (1, "x"))]
+    recs = [
+        {"category": c, "label": lab, "defect": d}
+        for c in ("a", "b", "c", "d", "e")
+        for lab, d in ((0, "good"), (1, "x"))
+    ]
     folds = category_folds(recs, max_folds=4)
     assert [f.name for f in folds] == ["a+e", "b", "c", "d"]
     for f in folds:
         held = {recs[i]["category"] for i in f.held_out}
         assert not held & {recs[i]["category"] for i in f.train}
         assert sorted(f.train + f.held_out) == list(range(len(recs)))
-    one = [{"category": "m", "label": 0, "defect": "good"}] * 4 + \
-          [{"category": "m", "label": 1, "defect": d} for d in ("crack", "crack", "hole", "stain")]
+    one = [{"category": "m", "label": 0, "defect": "good"}] * 4 + [
+        {"category": "m", "label": 1, "defect": d} for d in ("crack", "crack", "hole", "stain")
+    ]
     folds = category_folds(one, max_folds=2)
     assert [f.name for f in folds] == ["m:crack+stain", "m:hole"]
     assert [sorted(f.held_out) for f in folds] == [[0, 2, 4, 5, 7], [1, 3, 6]]
 
 
-@pytest.mark.slow      # three tiny-effnet `spg select` runs: ~100 s on 2 contended cores
+@pytest.mark.slow  # three tiny-effnet `spg select` runs: ~100 s on 2 contended cores
 def test_an_interrupted_select_resumes_with_only_the_missing_rows(tmp_path, monkeypatch):
     import spg_core.select as select
 
     aux = _small_set(tmp_path / "aux", ["disc", "weave"], ["stain", "hole"])
     calls, stop_at = [], [3]
 
-    def fake_fold(aux_view, held_view, setting, *args):      # the fit is not what this test is about
+    def fake_fold(aux_view, held_view, setting, *args):  # the fit is not what this test is about
         calls.append((setting.k, held_view.images[0]["category"]))
         if len(calls) == stop_at[0]:
-            raise KeyboardInterrupt                            # the user stops the grid after two rows
+            raise KeyboardInterrupt  # the user stops the grid after two rows
         return {m: setting.k / 10 for m in select.METRICS}
 
     monkeypatch.setattr(select, "score_fold", fake_fold)
-    args = ["select", "--aux", f"mvtec:{aux}", "--out", str(tmp_path / "sel"), "--cache-dir", str(tmp_path / "c"),
-            *TINY_GRID]
-    assert main(args) == 130                                          # the CLI's Ctrl-C exit
+    args = [
+        "select",
+        "--aux",
+        f"mvtec:{aux}",
+        "--out",
+        str(tmp_path / "sel"),
+        "--cache-dir",
+        str(tmp_path / "c"),
+        *TINY_GRID,
+    ]
+    assert main(args) == 130  # the CLI's Ctrl-C exit
     saved = json.loads((tmp_path / "sel" / select.ROWS_FILE).read_text())
     assert [(r["k"], r["fold"]) for r in saved["rows"]] == [(4, "disc"), (4, "weave")]
     assert not (tmp_path / "sel" / "select.json").exists()
@@ -122,9 +162,9 @@ def test_an_interrupted_select_resumes_with_only_the_missing_rows(tmp_path, monk
     calls.clear()
     stop_at[0] = 0
     assert main(args) == 0
-    assert calls == [(8, "disc"), (8, "weave")]                     # only the missing rows ran
+    assert calls == [(8, "disc"), (8, "weave")]  # only the missing rows ran
     assert len(json.loads((tmp_path / "sel" / "select.json").read_text())["rows"]) == 4
 
     calls.clear()
-    assert main([a if a != "1" else "2" for a in args]) == 0          # --sae-epochs 2: the old rows do not count
+    assert main([a if a != "1" else "2" for a in args]) == 0  # --sae-epochs 2: the old rows do not count
     assert len(calls) == 4

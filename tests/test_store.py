@@ -45,8 +45,13 @@ def test_tokens_and_masks_match_direct_extraction(folder, tmp_path):
     assert store.num_images == 6 and len(store.manifest["shards"]) == 2
     assert store.grid == bb.grid and store.dim == bb.dim
     idx = [1, 4]
-    direct = bb.extract(torch.stack([image_to_tensor(load_image(store.images[i]["image_path"]), bb.image_size)
-                                     for i in idx])).to(torch.float16).float()
+    direct = (
+        bb.extract(
+            torch.stack([image_to_tensor(load_image(store.images[i]["image_path"]), bb.image_size) for i in idx])
+        )
+        .to(torch.float16)
+        .float()
+    )
     assert torch.equal(store.tokens(idx), direct)
     masks = store.masks(range(6))
     labels = store.labels()
@@ -66,7 +71,7 @@ def test_reuse_rebuild_and_resume(folder, tmp_path):
     shard0 = store.root / "shard_00000.safetensors"
     stamp = shard0.stat().st_mtime_ns
     again = build_store(ds, bb, cache_dir=cache, shard_images=2, progress=False, num_workers=0)
-    assert again.root == store.root and shard0.stat().st_mtime_ns == stamp   # re-used, not re-extracted
+    assert again.root == store.root and shard0.stat().st_mtime_ns == stamp  # re-used, not re-extracted
 
     # A different backbone gets its own store.
     other = load_backbone("dinov2-large-tiny", device="cpu")
@@ -143,8 +148,9 @@ def test_mask_size_mismatch_names_both_files(folder, tmp_path):
 @pytest.mark.slow
 def test_truncated_shard_is_a_clear_error(folder, tmp_path):
     ds = open_dataset(f"folder:{folder}")
-    store = build_store(ds, load_backbone("builtin", device="cpu"), cache_dir=tmp_path / "c", progress=False,
-                        num_workers=0)
+    store = build_store(
+        ds, load_backbone("builtin", device="cpu"), cache_dir=tmp_path / "c", progress=False, num_workers=0
+    )
     shard = store.root / "shard_00000.safetensors"
     data = shard.read_bytes()
     shard.write_bytes(data[: len(data) // 3])

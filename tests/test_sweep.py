@@ -7,11 +7,11 @@ import math
 
 import numpy as np
 import pytest
+from tiny_data import TINY_BACKBONE, TINY_TARGET, tiny_pair
 
 from spg_core.config import GuideConfig, SAEConfig
 from spg_core.metrics import METRIC_KEYS
 from spg_core.sweep import Aggregation, GuideSetting, run_sweep
-from tiny_data import TINY_BACKBONE, TINY_TARGET, tiny_pair
 
 
 @pytest.fixture(scope="module")
@@ -22,11 +22,20 @@ def sweep(tmp_path_factory):
     mp.setattr("plotly.graph_objects.Figure.write_image", _no_browser)
     out = tmp_path_factory.mktemp("sweep")
     aux, target = tiny_pair(tmp_path_factory.mktemp("data"))
-    frame = run_sweep(aux=aux, target=target, backbones=[TINY_BACKBONE], widths=[32, 64], ks=[4],
-                      guides=[GuideSetting("relu_l1", 1e-3), GuideSetting("topk", 8)],
-                      aggregations=[Aggregation("max"), Aggregation("mean")],
-                      base_sae=SAEConfig(epochs=1), base_guides=GuideConfig(epochs=2), out=out, device="cpu",
-                      progress=False)
+    frame = run_sweep(
+        aux=aux,
+        target=target,
+        backbones=[TINY_BACKBONE],
+        widths=[32, 64],
+        ks=[4],
+        guides=[GuideSetting("relu_l1", 1e-3), GuideSetting("topk", 8)],
+        aggregations=[Aggregation("max"), Aggregation("mean")],
+        base_sae=SAEConfig(epochs=1),
+        base_guides=GuideConfig(epochs=2),
+        out=out,
+        device="cpu",
+        progress=False,
+    )
     mp.undo()
     return frame, out
 
@@ -37,7 +46,7 @@ def _no_browser(*args, **kwargs):
 
 def test_every_setting_category_and_metric_is_one_row(sweep):
     frame, out = sweep
-    settings = 2 * 1 * 2 * 2                                # widths x ks x guides x aggregations
+    settings = 2 * 1 * 2 * 2  # widths x ks x guides x aggregations
     cats = sorted(set(frame["category"]) - {"mean"})
     assert cats == sorted(TINY_TARGET)
     assert len(frame) == settings * (len(cats) + 1) * len(METRIC_KEYS)

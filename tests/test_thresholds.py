@@ -16,12 +16,12 @@ def test_best_f1_threshold_separates_the_classes():
 
 
 def test_fpr_threshold_lets_through_at_most_the_chosen_share():
-    good = np.linspace(0.0, 1.0, 40)                 # 40 good images, as in the demo's target
+    good = np.linspace(0.0, 1.0, 40)  # 40 good images, as in the demo's target
     for fpr in (0.0, 0.05, 0.1, 0.5):
         t = fpr_threshold(good, fpr)
         flagged = (good >= t).mean()
         assert flagged <= fpr + 1e-12
-        assert flagged > fpr - 1 / 40 - 1e-12        # and no stricter than it must be
+        assert flagged > fpr - 1 / 40 - 1e-12  # and no stricter than it must be
     with pytest.raises(SPGError):
         fpr_threshold([], 0.05)
 
@@ -33,23 +33,23 @@ def test_image_threshold_records_both_rules_and_their_outcomes():
     out = image_threshold(scores, labels, fpr=0.05)
     assert out["rule"] == "aux_fpr" and out["threshold"] == out["aux_fpr"]["threshold"]
     assert out["aux_max_f1"]["f1"] == decision_counts(scores, labels, out["aux_max_f1"]["threshold"])["f1"]
-    assert out["aux_max_f1"]["f1"] > 0.95            # the classes are 6 sigma apart
+    assert out["aux_max_f1"]["f1"] > 0.95  # the classes are 6 sigma apart
     assert out["aux_fpr"]["fpr"] <= 0.05
     only_good = image_threshold(scores[:60], labels[:60])
     assert only_good["rule"] == "aux_fpr"
     only_bad = image_threshold(scores[60:], labels[60:])
-    assert only_bad["rule"] == "aux_max_f1" and "aux_fpr" not in only_bad   # no good image to count FPs on
+    assert only_bad["rule"] == "aux_max_f1" and "aux_fpr" not in only_bad  # no good image to count FPs on
 
 
 def test_pixel_scale_spans_the_normal_pixels_in_log_odds():
     rng = np.random.default_rng(1)
-    maps = 1 / (1 + np.exp(-rng.normal(-6.0, 1.0, (8, 32, 32))))     # logits ~ N(-6, 1)
+    maps = 1 / (1 + np.exp(-rng.normal(-6.0, 1.0, (8, 32, 32))))  # logits ~ N(-6, 1)
     scale = pixel_scale(maps, smoothing_sigma=0.0)
     assert scale["space"] == "logit"
-    assert scale["vmin"] == pytest.approx(-6.0, abs=0.05)             # the median logit
-    assert scale["vmax"] == pytest.approx(-6.0 + 3.09, abs=0.25)       # the 99.9th percentile of N(-6, 1)
+    assert scale["vmin"] == pytest.approx(-6.0, abs=0.05)  # the median logit
+    assert scale["vmax"] == pytest.approx(-6.0 + 3.09, abs=0.25)  # the 99.9th percentile of N(-6, 1)
     smoothed = pixel_scale(maps, smoothing_sigma=2.0)
-    assert smoothed["vmax"] < scale["vmax"]                           # smoothing narrows the normal spread
+    assert smoothed["vmax"] < scale["vmax"]  # smoothing narrows the normal spread
 
 
 def test_fitted_scale_makes_a_weak_defect_stand_out():
@@ -58,6 +58,7 @@ def test_fitted_scale_makes_a_weak_defect_stand_out():
     probs[8:16, 8:16] = 1e-3
     fitted = render.fitted_scale({"vmin": float(render.logit(1e-6)), "vmax": float(render.logit(1e-4))})
     from PIL import Image
+
     base = Image.new("RGB", (64, 64), (128, 128, 128))
     for scale, visible in ((render.PROBABILITY_SCALE, False), (fitted, True)):
         pic = np.asarray(render.map_picture(base, probs, scale, alpha=1.0)).astype(int)
@@ -73,10 +74,14 @@ def test_map_picture_draws_the_thresholded_contour_and_the_truth():
     truth = np.zeros((64, 64), bool)
     truth[30:50, 30:50] = True
     from PIL import Image
-    pic = np.asarray(render.map_picture(Image.new("RGB", (64, 64)), probs, render.PROBABILITY_SCALE,
-                                        contour_level=0.5, truth=truth))
-    assert (pic[20, 25] == (255, 255, 255)).all() and (pic[19, 25] == (255, 255, 255)).all()    # the contour of the thresholded map, white
-    assert (pic[49, 45] == (60, 255, 120)).all()     # the ground-truth outline, green
+
+    pic = np.asarray(
+        render.map_picture(Image.new("RGB", (64, 64)), probs, render.PROBABILITY_SCALE, contour_level=0.5, truth=truth)
+    )
+    assert (pic[20, 25] == (255, 255, 255)).all() and (
+        pic[19, 25] == (255, 255, 255)
+    ).all()  # the contour of the thresholded map, white
+    assert (pic[49, 45] == (60, 255, 120)).all()  # the ground-truth outline, green
     assert not (pic[10, 10] == (255, 255, 255)).all()
 
 

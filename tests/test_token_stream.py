@@ -15,8 +15,14 @@ from spg_core.token_stream import ShardStream, ordered_batches, prefetched
 def store(tmp_path_factory):
     """10 images x 16 tokens in 4 shards of 3 (the last holds 1)."""
     tmp = tmp_path_factory.mktemp("stream")
-    return build_store(write_images(tmp / "images"), PatchBackbone(), cache_dir=tmp / "c", shard_images=3,
-                       num_workers=0, progress=False)
+    return build_store(
+        write_images(tmp / "images"),
+        PatchBackbone(),
+        cache_dir=tmp / "c",
+        shard_images=3,
+        num_workers=0,
+        progress=False,
+    )
 
 
 def _rows(batches):
@@ -35,15 +41,16 @@ def test_an_epoch_yields_every_token_once_in_shuffled_batches(store):
     rows = _rows(batches)
     assert stream.num_tokens == len(rows) == len(everything) == 160
     assert torch.equal(_sorted(rows), _sorted(everything))
-    assert not torch.equal(rows, everything)                           # shuffled, not store order
+    assert not torch.equal(rows, everything)  # shuffled, not store order
     assert torch.equal(_rows(ShardStream(store, 7, window_shards=2, seed=3).epoch(0)), rows)  # deterministic
-    assert not torch.equal(_rows(stream.epoch(1)), rows)                # a new order each epoch
+    assert not torch.equal(_rows(stream.epoch(1)), rows)  # a new order each epoch
 
 
 def test_ranks_stream_disjoint_shards_that_cover_the_store(store):
-    parts = [_rows(ShardStream(store, 16, shards=distributed.owned(4, distributed.World(r, 2))).epoch(0))
-             for r in range(2)]
-    assert [len(p) for p in parts] == [(3 + 3) * 16, (3 + 1) * 16]    # shards 0, 2 and 1, 3
+    parts = [
+        _rows(ShardStream(store, 16, shards=distributed.owned(4, distributed.World(r, 2))).epoch(0)) for r in range(2)
+    ]
+    assert [len(p) for p in parts] == [(3 + 3) * 16, (3 + 1) * 16]  # shards 0, 2 and 1, 3
     assert torch.equal(_sorted(torch.cat(parts)), _sorted(store.all_tokens()))
 
 
@@ -72,5 +79,6 @@ def test_prefetched_keeps_order_raises_errors_and_stops():
     def failing():
         yield batches[0]
         raise OSError("disk went away")
+
     with pytest.raises(OSError, match="disk went away"):
         list(prefetched(failing(), torch.device("cpu"), torch.float32, depth=2))

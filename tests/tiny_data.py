@@ -16,14 +16,36 @@ TINY_TARGET = ("pill", "tiles")
 # A random-initialised tiny DINOv3 (64 px, 16 patches of 32 dims: extraction in milliseconds; the
 # builtin backbone takes seconds per image), a 32-atom SAE and short training.
 TINY_BACKBONE = "dinov3-vitl16-tiny"
-TINY_RUN_ARGS = ["--backbone", TINY_BACKBONE, "--width", "32", "--k", "4", "--sae-epochs", "2",
-                 "--guide-epochs", "3", "--quiet", "--device", "cpu"]
+TINY_RUN_ARGS = [
+    "--backbone",
+    TINY_BACKBONE,
+    "--width",
+    "32",
+    "--k",
+    "4",
+    "--sae-epochs",
+    "2",
+    "--guide-epochs",
+    "3",
+    "--quiet",
+    "--device",
+    "cpu",
+]
 
 
 def tiny_set(root: Path, categories: tuple[str, ...], seed: int = 0) -> str:
     """Write (once) a tiny synthetic set under `root`; return its `mvtec:` dataset spec."""
-    generate_synthetic(root, seed, categories=categories, defects=("scratch", "stain"), n_train_good=2,
-                       n_test_good=3, n_per_defect=2, size=128, workers=1)
+    generate_synthetic(
+        root,
+        seed,
+        categories=categories,
+        defects=("scratch", "stain"),
+        n_train_good=2,
+        n_test_good=3,
+        n_per_defect=2,
+        size=128,
+        workers=1,
+    )
     return f"mvtec:{root}"
 
 

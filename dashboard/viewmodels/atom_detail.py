@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -14,13 +15,22 @@ from PIL import Image
 class AtomTile:
     """One top-activating auxiliary patch of an atom, ready to show."""
 
-    crop: Image.Image           # the patch with context, its cell boxed (red: inside a defect mask)
-    heat: Image.Image           # the atom's activation over the whole image, patch boxed
+    crop: Image.Image  # the patch with context, its cell boxed (red: inside a defect mask)
+    heat: Image.Image  # the atom's activation over the whole image, patch boxed
     caption: str
 
 
-def atom_tiles(index: Any, records: list[dict[str, Any]], sae: Any, store: Any, atom: int, *,
-               count: int = 8, context: int = 2, tile: int = 160) -> list[AtomTile]:
+def atom_tiles(
+    index: Any,
+    records: list[dict[str, Any]],
+    sae: Any,
+    store: Any,
+    atom: int,
+    *,
+    count: int = 8,
+    context: int = 2,
+    tile: int = 160,
+) -> list[AtomTile]:
     """The atom's `count` top auxiliary patches (from its AtomIndex) as crop + heatmap pictures.
 
     Heatmaps of one atom share the scale [0, its largest activation], as in the paper's Figure 5.
@@ -37,11 +47,15 @@ def atom_tiles(index: Any, records: list[dict[str, Any]], sae: Any, store: Any, 
         image = load_image(record["image_path"]).resize((size, size), Image.BICUBIC)
         colour = IN_MASK if e["mask_fraction"] > 0 else OUT_MASK
         heat = atom_heatmap(sae, store.tokens([e["image"]])[0], atom, grid, size)
-        tiles.append(AtomTile(
-            crop=patch_crop(image, e["patch"], grid, size, context, tile, outline=colour),
-            heat=heatmap_overlay(image, heat, vmax, patch=e["patch"], grid=grid, outline=colour).resize(
-                (tile, tile), Image.BILINEAR),
-            caption=f"{record['category']} · {record['defect']} · s={e['value']:.2f}"))
+        tiles.append(
+            AtomTile(
+                crop=patch_crop(image, e["patch"], grid, size, context, tile, outline=colour),
+                heat=heatmap_overlay(image, heat, vmax, patch=e["patch"], grid=grid, outline=colour).resize(
+                    (tile, tile), Image.BILINEAR
+                ),
+                caption=f"{record['category']} · {record['defect']} · s={e['value']:.2f}",
+            )
+        )
     return tiles
 
 
@@ -54,8 +68,9 @@ def category_profile(index: Any, atom: int) -> pd.Series:
     return pd.Series(values, index=names or [str(i) for i in range(len(values))], name="mean activation")
 
 
-def atom_activation_sample(sae: Any, store: Any, atom: int, *, include: Iterable[int] = (),
-                           flop_budget: float = 2e10) -> tuple[np.ndarray, int]:
+def atom_activation_sample(
+    sae: Any, store: Any, atom: int, *, include: Iterable[int] = (), flop_budget: float = 2e10
+) -> tuple[np.ndarray, int]:
     """The atom's non-zero activations over auxiliary images, the data of its activation histogram.
 
     Every image when encoding them all fits `flop_budget` (T * M * D multiply-adds), else an evenly

@@ -13,8 +13,9 @@ def guide_of(atom: int, in_a: set[int], in_n: set[int]) -> str:
     return "both" if atom in in_a and atom in in_n else ("anomaly" if atom in in_a else "normal")
 
 
-def patch_contributions(attr: Any, patch: int, k: int = 6, image: int = 0,
-                        tags: dict[int, str] | None = None) -> pd.DataFrame:
+def patch_contributions(
+    attr: Any, patch: int, k: int = 6, image: int = 0, tags: dict[int, str] | None = None
+) -> pd.DataFrame:
     """The atoms that push one patch most towards 'anomalous' and most towards 'normal'.
 
     `attr` is a `spg_core.atoms.Attribution`; contributions are to l_a - l_n (what the patch's
@@ -32,8 +33,14 @@ def patch_contributions(attr: Any, patch: int, k: int = 6, image: int = 0,
     rows = []
     for i in pos + neg:
         j = int(ids[i])
-        rows.append({"atom": j, "guide": guide_of(j, in_a, in_n), "contribution": float(values[i]),
-                     "tag": (tags or {}).get(j, "")})
+        rows.append(
+            {
+                "atom": j,
+                "guide": guide_of(j, in_a, in_n),
+                "contribution": float(values[i]),
+                "tag": (tags or {}).get(j, ""),
+            }
+        )
     return pd.DataFrame(rows, columns=["atom", "guide", "contribution", "tag"])
 
 
@@ -45,8 +52,15 @@ def image_top_atoms(attr: Any, k: int = 6, image: int = 0, tags: dict[int, str] 
     ids, values = top_atoms_per_image(attr, "net", k=k)
     in_a = set(attr.atoms_a.cpu().tolist())
     in_n = set(attr.atoms_n.cpu().tolist())
-    rows = [{"atom": int(j), "guide": guide_of(int(j), in_a, in_n), "contribution": float(v),
-             "tag": (tags or {}).get(int(j), "")} for j, v in zip(ids[image].tolist(), values[image].tolist())]
+    rows = [
+        {
+            "atom": int(j),
+            "guide": guide_of(int(j), in_a, in_n),
+            "contribution": float(v),
+            "tag": (tags or {}).get(int(j), ""),
+        }
+        for j, v in zip(ids[image].tolist(), values[image].tolist())
+    ]
     return pd.DataFrame(rows, columns=["atom", "guide", "contribution", "tag"])
 
 
@@ -63,8 +77,22 @@ def live_ranking(ranking: dict[str, list[dict[str, Any]]], dead: set[int]) -> di
     return {g: [e for e in entries if int(e["atom"]) not in dead] for g, entries in ranking.items()}
 
 
-TABLE_COLUMNS = ("guide", "rank", "atom", "tag", "share", "coef", "frequency", "lift", "top_category",
-                 "top_category_share", "dominant_defect", "mean_activation", "max_activation", "selectivity")
+TABLE_COLUMNS = (
+    "guide",
+    "rank",
+    "atom",
+    "tag",
+    "share",
+    "coef",
+    "frequency",
+    "lift",
+    "top_category",
+    "top_category_share",
+    "dominant_defect",
+    "mean_activation",
+    "max_activation",
+    "selectivity",
+)
 
 
 def atom_table(ranking: dict[str, list[dict[str, Any]]], stats: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -74,8 +102,11 @@ def atom_table(ranking: dict[str, list[dict[str, Any]]], stats: pd.DataFrame | N
     readable columns of `stats` (TABLE_COLUMNS; frequency, top_category_share and selectivity in %).
     Text cells without a value are empty strings, never None.
     """
-    rows = [{"guide": guide, "rank": i + 1, **entry} for guide, entries in ranking.items()
-            for i, entry in enumerate(entries)]
+    rows = [
+        {"guide": guide, "rank": i + 1, **entry}
+        for guide, entries in ranking.items()
+        for i, entry in enumerate(entries)
+    ]
     table = pd.DataFrame(rows, columns=["guide", "rank", "atom", "coef", "share"])
     table["share"] = 100.0 * table["share"]
     if stats is not None and len(stats):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,8 +14,25 @@ from spg_core.atoms.build import INDEX as ATOM_INDEX
 from spg_core.errors import SPGError
 from spg_core.report import METRIC_TITLES, METRICS
 from spg_core.run_paths import run_names
-from spg_core.runs import (CONFIG_FILE as CONFIG, GUIDES_FILE as GUIDES, METRICS_FILE, PATCH_MAPS_FILE as PATCH_MAPS,
-                           SAE_FILE as SAE, SCORES_FILE as SCORES, RunDir)
+from spg_core.runs import (
+    CONFIG_FILE as CONFIG,
+)
+from spg_core.runs import (
+    GUIDES_FILE as GUIDES,
+)
+from spg_core.runs import (
+    METRICS_FILE,
+    RunDir,
+)
+from spg_core.runs import (
+    PATCH_MAPS_FILE as PATCH_MAPS,
+)
+from spg_core.runs import (
+    SAE_FILE as SAE,
+)
+from spg_core.runs import (
+    SCORES_FILE as SCORES,
+)
 
 from .tables import percent
 
@@ -43,8 +61,8 @@ class RunHealth:
     path: Path
     present: dict[str, bool] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)      # complete but questionable, e.g. saturated guides
-    stale: list[str] = field(default_factory=list)      # artifacts whose producer changed since
+    notes: list[str] = field(default_factory=list)  # complete but questionable, e.g. saturated guides
+    stale: list[str] = field(default_factory=list)  # artifacts whose producer changed since
 
     def has(self, *files: str) -> bool:
         return all(self.present.get(f, False) for f in files)
@@ -60,7 +78,7 @@ class RunHealth:
             return "training"
         if not self.has(PATCH_MAPS, SCORES, METRICS_FILE):
             return "not evaluated"
-        if self.stale:      # maps or metrics from earlier guides (see RunDir.stale_artifacts)
+        if self.stale:  # maps or metrics from earlier guides (see RunDir.stale_artifacts)
             return "stale"
         return "complete" if self.has(ATOM_INDEX) else "no atoms"
 
@@ -85,13 +103,12 @@ def check_run(path: str | Path) -> RunHealth:
         if not health.present[name] and not any(name in p for p in health.problems):
             health.problems.append(f"{ARTIFACTS[name]} missing ({name})")
     health.notes += guide_notes(health.path / "guides.json")
-    try:
+    with contextlib.suppress(SPGError):  # unreadable files are reported as problems above
         health.stale = RunDir(health.path).stale_artifacts()
-    except SPGError:
-        pass            # unreadable files are reported as problems above
     if health.stale:
-        health.notes.append(f"stale: {', '.join(health.stale)} were made from earlier inputs; "
-                            "re-run `spg eval --run DIR`")
+        health.notes.append(
+            f"stale: {', '.join(health.stale)} were made from earlier inputs; re-run `spg eval --run DIR`"
+        )
     return health
 
 
@@ -142,17 +159,30 @@ def run_overview(root: str | Path) -> pd.DataFrame:
             mean = read_json(path / METRICS_FILE).get("mean", {}) if health.has(METRICS_FILE) else {}
         except SPGError:
             pass
-        rows.append({"run": name, "aux": cfg.get("aux", "?"), "target": cfg.get("target", "?"),
-                     "backbone": cfg.get("backbone", "?"), "method": cfg.get("method", "?"),
-                     "status": health.status, **{METRIC_TITLES[k]: percent(mean.get(k)) for k in METRICS}})
+        rows.append(
+            {
+                "run": name,
+                "aux": cfg.get("aux", "?"),
+                "target": cfg.get("target", "?"),
+                "backbone": cfg.get("backbone", "?"),
+                "method": cfg.get("method", "?"),
+                "status": health.status,
+                **{METRIC_TITLES[k]: percent(mean.get(k)) for k in METRICS},
+            }
+        )
     return pd.DataFrame(rows)
 
 
 def config_summary(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """A run's config.json grouped for display: experiment, SAE, guides, scoring, backbone."""
     top = {k: config.get(k) for k in ("aux", "target", "backbone", "weights", "method", "device_used")}
-    return {"experiment": top, "SAE": dict(config.get("sae", {})), "guides": dict(config.get("guides", {})),
-            "scoring": dict(config.get("score", {})), "backbone": dict(config.get("backbone_identity", {}))}
+    return {
+        "experiment": top,
+        "SAE": dict(config.get("sae", {})),
+        "guides": dict(config.get("guides", {})),
+        "scoring": dict(config.get("score", {})),
+        "backbone": dict(config.get("backbone_identity", {})),
+    }
 
 
 def demo_progress(root: str | Path) -> dict[str, Any] | None:
@@ -175,8 +205,9 @@ def demo_progress(root: str | Path) -> dict[str, Any] | None:
     stopped = not entry["alive"] or entry.get("stage") == "failed"
     if stopped:
         why = f": {entry['error']}" if entry.get("error") else ""
-        text = (f"{name} stopped at '{entry.get('stage', 'queued')}'{why}; run `spg dashboard --demo` again to "
-                f"finish it")
+        text = f"{name} stopped at '{entry.get('stage', 'queued')}'{why}; run `spg dashboard --demo` again to finish it"
     else:
-        text = f"{name}: {entry['stage']} (step {entry['step'] + 1} of {entry['steps']}, {entry['seconds']:.0f} s so far)"
+        text = (
+            f"{name}: {entry['stage']} (step {entry['step'] + 1} of {entry['steps']}, {entry['seconds']:.0f} s so far)"
+        )
     return {"text": text, "fraction": min(entry["step"] / entry["steps"], 1.0), "done": False, "stopped": stopped}

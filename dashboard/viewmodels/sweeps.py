@@ -24,7 +24,7 @@ def sweep_names(root: str | Path) -> list[str]:
             continue
         try:
             names.append(csv_path.parent.resolve().relative_to(root).as_posix())
-        except ValueError:          # a symlink out of the root
+        except ValueError:  # a symlink out of the root
             continue
     return names
 
@@ -41,12 +41,18 @@ def sweep_frame(sweep_dir: str | Path) -> pd.DataFrame:
     try:
         frame = pd.read_csv(path)
     except (OSError, ValueError, pd.errors.ParserError) as exc:
-        raise SPGError(f"sweep table cannot be read ({type(exc).__name__})", path=str(path),
-                       fix="re-run the `spg sweep` command that wrote it") from None
+        raise SPGError(
+            f"sweep table cannot be read ({type(exc).__name__})",
+            path=str(path),
+            fix="re-run the `spg sweep` command that wrote it",
+        ) from None
     needed = {"category", "metric", "value", "aggregation", "guide", "width", "k", "backbone"}
     if not needed <= set(frame.columns):
-        raise SPGError(f"sweep table lacks columns {sorted(needed - set(frame.columns))}", path=str(path),
-                       fix="re-run the `spg sweep` command that wrote it")
+        raise SPGError(
+            f"sweep table lacks columns {sorted(needed - set(frame.columns))}",
+            path=str(path),
+            fix="re-run the `spg sweep` command that wrote it",
+        )
     return frame
 
 

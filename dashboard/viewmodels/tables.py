@@ -17,8 +17,10 @@ def percent(v: Any) -> float:
 
 def metrics_frame(metrics: dict[str, Any]) -> pd.DataFrame:
     """Per-category metrics in % (one row per category, the mean last), columns titled."""
-    rows = {cat: {METRIC_TITLES[k]: percent(m.get(k)) for k in METRICS}
-            for cat, m in sorted(metrics.get("per_category", {}).items())}
+    rows = {
+        cat: {METRIC_TITLES[k]: percent(m.get(k)) for k in METRICS}
+        for cat, m in sorted(metrics.get("per_category", {}).items())
+    }
     rows["mean"] = {METRIC_TITLES[k]: percent(metrics.get("mean", {}).get(k)) for k in METRICS}
     frame = pd.DataFrame.from_dict(rows, orient="index")
     frame.index.name = "category"
@@ -38,9 +40,15 @@ def paper_comparison(metrics: dict[str, Any]) -> tuple[str, pd.DataFrame] | None
             # Like with like: the paper's AUPRO is the official one (report.PAPER_KEYS).
             ref = table.get(PAPER_KEYS[key], {}).get(cat) if key in PAPER_KEYS else None
             mine = ours.loc[cat, METRIC_TITLES[key]]
-            rows.append({"category": cat, "metric": METRIC_TITLES[key], "ours": mine,
-                         "paper": float("nan") if ref is None else float(ref),
-                         "difference": float("nan") if ref is None else mine - float(ref)})
+            rows.append(
+                {
+                    "category": cat,
+                    "metric": METRIC_TITLES[key],
+                    "ours": mine,
+                    "paper": float("nan") if ref is None else float(ref),
+                    "difference": float("nan") if ref is None else mine - float(ref),
+                }
+            )
     return name, pd.DataFrame(rows)
 
 
@@ -62,8 +70,14 @@ def ablation_frame(before: dict[str, Any], after: dict[str, Any]) -> pd.DataFram
     rows = []
     for cat in a.index:
         for col in a.columns:
-            rows.append({"category": cat, "metric": col, "before": a.loc[cat, col],
-                         "after": b.loc[cat, col] if cat in b.index else float("nan")})
+            rows.append(
+                {
+                    "category": cat,
+                    "metric": col,
+                    "before": a.loc[cat, col],
+                    "after": b.loc[cat, col] if cat in b.index else float("nan"),
+                }
+            )
     frame = pd.DataFrame(rows)
     frame["change"] = frame["after"] - frame["before"]
     return frame

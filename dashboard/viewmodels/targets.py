@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-OUTCOME_FILTERS = {"all images": None, "false positives": "FP", "false negatives": "FN",
-                   "true positives": "TP", "true negatives": "TN"}
+OUTCOME_FILTERS = {
+    "all images": None,
+    "false positives": "FP",
+    "false negatives": "FN",
+    "true positives": "TP",
+    "true negatives": "TN",
+}
 
 
 def outcome(score: float, label: int, threshold: float) -> str:
@@ -44,8 +50,9 @@ def image_table(records: list[dict[str, Any]]) -> pd.DataFrame:
     return frame
 
 
-def filter_targets(frame: pd.DataFrame, category: str | None = None, defect: str | None = None,
-                   kind: str | None = None) -> pd.DataFrame:
+def filter_targets(
+    frame: pd.DataFrame, category: str | None = None, defect: str | None = None, kind: str | None = None
+) -> pd.DataFrame:
     """Rows of `target_table` for a category, defect type and outcome ('FP', 'FN', ...; None = any)."""
     keep = np.ones(len(frame), dtype=bool)
     if category:

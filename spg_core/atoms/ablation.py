@@ -29,7 +29,6 @@ from ..store import TokenStore
 from .ranking import guide_row, require_atoms
 
 
-
 @dataclass
 class AblationResult:
     """scores `[K]`, patch probabilities `[K, N]`, metrics (evaluate()'s dict, or None when not asked),
@@ -45,11 +44,17 @@ def open_target_store(config: dict[str, Any], run_path: str | Path) -> TokenStor
     """The run's target token store (written by `spg eval`), with a fix when it is gone."""
     path = config.get("target_store")
     if not path:
-        raise SPGError("this run has not been evaluated on a target set yet", path=str(run_path),
-                       fix="run `spg eval --run DIR` first")
+        raise SPGError(
+            "this run has not been evaluated on a target set yet",
+            path=str(run_path),
+            fix="run `spg eval --run DIR` first",
+        )
     if not (Path(path) / "manifest.json").is_file():
-        raise SPGError("the run's target token store is missing (cache deleted or moved)", path=str(path),
-                       fix="re-run `spg eval --run DIR` to re-extract it")
+        raise SPGError(
+            "the run's target token store is missing (cache deleted or moved)",
+            path=str(path),
+            fix="re-run `spg eval --run DIR` to re-extract it",
+        )
     return TokenStore(path)
 
 
@@ -60,19 +65,25 @@ class Ablator:
     of active atoms of one guide and returns the target's scores, patch maps and metrics.
     """
 
-    def __init__(self, run: str | Path | Predictor, *, store: TokenStore | None = None,
-                 device: str | torch.device = "auto", dtype: torch.dtype = torch.float32,
-                 batch_images: int = 64):
+    def __init__(
+        self,
+        run: str | Path | Predictor,
+        *,
+        store: TokenStore | None = None,
+        device: str | torch.device = "auto",
+        dtype: torch.dtype = torch.float32,
+        batch_images: int = 64,
+    ):
         self.predictor = run if isinstance(run, Predictor) else Predictor(run, device=device)
         require_atoms(self.predictor.guides)
         self.device = self.predictor.device
         self.store = store or open_target_store(self.predictor.config, self.predictor.run.path)
         self.batch_images = batch_images
         coef = self.predictor.guides.coefficients().detach().float()
-        self.atoms = (coef > 0).any(dim=0).nonzero().flatten()                      # [U]
-        self.base = coef[:, self.atoms].to(self.device)                             # [2, U]
+        self.atoms = (coef > 0).any(dim=0).nonzero().flatten()  # [U]
+        self.base = coef[:, self.atoms].to(self.device)  # [2, U]
         self.dict_u = self.predictor.dictionary[:, self.atoms].float().to(self.device)  # [D, U]
-        self.proj = self._project(dtype)                                            # [K * N, U]
+        self.proj = self._project(dtype)  # [K * N, U]
         self.grid, self.size = self.store.grid, self.store.image_size
         self.labels = self.store.labels()
         self.categories = [r["category"] for r in self.store.images]
@@ -84,12 +95,15 @@ class Ablator:
     def _project(self, dtype: torch.dtype) -> torch.Tensor:
         """Normalised target tokens times the active atoms, shard by shard: `[K * N, U]`."""
         if self.store.dim != self.dict_u.shape[0]:
-            raise SPGError("target tokens and the run's dictionary differ in dimension", path=str(self.store.root),
-                           fix="re-run `spg eval --run DIR` with the run's backbone")
+            raise SPGError(
+                "target tokens and the run's dictionary differ in dimension",
+                path=str(self.store.root),
+                fix="re-run `spg eval --run DIR` with the run's backbone",
+            )
         parts = []
         for _, shard in self.store.iter_shards():
             for lo in range(0, shard.shape[0], self.batch_images):
-                x = torch.from_numpy(np.array(shard[lo:lo + self.batch_images])).to(self.device).float()
+                x = torch.from_numpy(np.array(shard[lo : lo + self.batch_images])).to(self.device).float()
                 parts.append((unit(x.reshape(-1, x.shape[-1])) @ self.dict_u).to(dtype))
         return torch.cat(parts)
 
@@ -98,9 +112,11 @@ class Ablator:
         settings: dict[str, Any] = {}
         if self.predictor.run.exists("metrics.json"):
             settings = self.predictor.run.read_metrics().get("settings", {})
-        return {"aupro_variant": settings.get("aupro_variant", "mvtec"),
-                "max_fpr": settings.get("max_fpr", 0.3),
-                "smoothing_sigma": settings.get("smoothing_sigma", self.predictor.cfg.score.smoothing_sigma)}
+        return {
+            "aupro_variant": settings.get("aupro_variant", "mvtec"),
+            "max_fpr": settings.get("max_fpr", 0.3),
+            "smoothing_sigma": settings.get("smoothing_sigma", self.predictor.cfg.score.smoothing_sigma),
+        }
 
     @property
     def masks(self) -> np.ndarray:
@@ -109,8 +125,9 @@ class Ablator:
             self._masks = self.store.masks(range(self.store.num_images)).to(torch.uint8).numpy()
         return self._masks
 
-    def coefficients(self, remove: list[int] | tuple[int, ...] = (), scale: dict[int, float] | None = None,
-                     guide: str = "anomaly") -> torch.Tensor:
+    def coefficients(
+        self, remove: list[int] | tuple[int, ...] = (), scale: dict[int, float] | None = None, guide: str = "anomaly"
+    ) -> torch.Tensor:
         """The run's coefficients over `atoms` `[2, U]` with `guide`'s atoms removed (x0) or rescaled."""
         row = guide_row(guide)
         changes = {**{int(j): float(s) for j, s in (scale or {}).items()}, **{int(j): 0.0 for j in remove}}
@@ -118,11 +135,15 @@ class Ablator:
         active = set(self.atoms[self.base[row].cpu() > 0].tolist())
         for atom, factor in changes.items():
             if atom not in active:
-                raise SPGError(f"atom {atom} is not active in the {guide} guide, so it cannot be removed or "
-                               "rescaled", fix=f"choose among the {len(active)} active atoms (see rank_atoms)")
+                raise SPGError(
+                    f"atom {atom} is not active in the {guide} guide, so it cannot be removed or rescaled",
+                    fix=f"choose among the {len(active)} active atoms (see rank_atoms)",
+                )
             if not (math.isfinite(factor) and factor >= 0):
-                raise SPGError(f"scale factor for atom {atom} must be finite and >= 0, got {factor}",
-                               fix="coefficients are non-negative: use 0 to remove an atom")
+                raise SPGError(
+                    f"scale factor for atom {atom} must be finite and >= 0, got {factor}",
+                    fix="coefficients are non-negative: use 0 to remove an atom",
+                )
             pos = int(torch.searchsorted(self.atoms, torch.tensor(atom)))
             c[row, pos] *= factor
         return c
@@ -131,22 +152,28 @@ class Ablator:
     def patch_probs(self, coefficients: torch.Tensor, rows: int = 1 << 18) -> torch.Tensor:
         """Patch anomaly probabilities `[K, N]` for coefficients `[2, U]` (computed in row blocks)."""
         c = coefficients.to(self.device).float()
-        w = atom_logit_weights(self.dict_u, c)                                 # c / |g|: scoring's cosine
-        logits = torch.cat([self.proj[i:i + rows].float() @ w.t() for i in range(0, self.proj.shape[0], rows)])
+        w = atom_logit_weights(self.dict_u, c)  # c / |g|: scoring's cosine
+        logits = torch.cat([self.proj[i : i + rows].float() @ w.t() for i in range(0, self.proj.shape[0], rows)])
         probs = patch_probabilities(logits[:, 0], logits[:, 1], self.predictor.cfg.guides.tau)
         return probs.reshape(self.store.num_images, -1)
 
     @torch.no_grad()
-    def ablate(self, remove: list[int] | tuple[int, ...] = (), scale: dict[int, float] | None = None,
-               guide: str = "anomaly", *, metrics: bool = True) -> AblationResult:
+    def ablate(
+        self,
+        remove: list[int] | tuple[int, ...] = (),
+        scale: dict[int, float] | None = None,
+        guide: str = "anomaly",
+        *,
+        metrics: bool = True,
+    ) -> AblationResult:
         """Scores, maps and (with `metrics`) evaluate()'s metrics with the edited coefficients."""
         c = self.coefficients(remove, scale, guide)
         probs = self.patch_probs(c)
         agg = self.predictor.cfg.score
         scores, maps = [], []
         for i in range(0, probs.shape[0], self.batch_images):
-            full = upsample(probs[i:i + self.batch_images], self.grid, self.size)
-            scores.append(map_image_scores(full, agg).cpu())       # the run's own image-score rule
+            full = upsample(probs[i : i + self.batch_images], self.grid, self.size)
+            scores.append(map_image_scores(full, agg).cpu())  # the run's own image-score rule
             if metrics:
                 maps.append(full.float().cpu())
         scores_t = torch.cat(scores)
@@ -154,8 +181,15 @@ class Ablator:
         if metrics:
             from ..metrics import evaluate
 
-            result = evaluate(scores_t.numpy(), self.labels, torch.cat(maps).numpy(), self.masks, self.categories,
-                              device=self.device, **self.metric_options)
+            result = evaluate(
+                scores_t.numpy(),
+                self.labels,
+                torch.cat(maps).numpy(),
+                self.masks,
+                self.categories,
+                device=self.device,
+                **self.metric_options,
+            )
         return AblationResult(scores_t, probs.cpu(), result, c.cpu())
 
     def baseline(self) -> AblationResult:

@@ -17,9 +17,10 @@ import pandas as pd
 import torch
 
 from .. import distributed
-from ..errors import SPGError
 from ..atomic import file_sha256
-from ..runs import SAE_FILE as SAE, RunDir
+from ..errors import SPGError
+from ..runs import SAE_FILE as SAE
+from ..runs import RunDir
 from ..sae import TopKSAE
 from ..store import TokenStore
 from .index import AtomIndex, build_atom_index, load_index, save_index
@@ -38,22 +39,33 @@ def open_aux_store(config: dict[str, Any], run_path: str | Path) -> TokenStore:
     """The run's auxiliary token store, with a fix when the cache no longer holds it."""
     path = config.get("aux_store")
     if not path or not (Path(path) / "manifest.json").is_file():
-        raise SPGError("the run's auxiliary token store is missing (cache deleted or moved)", path=str(path),
-                       fix=f"re-extract it with `spg extract --dataset {config.get('aux', 'AUX')} --backbone "
-                           f"{config.get('backbone', 'BACKBONE')}` (same --cache-dir), then "
-                           + FIX.format(run=run_path))
+        raise SPGError(
+            "the run's auxiliary token store is missing (cache deleted or moved)",
+            path=str(path),
+            fix=f"re-extract it with `spg extract --dataset {config.get('aux', 'AUX')} --backbone "
+            f"{config.get('backbone', 'BACKBONE')}` (same --cache-dir), then " + FIX.format(run=run_path),
+        )
     return TokenStore(path)
 
 
 def _run_sae(run: RunDir, config: dict[str, Any]) -> TopKSAE:
     if config.get("method") == "free_guides":
-        raise SPGError("this run uses free guides (no dictionary): it has no atoms to index", path=str(run.path),
-                       fix="build atoms for a run trained with --method spg (or random_dict)")
+        raise SPGError(
+            "this run uses free guides (no dictionary): it has no atoms to index",
+            path=str(run.path),
+            fix="build atoms for a run trained with --method spg (or random_dict)",
+        )
     return TopKSAE.load(str(run.file(SAE)))[0]
 
 
-def build_atoms(run_dir: str | Path, *, progress: bool = True, top_p: int = 16, device: str = "auto",
-                chunk_tokens: int | None = None) -> None:
+def build_atoms(
+    run_dir: str | Path,
+    *,
+    progress: bool = True,
+    top_p: int = 16,
+    device: str = "auto",
+    chunk_tokens: int | None = None,
+) -> None:
     """Build and write RUN/atoms/index.safetensors (+ .json) and stats.json (+ .csv).
 
     One streaming pass of the run's SAE over its auxiliary token store (on CUDA when present).
@@ -63,7 +75,7 @@ def build_atoms(run_dir: str | Path, *, progress: bool = True, top_p: int = 16, 
     sae = _run_sae(run, config)
     store = open_aux_store(config, run.path)
     index = build_atom_index(store, sae, top_p=top_p, device=device, chunk_tokens=chunk_tokens, progress=progress)
-    if not distributed.is_main():       # under torchrun every rank holds the merged index; one writes it
+    if not distributed.is_main():  # under torchrun every rank holds the merged index; one writes it
         return
     index.meta["sae_sha256"] = file_sha256(run.file(SAE))
     save_index(index, run.file(INDEX))
@@ -79,11 +91,17 @@ def load_atoms(run_dir: str | Path) -> tuple[AtomIndex, pd.DataFrame]:
     index = load_index(run.file(INDEX))
     stats = load_stats(run.file(STATS_JSON))
     if len(stats) != index.width:
-        raise SPGError(f"atom statistics list {len(stats)} atoms but the index has {index.width}",
-                       path=str(run.file(STATS_JSON)), fix=fix)
+        raise SPGError(
+            f"atom statistics list {len(stats)} atoms but the index has {index.width}",
+            path=str(run.file(STATS_JSON)),
+            fix=fix,
+        )
     if run.exists(SAE) and index.meta.get("sae_sha256") != file_sha256(run.file(SAE)):
-        raise SPGError("the atom index was built for another SAE (the run's SAE was re-trained since)",
-                       path=str(run.file(INDEX)), fix=fix)
+        raise SPGError(
+            "the atom index was built for another SAE (the run's SAE was re-trained since)",
+            path=str(run.file(INDEX)),
+            fix=fix,
+        )
     return index, stats
 
 
@@ -98,8 +116,9 @@ def _label(atom: dict[str, Any], row: pd.Series) -> list[str]:
     return lines
 
 
-def write_gallery(run_dir: str | Path, n_atoms: int = 8, *, per_atom: int = 9, device: str = "auto",
-                  tile: int = 96) -> Path:
+def write_gallery(
+    run_dir: str | Path, n_atoms: int = 8, *, per_atom: int = 9, device: str = "auto", tile: int = 96
+) -> Path:
     """RUN/atoms/gallery.png: the `n_atoms` largest anomaly-guide atoms, `per_atom` top patches each."""
     from ..inference import Predictor
 
@@ -108,8 +127,9 @@ def write_gallery(run_dir: str | Path, n_atoms: int = 8, *, per_atom: int = 9, d
     index, stats = load_atoms(run_dir)
     store = open_aux_store(predictor.config, predictor.run.path)
     ranked = rank_atoms(predictor.guides)["anomaly"][:n_atoms]
-    rows = [GalleryRow(a["atom"], _label(a, stats.iloc[a["atom"]]), index.entries(a["atom"])[:per_atom])
-            for a in ranked]
+    rows = [
+        GalleryRow(a["atom"], _label(a, stats.iloc[a["atom"]]), index.entries(a["atom"])[:per_atom]) for a in ranked
+    ]
     sae = predictor.sae.to(predictor.device)
     cache: dict[int, torch.Tensor] = {}
 
@@ -119,8 +139,10 @@ def write_gallery(run_dir: str | Path, n_atoms: int = 8, *, per_atom: int = 9, d
         return cache[image]
 
     cfg = predictor.cfg
-    title = (f"{cfg.aux} -> {cfg.target} [{cfg.backbone}]: top {len(rows)} anomaly-guide atoms by coefficient, "
-             f"top auxiliary patches (red box: inside a defect mask)")
+    title = (
+        f"{cfg.aux} -> {cfg.target} [{cfg.backbone}]: top {len(rows)} anomaly-guide atoms by coefficient, "
+        f"top auxiliary patches (red box: inside a defect mask)"
+    )
     image = render_gallery(rows, store.images, sae, tokens_of, store.grid, store.image_size, title=title, tile=tile)
     save_png(image, predictor.run.file(GALLERY))
     return predictor.run.file(GALLERY)

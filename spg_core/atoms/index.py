@@ -22,9 +22,10 @@ single-process index.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Iterable, Iterator
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -39,7 +40,7 @@ from ..sae import TopKSAE
 from ..store import TokenStore
 
 # Bytes allowed for one chunk's working set (see default_chunk_tokens): it sets the chunk size.
-CHUNK_BYTES = {"cpu": 256 * 2 ** 20, "cuda": 2 * 2 ** 30}
+CHUNK_BYTES = {"cpu": 256 * 2**20, "cuda": 2 * 2**30}
 
 
 @dataclass
@@ -63,8 +64,7 @@ class AtomCounts:
     (sum of mask fractions over all tokens: the auxiliary set's defect base rate times num_tokens).
     """
 
-    TENSORS: ClassVar[tuple[str, ...]] = ("fire_count", "act_sum", "masked_sum", "category_mass",
-                                          "category_tokens")
+    TENSORS: ClassVar[tuple[str, ...]] = ("fire_count", "act_sum", "masked_sum", "category_mass", "category_tokens")
 
     fire_count: torch.Tensor
     act_sum: torch.Tensor
@@ -75,11 +75,15 @@ class AtomCounts:
     mask_total: float = 0.0
 
     @classmethod
-    def zeros(cls, width: int, num_categories: int, device: torch.device) -> "AtomCounts":
+    def zeros(cls, width: int, num_categories: int, device: torch.device) -> AtomCounts:
         f64 = dict(dtype=torch.float64, device=device)
-        return cls(torch.zeros(width, dtype=torch.long, device=device), torch.zeros(width, **f64),
-                   torch.zeros(width, **f64), torch.zeros(width, num_categories, **f64),
-                   torch.zeros(num_categories, dtype=torch.long, device=device))
+        return cls(
+            torch.zeros(width, dtype=torch.long, device=device),
+            torch.zeros(width, **f64),
+            torch.zeros(width, **f64),
+            torch.zeros(width, num_categories, **f64),
+            torch.zeros(num_categories, dtype=torch.long, device=device),
+        )
 
 
 @dataclass
@@ -109,9 +113,17 @@ class AtomIndex:
     def entries(self, atom: int) -> list[dict[str, Any]]:
         """The filled slots of one atom: [{"rank", "image", "patch", "value", "mask_fraction"}]."""
         keep = self.image[atom] >= 0
-        return [{"rank": r, "image": int(i), "patch": int(p), "value": float(v), "mask_fraction": float(m)}
-                for r, (i, p, v, m) in enumerate(zip(self.image[atom][keep], self.patch[atom][keep],
-                                                     self.values[atom][keep], self.mask_fraction[atom][keep]))]
+        return [
+            {"rank": r, "image": int(i), "patch": int(p), "value": float(v), "mask_fraction": float(m)}
+            for r, (i, p, v, m) in enumerate(
+                zip(
+                    self.image[atom][keep],
+                    self.patch[atom][keep],
+                    self.values[atom][keep],
+                    self.mask_fraction[atom][keep],
+                )
+            )
+        ]
 
 
 class TopPAccumulator:
@@ -125,8 +137,9 @@ class TopPAccumulator:
         self.token = torch.full((width, top_p), -1, dtype=torch.long, device=device)
         self.extra = torch.zeros(width, top_p, device=device)
 
-    def _chunk_top(self, values: torch.Tensor, atoms: torch.Tensor, token: torch.Tensor,
-                   extra: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _chunk_top(
+        self, values: torch.Tensor, atoms: torch.Tensor, token: torch.Tensor, extra: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Flat non-zero pairs `[L]` -> each atom's P best as `[M, P]` (value desc, token asc)."""
         by_value = torch.sort(values, descending=True, stable=True).indices
         by_atom = by_value[torch.sort(atoms[by_value], stable=True).indices]
@@ -158,7 +171,7 @@ class TopPAccumulator:
         owner = pos // k
         chunk = self._chunk_top(flat_v[pos], flat_a[pos], token[owner], extra[owner].float())
         merged_v = torch.cat([self.values, chunk[0]], dim=1)
-        order = torch.sort(merged_v, dim=1, descending=True, stable=True).indices[:, :self.top_p]
+        order = torch.sort(merged_v, dim=1, descending=True, stable=True).indices[:, : self.top_p]
         self.values = merged_v.gather(1, order)
         self.token = torch.cat([self.token, chunk[1]], dim=1).gather(1, order)
         self.extra = torch.cat([self.extra, chunk[2]], dim=1).gather(1, order)
@@ -170,8 +183,9 @@ def patch_mask_fraction(masks: torch.Tensor, grid: tuple[int, int]) -> torch.Ten
     return pooled.reshape(masks.shape[0], -1)
 
 
-def store_chunks(store: TokenStore, chunk_tokens: int, *, with_masks: bool = True,
-                 shards: list[int] | None = None) -> Iterator[TokenChunk]:
+def store_chunks(
+    store: TokenStore, chunk_tokens: int, *, with_masks: bool = True, shards: list[int] | None = None
+) -> Iterator[TokenChunk]:
     """Chunks of whole images (at most `chunk_tokens` tokens, at least one image) in store order,
     of every shard or of the listed shard positions only. Chunks never cross a shard, so a
     shard is cut the same way whichever process reads it."""
@@ -186,7 +200,7 @@ def store_chunks(store: TokenStore, chunk_tokens: int, *, with_masks: bool = Tru
             hi = min(lo + per_chunk, shard.shape[0])
             idx = range(start + lo, start + hi)
             frac = patch_mask_fraction(store.masks(idx), store.grid) if with_masks else None
-            yield TokenChunk(start + lo, shard[lo:hi], frac, cat_ids[start + lo:start + hi])
+            yield TokenChunk(start + lo, shard[lo:hi], frac, cat_ids[start + lo : start + hi])
 
 
 def default_chunk_tokens(sae: TopKSAE, device: torch.device) -> int:
@@ -200,9 +214,16 @@ def default_chunk_tokens(sae: TopKSAE, device: torch.device) -> int:
 
 
 @torch.no_grad()
-def stream_top_p(chunks: Iterable[TokenChunk], sae: TopKSAE, *, top_p: int, num_patches: int,
-                 num_categories: int = 1, device: torch.device | str = "cpu",
-                 progress: tqdm | None = None) -> tuple[TopPAccumulator, AtomCounts]:
+def stream_top_p(
+    chunks: Iterable[TokenChunk],
+    sae: TopKSAE,
+    *,
+    top_p: int,
+    num_patches: int,
+    num_categories: int = 1,
+    device: torch.device | str = "cpu",
+    progress: tqdm | None = None,
+) -> tuple[TopPAccumulator, AtomCounts]:
     """One pass over `chunks` (in image order): the running top-P list and the per-atom totals.
 
     The SAE is used on `device` (moved there if needed); chunks are copied there one at a time.
@@ -221,10 +242,14 @@ def stream_top_p(chunks: Iterable[TokenChunk], sae: TopKSAE, *, top_p: int, num_
         n = tokens.shape[0]
         t = n * num_patches
         x = tokens.to(device, non_blocking=True).reshape(t, -1).float()
-        frac = (chunk.mask_fraction.to(device).reshape(t).float() if chunk.mask_fraction is not None
-                else torch.zeros(t, device=device))
-        cats = (chunk.category.to(device) if chunk.category is not None
-                else torch.zeros(n, dtype=torch.long, device=device)).repeat_interleave(num_patches)
+        frac = (
+            chunk.mask_fraction.to(device).reshape(t).float()
+            if chunk.mask_fraction is not None
+            else torch.zeros(t, device=device)
+        )
+        cats = (
+            chunk.category.to(device) if chunk.category is not None else torch.zeros(n, dtype=torch.long, device=device)
+        ).repeat_interleave(num_patches)
         code = sae.encode(x)
         first = chunk.start_image * num_patches
         acc.update(code.values, code.indices, torch.arange(first, first + t, device=device), frac)
@@ -241,8 +266,9 @@ def _moved(sae: TopKSAE, device: torch.device) -> TopKSAE:
     return copy.to(device)
 
 
-def _accumulate(counts: AtomCounts, values: torch.Tensor, atoms: torch.Tensor, frac: torch.Tensor,
-                cats: torch.Tensor) -> None:
+def _accumulate(
+    counts: AtomCounts, values: torch.Tensor, atoms: torch.Tensor, frac: torch.Tensor, cats: torch.Tensor
+) -> None:
     """Add one chunk's codes (`[T, k]`), mask fractions `[T]` and category ids `[T]` to the totals."""
     k = values.shape[1]
     v = values.reshape(-1).double()
@@ -258,27 +284,53 @@ def _accumulate(counts: AtomCounts, values: torch.Tensor, atoms: torch.Tensor, f
     counts.mask_total += float(frac.double().sum())
 
 
-def build_atom_index(store: TokenStore, sae: TopKSAE, *, top_p: int = 16, device: str | torch.device = "auto",
-                     chunk_tokens: int | None = None, progress: bool = False) -> AtomIndex:
+def build_atom_index(
+    store: TokenStore,
+    sae: TopKSAE,
+    *,
+    top_p: int = 16,
+    device: str | torch.device = "auto",
+    chunk_tokens: int | None = None,
+    progress: bool = False,
+) -> AtomIndex:
     """The top-P index and per-atom totals of `sae` over every token of the auxiliary `store`."""
     if store.dim != sae.dim:
-        raise SPGError(f"the SAE expects {sae.dim}-dim tokens but the store holds {store.dim}-dim tokens",
-                       path=str(store.root), fix="use the auxiliary store the run was trained on")
+        raise SPGError(
+            f"the SAE expects {sae.dim}-dim tokens but the store holds {store.dim}-dim tokens",
+            path=str(store.root),
+            fix="use the auxiliary store the run was trained on",
+        )
     dev = resolve_device(device)
     chunk_tokens = chunk_tokens or default_chunk_tokens(sae, dev)
     total = store.num_images * store.num_patches
     t0 = time.perf_counter()
     mine = distributed.owned(len(store.manifest["shards"]))
     with tqdm(total=total, desc="atom index", unit="tok", unit_scale=True, disable=not progress) as bar:
-        acc, counts = stream_top_p(store_chunks(store, chunk_tokens, shards=mine), sae, top_p=top_p,
-                                   num_patches=store.num_patches, num_categories=len(store.categories),
-                                   device=dev, progress=bar)
+        acc, counts = stream_top_p(
+            store_chunks(store, chunk_tokens, shards=mine),
+            sae,
+            top_p=top_p,
+            num_patches=store.num_patches,
+            num_categories=len(store.categories),
+            device=dev,
+            progress=bar,
+        )
     if distributed.world_size() > 1:
         acc, counts = merge_partials(_gathered(acc, counts))
-    meta = {"world_size": distributed.world_size(), "top_p": top_p, "width": sae.width, "grid": list(store.grid), "image_size": store.image_size,
-            "num_images": store.num_images, "num_patches": store.num_patches, "categories": store.categories,
-            "aux_store": str(store.root), "device": str(dev), "chunk_tokens": chunk_tokens,
-            "seconds": time.perf_counter() - t0}
+    meta = {
+        "world_size": distributed.world_size(),
+        "top_p": top_p,
+        "width": sae.width,
+        "grid": list(store.grid),
+        "image_size": store.image_size,
+        "num_images": store.num_images,
+        "num_patches": store.num_patches,
+        "categories": store.categories,
+        "aux_store": str(store.root),
+        "device": str(dev),
+        "chunk_tokens": chunk_tokens,
+        "seconds": time.perf_counter() - t0,
+    }
     return finish_index(acc, counts, store.num_patches, meta)
 
 
@@ -296,11 +348,14 @@ def merge_partials(parts: list[tuple[TopPAccumulator, AtomCounts]]) -> tuple[Top
     extra = torch.cat([a.extra for a, _ in parts], dim=1)
     by_token = torch.sort(torch.where(token < 0, torch.iinfo(torch.long).max, token), dim=1, stable=True).indices
     by_value = torch.sort(values.gather(1, by_token), dim=1, descending=True, stable=True).indices
-    order = by_token.gather(1, by_value)[:, :acc.top_p]
+    order = by_token.gather(1, by_value)[:, : acc.top_p]
     acc.values, acc.token, acc.extra = values.gather(1, order), token.gather(1, order), extra.gather(1, order)
     totals = [c for _, c in parts]
-    counts = AtomCounts(*(sum(getattr(c, n) for c in totals) for n in AtomCounts.TENSORS),
-                        num_tokens=sum(c.num_tokens for c in totals), mask_total=sum(c.mask_total for c in totals))
+    counts = AtomCounts(
+        *(sum(getattr(c, n) for c in totals) for n in AtomCounts.TENSORS),
+        num_tokens=sum(c.num_tokens for c in totals),
+        mask_total=sum(c.mask_total for c in totals),
+    )
     return acc, counts
 
 
@@ -308,14 +363,16 @@ def _gathered(acc: TopPAccumulator, counts: AtomCounts) -> list[tuple[TopPAccumu
     """Every rank's (list, totals), in rank order, on every rank."""
     lists = [distributed.all_gather(t) for t in (acc.values, acc.token, acc.extra)]
     tensors = [distributed.all_gather(getattr(counts, n)) for n in AtomCounts.TENSORS]
-    scalars = distributed.all_gather(torch.tensor([counts.num_tokens, counts.mask_total], dtype=torch.float64,
-                                                  device=acc.values.device))
+    scalars = distributed.all_gather(
+        torch.tensor([counts.num_tokens, counts.mask_total], dtype=torch.float64, device=acc.values.device)
+    )
     parts = []
     for r in range(distributed.world_size()):
         part = TopPAccumulator(acc.width, acc.top_p, acc.device)
         part.values, part.token, part.extra = lists[0][r], lists[1][r], lists[2][r]
-        parts.append((part, AtomCounts(*(t[r] for t in tensors), num_tokens=int(scalars[r][0]),
-                                       mask_total=float(scalars[r][1]))))
+        parts.append(
+            (part, AtomCounts(*(t[r] for t in tensors), num_tokens=int(scalars[r][0]), mask_total=float(scalars[r][1])))
+        )
     return parts
 
 
@@ -325,19 +382,27 @@ def finish_index(acc: TopPAccumulator, counts: AtomCounts, num_patches: int, met
     filled = token >= 0
     image = torch.where(filled, token // num_patches, -1)
     patch = torch.where(filled, token % num_patches, -1)
-    cpu_counts = AtomCounts(*(getattr(counts, n).cpu() for n in AtomCounts.TENSORS),
-                            num_tokens=counts.num_tokens, mask_total=counts.mask_total)
+    cpu_counts = AtomCounts(
+        *(getattr(counts, n).cpu() for n in AtomCounts.TENSORS),
+        num_tokens=counts.num_tokens,
+        mask_total=counts.mask_total,
+    )
     return AtomIndex(acc.values.cpu(), image, patch, acc.extra.cpu(), cpu_counts, meta)
 
 
 # -- persistence -------------------------------------------------------------------------------
 
+
 def save_index(index: AtomIndex, path: str | Path) -> None:
     """`path` (.safetensors) with every tensor, and a readable summary beside it (.json)."""
     path = Path(path)
-    tensors = {"values": index.values, "image": index.image, "patch": index.patch,
-               "mask_fraction": index.mask_fraction,
-               **{f"counts.{n}": getattr(index.counts, n) for n in AtomCounts.TENSORS}}
+    tensors = {
+        "values": index.values,
+        "image": index.image,
+        "patch": index.patch,
+        "mask_fraction": index.mask_fraction,
+        **{f"counts.{n}": getattr(index.counts, n) for n in AtomCounts.TENSORS},
+    }
     meta = {**index.meta, "num_tokens": index.counts.num_tokens, "mask_total": index.counts.mask_total}
     save_tensors(path, tensors, {"index": meta})
     write_json(path.with_suffix(".json"), {**meta, "tensors": {k: list(v.shape) for k, v in tensors.items()}})
@@ -360,7 +425,16 @@ def load_index(path: str | Path) -> AtomIndex:
     shape = tensors["values"].shape
     if any(tensors[n].shape != shape for n in ("image", "patch", "mask_fraction")):
         raise SPGError("atom index tensors disagree in shape", path=str(path), fix=fix)
-    counts = AtomCounts(*(tensors[f"counts.{n}"] for n in AtomCounts.TENSORS),
-                        num_tokens=int(info["num_tokens"]), mask_total=float(info["mask_total"]))
-    return AtomIndex(tensors["values"], tensors["image"], tensors["patch"], tensors["mask_fraction"], counts,
-                     {k: v for k, v in info.items() if k not in ("num_tokens", "mask_total")})
+    counts = AtomCounts(
+        *(tensors[f"counts.{n}"] for n in AtomCounts.TENSORS),
+        num_tokens=int(info["num_tokens"]),
+        mask_total=float(info["mask_total"]),
+    )
+    return AtomIndex(
+        tensors["values"],
+        tensors["image"],
+        tensors["patch"],
+        tensors["mask_fraction"],
+        counts,
+        {k: v for k, v in info.items() if k not in ("num_tokens", "mask_total")},
+    )

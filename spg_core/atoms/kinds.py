@@ -27,7 +27,7 @@ from .region import mask_patches
 KINDS_TENSORS = "atoms/kinds.safetensors"
 KINDS_JSON = "atoms/kinds.json"
 VERSION = 1
-SPAN_SHARE = 0.25          # a category counts as spanned when its best kind reaches 25% of the row's peak
+SPAN_SHARE = 0.25  # a category counts as spanned when its best kind reaches 25% of the row's peak
 
 
 @dataclass
@@ -64,8 +64,11 @@ def kind_map(sae: TopKSAE, store: Any, atoms: list[int], batch: int = 16) -> Kin
     records = store.images
     kinds = defect_kinds(records)
     if not kinds:
-        raise SPGError("the auxiliary set has no anomalous images with masks", path=str(getattr(store, "root", "")),
-                       fix="use an auxiliary set with defect masks")
+        raise SPGError(
+            "the auxiliary set has no anomalous images with masks",
+            path=str(getattr(store, "root", "")),
+            fix="use an auxiliary set with defect masks",
+        )
     column = {k: i for i, k in enumerate(kinds)}
     ids = torch.as_tensor(atoms, dtype=torch.long)
     mass = np.zeros((len(atoms), len(kinds)), dtype=np.float64)
@@ -73,14 +76,14 @@ def kind_map(sae: TopKSAE, store: Any, atoms: list[int], batch: int = 16) -> Kin
     anomalous = [i for i, r in enumerate(records) if r["label"]]
     device = next(sae.parameters()).device
     for start in range(0, len(anomalous), batch):
-        idx = anomalous[start:start + batch]
+        idx = anomalous[start : start + batch]
         tokens = store.tokens(idx)
         masks = store.masks(idx).numpy() > 0.5
         for row, i in enumerate(idx):
             inside = torch.as_tensor(mask_patches(masks[row], store.grid))
             if not inside.any():
                 continue
-            codes = sae.encode_dense(tokens[row][inside].to(device).float()).cpu()[:, ids]   # [n_in, A]
+            codes = sae.encode_dense(tokens[row][inside].to(device).float()).cpu()[:, ids]  # [n_in, A]
             k = column[(records[i]["category"], records[i]["defect"])]
             mass[:, k] += codes.sum(0).double().numpy()
             patches[k] += int(inside.sum())
@@ -109,8 +112,10 @@ def kind_patches(sae: TopKSAE, store: Any, atom: int, kind: tuple[str, str], cou
 def save_kind_map(run_dir: str | Path, km: KindMap, sae_sha: str) -> None:
     """RUN/atoms/kinds.safetensors (tensors) + kinds.json (kinds, SAE hash), each written atomically."""
     run_dir = Path(run_dir)
-    save_tensors(run_dir / KINDS_TENSORS, {"atoms": torch.as_tensor(km.atoms), "mean": torch.as_tensor(km.mean),
-                                           "patches": torch.as_tensor(km.patches)})
+    save_tensors(
+        run_dir / KINDS_TENSORS,
+        {"atoms": torch.as_tensor(km.atoms), "mean": torch.as_tensor(km.mean), "patches": torch.as_tensor(km.patches)},
+    )
     write_json(run_dir / KINDS_JSON, {"version": VERSION, "kinds": [list(k) for k in km.kinds], "sae_sha256": sae_sha})
 
 
@@ -128,8 +133,8 @@ def load_kind_map(run_dir: str | Path, sae_sha: str) -> KindMap | None:
 
 def run_kind_map(run_dir: str | Path, sae: TopKSAE, store: Any, atoms: list[int]) -> KindMap:
     """The run's cached map when it is current and covers `atoms`, else computed and cached."""
-    from ..runs import SAE_FILE as SAE
     from ..atomic import file_sha256
+    from ..runs import SAE_FILE as SAE
 
     sha = file_sha256(Path(run_dir) / SAE)
     km = load_kind_map(run_dir, sha)

@@ -18,10 +18,11 @@ import torch
 
 from ..errors import SPGError
 from ..guides import GuidePair
-from ..scoring import NORM_EPS as _EPS, atom_logit_weights, unit
+from ..scoring import NORM_EPS as _EPS
+from ..scoring import atom_logit_weights, unit
 
 GUIDES = ("anomaly", "normal")
-_ROW = {"normal": 0, "anomaly": 1}          # row order of GuidePair.coefficients()
+_ROW = {"normal": 0, "anomaly": 1}  # row order of GuidePair.coefficients()
 
 
 def guide_row(guide: str) -> int:
@@ -34,8 +35,10 @@ def guide_row(guide: str) -> int:
 def require_atoms(pair: GuidePair) -> None:
     """Free guides (the no-dictionary ablation) live in R^D: they have no atoms to interpret."""
     if pair.variant == "free":
-        raise SPGError("this run's guides are free vectors (method free_guides): they are not made of atoms",
-                       fix="interpret a run trained with --method spg (or random_dict)")
+        raise SPGError(
+            "this run's guides are free vectors (method free_guides): they are not made of atoms",
+            fix="interpret a run trained with --method spg (or random_dict)",
+        )
 
 
 def rank_atoms(pair: GuidePair) -> dict[str, list[dict[str, float | int]]]:
@@ -116,7 +119,7 @@ def attribute(tokens: torch.Tensor, dictionary: torch.Tensor, pair: GuidePair, t
     f = unit(tokens)
     dic = dictionary.to(f.device).float()
     coef = pair.coefficients().detach().to(f.device).float()
-    weights = atom_logit_weights(dic, coef)          # [2, M]: c / |g|
+    weights = atom_logit_weights(dic, coef)  # [2, M]: c / |g|
     parts = []
     for row in (1, 0):
         atoms = coef[row].nonzero().flatten()
@@ -131,8 +134,9 @@ def top_atoms_per_patch(attr: Attribution, guide: str = "anomaly", k: int = 5) -
     return atoms[top.indices], top.values
 
 
-def top_atoms_per_image(attr: Attribution, guide: str = "anomaly", k: int = 5,
-                        weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def top_atoms_per_image(
+    attr: Attribution, guide: str = "anomaly", k: int = 5, weights: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The k atoms contributing most to each image: (atom ids `[B, k']`, values `[B, k']`).
 
     An image's value for an atom is its contribution averaged over patches with `weights` `[B, N]`

@@ -42,7 +42,7 @@ def cell_patches(rows: tuple[int, int], cols: tuple[int, int], grid: tuple[int, 
     r0, r1 = sorted(int(min(max(r, 0), h - 1)) for r in rows)
     c0, c1 = sorted(int(min(max(c, 0), w - 1)) for c in cols)
     out = np.zeros((h, w), dtype=bool)
-    out[r0:r1 + 1, c0:c1 + 1] = True
+    out[r0 : r1 + 1, c0 : c1 + 1] = True
     return out.reshape(-1)
 
 
@@ -85,8 +85,8 @@ class ImageAtoms:
 @torch.no_grad()
 def image_atoms(sae: TopKSAE, tokens: torch.Tensor, attr: Attribution, image: int = 0) -> ImageAtoms:
     """ImageAtoms of one image's tokens `[N, D]` and its attribution (image `image` of `attr`)."""
-    codes = sae.encode_dense(tokens.to(next(sae.parameters()).device).float()).cpu()   # [N, M]
-    atoms, net = attr.net()                                                           # [U], [B, N, U]
+    codes = sae.encode_dense(tokens.to(next(sae.parameters()).device).float()).cpu()  # [N, M]
+    atoms, net = attr.net()  # [U], [B, N, U]
     return ImageAtoms(codes, atoms, net[image], frozenset(attr.atoms_a.tolist()), frozenset(attr.atoms_n.tolist()))
 
 
@@ -106,8 +106,7 @@ def activation_ranking(codes: torch.Tensor, region: np.ndarray, k: int = 8) -> l
     mean_out = codes[~inside].mean(0) if (~inside).any() else torch.zeros_like(mean_in)
     excess = torch.where(mean_in > 0, mean_in - mean_out, torch.full_like(mean_in, -float("inf")))
     top = excess.topk(min(k, int((mean_in > 0).sum())))
-    return [{"atom": int(j), "inside": float(mean_in[j]), "outside": float(mean_out[j])}
-            for j in top.indices.tolist()]
+    return [{"atom": int(j), "inside": float(mean_in[j]), "outside": float(mean_out[j])} for j in top.indices.tolist()]
 
 
 def contribution_ranking(found: ImageAtoms, region: np.ndarray, k: int = 8) -> list[dict[str, float | int | str]]:
@@ -126,11 +125,13 @@ def contribution_ranking(found: ImageAtoms, region: np.ndarray, k: int = 8) -> l
 
 def rank_region(found: ImageAtoms, region: np.ndarray, k: int = 8) -> RegionAtoms:
     """Both rankings for `region` `[N]` of an image whose ImageAtoms are computed."""
-    return RegionAtoms(int(np.asarray(region).sum()), activation_ranking(found.codes, region, k),
-                       contribution_ranking(found, region, k))
+    return RegionAtoms(
+        int(np.asarray(region).sum()),
+        activation_ranking(found.codes, region, k),
+        contribution_ranking(found, region, k),
+    )
 
 
-def region_atoms(sae: TopKSAE, tokens: torch.Tensor, attr: Attribution, region: np.ndarray,
-                 k: int = 8) -> RegionAtoms:
+def region_atoms(sae: TopKSAE, tokens: torch.Tensor, attr: Attribution, region: np.ndarray, k: int = 8) -> RegionAtoms:
     """Both rankings for one image's tokens `[N, D]`, its attribution (one image) and `region` `[N]`."""
     return rank_region(image_atoms(sae, tokens, attr), region, k)

@@ -51,8 +51,17 @@ TAG_RULE = (
 )
 TAGS = ("class-general", "class-specific", "shared", "dead")
 OBJECT_COLUMNS = ("top_categories", "top_defects", "defect_categories")
-FLOAT_COLUMNS = ("frequency", "mean_activation", "max_activation", "selectivity", "lift", "category_entropy",
-                 "top_category_share", "top_patch_entropy", "dominant_defect_share")
+FLOAT_COLUMNS = (
+    "frequency",
+    "mean_activation",
+    "max_activation",
+    "selectivity",
+    "lift",
+    "category_entropy",
+    "top_category_share",
+    "top_patch_entropy",
+    "dominant_defect_share",
+)
 
 
 def _normalised_entropy(p: np.ndarray) -> np.ndarray:
@@ -83,7 +92,7 @@ def _top_patch_row(entries: list[dict[str, Any]], records: list[dict[str, Any]],
     for r in in_mask:
         kinds.setdefault(r["defect"], set()).add(r["category"])
     share = np.zeros((1, max(num_categories, len(cats))))
-    share[0, :len(cats)] = list(cats.values())
+    share[0, : len(cats)] = list(cats.values())
     top_defect = defects.most_common(1)
     return {
         "top_patch_entropy": float(_normalised_entropy(share / share.sum())[0]) if entries else math.nan,
@@ -103,42 +112,59 @@ def tag_atoms(df: pd.DataFrame, *, specific_share: float = SPECIFIC_SHARE, min_l
     dead = df["frequency"].to_numpy() == 0
     specific = df["top_category_share"].to_numpy() >= specific_share
     general = df["lift"].fillna(0).to_numpy() >= min_lift
-    return pd.Series(np.select([dead, specific, general], ["dead", "class-specific", "class-general"], "shared"),
-                     index=df.index, name="tag")
+    return pd.Series(
+        np.select([dead, specific, general], ["dead", "class-specific", "class-general"], "shared"),
+        index=df.index,
+        name="tag",
+    )
 
 
-def atom_stats(index: AtomIndex, records: list[dict[str, Any]], *, specific_share: float = SPECIFIC_SHARE,
-               min_lift: float = MIN_LIFT) -> pd.DataFrame:
+def atom_stats(
+    index: AtomIndex,
+    records: list[dict[str, Any]],
+    *,
+    specific_share: float = SPECIFIC_SHARE,
+    min_lift: float = MIN_LIFT,
+) -> pd.DataFrame:
     """One row per atom (see the module docstring). `records`: the auxiliary store's `images`."""
     c = index.counts
     names = list(index.meta.get("categories") or sorted({r["category"] for r in records}))
     fire = c.fire_count.numpy().astype(np.float64)
     act = c.act_sum.numpy()
     base_rate = c.mask_total / max(c.num_tokens, 1)
-    profile = np.nan_to_num(_category_profile(index))         # dead atoms: all-zero rows
+    profile = np.nan_to_num(_category_profile(index))  # dead atoms: all-zero rows
     live = fire > 0
     with np.errstate(invalid="ignore", divide="ignore"):
         selectivity = np.where(live, c.masked_sum.numpy() / act, np.nan)
-        df = pd.DataFrame({
-            "atom": np.arange(index.width),
-            "frequency": fire / max(c.num_tokens, 1),
-            "mean_activation": np.where(live, act / fire, np.nan),
-            "max_activation": index.values[:, 0].numpy().astype(np.float64),
-            "selectivity": np.clip(selectivity, 0.0, 1.0),
-            "lift": selectivity / base_rate if base_rate > 0 else np.nan,
-            "category_entropy": np.where(live, _normalised_entropy(profile), np.nan),
-            "top_category": [names[i] if ok else None for i, ok in zip(profile.argmax(1), live)],
-            "top_category_share": np.where(live, profile.max(1), np.nan),
-        })
+        df = pd.DataFrame(
+            {
+                "atom": np.arange(index.width),
+                "frequency": fire / max(c.num_tokens, 1),
+                "mean_activation": np.where(live, act / fire, np.nan),
+                "max_activation": index.values[:, 0].numpy().astype(np.float64),
+                "selectivity": np.clip(selectivity, 0.0, 1.0),
+                "lift": selectivity / base_rate if base_rate > 0 else np.nan,
+                "category_entropy": np.where(live, _normalised_entropy(profile), np.nan),
+                "top_category": [names[i] if ok else None for i, ok in zip(profile.argmax(1), live)],
+                "top_category_share": np.where(live, profile.max(1), np.nan),
+            }
+        )
     top = pd.DataFrame([_top_patch_row(index.entries(j), records, len(names)) for j in range(index.width)])
     df = pd.concat([df, top], axis=1)
     df["tag"] = tag_atoms(df, specific_share=specific_share, min_lift=min_lift)
-    df.attrs.update({"base_rate": base_rate, "categories": names, "rule": TAG_RULE,
-                     "thresholds": {"specific_share": specific_share, "min_lift": min_lift}})
+    df.attrs.update(
+        {
+            "base_rate": base_rate,
+            "categories": names,
+            "rule": TAG_RULE,
+            "thresholds": {"specific_share": specific_share, "min_lift": min_lift},
+        }
+    )
     return df
 
 
 # -- persistence -------------------------------------------------------------------------------
+
 
 def save_stats(df: pd.DataFrame, json_path: str | Path, csv_path: str | Path) -> None:
     """stats.json (settings + every column, NaN as null) and stats.csv (the scalar columns)."""
@@ -159,6 +185,6 @@ def load_stats(json_path: str | Path) -> pd.DataFrame:
     if not isinstance(data, dict) or not isinstance(data.get("atoms"), list):
         raise SPGError("atom statistics lack the per-atom table", path=str(json_path), fix=fix)
     df = pd.DataFrame.from_records(data.pop("atoms"))
-    df[list(FLOAT_COLUMNS)] = df[list(FLOAT_COLUMNS)].astype(np.float64)     # JSON null -> NaN
+    df[list(FLOAT_COLUMNS)] = df[list(FLOAT_COLUMNS)].astype(np.float64)  # JSON null -> NaN
     df.attrs.update({k: v for k, v in data.items() if k != "version"})
     return df

@@ -19,8 +19,8 @@ from ..render import overlay
 from ..sae import TopKSAE
 from ..scoring import upsample
 
-IN_MASK = (230, 40, 40)          # box colour of a patch overlapping a defect mask
-OUT_MASK = (255, 255, 255)       # box colour of any other patch
+IN_MASK = (230, 40, 40)  # box colour of a patch overlapping a defect mask
+OUT_MASK = (255, 255, 255)  # box colour of any other patch
 
 
 @torch.no_grad()
@@ -55,11 +55,18 @@ def _outline(img: Image.Image, patch: int, grid: tuple[int, int], colour: tuple[
     """Box one patch of a square view; the line is an eighth of a cell wide (at least 1 px)."""
     width = max(1, round(img.size[0] / grid[1] / 8))
     x0, y0, x1, y1 = patch_box(patch, grid, img.size[0])
-    ImageDraw.Draw(img).rectangle((x0, y0, x1 - 1, y1 - 1), outline=colour, width=width)   # PIL: x1 inclusive
+    ImageDraw.Draw(img).rectangle((x0, y0, x1 - 1, y1 - 1), outline=colour, width=width)  # PIL: x1 inclusive
 
 
-def patch_crop(image: Image.Image, patch: int, grid: tuple[int, int], size: int, context: int = 1,
-               out: int | None = None, outline: tuple[int, int, int] | None = None) -> Image.Image:
+def patch_crop(
+    image: Image.Image,
+    patch: int,
+    grid: tuple[int, int],
+    size: int,
+    context: int = 1,
+    out: int | None = None,
+    outline: tuple[int, int, int] | None = None,
+) -> Image.Image:
     """The patch and `context` cells around it, cut from `image` resized to `size` x `size`.
 
     Returns an RGB PIL image, resized to `out` x `out` when given; `outline` draws the patch's cell.
@@ -71,9 +78,15 @@ def patch_crop(image: Image.Image, patch: int, grid: tuple[int, int], size: int,
     return crop.resize((out, out), Image.BICUBIC) if out else crop
 
 
-def heatmap_overlay(image: Image.Image, heat: torch.Tensor | np.ndarray, vmax: float, alpha: float = 0.55,
-                    patch: int | None = None, grid: tuple[int, int] | None = None,
-                    outline: tuple[int, int, int] = OUT_MASK) -> Image.Image:
+def heatmap_overlay(
+    image: Image.Image,
+    heat: torch.Tensor | np.ndarray,
+    vmax: float,
+    alpha: float = 0.55,
+    patch: int | None = None,
+    grid: tuple[int, int] | None = None,
+    outline: tuple[int, int, int] = OUT_MASK,
+) -> Image.Image:
     """`heat` `[S, S]` over `image` on the shared colour scale [0, vmax], optionally boxing a patch."""
     values = heat.numpy() if torch.is_tensor(heat) else np.asarray(heat)
     img = overlay(image, values, alpha=alpha, vmin=0.0, vmax=max(float(vmax), 1e-12))
@@ -83,6 +96,7 @@ def heatmap_overlay(image: Image.Image, heat: torch.Tensor | np.ndarray, vmax: f
 
 
 # -- gallery ------------------------------------------------------------------------------------
+
 
 @dataclass
 class GalleryRow:
@@ -96,13 +110,23 @@ class GalleryRow:
 def _font(size: int) -> ImageFont.ImageFont:
     try:
         return ImageFont.load_default(size=size)
-    except TypeError:                       # Pillow without FreeType: fixed-size bitmap font
+    except TypeError:  # Pillow without FreeType: fixed-size bitmap font
         return ImageFont.load_default()
 
 
-def render_gallery(rows: list[GalleryRow], records: list[dict[str, Any]], sae: TopKSAE,
-                   tokens_of: Any, grid: tuple[int, int], size: int, *, title: str = "",
-                   tile: int = 96, context: int = 2, label_width: int = 190) -> Image.Image:
+def render_gallery(
+    rows: list[GalleryRow],
+    records: list[dict[str, Any]],
+    sae: TopKSAE,
+    tokens_of: Any,
+    grid: tuple[int, int],
+    size: int,
+    *,
+    title: str = "",
+    tile: int = 96,
+    context: int = 2,
+    label_width: int = 190,
+) -> Image.Image:
     """The paper's Figure 5 layout: one band per atom, a label, then per top patch a crop (top)
     and the atom's heatmap over the whole image (bottom), the patch boxed (red: in a defect mask).
 
@@ -113,8 +137,10 @@ def render_gallery(rows: list[GalleryRow], records: list[dict[str, Any]], sae: T
     caption, head = 14, 28 if title else 0
     band = 2 * tile + caption + 8
     big, small = _font(14), _font(11)
-    width = max(label_width + per_atom * (tile + 4) + 4, int(ImageDraw.Draw(Image.new("RGB", (1, 1)))
-                                                             .textlength(title, font=big)) + 16)
+    width = max(
+        label_width + per_atom * (tile + 4) + 4,
+        int(ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(title, font=big)) + 16,
+    )
     canvas = Image.new("RGB", (width, head + len(rows) * band), (24, 24, 28))
     draw = ImageDraw.Draw(canvas)
     if title:
@@ -123,8 +149,12 @@ def render_gallery(rows: list[GalleryRow], records: list[dict[str, Any]], sae: T
     for r, row in enumerate(rows):
         y = head + r * band
         for i, line in enumerate(row.label):
-            draw.text((8, y + 6 + 18 * i), line, fill=(235, 235, 235) if i == 0 else (190, 190, 200),
-                      font=big if i == 0 else small)
+            draw.text(
+                (8, y + 6 + 18 * i),
+                line,
+                fill=(235, 235, 235) if i == 0 else (190, 190, 200),
+                font=big if i == 0 else small,
+            )
         vmax = max((e["value"] for e in row.entries), default=1.0)
         for c, e in enumerate(row.entries):
             x = label_width + c * (tile + 4)
@@ -135,10 +165,12 @@ def render_gallery(rows: list[GalleryRow], records: list[dict[str, Any]], sae: T
             canvas.paste(patch_crop(image, e["patch"], grid, size, context, tile, outline=colour), (x, y))
             # Upsampled straight to the tile: same bilinear map, sampled at the tile's pixels.
             heat = atom_heatmap(sae, tokens_of(e["image"]), row.atom, grid, tile)
-            canvas.paste(heatmap_overlay(image, heat, vmax, patch=e["patch"], grid=grid, outline=colour),
-                         (x, y + tile + 2))
-            draw.text((x + 2, y + 2 * tile + 3), str(records[e["image"]]["category"])[:14], fill=(170, 170, 180),
-                      font=small)
+            canvas.paste(
+                heatmap_overlay(image, heat, vmax, patch=e["patch"], grid=grid, outline=colour), (x, y + tile + 2)
+            )
+            draw.text(
+                (x + 2, y + 2 * tile + 3), str(records[e["image"]]["category"])[:14], fill=(170, 170, 180), font=small
+            )
     return canvas
 
 

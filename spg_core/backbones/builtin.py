@@ -55,6 +55,8 @@ reported beside every builtin SPG figure (benchmarks/RESULTS.md).
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 import torch.nn.functional as F
 
@@ -67,23 +69,23 @@ from .symmetry import (
 )
 
 _K_NEIGHBOURS = (1, 3, 10, 30)
-_BANDPASS_SIGMAS = (1.0, 2.0, 4.0)   # L - G1, G1 - G2, G2 - G4
+_BANDPASS_SIGMAS = (1.0, 2.0, 4.0)  # L - G1, G1 - G2, G2 - G4
 _Z_SCALE = 0.05
 _Z_CLAMP = 20.0
 _MAD_FLOOR = 0.02
 
 # Patch-descriptor layout (see patch_descriptors): indices into the 19 local descriptors.
-_COLOUR = [0, 1, 2, 10, 11, 12]                          # means and stds of L, a, b
+_COLOUR = [0, 1, 2, 10, 11, 12]  # means and stds of L, a, b
 _STRUCTURE = [3, 4, 5, 6, 7, 8, 9, 13, 14, 15, 16, 17, 18]  # |grad| mean, band-pass means and maxima
 _N_DESC = 19
-_LEVELS = 16            # colour bins per channel for colour rarity
-_RARITY_EXCLUDE = 2     # patches: the 5 x 5 patches around a pixel do not count as its look-alikes
-_POOLED_MAX = 1         # pooled_map's layout is (mean, max, eroded mean, eroded max)
-_PALETTE = 16           # colours in each image's own palette (colour-bag similarity)
-_PALETTE_ITERS = 8      # k-means steps; the palette only has to be stable, not optimal
-_PALETTE_STRIDE = 4     # px: k-means is fitted on every 4th pixel in each direction
-_DESC_SCALE = 0.02      # descriptor channels, relative to the constant and the joint evidence
-_SYMMETRY_FLOOR = 0.9   # symmetry residuals count from each image's 90th percentile up
+_LEVELS = 16  # colour bins per channel for colour rarity
+_RARITY_EXCLUDE = 2  # patches: the 5 x 5 patches around a pixel do not count as its look-alikes
+_POOLED_MAX = 1  # pooled_map's layout is (mean, max, eroded mean, eroded max)
+_PALETTE = 16  # colours in each image's own palette (colour-bag similarity)
+_PALETTE_ITERS = 8  # k-means steps; the palette only has to be stable, not optimal
+_PALETTE_STRIDE = 4  # px: k-means is fitted on every 4th pixel in each direction
+_DESC_SCALE = 0.02  # descriptor channels, relative to the constant and the joint evidence
+_SYMMETRY_FLOOR = 0.9  # symmetry residuals count from each image's 90th percentile up
 
 
 def pixel_channels(images: torch.Tensor) -> torch.Tensor:
@@ -93,14 +95,14 @@ def pixel_channels(images: torch.Tensor) -> torch.Tensor:
     """
     r, g, b = images[:, 0:1], images[:, 1:2], images[:, 2:3]
     lum = (r + g + b) / 3
-    blurred = [lum] + [gaussian_blur(lum, s) for s in _BANDPASS_SIGMAS]     # L, G1, G2, G4
+    blurred = [lum] + [gaussian_blur(lum, s) for s in _BANDPASS_SIGMAS]  # L, G1, G2, G4
     # Gradient on the sigma-1 blur: sensor noise would otherwise dominate plain surfaces.
     gx, gy = central_differences(blurred[1])
-    grad = torch.sqrt(gx ** 2 + gy ** 2 + 1e-8)
+    grad = torch.sqrt(gx**2 + gy**2 + 1e-8)
     bands = []
-    for fine, coarse in zip(blurred[:-1], blurred[1:]):
+    for fine, coarse in itertools.pairwise(blurred):
         d = fine - coarse
-        bands += [d.clamp_min(0), (-d).clamp_min(0)]                         # bright, dark detail
+        bands += [d.clamp_min(0), (-d).clamp_min(0)]  # bright, dark detail
     return torch.cat([lum, r - g, (r + g) / 2 - b, grad, *bands], dim=1)
 
 
@@ -128,13 +130,18 @@ def colour_codes(channels: torch.Tensor, levels: int = _LEVELS) -> torch.Tensor:
     ranges: a defect whose colour lies outside the image's usual range must not be folded
     into the extreme bin that the normal extremes share.
     """
+
     def level(x: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
         return ((x - lo) / (hi - lo) * levels).floor().clamp(0, levels - 1).long()
-    return (level(channels[:, 0], 0.0, 1.0) * levels + level(channels[:, 1], -0.5, 0.5)) * levels \
-        + level(channels[:, 2], -0.5, 0.5)
+
+    return (level(channels[:, 0], 0.0, 1.0) * levels + level(channels[:, 1], -0.5, 0.5)) * levels + level(
+        channels[:, 2], -0.5, 0.5
+    )
 
 
-def colour_rarity(codes: torch.Tensor, patch: int, exclude: int = _RARITY_EXCLUDE, levels: int = _LEVELS) -> torch.Tensor:
+def colour_rarity(
+    codes: torch.Tensor, patch: int, exclude: int = _RARITY_EXCLUDE, levels: int = _LEVELS
+) -> torch.Tensor:
     """Per-pixel colour surprise: -log p(colour | the image outside the pixel's neighbourhood).
 
     `codes`: `[B, S, S]` from `colour_codes`. The density counts every pixel of the image
@@ -145,10 +152,10 @@ def colour_rarity(codes: torch.Tensor, patch: int, exclude: int = _RARITY_EXCLUD
     an uncommon one. Returns `[B, S, S]`.
     """
     bsz, size, _ = codes.shape
-    g, nb, dev = size // patch, levels ** 3, codes.device
+    g, nb, dev = size // patch, levels**3, codes.device
     rows = torch.arange(size, device=dev) // patch
-    py, px = rows[:, None].expand(size, size).flatten(), rows[None, :].expand(size, size).flatten()   # [S*S]
-    flat = codes.flatten(1)                                                 # [B, S*S]
+    py, px = rows[:, None].expand(size, size).flatten(), rows[None, :].expand(size, size).flatten()  # [S*S]
+    flat = codes.flatten(1)  # [B, S*S]
     lab = torch.stack([flat // (levels * levels), flat // levels % levels, flat % levels])
     # Per-patch colour histograms [B, g*g*nb], box-smoothed in colour space at scatter
     # time: each pixel votes for its 27 neighbouring bins.
@@ -159,7 +166,7 @@ def colour_rarity(codes: torch.Tensor, patch: int, exclude: int = _RARITY_EXCLUD
         valid = ((q >= 0) & (q < levels)).all(0)
         code = (q[0] * levels + q[1]) * levels + q[2]
         hist.scatter_add_(1, cell * nb + code.clamp(0, nb - 1), valid.float())
-    total = hist.view(bsz, g * g, nb).sum(1).gather(1, flat)                # [B, S*S] votes image-wide
+    total = hist.view(bsz, g * g, nb).sum(1).gather(1, flat)  # [B, S*S] votes image-wide
     # Votes from the excluded window, read only at each pixel's own bin: (2e+1)^2 gathers
     # instead of box-filtering the whole [B, g, g, nb] histogram.
     near = torch.zeros_like(total)
@@ -172,7 +179,7 @@ def colour_rarity(codes: torch.Tensor, patch: int, exclude: int = _RARITY_EXCLUD
             near += hist.gather(1, other + flat) * inside
             near_cells += inside
     votes = (total - near) / 27
-    n_rest = size * size - near_cells * patch * patch                       # pixels that may vote
+    n_rest = size * size - near_cells * patch * patch  # pixels that may vote
     return -torch.log((votes + 0.5) / (n_rest + 0.5 * nb)).view(bsz, size, size)
 
 
@@ -198,21 +205,21 @@ def palette_weights(channels: torch.Tensor, colours: int = _PALETTE) -> torch.Te
     """
     lab = channels[:, :3]
     bsz = lab.shape[0]
-    every = lab.flatten(2).transpose(1, 2)                                        # [B, P, 3]
+    every = lab.flatten(2).transpose(1, 2)  # [B, P, 3]
     sample = lab[..., ::_PALETTE_STRIDE, ::_PALETTE_STRIDE].flatten(2).transpose(1, 2)
     rows = torch.arange(bsz, device=lab.device)
     centres = [sample.mean(1)]
-    nearest = (sample - centres[0][:, None]).pow(2).sum(-1)                      # [B, p] to the closest centre
+    nearest = (sample - centres[0][:, None]).pow(2).sum(-1)  # [B, p] to the closest centre
     for _ in range(colours - 1):
         centres.append(sample[rows, nearest.argmax(1)])
         nearest = torch.minimum(nearest, (sample - centres[-1][:, None]).pow(2).sum(-1))
-    centres = torch.stack(centres, 1)                                             # [B, K, 3]
+    centres = torch.stack(centres, 1)  # [B, K, 3]
     for _ in range(_PALETTE_ITERS):
         d = torch.cdist(sample, centres, compute_mode="donot_use_mm_for_euclid_dist")
-        member = F.one_hot(d.argmin(-1), colours).to(lab.dtype)                  # [B, p, K]
+        member = F.one_hot(d.argmin(-1), colours).to(lab.dtype)  # [B, p, K]
         count = member.sum(1)[..., None]
         centres = torch.where(count > 0, member.transpose(1, 2) @ sample / count.clamp_min(1), centres)
-    d2 = torch.cdist(every, centres, compute_mode="donot_use_mm_for_euclid_dist").pow(2)   # [B, P, K]
+    d2 = torch.cdist(every, centres, compute_mode="donot_use_mm_for_euclid_dist").pow(2)  # [B, P, K]
     tau = d2.min(-1).values.median(1).values[:, None, None] + 1e-4
     return torch.softmax(-d2 / tau, -1).transpose(1, 2).reshape(bsz, colours, *lab.shape[-2:])
 
@@ -226,10 +233,9 @@ def colour_bag_similarity(channels: torch.Tensor, patch: int, near: torch.Tensor
     descriptors below) blur a texture's mix of speckles into one grey; the mix itself
     is what a stain, a patch of missing texture or a foreign particle changes.
     """
-    local = F.avg_pool2d(palette_weights(channels), patch)                        # [B, K, h, w]
+    local = F.avg_pool2d(palette_weights(channels), patch)  # [B, K, h, w]
     context = F.avg_pool2d(local, 3, stride=1, padding=1, count_include_pad=False)
-    return torch.cat([self_similarity(m.flatten(2).transpose(1, 2), near, _K_NEIGHBOURS)
-                      for m in (local, context)], -1)
+    return torch.cat([self_similarity(m.flatten(2).transpose(1, 2), near, _K_NEIGHBOURS) for m in (local, context)], -1)
 
 
 def joint_evidence(sim: torch.Tensor, bag: torch.Tensor, rarity: torch.Tensor, symmetry: torch.Tensor) -> torch.Tensor:
@@ -282,15 +288,18 @@ def self_similarity(z: torch.Tensor, near: torch.Tensor, ks: tuple[int, ...]) ->
     """
     # Direct differences, not the matmul expansion: that one loses precision for near
     # neighbours and made CUDA and CPU tokens disagree (seen on an H100).
-    dist = torch.cdist(z, z, compute_mode="donot_use_mm_for_euclid_dist")   # [B, N, N]
+    dist = torch.cdist(z, z, compute_mode="donot_use_mm_for_euclid_dist")  # [B, N, N]
     dist = dist.masked_fill(near, float("inf"))
     kmax = min(max(ks), dist.shape[-1] - int(near[0].sum()))
-    nearest = dist.topk(kmax, dim=-1, largest=False).values      # [B, N, kmax], ascending
-    picked = nearest[..., [min(k, kmax) - 1 for k in ks]]        # [B, N, len(ks)]
+    nearest = dist.topk(kmax, dim=-1, largest=False).values  # [B, N, kmax], ascending
+    picked = nearest[..., [min(k, kmax) - 1 for k in ks]]  # [B, N, len(ks)]
     support = near.sum(1)
-    ring = support < support.max()                               # [N]
-    med = torch.where(ring[None, :, None], picked[:, ring].median(dim=1, keepdim=True).values,
-                      picked[:, ~ring].median(dim=1, keepdim=True).values)
+    ring = support < support.max()  # [N]
+    med = torch.where(
+        ring[None, :, None],
+        picked[:, ring].median(dim=1, keepdim=True).values,
+        picked[:, ~ring].median(dim=1, keepdim=True).values,
+    )
     ratio = picked / (med + 1e-3)
     return torch.log1p((ratio - 1).clamp_min(0))
 
@@ -301,7 +310,7 @@ class BuiltinBackbone(Backbone):
     name = "builtin"
     image_size = 256
     patch_size = 8
-    dim = 1 + 1 + 3 * len(_K_NEIGHBOURS) + 4 + 4 + 2 * len(_K_NEIGHBOURS) + 3 * _N_DESC      # 87
+    dim = 1 + 1 + 3 * len(_K_NEIGHBOURS) + 4 + 4 + 2 * len(_K_NEIGHBOURS) + 3 * _N_DESC  # 87
     mean = (0.0, 0.0, 0.0)
     std = (1.0, 1.0, 1.0)
     weights = "builtin-v6"
@@ -320,20 +329,21 @@ class BuiltinBackbone(Backbone):
 
     def _tokens(self, images: torch.Tensor) -> torch.Tensor:
         channels = pixel_channels(images)
-        desc = patch_descriptors(channels, self.patch_size)                        # [B, 19, h, w]
+        desc = patch_descriptors(channels, self.patch_size)  # [B, 19, h, w]
         context = F.avg_pool2d(desc, 3, stride=1, padding=1, count_include_pad=False)
-        z_local = robust_standardise(desc.flatten(2)).clamp(-_Z_CLAMP, _Z_CLAMP).transpose(1, 2)   # [B, N, 19]
+        z_local = robust_standardise(desc.flatten(2)).clamp(-_Z_CLAMP, _Z_CLAMP).transpose(1, 2)  # [B, N, 19]
         z_ctx = robust_standardise(context.flatten(2)).clamp(-_Z_CLAMP, _Z_CLAMP).transpose(1, 2)
         groups = (z_local[..., _COLOUR], z_local[..., _STRUCTURE], z_ctx)
         sim = torch.cat([self_similarity(g, self._near, _K_NEIGHBOURS) for g in groups], dim=-1)  # [B, N, 12]
-        z = torch.cat([z_local, z_ctx], dim=-1) * _Z_SCALE                        # [B, N, 38]
+        z = torch.cat([z_local, z_ctx], dim=-1) * _Z_SCALE  # [B, N, 38]
         rarity = pooled_map(colour_rarity(colour_codes(channels), self.patch_size), self.patch_size)  # [B, N, 4]
         # Each pooled value keeps the better of the two explanations: a part's mirror image
         # or a texture's repeat (a part has no repeat, a random texture neither).
-        symmetry = torch.minimum(pooled_map(mirror_residual(images), self.patch_size),
-                                 pooled_map(repeat_residual(images), self.patch_size))   # [B, N, 4]
+        symmetry = torch.minimum(
+            pooled_map(mirror_residual(images), self.patch_size), pooled_map(repeat_residual(images), self.patch_size)
+        )  # [B, N, 4]
         symmetry = symmetry_floor(symmetry)
-        bag = colour_bag_similarity(channels, self.patch_size, self._near)           # [B, N, 8]
+        bag = colour_bag_similarity(channels, self.patch_size, self._near)  # [B, N, 8]
         descriptors = torch.cat([sim, rarity, symmetry, bag, z[..., :_N_DESC].abs(), z], dim=-1)
         ones = torch.ones_like(sim[..., :1])
         return torch.cat([ones, joint_evidence(sim, bag, rarity, symmetry), _DESC_SCALE * descriptors], dim=-1)

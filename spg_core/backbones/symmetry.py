@@ -18,13 +18,13 @@ import torch.nn.functional as F
 
 from ..gaussian import gaussian_blur as shared_gaussian_blur
 
-SIZE = 128                # px: symmetry is searched and compared at half resolution
-MIRROR_ANGLES = 60        # candidate axis angles in [0, pi): 3-degree steps
-MIRROR_OFFSETS = (-0.5, 0.0, 0.5)   # px at SIZE: candidate axis positions about the centroid
-FG_DILATE = 3             # px at SIZE: the foreground grows this far past the Otsu mask
-PERIOD_RANGE = (6, 40)    # px at SIZE: translations shorter than 6 px match any smooth image
-PERIOD_MIN_ANGLE = 25.0   # degrees between the two translation vectors
-EDGE_WEIGHT = 3.0         # residuals are divided by 1 + EDGE_WEIGHT x the reference's local gradient
+SIZE = 128  # px: symmetry is searched and compared at half resolution
+MIRROR_ANGLES = 60  # candidate axis angles in [0, pi): 3-degree steps
+MIRROR_OFFSETS = (-0.5, 0.0, 0.5)  # px at SIZE: candidate axis positions about the centroid
+FG_DILATE = 3  # px at SIZE: the foreground grows this far past the Otsu mask
+PERIOD_RANGE = (6, 40)  # px at SIZE: translations shorter than 6 px match any smooth image
+PERIOD_MIN_ANGLE = 25.0  # degrees between the two translation vectors
+EDGE_WEIGHT = 3.0  # residuals are divided by 1 + EDGE_WEIGHT x the reference's local gradient
 
 
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -84,17 +84,16 @@ def foreground(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     share = core.mean((1, 2))[:, None, None]
     texture = (share > 0.6) | (share < 0.01)
     grown_all = texture | (grown.mean((1, 2)) > 0.6)[:, None, None]
-    return (torch.where(texture, torch.ones_like(core), core),
-            torch.where(grown_all, torch.ones_like(grown), grown))
+    return (torch.where(texture, torch.ones_like(core), core), torch.where(grown_all, torch.ones_like(grown), grown))
 
 
 def _reflect(f: torch.Tensor, cx: torch.Tensor, cy: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     """Mirror `f` `[B, C, s, s]` across the line through (cx, cy) `[B]` at angle theta `[B]`."""
     size = f.shape[-1]
     t = torch.arange(size, dtype=f.dtype, device=f.device)
-    dy, dx = (t[None, :, None] - cy[:, None, None]), (t[None, None, :] - cx[:, None, None])   # [B, s, 1], [B, 1, s]
+    dy, dx = (t[None, :, None] - cy[:, None, None]), (t[None, None, :] - cx[:, None, None])  # [B, s, 1], [B, 1, s]
     c2, s2 = torch.cos(2 * theta)[:, None, None], torch.sin(2 * theta)[:, None, None]
-    rx, ry = cx[:, None, None] + c2 * dx + s2 * dy, cy[:, None, None] + s2 * dx - c2 * dy   # [B, s, s]
+    rx, ry = cx[:, None, None] + c2 * dx + s2 * dy, cy[:, None, None] + s2 * dx - c2 * dy  # [B, s, s]
     grid = torch.stack([rx, ry], -1) / (size - 1) * 2 - 1
     return F.grid_sample(f, grid, mode="bilinear", padding_mode="border", align_corners=True)
 
@@ -132,8 +131,11 @@ def _min_shift_difference(f: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     1 px of each position of g (rendering and resampling misalign by that much)."""
     size = f.shape[-1]
     g = F.pad(g, (1, 1, 1, 1), mode="replicate")
-    return torch.stack([(f - g[..., dy:dy + size, dx:dx + size]).abs().sum(1)
-                        for dy in range(3) for dx in range(3)]).min(0).values
+    return (
+        torch.stack([(f - g[..., dy : dy + size, dx : dx + size]).abs().sum(1) for dy in range(3) for dx in range(3)])
+        .min(0)
+        .values
+    )
 
 
 def mirror_residual(images: torch.Tensor, angles: int = MIRROR_ANGLES) -> torch.Tensor:
@@ -153,9 +155,16 @@ def mirror_residual(images: torch.Tensor, angles: int = MIRROR_ANGLES) -> torch.
     t = torch.arange(SIZE, dtype=f.dtype, device=f.device)
     area = core.sum((1, 2))
     cy, cx = (core.sum(2) * t).sum(1) / area, (core.sum(1) * t).sum(1) / area
-    axes = [(th, d) for th in torch.arange(angles, device=f.device).to(f.dtype) * math.pi / angles for d in MIRROR_OFFSETS]
-    cost = torch.stack([((f - _reflect(f, cx - d * th.sin(), cy + d * th.cos(), th.expand(bsz))).abs().sum(1) * fg).sum((1, 2))
-                        for th, d in axes], 1)                                               # [B, A * O]
+    axes = [
+        (th, d) for th in torch.arange(angles, device=f.device).to(f.dtype) * math.pi / angles for d in MIRROR_OFFSETS
+    ]
+    cost = torch.stack(
+        [
+            ((f - _reflect(f, cx - d * th.sin(), cy + d * th.cos(), th.expand(bsz))).abs().sum(1) * fg).sum((1, 2))
+            for th, d in axes
+        ],
+        1,
+    )  # [B, A * O]
     best = [axes[i] for i in cost.argmin(1).tolist()]
     th = torch.stack([a for a, _ in best])
     d = torch.tensor([o for _, o in best], dtype=f.dtype, device=f.device)
@@ -175,7 +184,7 @@ def repeat_periods(f: torch.Tensor) -> torch.Tensor:
     s = f.shape[-1]
     z = f - gaussian_blur(f, 4.0)
     spec = torch.fft.rfft2(z, s=(2 * s, 2 * s))
-    corr = torch.fft.irfft2(spec * spec.conj(), s=(2 * s, 2 * s)).sum(1)             # [B, 2s, 2s]
+    corr = torch.fft.irfft2(spec * spec.conj(), s=(2 * s, 2 * s)).sum(1)  # [B, 2s, 2s]
     ones = torch.fft.rfft2(torch.ones(s, s, dtype=f.dtype, device=f.device), s=(2 * s, 2 * s))
     corr = corr / torch.fft.irfft2(ones * ones.conj(), s=(2 * s, 2 * s)).clamp_min(1)
     d = torch.arange(2 * s, device=f.device)
@@ -183,8 +192,8 @@ def repeat_periods(f: torch.Tensor) -> torch.Tensor:
     dy, dx = d[:, None].expand(2 * s, 2 * s).flatten(), d[None, :].expand(2 * s, 2 * s).flatten()
     r = torch.hypot(dy, dx)
     corr = corr.flatten(1).masked_fill(~((r >= PERIOD_RANGE[0]) & (r <= PERIOD_RANGE[1])), -torch.inf)
-    first = corr.argmax(1)                                                              # [B]
-    angle = torch.atan2(dy, dx)                                                         # [P]
+    first = corr.argmax(1)  # [B]
+    angle = torch.atan2(dy, dx)  # [P]
     apart = (angle[None] - angle[first][:, None] + math.pi / 2) % math.pi - math.pi / 2
     second = corr.masked_fill(apart.abs() < math.radians(PERIOD_MIN_ANGLE), -torch.inf).argmax(1)
     return torch.stack([torch.stack([dy[i], dx[i]], -1) for i in (first, second)], 1).long()
@@ -196,7 +205,7 @@ def _shifted(f: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
     out = torch.full_like(f, float("nan"))
     y0, y1, x0, x1 = max(0, -dy), min(s, s - dy), max(0, -dx), min(s, s - dx)
     if y0 < y1 and x0 < x1:
-        out[..., y0:y1, x0:x1] = f[..., y0 + dy:y1 + dy, x0 + dx:x1 + dx]
+        out[..., y0:y1, x0:x1] = f[..., y0 + dy : y1 + dy, x0 + dx : x1 + dx]
     return out
 
 
@@ -223,6 +232,6 @@ def repeat_residual(images: torch.Tensor) -> torch.Tensor:
                     for ox in (-1, 0, 1):
                         dy, dx = sign * vy + oy, sign * vx + ox
                         d = (f[b] - _shifted(f[b], dy, dx)).abs().sum(0) / _shifted(discount[b][None], dy, dx)[0]
-                        best = torch.fmin(best, d)           # fmin: NaN (outside) loses
+                        best = torch.fmin(best, d)  # fmin: NaN (outside) loses
         out.append(torch.nan_to_num(best, posinf=0.0))
     return F.interpolate(torch.stack(out)[:, None], size=full, mode="bilinear", align_corners=False)[:, 0]

@@ -25,10 +25,10 @@ from .visa import load_visa
 # Accepted dataset specs and what each expects (shown in errors and CLI help).
 DATASET_KINDS: dict[str, str] = {
     "mvtec:PATH": "MVTec AD layout: PATH/CATEGORY/{train/good, test/<defect>, "
-                  "ground_truth/<defect>/<stem>_mask.png}; PATH may be one category folder",
+    "ground_truth/<defect>/<stem>_mask.png}; PATH may be one category folder",
     "visa:PATH": "VisA: PATH/split_csv/1cls.csv (object,split,label,image,mask) and the files it lists",
     "folder:PATH": "one category: PATH/{good,<defect>}/*.png with PATH/masks/<defect>/<stem>_mask.png, "
-                   "or PATH/images/*.png with PATH/masks/<stem>_mask.png",
+    "or PATH/images/*.png with PATH/masks/<stem>_mask.png",
     "synthetic-a": f"built-in synthetic set, categories {', '.join(SYNTHETIC_GROUPS['synthetic-a'])}",
     "synthetic-b": f"built-in synthetic set, categories {', '.join(SYNTHETIC_GROUPS['synthetic-b'])}",
     ALL_GROUP: "both synthetic groups (all 8 categories)",
@@ -48,14 +48,17 @@ def parse_spec(spec: str) -> tuple[str, str | None]:
     kind, sep, path = spec.partition(":")
     if sep and kind.lower() in _PATH_LOADERS:
         if not path.strip():
-            raise SPGError(f"dataset spec {spec!r} has no path after '{kind}:'",
-                           fix=f"write it as {kind}:/path/to/dataset")
+            raise SPGError(
+                f"dataset spec {spec!r} has no path after '{kind}:'", fix=f"write it as {kind}:/path/to/dataset"
+            )
         return kind.lower(), path.strip()
     hint = ""
     if not sep and os.path.isdir(os.path.expanduser(spec)):
         hint = f" (it is a folder: did you mean mvtec:{spec} or folder:{spec}?)"
-    raise SPGError(f"unknown dataset spec {spec!r}{hint}\n{DATASET_HELP}",
-                   fix="prefix the path with its layout, e.g. mvtec:/data/mvtec_ad, or use synthetic-a")
+    raise SPGError(
+        f"unknown dataset spec {spec!r}{hint}\n{DATASET_HELP}",
+        fix="prefix the path with its layout, e.g. mvtec:/data/mvtec_ad, or use synthetic-a",
+    )
 
 
 def open_dataset(spec: str, split: str = "test", cache_dir: str | None = None) -> Dataset:
@@ -74,7 +77,17 @@ def open_dataset(spec: str, split: str = "test", cache_dir: str | None = None) -
 
 
 __all__ = [
-    "DATASET_HELP", "DATASET_KINDS", "DEFECT_KINDS", "IMAGE_EXTS", "SYNTHETIC_GROUPS", "Dataset",
-    "Sample", "generate_synthetic", "load_folder", "load_mvtec", "load_visa", "open_dataset",
+    "DATASET_HELP",
+    "DATASET_KINDS",
+    "DEFECT_KINDS",
+    "IMAGE_EXTS",
+    "SYNTHETIC_GROUPS",
+    "Dataset",
+    "Sample",
+    "generate_synthetic",
+    "load_folder",
+    "load_mvtec",
+    "load_visa",
+    "open_dataset",
     "parse_spec",
 ]

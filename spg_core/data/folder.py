@@ -33,14 +33,25 @@ import os
 from pathlib import Path
 
 from ..errors import SPGError
-from .mvtec import (GOOD, check_root, find_mask, index_masks, is_category_dir, list_images,
-                    list_subdirs, missing_mask_error, splits_for)
+from .mvtec import (
+    GOOD,
+    check_root,
+    find_mask,
+    index_masks,
+    is_category_dir,
+    list_images,
+    list_subdirs,
+    missing_mask_error,
+    splits_for,
+)
 from .sample import Dataset, Sample
 
 MASK_DIRS = ("masks", "ground_truth")
 GOOD_NAMES = frozenset({"good", "ok", "normal"})
-FOLDER_LAYOUT = ("PATH/good/*.png + PATH/<defect>/*.png with masks PATH/masks/<defect>/<stem>_mask.png, "
-                 "or PATH/images/*.png + PATH/masks/<stem>_mask.png")
+FOLDER_LAYOUT = (
+    "PATH/good/*.png + PATH/<defect>/*.png with masks PATH/masks/<defect>/<stem>_mask.png, "
+    "or PATH/images/*.png + PATH/masks/<stem>_mask.png"
+)
 
 
 def _mask_dir(root: Path) -> Path | None:
@@ -70,7 +81,8 @@ def _sorted_samples(category: str, image_dirs: list[Path], mask_root: Path) -> l
 
 def _flat_samples(category: str, images: list[Path], mask_root: Path | None) -> list[Sample]:
     """Layout 2: labels come from the masks' content."""
-    from ..images import mask_has_anomaly   # local: keeps `import spg_core.data` free of torch
+    from ..images import mask_has_anomaly  # local: keeps `import spg_core.data` free of torch
+
     masks = index_masks(mask_root) if mask_root else {}
     samples = []
     for p in images:
@@ -87,33 +99,45 @@ def load_folder(root: str | os.PathLike, split: str = "test", name: str | None =
     splits = splits_for(split)
     path = check_root(root, "folder")
     if "test" not in splits:
-        raise SPGError("a folder dataset has no train split: all its images are 'test'", path=str(path),
-                       fix="open it with split='test' or 'all', or use an MVTec layout (mvtec:PATH) "
-                           "with train/ and test/ folders")
+        raise SPGError(
+            "a folder dataset has no train split: all its images are 'test'",
+            path=str(path),
+            fix="open it with split='test' or 'all', or use an MVTec layout (mvtec:PATH) with train/ and test/ folders",
+        )
     if is_category_dir(path) or any(is_category_dir(d) for d in list_subdirs(path)):
-        raise SPGError("this folder has train/ or test/ sub-folders: it is in MVTec layout",
-                       path=str(path), fix=f"open it with mvtec:{path}")
+        raise SPGError(
+            "this folder has train/ or test/ sub-folders: it is in MVTec layout",
+            path=str(path),
+            fix=f"open it with mvtec:{path}",
+        )
     category = path.name
     image_root = path / "images" if (path / "images").is_dir() else path
     mask_root = _mask_dir(path)
-    image_dirs = [d for d in list_subdirs(image_root)
-                  if d.name.lower() not in MASK_DIRS and d.name != "images" and list_images(d)]
+    image_dirs = [
+        d for d in list_subdirs(image_root) if d.name.lower() not in MASK_DIRS and d.name != "images" and list_images(d)
+    ]
     loose = list_images(image_root)
     if image_dirs and loose:
-        raise SPGError(f"found {len(loose)} images directly in the folder besides the sub-folders "
-                       f"{[d.name for d in image_dirs]}; the layout is ambiguous",
-                       path=str(image_root),
-                       fix=f"move them into good/ or a <defect>/ folder ({FOLDER_LAYOUT})")
+        raise SPGError(
+            f"found {len(loose)} images directly in the folder besides the sub-folders "
+            f"{[d.name for d in image_dirs]}; the layout is ambiguous",
+            path=str(image_root),
+            fix=f"move them into good/ or a <defect>/ folder ({FOLDER_LAYOUT})",
+        )
     if image_dirs:
         samples = _sorted_samples(category, image_dirs, mask_root or path / "masks")
     elif loose and image_root != path:
         samples = _flat_samples(category, loose, mask_root)
     elif loose:
-        raise SPGError(f"found {len(loose)} images directly in the folder but no good/ or <defect>/ "
-                       f"sub-folders, so their labels are unknown", path=str(path),
-                       fix=f"sort them into good/ and <defect>/ sub-folders, or move them to images/ "
-                           f"with masks in masks/ ({FOLDER_LAYOUT})")
+        raise SPGError(
+            f"found {len(loose)} images directly in the folder but no good/ or <defect>/ "
+            f"sub-folders, so their labels are unknown",
+            path=str(path),
+            fix=f"sort them into good/ and <defect>/ sub-folders, or move them to images/ "
+            f"with masks in masks/ ({FOLDER_LAYOUT})",
+        )
     else:
-        raise SPGError("folder holds no images", path=str(path),
-                       fix=f"lay it out as {FOLDER_LAYOUT} (.png .jpg .jpeg .bmp .tif)")
+        raise SPGError(
+            "folder holds no images", path=str(path), fix=f"lay it out as {FOLDER_LAYOUT} (.png .jpg .jpeg .bmp .tif)"
+        )
     return Dataset(name=name or f"folder:{root}", root=str(path), samples=samples)

@@ -21,8 +21,8 @@ The small listing helpers here are shared with the folder and VisA loaders.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from ..errors import SPGError
 from .sample import Dataset, Sample
@@ -31,11 +31,14 @@ IMAGE_EXTS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
 SPLIT_DIRS = ("train", "test")
 GOOD = "good"
 
-MVTEC_LAYOUT = ("ROOT/CATEGORY/train/good/*.png, ROOT/CATEGORY/test/{good,<defect>}/*.png and "
-                "ROOT/CATEGORY/ground_truth/<defect>/<stem>_mask.png (ROOT may also be one CATEGORY folder)")
+MVTEC_LAYOUT = (
+    "ROOT/CATEGORY/train/good/*.png, ROOT/CATEGORY/test/{good,<defect>}/*.png and "
+    "ROOT/CATEGORY/ground_truth/<defect>/<stem>_mask.png (ROOT may also be one CATEGORY folder)"
+)
 
 
 # --------------------------------------------------------------------------- listing helpers
+
 
 def is_image_name(name: str) -> bool:
     """True for a visible file name with an accepted image extension (any case)."""
@@ -77,22 +80,28 @@ def missing_mask_error(image: Path, expected: Path) -> SPGError:
         f"anomalous image has no ground-truth mask; expected it at {expected}",
         path=str(image),
         fix=f"add the mask (same size as the image, anomalous pixels white) at {expected}, "
-            f"or move the image to good/ if it is normal, or delete it")
+        f"or move the image to good/ if it is normal, or delete it",
+    )
 
 
 def check_root(root: str | os.PathLike, kind: str) -> Path:
     """Absolute path of an existing dataset folder, or an SPGError saying what is wrong."""
     path = Path(os.path.abspath(os.path.expanduser(str(root))))
     if not path.exists():
-        raise SPGError(f"{kind} dataset folder does not exist", path=str(path),
-                       fix="check the path (typo? not mounted? not extracted yet?)")
+        raise SPGError(
+            f"{kind} dataset folder does not exist",
+            path=str(path),
+            fix="check the path (typo? not mounted? not extracted yet?)",
+        )
     if not path.is_dir():
-        raise SPGError(f"{kind} dataset path is a file, not a folder", path=str(path),
-                       fix="point at the dataset's root folder")
+        raise SPGError(
+            f"{kind} dataset path is a file, not a folder", path=str(path), fix="point at the dataset's root folder"
+        )
     return path
 
 
 # --------------------------------------------------------------------------- layout
+
 
 def is_category_dir(folder: Path) -> bool:
     """A category folder holds train/ or test/."""
@@ -124,39 +133,44 @@ def layout_error(root: Path) -> SPGError:
     """Explain why `root` is not an MVTec-layout root, and where the right folder probably is."""
     listing = _describe(root)
     if listing == "nothing":
-        return SPGError("dataset folder is empty", path=str(root),
-                        fix=f"put the dataset there, laid out as {MVTEC_LAYOUT}")
+        return SPGError(
+            "dataset folder is empty", path=str(root), fix=f"put the dataset there, laid out as {MVTEC_LAYOUT}"
+        )
     # Pointed inside a category (at test/, test/good/, ground_truth/...)? Walk up to find it.
     for up in (root.parent, root.parent.parent, root.parent.parent.parent):
         if up != root and is_category_dir(up):
             return SPGError(
-                f"this is a folder inside the category '{up.name}' (found: {listing}), "
-                f"not a dataset root",
+                f"this is a folder inside the category '{up.name}' (found: {listing}), not a dataset root",
                 path=str(root),
-                fix=f"point at the dataset root mvtec:{up.parent} (all categories) or at the "
-                    f"category mvtec:{up}")
+                fix=f"point at the dataset root mvtec:{up.parent} (all categories) or at the category mvtec:{up}",
+            )
     # Pointed one level too high (at a folder of datasets)?
     nested = [d for d in list_subdirs(root) if any(is_category_dir(c) for c in list_subdirs(d))]
     if nested:
         return SPGError(
-            f"no category folder here, but {', '.join(d.name + '/' for d in nested[:6])} "
-            f"hold MVTec-layout datasets",
-            path=str(root), fix=f"point at one of them, e.g. mvtec:{nested[0]}")
+            f"no category folder here, but {', '.join(d.name + '/' for d in nested[:6])} hold MVTec-layout datasets",
+            path=str(root),
+            fix=f"point at one of them, e.g. mvtec:{nested[0]}",
+        )
     n_direct = len(list_images(root))
     with_images = [d.name for d in list_subdirs(root) if list_images(d)]
     if n_direct or with_images:
-        found = f"{n_direct} images directly inside" if n_direct else \
-            f"image folders {', '.join(with_images[:6])}"
+        found = f"{n_direct} images directly inside" if n_direct else f"image folders {', '.join(with_images[:6])}"
         return SPGError(
             f"found {found} but no CATEGORY/train or CATEGORY/test folder",
             path=str(root),
             fix=f"lay it out as {MVTEC_LAYOUT}; for a single folder of good/ and <defect>/ "
-                f"sub-folders use folder:{root} instead")
-    return SPGError(f"no category folder with train/ or test/ found (found: {listing})",
-                    path=str(root), fix=f"point at a folder laid out as {MVTEC_LAYOUT}")
+            f"sub-folders use folder:{root} instead",
+        )
+    return SPGError(
+        f"no category folder with train/ or test/ found (found: {listing})",
+        path=str(root),
+        fix=f"point at a folder laid out as {MVTEC_LAYOUT}",
+    )
 
 
 # --------------------------------------------------------------------------- loading
+
 
 def _defect_samples(cat_dir: Path, split: str, defect_dir: Path) -> list[Sample]:
     """Samples of one ROOT/CATEGORY/<split>/<defect>/ folder, masks resolved."""
@@ -187,7 +201,9 @@ def load_category(cat_dir: Path, splits: Iterable[str]) -> list[Sample]:
             raise SPGError(
                 f"found {len(loose)} images directly in {split}/; they must be in sub-folders "
                 f"({split}/good/ for normal images, {split}/<defect>/ for anomalous ones)",
-                path=str(split_dir), fix=f"move them into {split_dir / GOOD} or {split_dir}/<defect>/")
+                path=str(split_dir),
+                fix=f"move them into {split_dir / GOOD} or {split_dir}/<defect>/",
+            )
         for defect_dir in list_subdirs(split_dir):
             samples.extend(_defect_samples(cat_dir, split, defect_dir))
     return samples
@@ -210,7 +226,9 @@ def load_mvtec(root: str | os.PathLike, split: str = "test", name: str | None = 
     for cat_dir in find_categories(path):
         samples.extend(load_category(cat_dir, splits))
     if not samples:
-        raise SPGError(f"no {split} images found under any category's {'/ or '.join(splits)}/ folder",
-                       path=str(path),
-                       fix=f"check the layout: {MVTEC_LAYOUT}")
+        raise SPGError(
+            f"no {split} images found under any category's {'/ or '.join(splits)}/ folder",
+            path=str(path),
+            fix=f"check the layout: {MVTEC_LAYOUT}",
+        )
     return Dataset(name=name or f"mvtec:{root}", root=str(path), samples=samples)

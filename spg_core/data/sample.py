@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator
 
 SPLITS = ("train", "test")
 
@@ -14,11 +14,11 @@ class Sample:
     """One image and its ground truth (paths only; nothing is decoded here)."""
 
     image_path: str
-    mask_path: str | None      # None for good images (their mask is all zero)
-    label: int                 # 0 good, 1 anomalous
+    mask_path: str | None  # None for good images (their mask is all zero)
+    label: int  # 0 good, 1 anomalous
     category: str
-    defect: str                # "good" for normal images
-    split: str                 # "train" | "test"
+    defect: str  # "good" for normal images
+    split: str  # "train" | "test"
 
 
 @dataclass
@@ -43,18 +43,21 @@ class Dataset:
         """Sorted distinct defect names (including "good" when present)."""
         return sorted({s.defect for s in self.samples})
 
-    def filter(self, categories: str | Iterable[str] | None = None, split: str | None = None,
-               label: int | None = None) -> "Dataset":
+    def filter(
+        self, categories: str | Iterable[str] | None = None, split: str | None = None, label: int | None = None
+    ) -> Dataset:
         """A new Dataset keeping samples that match every given criterion (order preserved).
 
         `split` "all" (or None) keeps both splits.
         """
-        cats = None if categories is None else (
-            {categories} if isinstance(categories, str) else set(categories))
-        keep = [s for s in self.samples
-                if (cats is None or s.category in cats)
-                and (split is None or split == "all" or s.split == split)
-                and (label is None or s.label == label)]
+        cats = None if categories is None else ({categories} if isinstance(categories, str) else set(categories))
+        keep = [
+            s
+            for s in self.samples
+            if (cats is None or s.category in cats)
+            and (split is None or split == "all" or s.split == split)
+            and (label is None or s.label == label)
+        ]
         return Dataset(name=self.name, root=self.root, samples=keep)
 
     def counts(self) -> dict[str, dict[str, int]]:
@@ -75,5 +78,4 @@ class Dataset:
 
     def __repr__(self) -> str:
         n_anom = sum(s.label for s in self.samples)
-        return (f"Dataset({self.name!r}, {len(self)} images, {n_anom} anomalous, "
-                f"categories={self.categories})")
+        return f"Dataset({self.name!r}, {len(self)} images, {n_anom} anomalous, categories={self.categories})"

@@ -37,7 +37,8 @@ VISA_LAYOUT_FIX = (
     "and the <object>/Data/ folders. If 1cls.csv is missing, copy split_csv/1cls.csv from the VisA "
     "repository (github.com/amazon-science/spot-diff) into ROOT/split_csv/. If you already ran that "
     "repository's utils/prepare_data.py (--split-type 1cls), its output (VisA_pytorch/1cls) is in "
-    "MVTec layout: open it with mvtec:PATH instead")
+    "MVTec layout: open it with mvtec:PATH instead"
+)
 
 
 def _read_rows(csv_path: Path) -> list[dict[str, str]]:
@@ -48,28 +49,38 @@ def _read_rows(csv_path: Path) -> list[dict[str, str]]:
             header = [h.strip().lower() for h in (reader.fieldnames or [])]
             missing = [c for c in REQUIRED_COLUMNS if c not in header]
             if missing:
-                raise SPGError(f"VisA split file lacks column(s) {missing}; found {header}",
-                               path=str(csv_path),
-                               fix="use the official 1cls.csv (columns object,split,label,image,mask)")
-            return [{(k or "").strip().lower(): (v or "").strip() for k, v in row.items()}
-                    for row in reader]
+                raise SPGError(
+                    f"VisA split file lacks column(s) {missing}; found {header}",
+                    path=str(csv_path),
+                    fix="use the official 1cls.csv (columns object,split,label,image,mask)",
+                )
+            return [{(k or "").strip().lower(): (v or "").strip() for k, v in row.items()} for row in reader]
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise SPGError(f"cannot read the VisA split file ({exc})", path=str(csv_path),
-                       fix="re-copy split_csv/1cls.csv from the VisA release") from None
+        raise SPGError(
+            f"cannot read the VisA split file ({exc})",
+            path=str(csv_path),
+            fix="re-copy split_csv/1cls.csv from the VisA release",
+        ) from None
 
 
 def _row_sample(root: Path, csv_path: Path, line: int, row: dict[str, str]) -> Sample:
     """One 1cls.csv row -> Sample, checking the label and that the files exist."""
     label_text = row["label"].lower()
     if label_text not in _LABELS or row["split"] not in ("train", "test"):
-        raise SPGError(f"line {line} of the VisA split file has split={row['split']!r} "
-                       f"label={row['label']!r}; expected split train/test and label normal/anomaly",
-                       path=str(csv_path), fix="restore the official 1cls.csv")
+        raise SPGError(
+            f"line {line} of the VisA split file has split={row['split']!r} "
+            f"label={row['label']!r}; expected split train/test and label normal/anomaly",
+            path=str(csv_path),
+            fix="restore the official 1cls.csv",
+        )
     image = root / row["image"]
     if not image.is_file():
-        raise SPGError(f"image listed on line {line} of {csv_path} does not exist", path=str(image),
-                       fix="the VisA folder is incomplete or ROOT is wrong: re-extract VisA_20220922.tar "
-                           "and point visa: at the folder holding split_csv/")
+        raise SPGError(
+            f"image listed on line {line} of {csv_path} does not exist",
+            path=str(image),
+            fix="the VisA folder is incomplete or ROOT is wrong: re-extract VisA_20220922.tar "
+            "and point visa: at the folder holding split_csv/",
+        )
     label = _LABELS[label_text]
     mask: str | None = None
     if label == 1:
@@ -88,14 +99,14 @@ def load_visa(root: str | os.PathLike, split: str = "test", name: str | None = N
     path = check_root(root, "VisA")
     csv_path = path / SPLIT_CSV
     if not csv_path.is_file():
-        raise SPGError("not a VisA root: split_csv/1cls.csv is missing", path=str(csv_path),
-                       fix=VISA_LAYOUT_FIX)
+        raise SPGError("not a VisA root: split_csv/1cls.csv is missing", path=str(csv_path), fix=VISA_LAYOUT_FIX)
     samples = []
     for i, row in enumerate(_read_rows(csv_path)):
         # Rows with an invalid split value go through _row_sample too, so they get reported.
         if row["split"] in splits or row["split"] not in ("train", "test"):
-            samples.append(_row_sample(path, csv_path, i + 2, row))   # +2: the header is line 1
+            samples.append(_row_sample(path, csv_path, i + 2, row))  # +2: the header is line 1
     if not samples:
-        raise SPGError(f"the VisA split file lists no {split} images", path=str(csv_path),
-                       fix="restore the official 1cls.csv")
+        raise SPGError(
+            f"the VisA split file lists no {split} images", path=str(csv_path), fix="restore the official 1cls.csv"
+        )
     return Dataset(name=name or f"visa:{root}", root=str(path), samples=samples)

@@ -9,11 +9,23 @@ from typing import Any
 def cmd_import_official(args: argparse.Namespace) -> None:
     from .official import import_official
 
-    run = import_official(sae_checkpoint=args.sae_checkpoint, guide_checkpoint=args.guide_checkpoint,
-                          dead_mask=args.dead_mask, out=args.out, backbone=args.backbone, weights=args.weights,
-                          image_size=args.image_size, layer=args.layer, k=args.k, ema=not args.no_ema,
-                          guide_variant=args.guide_variant, guide_topk=args.guide_topk, aux=args.aux,
-                          target=args.target, device=args.device)
+    run = import_official(
+        sae_checkpoint=args.sae_checkpoint,
+        guide_checkpoint=args.guide_checkpoint,
+        dead_mask=args.dead_mask,
+        out=args.out,
+        backbone=args.backbone,
+        weights=args.weights,
+        image_size=args.image_size,
+        layer=args.layer,
+        k=args.k,
+        ema=not args.no_ema,
+        guide_variant=args.guide_variant,
+        guide_topk=args.guide_topk,
+        aux=args.aux,
+        target=args.target,
+        device=args.device,
+    )
     print(f"imported into {run.path}; next: `spg eval --run {run.path} --target DATASET`")
 
 
@@ -29,8 +41,12 @@ def register_cli(sub: Any) -> None:
     p.add_argument("--layer", type=int, default=None, help="block the tokens came from (default: the last)")
     p.add_argument("--k", type=int, default=32, help="TopK k of the official SAE (default 32)")
     p.add_argument("--no-ema", action="store_true", help="take the raw guides, not their EMA copy")
-    p.add_argument("--guide-variant", default="relu_l1", choices=["relu_l1", "topk"],
-                   help="the official run's sparsity_type (l1 -> relu_l1, topk -> topk)")
+    p.add_argument(
+        "--guide-variant",
+        default="relu_l1",
+        choices=["relu_l1", "topk"],
+        help="the official run's sparsity_type (l1 -> relu_l1, topk -> topk)",
+    )
     p.add_argument("--guide-topk", type=int, default=32, help="guide_topk of a topk run (default 32)")
     p.add_argument("--aux", default=None, help="auxiliary dataset (extracted, so `spg atoms` can index it)")
     p.add_argument("--target", default=None, help="target dataset recorded for `spg eval`")

@@ -21,8 +21,16 @@ Definitions are in each module's docstring (SPG_METHOD.md, "Evaluation").
 
 from .aupro import aupro, aupro_official, pro_curve
 from .chunks import CONNECTIVITY
-from .evaluate import (AUPRO_VARIANTS, IMAGE_KEYS, METRIC_KEYS, PIXEL_KEYS, evaluate,
-                       image_metrics_by_category, mean_over_categories, pixel_metrics_by_category)
+from .evaluate import (
+    AUPRO_VARIANTS,
+    IMAGE_KEYS,
+    METRIC_KEYS,
+    PIXEL_KEYS,
+    evaluate,
+    image_metrics_by_category,
+    mean_over_categories,
+    pixel_metrics_by_category,
+)
 from .image import image_ap, image_auroc
 from .official_grid import OFFICIAL_STEPS, official_thresholds
 from .pixel_auroc import pixel_auroc
@@ -30,7 +38,25 @@ from .pixels import summarise_pixels
 from .smoothing import smooth_maps
 from .summary import PixelSummary
 
-__all__ = ["AUPRO_VARIANTS", "CONNECTIVITY", "IMAGE_KEYS", "METRIC_KEYS", "OFFICIAL_STEPS", "PIXEL_KEYS",
-           "PixelSummary", "aupro", "aupro_official", "evaluate", "image_ap", "image_auroc",
-           "image_metrics_by_category", "mean_over_categories", "official_thresholds", "pixel_auroc",
-           "pixel_metrics_by_category", "pro_curve", "smooth_maps", "summarise_pixels"]
+__all__ = [
+    "AUPRO_VARIANTS",
+    "CONNECTIVITY",
+    "IMAGE_KEYS",
+    "METRIC_KEYS",
+    "OFFICIAL_STEPS",
+    "PIXEL_KEYS",
+    "PixelSummary",
+    "aupro",
+    "aupro_official",
+    "evaluate",
+    "image_ap",
+    "image_auroc",
+    "image_metrics_by_category",
+    "mean_over_categories",
+    "official_thresholds",
+    "pixel_auroc",
+    "pixel_metrics_by_category",
+    "pro_curve",
+    "smooth_maps",
+    "summarise_pixels",
+]

@@ -27,8 +27,8 @@ from ..errors import SPGError
 from ._inputs import Array
 from .summary import PixelSummary, _HistCDF, _SortedCDF
 
-_N_CODES = 1 << 16                 # 16-bit maps: one bin per bit pattern
-_PARALLEL_SORT_MIN = 1 << 22       # below this a single sort beats thread start-up
+_N_CODES = 1 << 16  # 16-bit maps: one bin per bit pattern
+_PARALLEL_SORT_MIN = 1 << 22  # below this a single sort beats thread start-up
 
 
 def _bit_codes(chunk: Array) -> Array:
@@ -53,7 +53,7 @@ def _code_table(kind: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarr
         nan_codes: int64 codes that encode NaN.
     """
     codes = np.arange(_N_CODES, dtype=np.uint32)
-    with np.errstate(invalid="ignore"):          # signalling-NaN patterns
+    with np.errstate(invalid="ignore"):  # signalling-NaN patterns
         if kind == "bfloat16":
             decoded = (codes << 16).view(np.float32).astype(np.float64)
         else:
@@ -72,8 +72,9 @@ class _HistogramAccumulator:
         self.kind = kind
         self.device = device
         self.all = np.zeros(_N_CODES, dtype=np.int64)
-        self.all_t = (torch.zeros(_N_CODES, dtype=torch.int64, device=device)
-                      if device.type == "cuda" else None)           # stays on the GPU
+        self.all_t = (
+            torch.zeros(_N_CODES, dtype=torch.int64, device=device) if device.type == "cuda" else None
+        )  # stays on the GPU
         self.pos = np.zeros(_N_CODES, dtype=np.int64)
         self.pro = np.zeros(_N_CODES, dtype=np.float64)
         self.n_components = 0
@@ -88,7 +89,7 @@ class _HistogramAccumulator:
             # temporary is ~2x faster than one huge one.
             per_image = chunk.shape[1] * chunk.shape[2]
             for start in range(0, codes.size, per_image):
-                self.all += np.bincount(codes[start:start + per_image], minlength=_N_CODES)
+                self.all += np.bincount(codes[start : start + per_image], minlength=_N_CODES)
             pos_codes = codes[pos_idx]
         if pos_codes.size:
             self.pos += np.bincount(pos_codes, minlength=_N_CODES)
@@ -101,24 +102,31 @@ class _HistogramAccumulator:
         order, group, values, nan_codes = _code_table(self.kind)
         n_nan = int(self.all[nan_codes].sum())
         if n_nan:
-            raise SPGError(f"maps contain {n_nan} NaN values",
-                           fix="check the model output; replace NaNs (e.g. np.nan_to_num) before evaluating")
+            raise SPGError(
+                f"maps contain {n_nan} NaN values",
+                fix="check the model output; replace NaNs (e.g. np.nan_to_num) before evaluating",
+            )
         n_vals = values.size
 
-        def merged(h: np.ndarray) -> np.ndarray:          # per code -> per distinct value
+        def merged(h: np.ndarray) -> np.ndarray:  # per code -> per distinct value
             return np.bincount(group, weights=h[order], minlength=n_vals)
 
-        all_v = np.rint(merged(self.all)).astype(np.int64)   # counts < 2^53: exact in float64
+        all_v = np.rint(merged(self.all)).astype(np.int64)  # counts < 2^53: exact in float64
         pos_v = np.rint(merged(self.pos)).astype(np.int64)
         pro_v = merged(self.pro)
         neg_v = all_v - pos_v
         present = np.flatnonzero(all_v)
         has_pos = pos_v > 0
         return PixelSummary(
-            n_neg=int(neg_v.sum()), n_pos=int(pos_v.sum()), n_components=self.n_components,
+            n_neg=int(neg_v.sum()),
+            n_pos=int(pos_v.sum()),
+            n_components=self.n_components,
             neg_cdf=_HistCDF(values, neg_v),
-            pos_values=values[has_pos], pos_counts=pos_v[has_pos], pos_weights=pro_v[has_pos],
-            vmin=float(values[present[0]]), vmax=float(values[present[-1]]),
+            pos_values=values[has_pos],
+            pos_counts=pos_v[has_pos],
+            pos_weights=pro_v[has_pos],
+            vmin=float(values[present[0]]),
+            vmax=float(values[present[-1]]),
             path=f"histogram:{self.kind}",
         )
 
@@ -135,7 +143,7 @@ def sort_in_parts(data: np.ndarray) -> list[np.ndarray]:
     releases the GIL): the sorted parts (views of ``data``), no merge (CDFs of parts add up)."""
     n = _n_workers() if data.size >= _PARALLEL_SORT_MIN else 1
     bounds = np.linspace(0, data.size, n + 1).astype(np.int64)
-    parts = [data[bounds[i]:bounds[i + 1]] for i in range(n) if bounds[i + 1] > bounds[i]]
+    parts = [data[bounds[i] : bounds[i + 1]] for i in range(n) if bounds[i + 1] > bounds[i]]
     if len(parts) > 1:
         with ThreadPoolExecutor(len(parts)) as pool:
             list(pool.map(np.ndarray.sort, parts))
@@ -163,11 +171,10 @@ class _SortAccumulator:
         self.pos_w: list[np.ndarray] = []
         self.n_components = 0
 
-    def add(self, chunk: Array, mask: np.ndarray, pos_idx: np.ndarray, weight: np.ndarray,
-            n_components: int) -> None:
+    def add(self, chunk: Array, mask: np.ndarray, pos_idx: np.ndarray, weight: np.ndarray, n_components: int) -> None:
         flat = chunk.reshape(-1)
         n_neg = flat.shape[0] - pos_idx.size
-        dest = self.buf[self.fill:self.fill + n_neg]
+        dest = self.buf[self.fill : self.fill + n_neg]
         if isinstance(flat, torch.Tensor):
             normal = torch.from_numpy(~mask.reshape(-1)).to(flat.device)
             dest.copy_(flat[normal])
@@ -179,7 +186,7 @@ class _SortAccumulator:
             at = 0
             for i in range(rows.shape[0]):
                 values = rows[i][normal[i]]
-                dest[at:at + values.size] = values
+                dest[at : at + values.size] = values
                 at += values.size
             self.pos_vals.append(flat[pos_idx])
         self.fill += n_neg
@@ -187,7 +194,7 @@ class _SortAccumulator:
         self.n_components += n_components
 
     def _sorted_parts(self) -> list[Array]:
-        data = self.buf[:self.fill]
+        data = self.buf[: self.fill]
         if isinstance(data, torch.Tensor):
             return [torch.sort(data).values] if self.fill else []
         return sort_in_parts(data)
@@ -196,35 +203,43 @@ class _SortAccumulator:
         parts = self._sorted_parts()
         # NaN sorts last in numpy and torch: checking each part's end is enough.
         if any(bool(np.isnan(float(p[-1]))) for p in parts):
-            raise SPGError("maps contain NaN values",
-                           fix="check the model output; replace NaNs (e.g. np.nan_to_num) before evaluating")
+            raise SPGError(
+                "maps contain NaN values",
+                fix="check the model output; replace NaNs (e.g. np.nan_to_num) before evaluating",
+            )
         values, counts, weights = positive_runs(self.pos_vals, self.pos_w)
         extremes = [float(p[0]) for p in parts] + [float(p[-1]) for p in parts]
         if values.size:
             extremes += [float(values[0]), float(values[-1])]
         return PixelSummary(
-            n_neg=self.fill, n_pos=int(counts.sum()), n_components=self.n_components,
-            neg_cdf=_SortedCDF(parts), pos_values=values, pos_counts=counts, pos_weights=weights,
-            vmin=min(extremes), vmax=max(extremes), path=f"sort:{dtype_name}",
+            n_neg=self.fill,
+            n_pos=int(counts.sum()),
+            n_components=self.n_components,
+            neg_cdf=_SortedCDF(parts),
+            pos_values=values,
+            pos_counts=counts,
+            pos_weights=weights,
+            vmin=min(extremes),
+            vmax=max(extremes),
+            path=f"sort:{dtype_name}",
             dtype="float64" if dtype_name == "float64" else "float32",
         )
 
 
-def positive_runs(pos_vals: list[np.ndarray], pos_w: list[np.ndarray]
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def positive_runs(pos_vals: list[np.ndarray], pos_w: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Anomalous pixels' values and PRO weights, gathered per chunk -> the summary's
     (distinct values float64 [J] ascending, counts int64 [J], weight sums float64 [J])."""
     pos = np.concatenate(pos_vals) if pos_vals else np.zeros(0)
     w = np.concatenate(pos_w) if pos_w else np.zeros(0)
     if pos.size and np.isnan(pos.astype(np.float64)).any():
-        raise SPGError("maps contain NaN values",
-                       fix="check the model output; replace NaNs (e.g. np.nan_to_num) before evaluating")
+        raise SPGError(
+            "maps contain NaN values", fix="check the model output; replace NaNs (e.g. np.nan_to_num) before evaluating"
+        )
     order = np.argsort(pos, kind="stable")
     return _run_lengths(pos[order].astype(np.float64), w[order])
 
 
-def _run_lengths(sorted_vals: np.ndarray, weights: np.ndarray
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _run_lengths(sorted_vals: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Group equal neighbours of a sorted array: (distinct values, counts, weight sums)."""
     if sorted_vals.size == 0:
         return np.zeros(0), np.zeros(0, dtype=np.int64), np.zeros(0)
@@ -232,4 +247,3 @@ def _run_lengths(sorted_vals: np.ndarray, weights: np.ndarray
     starts = np.flatnonzero(np.concatenate(([True], sorted_vals[1:] != sorted_vals[:-1])))
     counts = np.diff(np.append(starts, sorted_vals.size))
     return sorted_vals[starts], counts.astype(np.int64), np.add.reduceat(weights, starts)
-

@@ -34,6 +34,7 @@ from .official_grid import OFFICIAL_STEPS, official_thresholds
 from .pixels import summarise_pixels
 from .summary import PixelSummary
 
+
 def _trapezoid(x: np.ndarray, y: np.ndarray) -> float:
     return float(np.sum(0.5 * (y[1:] + y[:-1]) * np.diff(x)))
 
@@ -41,7 +42,7 @@ def _trapezoid(x: np.ndarray, y: np.ndarray) -> float:
 def _area_up_to(x: np.ndarray, y: np.ndarray, x_max: float) -> float:
     """Trapezoid area of the polyline (x nondecreasing) from x[0] to ``x_max``,
     interpolating y linearly at exactly x_max (as the MVTec reference does)."""
-    k = int(np.searchsorted(x, x_max, side="right"))       # points with x <= x_max
+    k = int(np.searchsorted(x, x_max, side="right"))  # points with x <= x_max
     area = _trapezoid(x[:k], y[:k])
     if 0 < k < x.size and x[k - 1] < x_max:
         y_at = y[k - 1] + (y[k] - y[k - 1]) * (x_max - x[k - 1]) / (x[k] - x[k - 1])
@@ -90,8 +91,7 @@ def aupro_from(s: PixelSummary, max_fpr: float = 0.3) -> tuple[float, str | None
     return _area_up_to(x, y, max_fpr) / max_fpr, None
 
 
-def aupro_official_from(s: PixelSummary, max_fpr: float = 0.3,
-                        steps: int = OFFICIAL_STEPS) -> tuple[float, str | None]:
+def aupro_official_from(s: PixelSummary, max_fpr: float = 0.3, steps: int = OFFICIAL_STEPS) -> tuple[float, str | None]:
     """The official SPG AUPRO from a summary: (value, None) or (NaN, why)."""
     reason = _undefined(s)
     if reason:
@@ -99,16 +99,15 @@ def aupro_official_from(s: PixelSummary, max_fpr: float = 0.3,
     th = official_thresholds(s.vmin, s.vmax, s.dtype, steps)
     if th.size == 0:
         return math.nan, "constant map: the official threshold grid is empty"
-    fpr = (s.n_neg - s.neg_cdf.count_le(th)) / float(s.n_neg)          # map > th
+    fpr = (s.n_neg - s.neg_cdf.count_le(th)) / float(s.n_neg)  # map > th
     cum_w = np.concatenate(([0.0], np.cumsum(s.pos_weights)))
     pro = (cum_w[-1] - cum_w[np.searchsorted(s.pos_values, th, side="right")]) / s.n_components
     keep = fpr < max_fpr
-    f, p = fpr[keep][::-1], pro[keep][::-1]                             # FPR ascending
+    f, p = fpr[keep][::-1], pro[keep][::-1]  # FPR ascending
     if f.size == 0:
         return math.nan, f"no threshold of the official {steps}-step grid reaches FPR < {max_fpr}"
     if f.size < 2 or f[-1] == f[0]:
-        return math.nan, (f"fewer than two distinct FPR values below {max_fpr} on the official "
-                          f"{steps}-step grid")
+        return math.nan, (f"fewer than two distinct FPR values below {max_fpr} on the official {steps}-step grid")
     f = (f - f[0]) / (f[-1] - f[0])
     return _trapezoid(f, p), None
 
@@ -118,8 +117,7 @@ def check_max_fpr(max_fpr: float) -> None:
         raise SPGError(f"max_fpr must be in (0, 1], got {max_fpr!r}", fix="the usual value is 0.3")
 
 
-def aupro(maps: Array, masks: Array, max_fpr: float = 0.3, *,
-          device: str | torch.device | None = None) -> float:
+def aupro(maps: Array, masks: Array, max_fpr: float = 0.3, *, device: str | torch.device | None = None) -> float:
     """Exact MVTec AD AUPRO up to ``max_fpr``, normalised to [0, 1] (see the module docstring).
 
     Args:
@@ -137,8 +135,9 @@ def aupro(maps: Array, masks: Array, max_fpr: float = 0.3, *,
     return value
 
 
-def aupro_official(maps: Array, masks: Array, max_fpr: float = 0.3, *,
-                   device: str | torch.device | None = None) -> float:
+def aupro_official(
+    maps: Array, masks: Array, max_fpr: float = 0.3, *, device: str | torch.device | None = None
+) -> float:
     """The official SPG AUPRO (200-threshold grid, FPR rescaled; see the module docstring).
 
     Args:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import torch
 from scipy import ndimage
@@ -14,7 +16,7 @@ CONNECTIVITY = 8
 """Ground-truth components are 8-connected (3x3 structuring element), as in the
 MVTec AD reference evaluation and skimage's default used by the official SPG code."""
 
-_STRUCTURE_2D = np.ones((3, 3), dtype=bool)      # 8-connectivity
+_STRUCTURE_2D = np.ones((3, 3), dtype=bool)  # 8-connectivity
 
 
 def _mask_chunk(masks: Array, idx: np.ndarray) -> np.ndarray:
@@ -25,8 +27,10 @@ def _mask_chunk(masks: Array, idx: np.ndarray) -> np.ndarray:
     binary = (m == 0) | (m == 1)
     if not binary.all():
         bad = np.unique(m[~binary])[:5]
-        raise SPGError(f"masks must be 0 (normal) or 1 (anomalous), found values {bad.tolist()}",
-                       fix="binarise the masks first, e.g. masks > 0.5")
+        raise SPGError(
+            f"masks must be 0 (normal) or 1 (anomalous), found values {bad.tolist()}",
+            fix="binarise the masks first, e.g. masks > 0.5",
+        )
     return m != 0
 
 
@@ -52,14 +56,14 @@ def _component_weights(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
     # contiguous crop keeps connectivity exact.
     bounds = np.flatnonzero(np.diff(image, prepend=-1, append=image[-1] + 1))
     n_total = 0
-    for a, b in zip(bounds[:-1], bounds[1:]):
+    for a, b in itertools.pairwise(bounds):
         r, c = row[a:b], col[a:b]
         r0, c0 = r.min(), c.min()
-        crop = mask[image[a], r0:r.max() + 1, c0:c.max() + 1]
+        crop = mask[image[a], r0 : r.max() + 1, c0 : c.max() + 1]
         labels, n = ndimage.label(crop, structure=_STRUCTURE_2D)
         lab = labels[r - r0, c - c0]
         sizes = np.bincount(lab, minlength=n + 1)
-        sizes[0] = 1                                   # background: never indexed
+        sizes[0] = 1  # background: never indexed
         weight[a:b] = 1.0 / sizes[lab]
         n_total += n
     return pos_idx, weight, n_total
@@ -68,7 +72,7 @@ def _component_weights(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
 def _take(a: Array, idx: np.ndarray) -> Array:
     """a[idx] along axis 0: a view for a contiguous run, a copy of the chunk otherwise."""
     if idx.size and int(idx[-1]) - int(idx[0]) + 1 == idx.size and np.all(np.diff(idx) == 1):
-        return a[int(idx[0]): int(idx[-1]) + 1]
+        return a[int(idx[0]) : int(idx[-1]) + 1]
     if isinstance(a, torch.Tensor):
         return a[torch.as_tensor(idx, device=a.device)]
     return a[idx]
@@ -87,8 +91,7 @@ def _torch_dtype(dt: np.dtype) -> torch.dtype:
     return torch.from_numpy(np.zeros(0, dtype=dt)).dtype
 
 
-def _map_chunk(maps: Array, idx: np.ndarray, device: torch.device,
-               cast: np.dtype | None = None) -> Array:
+def _map_chunk(maps: Array, idx: np.ndarray, device: torch.device, cast: np.dtype | None = None) -> Array:
     """maps[idx] on the compute device: numpy on CPU, a torch tensor on CUDA,
     converted to ``cast`` when given (the sort path's dtype)."""
     chunk = _take(maps, idx)
@@ -103,4 +106,3 @@ def _map_chunk(maps: Array, idx: np.ndarray, device: torch.device,
             return chunk.contiguous().view(torch.int16).numpy().view(np.uint16)
         chunk = chunk.numpy()
     return chunk if cast is None else chunk.astype(cast, copy=False)
-

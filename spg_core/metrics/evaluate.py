@@ -41,26 +41,26 @@ def aupro_variant_name(variant: str) -> str:
     """Validate an ``--aupro`` choice -> "mvtec" or "official"."""
     name = _VARIANT_ALIASES.get(variant, variant)
     if name not in AUPRO_VARIANTS:
-        raise SPGError(f"unknown AUPRO variant {variant!r}",
-                       fix=f"use one of {', '.join(map(repr, AUPRO_VARIANTS))}")
+        raise SPGError(f"unknown AUPRO variant {variant!r}", fix=f"use one of {', '.join(map(repr, AUPRO_VARIANTS))}")
     return name
 
 
 def _categories(categories: Sequence[str] | np.ndarray, n: int) -> np.ndarray:
     cats = np.asarray([str(c) for c in categories])
     if cats.shape != (n,):
-        raise SPGError(f"categories has {cats.size} entries but there are {n} images",
-                       fix="pass one category name per image")
+        raise SPGError(
+            f"categories has {cats.size} entries but there are {n} images", fix="pass one category name per image"
+        )
     return cats
 
 
 def _names(cats: np.ndarray) -> list[str]:
-    return list(dict.fromkeys(cats.tolist()))            # first-appearance order
+    return list(dict.fromkeys(cats.tolist()))  # first-appearance order
 
 
-def image_metrics_by_category(image_scores: Array | Sequence[float], image_labels: Array | Sequence[int],
-                              categories: Sequence[str] | np.ndarray
-                              ) -> tuple[dict[str, dict[str, float]], list[str]]:
+def image_metrics_by_category(
+    image_scores: Array | Sequence[float], image_labels: Array | Sequence[int], categories: Sequence[str] | np.ndarray
+) -> tuple[dict[str, dict[str, float]], list[str]]:
     """Image AUROC and AP of each category: ({cat: {key: value}}, notes on NaNs).
 
     Args:
@@ -84,10 +84,16 @@ def image_metrics_by_category(image_scores: Array | Sequence[float], image_label
     return out, notes
 
 
-def pixel_metrics_by_category(maps: Array, masks: Array, categories: Sequence[str] | np.ndarray, *,
-                              max_fpr: float = 0.3, smoothing_sigma: float = 0.0,
-                              device: str | torch.device | None = None, progress: Any = None
-                              ) -> tuple[dict[str, dict[str, float]], list[str], set[str]]:
+def pixel_metrics_by_category(
+    maps: Array,
+    masks: Array,
+    categories: Sequence[str] | np.ndarray,
+    *,
+    max_fpr: float = 0.3,
+    smoothing_sigma: float = 0.0,
+    device: str | torch.device | None = None,
+    progress: Any = None,
+) -> tuple[dict[str, dict[str, float]], list[str], set[str]]:
     """Pixel AUROC, exact AUPRO and official AUPRO of each category, from one summary each.
 
     Args:
@@ -102,13 +108,21 @@ def pixel_metrics_by_category(maps: Array, masks: Array, categories: Sequence[st
     notes: list[str] = []
     paths: set[str] = set()
     for name in _names(cats):
-        summary = summarise_pixels(maps, masks, index=np.flatnonzero(cats == name),
-                                   smoothing_sigma=smoothing_sigma, device=device, progress=progress)
+        summary = summarise_pixels(
+            maps,
+            masks,
+            index=np.flatnonzero(cats == name),
+            smoothing_sigma=smoothing_sigma,
+            device=device,
+            progress=progress,
+        )
         paths.add(summary.path)
         row: dict[str, float] = {}
-        for key, value_and_why in (("pixel_auroc", pixel_auroc_from(summary)),
-                                   ("aupro", aupro_from(summary, max_fpr)),
-                                   ("aupro_official", aupro_official_from(summary, max_fpr))):
+        for key, value_and_why in (
+            ("pixel_auroc", pixel_auroc_from(summary)),
+            ("aupro", aupro_from(summary, max_fpr)),
+            ("aupro_official", aupro_official_from(summary, max_fpr)),
+        ):
             row[key], why = value_and_why
             if why:
                 notes.append(f"category {name!r}: {key} undefined ({why}) -> NaN")
@@ -116,8 +130,9 @@ def pixel_metrics_by_category(maps: Array, masks: Array, categories: Sequence[st
     return out, notes, paths
 
 
-def mean_over_categories(per_category: dict[str, dict[str, float]],
-                         keys: Sequence[str] = METRIC_KEYS) -> tuple[dict[str, float], list[str]]:
+def mean_over_categories(
+    per_category: dict[str, dict[str, float]], keys: Sequence[str] = METRIC_KEYS
+) -> tuple[dict[str, float], list[str]]:
     """Mean of each metric over the categories that define it: ({key: mean}, notes on skips)."""
     mean: dict[str, float] = {}
     notes: list[str] = []
@@ -127,16 +142,27 @@ def mean_over_categories(per_category: dict[str, dict[str, float]],
         mean[key] = float(np.mean(finite)) if finite else math.nan
         skipped = [c for c, v in vals.items() if math.isnan(v)]
         if skipped:
-            notes.append(f"mean {key} skips {len(skipped)} categor"
-                         f"{'y' if len(skipped) == 1 else 'ies'} with NaN: {', '.join(skipped)}")
+            notes.append(
+                f"mean {key} skips {len(skipped)} categor"
+                f"{'y' if len(skipped) == 1 else 'ies'} with NaN: {', '.join(skipped)}"
+            )
     return mean, notes
 
 
-def evaluate(image_scores: Array | Sequence[float], image_labels: Array | Sequence[int],
-             maps: Array, masks: Array, categories: Sequence[str] | np.ndarray, *,
-             aupro_variant: str = "mvtec", max_fpr: float = 0.3, smoothing_sigma: float = 0.0,
-             eval_resolution: Any = "input", device: str | torch.device | None = None,
-             progress: bool = False) -> dict[str, Any]:
+def evaluate(
+    image_scores: Array | Sequence[float],
+    image_labels: Array | Sequence[int],
+    maps: Array,
+    masks: Array,
+    categories: Sequence[str] | np.ndarray,
+    *,
+    aupro_variant: str = "mvtec",
+    max_fpr: float = 0.3,
+    smoothing_sigma: float = 0.0,
+    eval_resolution: Any = "input",
+    device: str | torch.device | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
     """Per-category and mean metrics, as the paper's tables report them.
 
     Args:
@@ -168,8 +194,10 @@ def evaluate(image_scores: Array | Sequence[float], image_labels: Array | Sequen
     cats = _categories(categories, n)
     k, _, _ = _check_pixel_inputs(maps, masks)
     if k != n:
-        raise SPGError(f"maps hold {k} images but there are {n} image scores",
-                       fix="pass one map (and mask) per image, in the same order")
+        raise SPGError(
+            f"maps hold {k} images but there are {n} image scores",
+            fix="pass one map (and mask) per image, in the same order",
+        )
     dev = metrics_device(device)
     if not (isinstance(smoothing_sigma, (int, float)) and smoothing_sigma >= 0):
         raise SPGError(f"smoothing_sigma must be >= 0, got {smoothing_sigma!r}")
@@ -178,7 +206,8 @@ def evaluate(image_scores: Array | Sequence[float], image_labels: Array | Sequen
     bar = _progress_bar(n, progress)
     try:
         pixel_rows, pixel_notes, paths = pixel_metrics_by_category(
-            maps, masks, cats, max_fpr=max_fpr, smoothing_sigma=smoothing_sigma, device=dev, progress=bar)
+            maps, masks, cats, max_fpr=max_fpr, smoothing_sigma=smoothing_sigma, device=dev, progress=bar
+        )
     finally:
         if bar is not None:
             bar.close()
@@ -193,9 +222,10 @@ def evaluate(image_scores: Array | Sequence[float], image_labels: Array | Sequen
         "max_fpr": float(max_fpr),
         "smoothing_sigma": float(smoothing_sigma),
         "eval_resolution": eval_resolution,
-        "aupro_thresholds": {"aupro": "all distinct map values (exact, MVTec AD)",
-                             "aupro_official": f"{OFFICIAL_STEPS} evenly spaced from min to max "
-                                               "(official SPG), FPR rescaled"},
+        "aupro_thresholds": {
+            "aupro": "all distinct map values (exact, MVTec AD)",
+            "aupro_official": f"{OFFICIAL_STEPS} evenly spaced from min to max (official SPG), FPR rescaled",
+        },
         "connectivity": CONNECTIVITY,
         "map_dtype": _dtype_name(maps),
         "exact_path": sorted(paths),

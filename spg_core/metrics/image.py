@@ -10,6 +10,7 @@ import numpy as np
 
 from ._inputs import Array, _labels_1d, _scores_1d
 
+
 def _tie_counts(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per distinct score (ascending): (normal count, anomalous count), int64 [V] each."""
     _, inverse = np.unique(scores, return_inverse=True)
@@ -18,8 +19,7 @@ def _tie_counts(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.
     return allc - pos, pos
 
 
-def _mann_whitney_auroc(pos: np.ndarray, neg_lt: np.ndarray, neg_le: np.ndarray,
-                        n_pos: int, n_neg: int) -> float:
+def _mann_whitney_auroc(pos: np.ndarray, neg_lt: np.ndarray, neg_le: np.ndarray, n_pos: int, n_neg: int) -> float:
     """AUROC = P(score_pos > score_neg) + 0.5 P(tie).
 
     ``pos[j]`` anomalous samples share a value with ``neg_lt[j]`` normal ones
@@ -87,4 +87,3 @@ def image_ap_checked(s: np.ndarray, y: np.ndarray) -> tuple[float, str | None]:
     precision = tps / (tps + fps)
     recall = tps / n_pos
     return float(np.sum(np.diff(recall, prepend=0.0) * precision)), None
-

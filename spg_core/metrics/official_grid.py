@@ -14,8 +14,7 @@ OFFICIAL_STEPS = 200
 """Thresholds of the official AUPRO grid (``max_step`` in riips/SPG ``cal_pro_score``)."""
 
 
-def official_thresholds(vmin: float, vmax: float, dtype: str = "float32",
-                        steps: int = OFFICIAL_STEPS) -> np.ndarray:
+def official_thresholds(vmin: float, vmax: float, dtype: str = "float32", steps: int = OFFICIAL_STEPS) -> np.ndarray:
     """The official grid ``np.arange(min, max, (max - min) / steps)``, float64 [~steps].
 
     ``min``, ``max`` and the step are computed in ``dtype`` (float32 unless the maps are

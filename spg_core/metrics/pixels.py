@@ -24,7 +24,7 @@ from .smoothing import _smooth_chunk
 from .summary import PixelSummary
 from .two_pass import summarise_two_pass
 
-_CPU_CHUNK_PIXELS = 1 << 23        # ~8 M pixels per chunk: bounded temporaries
+_CPU_CHUNK_PIXELS = 1 << 23  # ~8 M pixels per chunk: bounded temporaries
 _CUDA_CHUNK_PIXELS = 1 << 26
 
 
@@ -34,9 +34,16 @@ def _takes_two_passes(maps: Array, device: torch.device, smoothing_sigma: float)
     return not _is_16bit_float(maps) and device.type == "cpu" and smoothing_sigma == 0
 
 
-def summarise_pixels(maps: Array, masks: Array, *, index: np.ndarray | None = None,
-                     smoothing_sigma: float = 0.0, device: str | torch.device | None = None,
-                     official_steps: int = OFFICIAL_STEPS, progress: Any = None) -> PixelSummary:
+def summarise_pixels(
+    maps: Array,
+    masks: Array,
+    *,
+    index: np.ndarray | None = None,
+    smoothing_sigma: float = 0.0,
+    device: str | torch.device | None = None,
+    official_steps: int = OFFICIAL_STEPS,
+    progress: Any = None,
+) -> PixelSummary:
     """One streaming pass over ``maps[index]`` / ``masks[index]`` -> :class:`PixelSummary`.
 
     Args:
@@ -58,8 +65,9 @@ def summarise_pixels(maps: Array, masks: Array, *, index: np.ndarray | None = No
     per_chunk = max(1, budget // (h * w))
 
     if _takes_two_passes(maps, dev, smoothing_sigma):
-        return summarise_two_pass(maps, masks, idx, per_chunk, _sort_dtype(maps),
-                                  official_steps=official_steps, progress=progress)
+        return summarise_two_pass(
+            maps, masks, idx, per_chunk, _sort_dtype(maps), official_steps=official_steps, progress=progress
+        )
     cast: np.dtype | None = None
     if _is_16bit_float(maps):
         acc: _HistogramAccumulator | _SortAccumulator = _HistogramAccumulator(_code_kind(maps), dev)
@@ -68,7 +76,7 @@ def summarise_pixels(maps: Array, masks: Array, *, index: np.ndarray | None = No
         acc = _SortAccumulator(idx.size * h * w, _torch_dtype(cast) if dev.type == "cuda" else cast, dev)
 
     for start in range(0, idx.size, per_chunk):
-        sel = idx[start:start + per_chunk]
+        sel = idx[start : start + per_chunk]
         mask = _mask_chunk(masks, sel)
         pos_idx, weight, n_comp = _component_weights(mask)
         chunk = _map_chunk(maps, sel, dev, cast)
@@ -83,4 +91,3 @@ def summarise_pixels(maps: Array, masks: Array, *, index: np.ndarray | None = No
     if isinstance(acc, _HistogramAccumulator):
         return acc.finish()
     return acc.finish(str(cast))
-

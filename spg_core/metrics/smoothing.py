@@ -23,7 +23,7 @@ def _gaussian_torch(maps: torch.Tensor, sigma: float) -> torch.Tensor:
     """scipy's Gaussian over the last two axes of ``[..., H, W]``, computed in float32,
     returned in the input dtype."""
     shape = maps.shape
-    flat = maps.reshape(-1, 1, shape[-2], shape[-1]).float()           # [N, 1, H, W]
+    flat = maps.reshape(-1, 1, shape[-2], shape[-1]).float()  # [N, 1, H, W]
     return gaussian_blur(flat, sigma, mode="reflect").reshape(shape).to(maps.dtype)
 
 
@@ -34,7 +34,7 @@ def _gaussian_numpy(maps: np.ndarray, sigma: float) -> np.ndarray:
     out = np.empty_like(maps)
     flat_in = maps.reshape(-1, *maps.shape[-2:])
     flat_out = out.reshape(-1, *maps.shape[-2:])
-    for i in range(flat_in.shape[0]):        # one map at a time: bounded temporaries
+    for i in range(flat_in.shape[0]):  # one map at a time: bounded temporaries
         flat_out[i] = ndimage.gaussian_filter(flat_in[i].astype(work), sigma, mode="reflect")
     return out
 
@@ -62,8 +62,10 @@ def smooth_maps(maps: Array, sigma: float) -> Array:
         sigma: standard deviation in pixels; 0 returns ``maps`` unchanged.
     """
     if not (isinstance(sigma, (int, float)) and math.isfinite(sigma) and sigma >= 0):
-        raise SPGError(f"smoothing sigma must be a finite number >= 0, got {sigma!r}",
-                       fix="use 0 (off) or 4 as in the official SPG code")
+        raise SPGError(
+            f"smoothing sigma must be a finite number >= 0, got {sigma!r}",
+            fix="use 0 (off) or 4 as in the official SPG code",
+        )
     if sigma == 0:
         return maps
     if maps.ndim < 2:
@@ -75,4 +77,3 @@ def smooth_maps(maps: Array, sigma: float) -> Array:
             return _gaussian_torch(maps, sigma)
         return torch.from_numpy(_gaussian_numpy(maps.detach().numpy(), sigma))
     return _gaussian_numpy(np.asarray(maps), sigma)
-

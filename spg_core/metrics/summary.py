@@ -27,8 +27,8 @@ class _HistCDF:
 
     def __init__(self, values: np.ndarray, counts: np.ndarray):
         keep = counts > 0
-        self.values = values[keep]                                       # float64 [V] ascending
-        self.cum = np.concatenate(([0], np.cumsum(counts[keep])))       # int64 [V + 1]
+        self.values = values[keep]  # float64 [V] ascending
+        self.cum = np.concatenate(([0], np.cumsum(counts[keep])))  # int64 [V + 1]
 
     def count_le(self, q: np.ndarray) -> np.ndarray:
         return self.cum[np.searchsorted(self.values, q, side="right")]
@@ -90,16 +90,18 @@ class _TabulatedCDF:
     Any other query is an error, never a guess."""
 
     def __init__(self, queries: np.ndarray, lt: np.ndarray, le: np.ndarray):
-        self.queries = queries          # float64 [Q] ascending, distinct
-        self.lt, self.le = lt, le       # int64 [Q]: normal pixels < / <= each query
+        self.queries = queries  # float64 [Q] ascending, distinct
+        self.lt, self.le = lt, le  # int64 [Q]: normal pixels < / <= each query
 
     def _rows(self, q: np.ndarray) -> np.ndarray:
         q = np.asarray(q, dtype=np.float64)
         rows = np.minimum(np.searchsorted(self.queries, q), max(self.queries.size - 1, 0))
         if q.size and (self.queries.size == 0 or not np.array_equal(self.queries[rows], q)):
-            raise SPGError("this pixel summary counted normal pixels only at the anomalous values and "
-                           "the official 200-step grid; another query needs the maps again",
-                           fix="call summarise_pixels(..., official_steps=N) with the grid you evaluate")
+            raise SPGError(
+                "this pixel summary counted normal pixels only at the anomalous values and "
+                "the official 200-step grid; another query needs the maps again",
+                fix="call summarise_pixels(..., official_steps=N) with the grid you evaluate",
+            )
         return rows
 
     def count_le(self, q: np.ndarray) -> np.ndarray:
@@ -143,4 +145,3 @@ class PixelSummary:
     vmax: float
     path: str
     dtype: str = "float32"
-

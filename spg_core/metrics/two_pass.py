@@ -36,15 +36,15 @@ from .chunks import _component_weights, _map_chunk, _mask_chunk
 from .official_grid import official_thresholds
 from .summary import PixelSummary, _floor_to_dtype, _TabulatedCDF
 
-_BUFFER_PER_QUERY = 16      # 1/16 search per pixel for 64 B per query; 4 saved 10 of 110 MiB for 15%
-                            # more time (40 M genuine float32 pixels, shared 2-core VM)
-_MIN_BUFFER = 1 << 22       # 16 MiB of float32: few flushes (few sorts) when anomalous values are few
+_BUFFER_PER_QUERY = 16  # 1/16 search per pixel for 64 B per query; 4 saved 10 of 110 MiB for 15%
+# more time (40 M genuine float32 pixels, shared 2-core VM)
+_MIN_BUFFER = 1 << 22  # 16 MiB of float32: few flushes (few sorts) when anomalous values are few
 _CPU = torch.device("cpu")
 
 
 def _chunks(idx: np.ndarray, per_chunk: int) -> Iterator[np.ndarray]:
     for start in range(0, idx.size, per_chunk):
-        yield idx[start:start + per_chunk]
+        yield idx[start : start + per_chunk]
 
 
 class _QueryCounts:
@@ -76,14 +76,22 @@ class _QueryCounts:
                 counted = list(pool.map(self._count, parts))
         else:
             counted = [self._count(p) for p in parts]
-        for right, tied, ties in counted:       # summed here: threads must not share an array
+        for right, tied, ties in counted:  # summed here: threads must not share an array
             self.le += right
             self.lt += right
             self.lt[tied] -= ties
 
 
-def summarise_two_pass(maps: Array, masks: Array, idx: np.ndarray, per_chunk: int, cast: np.dtype, *,
-                       official_steps: int, progress: Any = None) -> PixelSummary:
+def summarise_two_pass(
+    maps: Array,
+    masks: Array,
+    idx: np.ndarray,
+    per_chunk: int,
+    cast: np.dtype,
+    *,
+    official_steps: int,
+    progress: Any = None,
+) -> PixelSummary:
     """:class:`PixelSummary` of ``maps[idx]`` / ``masks[idx]`` ([K, H, W], CPU) in two passes.
 
     Args:
@@ -96,7 +104,7 @@ def summarise_two_pass(maps: Array, masks: Array, idx: np.ndarray, per_chunk: in
     pos_vals: list[np.ndarray] = []
     pos_w: list[np.ndarray] = []
     n_components, n_pixels, vmin, vmax = 0, 0, np.inf, -np.inf
-    for sel in _chunks(idx, per_chunk):                                   # pass 1
+    for sel in _chunks(idx, per_chunk):  # pass 1
         mask = _mask_chunk(masks, sel)
         pos_idx, weight, n_comp = _component_weights(mask)
         chunk = _map_chunk(maps, sel, _CPU, cpu)
@@ -106,8 +114,10 @@ def summarise_two_pass(maps: Array, masks: Array, idx: np.ndarray, per_chunk: in
         n_pixels += chunk.size
         lo, hi = float(chunk.min()), float(chunk.max())
         if np.isnan(lo) or np.isnan(hi):
-            raise SPGError("maps contain NaN values",
-                           fix="check the model output; replace NaNs (e.g. np.nan_to_num) before evaluating")
+            raise SPGError(
+                "maps contain NaN values",
+                fix="check the model output; replace NaNs (e.g. np.nan_to_num) before evaluating",
+            )
         vmin, vmax = min(vmin, lo), max(vmax, hi)
     values, counts, weights = positive_runs(pos_vals, pos_w)
     del pos_vals, pos_w
@@ -121,12 +131,12 @@ def summarise_two_pass(maps: Array, masks: Array, idx: np.ndarray, per_chunk: in
     # Pass 2 counts every pixel, then takes the anomalous ones away: plain copies, no mask.
     buffer = np.empty(min(n_pixels, max(_BUFFER_PER_QUERY * queries.size, _MIN_BUFFER)), dtype=cpu)
     fill = 0
-    for sel in _chunks(idx, per_chunk):                                   # pass 2
+    for sel in _chunks(idx, per_chunk):  # pass 2
         flat = _map_chunk(maps, sel, _CPU, cpu).reshape(-1)
         at = 0
         while at < flat.size:
             take = min(flat.size - at, buffer.size - fill)
-            buffer[fill:fill + take] = flat[at:at + take]
+            buffer[fill : fill + take] = flat[at : at + take]
             fill, at = fill + take, at + take
             if fill == buffer.size:
                 counter.add(buffer)
@@ -141,9 +151,15 @@ def summarise_two_pass(maps: Array, masks: Array, idx: np.ndarray, per_chunk: in
     anomalous_le = np.cumsum(at_query)
     anomalous_lt = anomalous_le - at_query
     return PixelSummary(
-        n_neg=n_neg, n_pos=n_pos, n_components=n_components,
+        n_neg=n_neg,
+        n_pos=n_pos,
+        n_components=n_components,
         neg_cdf=_TabulatedCDF(queries, counter.lt - anomalous_lt, counter.le - anomalous_le),
-        pos_values=values, pos_counts=counts, pos_weights=weights,
-        vmin=vmin, vmax=vmax, path=f"two-pass:{cpu}", dtype=dtype_name,
+        pos_values=values,
+        pos_counts=counts,
+        pos_weights=weights,
+        vmin=vmin,
+        vmax=vmax,
+        path=f"two-pass:{cpu}",
+        dtype=dtype_name,
     )
-

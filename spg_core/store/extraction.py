@@ -62,8 +62,7 @@ class _CheckedImages(torch.utils.data.Dataset):
             if s.mask_path is None:
                 mask = torch.zeros(size, size)
             else:
-                mask = mask_to_tensor(load_mask(s.mask_path, img.size, image_path=s.image_path), size,
-                                      self.mask_resize)
+                mask = mask_to_tensor(load_mask(s.mask_path, img.size, image_path=s.image_path), size, self.mask_resize)
             error = ""
         except SPGError as exc:
             image, mask, error = torch.zeros(3, size, size, dtype=torch.uint8), torch.zeros(size, size), str(exc)
@@ -71,10 +70,17 @@ class _CheckedImages(torch.utils.data.Dataset):
         return {"image": image, "mask": torch.from_numpy(pack_masks(mask[None])[0]), "index": i, "error": error}
 
 
-def build_store(dataset: Dataset, backbone: Backbone, *, cache_dir: str | Path | None = None,
-                batch_size: int | None = None, num_workers: int | None = None,
-                shard_images: int = DEFAULT_SHARD_IMAGES, skip_bad: bool = False,
-                progress: bool = True) -> TokenStore:
+def build_store(
+    dataset: Dataset,
+    backbone: Backbone,
+    *,
+    cache_dir: str | Path | None = None,
+    batch_size: int | None = None,
+    num_workers: int | None = None,
+    shard_images: int = DEFAULT_SHARD_IMAGES,
+    skip_bad: bool = False,
+    progress: bool = True,
+) -> TokenStore:
     """Extract tokens for `dataset` with `backbone`, re-using or resuming a matching store.
 
     Collective under torchrun: every rank calls it; rank r extracts the missing shards
@@ -82,13 +88,16 @@ def build_store(dataset: Dataset, backbone: Backbone, *, cache_dir: str | Path |
     every shard is on disk. A single process is a world of one.
     """
     if len(dataset.samples) == 0:
-        raise SPGError(f"dataset {dataset.name} has no images", path=dataset.root,
-                       fix="check the dataset path and layout (see `spg run --help`)")
+        raise SPGError(
+            f"dataset {dataset.name} has no images",
+            path=dataset.root,
+            fix="check the dataset path and layout (see `spg run --help`)",
+        )
     root = store_dir_for(dataset, backbone, cache_dir)
     manifest_path = root / "manifest.json"
     if distributed.is_main():
         _prepare(root, store_key(dataset, backbone), image_records(dataset.samples), shard_images, backbone.has_cls)
-    distributed.barrier()                 # every rank now sees the same manifest
+    distributed.barrier()  # every rank now sees the same manifest
     manifest = read_json(manifest_path, what="token store manifest")
     if manifest.get("complete"):
         return TokenStore(root)
@@ -97,23 +106,34 @@ def build_store(dataset: Dataset, backbone: Backbone, *, cache_dir: str | Path |
     done = finished_shards(root, plan)
     mine = [i for i in distributed.owned(len(plan)) if i not in done]
     if mine:
-        _extract_shards(root, manifest["images"], plan, mine, backbone, batch_size=batch_size,
-                        num_workers=num_workers, skip_bad=skip_bad, progress=progress)
-    distributed.barrier()                 # every shard of every rank is on disk
+        _extract_shards(
+            root,
+            manifest["images"],
+            plan,
+            mine,
+            backbone,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            skip_bad=skip_bad,
+            progress=progress,
+        )
+    distributed.barrier()  # every shard of every rank is on disk
     final = _final_manifest(root, manifest, plan)
     if distributed.is_main() and final["skipped"]:
         write_json(root / "skipped.json", final["skipped"])
     if not final["images"]:
-        raise SPGError(f"every image of {dataset.name} failed to load", path=str(root / "skipped.json"),
-                       fix="see the skipped-image report for the reasons")
+        raise SPGError(
+            f"every image of {dataset.name} failed to load",
+            path=str(root / "skipped.json"),
+            fix="see the skipped-image report for the reasons",
+        )
     if distributed.is_main():
         write_json(manifest_path, final)
-    distributed.barrier()                 # nobody opens the store before the manifest says complete
+    distributed.barrier()  # nobody opens the store before the manifest says complete
     return TokenStore(root)
 
 
-def _prepare(root: Path, key: dict[str, Any], records: list[dict[str, Any]], shard_images: int,
-             has_cls: bool) -> None:
+def _prepare(root: Path, key: dict[str, Any], records: list[dict[str, Any]], shard_images: int, has_cls: bool) -> None:
     """Rank 0: keep a matching store, delete a stale or damaged one, start a new one."""
     manifest_path = root / "manifest.json"
     if manifest_path.is_file():
@@ -129,12 +149,24 @@ def _prepare(root: Path, key: dict[str, Any], records: list[dict[str, Any]], sha
             return
         old = (manifest or {}).get("key", {}).get("version")
         if old is not None and old != STORE_VERSION:
-            print(f"note: token store format changed (v{old} -> v{STORE_VERSION}: CLS tokens); "
-                  f"re-extracting {root}", file=sys.stderr)
-        shutil.rmtree(root)               # stale or damaged: rebuild from scratch
+            print(
+                f"note: token store format changed (v{old} -> v{STORE_VERSION}: CLS tokens); re-extracting {root}",
+                file=sys.stderr,
+            )
+        shutil.rmtree(root)  # stale or damaged: rebuild from scratch
     root.mkdir(parents=True, exist_ok=True)
-    write_json(manifest_path, {"key": key, "complete": False, "shard_images": shard_images, "cls": has_cls,
-                               "images": records, "skipped": [], "shards": []})
+    write_json(
+        manifest_path,
+        {
+            "key": key,
+            "complete": False,
+            "shard_images": shard_images,
+            "cls": has_cls,
+            "images": records,
+            "skipped": [],
+            "shards": [],
+        },
+    )
 
 
 def _final_manifest(root: Path, manifest: dict[str, Any], plan: list[range]) -> dict[str, Any]:
@@ -143,24 +175,42 @@ def _final_manifest(root: Path, manifest: dict[str, Any], plan: list[range]) -> 
     done = finished_shards(root, plan)
     missing = [shard_name(i) for i in range(len(plan)) if i not in done]
     if missing:
-        raise SPGError(f"{len(missing)} token shard(s) missing after extraction: {', '.join(missing[:3])}",
-                       path=str(root), fix="re-run the same command to extract them")
+        raise SPGError(
+            f"{len(missing)} token shard(s) missing after extraction: {', '.join(missing[:3])}",
+            path=str(root),
+            fix="re-run the same command to extract them",
+        )
     images, skipped, shards = [], [], []
     for i, positions in enumerate(plan):
         info = done[i]
         lost = {r["image_path"] for r in info["skipped"]}
-        kept = [r for r in manifest["images"][positions.start:positions.stop] if r["image_path"] not in lost]
+        kept = [r for r in manifest["images"][positions.start : positions.stop] if r["image_path"] not in lost]
         skipped += info["skipped"]
         if kept:
             shards.append({"file": shard_name(i), "start": len(images), "count": len(kept)})
         images += kept
-    return {**manifest, "complete": True, "images": images, "skipped": skipped, "shards": shards,
-            "world_size": distributed.world_size()}
+    return {
+        **manifest,
+        "complete": True,
+        "images": images,
+        "skipped": skipped,
+        "shards": shards,
+        "world_size": distributed.world_size(),
+    }
 
 
-def _extract_shards(root: Path, records: list[dict[str, Any]], plan: list[range], todo_shards: list[int],
-                    backbone: Backbone, *, batch_size: int | None, num_workers: int | None, skip_bad: bool,
-                    progress: bool) -> None:
+def _extract_shards(
+    root: Path,
+    records: list[dict[str, Any]],
+    plan: list[range],
+    todo_shards: list[int],
+    backbone: Backbone,
+    *,
+    batch_size: int | None,
+    num_workers: int | None,
+    skip_bad: bool,
+    progress: bool,
+) -> None:
     """Extract the images of shards `todo_shards` (ascending) and write each shard file.
 
     One DataLoader feeds the whole pass (workers decode in parallel, pinned memory on
@@ -179,8 +229,11 @@ def _extract_shards(root: Path, records: list[dict[str, Any]], plan: list[range]
     todo = [records[p] for p in positions]
     loader = torch.utils.data.DataLoader(
         _CheckedImages([Sample(**r) for r in todo], backbone.image_size, backbone.mask_resize),
-        batch_size=batch_size, num_workers=workers, pin_memory=on_cuda,
-        prefetch_factor=4 if workers else None)
+        batch_size=batch_size,
+        num_workers=workers,
+        pin_memory=on_cuda,
+        prefetch_factor=4 if workers else None,
+    )
     world = distributed.current()
     desc = f"extract {backbone.name}" + (f" [rank {world.rank}/{world.size}]" if world.size > 1 else "")
     bar = tqdm(total=len(todo), desc=desc, unit="img", disable=not progress)
@@ -202,7 +255,7 @@ def _extract_shards(root: Path, records: list[dict[str, Any]], plan: list[range]
                 else:
                     raise SPGError(f"{err}\n  (or pass --skip-bad to skip bad images and write a report)")
             images, masks = batch["image"], batch["mask"]
-            if len(keep) < len(batch["error"]):      # index only when something was dropped
+            if len(keep) < len(batch["error"]):  # index only when something was dropped
                 rows = [i for i, e in enumerate(batch["error"]) if not e]
                 images, masks = images[rows], masks[rows]
             if keep:
@@ -213,9 +266,15 @@ def _extract_shards(root: Path, records: list[dict[str, Any]], plan: list[range]
             while current < len(todo_shards) and seen[todo_shards[current]] == len(plan[todo_shards[current]]):
                 i = todo_shards[current]
                 if pending is not None:
-                    pending.result()        # its buffer is the one `take` hands out next
-                info = {"index": i, "begin": plan[i].start, "end": plan[i].stop, "skipped": skipped[i],
-                        "rank": world.rank, "world_size": world.size}
+                    pending.result()  # its buffer is the one `take` hands out next
+                info = {
+                    "index": i,
+                    "begin": plan[i].start,
+                    "end": plan[i].stop,
+                    "skipped": skipped[i],
+                    "rank": world.rank,
+                    "world_size": world.size,
+                }
                 pending = writer.submit(_write_shard, root / shard_name(i), buffer.take(), info)
                 current += 1
                 if current < len(todo_shards):
@@ -236,12 +295,16 @@ class _ShardBuffer:
 
     def __init__(self, backbone: Backbone, per_shard: int, pinned: bool):
         h, w = backbone.grid
-        self.buffers = [torch.empty(per_shard, h * w, backbone.dim, dtype=torch.float16, pin_memory=pinned)
-                        for _ in range(2)]
-        self.cls_buffers = ([torch.empty(per_shard, backbone.dim, dtype=torch.float16, pin_memory=pinned)
-                             for _ in range(2)] if backbone.has_cls else None)
+        self.buffers = [
+            torch.empty(per_shard, h * w, backbone.dim, dtype=torch.float16, pin_memory=pinned) for _ in range(2)
+        ]
+        self.cls_buffers = (
+            [torch.empty(per_shard, backbone.dim, dtype=torch.float16, pin_memory=pinned) for _ in range(2)]
+            if backbone.has_cls
+            else None
+        )
         self.current, self.pinned, self.count, self.shard = 0, pinned, 0, -1
-        self.mask_bytes = (backbone.image_size ** 2 + 7) // 8
+        self.mask_bytes = (backbone.image_size**2 + 7) // 8
         self.masks: list[np.ndarray] = []
         self.pending: list[tuple[torch.Tensor, np.ndarray, np.ndarray, torch.Tensor | None]] = []
 
@@ -252,14 +315,15 @@ class _ShardBuffer:
         for piece in waiting:
             self.add(*piece)
 
-    def add(self, tokens: torch.Tensor, masks: np.ndarray, shard_ids: np.ndarray,
-            cls: torch.Tensor | None = None) -> None:
+    def add(
+        self, tokens: torch.Tensor, masks: np.ndarray, shard_ids: np.ndarray, cls: torch.Tensor | None = None
+    ) -> None:
         """Append `[b, N, D]` tokens, packed masks `[b, P]` and CLS `[b, D]` of shards `shard_ids` `[b]`
         (ascending)."""
         n = int((shard_ids == self.shard).sum())
-        self.buffers[self.current][self.count:self.count + n].copy_(tokens[:n], non_blocking=self.pinned)
+        self.buffers[self.current][self.count : self.count + n].copy_(tokens[:n], non_blocking=self.pinned)
         if self.cls_buffers is not None:
-            self.cls_buffers[self.current][self.count:self.count + n].copy_(cls[:n], non_blocking=self.pinned)
+            self.cls_buffers[self.current][self.count : self.count + n].copy_(cls[:n], non_blocking=self.pinned)
         self.masks.append(masks[:n])
         self.count += n
         if n < tokens.shape[0]:
@@ -268,16 +332,15 @@ class _ShardBuffer:
     def take(self) -> tuple[torch.Tensor, np.ndarray, torch.Tensor | None]:
         """The finished shard (a view of the current buffer); the other buffer becomes current."""
         if self.pinned:
-            torch.cuda.synchronize()        # the non-blocking copies into the buffer must be done
+            torch.cuda.synchronize()  # the non-blocking copies into the buffer must be done
         masks = np.concatenate(self.masks) if self.masks else np.zeros((0, self.mask_bytes), np.uint8)
-        cls = None if self.cls_buffers is None else self.cls_buffers[self.current][:self.count]
-        shard = (self.buffers[self.current][:self.count], masks, cls)
+        cls = None if self.cls_buffers is None else self.cls_buffers[self.current][: self.count]
+        shard = (self.buffers[self.current][: self.count], masks, cls)
         self.current, self.count, self.masks = 1 - self.current, 0, []
         return shard
 
 
-def _write_shard(path: Path, shard: tuple[torch.Tensor, np.ndarray, torch.Tensor | None],
-                 info: dict[str, Any]) -> None:
+def _write_shard(path: Path, shard: tuple[torch.Tensor, np.ndarray, torch.Tensor | None], info: dict[str, Any]) -> None:
     """Write one shard atomically, its own record (`info`) in the safetensors metadata."""
     tokens, masks, cls = shard
     tensors = {"tokens": tokens, "masks": torch.from_numpy(masks)}

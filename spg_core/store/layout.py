@@ -25,7 +25,7 @@ from ..data import Dataset, Sample
 from ..errors import SPGError
 from ..paths import cache_root
 
-STORE_VERSION = 2   # 2: optional `cls` tensor per shard; v1 stores are rebuilt (with a note)
+STORE_VERSION = 2  # 2: optional `cls` tensor per shard; v1 stores are rebuilt (with a note)
 DEFAULT_SHARD_IMAGES = 256
 
 
@@ -117,5 +117,8 @@ def memmap_tensor(path: Path, name: str) -> np.ndarray:
             raise ValueError("file shorter than its header says")
         return np.memmap(path, dtype=dtype, mode="r", offset=8 + header_len + start, shape=shape)
     except (OSError, KeyError, ValueError, struct.error, json.JSONDecodeError) as exc:
-        raise SPGError(f"token shard is truncated or damaged ({exc})", path=str(path),
-                       fix="delete the token store folder; it is rebuilt on the next run") from None
+        raise SPGError(
+            f"token shard is truncated or damaged ({exc})",
+            path=str(path),
+            fix="delete the token store folder; it is rebuilt on the next run",
+        ) from None

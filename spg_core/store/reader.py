@@ -25,12 +25,18 @@ class TokenStore:
         self.root = Path(root)
         self.manifest = read_json(self.root / "manifest.json", what="token store manifest")
         if not self.manifest.get("complete"):
-            raise SPGError("token store is incomplete (extraction was interrupted)", path=str(self.root),
-                           fix="re-run the same `spg extract` / `spg run` command to resume it")
+            raise SPGError(
+                "token store is incomplete (extraction was interrupted)",
+                path=str(self.root),
+                fix="re-run the same `spg extract` / `spg run` command to resume it",
+            )
         self._tokens = [memmap_tensor(self.root / s["file"], "tokens") for s in self.manifest["shards"]]
         self._masks = [memmap_tensor(self.root / s["file"], "masks") for s in self.manifest["shards"]]
-        self._cls = ([memmap_tensor(self.root / s["file"], "cls") for s in self.manifest["shards"]]
-                     if self.manifest.get("cls") else None)
+        self._cls = (
+            [memmap_tensor(self.root / s["file"], "cls") for s in self.manifest["shards"]]
+            if self.manifest.get("cls")
+            else None
+        )
         self._offsets = np.cumsum([0] + [s["count"] for s in self.manifest["shards"]])
 
     # -- description ------------------------------------------------------------------

@@ -39,12 +39,38 @@ renderers), `render` (one image), `cache` (the set on disk).
 
 from __future__ import annotations
 
-from .cache import (ALL_GROUP, GENERATOR_VERSION, MARKER, SYNTHETIC_GROUPS, cache_subdir, generate_synthetic,
-                    open_synthetic, parse_synthetic_spec, synthetic_root)
+from .cache import (
+    ALL_GROUP,
+    GENERATOR_VERSION,
+    MARKER,
+    SYNTHETIC_GROUPS,
+    cache_subdir,
+    generate_synthetic,
+    open_synthetic,
+    parse_synthetic_spec,
+    synthetic_root,
+)
 from .defects import DEFECT_KINDS, DEFECTS
 from .render import IMAGE_SIZE, render_image
 from .scenes import CATEGORIES, OBJECTS, RENDERERS, TEXTURES, Scene
 
-__all__ = ["ALL_GROUP", "CATEGORIES", "DEFECTS", "DEFECT_KINDS", "GENERATOR_VERSION", "IMAGE_SIZE", "MARKER",
-           "OBJECTS", "RENDERERS", "SYNTHETIC_GROUPS", "TEXTURES", "Scene", "cache_subdir",
-           "generate_synthetic", "open_synthetic", "parse_synthetic_spec", "render_image", "synthetic_root"]
+__all__ = [
+    "ALL_GROUP",
+    "CATEGORIES",
+    "DEFECTS",
+    "DEFECT_KINDS",
+    "GENERATOR_VERSION",
+    "IMAGE_SIZE",
+    "MARKER",
+    "OBJECTS",
+    "RENDERERS",
+    "SYNTHETIC_GROUPS",
+    "TEXTURES",
+    "Scene",
+    "cache_subdir",
+    "generate_synthetic",
+    "open_synthetic",
+    "parse_synthetic_spec",
+    "render_image",
+    "synthetic_root",
+]

@@ -15,9 +15,9 @@ import re
 import shutil
 import tempfile
 import zlib
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from PIL import Image
@@ -30,7 +30,7 @@ from .draw import Rng
 from .render import IMAGE_SIZE, render_image
 from .scenes import CATEGORIES, RENDERERS
 
-GENERATOR_VERSION = 2          # bump whenever any output byte would change: cached copies regenerate
+GENERATOR_VERSION = 2  # bump whenever any output byte would change: cached copies regenerate
 MARKER = "SYNTHETIC.json"
 SYNTHETIC_GROUPS: dict[str, list[str]] = {
     "synthetic-a": ["disc", "granite", "nut", "weave"],
@@ -52,13 +52,23 @@ def _save_png(arr: np.ndarray, path: Path) -> None:
     Image.fromarray(arr).save(path, format="PNG", compress_level=1)
 
 
-def _write_category(root: Path, category: str, seed: int, defects: Sequence[str],
-                    n_train_good: int, n_test_good: int, n_per_defect: int, size: int) -> None:
+def _write_category(
+    root: Path,
+    category: str,
+    seed: int,
+    defects: Sequence[str],
+    n_train_good: int,
+    n_test_good: int,
+    n_per_defect: int,
+    size: int,
+) -> None:
     """Write ROOT/CATEGORY/{train/good, test/*, ground_truth/*} for one category."""
     cat = root / category
-    jobs = ([("train", "good", i) for i in range(n_train_good)]
-            + [("test", "good", i) for i in range(n_test_good)]
-            + [("test", d, i) for d in defects for i in range(n_per_defect)])
+    jobs = (
+        [("train", "good", i) for i in range(n_train_good)]
+        + [("test", "good", i) for i in range(n_test_good)]
+        + [("test", d, i) for d in defects for i in range(n_per_defect)]
+    )
     for split, defect, i in jobs:
         rng = _rng(seed, category, split, defect, i)
         img, mask = render_image(category, None if defect == "good" else defect, rng, size)
@@ -67,11 +77,25 @@ def _write_category(root: Path, category: str, seed: int, defects: Sequence[str]
             _save_png(mask.astype(np.uint8) * 255, cat / "ground_truth" / defect / f"{i:03d}_mask.png")
 
 
-def _marker(seed: int, categories: Sequence[str], defects: Sequence[str], n_train_good: int,
-            n_test_good: int, n_per_defect: int, size: int) -> dict:
-    return {"generator_version": GENERATOR_VERSION, "seed": seed, "size": size,
-            "categories": list(categories), "defects": list(defects),
-            "n_train_good": n_train_good, "n_test_good": n_test_good, "n_per_defect": n_per_defect}
+def _marker(
+    seed: int,
+    categories: Sequence[str],
+    defects: Sequence[str],
+    n_train_good: int,
+    n_test_good: int,
+    n_per_defect: int,
+    size: int,
+) -> dict:
+    return {
+        "generator_version": GENERATOR_VERSION,
+        "seed": seed,
+        "size": size,
+        "categories": list(categories),
+        "defects": list(defects),
+        "n_train_good": n_train_good,
+        "n_test_good": n_test_good,
+        "n_per_defect": n_per_defect,
+    }
 
 
 def _marker_matches(root: Path, expected: dict) -> bool:
@@ -84,7 +108,7 @@ def _marker_matches(root: Path, expected: dict) -> bool:
 def _swap_into_place(tmp: Path, root: Path, expected: dict, force: bool) -> None:
     """Rename the finished `tmp` onto `root`, replacing a stale copy; tolerate a racing writer."""
     if not force and _marker_matches(root, expected):
-        return                        # a concurrent writer finished first: keep its (identical) copy
+        return  # a concurrent writer finished first: keep its (identical) copy
     old = None
     if root.exists():
         old = root.with_name(f".{root.name}.old-{os.getpid()}-{tmp.name[-8:]}")
@@ -92,16 +116,25 @@ def _swap_into_place(tmp: Path, root: Path, expected: dict, force: bool) -> None
     try:
         os.rename(tmp, root)
     except OSError:
-        if not _marker_matches(root, expected):   # someone else won the race with a valid copy: fine
+        if not _marker_matches(root, expected):  # someone else won the race with a valid copy: fine
             raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def generate_synthetic(root: str | os.PathLike, seed: int = 0, *,
-                       categories: Sequence[str] = CATEGORIES, defects: Sequence[str] = DEFECT_KINDS,
-                       n_train_good: int = 4, n_test_good: int = 10, n_per_defect: int = 4,
-                       size: int = IMAGE_SIZE, force: bool = False, workers: int | None = None) -> Path:
+def generate_synthetic(
+    root: str | os.PathLike,
+    seed: int = 0,
+    *,
+    categories: Sequence[str] = CATEGORIES,
+    defects: Sequence[str] = DEFECT_KINDS,
+    n_train_good: int = 4,
+    n_test_good: int = 10,
+    n_per_defect: int = 4,
+    size: int = IMAGE_SIZE,
+    force: bool = False,
+    workers: int | None = None,
+) -> Path:
     """Write the synthetic dataset (MVTec layout) to `root`, atomically; return `root`.
 
     Per category: train/good n_train_good, test/good n_test_good, and
@@ -116,8 +149,10 @@ def generate_synthetic(root: str | os.PathLike, seed: int = 0, *,
     root = Path(root)
     unknown = [c for c in categories if c not in RENDERERS] + [d for d in defects if d not in DEFECTS]
     if unknown:
-        raise SPGError(f"unknown synthetic category/defect {unknown}",
-                       fix=f"choose categories from {list(CATEGORIES)} and defects from {list(DEFECT_KINDS)}")
+        raise SPGError(
+            f"unknown synthetic category/defect {unknown}",
+            fix=f"choose categories from {list(CATEGORIES)} and defects from {list(DEFECT_KINDS)}",
+        )
     expected = _marker(seed, categories, defects, n_train_good, n_test_good, n_per_defect, size)
     if not force and _marker_matches(root, expected):
         return root
@@ -125,16 +160,21 @@ def generate_synthetic(root: str | os.PathLike, seed: int = 0, *,
         root.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
     except OSError as exc:
-        raise SPGError(f"cannot write the synthetic dataset ({exc})", path=str(root),
-                       fix="set SPG_CACHE (or pass cache_dir) to a writable folder") from None
+        raise SPGError(
+            f"cannot write the synthetic dataset ({exc})",
+            path=str(root),
+            fix="set SPG_CACHE (or pass cache_dir) to a writable folder",
+        ) from None
     try:
         n_workers = workers or min(os.cpu_count() or 1, 4)
         with ThreadPoolExecutor(max_workers=max(1, min(n_workers, len(categories)))) as pool:
-            jobs = [pool.submit(_write_category, tmp, c, seed, defects, n_train_good, n_test_good,
-                                n_per_defect, size) for c in categories]
+            jobs = [
+                pool.submit(_write_category, tmp, c, seed, defects, n_train_good, n_test_good, n_per_defect, size)
+                for c in categories
+            ]
             for job in jobs:
-                job.result()                                     # re-raise any worker error
-        (tmp / MARKER).write_text(json.dumps(expected, indent=2) + "\n")   # written last: marks completion
+                job.result()  # re-raise any worker error
+        (tmp / MARKER).write_text(json.dumps(expected, indent=2) + "\n")  # written last: marks completion
         _swap_into_place(tmp, root, expected, force)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -168,8 +208,10 @@ def open_synthetic(spec: str, split: str = "test", cache_dir: str | os.PathLike 
 
     parsed = parse_synthetic_spec(spec)
     if parsed is None:
-        raise SPGError(f"unknown synthetic dataset {spec!r}",
-                       fix=f"use one of {[ALL_GROUP, *SYNTHETIC_GROUPS]}, optionally with @seed=N")
+        raise SPGError(
+            f"unknown synthetic dataset {spec!r}",
+            fix=f"use one of {[ALL_GROUP, *SYNTHETIC_GROUPS]}, optionally with @seed=N",
+        )
     group, seed = parsed
     root = generate_synthetic(synthetic_root(cache_dir, seed), seed)
     ds = load_mvtec(root, split, name=spec)

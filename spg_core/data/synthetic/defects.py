@@ -5,8 +5,8 @@ the annotation threshold)."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 from scipy import ndimage
@@ -33,8 +33,8 @@ class DefectContext:
 
     scene: Scene
     size: int
-    inner: np.ndarray      # float [S, S]: distance (px) from each region pixel to the region's edge
-    border: float = 0.0    # textures: keep defect centres this far from the image border
+    inner: np.ndarray  # float [S, S]: distance (px) from each region pixel to the region's edge
+    border: float = 0.0  # textures: keep defect centres this far from the image border
 
     def point(self, rng: Rng, margin: float) -> np.ndarray:
         """A random (x, y) inside the region, at least `margin` px from its edge when possible."""
@@ -53,7 +53,7 @@ class DefectContext:
         return np.array([xs[i], ys[i]], np.float32)
 
 
-DefectResult = tuple[np.ndarray, np.ndarray]     # (image [S, S, 3], alpha [S, S] of the defect)
+DefectResult = tuple[np.ndarray, np.ndarray]  # (image [S, S, 3], alpha [S, S] of the defect)
 
 
 def _scratch(rng: Rng, img: np.ndarray, ctx: DefectContext) -> DefectResult:
@@ -76,11 +76,11 @@ def _hole(rng: Rng, img: np.ndarray, ctx: DefectContext) -> DefectResult:
     c = ctx.point(rng, r + 2)
     pit = blob(rng, ctx.size, c[0], c[1], r, 0.3, softness=1.2)
     rim = np.clip(blob(rng, ctx.size, c[0], c[1], r * 1.2 + 1.0, 0.2, softness=1.5) - pit, 0, 1)
-    darkness = rng.uniform(0.05, 0.6)                     # 0.6: a shallow, subtle pit
+    darkness = rng.uniform(0.05, 0.6)  # 0.6: a shallow, subtle pit
     yy, xx = grid(ctx.size)
     core = np.exp(-((xx - c[0]) ** 2 + (yy - c[1]) ** 2) / (2 * (0.5 * r) ** 2))
     out = img * (1 - pit * (1 - darkness) - 0.3 * darkness * pit * core)[..., None]
-    out = out * (1 + 0.08 * rim * ctx.scene.region)[..., None]   # slightly raised, lit rim
+    out = out * (1 + 0.08 * rim * ctx.scene.region)[..., None]  # slightly raised, lit rim
     alpha = np.maximum(pit, 0.6 * rim) * ctx.scene.region
     return out, alpha
 
@@ -93,7 +93,7 @@ def _stain(rng: Rng, img: np.ndarray, ctx: DefectContext) -> DefectResult:
     alpha = blob(rng, ctx.size, c[0], c[1], r, 0.4, softness=soft) * ctx.scene.region
     # A stain absorbs light: it multiplies the surface by a tint (brown, yellow, grey...).
     tint = colour(rng, rng.uniform(0.0, 0.2), rng.uniform(0.2, 0.7), rng.uniform(0.3, 0.7), 0)
-    strength = log_uniform(rng, 0.25, 0.85)              # darkening 8..60 %: mostly low contrast
+    strength = log_uniform(rng, 0.25, 0.85)  # darkening 8..60 %: mostly low contrast
     dirt = 0.8 + 0.4 * noise(rng, ctx.size, 24)
     factor = 1 - strength * alpha[..., None] * (1 - tint) * dirt[..., None]
     return img * factor, alpha
@@ -113,9 +113,10 @@ def _crack_paths(rng: Rng, start: np.ndarray, length: float, ang: float, depth: 
         pts.append(pts[-1] + step * np.array([math.cos(a), math.sin(a)], np.float32))
         if depth > 0 and rng.random() < 0.05:
             side = 1.0 if rng.random() < 0.5 else -1.0
-            paths += _crack_paths(rng, pts[-1], length * rng.uniform(0.25, 0.55),
-                                  ang + side * rng.uniform(0.4, 1.1), depth - 1)
-        ang += rng.normal(0, 0.05)                        # slow drift of the main heading
+            paths += _crack_paths(
+                rng, pts[-1], length * rng.uniform(0.25, 0.55), ang + side * rng.uniform(0.4, 1.1), depth - 1
+            )
+        ang += rng.normal(0, 0.05)  # slow drift of the main heading
     return [np.stack(pts)] + paths
 
 
@@ -133,12 +134,12 @@ def _contamination(rng: Rng, img: np.ndarray, ctx: DefectContext) -> DefectResul
     foreign = colour(rng, rng.random(), rng.uniform(0.2, 0.9), rng.uniform(0.08, 0.95), 0)
     r = log_uniform(rng, 3, 22)
     c = ctx.point(rng, r)
-    if rng.random() < 0.6:                                # a particle: blob with its own texture
+    if rng.random() < 0.6:  # a particle: blob with its own texture
         alpha = blob(rng, ctx.size, c[0], c[1], r, 0.5, softness=1.0)
         grain = noise(rng, ctx.size, max(8, ctx.size // 4), octaves=2)
         content = foreign * (0.55 + 0.9 * (grain - 0.5))[..., None]
         opacity = rng.uniform(0.55, 1.0)
-    else:                                                 # fibres: a tuft of thin curly strands
+    else:  # fibres: a tuft of thin curly strands
         strands = []
         for _ in range(int(rng.integers(2, 6))):
             a = rng.uniform(0, 2 * np.pi)
@@ -156,11 +157,11 @@ def _contamination(rng: Rng, img: np.ndarray, ctx: DefectContext) -> DefectResul
 def _missing(rng: Rng, img: np.ndarray, ctx: DefectContext) -> DefectResult:
     """Material gone: a whole part or a chunk (at an object's edge) shows what lies beneath."""
     scene = ctx.scene
-    if scene.parts and rng.random() < 0.5:               # a whole part is gone (e.g. a pin)
+    if scene.parts and rng.random() < 0.5:  # a whole part is gone (e.g. a pin)
         part = scene.parts[int(rng.integers(len(scene.parts)))]
         alpha = ndimage.gaussian_filter(part.astype(np.float32), 0.6)
         alpha = np.clip(alpha * 1.2, 0, 1)
-    else:                                                 # a chunk broken off (objects: at the edge)
+    else:  # a chunk broken off (objects: at the edge)
         r = log_uniform(rng, 6, 36)
         c = ctx.edge_point(rng) if not scene.region.all() else ctx.point(rng, 0)
         alpha = blob(rng, ctx.size, c[0], c[1], r, 0.35, softness=1.0) * scene.region
@@ -171,7 +172,11 @@ def _missing(rng: Rng, img: np.ndarray, ctx: DefectContext) -> DefectResult:
 
 
 DEFECTS: dict[str, Callable[[Rng, np.ndarray, DefectContext], DefectResult]] = {
-    "scratch": _scratch, "hole": _hole, "stain": _stain, "crack": _crack,
-    "contamination": _contamination, "missing": _missing,
+    "scratch": _scratch,
+    "hole": _hole,
+    "stain": _stain,
+    "crack": _crack,
+    "contamination": _contamination,
+    "missing": _missing,
 }
 assert set(DEFECTS) == set(DEFECT_KINDS)

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import colorsys
 import math
+from collections.abc import Sequence
 from functools import lru_cache
-from typing import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -18,7 +18,7 @@ Rng = np.random.Generator
 def grid(size: int) -> tuple[np.ndarray, np.ndarray]:
     """Pixel-centre coordinates (yy, xx), each float32 [S, S]."""
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-    yy.flags.writeable = xx.flags.writeable = False   # shared between threads: never mutate
+    yy.flags.writeable = xx.flags.writeable = False  # shared between threads: never mutate
     return yy, xx
 
 
@@ -46,7 +46,7 @@ def noise(rng: Rng, size: int, cells: int, octaves: int = 1, persistence: float 
     out = np.zeros((size, size), np.float32)
     amp, total = 1.0, 0.0
     for o in range(octaves):
-        n = min(size, cells * 2 ** o)
+        n = min(size, cells * 2**o)
         lattice = rng.random((n + 1, n + 1), dtype=np.float32)
         up = Image.fromarray(lattice).resize((size, size), Image.BICUBIC)
         out += amp * np.asarray(up, np.float32)
@@ -67,8 +67,7 @@ def colour(rng: Rng, hue: float, sat: float, val: float, jitter: float = 0.012) 
     return np.array(colorsys.hsv_to_rgb(h, s, v), np.float32)
 
 
-def blob(rng: Rng, size: int, cx: float, cy: float, r: float, irregularity: float,
-          softness: float = 1.0) -> np.ndarray:
+def blob(rng: Rng, size: int, cx: float, cy: float, r: float, irregularity: float, softness: float = 1.0) -> np.ndarray:
     """Irregular star-convex blob: alpha [S, S] in [0, 1], edge ramp `softness` px wide.
 
     Its radius varies with angle as r * (1 + sum_k a_k cos(k phi + p_k)), k = 2..5.
@@ -95,7 +94,7 @@ def polyline_alpha(size: int, lines: Sequence[np.ndarray], width: float, ss: int
             continue
         xy = [(float(x * ss), float(y * ss)) for x, y in pts]
         draw.line(xy, fill=255, width=w, joint="curve")
-        r = w / 2.0                                 # round caps, so short strokes look like strokes
+        r = w / 2.0  # round caps, so short strokes look like strokes
         for x, y in (xy[0], xy[-1]):
             draw.ellipse((x - r, y - r, x + r, y + r), fill=255)
     small = canvas.resize((size, size), Image.BOX)
@@ -105,7 +104,7 @@ def polyline_alpha(size: int, lines: Sequence[np.ndarray], width: float, ss: int
 def bezier(p0: np.ndarray, p1: np.ndarray, p2: np.ndarray, n: int = 48) -> np.ndarray:
     """Quadratic Bezier curve points [n, 2]."""
     t = np.linspace(0, 1, n, dtype=np.float32)[:, None]
-    return (1 - t) ** 2 * p0 + 2 * (1 - t) * t * p1 + t ** 2 * p2
+    return (1 - t) ** 2 * p0 + 2 * (1 - t) * t * p1 + t**2 * p2
 
 
 def mix(img: np.ndarray, other: np.ndarray, alpha: np.ndarray) -> np.ndarray:

@@ -15,7 +15,7 @@ from .scenes import RENDERERS
 IMAGE_SIZE = 256
 
 
-MIN_DEFECT_PIXELS = 4   # a mask smaller than this is redrawn: the defect must be visible
+MIN_DEFECT_PIXELS = 4  # a mask smaller than this is redrawn: the defect must be visible
 
 
 def _finish(rng: Rng, img: np.ndarray) -> np.ndarray:
@@ -37,8 +37,9 @@ def _finish(rng: Rng, img: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(out * 255), 0, 255).astype(np.uint8)
 
 
-def render_image(category: str, defect: str | None, rng: Rng,
-                 size: int = IMAGE_SIZE) -> tuple[np.ndarray, np.ndarray | None]:
+def render_image(
+    category: str, defect: str | None, rng: Rng, size: int = IMAGE_SIZE
+) -> tuple[np.ndarray, np.ndarray | None]:
     """One image: (RGB uint8 [S, S, 3], mask bool [S, S] or None for good images)."""
     scene = RENDERERS[category](rng, size)
     img = scene.img.astype(np.float32)
@@ -49,7 +50,7 @@ def render_image(category: str, defect: str | None, rng: Rng,
         # inside the frame (real defects can touch it, but a half-visible one is a poor label).
         border = 0.05 * size if scene.region.all() else 0.0
         ctx = DefectContext(scene=scene, size=size, inner=inner.astype(np.float32), border=border)
-        for _ in range(50):                               # redraw if it landed (almost) off-region
+        for _ in range(50):  # redraw if it landed (almost) off-region
             out, alpha = DEFECTS[defect](rng, img, ctx)
             # Annotation threshold: where the defect covers at least 30% of the pixel.
             mask = alpha > 0.3

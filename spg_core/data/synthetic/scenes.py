@@ -4,8 +4,8 @@ four objects (disc, nut, pill, plug), each with per-image pose, phase and colour
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 from scipy import ndimage
@@ -51,13 +51,13 @@ def render_weave(rng: Rng, size: int) -> Scene:
     u, v = rotated(size, size / 2, size / 2, rng.uniform(-0.2, 0.2))
     u = u / period + rng.uniform(0, 2)
     v = v / period + rng.uniform(0, 2)
-    over = (np.floor(u) + np.floor(v)) % 2 == 0          # warp on top in these cells
+    over = (np.floor(u) + np.floor(v)) % 2 == 0  # warp on top in these cells
     fu, fv = u - np.floor(u), v - np.floor(v)
-    across = np.where(over, fu, fv)                       # position across the visible thread
+    across = np.where(over, fu, fv)  # position across the visible thread
     along = np.where(over, fv, fu)
     # (clip: float32 sin(pi) is a hair below 0, and a fractional power of it is NaN)
     profile = np.clip(np.sin(np.pi * np.clip(across * 1.08 - 0.04, 0, 1)), 0, 1) ** 0.7
-    profile *= 0.82 + 0.18 * np.clip(np.sin(np.pi * along), 0, 1) ** 0.5   # threads dip where they pass under
+    profile *= 0.82 + 0.18 * np.clip(np.sin(np.pi * along), 0, 1) ** 0.5  # threads dip where they pass under
     fibre = noise(rng, size, size // 3) - 0.5
     warp = colour(rng, 0.6, 0.55, 0.55)
     weft = colour(rng, 0.58, 0.35, 0.75)
@@ -80,7 +80,7 @@ def render_granite(rng: Rng, size: int) -> Scene:
     img = mix(img, colour(rng, 0.1, 0.05, 0.9)[None, None], 0.6 * light)
     pink = smoothstep((noise(rng, size, size // 6, octaves=2) - 0.64) / 0.05)
     img = mix(img, colour(rng, 0.02, 0.4, 0.7)[None, None], 0.7 * pink)
-    under = _surface(rng, size, base * 0.55, 0.5, cells=20)   # rough, unpolished stone
+    under = _surface(rng, size, base * 0.55, 0.5, cells=20)  # rough, unpolished stone
     return _texture_scene(img, under)
 
 
@@ -90,11 +90,11 @@ def render_brushed(rng: Rng, size: int) -> Scene:
     n = 4 * size
     fine = ndimage.gaussian_filter1d(rng.normal(0, 1, n), 0.8)
     coarse = ndimage.gaussian_filter1d(rng.normal(0, 1, n), 5.0)
-    pos = (v + size) * 2.0                                  # 2 samples per pixel across streaks
-    streak = (np.interp(pos, np.arange(n), fine) * 0.05 + np.interp(pos, np.arange(n), coarse) * 0.25)
+    pos = (v + size) * 2.0  # 2 samples per pixel across streaks
+    streak = np.interp(pos, np.arange(n), fine) * 0.05 + np.interp(pos, np.arange(n), coarse) * 0.25
     streak = streak.astype(np.float32) * (0.8 + 0.4 * noise(rng, size, 3))
     sheen_at, sheen_w = rng.uniform(-0.6, 0.6) * size, rng.uniform(0.2, 0.45) * size
-    sheen = 0.18 * np.exp(-((u - sheen_at) / sheen_w) ** 2)
+    sheen = 0.18 * np.exp(-(((u - sheen_at) / sheen_w) ** 2))
     base = colour(rng, 0.6, 0.06, 0.66)
     img = base * (1 + streak[..., None] + sheen[..., None])
     under = _surface(rng, size, base * 0.5, 0.25)
@@ -109,7 +109,7 @@ def render_tiles(rng: Rng, size: int) -> Scene:
     u = u + rng.uniform(0, tile)
     v = v + rng.uniform(0, tile)
     fu, fv = np.mod(u, tile), np.mod(v, tile)
-    edge = np.minimum(np.minimum(fu, tile - fu), np.minimum(fv, tile - fv))   # px to nearest joint
+    edge = np.minimum(np.minimum(fu, tile - fu), np.minimum(fv, tile - fv))  # px to nearest joint
     grout = smoothstep((grout_w / 2 + 0.5 - edge) / 1.0)
     ti = (np.floor(u / tile).astype(np.int64) % 8) * 8 + (np.floor(v / tile).astype(np.int64) % 8)
     tint = (1 + rng.normal(0, 0.035, 64).astype(np.float32))[ti]
@@ -137,9 +137,9 @@ def render_disc(rng: Rng, size: int) -> Scene:
     d = np.sqrt(u * u + v * v)
     inside = smoothstep(r - d + 0.5)
     body = colour(rng, 0.02, 0.75, 0.8) * _shade_dome(d, r)[..., None]
-    body *= (1 - 0.25 * smoothstep((d - (r - 6)) / 3))[..., None]                 # rim
+    body *= (1 - 0.25 * smoothstep((d - (r - 6)) / 3))[..., None]  # rim
     ring = smoothstep(1.6 - np.abs(d - 0.58 * r)) * 0.9
-    mark = (smoothstep(3.5 - np.abs(v)) * smoothstep(np.minimum(u - 0.25 * r, 0.5 * r - u) + 0.5))
+    mark = smoothstep(3.5 - np.abs(v)) * smoothstep(np.minimum(u - 0.25 * r, 0.5 * r - u) + 0.5)
     ink = colour(rng, 0.15, 0.1, 0.95)
     body = mix(body, np.broadcast_to(ink, body.shape), np.maximum(ring, mark))
     img = mix(bg, body, inside)
@@ -150,14 +150,14 @@ def render_nut(rng: Rng, size: int) -> Scene:
     """A hexagonal nut seen from above: faceted shading, chamfer, threaded hole."""
     bg = _surface(rng, size, colour(rng, 0.1, 0.2, 0.7), 0.25)
     cx, cy = size / 2 + rng.normal(0, 6, 2)
-    r = rng.uniform(78, 88)                                # corner radius
+    r = rng.uniform(78, 88)  # corner radius
     theta = rng.uniform(0, np.pi / 3)
     u, v = rotated(size, cx, cy, theta)
     d = np.sqrt(u * u + v * v)
     phi = np.arctan2(v, u)
     sector = np.mod(phi, np.pi / 3) - np.pi / 6
     apothem = r * math.cos(math.pi / 6)
-    hex_r = apothem / np.cos(sector)                       # hexagon boundary at this angle
+    hex_r = apothem / np.cos(sector)  # hexagon boundary at this angle
     hole_r = rng.uniform(0.36, 0.42) * r
     outer = smoothstep(hex_r - d + 0.5)
     hole = smoothstep(hole_r - d + 0.5)
@@ -165,9 +165,9 @@ def render_nut(rng: Rng, size: int) -> Scene:
     facet_angle = np.floor(phi / (np.pi / 3)) * (np.pi / 3) + np.pi / 6 + theta
     metal = colour(rng, 0.6, 0.05, 0.62)
     shade = 0.85 + 0.12 * np.cos(facet_angle - light)
-    shade += 0.12 * smoothstep((d - 0.86 * apothem) / 6)   # bright chamfer towards the corners
+    shade += 0.12 * smoothstep((d - 0.86 * apothem) / 6)  # bright chamfer towards the corners
     threads = 0.8 + 0.2 * np.cos(2 * np.pi * d / 3.2)
-    seat = smoothstep(hole_r + 9 - d)                     # threaded ring around the hole
+    seat = smoothstep(hole_r + 9 - d)  # threaded ring around the hole
     body = metal * (shade * (1 - seat) + threads * 0.7 * seat)[..., None]
     body *= 1 + 0.05 * (noise(rng, size, 30) - 0.5)[..., None]
     alpha = outer * (1 - hole)
@@ -183,23 +183,22 @@ def render_pill(rng: Rng, size: int) -> Scene:
     half, r = rng.uniform(52, 62), rng.uniform(28, 34)
     u, v = rotated(size, cx, cy, theta)
     t = np.clip(u, -half, half)
-    d = np.sqrt((u - t) ** 2 + v ** 2)                     # distance to the capsule's axis segment
+    d = np.sqrt((u - t) ** 2 + v**2)  # distance to the capsule's axis segment
     inside = smoothstep(r - d + 0.5)
     cap = np.where((u < 0)[..., None], colour(rng, 0.0, 0.7, 0.75), colour(rng, 0.14, 0.75, 0.95))
     shade = 0.7 + 0.3 * np.sqrt(np.clip(1 - (d / r) ** 2, 0, 1))
-    spec = 0.25 * np.exp(-((v + 0.35 * r) / (0.12 * r)) ** 2) * (np.abs(u) < half + 0.5 * r)
+    spec = 0.25 * np.exp(-(((v + 0.35 * r) / (0.12 * r)) ** 2)) * (np.abs(u) < half + 0.5 * r)
     body = cap * shade[..., None] + spec[..., None]
     seam = smoothstep(1.2 - np.abs(u)) * 0.35
     dots = np.zeros_like(d)
-    for k in range(3):                                     # a printed code on the light half
+    for k in range(3):  # a printed code on the light half
         dots = np.maximum(dots, smoothstep(2.6 - np.hypot(u - (0.35 + 0.18 * k) * half, v)))
     body = body * (1 - np.maximum(seam, 0.8 * dots))[..., None]
     img = mix(bg, body, inside)
     return Scene(img=img, region=inside > 0.5, under=bg)
 
 
-def _box(u: np.ndarray, v: np.ndarray, x0: float, x1: float, y0: float, y1: float,
-         radius: float = 0.0) -> np.ndarray:
+def _box(u: np.ndarray, v: np.ndarray, x0: float, x1: float, y0: float, y1: float, radius: float = 0.0) -> np.ndarray:
     """Anti-aliased rounded rectangle alpha [S, S] in (u, v) coordinates."""
     cu, cv = (x0 + x1) / 2, (y0 + y1) / 2
     hu, hv = (x1 - x0) / 2 - radius, (y1 - y0) / 2 - radius
@@ -233,6 +232,12 @@ def render_plug(rng: Rng, size: int) -> Scene:
 
 
 RENDERERS: dict[str, Callable[[Rng, int], Scene]] = {
-    "weave": render_weave, "granite": render_granite, "brushed": render_brushed, "tiles": render_tiles,
-    "disc": render_disc, "nut": render_nut, "pill": render_pill, "plug": render_plug,
+    "weave": render_weave,
+    "granite": render_granite,
+    "brushed": render_brushed,
+    "tiles": render_tiles,
+    "disc": render_disc,
+    "nut": render_nut,
+    "pill": render_pill,
+    "plug": render_plug,
 }
