@@ -134,6 +134,29 @@ def load_tensors(
     return tensors, meta
 
 
+def safetensors_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """The JSON-decoded metadata of a safetensors file, reading its header only (no tensors).
+    SPGError naming the file when it is not a readable safetensors file."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise SPGError(
+            f"not a readable safetensors file ({exc})",
+            path=str(path),
+            fix="the file is damaged or half-written: delete it and re-create it",
+        ) from None
+    meta: dict[str, Any] = {}
+    for k, v in raw.items():
+        try:
+            meta[k] = json.loads(v)
+        except json.JSONDecodeError:
+            meta[k] = v
+    return meta
+
+
 def file_sha256(path: str | Path) -> str:
     """Hex SHA-256 of a file's bytes (read in 1 MiB blocks)."""
     h = hashlib.sha256()

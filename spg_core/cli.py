@@ -12,8 +12,10 @@ protocol's value, so help texts give both protocols' defaults.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 from . import distributed
@@ -129,8 +131,6 @@ def _io_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 def _check_out_dir(path: str) -> None:
     """`--out` must name a directory (new or existing), not a file."""
-    from pathlib import Path
-
     if Path(path).exists() and not Path(path).is_dir():
         raise SPGError(
             "--out names an existing file, not a directory",
@@ -142,20 +142,50 @@ def _check_out_dir(path: str) -> None:
 # -- commands --------------------------------------------------------------------------------
 
 
+def _add_overwrite(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run --out holds: the new run is built beside it and swapped in only when complete",
+    )
+
+
+@contextlib.contextmanager
+def _build_folder(args: argparse.Namespace, cfg: RunConfig, done_file: str) -> Iterator[Path]:
+    """The folder to build `args.out`'s run in, under its write lock (run_staging.py says which)."""
+    from .pipeline import effective_config
+    from .run_lock import command_line, run_lock
+    from .run_staging import build_folder
+
+    if distributed.world_size() > 1 and args.overwrite:  # every rank writes the same folder
+        raise SPGError("--overwrite is not available under torchrun", fix="write the run to a new --out")
+    if not distributed.is_main():  # rank 0 alone decides and writes
+        yield Path(args.out)
+        return
+    settings = effective_config(cfg).to_dict()
+    with (
+        run_lock(args.out, command_line()),
+        build_folder(args.out, settings, overwrite=args.overwrite, done_file=done_file) as folder,
+    ):
+        yield folder
+
+
 def cmd_run(args: argparse.Namespace) -> None:
     from .pipeline import run_experiment
     from .report import print_metrics, write_reports
+    from .runs import METRICS_FILE
 
     _check_out_dir(args.out)
     cfg = _config_from(args)
     print(f"protocol: {cfg.protocol}", file=sys.stderr)
-    if distributed.world_size() > 1:
-        metrics = _run_distributed(cfg, args)
-        if metrics is None:
-            return
-    else:
-        metrics = run_experiment(cfg, args.out, metric_options={"aupro_variant": args.aupro}, **_io_kwargs(args))
-    write_reports(args.out)
+    with _build_folder(args, cfg, METRICS_FILE) as folder:
+        if distributed.world_size() > 1:
+            metrics = _run_distributed(cfg, args)
+            if metrics is None:
+                return
+        else:
+            metrics = run_experiment(cfg, folder, metric_options={"aupro_variant": args.aupro}, **_io_kwargs(args))
+        write_reports(folder)
     print_metrics(metrics, title=f"{cfg.aux} -> {cfg.target} [{cfg.backbone}, {cfg.method}, {cfg.protocol}]")
     print(f"run directory: {args.out}")
 
@@ -200,11 +230,14 @@ def cmd_extract(args: argparse.Namespace) -> None:
 
 def cmd_train_sae(args: argparse.Namespace) -> None:
     from .pipeline import train_stages
+    from .runs import SAE_RECORD_FILE
 
     _check_out_dir(args.out)
-    run = train_stages(_config_from(args), args.out, stages=("sae",), **_io_kwargs(args))
+    cfg = _config_from(args)
+    with _build_folder(args, cfg, SAE_RECORD_FILE) as folder:
+        train_stages(cfg, folder, stages=("sae",), **_io_kwargs(args))
     if distributed.is_main():
-        print(f"SAE written to {run.file('sae.safetensors')}")
+        print(f"SAE written to {Path(args.out) / 'sae.safetensors'}")
 
 
 def cmd_train_guides(args: argparse.Namespace) -> None:
@@ -267,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--aux", required=True, help=f"auxiliary dataset ({DATASET_HELP})")
     p.add_argument("--target", required=True, help=f"target dataset ({DATASET_HELP})")
     p.add_argument("--out", required=True, help="run directory to write")
-    for add in (_add_protocol, _add_backbone, _add_sae, _add_guides, _add_score, _add_common):
+    for add in (_add_protocol, _add_backbone, _add_sae, _add_guides, _add_score, _add_common, _add_overwrite):
         add(p)
     p.set_defaults(func=cmd_run)
 
@@ -280,7 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train-sae", help="stage 1: train the TopK SAE on auxiliary tokens into a run directory")
     p.add_argument("--aux", required=True, help=DATASET_HELP)
     p.add_argument("--out", required=True, help="run directory to write")
-    for add in (_add_protocol, _add_backbone, _add_sae, _add_guides, _add_score, _add_common):
+    for add in (_add_protocol, _add_backbone, _add_sae, _add_guides, _add_score, _add_common, _add_overwrite):
         add(p)
     p.set_defaults(func=cmd_train_sae)
 
@@ -342,13 +375,18 @@ def _room_commands() -> list[Callable[[Any], None]]:
 def interrupted_note(args: argparse.Namespace) -> str:
     """What a Ctrl-C left behind, truthfully: which of the run's artifacts exist (each written
     whole: temp file, then rename) and which do not."""
-    from pathlib import Path
-
+    from .run_staging import staging_path
     from .runs import CONFIG_FILE, GUIDES_FILE, METRICS_FILE, PATCH_MAPS_FILE, SAE_FILE, RunDir
 
     folder = getattr(args, "run", None) or getattr(args, "out", None)
     if not folder or not Path(folder).is_dir() or args.command not in ("run", "train-sae", "train-guides", "eval"):
         return "interrupted: no file is half-written (each is written whole); re-run the command to finish"
+    staging = staging_path(Path(folder))
+    if getattr(args, "overwrite", False) and staging.is_dir():
+        return (
+            f"interrupted: the run in {folder} is untouched; the unfinished new run is in {staging}. "
+            "Re-run the same command (with --overwrite) to resume it; a run of other settings removes it."
+        )
     run = RunDir(folder)
     names = {
         CONFIG_FILE: "config",

@@ -156,9 +156,14 @@ class RunDir:
 
 
 def list_runs(root: str | Path) -> list[Path]:
-    """Run directories (folders holding a config.json) under `root`, newest first."""
+    """Run directories (folders holding a config.json) under `root`, newest first. Hidden folders
+    (an overwrite's staging folder, `.NAME.staging`) are not runs."""
     root = Path(root)
     if not root.is_dir():
         return []
-    runs = {p.parent for p in root.glob("**/config.json") if "tokens" not in p.parts}
+    runs = {
+        p.parent
+        for p in root.glob("**/config.json")
+        if "tokens" not in p.parts and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    }
     return sorted(runs, key=lambda p: p.stat().st_mtime, reverse=True)
