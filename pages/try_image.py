@@ -13,7 +13,7 @@ from spg_core.render import PROBABILITY_SCALE, fitted_scale, sigmoid
 from spg_core.runs import GUIDES_FILE as GUIDES
 from spg_core.runs import SCORES_FILE as SCORES
 from spg_core.thresholds import best_f1_threshold
-from spg_core.uploads import MAX_UPLOAD_BYTES, UPLOAD_TYPES
+from spg_core.uploads import MAX_UPLOAD_BYTES, UPLOAD_TYPES, read_image_file
 
 run = widgets.require_run()
 widgets.page_header(
@@ -156,7 +156,10 @@ opacity = opacity_col.slider("Map opacity", 0.0, 1.0, 0.55, 0.05, key="try_opaci
 
 files = [(f.name, f.getvalue()) for f in uploads or []]
 if sample:
-    files.append((Path(sample).name, Path(sample).read_bytes()))
+    try:
+        files.append((Path(sample).name, read_image_file(sample)))
+    except SPGError as exc:
+        widgets.error_box(exc, f"{Path(sample).name} cannot be read")
 if not files:
     st.info("Upload one or more images to see their anomaly maps.", icon=":material/upload:")
     st.stop()

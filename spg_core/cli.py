@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from . import distributed
-from .config import ExtractConfig, GuideConfig, RunConfig, SAEConfig, ScoreConfig
+from .config import ExtractConfig, GuideConfig, RunConfig, SAEConfig, ScoreConfig, config_warnings
 from .errors import SPGError
 from .options import (
     add_field_options,
@@ -102,7 +102,10 @@ def _config_from(args: argparse.Namespace) -> RunConfig:
         target=getattr(args, "target", None) or RunConfig.target,
         protocol=protocol,
     )
-    return RunConfig.from_dict(d)
+    cfg = RunConfig.from_dict(d)
+    for note in config_warnings(cfg):
+        print(f"warning: {note}", file=sys.stderr)
+    return cfg
 
 
 def _guides_for(run_cfg: RunConfig, args: argparse.Namespace) -> GuideConfig:
@@ -243,10 +246,12 @@ def cmd_train_sae(args: argparse.Namespace) -> None:
 def cmd_train_guides(args: argparse.Namespace) -> None:
     from dataclasses import replace
 
+    from .consistency import require_consistent
     from .pipeline import train_stages
     from .runs import RunDir
 
     cfg = RunDir(args.run).run_config()
+    require_consistent(RunDir(args.run), ("sae",))
     cfg = replace(cfg, guides=_guides_for(cfg, args), device=args.device or cfg.device)
     run = train_stages(cfg, args.run, stages=("guides",), **_io_kwargs(args))
     print(f"guides written to {run.file('guides.safetensors')}")

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import read_json, safetensors_metadata
+from .errors import SPGError
 from .runs import (
     GUIDES_FILE,
     GUIDES_RECORD_FILE,
@@ -92,6 +93,17 @@ def inconsistency_text(folder: str | Path, wrong: list[str]) -> str:
     """One sentence saying what is inconsistent and what to do."""
     return (
         f"inconsistent run: {', '.join(wrong)} made with other settings than its config.json "
-        f"(two runs wrote {folder}, or one was cut off); re-run it with --overwrite into the same folder, "
-        "or into a new one"
+        f"(two runs wrote {folder}, or a command was cut off); re-run that command, or the whole run with "
+        "--overwrite"
     )
+
+
+def require_consistent(run: RunDir, stages: tuple[str, ...] = ("sae", "guides", "target")) -> None:
+    """SPGError naming the artifacts of `stages` made with other settings than config.json."""
+    wrong = [name for name in inconsistent_artifacts(run) if ARTIFACT_STAGES[name][0] in stages]
+    if wrong:
+        raise SPGError(
+            inconsistency_text(run.path, wrong).split(";")[0],
+            path=str(run.path),
+            fix="re-run the command that was cut off, or the whole run with --overwrite (or into a new --out)",
+        )

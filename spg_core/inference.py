@@ -19,6 +19,7 @@ import torch
 from .backbones import load_backbone
 from .backbones.base import Backbone, resolve_device
 from .config import RunConfig, ScoreConfig
+from .consistency import require_consistent
 from .errors import SPGError
 from .guides import GuidePair
 from .runs import GUIDES_FILE, SAE_FILE, RunDir
@@ -126,6 +127,7 @@ class Predictor:
     ):
         self.run = RunDir(run_dir)
         self.config = self.run.read_config()
+        require_consistent(self.run, ("sae", "guides"))  # maps from a mixed run would look right and be wrong
         self.cfg = RunConfig.from_dict(self.config)
         if score is not None:
             self.cfg.score = score

@@ -91,6 +91,45 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+def check_port_free(port: int, host: str = "localhost") -> None:
+    """SPGError naming `port` and what holds it when it cannot be bound on `host` (so the dashboard
+    never announces a URL that another server answers)."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server does: TIME_WAIT is no obstacle
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            raise SPGError(
+                f"port {port} on {host} is not available ({exc.strerror}); it is held by {port_holder(port)}",
+                fix=f"stop that process, or pass another port: `spg dashboard --port {free_port()}`",
+            ) from None
+
+
+def port_holder(port: int) -> str:
+    """'pid N (command)' of the process listening on TCP `port`, from /proc (Linux); a plain
+    'another process' where that cannot be told (other systems, or another user's process)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) > 9 and int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "0A":  # LISTEN
+                inodes.add(fields[9])
+    for fd_dir in Path("/proc").glob("[0-9]*/fd"):
+        try:
+            for fd in fd_dir.iterdir():
+                if os.readlink(fd).removeprefix("socket:[").removesuffix("]") in inodes:
+                    pid = fd_dir.parent.name
+                    cmd = (fd_dir.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                    return f"pid {pid} ({' '.join(cmd.split())[:120]})"
+        except OSError:
+            continue
+    return "another process"
+
+
 def start_server(
     runs_root: str | Path,
     port: int,
@@ -162,13 +201,19 @@ def cmd_dashboard(args: argparse.Namespace) -> None:
             print(f"building the builtin demo run in the background (progress: {root / PROGRESS_FILE})", flush=True)
     elif not root.is_dir():
         print(f"note: {root} does not exist yet; the dashboard will say how to make a run", flush=True)
+    check_port_free(args.port, args.host)
     print(f"SPG Studio on http://{args.host}:{args.port}  (runs: {root}; Ctrl-C to stop)", flush=True)
     proc = start_server(root, args.port, host=args.host, cache_dir=args.cache_dir)
     # The server runs in its own session (so it can be stopped as a group): stop it whenever this
     # process ends, on Ctrl-C or on a plain `kill` (SIGTERM would otherwise orphan it).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
-        proc.wait()
+        code = proc.wait()
+        if code not in (0, -signal.SIGINT, -signal.SIGTERM):
+            raise SPGError(
+                f"the dashboard server exited with code {code}",
+                fix="see its output above; run `spg dashboard` again once the cause is fixed",
+            )
     finally:
         stop_server(proc)
         for builder in builders:  # a half-built demo run is rebuilt by the next --demo

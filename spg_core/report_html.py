@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from .consistency import require_consistent
 from .errors import SPGError
 from .report import METRIC_TITLES, METRICS
 from .runs import RunDir
@@ -147,9 +148,9 @@ def build_report(run_dir: str | Path, *, count: int = 4) -> str:
 
     run = RunDir(run_dir)
     cfg = run.read_config()
+    require_consistent(run)
     metrics = run.read_metrics()
-    probs, _scores_t, meta = run.read_target()
-    rows = run.read_scores()
+    probs, _scores_t, meta, rows = run.read_target_rows()
     scores = np.array([r["score"] for r in rows], dtype=np.float64)
     labels = np.array([r["label"] for r in rows], dtype=np.int64)
     try:
