@@ -43,7 +43,7 @@ DISK_ERRORS: dict[int, tuple[str, str, str]] = {
 }
 
 
-def disk_error(exc: BaseException, path: str | os.PathLike) -> SPGError | None:
+def disk_error(exc: BaseException, path: str | os.PathLike | None = None) -> SPGError | None:
     """The SPGError for a write that the file system refused (full, too large, name too long), else None."""
     code = exc.errno if isinstance(exc, OSError) else None
     if code is None and isinstance(exc, (RuntimeError, SafetensorError)):
@@ -51,7 +51,8 @@ def disk_error(exc: BaseException, path: str | os.PathLike) -> SPGError | None:
     if code not in DISK_ERRORS:
         return None
     _, what, fix = DISK_ERRORS[code]
-    return SPGError(f"cannot write: {what} ({errno.errorcode[code]})", path=str(path), fix=fix)
+    where = None if path is None else str(path)
+    return SPGError(f"cannot write: {what} ({errno.errorcode[code]})", path=where, fix=fix)
 
 
 @contextlib.contextmanager

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from . import distributed
+from .atomic import disk_error
 from .config import ExtractConfig, GuideConfig, RunConfig, SAEConfig, ScoreConfig, config_warnings
 from .errors import SPGError
 from .options import (
@@ -430,6 +431,12 @@ def main(argv: list[str] | None = None) -> int:
         func(args)
     except SPGError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (OSError, RuntimeError) as exc:  # a write refused outside atomic_path (e.g. DataLoader shared memory)
+        refused = disk_error(exc)
+        if refused is None:
+            raise
+        print(f"error: {refused}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(interrupted_note(args), file=sys.stderr)
