@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from .errors import SPGError
+from .run_lock import command_line, run_lock
 
 THRESHOLD = "threshold.json"
 VERSION = 2
@@ -166,11 +167,12 @@ def compute_run_threshold(
 
 
 def write_run_threshold(run_dir: str | Path, **kwargs: Any) -> dict[str, Any]:
-    """`compute_run_threshold` written to RUN/threshold.json (temp file + rename)."""
+    """`compute_run_threshold` written to RUN/threshold.json (temp file + rename), under the run's lock."""
     from .atomic import write_json
 
-    record = compute_run_threshold(run_dir, **kwargs)
-    write_json(Path(run_dir) / THRESHOLD, record)
+    with run_lock(run_dir, command_line()):
+        record = compute_run_threshold(run_dir, **kwargs)
+        write_json(Path(run_dir) / THRESHOLD, record)
     return record
 
 

@@ -19,6 +19,7 @@ import torch
 from .. import distributed
 from ..atomic import file_sha256
 from ..errors import SPGError
+from ..run_lock import command_line, run_lock
 from ..runs import SAE_FILE as SAE
 from ..runs import RunDir
 from ..sae import TopKSAE
@@ -68,18 +69,20 @@ def build_atoms(
 ) -> None:
     """Build and write RUN/atoms/index.safetensors (+ .json) and stats.json (+ .csv).
 
-    One streaming pass of the run's SAE over its auxiliary token store (on CUDA when present).
+    One streaming pass of the run's SAE over its auxiliary token store (on CUDA when present),
+    under the run's write lock (so the SAE cannot change under it).
     """
     run = RunDir(run_dir)
-    config = run.read_config()
-    sae = _run_sae(run, config)
-    store = open_aux_store(config, run.path)
-    index = build_atom_index(store, sae, top_p=top_p, device=device, chunk_tokens=chunk_tokens, progress=progress)
-    if not distributed.is_main():  # under torchrun every rank holds the merged index; one writes it
-        return
-    index.meta["sae_sha256"] = file_sha256(run.file(SAE))
-    save_index(index, run.file(INDEX))
-    save_stats(atom_stats(index, store.images), run.file(STATS_JSON), run.file(STATS_CSV))
+    with run_lock(run.path, command_line()):
+        config = run.read_config()
+        sae = _run_sae(run, config)
+        store = open_aux_store(config, run.path)
+        index = build_atom_index(store, sae, top_p=top_p, device=device, chunk_tokens=chunk_tokens, progress=progress)
+        if not distributed.is_main():  # under torchrun every rank holds the merged index; one writes it
+            return
+        index.meta["sae_sha256"] = file_sha256(run.file(SAE))
+        save_index(index, run.file(INDEX))
+        save_stats(atom_stats(index, store.images), run.file(STATS_JSON), run.file(STATS_CSV))
 
 
 def load_atoms(run_dir: str | Path) -> tuple[AtomIndex, pd.DataFrame]:
