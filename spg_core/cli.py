@@ -381,6 +381,7 @@ def _room_commands() -> list[Callable[[Any], None]]:
 def interrupted_note(args: argparse.Namespace) -> str:
     """What a Ctrl-C left behind, truthfully: which of the run's artifacts exist (each written
     whole: temp file, then rename) and which do not."""
+    from .consistency import inconsistent_artifacts
     from .run_staging import staging_path
     from .runs import CONFIG_FILE, GUIDES_FILE, METRICS_FILE, PATCH_MAPS_FILE, SAE_FILE, RunDir
 
@@ -405,12 +406,14 @@ def interrupted_note(args: argparse.Namespace) -> str:
     missing = [label for f, label in names.items() if not run.exists(f)]
     try:
         stale = run.stale_artifacts()
+        mixed = inconsistent_artifacts(run) if run.exists(CONFIG_FILE) else []
     except SPGError:
-        stale = []
+        stale, mixed = [], []
     text = (
         f"interrupted: {folder} holds {', '.join(present) or 'nothing yet'}"
         + (f"; not done: {', '.join(missing)}" if missing else "")
         + (f"; made from earlier inputs (stale): {', '.join(stale)}" if stale else "")
+        + (f"; made with other settings than config.json (inconsistent): {', '.join(mixed)}" if mixed else "")
         + ". No file is half-written; re-run the command to finish (token extraction resumes)."
     )
     return text
