@@ -111,6 +111,11 @@ def write_text(path: str | os.PathLike, text: str) -> None:
         tmp.write_text(text)
 
 
+# The largest JSON record a run holds is an atom statistics table (a few MB at M = 16384);
+# anything past 256 MiB is not one of ours, and reading it whole could exhaust memory.
+MAX_JSON_BYTES = 256 * 2**20
+
+
 def check_regular_file(path: str | os.PathLike, max_bytes: int, *, what: str = "file") -> int:
     """The size of `path`, after checking that it is a regular file of at most `max_bytes`: a
     device such as /dev/zero or a FIFO would make a plain read unbounded or hang. SPGError otherwise."""
@@ -140,6 +145,7 @@ def read_json(path: str | os.PathLike, *, what: str = "JSON file") -> Any:
             path=str(path),
             fix="check the path, or re-create it with the spg command that writes it",
         )
+    check_regular_file(path, MAX_JSON_BYTES, what=what)
     try:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

@@ -129,6 +129,7 @@ def build_demo_run(
     from .backbones.base import resolve_device
     from .pipeline import evaluate_target, train_stages
     from .report import write_reports
+    from .run_lock import command_line, run_lock
 
     root = Path(runs_root)
     out = root / run.name
@@ -137,14 +138,15 @@ def build_demo_run(
     root.mkdir(parents=True, exist_ok=True)
     cfg = demo_config(run)
     try:
-        _report(root, run.name, "training")
-        backbone = load_backbone(cfg.backbone, cfg.weights, device=resolve_device(cfg.device))
-        trained = train_stages(cfg, out, cache_dir=cache_dir, progress=progress, backbone=backbone)
-        _report(root, run.name, "scoring the target")
-        evaluate_target(trained, cache_dir=cache_dir, progress=progress, device=cfg.device, backbone=backbone)
-        _report(root, run.name, "reports and atoms")
-        write_reports(out)
-        build_atoms(out, progress=progress)
+        with run_lock(out, command_line()):  # one writer for all stages, not one per stage
+            _report(root, run.name, "training")
+            backbone = load_backbone(cfg.backbone, cfg.weights, device=resolve_device(cfg.device))
+            trained = train_stages(cfg, out, cache_dir=cache_dir, progress=progress, backbone=backbone)
+            _report(root, run.name, "scoring the target")
+            evaluate_target(trained, cache_dir=cache_dir, progress=progress, device=cfg.device, backbone=backbone)
+            _report(root, run.name, "reports and atoms")
+            write_reports(out)
+            build_atoms(out, progress=progress)
     except BaseException as exc:
         _report(root, run.name, "failed", error=f"{type(exc).__name__}: {exc}")
         raise

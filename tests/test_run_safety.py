@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 from tiny_data import TINY_RUN_ARGS, tiny_pair
 
-from spg_core.atomic import atomic_path, check_regular_file, disk_error, save_tensors
+from spg_core.atomic import MAX_JSON_BYTES, atomic_path, check_regular_file, disk_error, read_json, save_tensors
 from spg_core.cli import main as spg_main
 from spg_core.consistency import inconsistent_artifacts
 from spg_core.errors import SPGError
@@ -205,6 +205,11 @@ def test_reads_check_for_a_regular_file_of_bounded_size(tmp_path):
     with pytest.raises(SPGError, match="more than the 25 MB"):
         read_image_file(big)
     assert check_regular_file(big, 2**30) == 30 * 2**20
+    huge = tmp_path / "metrics.json"
+    with open(huge, "wb") as fh:
+        fh.truncate(MAX_JSON_BYTES + 1)
+    with pytest.raises(SPGError, match="more than the 256 MB"):
+        read_json(huge, what="metrics")
 
 
 def test_shape_problems_are_named():
