@@ -5,10 +5,13 @@ top auxiliary patches one click away."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import streamlit as st
+
+from spg_core.atoms.build import INDEX
 
 from . import nav, state, widgets
 
@@ -159,9 +162,6 @@ def region_panel(
 
 def atom_patches(run: str, sig: tuple[float, ...], atom: int, key: str, count: int = 6) -> None:
     """An atom's top auxiliary patches (crop + activation heatmap), or what to do without an atom index."""
-    from pathlib import Path
-
-    from spg_core.atoms.build import INDEX
 
     if not (Path(run) / INDEX).is_file():
         st.info(

@@ -18,7 +18,17 @@ import streamlit as st
 from PIL import Image
 
 from spg_core import run_paths, uploads
+from spg_core.atoms import Ablator, attribute, load_atoms, rank_atoms
+from spg_core.atoms.kinds import kind_patches, run_kind_map
+from spg_core.atoms.region import cell_patches, image_atoms, rank_region
+from spg_core.atoms.visual import IN_MASK, patch_crop
 from spg_core.errors import SPGError
+from spg_core.images import load_image
+from spg_core.inference import Predictor
+from spg_core.runs import RunDir
+from spg_core.store import TokenStore
+from spg_core.sweep import sweep_figures as figures
+from spg_core.thresholds import run_threshold as recorded
 
 from .viewmodels import atom_detail, attribution, health, sweeps, targets
 
@@ -63,22 +73,17 @@ def signature(run: Path) -> tuple[float, ...]:
 
 @st.cache_data(show_spinner=False, max_entries=32)
 def run_config(path: str, sig: tuple[float, ...]) -> dict[str, Any]:
-    from spg_core.runs import RunDir
-
     return RunDir(path).read_config()
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
 def run_metrics(path: str, sig: tuple[float, ...]) -> dict[str, Any]:
-    from spg_core.runs import RunDir
-
     return RunDir(path).read_metrics()
 
 
 @st.cache_resource(show_spinner="Loading the run's model ...", max_entries=8)
 def predictor(path: str, sig: tuple[float, ...]):
     """The run's Predictor (SAE, guides, scorer); the backbone loads on first image."""
-    from spg_core.inference import Predictor
 
     return Predictor(path, device="cpu")
 
@@ -96,8 +101,6 @@ class TargetOutputs:
 
 @st.cache_resource(show_spinner="Loading target maps ...", max_entries=8)
 def target_outputs(path: str, sig: tuple[float, ...]) -> TargetOutputs:
-    from spg_core.runs import RunDir
-
     run = RunDir(path)
     probs, _, meta = run.read_target()
     rows = run.read_scores()
@@ -114,7 +117,6 @@ def target_outputs(path: str, sig: tuple[float, ...]) -> TargetOutputs:
 @st.cache_resource(show_spinner="Opening token store ...", max_entries=8)
 def token_store(path: str):
     """A TokenStore (memory-mapped shards: cheap to share between sessions)."""
-    from spg_core.store import TokenStore
 
     return TokenStore(path)
 
@@ -135,7 +137,6 @@ def store_of(run: Path, which: str):
 @st.cache_resource(show_spinner="Loading atoms ...", max_entries=8)
 def atoms(path: str, sig: tuple[float, ...]):
     """(AtomIndex, stats DataFrame) from RUN/atoms."""
-    from spg_core.atoms import load_atoms
 
     return load_atoms(path)
 
@@ -143,7 +144,6 @@ def atoms(path: str, sig: tuple[float, ...]):
 @st.cache_data(show_spinner="Setting the decision threshold on the auxiliary set ...", max_entries=16)
 def run_threshold(path: str, sig: tuple[float, ...]) -> dict[str, Any]:
     """RUN/threshold.json (thresholds.run_threshold: computed and recorded first for runs without one)."""
-    from spg_core.thresholds import run_threshold as recorded
 
     return recorded(path, predictor=predictor(path, sig))
 
@@ -168,7 +168,6 @@ def target_frame(path: str, sig: tuple[float, ...], threshold: float):
 @st.cache_data(show_spinner=False, max_entries=256)
 def image_at(path: str, size: int) -> np.ndarray:
     """An image file as RGB uint8 `[size, size, 3]` (the backbone's input view)."""
-    from spg_core.images import load_image
 
     return np.asarray(load_image(path).resize((size, size), Image.BICUBIC))
 
@@ -206,7 +205,6 @@ def stored_patch_map(path: str, sig: tuple[float, ...], which: str, index: int) 
 def stored_attribution(path: str, sig: tuple[float, ...], which: str, index: int):
     """(tokens `[1, N, D]`, atoms.Attribution) of image `index` of the run's 'target_store' or 'aux_store':
     computed once per image, so moving a region over it only averages (region -> atoms)."""
-    from spg_core.atoms import attribute
 
     pred = predictor(path, sig)
     tokens = store_of(Path(path), which).tokens([index])
@@ -239,7 +237,6 @@ def atom_tags(path: str, sig: tuple[float, ...]) -> dict[int, str]:
 @st.cache_data(show_spinner=False, max_entries=16)
 def atom_ranking(path: str, sig: tuple[float, ...]) -> dict[str, list[dict[str, Any]]]:
     """Both guides' active atoms, largest coefficient first (atoms.rank_atoms)."""
-    from spg_core.atoms import rank_atoms
 
     return rank_atoms(predictor(path, sig).guides)
 
@@ -248,7 +245,6 @@ def atom_ranking(path: str, sig: tuple[float, ...]) -> dict[str, list[dict[str, 
 def stored_image_atoms(path: str, sig: tuple[float, ...], which: str, index: int):
     """atoms.region.ImageAtoms (SAE codes and net contributions) of image `index` of the run's
     'target_store' or 'aux_store': once per image, so a new region costs two masked means."""
-    from spg_core.atoms.region import image_atoms
 
     tokens, attr = stored_attribution(path, sig, which, index)
     return image_atoms(predictor(path, sig).sae, tokens[0], attr)
@@ -260,7 +256,6 @@ def stored_region_atoms(
 ):
     """atoms.region.RegionAtoms for grid cells rows x cols of image `index` of the run's
     'target_store' or 'aux_store'."""
-    from spg_core.atoms.region import cell_patches, rank_region
 
     grid = store_of(Path(path), which).grid
     return rank_region(stored_image_atoms(path, sig, which, index), cell_patches(rows, cols, grid), k=k)
@@ -269,8 +264,6 @@ def stored_region_atoms(
 @st.cache_resource(show_spinner=False, max_entries=32)
 def upload_image_atoms(path: str, sig: tuple[float, ...], name: str, data: bytes):
     """atoms.region.ImageAtoms of an uploaded image (scored by `predict_upload`)."""
-    from spg_core.atoms import attribute
-    from spg_core.atoms.region import image_atoms
 
     pred = predictor(path, sig)
     tokens = predict_upload(path, sig, name, data).tokens[None]
@@ -283,7 +276,6 @@ def upload_region_atoms(
     path: str, sig: tuple[float, ...], name: str, data: bytes, rows: tuple[int, int], cols: tuple[int, int], k: int = 8
 ):
     """atoms.region.RegionAtoms for grid cells rows x cols of an uploaded image."""
-    from spg_core.atoms.region import cell_patches, rank_region
 
     grid = predict_upload(path, sig, name, data).probs.shape
     return rank_region(upload_image_atoms(path, sig, name, data), cell_patches(rows, cols, grid), k=k)
@@ -292,7 +284,6 @@ def upload_region_atoms(
 @st.cache_resource(show_spinner="Measuring each guide atom inside each auxiliary defect kind ...", max_entries=8)
 def kind_map(path: str, sig: tuple[float, ...]):
     """atoms.kinds.KindMap of the run's live guide atoms (cached in RUN/atoms/kinds.*)."""
-    from spg_core.atoms.kinds import run_kind_map
 
     dead = {a for a, t in atom_tags(path, sig).items() if t == "dead"}
     ranking = atom_ranking(path, sig)
@@ -303,9 +294,6 @@ def kind_map(path: str, sig: tuple[float, ...]):
 @st.cache_resource(show_spinner="Finding the atom's patches in this defect kind ...", max_entries=64)
 def kind_tiles(path: str, sig: tuple[float, ...], atom: int, category: str, defect: str, count: int = 6) -> list[Tile]:
     """The atom's strongest in-mask patches among auxiliary images of one defect kind, as crops."""
-    from spg_core.atoms.kinds import kind_patches
-    from spg_core.atoms.visual import IN_MASK, patch_crop
-    from spg_core.images import load_image
 
     store = store_of(Path(path), "aux_store")
     found = kind_patches(predictor(path, sig).sae, store, atom, (category, defect), count)
@@ -357,7 +345,6 @@ def atom_activations(path: str, sig: tuple[float, ...], atom: int) -> tuple[np.n
 @st.cache_resource(show_spinner="Preparing what-if ablations (projecting target tokens) ...", max_entries=4)
 def ablator(path: str, sig: tuple[float, ...]):
     """An atoms.Ablator over the run's target tokens (one per run, shared by every session)."""
-    from spg_core.atoms import Ablator
 
     return Ablator(predictor(path, sig), store=store_of(Path(path), "target_store"))
 
@@ -392,8 +379,6 @@ def predict_upload(path: str, sig: tuple[float, ...], name: str, data: bytes) ->
     grid, size = pred.scorer.grid, pred.backbone.image_size
     top = None
     if pred.sae is not None:
-        from spg_core.atoms import attribute
-
         attr = attribute(out["tokens"], pred.dictionary, pred.guides, tau=pred.cfg.guides.tau)
         top = attribution.image_top_atoms(attr, k=6, tags=atom_tags(path, sig))
     view = np.asarray(image.resize((size, size), Image.BICUBIC))
@@ -411,6 +396,5 @@ def sweep_names(root: str) -> list[str]:
 @st.cache_data(show_spinner="Drawing the sweep ...", max_entries=16)
 def sweep_figures(path: str, mtime: float) -> dict[str, Any]:
     """The sweep's plotly figures (spg_core.sweep.sweep_figures over its sweep.csv)."""
-    from spg_core.sweep import sweep_figures as figures
 
     return figures(sweeps.sweep_frame(path))

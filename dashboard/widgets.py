@@ -24,7 +24,7 @@ from spg_core.errors import SPGError
 from spg_core.render import COLORSCALE, PROBABILITY_SCALE, MapScale, display_map, draw_outline, map_picture
 
 from . import state
-from .viewmodels.health import RunHealth, check_run
+from .viewmodels.health import RunHealth, check_run, demo_progress
 from .viewmodels.sweeps import SWEEP_CSV, sweep_html
 
 MAP_PX = 440  # on-screen side of a map figure: large enough to see small defects
@@ -79,7 +79,6 @@ Make one and it appears here within a few seconds:</p>
 
 def demo_progress_note(root: Path) -> None:
     """The demo builder's progress (RUNS/.demo_progress.json) while a demo run builds in the background."""
-    from .viewmodels.health import demo_progress
 
     progress = demo_progress(root)
     if progress is None or progress["done"]:

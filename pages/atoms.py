@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pandas as pd
 import streamlit as st
 
 from dashboard import nav, state, widgets
@@ -150,7 +151,6 @@ def kind_section() -> None:
 
 def kind_table(km, tags: dict[int, str]):
     """One row per atom: tag, categories spanned, strongest kind, peak (for sorting)."""
-    import pandas as pd
 
     best = km.mean.argmax(axis=1)
     return pd.DataFrame(

@@ -17,10 +17,13 @@ from pathlib import Path
 import torch
 
 from .backbones import load_backbone
-from .backbones.base import Backbone, resolve_device
+from .backbones.base import Backbone
 from .config import RunConfig, ScoreConfig
+from .devices import resolve_device
 from .errors import SPGError
 from .guides import GuidePair
+from .images import image_to_tensor
+from .metrics import smooth_maps
 from .runs import GUIDES_FILE, SAE_FILE, RunDir
 from .sae import TopKSAE
 from .scoring import anomaly_maps, cls_scores, image_scores, upsample
@@ -31,8 +34,6 @@ def map_image_scores(maps: torch.Tensor, score: ScoreConfig) -> torch.Tensor:
     """`[B, S, S]` raw maps -> `[B]` image scores by the run's rule (the maps' own pooling,
     after the run's smoothing when `image_score` is "smoothed_map")."""
     if score.image_score == "smoothed_map" and score.smoothing_sigma > 0:
-        from .metrics import smooth_maps
-
         maps = smooth_maps(maps.float(), score.smoothing_sigma)
     return image_scores(maps, score.aggregation, score.lse_temperature)
 
@@ -181,14 +182,11 @@ class Predictor:
     def predict_images(self, images: list) -> dict[str, torch.Tensor]:
         """PIL images -> tokens `[B, N, D]`, probs `[B, N]`, maps `[B, S, S]` (smoothed as the run's
         metrics smooth them), scores `[B]`."""
-        from .images import image_to_tensor
 
         bb = self.backbone
         batch = torch.stack([image_to_tensor(im, bb.image_size) for im in images]).to(self.device)
         tokens, cls = bb.extract_with_cls(batch)
         probs, maps, scores = self.scorer(tokens, cls)
         if self.cfg.score.smoothing_sigma > 0:
-            from .metrics import smooth_maps
-
             maps = smooth_maps(maps.float(), self.cfg.score.smoothing_sigma)
         return {"tokens": tokens.cpu(), "probs": probs.cpu(), "maps": maps.cpu(), "scores": scores.cpu()}

@@ -29,7 +29,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from .atomic import read_json, write_json
 from .errors import SPGError
+from .inference import Predictor, score_store, target_maps
+from .metrics import smooth_maps
+from .render import logit
+from .store import TokenStore
 
 THRESHOLD = "threshold.json"
 VERSION = 2
@@ -102,8 +107,6 @@ def pixel_scale(good_maps: torch.Tensor | np.ndarray, smoothing_sigma: float) ->
     The maps are smoothed as the run's protocol does (sigma in pixels) before the quantiles, so the
     scale fits what the pages draw. Returns {"space": "logit", "q50", "q99", "q999", "vmin", "vmax", ...}.
     """
-    from .metrics import smooth_maps
-    from .render import logit
 
     maps = smooth_maps(torch.as_tensor(good_maps).float(), float(smoothing_sigma))
     values = logit(torch.as_tensor(maps).reshape(-1).numpy())
@@ -133,8 +136,6 @@ def compute_run_threshold(
     Reads config.json's `aux_store`; the pixel scale uses up to MAX_SCALE_IMAGES good images
     (evenly spaced) so a large auxiliary set costs a bounded pass.
     """
-    from .inference import Predictor, score_store, target_maps
-    from .store import TokenStore
 
     pred = predictor if predictor is not None else Predictor(run_dir, device=device)
     aux_path = pred.config.get("aux_store")
@@ -167,7 +168,6 @@ def compute_run_threshold(
 
 def write_run_threshold(run_dir: str | Path, **kwargs: Any) -> dict[str, Any]:
     """`compute_run_threshold` written to RUN/threshold.json (temp file + rename)."""
-    from .atomic import write_json
 
     record = compute_run_threshold(run_dir, **kwargs)
     write_json(Path(run_dir) / THRESHOLD, record)
@@ -176,7 +176,6 @@ def write_run_threshold(run_dir: str | Path, **kwargs: Any) -> dict[str, Any]:
 
 def read_run_threshold(run_dir: str | Path) -> dict[str, Any] | None:
     """RUN/threshold.json, or None when the run has none (or an older version)."""
-    from .atomic import read_json
 
     path = Path(run_dir) / THRESHOLD
     if not path.is_file():

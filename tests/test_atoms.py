@@ -6,6 +6,7 @@ data, builtin extraction of both groups, SAE and guides); every test below reads
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from PIL import Image
 
 from spg_core.atomic import save_tensors, write_json
 from spg_core.atoms import (
@@ -140,8 +142,6 @@ def test_dead_atoms_are_never_ranked(predictor, run_dir, capsys):
 
 
 def json_dead(run_dir) -> int:
-    import json
-
     return json.loads((Path(run_dir) / "sae.json").read_text())["dead_atoms"]
 
 
@@ -416,7 +416,6 @@ def test_cli_builds_index_and_gallery(run_dir, built, capsys):
     )
     out = capsys.readouterr().out
     assert "anomaly guide:" in out and "gallery:" in out
-    from PIL import Image
 
     with Image.open(Path(run_dir) / "atoms" / "gallery.png") as im:
         width, height = im.size

@@ -25,6 +25,7 @@ from spg_core.config import (
 )
 from spg_core.errors import SPGError
 from spg_core.options import exposed_fields
+from spg_core.protocols import OFFICIAL, overrides
 
 # The flags of each command before the options were generated (hand-written tables, 2026-11-29):
 # none may disappear.
@@ -163,7 +164,6 @@ def _must_not_run(*args, **kwargs):
 @pytest.fixture
 def stored_run(tmp_path):
     """A run directory holding only an official config.json (device cpu, sigma 4, guide lr 0.01)."""
-    from spg_core.protocols import OFFICIAL, overrides
 
     cfg = RunConfig.from_dict(
         {**overrides(OFFICIAL), "protocol": OFFICIAL, "backbone": "dinov2-large-tiny", "device": "cpu"}

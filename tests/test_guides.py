@@ -7,7 +7,8 @@ import torch
 
 from spg_core.config import GuideConfig
 from spg_core.errors import SPGError
-from spg_core.guides import GuideBatch, GuidePair, dice_loss, focal_loss, topk_mask, train_guides
+from spg_core.guides import SATURATED, GuideBatch, GuidePair, dice_loss, focal_loss, topk_mask, train_guides
+from spg_core.pipeline import auxiliary_fit
 from spg_core.scoring import cosine_logits, image_scores, patch_probabilities, upsample
 
 
@@ -168,9 +169,6 @@ class _AuxBatches:
 
 
 def test_auxiliary_fit_reports_separation_and_calibration():
-    from spg_core.guides import SATURATED
-    from spg_core.pipeline import auxiliary_fit
-
     e1, e2 = torch.eye(3)[0], torch.eye(3)[1]
     cpu = torch.device("cpu")
     good = auxiliary_fit(_AuxBatches().get_batch, 2, (2, 2), torch.stack([e2, e1]), 0.07, cpu)

@@ -24,6 +24,7 @@ import torch
 
 from ..errors import SPGError
 from ..inference import Predictor, map_image_scores
+from ..metrics import evaluate
 from ..scoring import atom_logit_weights, patch_probabilities, unit, upsample
 from ..store import TokenStore
 from .ranking import guide_row, require_atoms
@@ -179,8 +180,6 @@ class Ablator:
         scores_t = torch.cat(scores)
         result = None
         if metrics:
-            from ..metrics import evaluate
-
             result = evaluate(
                 scores_t.numpy(),
                 self.labels,

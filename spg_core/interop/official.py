@@ -30,6 +30,7 @@ from ..backbones import load_backbone
 from ..config import RunConfig
 from ..errors import SPGError
 from ..guides import GuidePair
+from ..pipeline import extract
 from ..protocols import OFFICIAL, overrides
 from ..runs import GUIDES_FILE, GUIDES_RECORD_FILE, SAE_FILE, SAE_RECORD_FILE, RunDir
 from ..sae import TopKSAE
@@ -217,8 +218,6 @@ def import_official(
         "imported_from": {"code": "riips/SPG", **sources, "guides_copy": "ema" if ema else "raw"},
     }
     if aux:
-        from ..pipeline import extract
-
         extra["aux_store"] = str(extract(aux, bb, progress=False).root)
     run.path.mkdir(parents=True, exist_ok=True)
     run.write_config(cfg, extra)
