@@ -61,14 +61,12 @@ def rss_mb(pid: int) -> float:
 
 def share_script_cache() -> None:
     """Make every AppTest run use one ScriptCache (compiled page scripts), as the server's Runtime does."""
-
     shared = ScriptCache()
     app_test.ScriptCache = local_script_runner.ScriptCache = lambda: shared
 
 
 def compile_ms(pages: list[str]) -> float:
     """Wall time of compiling app.py and the page scripts as Streamlit does (with its magic pass), ms."""
-
     t0 = time.perf_counter()
     cache = ScriptCache()
     for script in [ROOT / "dashboard" / "app.py"] + [ROOT / "pages" / p for p in pages]:
@@ -78,7 +76,6 @@ def compile_ms(pages: list[str]) -> float:
 
 def rerun_times(runs_root: Path, run: str, reruns: int) -> list[tuple[str, float, float]]:
     """(page, median ms, max ms) of a warm rerun of every page."""
-
     os.environ[RUNS_ENV] = str(runs_root)
     out = []
     for page in PAGES:
@@ -105,7 +102,6 @@ def region_times(runs_root: Path, run: str, reruns: int, source: str = "target s
     `source` ('target set' or 'auxiliary set'): each time a region not seen before, so the region ->
     atoms query (averages over the image's cached codes and attribution) is computed, not served
     from the cache."""
-
     os.environ[RUNS_ENV] = str(runs_root)
     at = AppTest.from_file(str(ROOT / "dashboard" / "app.py"), default_timeout=600)
     at.run()

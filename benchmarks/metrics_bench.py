@@ -144,7 +144,6 @@ def loop_aupro(maps: np.ndarray, masks: np.ndarray, thresholds: int | None = Non
     """The official SPG (AnomalyCLIP) loop: binarise at each of 200 grid thresholds, FPR over
     normal pixels, PRO = mean over regions (labelled once) of their coverage.
     With ``thresholds`` < 200 only the first ones are run (timing only)."""
-
     regions = []
     for i in range(len(masks)):
         lab, n = ndimage.label(masks[i], structure=np.ones((3, 3), dtype=int))

@@ -90,7 +90,6 @@ def _run_world(world: int, args: argparse.Namespace) -> dict:
 
 def _stream_rate(args: argparse.Namespace) -> float:
     """Tokens/s the prefetching reader delivers from a store of `args.tokens` tokens (one process)."""
-
     per_image, shard_images = args.tokens_per_image, 64
     images = args.tokens // per_image
     tokens = _tokens(images * per_image, args.dim).reshape(images, per_image, args.dim)

@@ -162,7 +162,6 @@ def region_panel(
 
 def atom_patches(run: str, sig: tuple[float, ...], atom: int, key: str, count: int = 6) -> None:
     """An atom's top auxiliary patches (crop + activation heatmap), or what to do without an atom index."""
-
     if not (Path(run) / INDEX).is_file():
         st.info(
             "This run has no atom index, so its atoms' top patches are unknown. Build it with `spg atoms --run DIR`.",

@@ -28,7 +28,7 @@ from spg_core.inference import Predictor
 from spg_core.runs import RunDir
 from spg_core.store import TokenStore
 from spg_core.sweep import sweep_figures as figures
-from spg_core.thresholds import run_threshold as recorded
+from spg_core.thresholds import ensure_run_threshold as recorded
 
 from .viewmodels import atom_detail, attribution, health, sweeps, targets
 
@@ -84,7 +84,6 @@ def run_metrics(path: str, sig: tuple[float, ...]) -> dict[str, Any]:
 @st.cache_resource(show_spinner="Loading the run's model ...", max_entries=8)
 def predictor(path: str, sig: tuple[float, ...]):
     """The run's Predictor (SAE, guides, scorer); the backbone loads on first image."""
-
     return Predictor(path, device="cpu")
 
 
@@ -117,7 +116,6 @@ def target_outputs(path: str, sig: tuple[float, ...]) -> TargetOutputs:
 @st.cache_resource(show_spinner="Opening token store ...", max_entries=8)
 def token_store(path: str):
     """A TokenStore (memory-mapped shards: cheap to share between sessions)."""
-
     return TokenStore(path)
 
 
@@ -137,14 +135,12 @@ def store_of(run: Path, which: str):
 @st.cache_resource(show_spinner="Loading atoms ...", max_entries=8)
 def atoms(path: str, sig: tuple[float, ...]):
     """(AtomIndex, stats DataFrame) from RUN/atoms."""
-
     return load_atoms(path)
 
 
 @st.cache_data(show_spinner="Setting the decision threshold on the auxiliary set ...", max_entries=16)
 def run_threshold(path: str, sig: tuple[float, ...]) -> dict[str, Any]:
-    """RUN/threshold.json (thresholds.run_threshold: computed and recorded first for runs without one)."""
-
+    """RUN/threshold.json (thresholds.ensure_run_threshold: computed and recorded first for runs without one)."""
     return recorded(path, predictor=predictor(path, sig))
 
 
@@ -168,7 +164,6 @@ def target_frame(path: str, sig: tuple[float, ...], threshold: float):
 @st.cache_data(show_spinner=False, max_entries=256)
 def image_at(path: str, size: int) -> np.ndarray:
     """An image file as RGB uint8 `[size, size, 3]` (the backbone's input view)."""
-
     return np.asarray(load_image(path).resize((size, size), Image.BICUBIC))
 
 
@@ -205,7 +200,6 @@ def stored_patch_map(path: str, sig: tuple[float, ...], which: str, index: int) 
 def stored_attribution(path: str, sig: tuple[float, ...], which: str, index: int):
     """(tokens `[1, N, D]`, atoms.Attribution) of image `index` of the run's 'target_store' or 'aux_store':
     computed once per image, so moving a region over it only averages (region -> atoms)."""
-
     pred = predictor(path, sig)
     tokens = store_of(Path(path), which).tokens([index])
     return tokens, attribute(tokens, pred.dictionary, pred.guides, tau=pred.cfg.guides.tau)
@@ -237,7 +231,6 @@ def atom_tags(path: str, sig: tuple[float, ...]) -> dict[int, str]:
 @st.cache_data(show_spinner=False, max_entries=16)
 def atom_ranking(path: str, sig: tuple[float, ...]) -> dict[str, list[dict[str, Any]]]:
     """Both guides' active atoms, largest coefficient first (atoms.rank_atoms)."""
-
     return rank_atoms(predictor(path, sig).guides)
 
 
@@ -245,7 +238,6 @@ def atom_ranking(path: str, sig: tuple[float, ...]) -> dict[str, list[dict[str, 
 def stored_image_atoms(path: str, sig: tuple[float, ...], which: str, index: int):
     """atoms.region.ImageAtoms (SAE codes and net contributions) of image `index` of the run's
     'target_store' or 'aux_store': once per image, so a new region costs two masked means."""
-
     tokens, attr = stored_attribution(path, sig, which, index)
     return image_atoms(predictor(path, sig).sae, tokens[0], attr)
 
@@ -256,7 +248,6 @@ def stored_region_atoms(
 ):
     """atoms.region.RegionAtoms for grid cells rows x cols of image `index` of the run's
     'target_store' or 'aux_store'."""
-
     grid = store_of(Path(path), which).grid
     return rank_region(stored_image_atoms(path, sig, which, index), cell_patches(rows, cols, grid), k=k)
 
@@ -264,7 +255,6 @@ def stored_region_atoms(
 @st.cache_resource(show_spinner=False, max_entries=32)
 def upload_image_atoms(path: str, sig: tuple[float, ...], name: str, data: bytes):
     """atoms.region.ImageAtoms of an uploaded image (scored by `predict_upload`)."""
-
     pred = predictor(path, sig)
     tokens = predict_upload(path, sig, name, data).tokens[None]
     attr = attribute(tokens, pred.dictionary, pred.guides, tau=pred.cfg.guides.tau)
@@ -276,7 +266,6 @@ def upload_region_atoms(
     path: str, sig: tuple[float, ...], name: str, data: bytes, rows: tuple[int, int], cols: tuple[int, int], k: int = 8
 ):
     """atoms.region.RegionAtoms for grid cells rows x cols of an uploaded image."""
-
     grid = predict_upload(path, sig, name, data).probs.shape
     return rank_region(upload_image_atoms(path, sig, name, data), cell_patches(rows, cols, grid), k=k)
 
@@ -284,7 +273,6 @@ def upload_region_atoms(
 @st.cache_resource(show_spinner="Measuring each guide atom inside each auxiliary defect kind ...", max_entries=8)
 def kind_map(path: str, sig: tuple[float, ...]):
     """atoms.kinds.KindMap of the run's live guide atoms (cached in RUN/atoms/kinds.*)."""
-
     dead = {a for a, t in atom_tags(path, sig).items() if t == "dead"}
     ranking = atom_ranking(path, sig)
     atoms = sorted({a["atom"] for g in ranking.values() for a in g} - dead)
@@ -294,7 +282,6 @@ def kind_map(path: str, sig: tuple[float, ...]):
 @st.cache_resource(show_spinner="Finding the atom's patches in this defect kind ...", max_entries=64)
 def kind_tiles(path: str, sig: tuple[float, ...], atom: int, category: str, defect: str, count: int = 6) -> list[Tile]:
     """The atom's strongest in-mask patches among auxiliary images of one defect kind, as crops."""
-
     store = store_of(Path(path), "aux_store")
     found = kind_patches(predictor(path, sig).sae, store, atom, (category, defect), count)
     size = store.image_size
@@ -345,7 +332,6 @@ def atom_activations(path: str, sig: tuple[float, ...], atom: int) -> tuple[np.n
 @st.cache_resource(show_spinner="Preparing what-if ablations (projecting target tokens) ...", max_entries=4)
 def ablator(path: str, sig: tuple[float, ...]):
     """An atoms.Ablator over the run's target tokens (one per run, shared by every session)."""
-
     return Ablator(predictor(path, sig), store=store_of(Path(path), "target_store"))
 
 
@@ -396,5 +382,4 @@ def sweep_names(root: str) -> list[str]:
 @st.cache_data(show_spinner="Drawing the sweep ...", max_entries=16)
 def sweep_figures(path: str, mtime: float) -> dict[str, Any]:
     """The sweep's plotly figures (spg_core.sweep.sweep_figures over its sweep.csv)."""
-
     return figures(sweeps.sweep_frame(path))

@@ -79,7 +79,6 @@ Make one and it appears here within a few seconds:</p>
 
 def demo_progress_note(root: Path) -> None:
     """The demo builder's progress (RUNS/.demo_progress.json) while a demo run builds in the background."""
-
     progress = demo_progress(root)
     if progress is None or progress["done"]:
         return

@@ -151,7 +151,6 @@ def kind_section() -> None:
 
 def kind_table(km, tags: dict[int, str]):
     """One row per atom: tag, categories spanned, strongest kind, peak (for sorting)."""
-
     best = km.mean.argmax(axis=1)
     return pd.DataFrame(
         {

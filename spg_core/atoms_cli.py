@@ -17,14 +17,14 @@ from . import distributed
 from .atoms import build_atoms, load_atoms, rank_atoms, write_gallery
 from .atoms.stats import TAG_RULE
 from .errors import SPGError
-from .guides import GuidePair
+from .guides import GuideSet
 from .runs import GUIDES_FILE as GUIDES
 from .runs import RunDir
 
 
 def _summary(run: str, limit: int = 10) -> None:
     index, stats = load_atoms(run)
-    pair, _ = GuidePair.load(str(RunDir(run).file(GUIDES)), expect_width=index.width)
+    pair, _ = GuideSet.load(str(RunDir(run).file(GUIDES)), expect_width=index.width)
     ranked = rank_atoms(pair)
     print(
         f"atom index: {index.width} atoms x top {index.top_p} patches over "

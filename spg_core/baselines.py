@@ -55,7 +55,6 @@ def default_baseline(backbone_name: str) -> str:
 
 def evaluate_baseline(store: Any, kind: str, batch_images: int = 32) -> dict[str, Any]:
     """Metrics (`metrics.evaluate`) of baseline `kind` on every image of a token store."""
-
     patches = torch.cat(
         [
             patch_scores(store.tokens(list(range(i, min(i + batch_images, store.num_images)))), store.grid, kind)

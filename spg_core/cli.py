@@ -120,7 +120,6 @@ def _config_from(args: argparse.Namespace) -> RunConfig:
 
 def _guides_for(run_cfg: RunConfig, args: argparse.Namespace) -> GuideConfig:
     """`spg train-guides`: the run's guide settings (or a new protocol's) < explicit options."""
-
     base = asdict(run_cfg.guides)
     if args.protocol is not None:
         base = {**asdict(GuideConfig()), **overrides(check_protocol(args.protocol)).get("guides", {})}
@@ -143,7 +142,6 @@ def _io_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 def _check_out_dir(path: str) -> None:
     """`--out` must name a directory (new or existing), not a file."""
-
     if Path(path).exists() and not Path(path).is_dir():
         raise SPGError(
             "--out names an existing file, not a directory",
@@ -173,7 +171,6 @@ def cmd_run(args: argparse.Namespace) -> None:
 def _run_distributed(cfg: RunConfig, args: argparse.Namespace) -> dict[str, Any] | None:
     """`spg run` under torchrun: both token stores and the SAE by every rank; guides, target maps and
     metrics (minutes, not hours) by rank 0 alone. The metrics on rank 0, None on the others."""
-
     io = _io_kwargs(args)
     backbone = load_run_backbone(cfg, resolve_device(cfg.device))
     if io.pop("compile_backbone"):
@@ -314,7 +311,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _room_commands() -> list[Callable[[Any], None]]:
     """Commands whose code lives in its own room: sweeps, selection, atoms, reports, the dashboard launcher, imports."""
-
     return [
         sweep.register_cli,
         select.register_cli,
@@ -328,7 +324,6 @@ def _room_commands() -> list[Callable[[Any], None]]:
 def interrupted_note(args: argparse.Namespace) -> str:
     """What a Ctrl-C left behind, truthfully: which of the run's artifacts exist (each written
     whole: temp file, then rename) and which do not."""
-
     folder = getattr(args, "run", None) or getattr(args, "out", None)
     if not folder or not Path(folder).is_dir() or args.command not in ("run", "train-sae", "train-guides", "eval"):
         return "interrupted: no file is half-written (each is written whole); re-run the command to finish"

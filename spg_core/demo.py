@@ -129,7 +129,6 @@ def build_demo_run(
     runs_root: str | Path, run: DemoRun, *, progress: bool = True, cache_dir: str | Path | None = None
 ) -> Path:
     """Build one demo run under `runs_root` unless it is complete; report each stage."""
-
     root = Path(runs_root)
     out = root / run.name
     if demo_is_complete(out):

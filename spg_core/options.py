@@ -58,7 +58,6 @@ def argument_kwargs(cls: type, f: dataclasses.Field, *, switch: bool) -> dict[st
 
 def protocol_defaults(cls: type, name: str) -> str:
     """'default: studio X, official Y': the field's value under each protocol."""
-
     base = cls()
     values = [f"{p} {overrides(p).get(cls.SECTION, {}).get(name, getattr(base, name))}" for p in PROTOCOLS]
     return "default: " + ", ".join(values)

@@ -30,7 +30,7 @@ from .config import GuideConfig, RunConfig, SAEConfig, ScoreConfig
 from .data import open_dataset
 from .devices import resolve_device
 from .errors import SPGError
-from .guides import GuideBatch, GuidePair, saturation_note, train_guides
+from .guides import GuideBatch, GuideSet, saturation_note, train_guides
 from .inference import Predictor, dictionary_of, load_run_sae, score_store, target_maps
 from .metrics import evaluate, image_auroc
 from .runs import GUIDES_FILE, GUIDES_RECORD_FILE, METRICS_FILE, SAE_FILE, SAE_RECORD_FILE, RunDir
@@ -103,7 +103,7 @@ def fit_guides(
     device: torch.device,
     progress: bool = True,
     dead: torch.Tensor | None = None,
-) -> tuple[GuidePair, dict[str, Any]]:
+) -> tuple[GuideSet, dict[str, Any]]:
     """Train guides on the auxiliary store's tokens, CLS tokens, masks and labels; `dead` `[M]`:
     the SAE's dead-atom mask (those coefficients stay 0)."""
     resident = store.num_images * store.num_patches * store.dim * 4 < 2 * 1024**3
@@ -311,7 +311,6 @@ def evaluate_target(
 
     `score`: scoring settings for this evaluation (default: the run's own); `metric_options`
     override evaluate()'s (default smoothing: the score settings' sigma)."""
-
     cfg = run.run_config()
     predictor = Predictor(
         run.path, device=device or cfg.device, compile_backbone=compile_backbone, backbone=backbone, score=score

@@ -143,7 +143,6 @@ def score_fold(
     dictionary_cache: dict,
 ) -> dict[str, float]:
     """Fit the SAE (cached per backbone, M, k and fold) and guides on `aux_view`; metrics on `held_view`."""
-
     family = (setting.backbone, setting.width, setting.k)
     if dictionary_cache.get("family") != family:  # settings come dictionary by dictionary: keep one per fold
         dictionary_cache.clear()
@@ -192,7 +191,6 @@ def run_select(
     The grid is visited backbone by backbone (one token extraction each) and, within one,
     setting by setting: the SAE of a fold is re-used by every setting that shares its
     backbone, M and k, so order the grid with those outermost (`parse_grid` does)."""
-
     if not grid:
         raise SPGError("the selection grid is empty", fix="give at least one value for every grid option")
     dev = resolve_device(device)

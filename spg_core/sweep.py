@@ -214,7 +214,6 @@ def _mean_frame(frame: pd.DataFrame) -> pd.DataFrame:
 
 def sweep_figures(frame: pd.DataFrame) -> dict[str, Any]:
     """Plotly figures: M x k (Fig. 2), aggregation (Fig. 4), guide sparsity (Fig. S1), backbones (Fig. 3)."""
-
     mean = _mean_frame(frame)
     figs: dict[str, Any] = {}
     first_agg = mean["aggregation"].iloc[0]

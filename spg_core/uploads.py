@@ -28,7 +28,6 @@ def decode_upload(
     Checks, in order: extension, byte size, that it decodes as an image at all, pixel count
     (before decoding the pixels, so a decompression bomb is refused cheaply), full decode.
     """
-
     ext = Path(name).suffix.lower().lstrip(".")
     if ext not in UPLOAD_TYPES:
         raise SPGError(

@@ -72,7 +72,7 @@ def predictor(run_dir) -> Predictor:
 
 @pytest.fixture(scope="module")
 def aux(predictor) -> TokenStore:
-    return TokenStore(predictor.config["aux_store"])
+    return TokenStore(predictor.config_json["aux_store"])
 
 
 @pytest.fixture(scope="module")
@@ -163,7 +163,7 @@ def test_ranking_is_sorted_and_shares_sum_to_one(predictor):
 
 
 def test_contributions_sum_to_logits(predictor):
-    store = TokenStore(predictor.config["target_store"])
+    store = TokenStore(predictor.config_json["target_store"])
     tokens = store.tokens([0, 5, 40])
     attr = attribute(tokens, predictor.dictionary, predictor.guides, tau=predictor.cfg.guides.tau)
     g = predictor.guides.guide_vectors(predictor.dictionary).detach()
@@ -177,7 +177,7 @@ def test_contributions_sum_to_logits(predictor):
 
 
 def test_top_atoms_per_patch_and_image(predictor):
-    store = TokenStore(predictor.config["target_store"])
+    store = TokenStore(predictor.config_json["target_store"])
     attr = attribute(store.tokens([1, 2]), predictor.dictionary, predictor.guides)
     ids, vals = top_atoms_per_patch(attr, "anomaly", k=3)
     assert ids.shape == vals.shape == (2, store.num_patches, 3)

@@ -283,7 +283,6 @@ def test_offline_uncached_hub_id_fails_fast(name: str, weights: str | None, monk
 
 def test_unreachable_hub_fails_fast_without_offline_flag(monkeypatch) -> None:
     """No HF_HUB_OFFLINE and no network: the reachability probe stops the ~25 s retry loop."""
-
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
     monkeypatch.setattr(hf, "hub_reachable", lambda timeout=3.0: False)
@@ -295,7 +294,6 @@ def test_unreachable_hub_fails_fast_without_offline_flag(monkeypatch) -> None:
 
 def test_local_directory_round_trip_and_architecture_check(tmp_path) -> None:
     """A `from_pretrained` directory loads through the released-weights path; another family is refused."""
-
     tiny = _get("dinov3-vitl16-tiny")
     tiny.model.save_pretrained(tmp_path)
     spec = dataclasses.replace(BACKBONES["dinov3-vitl16"], dim=tiny.dim, image_size=tiny.image_size)

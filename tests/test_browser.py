@@ -38,7 +38,6 @@ from dashboard.nav import PAGE_SPECS  # noqa: E402
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """`spg dashboard`'s server on a free localhost port, over the small runs root."""
-
     root = (
         Path(os.environ["SPG_BROWSER_RUNS"])
         if os.environ.get("SPG_BROWSER_RUNS")

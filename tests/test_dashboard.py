@@ -21,7 +21,7 @@ import torch
 from dashboard_support import RUN, TWIN, damaged_runs_root, small_runs_root
 from PIL import Image
 
-import spg_core.inference as inference
+from dashboard import state
 from dashboard.viewmodels import health, targets
 from spg_core import demo, run_paths, thresholds, uploads
 from spg_core.atomic import write_json
@@ -30,13 +30,13 @@ from spg_core.atoms import kinds as kinds_module
 from spg_core.atoms.region import ImageAtoms, box_patches, cell_patches, mask_patches, rank_region, region_atoms
 from spg_core.cli import build_parser, main
 from spg_core.errors import SPGError
-from spg_core.guides import GuidePair
+from spg_core.guides import GuideSet
 from spg_core.inference import Predictor
 from spg_core.launch import app_env, streamlit_command
 from spg_core.report import METRIC_TITLES
-from spg_core.runs import RunDir
+from spg_core.runs import THRESHOLD_FILE, RunDir
 from spg_core.store import TokenStore
-from spg_core.thresholds import THRESHOLD, best_f1_threshold, read_run_threshold, run_threshold
+from spg_core.thresholds import best_f1_threshold, ensure_run_threshold, read_run_threshold
 
 AppTest = pytest.importorskip("streamlit.testing.v1").AppTest
 
@@ -162,7 +162,6 @@ def test_best_threshold_and_outcomes():
 
 def test_region_ranking_from_an_images_codes_and_contributions():
     """A region is ranked from one image's precomputed codes and net contributions (atoms.region.ImageAtoms)."""
-
     grid = (4, 4)
     region = cell_patches((0, 1), (0, 1), grid)  # the top-left 2 x 2 cells
     codes = torch.zeros(16, 3)
@@ -293,7 +292,7 @@ def test_maps_page_filters_threshold_and_patch(runs_root, monkeypatch):
 @pytest.mark.slow
 def test_atoms_page_ranks_and_opens_an_atom(runs_root, monkeypatch):
     at = open_app(runs_root, monkeypatch, page="atoms.py", run=RUN)
-    pair, _ = GuidePair.load(str(runs_root / RUN / "guides.safetensors"))
+    pair, _ = GuideSet.load(str(runs_root / RUN / "guides.safetensors"))
     _, stats = load_atoms(runs_root / RUN)
     dead = set(stats.loc[stats["tag"] == "dead", "atom"].astype(int))
     ranking = {g: [a for a in entries if a["atom"] not in dead] for g, entries in rank_atoms(pair).items()}
@@ -326,7 +325,7 @@ def test_atom_detail_tiles_histograms_and_ablation(runs_root, monkeypatch):
 
     _, stats = load_atoms(runs_root / RUN)
     dead = set(stats.loc[stats["tag"] == "dead", "atom"].astype(int))
-    pair, _ = GuidePair.load(str(runs_root / RUN / "guides.safetensors"))
+    pair, _ = GuideSet.load(str(runs_root / RUN / "guides.safetensors"))
     top_live = next(a["atom"] for a in rank_atoms(pair)["anomaly"] if a["atom"] not in dead)
     assert at.selectbox(key=k + "pick").value == top_live
     offered = {int(o.split()[0][1:]) for o in at.selectbox(key=k + "pick").options}
@@ -420,18 +419,17 @@ def test_try_an_image_scores_uploads_and_refuses_bad_files(runs_root, monkeypatc
 @pytest.mark.slow
 def test_models_are_shared_between_sessions(runs_root, monkeypatch):
     """st.cache_resource: a second browser session re-uses the first one's Predictor."""
-
     st.cache_data.clear()
     st.cache_resource.clear()
     built = []
-    original = inference.Predictor
+    original = Predictor
 
     class Counting(original):  # type: ignore[misc, valid-type]
         def __init__(self, *args, **kwargs):
             built.append(args[0])
             super().__init__(*args, **kwargs)
 
-    monkeypatch.setattr(inference, "Predictor", Counting)
+    monkeypatch.setattr(state, "Predictor", Counting)  # the name the cached loader calls
     for _ in range(2):
         open_app(runs_root, monkeypatch, page="atoms.py", run=RUN)
     assert len(built) == 1
@@ -517,16 +515,15 @@ def test_threshold_is_recorded_by_the_pipeline_and_recomputed_for_runs_without_i
     assert scale["space"] == "logit" and scale["vmin"] < scale["vmax"]
     old = tmp_path / "old-run"  # a run from before threshold.json existed
     shutil.copytree(runs_root / RUN, old)
-    (old / THRESHOLD).unlink()
-    again = run_threshold(old)
-    assert (old / THRESHOLD).is_file()
+    (old / THRESHOLD_FILE).unlink()
+    again = ensure_run_threshold(old)
+    assert (old / THRESHOLD_FILE).is_file()
     assert again["image"]["threshold"] == pytest.approx(image["threshold"], rel=1e-6)
     assert again["pixel_scale"]["vmax"] == pytest.approx(scale["vmax"], rel=1e-6)
 
 
 def _aux_defect_image(runs_root):
     """(store, index, mask [S, S]) of the auxiliary image with the largest defect mask."""
-
     store = TokenStore(RunDir(runs_root / RUN).read_config()["aux_store"])
     anomalous = [i for i, r in enumerate(store.images) if r["label"]]
     areas = store.masks(anomalous).sum(dim=(1, 2))
@@ -576,7 +573,7 @@ def test_atom_kind_map_counts_in_mask_activation_and_is_cached(runs_root, tmp_pa
     run = tmp_path / "kinds-run"
     shutil.copytree(runs_root / RUN, run)
     pred = Predictor(run, device="cpu")
-    store = TokenStore(pred.config["aux_store"])
+    store = TokenStore(pred.config_json["aux_store"])
 
     _, stats = load_atoms(run)
     live = stats[stats["tag"] != "dead"].sort_values("selectivity", ascending=False)["atom"].astype(int)
@@ -661,14 +658,12 @@ def test_region_on_the_maps_page_lists_the_engines_atoms(runs_root, monkeypatch)
 
 def _cell_box(cells):
     """((row0, row1), (col0, col1)) bounding the True cells of a `[h, w]` bool grid."""
-
     rows, cols = np.nonzero(cells)
     return (int(rows.min()), int(rows.max())), (int(cols.min()), int(cols.max()))
 
 
 def _shown_region(at: AppTest, rows, cols):
     """Set the auxiliary view's region sliders; returns the shown (activation, contribution) tables."""
-
     k = f"{RUN}::aux::region::"
     at.slider(key=k + "rows").set_value(rows).run()
     at.slider(key=k + "cols").set_value(cols).run()
@@ -755,7 +750,7 @@ def test_an_atoms_top_patch_opens_its_auxiliary_image_in_the_region_view(runs_ro
     assert f"Region: rows {rows[0]}-{rows[1]}, columns {cols[0]}-{cols[1]}" in texts(at)
     # The region's tables are the engine's answer there, and the atom fires inside it (it is a top patch).
     pred = Predictor(runs_root / RUN, device="cpu")
-    store = TokenStore(pred.config["aux_store"])
+    store = TokenStore(pred.config_json["aux_store"])
     tokens = store.tokens([entry["image"]])
     attr = attribute(tokens, pred.dictionary, pred.guides, tau=pred.cfg.guides.tau)
     expected = region_atoms(pred.sae, tokens[0], attr, cell_patches(rows, cols, store.grid))
@@ -815,8 +810,8 @@ def test_one_run_backbones_page_shows_it_and_the_demo_progress(runs_root, monkey
     at = open_app(root, monkeypatch, page="backbones.py", run=RUN)
     assert not at.get("progress") and "demo run" not in texts(at)
 
-    state = json.loads((root / demo.PROGRESS_FILE).read_text())
-    state["demo-builtin"].update(stage="training", pid=2**22 + 1)  # a builder that is gone
-    (root / demo.PROGRESS_FILE).write_text(json.dumps(state))
+    progress = json.loads((root / demo.PROGRESS_FILE).read_text())
+    progress["demo-builtin"].update(stage="training", pid=2**22 + 1)  # a builder that is gone
+    (root / demo.PROGRESS_FILE).write_text(json.dumps(progress))
     at = open_app(root, monkeypatch, page="backbones.py", run=RUN)
     assert "run `spg dashboard --demo` again" in at.warning[0].value

@@ -18,7 +18,7 @@ from scipy.ndimage import gaussian_filter
 from spg_core.backbones import load_backbone, parse_backbone_name
 from spg_core.config import GuideConfig, RunConfig, SAEConfig
 from spg_core.errors import SPGError
-from spg_core.guides import GuideBatch, GuidePair, official_guide_loss, train_guides
+from spg_core.guides import GuideBatch, GuideSet, official_guide_loss, train_guides
 from spg_core.inference import Scorer
 from spg_core.protocols import OFFICIAL, default_protocol, overrides
 from spg_core.sae import SparseCode, TopKSAE
@@ -162,7 +162,7 @@ def test_four_guide_loss_matches_the_official_formula():
     dictionary, batch, grid = _guide_problem()
     dead = torch.zeros(16, dtype=torch.bool)
     dead[[2, 5]] = True
-    pair = GuidePair(16, "relu_l1", form="official", init_scale=0.1, seed=1, dead=dead)
+    pair = GuideSet(16, "relu_l1", form="official", init_scale=0.1, seed=1, dead=dead)
     with torch.no_grad():
         pair.theta[:, 0] = -0.2  # a negative entry: ReLU makes it 0
     cfg = GuideConfig(form="official", tau=0.07, l1=1e-3)
@@ -193,7 +193,7 @@ def test_four_guide_loss_matches_the_official_formula():
 
 
 def test_official_init_and_ema_copy_then_decay():
-    pair = GuidePair(2000, form="official", init_scale=0.1, seed=0)
+    pair = GuideSet(2000, form="official", init_scale=0.1, seed=0)
     theta = pair.theta.detach()
     assert abs(float(theta.mean()) - 0.1) < 1e-3 and abs(float(theta.std()) - 0.01) < 1e-3  # 8000 draws
     with torch.no_grad():
@@ -207,7 +207,7 @@ def test_official_init_and_ema_copy_then_decay():
 
 
 def test_topk_straight_through_keeps_k_forward_and_all_gradients():
-    pair = GuidePair(10, "topk", topk=3, form="official", init_scale=0.1, seed=0)
+    pair = GuideSet(10, "topk", topk=3, form="official", init_scale=0.1, seed=0)
     theta = pair.theta
     c = pair.all_coefficients(theta)
     assert torch.all((c > 0).sum(-1) == 3)
@@ -276,7 +276,6 @@ def _hidden(bb, x):
 def test_official_tokens_per_family(name):
     """DINOv3 official = post-norm (= last_hidden_state at the last block); DINOv2 = the raw block
     output (its final LayerNorm gives last_hidden_state); SigLIP = post_layernorm(block), no CLS."""
-
     bb = load_backbone(name, device="cpu", protocol=OFFICIAL)
     x = torch.rand(2, 3, bb.image_size, bb.image_size, generator=torch.Generator().manual_seed(0))
     tokens, cls = bb.extract_with_cls(x)

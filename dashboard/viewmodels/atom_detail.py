@@ -38,7 +38,6 @@ def atom_tiles(
 
     Heatmaps of one atom share the scale [0, its largest activation], as in the paper's Figure 5.
     """
-
     entries = index.entries(atom)[:count]
     grid, size = tuple(index.meta["grid"]), int(index.meta["image_size"])
     vmax = max((e["value"] for e in entries), default=1.0)
@@ -78,7 +77,6 @@ def atom_activation_sample(
     spaced sample plus the images in `include` (its top-activating ones, so a rare atom still shows).
     Returns (activations > 0, number of images encoded).
     """
-
     n = store.num_images
     per_image = store.num_patches * sae.width * sae.dim
     budget = max(1, int(flop_budget // max(per_image, 1)))

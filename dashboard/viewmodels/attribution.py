@@ -49,7 +49,6 @@ def patch_contributions(
 def image_top_atoms(attr: Any, k: int = 6, image: int = 0, tags: dict[int, str] | None = None) -> pd.DataFrame:
     """The atoms that contribute most to one image's anomalous patches (`atoms.top_atoms_per_image`,
     net of the normal guide), as rows: atom, guide, contribution, tag."""
-
     ids, values = top_atoms_per_image(attr, "net", k=k)
     in_a = set(attr.atoms_a.cpu().tolist())
     in_n = set(attr.atoms_n.cpu().tolist())

@@ -119,7 +119,6 @@ def check_run(path: str | Path) -> RunHealth:
 def safetensors_intact(path: Path) -> bool:
     """Whether a safetensors file's header parses and its tensors end exactly at the end of the file
     (a cheap check: reads the header only; a half-written or cut file fails it)."""
-
     try:
         size = path.stat().st_size
         with open(path, "rb") as f:
@@ -138,7 +137,6 @@ def safetensors_intact(path: Path) -> bool:
 
 def guide_notes(path: Path) -> list[str]:
     """Warnings about a guides.json's auxiliary fit (empty when fine, absent or unreadable)."""
-
     try:
         record = read_json(path, what="guide training record") if path.is_file() else {}
     except SPGError:
@@ -191,7 +189,6 @@ def demo_progress(root: str | Path) -> dict[str, Any] | None:
     {"text", "fraction" (0-1), "done", "stopped"} for the first demo run not yet built; None when no
     demo build was started there or the file cannot be read. `stopped`: its builder is gone before
     finishing (interrupted or failed), so nothing more will appear until `spg dashboard --demo` runs again."""
-
     try:
         runs = read_demo_progress(root)
     except SPGError:

@@ -78,7 +78,7 @@ class Ablator:
         self.predictor = run if isinstance(run, Predictor) else Predictor(run, device=device)
         require_atoms(self.predictor.guides)
         self.device = self.predictor.device
-        self.store = store or open_target_store(self.predictor.config, self.predictor.run.path)
+        self.store = store or open_target_store(self.predictor.config_json, self.predictor.run.path)
         self.batch_images = batch_images
         coef = self.predictor.guides.coefficients().detach().float()
         self.atoms = (coef > 0).any(dim=0).nonzero().flatten()  # [U]

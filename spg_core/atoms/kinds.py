@@ -134,7 +134,6 @@ def load_kind_map(run_dir: str | Path, sae_sha: str) -> KindMap | None:
 
 def run_kind_map(run_dir: str | Path, sae: TopKSAE, store: Any, atoms: list[int]) -> KindMap:
     """The run's cached map when it is current and covers `atoms`, else computed and cached."""
-
     sha = file_sha256(Path(run_dir) / SAE)
     km = load_kind_map(run_dir, sha)
     if km is not None and set(atoms) <= set(km.atoms.tolist()):

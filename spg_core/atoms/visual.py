@@ -177,6 +177,5 @@ def render_gallery(
 
 def save_png(image: Image.Image, path: str | Path) -> None:
     """Write a PNG atomically."""
-
     with atomic_path(path) as tmp:
         image.save(tmp, format="PNG")

@@ -48,7 +48,6 @@ PROBE_TIMEOUT_S = 3.0
 
 def hub_offline() -> bool:
     """HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE, read now (huggingface_hub reads them only at import)."""
-
     env = any(os.environ.get(v, "").strip().lower() in _TRUE for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
     return env or bool(constants.HF_HUB_OFFLINE)
 

@@ -240,7 +240,6 @@ def _resolve_checkpoint(backbone: str, source: str) -> Path:
 
 def _checkpoint_for_tag(backbone: str, tag: str, cfg: dict[str, Any]) -> Path:
     """Cache first; the network only when allowed and reachable (see hf.hub_reachable)."""
-
     repo = cfg.get("hf_hub", "").rstrip("/")
     if not repo:  # every ViT-L-14-336 tag has a hub mirror; a URL-only tag would need open_clip's downloader
         raise SPGError(f"open_clip tag '{tag}' has no Hugging Face mirror", fix="pass a local checkpoint file")
