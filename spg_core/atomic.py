@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from .errors import SPGError
@@ -179,7 +179,6 @@ def load_tensors(
         )
     try:
         tensors = load_file(str(path))
-        from safetensors import safe_open
 
         with safe_open(str(path), framework="pt") as f:
             raw_meta = f.metadata() or {}
@@ -201,8 +200,6 @@ def load_tensors(
 def safetensors_metadata(path: str | os.PathLike) -> dict[str, Any]:
     """The JSON-decoded metadata of a safetensors file, reading its header only (no tensors).
     SPGError naming the file when it is not a readable safetensors file."""
-    from safetensors import safe_open
-
     try:
         with safe_open(str(path), framework="pt") as f:
             raw = f.metadata() or {}

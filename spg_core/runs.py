@@ -42,6 +42,7 @@ GUIDES_RECORD_FILE = "guides.json"
 PATCH_MAPS_FILE = "target/patch_maps.safetensors"
 SCORES_FILE = "target/scores.csv"
 METRICS_FILE = "metrics.json"
+THRESHOLD_FILE = "threshold.json"  # decision threshold + map scale (thresholds.py)
 # scores.csv holds ~60 bytes a target image: 64 MiB is a million images, far beyond any target set.
 MAX_SCORES_BYTES = 64 * 2**20
 

@@ -17,6 +17,11 @@ from pathlib import Path
 import pytest
 from tiny_data import TINY_RUN_ARGS, tiny_pair
 
+from spg_core.cli import main as spg_main
+from spg_core.consistency import inconsistent_artifacts
+from spg_core.run_staging import staging_path
+from spg_core.runs import RunDir
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -97,11 +102,6 @@ def _files(folder: Path) -> dict[str, bytes]:
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["sigint", "kill-9"])
 def test_an_interrupted_overwrite_leaves_the_old_run_byte_for_byte(tmp_path, sig):
-    from spg_core.cli import main as spg_main
-    from spg_core.consistency import inconsistent_artifacts
-    from spg_core.run_staging import staging_path
-    from spg_core.runs import RunDir
-
     aux, target = tiny_pair(tmp_path / "data")
     out = tmp_path / "run"
     env = {**os.environ, "SPG_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(REPO)}
@@ -143,10 +143,6 @@ def test_an_interrupted_overwrite_leaves_the_old_run_byte_for_byte(tmp_path, sig
 
 @pytest.mark.slow
 def test_two_writers_the_second_is_refused_and_the_first_run_is_intact(tmp_path, capsys):
-    from spg_core.cli import main as spg_main
-    from spg_core.consistency import inconsistent_artifacts
-    from spg_core.runs import RunDir
-
     aux, target = tiny_pair(tmp_path / "data")
     out = tmp_path / "run"
     env = {**os.environ, "SPG_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(REPO)}

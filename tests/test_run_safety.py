@@ -23,9 +23,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_dashboard import frame_with, open_app, texts
 from tiny_data import TINY_RUN_ARGS, tiny_pair
 
+import spg_core.predict as predict
+from dashboard.viewmodels.health import check_run
 from spg_core.atomic import MAX_JSON_BYTES, atomic_path, check_regular_file, disk_error, read_json, save_tensors
+from spg_core.cli import _config_from, build_parser
 from spg_core.cli import main as spg_main
 from spg_core.consistency import inconsistent_artifacts
 from spg_core.errors import SPGError
@@ -181,8 +185,6 @@ def test_non_finite_settings_are_refused_before_any_work_naming_the_flag(tmp_pat
 
 
 def test_zero_epochs_are_warned(tmp_path, capsys):
-    from spg_core.cli import _config_from, build_parser
-
     args = build_parser().parse_args(
         ["train-sae", "--aux", "synthetic-a", "--out", str(tmp_path), "--sae-epochs", "0", "--guide-epochs", "0"]
     )
@@ -299,8 +301,6 @@ def mixed_run(tiny_run, data, tmp_path) -> Path:
 
 
 def test_an_inconsistent_run_is_called_so_and_refused(mixed_run, capsys):
-    from dashboard.viewmodels.health import check_run
-
     assert inconsistent_artifacts(RunDir(mixed_run)) == ["sae.safetensors", "sae.json"]
     health = check_run(mixed_run)
     assert health.status == "inconsistent" and any("inconsistent run" in p for p in health.problems)
@@ -315,8 +315,6 @@ def test_an_inconsistent_run_is_called_so_and_refused(mixed_run, capsys):
 
 
 def test_the_runs_page_shows_an_inconsistent_run(mixed_run, monkeypatch):
-    from test_dashboard import frame_with, open_app, texts
-
     at = open_app(mixed_run.parent, monkeypatch, run="mixed")
     status = dict(zip(*(frame_with(at, "run", "status")[c] for c in ("run", "status"))))
     assert status["mixed"] == "inconsistent" and status["other"] == "no atoms"
@@ -354,8 +352,6 @@ def test_predict_shortens_a_long_name_and_records_it(tiny_run, tmp_path, capsys)
 
 
 def test_predict_skip_bad_writes_its_tables_whatever_one_file_does(tiny_run, tmp_path, monkeypatch, capsys):
-    import spg_core.predict as predict
-
     good = [_image(tmp_path / f"{i}.png") for i in range(3)]
     real = predict.atomic_path
 
