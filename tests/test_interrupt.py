@@ -147,7 +147,7 @@ def test_two_writers_the_second_is_refused_and_the_first_run_is_intact(tmp_path,
     out = tmp_path / "run"
     env = {**os.environ, "SPG_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(REPO)}
     cmd = _command(aux, target, out)
-    cmd[cmd.index("--sae-epochs") + 1] = "200"  # long enough to be caught under way (the refusal takes no time)
+    cmd[cmd.index("--sae-epochs") + 1] = "500"  # long enough to be caught under way (the refusal takes no time)
     first = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         _wait_for(out / "config.json", first, timeout=300)
