@@ -11,6 +11,7 @@ data (dinov3-vitl16-tiny) and prints one line: the case, what happened, and the 
     traceback   a Python traceback
     silent      exit 0 with a wrong or mixed result, or no warning where one is due
     data lost   a finished run's files were changed without being asked to
+    late        refused only after the work it could have been refused before, without naming the option
 
 The tests in tests/test_run_safety.py and tests/test_interrupt.py assert the same cases.
 """
@@ -202,7 +203,7 @@ def guide_lr_inf(t: Tour) -> tuple[str, str]:
     named = "--guide-lr" in done.stderr
     took = time.monotonic() - start
     if done.returncode == 2 and not named:
-        return "silent", f"refused after {took:.0f} s without naming the flag"
+        return "late", f"refused after {took:.0f} s without naming the flag"
     return outcome(done), f"rc {done.returncode} after {took:.0f} s"
 
 
