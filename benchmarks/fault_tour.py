@@ -165,6 +165,8 @@ def report_scores_mismatch(t: Tour, run: Path) -> tuple[str, str]:
     extra = [f"{len(lines) - 1 + i},{line.split(',', 1)[1]}" for i, line in enumerate(lines[-2:])]
     scores.write_text("\n".join(lines + extra) + "\n")
     done = t.spg("report", "--run", str(copy))
+    if done.returncode == 0:  # rows and maps of different evaluations: no report of them is right
+        return "silent", "rc 0: a report pairing maps and rows that do not belong together"
     return outcome(done), f"rc {done.returncode}"
 
 
