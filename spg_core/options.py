@@ -3,8 +3,8 @@ flag, type, choices, default and help (config.py declares them beside each field
 
 Two kinds of option:
     section options   fields of SAEConfig / GuideConfig / ScoreConfig. Left out, they take the
-                      run's protocol's value (protocols.py), so they default to None here and
-                      their help gives every protocol's default; `section_overrides` turns the
+                      run's preset's value (protocols.py), so they default to None here and
+                      their help gives every preset's default; `section_overrides` turns the
                       given ones back into {section: {field: value}}.
     field options     other fields (RunConfig's backbone, weights, method, device; ExtractConfig):
                       the dataclass default, or None where a left-out option keeps a stored run's value.
@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from typing import Any, Literal, TypeVar
 
 from .config import field_types, flag_of, literal_choices, non_optional, option_of
-from .protocols import PROTOCOLS, overrides
+from .protocols import PRESETS
 
 T = TypeVar("T")
 
@@ -56,22 +56,23 @@ def argument_kwargs(cls: type, f: dataclasses.Field, *, switch: bool) -> dict[st
     return {"type": kind}
 
 
-def protocol_defaults(cls: type, name: str) -> str:
-    """'default: studio X, official Y': the field's value under each protocol."""
+def preset_defaults(cls: type, name: str) -> str:
+    """'default by preset: official X, studio Y, ...': the field's value under each preset."""
     base = cls()
-    values = [f"{p} {overrides(p).get(cls.SECTION, {}).get(name, getattr(base, name))}" for p in PROTOCOLS]
-    return "default: " + ", ".join(values)
+    values = [f"{p} {pr.overrides.get(cls.SECTION, {}).get(name, getattr(base, name))}" for p, pr in PRESETS.items()]
+    return "default by preset: " + ", ".join(values)
 
 
-def add_section_options(p: argparse.ArgumentParser, cls: type) -> None:
-    """One option per exposed field of a config section; left out (None), the protocol's value holds."""
-    for f in exposed_fields(cls):
+def add_section_options(p: argparse.ArgumentParser, cls: type, names: Iterable[str] | None = None) -> None:
+    """One option per exposed field of a config section (all, or those in `names`); left out (None),
+    the preset's value holds."""
+    for f in exposed_fields(cls, names):
         p.add_argument(
             flag_of(f),
             dest=dest_of(f),
             default=None,
             **argument_kwargs(cls, f, switch=False),
-            help=f"{option_of(f).help} ({protocol_defaults(cls, f.name)})",
+            help=f"{option_of(f).help} ({preset_defaults(cls, f.name)})",
         )
 
 

@@ -33,7 +33,7 @@ import torch
 
 from .atomic import read_json, write_json, write_text
 from .backbones import load_backbone
-from .config import GuideConfig, SAEConfig
+from .config import ExtractConfig, GuideConfig, SAEConfig
 from .devices import resolve_device
 from .errors import SPGError
 from .inference import Scorer, dictionary_of, score_store, target_maps
@@ -203,7 +203,9 @@ def run_select(
     t0 = time.perf_counter()
     for backbone_name, settings in itertools.groupby(grid, key=lambda s: s.backbone):
         # a finished store is only re-read from the cache
-        store = extract(aux, load_backbone(backbone_name, device=dev), cache_dir=cache_dir, progress=progress)
+        store = extract(
+            aux, load_backbone(backbone_name, device=dev), ExtractConfig(cache_dir=cache_dir, quiet=not progress)
+        )
         folds = category_folds(store.images, max_folds)
         cache: dict = {}
         for setting in settings:

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from .atomic import atomic_path, write_json, write_text
 from .backbones import load_backbone
-from .config import GuideConfig, SAEConfig
+from .config import ExtractConfig, GuideConfig, SAEConfig
 from .devices import resolve_device
 from .errors import SPGError
 from .inference import Scorer, dictionary_of, score_store, target_maps
@@ -128,8 +128,8 @@ def run_sweep(
     bar = tqdm(total=len(backbones) * len(pairs) * len(guides), desc="sweep", unit="setting", disable=not progress)
     for backbone in backbones:
         bb = load_backbone(backbone, device=dev)
-        aux_store = extract(aux, bb, cache_dir=cache_dir, progress=progress)
-        tgt_store = extract(target, bb, cache_dir=cache_dir, progress=progress)
+        io = ExtractConfig(cache_dir=cache_dir, quiet=not progress)
+        aux_store, tgt_store = extract(aux, bb, io), extract(target, bb, io)
         masks = tgt_store.masks(range(tgt_store.num_images)).numpy().astype(np.uint8)
         labels = tgt_store.labels()
         cats = np.array([r["category"] for r in tgt_store.images])

@@ -38,7 +38,7 @@ from spg_core.atoms import (
 from spg_core.atoms.index import patch_mask_fraction, store_chunks
 from spg_core.atoms.stats import TAGS
 from spg_core.cli import main as spg_main
-from spg_core.config import GuideConfig, RunConfig, SAEConfig
+from spg_core.config import ExtractConfig, GuideConfig, RunConfig, SAEConfig
 from spg_core.errors import SPGError
 from spg_core.images import load_image
 from spg_core.inference import Predictor
@@ -61,7 +61,7 @@ def run_dir(tmp_path_factory) -> Path:
         sae=SAEConfig(width=128, k=8, epochs=2),
         guides=GuideConfig(epochs=2),
     )
-    run_experiment(cfg, root / "run", progress=False)  # session cache: shared synthetic data and stores
+    run_experiment(cfg, root / "run", ExtractConfig(quiet=True))  # session cache: shared synthetic data and stores
     return root / "run"
 
 
