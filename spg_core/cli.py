@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from . import atoms_cli, distributed, launch, report_html, select, sweep
-from .backbones import load_backbone, parse_backbone_name
+from .backbones import load_backbone
 from .config import ExtractConfig, GuideConfig, RunConfig, SAEConfig, ScoreConfig
 from .devices import resolve_device
 from .errors import SPGError
@@ -29,24 +29,19 @@ from .inference import load_run_backbone
 from .interop import cli as interop_cli
 from .options import (
     add_field_options,
+    add_preset_option,
     add_section_options,
     config_from_args,
     field_values,
+    merged,
     preset_defaults,
+    preset_of,
+    preset_sections,
     section_overrides,
 )
 from .pipeline import evaluate_target, extract, run_experiment, train_stages
 from .predict import predict_files
-from .protocols import (
-    FAMILY_PRESETS,
-    PRESETS,
-    PROTOCOLS,
-    Preset,
-    check_preset,
-    check_protocol,
-    default_preset,
-    overrides,
-)
+from .protocols import PROTOCOLS, check_protocol, overrides
 from .report import print_metrics, write_reports
 from .runs import CONFIG_FILE, GUIDES_FILE, METRICS_FILE, PATCH_MAPS_FILE, SAE_FILE, RunDir
 
@@ -79,28 +74,10 @@ def _add_protocol(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_preset(p: argparse.ArgumentParser) -> None:
-    families = ", ".join(f"{name} for {family}" for family, name in FAMILY_PRESETS.items())
-    p.add_argument(
-        "--preset",
-        default=None,
-        choices=list(PRESETS),
-        help="named settings under the options: "
-        + "; ".join(f"{name}: {preset.description}" for name, preset in PRESETS.items())
-        + f". Default: the backbone family's ({families}; studio otherwise), or --protocol's own",
-    )
-
-
 def _add_sae(p: argparse.ArgumentParser) -> None:
     add_section_options(p, SAEConfig)
     p.add_argument("--seed", type=int, default=None, help=f"seed of both stages ({preset_defaults(SAEConfig, 'seed')})")
     add_field_options(p, RunConfig, ["method"])
-
-
-def _preset_of(args: argparse.Namespace) -> Preset:
-    """--preset, else --protocol's own preset, else the backbone family's (protocols.default_preset)."""
-    name = args.preset or args.protocol or default_preset(parse_backbone_name(args.backbone)[0].family)
-    return check_preset(name)
 
 
 def _add_guides(p: argparse.ArgumentParser) -> None:
@@ -118,20 +95,12 @@ def _add_score(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in extra.items():
-        out[key] = {**out.get(key, {}), **value} if isinstance(value, dict) else value
-    return out
-
-
 def _config_from(args: argparse.Namespace) -> RunConfig:
     """The run's config: dataclass defaults < the preset's settings < explicit options."""
-    preset = _preset_of(args)
-    protocol = check_protocol(args.protocol or preset.protocol)
-    d = _merge(overrides(preset.name), section_overrides(args, RunConfig.SECTIONS))
+    protocol = check_protocol(args.protocol or preset_of(args, args.backbone).protocol)
+    d = preset_sections(args, args.backbone)
     if args.seed is not None:
-        d = _merge(d, {"sae": {"seed": args.seed}, "guides": {"seed": args.seed}})
+        d = merged(d, {"sae": {"seed": args.seed}, "guides": {"seed": args.seed}})
     d.update(
         field_values(args, RunConfig),
         aux=args.aux,
@@ -202,7 +171,10 @@ def _run_distributed(cfg: RunConfig, args: argparse.Namespace) -> dict[str, Any]
 def cmd_extract(args: argparse.Namespace) -> None:
     io = _io(args)
     backbone = load_backbone(
-        args.backbone, args.weights, device=args.device, protocol=args.protocol or _preset_of(args).protocol
+        args.backbone,
+        args.weights,
+        device=args.device,
+        protocol=args.protocol or preset_of(args, args.backbone).protocol,
     )
     if io.compile:
         backbone.enable_compile()
@@ -263,20 +235,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--aux", required=True, help=f"auxiliary dataset ({DATASET_HELP})")
     p.add_argument("--target", required=True, help=f"target dataset ({DATASET_HELP})")
     p.add_argument("--out", required=True, help="run directory to write")
-    for add in (_add_preset, _add_protocol, _add_backbone, _add_sae, _add_guides, _add_score, _add_common):
+    for add in (add_preset_option, _add_protocol, _add_backbone, _add_sae, _add_guides, _add_score, _add_common):
         add(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("extract", help="extract and store a dataset's patch tokens")
     p.add_argument("--dataset", required=True, help=DATASET_HELP)
-    for add in (_add_preset, _add_protocol, _add_backbone, _add_common):
+    for add in (add_preset_option, _add_protocol, _add_backbone, _add_common):
         add(p)
     p.set_defaults(func=cmd_extract)
 
     p = sub.add_parser("train-sae", help="stage 1: train the TopK SAE on auxiliary tokens into a run directory")
     p.add_argument("--aux", required=True, help=DATASET_HELP)
     p.add_argument("--out", required=True, help="run directory to write")
-    for add in (_add_preset, _add_protocol, _add_backbone, _add_sae, _add_guides, _add_score, _add_common):
+    for add in (add_preset_option, _add_protocol, _add_backbone, _add_sae, _add_guides, _add_score, _add_common):
         add(p)
     p.set_defaults(func=cmd_train_sae)
 
@@ -303,7 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True)
     p.add_argument("images", nargs="+", help="image files")
     p.add_argument("--out", default="predictions", help="folder for map PNGs and scores.csv")
-    p.add_argument("--device", default="auto")
+    add_field_options(p, RunConfig, ["device"])
     p.add_argument(
         "--skip-bad", action="store_true", help="skip unreadable or oversized images, listing them in OUT/skipped.json"
     )

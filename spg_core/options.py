@@ -21,8 +21,9 @@ import typing
 from collections.abc import Iterable
 from typing import Any, Literal, TypeVar
 
-from .config import field_types, flag_of, literal_choices, non_optional, option_of
-from .protocols import PRESETS
+from .backbones import parse_backbone_name
+from .config import RunConfig, field_types, flag_of, literal_choices, non_optional, option_of
+from .protocols import FAMILY_PRESETS, PRESETS, Preset, check_preset, default_preset, overrides
 
 T = TypeVar("T")
 
@@ -109,3 +110,38 @@ def field_values(args: argparse.Namespace, cls: type, names: Iterable[str] | Non
 def config_from_args(args: argparse.Namespace, cls: type[T]) -> T:
     """A config built from its options (validated by the config itself)."""
     return cls(**field_values(args, cls))
+
+
+# -- presets -----------------------------------------------------------------------------------
+
+
+def add_preset_option(p: argparse.ArgumentParser, backbone: str = "the backbone's") -> None:
+    """--preset NAME; left out, `backbone` (e.g. "the first backbone's") family picks it."""
+    families = ", ".join(f"{name} for {family}" for family, name in FAMILY_PRESETS.items())
+    p.add_argument(
+        "--preset",
+        default=None,
+        choices=list(PRESETS),
+        help="named settings under the options: "
+        + "; ".join(f"{name}: {preset.description}" for name, preset in PRESETS.items())
+        + f". Default: {backbone} family's ({families}; studio otherwise), or --protocol's own",
+    )
+
+
+def preset_of(args: argparse.Namespace, backbone: str) -> Preset:
+    """--preset, else --protocol's own preset (where the command has one), else `backbone`'s family's."""
+    name = args.preset or getattr(args, "protocol", None) or default_preset(parse_backbone_name(backbone)[0].family)
+    return check_preset(name)
+
+
+def merged(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """`base` with `extra` on top, section by section ({section: {field: value}} dicts)."""
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = {**out.get(key, {}), **value} if isinstance(value, dict) else value
+    return out
+
+
+def preset_sections(args: argparse.Namespace, backbone: str) -> dict[str, dict[str, Any]]:
+    """{section: {field: value}}: the preset's settings with the section options given on top."""
+    return merged(overrides(preset_of(args, backbone).name), section_overrides(args, RunConfig.SECTIONS))

@@ -56,6 +56,7 @@ def installed(tmp_path_factory) -> Path:
     """The wheel, built and installed into a fresh directory (returned)."""
     tmp = tmp_path_factory.mktemp("wheel")
     src = tmp / "project"
+    src.mkdir()
     for name in PACKAGED:
         path = ROOT / name
         if path.is_dir():
