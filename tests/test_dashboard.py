@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 import streamlit as st
 import torch
-from dashboard_support import RUN, TWIN, damaged_runs_root, small_runs_root
+from helpers.dashboard_support import RUN, TWIN, damaged_runs_root, small_runs_root
 from PIL import Image
 
 from dashboard import state
@@ -760,6 +760,7 @@ def test_an_atoms_top_patch_opens_its_auxiliary_image_in_the_region_view(runs_ro
     assert codes[cell_patches(rows, cols, store.grid), atom].mean() > 0
 
 
+@pytest.mark.slow
 def test_atoms_page_kind_heatmap_opens_a_cells_patches(runs_root, monkeypatch):
     at = open_app(runs_root, monkeypatch, page="atoms.py", run=RUN)
     k = f"{RUN}::atoms::"

@@ -18,6 +18,8 @@ from spg_core.protocols import overrides
 from spg_core.runs import RunDir
 from spg_core.sae import TopKSAE
 
+pytestmark = pytest.mark.slow  # every test here reads `runs`: builtin runs both ways on the full synthetic groups
+
 
 def _preset_args() -> list[str]:
     """The builtin preset, named (it is also builtin's default), on the CPU."""
