@@ -1,7 +1,7 @@
 """SPG vs the zero-training baseline of the same backbone, over three image seeds of the synthetic sets.
 
 For each backbone preset, seed and direction: `spg run` with the preset (settings fixed in
-advance: builtin's frozen DEMO_PRESET, effnet's chosen by `spg select` on synthetic-a alone),
+advance: builtin's frozen the `builtin` preset, effnet's chosen by `spg select` on synthetic-a alone),
 and the backbone's zero-training baseline (spg_core.baselines) on the same target tokens.
 Prints per-seed figures and mean +- standard deviation over seeds; writes OUT/seeds.json.
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import time
 from types import SimpleNamespace
 
@@ -316,3 +317,12 @@ def test_unavailable_cuda_is_a_clear_error() -> None:
         pytest.skip("CUDA is available here")
     with pytest.raises(SPGError, match="CUDA"):
         load_backbone("dinov2-large-tiny", device="cuda")
+
+
+def test_an_openclip_backbone_without_open_clip_names_the_extra(monkeypatch):
+    """open_clip is the `openclip` extra, not a base dependency: its absence is one clear error."""
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "open_clip" else real(name, *a))
+    with pytest.raises(SPGError, match="needs open_clip") as exc:
+        load_backbone("openclip-vitl14-336-tiny", device="cpu")
+    assert "spg-studio[openclip]" in exc.value.fix
