@@ -21,7 +21,7 @@ import torch
 from helpers.dashboard_support import RUN, TWIN, damaged_runs_root, small_runs_root
 from PIL import Image
 
-from dashboard import state
+from dashboard import run_view
 from dashboard.viewmodels import health, targets
 from spg_core import demo, run_paths, thresholds, uploads
 from spg_core.atomic import write_json
@@ -429,7 +429,7 @@ def test_models_are_shared_between_sessions(runs_root, monkeypatch):
             built.append(args[0])
             super().__init__(*args, **kwargs)
 
-    monkeypatch.setattr(state, "Predictor", Counting)  # the name the cached loader calls
+    monkeypatch.setattr(run_view, "Predictor", Counting)  # the name RunView.predictor calls
     for _ in range(2):
         open_app(runs_root, monkeypatch, page="atoms.py", run=RUN)
     assert len(built) == 1
