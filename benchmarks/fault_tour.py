@@ -35,7 +35,7 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
-from tiny_data import TINY_RUN_ARGS, tiny_pair  # noqa: E402  (test helpers: tests/ is not a package)
+from helpers.tiny_data import TINY_RUN_ARGS, tiny_pair  # noqa: E402  (tests/helpers, shared with the tests)
 
 
 class Tour:

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from tiny_data import TINY_RUN_ARGS, tiny_pair
+from helpers.tiny_data import TINY_RUN_ARGS, tiny_pair
 
 from spg_core.cli import main as spg_main
 from spg_core.consistency import inconsistent_artifacts

@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers.tiny_data import TINY_RUN_ARGS, tiny_pair
 from PIL import Image
 from test_dashboard import frame_with, open_app, texts
-from tiny_data import TINY_RUN_ARGS, tiny_pair
 
 import spg_core.predict as predict
 from dashboard.viewmodels.health import check_run
