@@ -12,7 +12,7 @@ import streamlit as st
 
 from spg_core.atoms.build import INDEX
 
-from . import events, glossary, guards, nav, state, sticky
+from . import events, glossary, guards, nav, sticky
 from .run_view import RunView, Store
 
 
@@ -174,8 +174,7 @@ def region_panel(
             )
         )
         if open_col.button("Open atom detail", icon=":material/frame_inspect:", key=key + "open_detail"):
-            st.session_state[state.ATOM_KEY] = atom
-            nav.open_page("atom_detail.py")
+            nav.open_atom(view.name, atom)
         with st.expander(f"Top auxiliary patches of atom #{atom}", expanded=False):
             atom_patches(view, atom)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboard import charts, events, glossary, guards, nav, state, sticky
+from dashboard import charts, events, glossary, guards, nav, sticky
 from dashboard.page import run_page
 from dashboard.viewmodels.attribution import atom_table, atom_table_columns, dead_atoms, live_ranking
 from dashboard.viewmodels.kinds import PER_PAGE, SORTS, kind_table, page_count, relevant_rows
@@ -92,8 +92,7 @@ with guards.guard("The atoms of this run cannot be ranked"):
             "Atom", options, key=key + "pick", format_func=lambda a: f"#{a}" + (f" · {tags[a]}" if tags.get(a) else "")
         )
         if c2.button("Open atom detail", type="primary", icon=":material/frame_inspect:", key=key + "open"):
-            st.session_state[state.ATOM_KEY] = int(atom)
-            nav.open_page("atom_detail.py")
+            nav.open_atom(view.name, atom)
 
 
 def kind_section() -> None:

@@ -175,8 +175,7 @@ def patch_panel(key: str, which: Store, image: np.ndarray, index: int, grid: tup
             "Open an atom", contrib["atom"].tolist(), key=key + "open_atom", format_func=lambda a: f"#{a}"
         )
         if st.button("Open atom detail", icon=":material/frame_inspect:", key=key + "open"):
-            st.session_state[state.ATOM_KEY] = int(atom)
-            nav.open_page("atom_detail.py")
+            nav.open_atom(view.name, atom)
 
 
 def threshold_control(key: str, scores: list[float], labels: list[int], record: dict | None) -> float:
