@@ -111,6 +111,20 @@ def test_landing_run_prefers_complete_pretrained_runs_with_few_dead_atoms(tmp_pa
     assert landing.informative_run(tmp_path, []) is None
 
 
+def test_spg_dashboard_imports_no_engine_and_other_commands_reach_the_cli(tmp_path):
+    """The `spg` entry point sends `dashboard` to the launcher, which must not import torch (seconds to
+    import, the server should answer first); every other command goes to spg_core.cli."""
+    from spg_core import entry
+
+    probe = (
+        "import sys, spg_core.entry, spg_core.launch; "
+        "print(sorted(m for m in ('torch', 'spg_core.cli') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], cwd=str(ROOT), capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+    assert entry.main(["report", "--run", str(tmp_path / "missing")]) == 2  # the CLI's error path: SPGError
+
+
 def test_demo_serves_before_its_runs_are_built(tmp_path):
     """`spg dashboard --demo` on an empty root and cache answers on /_stcore/health while no demo run
     exists yet (the build runs beside the server), and stops its server and builder on SIGTERM.
