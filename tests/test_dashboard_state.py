@@ -170,7 +170,8 @@ def test_a_maps_link_opens_that_image_of_that_run(runs_root, monkeypatch):
     assert (at.slider(key=k + "row").value, at.slider(key=k + "col").value) == (2, 3)
     assert at.slider(key=k + "region::rows").value == (1, 3)  # a 3 x 3 region around the linked patch
     assert metric(at, "Image score") == f"{row['score']:.3f}" or row["score"] < 1e-3
-    assert at.query_params["image"] == [name] and at.query_params["run"] == [TWIN]  # the view is a link
+    written = {k: at.query_params[k] for k in ("run", "image", "patch", "region")}
+    assert written == {"run": TWIN, "image": name, "patch": "2,3", "region": "1-3,2-4"}  # the view is a link
 
 
 @pytest.mark.slow
