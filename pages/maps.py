@@ -139,7 +139,9 @@ def image_panel(
         unsafe_allow_html=True,
     )
     st.image(
-        image_with_mask_png(image, mask), width="stretch", caption=f"{info['name']}: ground truth outlined in green"
+        image_with_mask_png(image, mask),
+        width="stretch",
+        caption=f"{info['name']}: {'defect mask' if which is Store.AUX else 'ground truth'} outlined in green",
     )
     st.metric(
         "Image score",

@@ -613,6 +613,7 @@ def test_region_on_the_maps_page_lists_the_engines_atoms(runs_root, monkeypatch)
     at = open_app(runs_root, monkeypatch, page="maps.py", run=RUN)
     k = f"{RUN}::"
     at.selectbox(key=k + "outcome").set_value("all images").run()
+    at.selectbox(key=k + "image").set_value(0).run()  # the first target image (the page opens on a true positive)
     index = at.selectbox(key=k + "image").value
     at.slider(key=k + "region::rows").set_value((2, 6)).run()
     at.slider(key=k + "region::cols").set_value((3, 9)).run()
