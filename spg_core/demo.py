@@ -158,10 +158,16 @@ def ensure_demo_run(runs_root: str | Path, *, progress: bool = True, cache_dir: 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="build demo runs (the background job of spg dashboard --demo)")
-    parser.add_argument("names", nargs="*", choices=[r.name for r in DEMO_RUNS], help="default: every missing one")
+    # (no `choices=`: argparse checks an empty `*` list against them and refuses it)
+    parser.add_argument(
+        "names", nargs="*", help=f"of {', '.join(r.name for r in DEMO_RUNS)}; default: every missing one"
+    )
     parser.add_argument("--runs", required=True)
     parser.add_argument("--cache-dir", default=None)
     args = parser.parse_args(argv)
+    unknown = set(args.names) - {r.name for r in DEMO_RUNS}
+    if unknown:
+        parser.error(f"no demo run named {', '.join(sorted(unknown))}")
     root = Path(args.runs)
     todo = [r for r in DEMO_RUNS if (not args.names or r.name in args.names) and not demo_is_complete(root / r.name)]
     root.mkdir(parents=True, exist_ok=True)
