@@ -10,10 +10,10 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["dashboard"]:
-        from .launch import main as dashboard  # here, not at the top: the other commands need the engine
+        from .launch import main as dashboard  # noqa: PLC0415 -- light on purpose: no engine module
 
         return dashboard(argv[1:])
-    from .cli import main as cli  # here, not at the top: `spg dashboard` must not import it
+    from .cli import main as cli  # noqa: PLC0415 -- heavy (torch): `spg dashboard` must not import it
 
     return cli(argv)
 

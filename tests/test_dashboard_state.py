@@ -22,6 +22,9 @@ from dashboard.charts import difference_range
 from dashboard.viewmodels import landing
 from dashboard.viewmodels.kinds import SORTS, kind_table, page_count, relevant_rows
 from dashboard.viewmodels.tables import setting_text
+from spg_core import entry
+from spg_core.demo import DEMO_RUNS, demo_is_complete
+from spg_core.launch import free_port, wait_until_healthy
 from spg_core.runs import RunDir
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -114,8 +117,6 @@ def test_landing_run_prefers_complete_pretrained_runs_with_few_dead_atoms(tmp_pa
 def test_spg_dashboard_imports_no_engine_and_other_commands_reach_the_cli(tmp_path):
     """The `spg` entry point sends `dashboard` to the launcher, which must not import torch (seconds to
     import, the server should answer first); every other command goes to spg_core.cli."""
-    from spg_core import entry
-
     probe = (
         "import sys, spg_core.entry, spg_core.launch; "
         "print(sorted(m for m in ('torch', 'spg_core.cli') if m in sys.modules))"
@@ -129,9 +130,6 @@ def test_demo_serves_before_its_runs_are_built(tmp_path):
     """`spg dashboard --demo` on an empty root and cache answers on /_stcore/health while no demo run
     exists yet (the build runs beside the server), and stops its server and builder on SIGTERM.
     The time it takes is benchmarks/demo_start.py's figure."""
-    from spg_core.demo import DEMO_RUNS, demo_is_complete
-    from spg_core.launch import free_port, wait_until_healthy
-
     port = free_port()
     cmd = [sys.executable, "-m", "spg_core.entry", "dashboard", "--demo", "--port", str(port)]
     cmd += ["--runs", str(tmp_path / "runs"), "--cache-dir", str(tmp_path / "cache")]
