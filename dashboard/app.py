@@ -7,17 +7,10 @@ top-level `pages/` folder.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+import streamlit as st
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # runnable from a source tree without installing
-    sys.path.insert(0, str(ROOT))
-
-import streamlit as st  # noqa: E402
-
-from dashboard import guards, state, url_state  # noqa: E402
-from dashboard.nav import ASSETS, navigation  # noqa: E402
+from dashboard import guards, state, url_state
+from dashboard.nav import ASSETS, navigation
 
 PICKED = "_run_picked"  # session_state: a run was picked in the sidebar or by a link
 

@@ -18,13 +18,13 @@ import numpy as np
 import streamlit as st
 from PIL import Image
 
-from spg_core import inference
 from spg_core.atoms import Ablator, attribute, load_atoms, rank_atoms
 from spg_core.atoms.kinds import kind_patches, run_kind_map
 from spg_core.atoms.region import cell_patches, image_atoms, rank_region
 from spg_core.atoms.visual import IN_MASK, patch_crop
 from spg_core.errors import SPGError
 from spg_core.images import load_image
+from spg_core.inference import Predictor
 from spg_core.runs import RunDir
 from spg_core.store import TokenStore
 from spg_core.thresholds import ensure_run_threshold
@@ -98,10 +98,9 @@ class RunView:
         return RunDir(self.path).read_metrics()
 
     @st.cache_resource(show_spinner="Loading the run's model ...", max_entries=8)
-    def predictor(self) -> inference.Predictor:
-        """The run's Predictor (SAE, guides, scorer); the backbone loads on first image. (Looked up on the
-        module when called, so a test can count how many are built.)"""
-        return inference.Predictor(self.path, device="cpu")
+    def predictor(self) -> Predictor:
+        """The run's Predictor (SAE, guides, scorer); the backbone loads on first image."""
+        return Predictor(self.path, device="cpu")
 
     @st.cache_resource(show_spinner="Loading target maps ...", max_entries=8)
     def target_outputs(self) -> TargetOutputs:

@@ -14,8 +14,8 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
-from apptest_support import assert_clean, metric, open_app, texts
-from dashboard_support import RUN, TWIN, small_runs_root
+from helpers.apptest_support import assert_clean, metric, open_app, texts
+from helpers.dashboard_support import RUN, TWIN, small_runs_root
 
 from dashboard import url_state
 from dashboard.charts import difference_range
