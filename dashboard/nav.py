@@ -7,6 +7,8 @@ from pathlib import Path
 
 import streamlit as st
 
+from . import state
+
 # pages/ and assets/ are package data of `dashboard` (in the repository, links to the top-level
 # folders): found the same way in a source tree, an editable install and a wheel.
 PAGES = Path(str(resources.files("dashboard") / "pages"))
@@ -47,6 +49,13 @@ def navigation() -> st.Page:
     return page
 
 
-def open_page(script: str) -> None:
-    """Switch to another page (by its script name in pages/)."""
-    st.switch_page(PAGES / script)
+def open_page(script: str, query: dict[str, str] | None = None) -> None:
+    """Switch to another page (by its script name in pages/), with `query` as its URL's parameters (see
+    dashboard/url_state.py: the page opens as that link would open it)."""
+    st.switch_page(PAGES / script, query_params=query)
+
+
+def open_atom(run: str, atom: int) -> None:
+    """Open the Atom detail page on `atom` of `run` (`/atom?run=RUN&atom=ID`)."""
+    st.session_state[state.ATOM_KEY] = int(atom)  # (for an atom page that reads the session)
+    open_page("atom_detail.py", {"run": run, "atom": str(int(atom))})

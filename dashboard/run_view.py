@@ -39,6 +39,11 @@ class Store(str, Enum):
     TARGET = "target_store"  # the images the run was evaluated on
     AUX = "aux_store"  # the labelled images its guides were fitted on
 
+    @property
+    def label(self) -> str:
+        """The store in a sentence: 'target' or 'auxiliary'."""
+        return "target" if self is Store.TARGET else "auxiliary"
+
 
 @dataclass
 class TargetOutputs:

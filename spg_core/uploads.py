@@ -15,9 +15,9 @@ from PIL import Image, UnidentifiedImageError
 from .atomic import check_regular_file
 from .errors import SPGError
 from .images import MAX_IMAGE_PIXELS, to_rgb
+from .limits import MAX_UPLOAD_BYTES
 
 UPLOAD_TYPES = ("png", "jpg", "jpeg", "bmp", "tif", "tiff", "webp")
-MAX_UPLOAD_BYTES = 25 * 1024 * 1024
 MAX_UPLOAD_PIXELS = MAX_IMAGE_PIXELS  # the engine's one pixel limit (images.py)
 
 
