@@ -225,7 +225,8 @@ def patch_contributions(path: str, sig: tuple[float, ...], index: int, patch: in
 
 
 def atom_tags(path: str, sig: tuple[float, ...]) -> dict[int, str]:
-    """{atom: tag} from the run's atom statistics, or {} when the run has no atom index."""
+    """{atom: tag} from the run's atom statistics, or {} when the run has no atom index. A flagged
+    atom's tag carries its mark ('shared ⚑ border', atoms.flags.flag_mark), so every table shows it."""
     try:
         _, stats = atoms(path, sig)
     except (SPGError, ImportError):
@@ -233,7 +234,10 @@ def atom_tags(path: str, sig: tuple[float, ...]) -> dict[int, str]:
     if stats is None or "tag" not in getattr(stats, "columns", []):
         return {}
     ids = stats["atom"] if "atom" in stats.columns else stats.index
-    return {int(a): str(t) for a, t in zip(ids, stats["tag"])}
+    from spg_core.atoms.flags import flag_mark  # here, like the other engine imports: the app starts without torch
+
+    flags = stats["flags"] if "flags" in stats.columns else [""] * len(stats)
+    return {int(a): str(t) + flag_mark(f) for a, t, f in zip(ids, stats["tag"], flags)}
 
 
 @st.cache_data(show_spinner=False, max_entries=16)

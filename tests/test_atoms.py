@@ -33,8 +33,11 @@ from spg_core.atoms import (
     top_atoms_per_image,
     top_atoms_per_patch,
 )
+from spg_core.atoms.ablation import logit_difference
+from spg_core.atoms.build import SUMMARIES, ensure_summaries
 from spg_core.atoms.index import patch_mask_fraction, store_chunks
 from spg_core.atoms.stats import TAGS
+from spg_core.atoms.summaries import load_summaries
 from spg_core.cli import main as spg_main
 from spg_core.config import GuideConfig, RunConfig, SAEConfig
 from spg_core.errors import SPGError
@@ -374,6 +377,26 @@ def test_ablations_change_what_they_should(ablator, predictor):
         ablator.ablate(scale={anomaly[0]: -1.0})
 
 
+def test_steering_at_zero_equals_the_ablation_and_drop_clears_both_guides(ablator, predictor):
+    ranking = rank_atoms(predictor.guides)
+    atom = ranking["anomaly"][0]["atom"]
+    removed = ablator.ablate(remove=[atom], metrics=False)
+    steered = ablator.ablate(scale={atom: 0.0}, metrics=False)
+    assert torch.equal(steered.probs, removed.probs) and torch.equal(steered.scores, removed.scores)
+    half = ablator.ablate(scale={atom: 0.5}, metrics=False)
+    assert (half.probs - removed.probs).abs().max() > 0  # 0.5x is not the ablation
+    # drop: every listed atom leaves every guide it was in, nothing else moves
+    both = {a["atom"] for a in ranking["anomaly"]} & {a["atom"] for a in ranking["normal"]}
+    listed = sorted(both)[:2] or [atom]
+    dropped = ablator.drop(listed + [10**6], metrics=False)  # an atom in no guide is skipped
+    cols = torch.isin(ablator.atoms, torch.tensor(listed))
+    assert (dropped.coefficients[:, cols] == 0).all()
+    assert torch.equal(dropped.coefficients[:, ~cols], ablator.base.cpu()[:, ~cols])
+    diff = logit_difference(ablator.baseline().probs, removed.probs)
+    assert diff.shape == removed.probs.shape and float(diff.abs().max()) > 0
+    assert float(logit_difference(removed.probs, removed.probs).abs().max()) == 0.0
+
+
 # -- persistence, errors, CLI ----------------------------------------------------------------------
 
 
@@ -386,8 +409,24 @@ def test_save_load_round_trip_is_exact(built, run_dir, aux, predictor):
         assert torch.equal(getattr(index.counts, name), getattr(fresh.counts, name)), name
     assert index.counts.mask_total == fresh.counts.mask_total
     expected = atom_stats(fresh, aux.images)
-    pd.testing.assert_frame_equal(stats, expected, check_exact=True)
+    pd.testing.assert_frame_equal(stats[list(expected.columns)], expected, check_exact=True)
     assert (Path(run_dir) / "atoms" / "stats.csv").is_file() and (Path(run_dir) / "atoms" / "index.json").is_file()
+
+
+def test_summaries_are_built_with_the_index_and_rebuilt_when_missing(run_dir, built, tmp_path):
+    index, stats = built
+    summaries = load_summaries(Path(run_dir) / SUMMARIES)
+    assert torch.equal(summaries.sets["aux"].hist.sum(1), index.counts.fire_count)
+    assert set(summaries.sets) == {"aux", "target"}
+    assert {"border_share", "position_share", "image_share", "flags"} <= set(stats.columns)
+    assert "flag_rule" in stats.attrs
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    (copy / SUMMARIES).unlink()
+    rebuilt = ensure_summaries(copy)  # an older run: built on first use
+    assert (copy / SUMMARIES).is_file()
+    assert torch.equal(rebuilt.sets["target"].top_image, summaries.sets["target"].top_image)
+    assert torch.equal(rebuilt.coact_atoms, summaries.coact_atoms)
 
 
 def test_missing_damaged_or_stale_atoms_raise_with_the_fix(run_dir, built, tmp_path):

@@ -176,7 +176,7 @@ def test_region_ranking_from_an_images_codes_and_contributions():
 
 def test_empty_root_says_how_to_make_a_run(tmp_path, monkeypatch):
     at = open_app(tmp_path, monkeypatch)
-    for page in ("runs.py", "maps.py", "atoms.py", "atom_detail.py", "backbones.py", "try_image.py"):
+    for page in ("runs.py", "maps.py", "atoms.py", "dictionary.py", "atom_detail.py", "backbones.py", "try_image.py"):
         at.switch_page(str(PAGES / page)).run()
         assert_clean(at)
         said = texts(at)
@@ -456,7 +456,7 @@ DAMAGE = {
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("page", ["runs.py", "maps.py", "atoms.py", "atom_detail.py", "try_image.py"])
+@pytest.mark.parametrize("page", ["runs.py", "maps.py", "atoms.py", "dictionary.py", "atom_detail.py", "try_image.py"])
 @pytest.mark.parametrize("run", ["truncated", "corrupt", "half"])
 def test_damaged_runs_give_messages_not_exceptions(damaged_root, monkeypatch, page, run):
     at = open_app(damaged_root, monkeypatch, page=page, run=run)

@@ -1,0 +1,199 @@
+"""The atom views under AppTest on the small run: Dictionary, Atom detail's summaries, flags and URL."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import numpy as np
+import pytest
+from dashboard_support import RUN, small_runs_root
+from test_dashboard import APP, PAGES, TIMEOUT, assert_clean, frame_with, open_app, texts
+
+from dashboard.viewmodels.dictionary import density_histogram, dictionary_table, filter_atoms
+from spg_core import run_paths
+
+AppTest = pytest.importorskip("streamlit.testing.v1").AppTest
+
+
+@pytest.fixture(scope="module")
+def runs_root(tmp_path_factory):
+    return small_runs_root(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def atoms_of(runs_root):
+    """(index, stats, summaries, ranking) of the small run, summaries built (or read) by the engine."""
+    from spg_core.atoms import load_atoms, rank_atoms
+    from spg_core.atoms.build import ensure_summaries
+    from spg_core.guides import GuidePair
+
+    summaries = ensure_summaries(runs_root / RUN)
+    index, stats = load_atoms(runs_root / RUN)
+    pair, _ = GuidePair.load(str(runs_root / RUN / "guides.safetensors"))
+    return index, stats, summaries, rank_atoms(pair)
+
+
+def _array(value) -> np.ndarray:
+    """A plotly JSON array: a list, or a typed array {"dtype", "bdata"} (plotly >= 6)."""
+    if isinstance(value, dict) and "bdata" in value:
+        return np.frombuffer(base64.b64decode(value["bdata"]), dtype=np.dtype(value["dtype"]))
+    return np.asarray(value)
+
+
+def chart(at: AppTest, title_start: str) -> dict:
+    """The plotly spec whose title starts with `title_start`."""
+    for c in at.get("plotly_chart"):
+        spec = json.loads(c.proto.spec)
+        if str(spec["layout"].get("title", {}).get("text", "")).startswith(title_start):
+            return spec
+    raise AssertionError(f"no chart titled {title_start!r}")
+
+
+def test_dictionary_view_model_filters(atoms_of):
+    index, stats, _, ranking = atoms_of
+    table = dictionary_table(stats, ranking)
+    assert len(table) == index.width
+    assert set(table.loc[table["guide"] != "neither", "atom"]) == {a["atom"] for g in ranking.values() for a in g}
+    counts, _ = density_histogram(table)
+    assert counts.sum() == int((index.counts.fire_count > 0).sum())
+    some = table["atom"].iloc[[3, 7]].tolist()
+    assert filter_atoms(table, query=f"#{some[0]}, {some[1]}")["atom"].tolist() == some
+    dead = filter_atoms(table, tags=["dead"])
+    assert (dead["frequency"] == 0).all() and len(dead) == int((index.counts.fire_count == 0).sum())
+    fake = table.assign(flags=["border" if i == 5 else "" for i in range(len(table))])
+    assert filter_atoms(fake, flags="border")["atom"].tolist() == [int(table["atom"].iloc[5])]
+    assert len(filter_atoms(fake, flags="not flagged")) == len(table) - 1
+
+
+def test_dictionary_page_density_counts_equal_the_index(runs_root, monkeypatch, atoms_of):
+    index, _, _, _ = atoms_of
+    at = open_app(runs_root, monkeypatch, page="dictionary.py", run=RUN)
+    assert at.title[0].value == "Dictionary"
+    fire = index.counts.fire_count.numpy()
+    live = fire > 0
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Alive"] == str(int(live.sum())) and metrics["Dead"] == str(int((~live).sum()))
+    spec = chart(at, "Firing density")
+    counts = _array(spec["data"][0]["y"])
+    x = _array(spec["data"][0]["x"])
+    width = _array(spec["data"][0]["width"])
+    expected, _ = np.histogram(
+        np.log10(fire[live] / index.counts.num_tokens), bins=np.append(x - width / 2, x[-1] + width[-1] / 2)
+    )
+    assert np.array_equal(counts, expected) and counts.sum() == live.sum()
+    scatter = chart(at, "Frequency vs mean activation")
+    shown = sorted(int(a) for trace in scatter["data"] for a, _ in trace["customdata"])
+    assert shown == np.flatnonzero(live).tolist()  # every live atom is a point, no dead one
+
+
+def test_dictionary_search_and_open(runs_root, monkeypatch, atoms_of):
+    _, _, _, ranking = atoms_of
+    at = open_app(runs_root, monkeypatch, page="dictionary.py", run=RUN)
+    k = f"{RUN}::dict::"
+    atom = ranking["normal"][0]["atom"]
+    at.text_input(key=k + "query").set_value(str(atom)).run()
+    table = frame_with(at, "atom", "frequency", "guide", "flags")
+    assert table["atom"].tolist() == [atom]
+    at.button(key=k + "open").click().run()
+    assert_clean(at)
+    assert at.title[0].value == "Atom detail"
+    assert at.selectbox(key=f"{RUN}::atom::pick").value == atom
+
+
+def test_atom_detail_bands_neighbours_and_steering(runs_root, monkeypatch, atoms_of):
+    _, _, summaries, ranking = atoms_of
+    at = open_app(runs_root, monkeypatch, page="atom_detail.py", run=RUN)
+    assert_clean(at)
+    k = f"{RUN}::atom::"
+    atom = at.selectbox(key=k + "pick").value
+    # every band's captions are values inside that band (the page shows 3 per band, both sets)
+    captions = [i.proto.imgs[0].caption for i in at.image if i.proto.imgs and i.proto.imgs[0].caption]
+    edges = summaries.edges[atom].numpy()
+    for which in ("aux", "target"):
+        for band in range(len(edges) - 1):
+            for s in summaries.sets[which].samples(atom, band)[:3]:
+                assert edges[band] <= s["value"] < edges[band + 1]
+                assert any(c.endswith(f"s={s['value']:.2f}") for c in captions)
+    # the first co-activating neighbour button opens that atom
+    first = int(summaries.coact_atoms[atom, 0])
+    at.button(key=k + f"co_{first}").click().run()
+    assert_clean(at)
+    assert at.selectbox(key=k + "pick").value == first
+    at.selectbox(key=k + "pick").set_value(atom).run()
+    guide = "anomaly" if any(a["atom"] == atom for a in ranking["anomaly"]) else "normal"
+    at.select_slider(key=k + f"scale_{atom}_{guide}").set_value(0.0).run()
+    assert_clean(at)
+    from spg_core.atoms import Ablator
+
+    expected = Ablator(runs_root / RUN, device="cpu").ablate(remove=[atom], guide=guide).metrics
+    assert any(
+        m.label == "Image AUROC" and m.value == f"{100 * expected['mean']['image_auroc']:.1f}%" for m in at.metric
+    )
+    assert "Difference (edited - trained)" in json.dumps(
+        [json.loads(c.proto.spec)["layout"] for c in at.get("plotly_chart")]
+    )
+
+
+def test_the_region_pick_caption_follows_the_atom(runs_root, monkeypatch, atoms_of):
+    index, _, _, ranking = atoms_of
+    at = open_app(runs_root, monkeypatch, page="atom_detail.py", run=RUN)
+    k = f"{RUN}::atom::"
+    first = at.selectbox(key=k + "pick").value
+    second = next(a["atom"] for a in ranking["anomaly"] if a["atom"] != first and index.entries(a["atom"]))
+    at.selectbox(key=k + "pick").set_value(second).run()
+    box = at.selectbox(key=k + f"region_pick_{second}")
+    value = index.entries(second)[0]["value"]
+    assert box.options[0].endswith(f"s={value:.2f}")
+
+
+def test_atom_url_opens_that_atom_and_bad_links_give_messages(runs_root, monkeypatch, atoms_of):
+    _, _, _, ranking = atoms_of
+    monkeypatch.setenv(run_paths.RUNS_ENV, str(runs_root))
+    atom = ranking["normal"][-1]["atom"]
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
+    at.query_params["run"] = RUN
+    at.query_params["atom"] = str(atom)
+    at.switch_page(str(PAGES / "atom_detail.py")).run()
+    assert_clean(at)
+    assert at.selectbox(key=f"{RUN}::atom::pick").value == atom
+    for bad, said in (("99999", "atoms are #0 to"), ("abc", "atoms are #0 to")):
+        at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
+        at.query_params["run"] = RUN
+        at.query_params["atom"] = bad
+        at.switch_page(str(PAGES / "atom_detail.py")).run()
+        assert_clean(at)
+        assert said in texts(at)
+        # the nearest valid view: the page's own first atom, an anomaly-guide atom
+        assert at.selectbox(key=f"{RUN}::atom::pick").value in {a["atom"] for a in ranking["anomaly"]}
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
+    at.query_params["run"] = "no-such-run"
+    at.query_params["atom"] = str(atom)
+    at.switch_page(str(PAGES / "atom_detail.py")).run()
+    assert_clean(at)
+    assert "`no-such-run`, which is not under the runs root" in texts(at)
+    assert at.title[0].value == "Atom detail"
+
+
+def test_flag_marks_reach_the_tags_every_table_uses(runs_root, tmp_path, monkeypatch, atoms_of):
+    """A run whose stats flag an atom shows the mark in Atoms' table and Atom detail's picker."""
+    import shutil
+
+    from spg_core.atomic import read_json, write_json
+
+    _, _, _, ranking = atoms_of
+    root = tmp_path / "root"
+    shutil.copytree(runs_root / RUN, root / RUN)
+    atom = ranking["anomaly"][0]["atom"]
+    path = root / RUN / "atoms" / "stats.json"
+    data = read_json(path)
+    for row in data["atoms"]:
+        row["flags"] = "border" if row["atom"] == atom else ""
+    write_json(path, data)
+    at = open_app(root, monkeypatch, page="atoms.py", run=RUN)
+    table = frame_with(at, "guide", "rank", "atom", "tag")
+    assert table.loc[table["atom"] == atom, "tag"].str.contains("⚑ border").all()
+    at.switch_page(str(PAGES / "atom_detail.py")).run()
+    assert_clean(at)
+    assert "⚑ border" in at.selectbox(key=f"{RUN}::atom::pick").options[0]
+    assert "Likely artefact" in texts(at)
