@@ -31,7 +31,7 @@ from ..atomic import load_tensors, save_tensors
 from ..errors import SPGError
 from ..sae import TopKSAE
 from ..store import TokenStore
-from .index import TokenChunk, TopPAccumulator, default_chunk_tokens, store_chunks
+from .index import TokenChunk, TopPAccumulator, _moved, default_chunk_tokens, store_chunks
 
 VERSION = 1
 LOG_LO, LOG_HI, BIN_WIDTH = -4.0, 3.0, 0.05  # log10 activation bins: 140 of 0.05 decade (12% apart)
@@ -258,8 +258,10 @@ def build_summaries(
 ) -> AtomSummaries:
     """Every per-atom summary of `sae` over the auxiliary store (and the target store when given), on the CPU."""
     t0 = time.perf_counter()
-    sae = sae.cpu().eval()
-    chunk = chunk_tokens or default_chunk_tokens(sae, torch.device("cpu"))
+    cpu = torch.device("cpu")
+    if next(sae.parameters()).device != cpu:  # a CPU copy: the caller's model stays where it was
+        sae = _moved(sae, cpu)
+    chunk = chunk_tokens or default_chunk_tokens(sae, cpu)
     first = aux_first_pass(store_chunks(aux, chunk, with_masks=False), sae, aux.num_patches)
     edges = band_edges(first["hist"])
     sets = {"aux": sample_pass(store_chunks(aux, chunk, with_masks=False), sae, aux.num_patches, edges)}
