@@ -6,6 +6,7 @@ Also the URL contract of Atom detail: `/atom?run=RUN&atom=ID` opens that atom of
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ import streamlit as st
 from PIL import Image
 
 from spg_core.atoms.build import STATS_JSON, SUMMARIES
-from spg_core.atoms.flags import flag_mark
+from spg_core.atoms.flags import FLAG_RULE, MARK, flag_mark
 
 from . import state
 from .viewmodels import atom_detail, dictionary
@@ -144,3 +145,9 @@ def write_params(run: str, atom: int) -> None:
         st.query_params[RUN_PARAM] = run
         st.query_params[ATOM_PARAM] = str(atom)
     st.session_state[SEEN_KEY] = (run, str(atom))
+
+
+def flag_note(labels: dict[int, str], shown: Iterable[int]) -> None:
+    """Under a ranking or table: the flag rule, when one of the `shown` atoms carries the mark."""
+    if any(MARK in labels.get(int(a), "") for a in shown):
+        st.caption(f"{MARK} flagged as a likely artefact (auxiliary set only). {FLAG_RULE}")

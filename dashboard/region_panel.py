@@ -10,7 +10,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from . import nav, state, widgets
+from . import atom_views, nav, state, widgets
 
 
 def current_region(key: str, grid: tuple[int, int], start: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -104,6 +104,7 @@ def region_panel(
         found = query(rows, cols)
         tags = state.atom_tags(run, sig)
         act, con = region_tables(found, tags)
+        atom_views.flag_note(tags, [*act["atom"], *con["atom"]])
         st.caption(f"Region: rows {rows[0]}-{rows[1]}, columns {cols[0]}-{cols[1]} ({found.patches} patches)")
         left, right = st.columns(2)
         with left:

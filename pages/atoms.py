@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboard import nav, state, widgets
+from dashboard import atom_views, nav, state, widgets
 from dashboard.viewmodels.attribution import atom_table, atom_table_columns, dead_atoms, live_ranking
 from spg_core.atoms.build import INDEX
 from spg_core.runs import GUIDES_FILE as GUIDES
@@ -75,6 +75,7 @@ with widgets.guard("The atoms of this run cannot be ranked"):
         "share of guide (%)", format="%.1f", min_value=0, max_value=float(table["share"].max() or 1)
     )
     st.dataframe(view, hide_index=True, key=key + "table", height=360, column_config=config)
+    atom_views.flag_note(dict(zip(table["atom"], table["tag"])), table["atom"])
 
     options = view["atom"].drop_duplicates().tolist()
     if options:
@@ -119,6 +120,7 @@ def kind_section() -> None:
     st.plotly_chart(
         fig, key=key + "kind_map", on_select=on_kind_click, selection_mode="points", config={"displayModeBar": False}
     )
+    atom_views.flag_note(tags, km.atoms)
     st.dataframe(
         table.drop(columns=["peak"]),
         hide_index=True,

@@ -9,7 +9,7 @@ import pandas as pd
 import streamlit as st
 from PIL import Image
 
-from dashboard import nav, region_panel, state, widgets
+from dashboard import atom_views, nav, region_panel, state, widgets
 from dashboard.viewmodels.targets import (
     OUTCOME_FILTERS,
     filter_targets,
@@ -124,6 +124,7 @@ def patch_panel(image: np.ndarray, index: int, grid: tuple[int, int], size: int)
             st.info("No atom contributes to this patch.")
         else:
             st.plotly_chart(widgets.contribution_figure(contrib), key=key + "contrib", config={"displayModeBar": False})
+            atom_views.flag_note(dict(zip(contrib["atom"], contrib["tag"])), contrib["atom"])
             widgets.keep_choice(key + "open_atom", contrib["atom"].tolist())
             atom = st.selectbox(
                 "Open an atom", contrib["atom"].tolist(), key=key + "open_atom", format_func=lambda a: f"#{a}"
