@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 import pytest
-from dashboard_support import RUN, small_runs_root
+from dashboard_support import RUN, TWIN, small_runs_root
 from test_dashboard import APP, PAGES, TIMEOUT, assert_clean, frame_with, open_app, texts
 
 from dashboard.viewmodels.dictionary import density_histogram, dictionary_table, filter_atoms
@@ -147,32 +147,45 @@ def test_the_region_pick_caption_follows_the_atom(runs_root, monkeypatch, atoms_
     assert box.options[0].endswith(f"s={value:.2f}")
 
 
-def test_atom_url_opens_that_atom_and_bad_links_give_messages(runs_root, monkeypatch, atoms_of):
+def open_link(root, monkeypatch, **params: str) -> AppTest:
+    """A fresh session that opens /atom?KEY=VALUE... (the app's first run lands on the home page)."""
+    monkeypatch.setenv(run_paths.RUNS_ENV, str(root))
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
+    at.run()
+    for name, value in params.items():
+        at.query_params[name] = value
+    at.switch_page(str(PAGES / "atom_detail.py")).run()
+    assert_clean(at)
+    return at
+
+
+def test_atom_url_opens_that_atom_of_that_run(runs_root, monkeypatch, atoms_of):
     _, _, _, ranking = atoms_of
-    monkeypatch.setenv(run_paths.RUNS_ENV, str(runs_root))
     atom = ranking["normal"][-1]["atom"]
-    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
-    at.query_params["run"] = RUN
-    at.query_params["atom"] = str(atom)
-    at.switch_page(str(PAGES / "atom_detail.py")).run()
-    assert_clean(at)
-    assert at.selectbox(key=f"{RUN}::atom::pick").value == atom
-    for bad, said in (("99999", "atoms are #0 to"), ("abc", "atoms are #0 to")):
-        at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
-        at.query_params["run"] = RUN
-        at.query_params["atom"] = bad
-        at.switch_page(str(PAGES / "atom_detail.py")).run()
-        assert_clean(at)
-        assert said in texts(at)
-        # the nearest valid view: the page's own first atom, an anomaly-guide atom
-        assert at.selectbox(key=f"{RUN}::atom::pick").value in {a["atom"] for a in ranking["anomaly"]}
-    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
-    at.query_params["run"] = "no-such-run"
-    at.query_params["atom"] = str(atom)
-    at.switch_page(str(PAGES / "atom_detail.py")).run()
-    assert_clean(at)
-    assert "`no-such-run`, which is not under the runs root" in texts(at)
+    at = open_link(runs_root, monkeypatch, run=TWIN, atom=str(atom))  # not the run the session starts on
+    assert at.selectbox(key="run").value == TWIN
+    assert at.selectbox(key=f"{TWIN}::atom::pick").value == atom
+    assert f"run **{TWIN}**" in texts(at)
+
+
+@pytest.mark.parametrize(
+    ("params", "said"),
+    [
+        ({"run": RUN, "atom": "99999"}, "this run's atoms are #0 to #127"),
+        ({"run": RUN, "atom": "abc"}, "this run's atoms are #0 to #127"),
+        ({"run": "no-such-run", "atom": "3"}, "`no-such-run`, which is not under the runs root"),
+    ],
+)
+def test_a_bad_link_says_so_and_shows_the_nearest_view(runs_root, monkeypatch, atoms_of, params, said):
+    _, _, _, ranking = atoms_of
+    at = open_link(runs_root, monkeypatch, **params)
+    assert said in texts(at)
     assert at.title[0].value == "Atom detail"
+    pick = at.selectbox(key=f"{RUN}::atom::pick").value  # the session's run
+    if params["atom"].isdigit() and int(params["atom"]) < 128:
+        assert pick == int(params["atom"])  # a good atom id in a link to an unknown run still opens
+    else:
+        assert pick in {a["atom"] for a in ranking["anomaly"]}  # the page's own first atom
 
 
 def test_flag_marks_reach_the_tags_every_table_uses(runs_root, tmp_path, monkeypatch, atoms_of):
