@@ -38,7 +38,7 @@ LOG_LO, LOG_HI, BIN_WIDTH = -4.0, 3.0, 0.05  # log10 activation bins: 140 of 0.0
 QUANTILES = (0.25, 0.5, 0.75)  # interior band edges: four bands, the auxiliary quartiles
 SAMPLES = 6  # patches kept per band and in the random firing sample
 NEIGHBOURS = 10
-PAIR_BATCH = 4096  # tokens per co-firing product ([B, M] one-hot)
+PAIR_BATCH = 4096  # tokens per co-firing count (B k^2 pairs)
 SETS = ("aux", "target")
 
 
@@ -178,13 +178,13 @@ class BandSampler:
 
 
 def _cofiring(counts: torch.Tensor, atoms: torch.Tensor, fire: torch.Tensor) -> None:
-    """Add one chunk's co-firing counts: counts `[M, M]` += A^T A with A the `[T, M]` firing one-hot."""
+    """Add one chunk's co-firing counts to `[M, M]` `counts`: every pair of firing atoms of a token
+    (T k^2 pairs, counted with bincount; a dense `[T, M]` one-hot product would cost T M^2)."""
     m = counts.shape[0]
     for lo in range(0, atoms.shape[0], PAIR_BATCH):
-        a, f = atoms[lo : lo + PAIR_BATCH], fire[lo : lo + PAIR_BATCH]
-        onehot = torch.zeros(a.shape[0], m)
-        onehot.scatter_(1, a, f.float())
-        counts += (onehot.t() @ onehot).double()
+        a = torch.where(fire[lo : lo + PAIR_BATCH], atoms[lo : lo + PAIR_BATCH], m)  # not firing -> slot m
+        pairs = (a[:, :, None] * (m + 1) + a[:, None, :]).reshape(-1)
+        counts += torch.bincount(pairs, minlength=(m + 1) ** 2).reshape(m + 1, m + 1)[:m, :m]
 
 
 @torch.no_grad()
@@ -195,7 +195,7 @@ def aux_first_pass(chunks: Iterable[TokenChunk], sae: TopKSAE, num_patches: int)
         "hist": torch.zeros(m * bins, dtype=torch.long),
         "position_mass": torch.zeros(m * num_patches, dtype=torch.float64),
         "image_count": torch.zeros(m, dtype=torch.long),
-        "cofire": torch.zeros(m, m, dtype=torch.float64),
+        "cofire": torch.zeros(m, m, dtype=torch.long),
     }
     for _, token, values, atoms in _codes(chunks, sae, num_patches):
         fire = values > 0
@@ -248,9 +248,10 @@ def neighbours(score: torch.Tensor, k: int = NEIGHBOURS) -> tuple[torch.Tensor, 
 
 def jaccard(cofire: torch.Tensor) -> torch.Tensor:
     """`[M, M]` co-firing counts (diagonal: each atom's firing count) -> Jaccard; NaN where neither fires."""
-    n = cofire.diagonal()
-    union = n[:, None] + n[None, :] - cofire
-    return torch.where(union > 0, cofire / union.clamp_min(1), torch.nan)
+    c = cofire.double()
+    n = c.diagonal()
+    union = n[:, None] + n[None, :] - c
+    return torch.where(union > 0, c / union.clamp_min(1), torch.nan)
 
 
 def build_summaries(
