@@ -1,14 +1,15 @@
-"""The atom views under AppTest on the small run: Dictionary, Atom detail's summaries, flags and URL."""
+"""The atom views under AppTest on a tiny run: Dictionary, Atom detail's summaries, flags and URL."""
 
 from __future__ import annotations
 
 import base64
 import json
+import shutil
 
 import numpy as np
 import pytest
-from dashboard_support import RUN, TWIN, small_runs_root
 from test_dashboard import APP, PAGES, TIMEOUT, assert_clean, frame_with, open_app, texts
+from tiny_data import TINY_RUN_ARGS, tiny_pair
 
 from dashboard.viewmodels.dictionary import density_histogram, dictionary_table, filter_atoms
 from spg_core import run_paths
@@ -16,21 +17,34 @@ from spg_core import run_paths
 AppTest = pytest.importorskip("streamlit.testing.v1").AppTest
 
 
-@pytest.fixture(scope="module")
-def runs_root(tmp_path_factory):
-    return small_runs_root(tmp_path_factory)
+RUN, TWIN = "tiny", "tiny-twin"
 
 
 @pytest.fixture(scope="module")
-def atoms_of(runs_root):
-    """(index, stats, summaries, ranking) of the small run, summaries built (or read) by the engine."""
+def tiny_root(tmp_path_factory):
+    """A runs root of two copies of one tiny run (tiny_data: 32 atoms, a 4 x 4 grid; a minute on 2 busy
+    cores), atoms built with the summaries, so these tests need no builtin run."""
+    from spg_core.atoms import build_atoms
+    from spg_core.cli import main as spg_main
+
+    base = tmp_path_factory.mktemp("atom_views")
+    aux, target = tiny_pair(base / "data")
+    assert spg_main(["run", "--aux", aux, "--target", target, "--out", str(base / "runs" / RUN), *TINY_RUN_ARGS]) == 0
+    build_atoms(base / "runs" / RUN, progress=False, device="cpu")
+    shutil.copytree(base / "runs" / RUN, base / "runs" / TWIN)
+    return base / "runs"
+
+
+@pytest.fixture(scope="module")
+def atoms_of(tiny_root):
+    """(index, stats, summaries, ranking) of the tiny run, summaries built (or read) by the engine."""
     from spg_core.atoms import load_atoms, rank_atoms
     from spg_core.atoms.build import ensure_summaries
     from spg_core.guides import GuidePair
 
-    summaries = ensure_summaries(runs_root / RUN)
-    index, stats = load_atoms(runs_root / RUN)
-    pair, _ = GuidePair.load(str(runs_root / RUN / "guides.safetensors"))
+    summaries = ensure_summaries(tiny_root / RUN)
+    index, stats = load_atoms(tiny_root / RUN)
+    pair, _ = GuidePair.load(str(tiny_root / RUN / "guides.safetensors"))
     return index, stats, summaries, rank_atoms(pair)
 
 
@@ -66,9 +80,9 @@ def test_dictionary_view_model_filters(atoms_of):
     assert len(filter_atoms(fake, flags="not flagged")) == len(table) - 1
 
 
-def test_dictionary_page_density_counts_equal_the_index(runs_root, monkeypatch, atoms_of):
+def test_dictionary_page_density_counts_equal_the_index(tiny_root, monkeypatch, atoms_of):
     index, _, _, _ = atoms_of
-    at = open_app(runs_root, monkeypatch, page="dictionary.py", run=RUN)
+    at = open_app(tiny_root, monkeypatch, page="dictionary.py", run=RUN)
     assert at.title[0].value == "Dictionary"
     fire = index.counts.fire_count.numpy()
     live = fire > 0
@@ -87,9 +101,9 @@ def test_dictionary_page_density_counts_equal_the_index(runs_root, monkeypatch, 
     assert shown == np.flatnonzero(live).tolist()  # every live atom is a point, no dead one
 
 
-def test_dictionary_search_and_open(runs_root, monkeypatch, atoms_of):
+def test_dictionary_search_and_open(tiny_root, monkeypatch, atoms_of):
     _, _, _, ranking = atoms_of
-    at = open_app(runs_root, monkeypatch, page="dictionary.py", run=RUN)
+    at = open_app(tiny_root, monkeypatch, page="dictionary.py", run=RUN)
     k = f"{RUN}::dict::"
     atom = ranking["normal"][0]["atom"]
     at.text_input(key=k + "query").set_value(str(atom)).run()
@@ -101,9 +115,9 @@ def test_dictionary_search_and_open(runs_root, monkeypatch, atoms_of):
     assert at.selectbox(key=f"{RUN}::atom::pick").value == atom
 
 
-def test_atom_detail_bands_neighbours_and_steering(runs_root, monkeypatch, atoms_of):
+def test_atom_detail_bands_neighbours_and_steering(tiny_root, monkeypatch, atoms_of):
     _, _, summaries, ranking = atoms_of
-    at = open_app(runs_root, monkeypatch, page="atom_detail.py", run=RUN)
+    at = open_app(tiny_root, monkeypatch, page="atom_detail.py", run=RUN)
     assert_clean(at)
     k = f"{RUN}::atom::"
     atom = at.selectbox(key=k + "pick").value
@@ -126,7 +140,7 @@ def test_atom_detail_bands_neighbours_and_steering(runs_root, monkeypatch, atoms
     assert_clean(at)
     from spg_core.atoms import Ablator
 
-    expected = Ablator(runs_root / RUN, device="cpu").ablate(remove=[atom], guide=guide).metrics
+    expected = Ablator(tiny_root / RUN, device="cpu").ablate(remove=[atom], guide=guide).metrics
     assert any(
         m.label == "Image AUROC" and m.value == f"{100 * expected['mean']['image_auroc']:.1f}%" for m in at.metric
     )
@@ -135,9 +149,9 @@ def test_atom_detail_bands_neighbours_and_steering(runs_root, monkeypatch, atoms
     )
 
 
-def test_the_region_pick_caption_follows_the_atom(runs_root, monkeypatch, atoms_of):
+def test_the_region_pick_caption_follows_the_atom(tiny_root, monkeypatch, atoms_of):
     index, _, _, ranking = atoms_of
-    at = open_app(runs_root, monkeypatch, page="atom_detail.py", run=RUN)
+    at = open_app(tiny_root, monkeypatch, page="atom_detail.py", run=RUN)
     k = f"{RUN}::atom::"
     first = at.selectbox(key=k + "pick").value
     second = next(a["atom"] for a in ranking["anomaly"] if a["atom"] != first and index.entries(a["atom"]))
@@ -159,44 +173,47 @@ def open_link(root, monkeypatch, **params: str) -> AppTest:
     return at
 
 
-def test_atom_url_opens_that_atom_of_that_run(runs_root, monkeypatch, atoms_of):
+def test_atom_url_opens_that_atom_of_that_run(tiny_root, monkeypatch, atoms_of):
     _, _, _, ranking = atoms_of
     atom = ranking["normal"][-1]["atom"]
-    at = open_link(runs_root, monkeypatch, run=TWIN, atom=str(atom))  # not the run the session starts on
-    assert at.selectbox(key="run").value == TWIN
-    assert at.selectbox(key=f"{TWIN}::atom::pick").value == atom
-    assert f"run **{TWIN}**" in texts(at)
+    monkeypatch.setenv(run_paths.RUNS_ENV, str(tiny_root))
+    first = AppTest.from_file(str(APP), default_timeout=TIMEOUT).run().selectbox(key="run").value
+    other = TWIN if first == RUN else RUN  # not the run a session starts on
+    at = open_link(tiny_root, monkeypatch, run=other, atom=str(atom))
+    assert at.selectbox(key="run").value == other
+    assert at.selectbox(key=f"{other}::atom::pick").value == atom
+    assert f"run **{other}**" in texts(at)
 
 
 @pytest.mark.parametrize(
     ("params", "said"),
     [
-        ({"run": RUN, "atom": "99999"}, "this run's atoms are #0 to #127"),
-        ({"run": RUN, "atom": "abc"}, "this run's atoms are #0 to #127"),
+        ({"run": RUN, "atom": "99999"}, "this run's atoms are #0 to #31"),
+        ({"run": RUN, "atom": "abc"}, "this run's atoms are #0 to #31"),
         ({"run": "no-such-run", "atom": "3"}, "`no-such-run`, which is not under the runs root"),
     ],
 )
-def test_a_bad_link_says_so_and_shows_the_nearest_view(runs_root, monkeypatch, atoms_of, params, said):
+def test_a_bad_link_says_so_and_shows_the_nearest_view(tiny_root, monkeypatch, atoms_of, params, said):
     _, _, _, ranking = atoms_of
-    at = open_link(runs_root, monkeypatch, **params)
+    at = open_link(tiny_root, monkeypatch, **params)
     assert said in texts(at)
     assert at.title[0].value == "Atom detail"
-    pick = at.selectbox(key=f"{RUN}::atom::pick").value  # the session's run
-    if params["atom"].isdigit() and int(params["atom"]) < 128:
+    run = at.selectbox(key="run").value
+    assert params["run"] == "no-such-run" or run == params["run"]
+    pick = at.selectbox(key=f"{run}::atom::pick").value
+    if params["atom"].isdigit() and int(params["atom"]) < 32:
         assert pick == int(params["atom"])  # a good atom id in a link to an unknown run still opens
     else:
         assert pick in {a["atom"] for a in ranking["anomaly"]}  # the page's own first atom
 
 
-def test_flag_marks_reach_the_tags_every_table_uses(runs_root, tmp_path, monkeypatch, atoms_of):
+def test_flag_marks_reach_the_tags_every_table_uses(tiny_root, tmp_path, monkeypatch, atoms_of):
     """A run whose stats flag an atom shows the mark in Atoms' table and Atom detail's picker."""
-    import shutil
-
     from spg_core.atomic import read_json, write_json
 
     _, _, _, ranking = atoms_of
     root = tmp_path / "root"
-    shutil.copytree(runs_root / RUN, root / RUN)
+    shutil.copytree(tiny_root / RUN, root / RUN)
     atom = ranking["anomaly"][0]["atom"]
     path = root / RUN / "atoms" / "stats.json"
     data = read_json(path)
