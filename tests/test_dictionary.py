@@ -8,6 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 from test_dashboard import APP, PAGES, TIMEOUT, assert_clean, frame_with, open_app, texts
 from tiny_data import TINY_RUN_ARGS, tiny_pair
 
@@ -227,3 +228,27 @@ def test_flag_marks_reach_the_tags_every_table_uses(tiny_root, tmp_path, monkeyp
     assert_clean(at)
     assert "⚑ border" in at.selectbox(key=f"{RUN}::atom::pick").options[0]
     assert "Likely artefact" in texts(at)
+
+
+def test_steering_at_zero_equals_the_ablation_and_drop_clears_both_guides(tiny_root, atoms_of):
+    from spg_core.atoms import Ablator
+    from spg_core.atoms.ablation import logit_difference
+
+    _, _, _, ranking = atoms_of
+    ablator = Ablator(tiny_root / RUN, device="cpu")
+    atom = ranking["anomaly"][0]["atom"]
+    removed = ablator.ablate(remove=[atom], metrics=False)
+    steered = ablator.ablate(scale={atom: 0.0}, metrics=False)
+    assert torch.equal(steered.probs, removed.probs) and torch.equal(steered.scores, removed.scores)
+    half = ablator.ablate(scale={atom: 0.5}, metrics=False)
+    assert (half.probs - removed.probs).abs().max() > 0  # 0.5x is not the ablation
+    # drop: every listed atom leaves every guide it was in, nothing else moves
+    both = {a["atom"] for a in ranking["anomaly"]} & {a["atom"] for a in ranking["normal"]}
+    listed = sorted(both)[:2] or [atom]
+    dropped = ablator.drop(listed + [10**6], metrics=False)  # an atom in no guide is skipped
+    cols = torch.isin(ablator.atoms, torch.tensor(listed))
+    assert (dropped.coefficients[:, cols] == 0).all()
+    assert torch.equal(dropped.coefficients[:, ~cols], ablator.base.cpu()[:, ~cols])
+    diff = logit_difference(ablator.baseline().probs, removed.probs)
+    assert diff.shape == removed.probs.shape and float(diff.abs().max()) > 0
+    assert float(logit_difference(removed.probs, removed.probs).abs().max()) == 0.0
