@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from .widgets import FONT
+from .charts import FONT
 
 GUIDE_COLOURS = {"anomaly": "#E6461E", "normal": "#1E3C96", "both": "#7A1E8C", "neither": "#B4BBD0"}
 DIVERGING = [[0.0, "#1E3C96"], [0.5, "#F4F5F8"], [1.0, "#E6461E"]]

@@ -14,10 +14,14 @@ import numpy as np
 import streamlit as st
 from PIL import Image
 
-from spg_core.atoms.build import STATS_JSON, SUMMARIES
+from spg_core.atoms.build import STATS_JSON, SUMMARIES, ensure_summaries
 from spg_core.atoms.flags import FLAG_RULE, MARK, flag_mark
+from spg_core.atoms.ranking import guide_cosines as cosines
+from spg_core.atoms.visual import OUT_MASK, patch_crop
 
 from . import state
+from .encode import png_bytes
+from .run_view import RunView, Store, Tile
 from .viewmodels import atom_detail, dictionary
 
 RUN_PARAM, ATOM_PARAM = "run", "atom"
@@ -29,76 +33,71 @@ def _mtime(path: Path) -> float:
 
 
 @st.cache_resource(show_spinner="Building this run's per-atom summaries (first use; seconds) ...", max_entries=8)
-def summaries(path: str, sig: tuple[float, ...]):
+def summaries(view: RunView):
     """atoms.summaries.AtomSummaries of the run (build.ensure_summaries: built when missing or stale)."""
-    from spg_core.atoms.build import ensure_summaries
-
-    before = _mtime(Path(path) / STATS_JSON)
-    out = ensure_summaries(path)
-    if _mtime(Path(path) / STATS_JSON) != before:  # stats.json gained its flags: reload it everywhere
-        state.atoms.clear()
+    before = _mtime(view.path / STATS_JSON)
+    out = ensure_summaries(view.path)
+    if _mtime(view.path / STATS_JSON) != before:  # stats.json gained its flags: reload it everywhere
+        RunView.atoms.clear()
     return out
 
 
-def has_summaries(path: str) -> bool:
-    return (Path(path) / SUMMARIES).is_file()
-
-
-def labels(path: str, sig: tuple[float, ...]) -> dict[int, str]:
-    """{atom: tag with its flag mark}, e.g. 'shared ⚑ border' (state.atom_tags, which carries the marks)."""
-    return state.atom_tags(path, sig)
+def has_summaries(view: RunView) -> bool:
+    return (view.path / SUMMARIES).is_file()
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
-def dictionary_table(path: str, sig: tuple[float, ...]):
+def dictionary_table(view: RunView):
     """viewmodels.dictionary.dictionary_table of the run (after its summaries, so the flags are there)."""
-    summaries(path, sig)
-    _, stats = state.atoms(path, sig)
-    return dictionary.dictionary_table(stats, state.atom_ranking(path, sig))
+    summaries(view)
+    _, stats = view.atoms()
+    return dictionary.dictionary_table(stats, view.atom_ranking())
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
-def guide_cosines(path: str, sig: tuple[float, ...]) -> dict[str, np.ndarray]:
+def guide_cosines(view: RunView) -> dict[str, np.ndarray]:
     """{guide: `[M]` cosine of each atom's decoder direction with the guide direction}."""
-    from spg_core.atoms.ranking import guide_cosines as cosines
-
-    pred = state.predictor(path, sig)
+    pred = view.predictor()
     return {g: v.numpy() for g, v in cosines(pred.dictionary, pred.guides).items()}
 
 
 @st.cache_resource(show_spinner=False, max_entries=256)
-def sample_tiles(path: str, sig: tuple[float, ...], which: str, atom: int, group: int, count: int) -> list[state.Tile]:
+def sample_tiles(view: RunView, which: str, atom: int, group: int, count: int) -> list[Tile]:
     """Crops (PNG bytes) of the atom's sampled patches of one band `group` (or the top list, group -1)
     of the 'aux' or 'target' set, the cell boxed."""
-    from spg_core.atoms.visual import OUT_MASK, patch_crop
-
-    s = summaries(path, sig).sets[which]
+    s = summaries(view).sets[which]
     entries = (s.top(atom) if group < 0 else s.samples(atom, group))[:count]
-    store = state.store_of(Path(path), "aux_store" if which == "aux" else "target_store")
+    store = view.store(Store.AUX if which == "aux" else Store.TARGET)
     size, grid = store.image_size, store.grid
     tiles = []
     for e in entries:
         record = store.images[e["image"]]
-        view = Image.fromarray(state.image_at(record["image_path"], size))
-        crop = state.png(patch_crop(view, e["patch"], grid, size, 2, 120, outline=OUT_MASK))
-        tiles.append(state.Tile(crop, crop, atom_detail.sample_caption(record, e["value"])))
+        image = Image.fromarray(state.image_at(record["image_path"], size))
+        crop = png_bytes(patch_crop(image, e["patch"], grid, size, 2, 120, outline=OUT_MASK))
+        tiles.append(Tile(crop, crop, atom_detail.sample_caption(record, e["value"])))
     return tiles
 
 
 @st.cache_resource(show_spinner="Recomputing maps and metrics ...", max_entries=64)
-def steered(path: str, sig: tuple[float, ...], atom: int, guide: str, factor: float):
+def steered(view: RunView, atom: int, guide: str, factor: float):
     """AblationResult with `atom`'s coefficient in `guide` scaled by `factor` (0: removed)."""
-    return state.ablator(path, sig).ablate(scale={atom: factor}, guide=guide)
+    return view.ablator().ablate(scale={atom: factor}, guide=guide)
 
 
 @st.cache_resource(show_spinner="Recomputing maps and metrics without the flagged atoms ...", max_entries=16)
-def dropped(path: str, sig: tuple[float, ...], atoms: tuple[int, ...]):
+def dropped(view: RunView, atoms: tuple[int, ...]):
     """AblationResult with `atoms` removed from both guides."""
-    return state.ablator(path, sig).drop(list(atoms))
+    return view.ablator().drop(list(atoms))
 
 
 def flag_text(flags: Any) -> str:
     return flag_mark(flags).strip()
+
+
+def flag_note(labels: dict[int, str], shown: Iterable[int]) -> None:
+    """Under a ranking or table: the flag rule, when one of the `shown` atoms carries the mark."""
+    if any(MARK in labels.get(int(a), "") for a in shown):
+        st.caption(f"{MARK} flagged as a likely artefact (auxiliary set only). {FLAG_RULE}")
 
 
 # -- URL -------------------------------------------------------------------------------------------
@@ -145,9 +144,3 @@ def write_params(run: str, atom: int) -> None:
         st.query_params[RUN_PARAM] = run
         st.query_params[ATOM_PARAM] = str(atom)
     st.session_state[SEEN_KEY] = (run, str(atom))
-
-
-def flag_note(labels: dict[int, str], shown: Iterable[int]) -> None:
-    """Under a ranking or table: the flag rule, when one of the `shown` atoms carries the mark."""
-    if any(MARK in labels.get(int(a), "") for a in shown):
-        st.caption(f"{MARK} flagged as a likely artefact (auxiliary set only). {FLAG_RULE}")

@@ -10,7 +10,10 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from dashboard import atom_figures, atom_views, region_panel, state, widgets
+from dashboard import atom_figures, atom_views, charts, guards, pills, region_panel, state
+from dashboard.map_figure import image_with_mask, patch_map_figure
+from dashboard.page import run_page
+from dashboard.run_view import Store
 from dashboard.viewmodels.atom_detail import (
     activation_histogram,
     band_label,
@@ -31,14 +34,12 @@ from spg_core.runs import PATCH_MAPS_FILE as PATCH_MAPS
 from spg_core.runs import SCORES_FILE as SCORES
 
 run_note = atom_views.apply_run_param()
-run = widgets.require_run()
-widgets.page_header("Atom detail", "What one dictionary atom fires on, and what the guide does without it", run)
+view, health = run_page(
+    "Atom detail", "What one dictionary atom fires on, and what the guide does without it", [GUIDES], "Atom detail"
+)
 if run_note:
     st.warning(run_note, icon=":material/link_off:")
-health = widgets.run_health(run)
-widgets.require(health, [GUIDES], "Atom detail")
-sig = state.signature(run)
-key = f"{run.name}::atom::"
+key = f"{view.name}::atom::"
 FACTORS = [0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0]
 
 
@@ -79,10 +80,10 @@ def summary(atom: int, ranking: dict[str, list[dict]], stats, cosines: dict[str,
     row = stats[stats["atom"] == atom].iloc[0] if stats is not None and (stats["atom"] == atom).any() else None
     if row is not None:
         flags = row.get("flags", "")
-        pills = widgets.pill(str(row["tag"]), "neutral")
+        badges = pills.pill(str(row["tag"]), "neutral")
         if isinstance(flags, str) and flags:
-            pills += " " + widgets.pill(atom_views.flag_text(flags), "FN")
-        st.markdown(f"#### Atom #{atom} {pills}", unsafe_allow_html=True)
+            badges += " " + pills.pill(atom_views.flag_text(flags), "FN")
+        st.markdown(f"#### Atom #{atom} {badges}", unsafe_allow_html=True)
         if isinstance(flags, str) and flags:
             st.warning(
                 f"**Likely artefact ({flags.replace(',', ', ')})**: border share {row['border_share']:.0%}, "
@@ -134,7 +135,7 @@ def tile_grid(tiles: list, per_row: int = 6) -> None:
 def aux_top_patches(atom: int, index) -> None:
     st.markdown("**Top-activating patches** (crop, and the atom over the whole image on one scale per atom)")
     count = st.select_slider("Patches", [3, 6, 9, 12, 15], value=6, key=key + "count")
-    tiles = state.atom_tiles(str(run), sig, atom, count)
+    tiles = view.atom_tiles(atom, count)
     if not tiles:
         st.info("This atom never fires on the auxiliary set (a dead atom): it has no patches to show.")
         return
@@ -155,7 +156,7 @@ def aux_top_patches(atom: int, index) -> None:
     )
     if open_col.button("Open its image in the region view", icon=":material/select_all:", key=key + "open_region"):
         region_panel.open_aux_region(
-            run.name, entries[pick]["image"], entries[pick]["patch"], tuple(index.meta["grid"])
+            view.name, entries[pick]["image"], entries[pick]["patch"], tuple(index.meta["grid"])
         )
 
 
@@ -164,10 +165,10 @@ def samples(atom: int, which: str, summaries) -> None:
     s = summaries.sets[which]
     edges = summaries.edges[atom].numpy()
     for band in reversed(range(num_bands())):
-        tiles = atom_views.sample_tiles(str(run), sig, which, atom, band, 3)
+        tiles = atom_views.sample_tiles(view, which, atom, band, 3)
         st.markdown(f"*{band_label(band, edges)}*" + ("" if tiles else ": no patch of this set here"))
         tile_grid(tiles)
-    tiles = atom_views.sample_tiles(str(run), sig, which, atom, num_bands(), 6)
+    tiles = atom_views.sample_tiles(view, which, atom, num_bands(), 6)
     fired = int(s.hist[atom].sum())
     st.markdown(f"**Random firing patches** (uniform over the {fired} patches of this set where it fires)")
     if tiles:
@@ -187,7 +188,7 @@ def patch_views(atom: int, index, summaries) -> None:
         if "target" not in summaries.sets:
             st.info("This run had no target token store when its summaries were built.")
             return
-        top = atom_views.sample_tiles(str(run), sig, "target", atom, -1, 6)
+        top = atom_views.sample_tiles(view, "target", atom, -1, 6)
         st.markdown("**Top-activating target patches**")
         if top:
             tile_grid(top)
@@ -200,7 +201,7 @@ def histograms(atom: int, index, summaries, stats) -> None:
     left, mid, right = st.columns(3)
     if index is not None:
         left.plotly_chart(
-            widgets.category_bar_figure(category_profile(index, atom), "Mean activation per auxiliary category"),
+            charts.category_bar_figure(category_profile(index, atom), "Mean activation per auxiliary category"),
             key=key + "cats",
             config={"displayModeBar": False},
         )
@@ -267,8 +268,8 @@ def steering(atom: int, guides: list[str]) -> None:
     if factor == 1.0:
         st.caption("Move the slider to recompute every target map, score and metric with the atom scaled.")
         return
-    before = state.ablation(str(run), sig, None, guide)
-    after = atom_views.steered(str(run), sig, atom, guide, float(factor))
+    before = view.ablation(None, guide)
+    after = atom_views.steered(view, atom, guide, float(factor))
     ablation_metrics(before.metrics, after.metrics)
     ablation_maps(before, after, f"at {factor:g}x")
 
@@ -277,7 +278,7 @@ def ablation_metrics(before: dict, after: dict) -> None:
     """Mean metrics after the edit (change against the run as trained), then per category."""
     mean_before = metrics_frame(before).loc["mean"]
     mean_after = metrics_frame(after).loc["mean"]
-    widgets.metric_cards(mean_after.to_dict(), (mean_after - mean_before).to_dict())
+    pills.metric_cards(mean_after.to_dict(), (mean_after - mean_before).to_dict())
     frame = ablation_frame(before, after)
     metric = (
         st.segmented_control(
@@ -298,9 +299,9 @@ def ablation_metrics(before: dict, after: dict) -> None:
 
 def ablation_maps(before, after, what: str) -> None:
     """One target image's map before and after on the run's fitted scale, and their difference."""
-    target = state.target_outputs(str(run), sig)
+    target = view.target_outputs()
     changed = most_changed(before.scores.numpy(), after.scores.numpy())
-    widgets.keep_choice(key + "abl_image", changed)
+    guards.keep_choice(key + "abl_image", changed)
 
     def label(i: int) -> str:
         row = target.rows[i]
@@ -309,14 +310,14 @@ def ablation_maps(before, after, what: str) -> None:
 
     pick = st.selectbox("Target image (largest score change first)", changed, key=key + "abl_image", format_func=label)
     record = None
-    with widgets.guard("The run's fitted colour scale is not available; maps use 0-1"):
-        record = state.run_threshold(str(run), sig)
+    with guards.guard("The run's fitted colour scale is not available; maps use 0-1"):
+        record = view.threshold()
     scale = fitted_scale(record["pixel_scale"]) if record else PROBABILITY_SCALE
     image = state.image_at(target.rows[pick]["image_path"], target.image_size)
-    background = widgets.image_with_mask(image, state.target_mask(run, pick))
+    background = image_with_mask(image, view.mask(Store.TARGET, pick))
     cols = st.columns(3)
     for col, result, title in zip(cols, (before, after), ("As trained", f"Edited ({what})")):
-        fig = widgets.patch_map_figure(
+        fig = patch_map_figure(
             background,
             result.probs[pick].reshape(target.grid).numpy(),
             opacity=0.55,
@@ -335,30 +336,30 @@ def ablation_maps(before, after, what: str) -> None:
     st.caption(f"Maps on {scale.legend}. Difference in log-odds per patch: red more anomalous after the edit.")
 
 
-with widgets.guard("This run's atoms cannot be shown"):
-    ranking = state.atom_ranking(str(run), sig)
+with guards.guard("This run's atoms cannot be shown"):
+    ranking = view.atom_ranking()
     if not ranking["anomaly"] and not ranking["normal"]:
         st.info("Neither guide has an active atom.")
         st.stop()
     index = stats = summaries = None
     if health.has(INDEX):
-        with widgets.guard("The atom index or its summaries cannot be read, so patches and histograms are left out"):
-            summaries = atom_views.summaries(str(run), sig)
-            index, stats = state.atoms(str(run), sig)
+        with guards.guard("The atom index or its summaries cannot be read, so patches and histograms are left out"):
+            summaries = atom_views.summaries(view)
+            index, stats = view.atoms()
     else:
         st.info(
             "This run has no atom index, so patches, histograms and neighbours are missing. "
             "Build it with `spg atoms --run DIR`.",
             icon=":material/info:",
         )
-    width = index.width if index is not None else state.predictor(str(run), sig).sae.width
+    width = index.width if index is not None else view.predictor().sae.width
     atom_note = atom_views.apply_atom_param(width)
     if atom_note:
         st.warning(atom_note, icon=":material/link_off:")
-    labels = state.atom_tags(str(run), sig)
+    labels = view.atom_tags()
     atom = pick_atom(ranking, labels, width)
-    atom_views.write_params(run.name, atom)
-    guides = summary(atom, ranking, stats, atom_views.guide_cosines(str(run), sig))
+    atom_views.write_params(view.name, atom)
+    guides = summary(atom, ranking, stats, atom_views.guide_cosines(view))
     if summaries is not None:
         patch_views(atom, index, summaries)
         histograms(atom, index, summaries, stats)

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboard import atom_figures, atom_views, nav, state, widgets
+from dashboard import atom_figures, atom_views, guards, nav, pills, state
+from dashboard.page import run_page
 from dashboard.viewmodels.dictionary import GUIDE_CLASSES, density_histogram, filter_atoms
 from dashboard.viewmodels.tables import ablation_frame, metrics_frame
 from spg_core.atoms.build import INDEX
@@ -15,14 +16,13 @@ from spg_core.atoms.stats import TAGS
 from spg_core.runs import GUIDES_FILE as GUIDES
 from spg_core.runs import PATCH_MAPS_FILE as PATCH_MAPS
 
-run = widgets.require_run()
-widgets.page_header(
-    "Dictionary", "Every atom of the run's dictionary: how often it fires, how strongly, and flags", run
+view, health = run_page(
+    "Dictionary",
+    "Every atom of the run's dictionary: how often it fires, how strongly, and flags",
+    [GUIDES, INDEX],
+    "The dictionary view",
 )
-health = widgets.run_health(run)
-widgets.require(health, [GUIDES, INDEX], "The dictionary view")
-sig = state.signature(run)
-key = f"{run.name}::dict::"
+key = f"{view.name}::dict::"
 
 
 def open_atom(atom: int) -> None:
@@ -97,7 +97,7 @@ def search(table) -> None:
     )
     options = found["atom"].astype(int).tolist()
     if options:
-        widgets.keep_choice(key + "pick", options)
+        guards.keep_choice(key + "pick", options)
         c1, c2 = st.columns([2, 1], vertical_alignment="bottom")
         atom = c1.selectbox("Atom", options, key=key + "pick", format_func=lambda a: f"#{a}")
         if c2.button("Open atom detail", type="primary", icon=":material/frame_inspect:", key=key + "open"):
@@ -119,16 +119,16 @@ def drop_flagged(table) -> None:
     if not st.toggle(f"Remove the {len(atoms)} flagged guide atoms ({names}) from both guides", key=key + "drop"):
         st.caption("Switch it on to recompute every target map, score and metric without them.")
         return
-    before = state.ablation(str(run), sig, None, "anomaly")
-    after = atom_views.dropped(str(run), sig, atoms)
+    before = view.ablation(None, "anomaly")
+    after = atom_views.dropped(view, atoms)
     mean_before, mean_after = metrics_frame(before.metrics).loc["mean"], metrics_frame(after.metrics).loc["mean"]
-    widgets.metric_cards(mean_after.to_dict(), (mean_after - mean_before).to_dict())
+    pills.metric_cards(mean_after.to_dict(), (mean_after - mean_before).to_dict())
     frame = ablation_frame(before.metrics, after.metrics)
     st.dataframe(frame[frame["category"] == "mean"], hide_index=True, key=key + "drop_table")
 
 
-with widgets.guard("The dictionary of this run cannot be shown"):
-    table = atom_views.dictionary_table(str(run), sig)
+with guards.guard("The dictionary of this run cannot be shown"):
+    table = atom_views.dictionary_table(view)
     overview(table)
     search(table)
     drop_flagged(table)

@@ -9,11 +9,17 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from helpers.tiny_data import TINY_RUN_ARGS, tiny_pair
 from test_dashboard import APP, PAGES, TIMEOUT, assert_clean, frame_with, open_app, texts
-from tiny_data import TINY_RUN_ARGS, tiny_pair
 
 from dashboard.viewmodels.dictionary import density_histogram, dictionary_table, filter_atoms
 from spg_core import run_paths
+from spg_core.atomic import read_json, write_json
+from spg_core.atoms import Ablator, build_atoms, load_atoms, rank_atoms
+from spg_core.atoms.ablation import logit_difference
+from spg_core.atoms.build import ensure_summaries
+from spg_core.cli import main as spg_main
+from spg_core.guides import GuideSet
 
 AppTest = pytest.importorskip("streamlit.testing.v1").AppTest
 
@@ -25,9 +31,6 @@ RUN, TWIN = "tiny", "tiny-twin"
 def tiny_root(tmp_path_factory):
     """A runs root of two copies of one tiny run (tiny_data: 32 atoms, a 4 x 4 grid; a minute on 2 busy
     cores), atoms built with the summaries, so these tests need no builtin run."""
-    from spg_core.atoms import build_atoms
-    from spg_core.cli import main as spg_main
-
     base = tmp_path_factory.mktemp("atom_views")
     aux, target = tiny_pair(base / "data")
     assert spg_main(["run", "--aux", aux, "--target", target, "--out", str(base / "runs" / RUN), *TINY_RUN_ARGS]) == 0
@@ -39,13 +42,9 @@ def tiny_root(tmp_path_factory):
 @pytest.fixture(scope="module")
 def atoms_of(tiny_root):
     """(index, stats, summaries, ranking) of the tiny run, summaries built (or read) by the engine."""
-    from spg_core.atoms import load_atoms, rank_atoms
-    from spg_core.atoms.build import ensure_summaries
-    from spg_core.guides import GuidePair
-
     summaries = ensure_summaries(tiny_root / RUN)
     index, stats = load_atoms(tiny_root / RUN)
-    pair, _ = GuidePair.load(str(tiny_root / RUN / "guides.safetensors"))
+    pair, _ = GuideSet.load(str(tiny_root / RUN / "guides.safetensors"))
     return index, stats, summaries, rank_atoms(pair)
 
 
@@ -139,7 +138,6 @@ def test_atom_detail_bands_neighbours_and_steering(tiny_root, monkeypatch, atoms
     guide = "anomaly" if any(a["atom"] == atom for a in ranking["anomaly"]) else "normal"
     at.select_slider(key=k + f"scale_{atom}_{guide}").set_value(0.0).run()
     assert_clean(at)
-    from spg_core.atoms import Ablator
 
     expected = Ablator(tiny_root / RUN, device="cpu").ablate(remove=[atom], guide=guide).metrics
     assert any(
@@ -210,7 +208,6 @@ def test_a_bad_link_says_so_and_shows_the_nearest_view(tiny_root, monkeypatch, a
 
 def test_flag_marks_reach_the_tags_every_table_uses(tiny_root, tmp_path, monkeypatch, atoms_of):
     """A run whose stats flag an atom shows the mark in Atoms' table and Atom detail's picker."""
-    from spg_core.atomic import read_json, write_json
 
     _, _, _, ranking = atoms_of
     root = tmp_path / "root"
@@ -231,9 +228,6 @@ def test_flag_marks_reach_the_tags_every_table_uses(tiny_root, tmp_path, monkeyp
 
 
 def test_steering_at_zero_equals_the_ablation_and_drop_clears_both_guides(tiny_root, atoms_of):
-    from spg_core.atoms import Ablator
-    from spg_core.atoms.ablation import logit_difference
-
     _, _, _, ranking = atoms_of
     ablator = Ablator(tiny_root / RUN, device="cpu")
     atom = ranking["anomaly"][0]["atom"]

@@ -7,6 +7,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from spg_core.atoms import top_atoms_per_image
+from spg_core.atoms.flags import flag_mark
+
 
 def guide_of(atom: int, in_a: set[int], in_n: set[int]) -> str:
     """'anomaly', 'normal' or 'both': which guide(s) weight `atom`."""
@@ -47,8 +50,6 @@ def patch_contributions(
 def image_top_atoms(attr: Any, k: int = 6, image: int = 0, tags: dict[int, str] | None = None) -> pd.DataFrame:
     """The atoms that contribute most to one image's anomalous patches (`atoms.top_atoms_per_image`,
     net of the normal guide), as rows: atom, guide, contribution, tag."""
-    from spg_core.atoms import top_atoms_per_image
-
     ids, values = top_atoms_per_image(attr, "net", k=k)
     in_a = set(attr.atoms_a.cpu().tolist())
     in_n = set(attr.atoms_n.cpu().tolist())
@@ -118,8 +119,6 @@ def atom_table(ranking: dict[str, list[dict[str, Any]]], stats: pd.DataFrame | N
             if col in table.columns:
                 table[col] = 100.0 * table[col].astype(float)
         if "flags" in extra.columns:  # a flagged atom's tag carries its mark, as in every other table
-            from spg_core.atoms.flags import flag_mark  # the engine (and torch) load with the stats anyway
-
             marks = dict(zip(extra["atom"].astype(int), extra["flags"].map(flag_mark)))
             table["tag"] = [f"{t}{marks.get(int(a), '')}" for a, t in zip(table["atom"], table["tag"])]
     for col in table.columns:

@@ -24,6 +24,7 @@ import torch
 
 from ..errors import SPGError
 from ..inference import Predictor, map_image_scores
+from ..metrics import evaluate
 from ..render import logit
 from ..scoring import atom_logit_weights, patch_probabilities, unit, upsample
 from ..store import TokenStore
@@ -79,7 +80,7 @@ class Ablator:
         self.predictor = run if isinstance(run, Predictor) else Predictor(run, device=device)
         require_atoms(self.predictor.guides)
         self.device = self.predictor.device
-        self.store = store or open_target_store(self.predictor.config, self.predictor.run.path)
+        self.store = store or open_target_store(self.predictor.config_json, self.predictor.run.path)
         self.batch_images = batch_images
         coef = self.predictor.guides.coefficients().detach().float()
         self.atoms = (coef > 0).any(dim=0).nonzero().flatten()  # [U]
@@ -169,17 +170,17 @@ class Ablator:
         metrics: bool = True,
     ) -> AblationResult:
         """Scores, maps and (with `metrics`) evaluate()'s metrics with the edited coefficients."""
-        return self.evaluate(self.coefficients(remove, scale, guide), metrics=metrics)
+        return self.with_coefficients(self.coefficients(remove, scale, guide), metrics=metrics)
 
     def drop(self, atoms: list[int] | tuple[int, ...], *, metrics: bool = True) -> AblationResult:
         """`atoms` removed from every guide that weights them; atoms active in neither are skipped."""
         wanted = {int(a) for a in atoms}
         c = self.base.clone()
         c[:, [i for i, a in enumerate(self.atoms.tolist()) if a in wanted]] = 0.0
-        return self.evaluate(c, metrics=metrics)
+        return self.with_coefficients(c, metrics=metrics)
 
     @torch.no_grad()
-    def evaluate(self, c: torch.Tensor, *, metrics: bool = True) -> AblationResult:
+    def with_coefficients(self, c: torch.Tensor, *, metrics: bool = True) -> AblationResult:
         """Scores, maps and (with `metrics`) metrics for coefficients `c` `[2, U]` over `atoms`."""
         probs = self.patch_probs(c)
         agg = self.predictor.cfg.score
@@ -192,8 +193,6 @@ class Ablator:
         scores_t = torch.cat(scores)
         result = None
         if metrics:
-            from ..metrics import evaluate
-
             result = evaluate(
                 scores_t.numpy(),
                 self.labels,
