@@ -19,11 +19,12 @@ PAGE_SPECS = [
     ("runs.py", "Runs", ":material/folder_open:", "runs"),
     ("maps.py", "Anomaly maps", ":material/grid_on:", "maps"),
     ("atoms.py", "Atoms", ":material/bubble_chart:", "atoms"),
+    ("dictionary.py", "Dictionary", ":material/menu_book:", "dictionary"),
     ("atom_detail.py", "Atom detail", ":material/frame_inspect:", "atom"),
     ("backbones.py", "Backbones", ":material/compare:", "backbones"),
     ("try_image.py", "Try an image", ":material/add_photo_alternate:", "try"),
 ]
-SECTIONS = {"Explore": 4, "Compare and try": 2}  # consecutive PAGE_SPECS per sidebar section
+SECTIONS = {"Explore": 5, "Compare and try": 2}  # consecutive PAGE_SPECS per sidebar section
 HOME_URL = "home"  # the root URL's page (serves PAGE_SPECS[0]'s script)
 
 

@@ -12,7 +12,7 @@ import streamlit as st
 
 from spg_core.atoms.build import INDEX
 
-from . import events, glossary, guards, nav, sticky
+from . import atom_views, events, glossary, guards, nav, sticky
 from .run_view import RunView, Store
 
 
@@ -121,6 +121,7 @@ def region_panel(
         found = query(rows, cols)
         tags = view.atom_tags()
         act, con = region_tables(found, tags)
+        atom_views.flag_note(tags, [*act["atom"], *con["atom"]])
         st.caption(f"Region: rows {rows[0]}-{rows[1]}, columns {cols[0]}-{cols[1]} ({found.patches} patches)")
         left, right = st.columns(2)
         with left:

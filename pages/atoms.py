@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboard import charts, events, glossary, guards, nav, sticky
+from dashboard import atom_views, charts, events, glossary, guards, nav, sticky
 from dashboard.page import run_page
 from dashboard.viewmodels.attribution import atom_table, atom_table_columns, dead_atoms, live_ranking
 from dashboard.viewmodels.kinds import PER_PAGE, SORTS, kind_table, page_count, relevant_rows
@@ -82,6 +82,7 @@ with guards.guard("The atoms of this run cannot be ranked"):
         help=glossary.say("share of guide"),
     )
     st.dataframe(listed, hide_index=True, key=key + "table", height=360, column_config=config)
+    atom_views.flag_note(dict(zip(table["atom"], table["tag"])), table["atom"])
 
     options = listed["atom"].drop_duplicates().tolist()
     if options:
@@ -148,6 +149,7 @@ def kind_section() -> None:
         for start in range(0, len(tiles), 2):
             for col, tile in zip(st.columns(2), tiles[start : start + 2]):
                 col.image(tile.crop, width="stretch", caption=tile.caption)
+    atom_views.flag_note(tags, atoms)
     st.dataframe(
         shown.drop(columns=["peak", "row"]),
         hide_index=True,

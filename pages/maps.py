@@ -10,7 +10,7 @@ import pandas as pd
 import streamlit as st
 from PIL import Image
 
-from dashboard import events, glossary, guards, nav, pills, region_panel, state, sticky, url_state
+from dashboard import atom_views, events, glossary, guards, nav, pills, region_panel, state, sticky, url_state
 from dashboard.charts import contribution_figure
 from dashboard.map_figure import image_with_mask_png, patch_map_figure
 from dashboard.page import run_page
@@ -172,6 +172,7 @@ def patch_panel(key: str, which: Store, image: np.ndarray, index: int, grid: tup
             st.info("No atom contributes to this patch.")
             return
         st.plotly_chart(contribution_figure(contrib), key=key + "contrib", config={"displayModeBar": False})
+        atom_views.flag_note(dict(zip(contrib["atom"], contrib["tag"])), contrib["atom"])
         guards.keep_choice(key + "open_atom", contrib["atom"].tolist())
         atom = st.selectbox(
             "Open an atom", contrib["atom"].tolist(), key=key + "open_atom", format_func=lambda a: f"#{a}"

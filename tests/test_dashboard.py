@@ -136,7 +136,7 @@ def test_region_ranking_from_an_images_codes_and_contributions():
 
 def test_empty_root_says_how_to_make_a_run(tmp_path, monkeypatch):
     at = open_app(tmp_path, monkeypatch)
-    for page in ("runs.py", "maps.py", "atoms.py", "atom_detail.py", "backbones.py", "try_image.py"):
+    for page in ("runs.py", "maps.py", "atoms.py", "dictionary.py", "atom_detail.py", "backbones.py", "try_image.py"):
         at.switch_page(str(PAGES / page)).run()
         assert_clean(at)
         said = texts(at)
@@ -282,21 +282,25 @@ def test_atom_detail_tiles_histograms_and_ablation(runs_root, monkeypatch):
     assert offered and not offered & dead
     atom = top_live
     at.selectbox(key=k + "pick").set_value(atom).run()
-    assert len(at.image) == 2 * 9  # crop + heatmap per top patch
-    assert plotly_keys(at) == 2  # category and activation histograms
+
+    def top_images() -> int:  # the top patches' crop + heatmap pairs carry no caption of their own
+        return sum(1 for i in at.image if i.proto.imgs and not i.proto.imgs[0].caption)
+
+    assert top_images() == 2 * 6
+    assert plotly_keys(at) == 3  # category and activation histograms, grid positions
     assert any(f'spg-pill neutral">{tag}<' in texts(at) for tag in ("class-general", "class-specific", "shared"))
     at.select_slider(key=k + "count").set_value(3).run()
-    assert len(at.image) == 2 * 3
+    assert top_images() == 2 * 3
 
-    at.toggle(key=k + f"remove_{atom}_anomaly").set_value(True).run()
+    at.select_slider(key=k + f"scale_{atom}_anomaly").set_value(0.0).run()
     assert_clean(at)
     expected = Ablator(runs_root / RUN, device="cpu").ablate(remove=[atom], guide="anomaly").metrics
     assert metric(at, "Image AUROC") == f"{100 * expected['mean']['image_auroc']:.1f}%"
     assert len(frame_with(at, "category", "before", "after", "change"))
-    assert plotly_keys(at) == 4  # + the maps with and without the atom
+    assert plotly_keys(at) == 6  # + the maps as trained, edited, and their difference
 
-    at.toggle(key=k + f"remove_{atom}_anomaly").set_value(False).run()
-    assert "Switch it on" in texts(at)
+    at.select_slider(key=k + f"scale_{atom}_anomaly").set_value(1.0).run()
+    assert "Move the slider" in texts(at)
 
 
 @pytest.mark.slow
@@ -400,7 +404,7 @@ DAMAGE = {
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("page", ["runs.py", "maps.py", "atoms.py", "atom_detail.py", "try_image.py"])
+@pytest.mark.parametrize("page", ["runs.py", "maps.py", "atoms.py", "dictionary.py", "atom_detail.py", "try_image.py"])
 @pytest.mark.parametrize("run", ["truncated", "corrupt", "half"])
 def test_damaged_runs_give_messages_not_exceptions(damaged_root, monkeypatch, page, run):
     at = open_app(damaged_root, monkeypatch, page=page, run=run)
@@ -689,7 +693,7 @@ def test_an_atoms_top_patch_opens_its_auxiliary_image_in_the_region_view(runs_ro
     atom = at.selectbox(key=k + "pick").value
     index, _ = load_atoms(runs_root / RUN)
     entry = index.entries(atom)[1]  # the atom's second strongest auxiliary patch
-    at.selectbox(key=k + "region_pick").set_value(1).run()
+    at.selectbox(key=k + f"region_pick_{atom}").set_value(1).run()
     at.button(key=k + "open_region").click().run()
     assert_clean(at)
     assert "Auxiliary image and ground truth" in texts(at)  # the Maps page's auxiliary view
