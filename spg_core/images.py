@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from .errors import SPGError
+from .pixels import LEGACY, PixelRecipe, resize_rgb, to_unit
 
 # PIL modes that carry 16- or 32-bit integer samples (one channel).
 _WIDE_INT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
@@ -177,24 +178,19 @@ def mask_has_anomaly(path: str | os.PathLike) -> bool:
     return bool(binarize_mask(_mask_array(_open_decoded(path, "mask"))).any())
 
 
-def image_to_uint8(img: Image.Image | np.ndarray, size: int) -> torch.Tensor:
-    """RGB image -> uint8 tensor [3, S, S], antialiased bicubic resize.
-
-    The resize is PIL's (C, 8-bit, antialiased, as the HF image processors do), several
-    times faster than a float resize in torch; uint8 also keeps what decoding workers
-    hand to the main process 4x smaller than float32.
-    """
+def image_pixels(img: Image.Image | np.ndarray, size: int, recipe: PixelRecipe = LEGACY) -> torch.Tensor:
+    """Any image -> `[3, S, S]` resized as `recipe` says (pixels.py): uint8, or float32 already
+    rescaled for the float pipelines. Decoding workers return this (uint8 keeps what they hand
+    to the main process 4x smaller than float32); `pixels.to_unit` finishes it."""
     pil = to_rgb(img) if isinstance(img, Image.Image) else Image.fromarray(np.asarray(img, dtype=np.uint8))
     if pil.mode != "RGB":
-        raise ValueError(f"image_to_tensor expects an RGB image, got mode {pil.mode}")
-    if pil.size != (size, size):
-        pil = pil.resize((size, size), Image.BICUBIC)
-    return torch.from_numpy(np.array(pil, dtype=np.uint8)).permute(2, 0, 1).contiguous()
+        raise ValueError(f"image_pixels expects an RGB image, got mode {pil.mode}")
+    return resize_rgb(pil, size, recipe)
 
 
-def image_to_tensor(img: Image.Image | np.ndarray, size: int) -> torch.Tensor:
-    """RGB image -> float32 tensor [3, S, S] in [0, 1] (see `image_to_uint8`)."""
-    return image_to_uint8(img, size).float().div_(255.0)
+def image_to_tensor(img: Image.Image | np.ndarray, size: int, recipe: PixelRecipe = LEGACY) -> torch.Tensor:
+    """Any image -> float32 tensor [3, S, S], rescaled (by default to [0, 1]) as `recipe` says."""
+    return to_unit(image_pixels(img, size, recipe)[None], recipe)[0]
 
 
 def mask_to_tensor(mask: np.ndarray, size: int, mode: str = "nearest") -> torch.Tensor:

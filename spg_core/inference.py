@@ -184,7 +184,7 @@ class Predictor:
         from .images import image_to_tensor
 
         bb = self.backbone
-        batch = torch.stack([image_to_tensor(im, bb.image_size) for im in images]).to(self.device)
+        batch = torch.stack([image_to_tensor(im, bb.image_size, bb.pixels) for im in images]).to(self.device)
         tokens, cls = bb.extract_with_cls(batch)
         probs, maps, scores = self.scorer(tokens, cls)
         if self.cfg.score.smoothing_sigma > 0:

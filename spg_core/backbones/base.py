@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from ..errors import SPGError
+from ..pixels import LEGACY, PixelRecipe
 
 
 class Backbone(nn.Module):
@@ -31,6 +32,9 @@ class Backbone(nn.Module):
     # (official: bilinear, binarised at 0.5). Recorded in `identity` only when not studio, so
     # stores extracted before protocols existed keep their key.
     token_mode: str = "studio"
+    # How images become this backbone's pixels (pixels.py): its image processor's resize filter and
+    # order. Recorded in `identity` only when not the PIL-bicubic default, so older stores keep their key.
+    pixels: PixelRecipe = LEGACY
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -55,6 +59,8 @@ class Backbone(nn.Module):
         }
         if self.token_mode != "studio":
             ident["tokens"] = self.token_mode
+        if self.pixels.tag() != LEGACY.tag():
+            ident["pixels"] = self.pixels.tag()
         return ident
 
     @property

@@ -26,7 +26,8 @@ from ..atomic import read_json, save_tensors, write_json
 from ..backbones.base import Backbone
 from ..data import Dataset, Sample
 from ..errors import SPGError
-from ..images import image_to_uint8, load_image, load_mask, mask_to_tensor
+from ..images import image_pixels, load_image, load_mask, mask_to_tensor
+from ..pixels import LEGACY, PixelRecipe, to_unit
 from .layout import (
     DEFAULT_SHARD_IMAGES,
     STORE_VERSION,
@@ -42,14 +43,14 @@ from .reader import TokenStore
 
 
 class _CheckedImages(torch.utils.data.Dataset):
-    """Decodes samples in DataLoader workers: uint8 image `[3, S, S]`, bit-packed mask.
+    """Decodes samples in DataLoader workers: image `[3, S, S]` (`images.image_pixels`), bit-packed mask.
 
     A bad image is reported (`error`) instead of raised, so the main loop decides: stop
     with the file's name, or skip it with --skip-bad, without a separate decode pass.
     """
 
-    def __init__(self, samples: list[Sample], size: int, mask_resize: str = "nearest"):
-        self.samples, self.size, self.mask_resize = samples, size, mask_resize
+    def __init__(self, samples: list[Sample], size: int, mask_resize: str = "nearest", pixels: PixelRecipe = LEGACY):
+        self.samples, self.size, self.mask_resize, self.pixels = samples, size, mask_resize, pixels
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -58,16 +59,25 @@ class _CheckedImages(torch.utils.data.Dataset):
         s, size = self.samples[i], self.size
         try:
             img = load_image(s.image_path)
-            image = image_to_uint8(img, size)
+            image = image_pixels(img, size, self.pixels)
             if s.mask_path is None:
                 mask = torch.zeros(size, size)
             else:
                 mask = mask_to_tensor(load_mask(s.mask_path, img.size, image_path=s.image_path), size, self.mask_resize)
             error = ""
         except SPGError as exc:
-            image, mask, error = torch.zeros(3, size, size, dtype=torch.uint8), torch.zeros(size, size), str(exc)
+            image, mask, error = (
+                torch.zeros(3, size, size, dtype=_worker_dtype(self.pixels)),
+                torch.zeros(size, size),
+                str(exc),
+            )
         # Packed here, in the worker: the main process only moves bytes.
         return {"image": image, "mask": torch.from_numpy(pack_masks(mask[None])[0]), "index": i, "error": error}
+
+
+def _worker_dtype(pixels: PixelRecipe) -> torch.dtype:
+    """What `image_pixels` returns for `pixels` (a failed image's placeholder must collate with it)."""
+    return torch.float32 if pixels.engine == "torch-float" else torch.uint8
 
 
 def build_store(
@@ -228,7 +238,7 @@ def _extract_shards(
     shard_of = np.concatenate([np.full(len(plan[i]), i) for i in todo_shards])
     todo = [records[p] for p in positions]
     loader = torch.utils.data.DataLoader(
-        _CheckedImages([Sample(**r) for r in todo], backbone.image_size, backbone.mask_resize),
+        _CheckedImages([Sample(**r) for r in todo], backbone.image_size, backbone.mask_resize, backbone.pixels),
         batch_size=batch_size,
         num_workers=workers,
         pin_memory=on_cuda,
@@ -259,7 +269,7 @@ def _extract_shards(
                 rows = [i for i, e in enumerate(batch["error"]) if not e]
                 images, masks = images[rows], masks[rows]
             if keep:
-                images = images.to(device, non_blocking=True).float().div_(255.0)
+                images = to_unit(images.to(device, non_blocking=True), backbone.pixels)
                 tokens, cls = backbone.extract_with_cls(images)
                 buffer.add(tokens, masks.numpy(), shard_of[keep], cls)
             bar.update(len(batch["error"]))
