@@ -27,7 +27,7 @@ from .options import (
     protocol_defaults,
     section_overrides,
 )
-from .protocols import PROTOCOLS, check_protocol, default_protocol, overrides
+from .protocols import PROTOCOLS, check_protocol, default_protocol, overrides, token_dtype
 
 DATASET_HELP = "mvtec:PATH | visa:PATH | folder:PATH | synthetic-a | synthetic-b"
 # Commands that run as one job over every process torchrun starts (docs/SCALING.md).
@@ -45,7 +45,7 @@ def _add_common(p: argparse.ArgumentParser, *, device: str | None = None) -> Non
 
 
 def _add_backbone(p: argparse.ArgumentParser) -> None:
-    add_field_options(p, RunConfig, ["backbone", "weights"])
+    add_field_options(p, RunConfig, ["backbone", "weights", "image_size", "token_dtype"])
 
 
 def _add_protocol(p: argparse.ArgumentParser) -> None:
@@ -172,7 +172,10 @@ def _run_distributed(cfg: RunConfig, args: argparse.Namespace) -> dict[str, Any]
         backbone.enable_compile()
     run = train_stages(cfg, args.out, stages=("sae",), backbone=backbone, **io)
     extract(
-        cfg.target, backbone, **{k: io[k] for k in ("cache_dir", "skip_bad", "batch_size", "num_workers", "progress")}
+        cfg.target,
+        backbone,
+        dtype=token_dtype(cfg.protocol, cfg.token_dtype),
+        **{k: io[k] for k in ("cache_dir", "skip_bad", "batch_size", "num_workers", "progress")},
     )
     if not distributed.is_main():
         return None
@@ -188,12 +191,13 @@ def cmd_extract(args: argparse.Namespace) -> None:
     from .pipeline import extract
 
     io = _io_kwargs(args)
+    protocol = check_protocol(args.protocol or default_protocol(args.backbone))
     backbone = load_backbone(
-        args.backbone, args.weights, device=args.device, protocol=args.protocol or default_protocol(args.backbone)
+        args.backbone, args.weights, device=args.device, protocol=protocol, image_size=args.image_size
     )
     if io.pop("compile_backbone"):
         backbone.enable_compile()
-    store = extract(args.dataset, backbone, **io)
+    store = extract(args.dataset, backbone, dtype=token_dtype(protocol, args.token_dtype), **io)
     if distributed.is_main():
         print(f"{store.num_images} images x {store.num_patches} tokens x {store.dim} dims -> {store.root}")
 

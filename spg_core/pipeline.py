@@ -32,6 +32,7 @@ from .errors import SPGError
 from .guides import GuideBatch, GuidePair, saturation_note, train_guides
 from .inference import Predictor, dictionary_of, load_run_sae, score_store, target_maps
 from .metrics import image_auroc
+from .protocols import token_dtype
 from .runs import GUIDES_FILE, GUIDES_RECORD_FILE, METRICS_FILE, SAE_FILE, SAE_RECORD_FILE, RunDir
 from .sae import TopKSAE
 from .sae_train import attach_dead_mask, evaluate_sae, train_sae
@@ -45,17 +46,20 @@ def extract(
     spec: str,
     backbone: Backbone,
     *,
+    dtype: str = "float16",
     cache_dir: str | Path | None = None,
     skip_bad: bool = False,
     batch_size: int | None = None,
     num_workers: int | None = None,
     progress: bool = True,
 ) -> TokenStore:
-    """Open dataset `spec` (its test split) and return its (re-used, resumed or new) token store."""
+    """Open dataset `spec` (its test split) and return its (re-used, resumed or new) token store
+    of `dtype` tokens ("float16" or "float32")."""
     dataset = open_dataset(spec, split="test", cache_dir=str(cache_dir) if cache_dir else None)
     return build_store(
         dataset,
         backbone,
+        dtype=dtype,
         cache_dir=cache_dir,
         skip_bad=skip_bad,
         batch_size=batch_size,
@@ -226,6 +230,7 @@ def train_stages(
     aux = extract(
         cfg.aux,
         backbone,
+        dtype=token_dtype(cfg.protocol, cfg.token_dtype),
         cache_dir=cache_dir,
         skip_bad=skip_bad,
         batch_size=batch_size,
@@ -285,7 +290,7 @@ def load_run_backbone(cfg: RunConfig, device: torch.device, identity: dict[str, 
         cfg.weights,
         device=device,
         protocol=cfg.protocol,
-        image_size=identity.get("image_size"),
+        image_size=identity.get("image_size") or cfg.image_size,
         layer=identity.get("layer"),
     )
 
@@ -321,6 +326,7 @@ def evaluate_target(
     store = extract(
         target,
         predictor.backbone,
+        dtype=token_dtype(cfg.protocol, cfg.token_dtype),
         cache_dir=cache_dir,
         skip_bad=skip_bad,
         batch_size=batch_size,

@@ -32,8 +32,9 @@ import numpy as np
 import torch
 
 from .atomic import read_json, write_json, write_text
-from .config import GuideConfig, SAEConfig
+from .config import GuideConfig, RunConfig, SAEConfig
 from .errors import SPGError
+from .options import add_field_options
 
 CRITERION = ("image_auroc", "pixel_auroc")
 ROWS_FILE = "select.rows.json"
@@ -181,11 +182,13 @@ def run_select(
     guide_cfg: GuideConfig,
     target: str | None = None,
     max_folds: int = 4,
+    image_size: int | None = None,
     device: str = "auto",
     cache_dir: str | Path | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Cross-validate every setting of `grid` on `aux` alone; write select.csv / select.json into `out`.
+    `image_size`: S of every backbone (default: each one's own).
 
     The grid is visited backbone by backbone (one token extraction each) and, within one,
     setting by setting: the SAE of a fold is re-used by every setting that shares its
@@ -200,13 +203,16 @@ def run_select(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     identity = {"aux": aux, "max_folds": max_folds, "sae": asdict(sae_cfg), "guides": asdict(guide_cfg)}
+    if image_size is not None:  # only when given, so earlier select folders keep their identity
+        identity["image_size"] = image_size
     rows = finished_rows(out / ROWS_FILE, identity)
     done = {(row_setting(r), r["fold"]) for r in rows}
     folds: list[Fold] = []
     t0 = time.perf_counter()
     for backbone_name, settings in itertools.groupby(grid, key=lambda s: s.backbone):
         # a finished store is only re-read from the cache
-        store = extract(aux, load_backbone(backbone_name, device=dev), cache_dir=cache_dir, progress=progress)
+        backbone = load_backbone(backbone_name, device=dev, image_size=image_size)
+        store = extract(aux, backbone, cache_dir=cache_dir, progress=progress)
         folds = category_folds(store.images, max_folds)
         cache: dict = {}
         for setting in settings:
@@ -244,7 +250,8 @@ def run_select(
         "summary": summary,
         "chosen": chosen,
         "seconds": time.perf_counter() - t0,
-        "command": suggested_command(aux, target, chosen, sae_cfg, guide_cfg),
+        "command": suggested_command(aux, target, chosen, sae_cfg, guide_cfg)
+        + (f" --image-size {image_size}" if image_size is not None else ""),
     }
     write_text(out / "select.csv", table_csv(rows + [{**r, "fold": "mean"} for r in summary]))
     write_json(out / "select.json", result)
@@ -340,6 +347,7 @@ def cmd_select(args: argparse.Namespace) -> None:
         guide_cfg=guide_cfg,
         target=args.target,
         max_folds=args.folds,
+        image_size=args.image_size,
         device=args.device,
         cache_dir=args.cache_dir,
         progress=not args.quiet,
@@ -372,6 +380,7 @@ def register_cli(sub: Any) -> None:
     p.add_argument("--guide-lr", type=float, default=3e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--folds", type=int, default=4, help="at most this many folds")
+    add_field_options(p, RunConfig, ["image_size"])
     p.add_argument("--device", default="auto")
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--quiet", action="store_true")

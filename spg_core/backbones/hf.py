@@ -324,7 +324,7 @@ def load_hf_backbone(
     """Build `spec` (a BackboneSpec of an hf-* family): released weights, or a -tiny / -random variant.
 
     `token_mode` "official" takes block `layer`'s tokens (default: the last block) as the
-    official code did; `image_size` overrides the registry's S (not for -tiny)."""
+    official code did; `image_size` overrides the registry's S."""
     family = FAMILIES[spec.family]
     requested_size = image_size
     pixels = family_recipe(spec.family, spec.mean, spec.std)
@@ -340,7 +340,7 @@ def load_hf_backbone(
         model = _from_config(family, config_kwargs, device)
         source = "random-tiny" if variant == "tiny" else "random"
         name = f"{spec.name}-{variant}"
-        image_size = family.tiny_image_size if variant == "tiny" else (requested_size or spec.image_size)
+        image_size = requested_size or (family.tiny_image_size if variant == "tiny" else spec.image_size)
     return HFBackbone(
         model.to(device),
         name=name,

@@ -31,6 +31,7 @@ from ..pixels import LEGACY, PixelRecipe, to_unit
 from .layout import (
     DEFAULT_SHARD_IMAGES,
     STORE_VERSION,
+    TOKEN_DTYPES,
     finished_shards,
     image_records,
     pack_masks,
@@ -84,6 +85,7 @@ def build_store(
     dataset: Dataset,
     backbone: Backbone,
     *,
+    dtype: str = "float16",
     cache_dir: str | Path | None = None,
     batch_size: int | None = None,
     num_workers: int | None = None,
@@ -91,7 +93,8 @@ def build_store(
     skip_bad: bool = False,
     progress: bool = True,
 ) -> TokenStore:
-    """Extract tokens for `dataset` with `backbone`, re-using or resuming a matching store.
+    """Extract tokens for `dataset` with `backbone`, re-using or resuming a matching store of
+    `dtype` tokens ("float16", or "float32" for tokens exactly as extracted).
 
     Collective under torchrun: every rank calls it; rank r extracts the missing shards
     `i % world == r` (see `distributed.owned`), and rank 0 writes the final manifest once
@@ -103,10 +106,14 @@ def build_store(
             path=dataset.root,
             fix="check the dataset path and layout (see `spg run --help`)",
         )
-    root = store_dir_for(dataset, backbone, cache_dir)
+    if dtype not in TOKEN_DTYPES:
+        raise SPGError(f"token dtype {dtype!r} is not one of {', '.join(TOKEN_DTYPES)}", fix="pass float16 or float32")
+    root = store_dir_for(dataset, backbone, cache_dir, dtype)
     manifest_path = root / "manifest.json"
     if distributed.is_main():
-        _prepare(root, store_key(dataset, backbone), image_records(dataset.samples), shard_images, backbone.has_cls)
+        _prepare(
+            root, store_key(dataset, backbone, dtype), image_records(dataset.samples), shard_images, backbone.has_cls
+        )
     distributed.barrier()  # every rank now sees the same manifest
     manifest = read_json(manifest_path, what="token store manifest")
     if manifest.get("complete"):
@@ -122,6 +129,7 @@ def build_store(
             plan,
             mine,
             backbone,
+            dtype=getattr(torch, dtype),
             batch_size=batch_size,
             num_workers=num_workers,
             skip_bad=skip_bad,
@@ -216,6 +224,7 @@ def _extract_shards(
     todo_shards: list[int],
     backbone: Backbone,
     *,
+    dtype: torch.dtype,
     batch_size: int | None,
     num_workers: int | None,
     skip_bad: bool,
@@ -247,7 +256,7 @@ def _extract_shards(
     world = distributed.current()
     desc = f"extract {backbone.name}" + (f" [rank {world.rank}/{world.size}]" if world.size > 1 else "")
     bar = tqdm(total=len(todo), desc=desc, unit="img", disable=not progress)
-    buffer = _ShardBuffer(backbone, plan[0].stop - plan[0].start, on_cuda)
+    buffer = _ShardBuffer(backbone, plan[0].stop - plan[0].start, on_cuda, dtype)
     seen = {i: 0 for i in todo_shards}
     skipped: dict[int, list[dict[str, str]]] = {i: [] for i in todo_shards}
     current = 0
@@ -295,7 +304,7 @@ def _extract_shards(
 
 
 class _ShardBuffer:
-    """Accumulates one shard's extracted tokens (fp16; pinned host memory on CUDA).
+    """Accumulates one shard's extracted tokens (in the store's dtype; pinned host memory on CUDA).
 
     Two buffers alternate: one is written to disk while the other fills, so a finished
     shard is handed to the writer without a copy. The caller waits for the previous
@@ -303,13 +312,11 @@ class _ShardBuffer:
     (a batch may span shards) wait in `pending` until their shard is `start`ed.
     """
 
-    def __init__(self, backbone: Backbone, per_shard: int, pinned: bool):
+    def __init__(self, backbone: Backbone, per_shard: int, pinned: bool, dtype: torch.dtype = torch.float16):
         h, w = backbone.grid
-        self.buffers = [
-            torch.empty(per_shard, h * w, backbone.dim, dtype=torch.float16, pin_memory=pinned) for _ in range(2)
-        ]
+        self.buffers = [torch.empty(per_shard, h * w, backbone.dim, dtype=dtype, pin_memory=pinned) for _ in range(2)]
         self.cls_buffers = (
-            [torch.empty(per_shard, backbone.dim, dtype=torch.float16, pin_memory=pinned) for _ in range(2)]
+            [torch.empty(per_shard, backbone.dim, dtype=dtype, pin_memory=pinned) for _ in range(2)]
             if backbone.has_cls
             else None
         )
