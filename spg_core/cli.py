@@ -239,6 +239,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
         metric_options={"aupro_variant": args.aupro},
         score=replace(score, **given),
         device=args.device,
+        save_maps_dir=args.save_maps,
         **_io_kwargs(args),
     )
     write_reports(args.run)
@@ -303,6 +304,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="score a target dataset with a trained run and write metrics and reports")
     p.add_argument("--run", required=True)
     p.add_argument("--target", default=None, help=f"target dataset (default: the run's; {DATASET_HELP})")
+    p.add_argument(
+        "--save-maps",
+        default=None,
+        metavar="DIR",
+        help="also write each image's final map (upsampled and smoothed, as the metrics see it) with its "
+        "path, label and image score to DIR/NNNNNN.npz",
+    )
     _add_score(p)
     _add_common(p, device="the run's own")
     p.set_defaults(func=cmd_eval)

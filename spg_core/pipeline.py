@@ -31,6 +31,7 @@ from .data import open_dataset
 from .errors import SPGError
 from .guides import GuideBatch, GuidePair, saturation_note, train_guides
 from .inference import Predictor, dictionary_of, load_run_sae, score_store, target_maps
+from .map_export import save_maps
 from .metrics import image_auroc
 from .protocols import token_dtype
 from .runs import GUIDES_FILE, GUIDES_RECORD_FILE, METRICS_FILE, SAE_FILE, SAE_RECORD_FILE, RunDir
@@ -309,9 +310,11 @@ def evaluate_target(
     device: str | None = None,
     backbone: Backbone | None = None,
     score: ScoreConfig | None = None,
+    save_maps_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """Score the target set with a trained run; write target maps, scores and metrics.json, and
-    record the target evaluated (`target`, `target_store`) in config.json.
+    record the target evaluated (`target`, `target_store`) in config.json. `save_maps_dir`: also
+    write each image's final map there (map_export.py).
 
     `score`: scoring settings for this evaluation (default: the run's own); `metric_options`
     override evaluate()'s (default smoothing: the score settings' sigma)."""
@@ -349,6 +352,8 @@ def evaluate_target(
     maps = target_maps(probs, store.grid, store.image_size)
     masks = store.masks(range(store.num_images)).to(torch.uint8)
     options = {"smoothing_sigma": score.smoothing_sigma, **(metric_options or {})}
+    if save_maps_dir is not None:
+        save_maps(save_maps_dir, maps, scores, store.images, options["smoothing_sigma"])
     metrics = evaluate(
         scores.numpy(),
         store.labels(),
