@@ -38,7 +38,8 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-REALDATA = ROOT.parent / "shared" / "realdata" / "mvtec_ad" / "bottle"
+# shared/realdata beside the checkout, or $SPG_REALDATA (as tests/test_data.py)
+REALDATA = Path(os.environ.get("SPG_REALDATA") or ROOT.parent / "shared" / "realdata") / "mvtec_ad" / "bottle"
 HUB_ID = "facebook/dinov2-large"  # the official code only accepts its known model ids
 SPECIES = (("good", 12), ("broken_large", 8), ("broken_small", 8), ("contamination", 8))
 
@@ -223,7 +224,7 @@ def same_evaluation(args: argparse.Namespace, data_root: Path, weights: Path, sa
         [*spg, "import-official", "--sae-checkpoint", str(sae_run / "checkpoints" / f"epoch_{args.sae_epochs}.pth")]
         + ["--guide-checkpoint", str(guide_run / "checkpoints" / f"epoch_{args.guide_epochs}.pth")]
         + ["--dead-mask", str(sae_run / "checkpoints" / "dead_atom_mask_layer_2.pt")]
-        + ["--backbone", "dinov2-large", "--weights", str(weights), "--out", str(out), *cache],
+        + ["--backbone", "dinov2-large", "--weights", str(weights), "--out", str(out), "--device", "cpu"],
         ROOT,
         env,
         args.work / "logs" / "import.log",
