@@ -75,8 +75,8 @@ def make_dataset(work: Path) -> Path:
 def make_model(work: Path) -> tuple[Path, Path]:
     """A tiny random DINOv2 with DINOv2-large's processor config, as a weights directory and as
     the hub id's snapshot in an HF cache (HF_HOME). Returns (weights dir, HF_HOME)."""
-    import torch
-    import transformers
+    import torch  # noqa: PLC0415 -- heavy: only the model-making step needs them
+    import transformers  # noqa: PLC0415 -- heavy: only the model-making step needs them
 
     weights = work / "dinov2-tiny"
     if not (weights / "model.safetensors").exists():

@@ -32,9 +32,14 @@ import numpy as np
 import torch
 
 from .atomic import read_json, write_json, write_text
+from .backbones import load_backbone
 from .config import GuideConfig, RunConfig, SAEConfig
+from .devices import resolve_device
 from .errors import SPGError
+from .inference import Scorer, dictionary_of, score_store, target_maps
+from .metrics import evaluate
 from .options import add_field_options
+from .pipeline import extract, fit_dictionary, fit_guides
 
 CRITERION = ("image_auroc", "pixel_auroc")
 ROWS_FILE = "select.rows.json"
@@ -139,10 +144,6 @@ def score_fold(
     dictionary_cache: dict,
 ) -> dict[str, float]:
     """Fit the SAE (cached per backbone, M, k and fold) and guides on `aux_view`; metrics on `held_view`."""
-    from .inference import Scorer, dictionary_of, score_store, target_maps
-    from .metrics import evaluate
-    from .pipeline import fit_dictionary, fit_guides
-
     family = (setting.backbone, setting.width, setting.k)
     if dictionary_cache.get("family") != family:  # settings come dictionary by dictionary: keep one per fold
         dictionary_cache.clear()
@@ -193,10 +194,6 @@ def run_select(
     The grid is visited backbone by backbone (one token extraction each) and, within one,
     setting by setting: the SAE of a fold is re-used by every setting that shares its
     backbone, M and k, so order the grid with those outermost (`parse_grid` does)."""
-    from .backbones import load_backbone
-    from .backbones.base import resolve_device
-    from .pipeline import extract
-
     if not grid:
         raise SPGError("the selection grid is empty", fix="give at least one value for every grid option")
     dev = resolve_device(device)

@@ -13,6 +13,7 @@ from spg_core.backbones import load_backbone
 from spg_core.errors import SPGError
 from spg_core.pipeline import extract
 from spg_core.runs import RunDir
+from spg_core.store import TokenStore
 
 DINOV2 = "dinov2-large-tiny"  # patch 14
 
@@ -83,8 +84,6 @@ def test_store_dtype_follows_the_protocol_and_the_option(tmp_path):
         stores[" ".join(extra)] = json.loads((new / "manifest.json").read_text())["key"]["dtype"]
     assert list(stores.values()) == ["float32", "float16", "float16"]
     official = next(Path(tmp_path, "tokens").glob("*"))
-    from spg_core.store import TokenStore
-
     for root in Path(tmp_path, "tokens").glob("*"):
         store = TokenStore(root)
         assert store.tokens([0]).dtype.is_floating_point and store.tokens([0]).shape[1:] == (16, 32)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torchvision import transforms
 
 from spg_core.data.sample import Sample
 from spg_core.errors import SPGError
@@ -237,8 +238,6 @@ def test_label_masks_with_several_class_indices_stay_anomalous(tmp_path):
 def test_official_mask_resize_is_torchvision_resize_on_the_pil_mask(size):
     """The official target transform, written out independently: Resize((S, S)) on the 0/255 PIL
     mask, ToTensor, then the evaluator's > 0.5."""
-    from torchvision import transforms
-
     rng = np.random.default_rng(size)
     mask = np.zeros((83, 61), bool)
     for _ in range(6):  # blobs and one-pixel lines: where bilinear-without-antialias differs

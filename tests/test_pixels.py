@@ -16,6 +16,7 @@ import json
 import numpy as np
 import pytest
 import torch
+import transformers
 from PIL import Image
 from transformers import AutoImageProcessor
 
@@ -177,8 +178,6 @@ def test_5x_default_backend_is_not_the_pinned_one(tmp_path, image_files):
 
 def test_a_tiny_dinov3_weights_dir_is_read_with_its_processor(tmp_path, image_files):
     """load_backbone(--weights DIR) takes the recipe from DIR; without the file, the family's defaults."""
-    import transformers
-
     config = transformers.DINOv3ViTConfig(
         hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, patch_size=16
     )

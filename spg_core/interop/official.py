@@ -29,7 +29,8 @@ from ..atomic import file_sha256, write_json
 from ..backbones import load_backbone
 from ..config import RunConfig
 from ..errors import SPGError
-from ..guides import GuidePair
+from ..guides import GuideSet
+from ..pipeline import extract
 from ..protocols import OFFICIAL, overrides
 from ..runs import GUIDES_FILE, GUIDES_RECORD_FILE, SAE_FILE, SAE_RECORD_FILE, RunDir
 from ..sae import TopKSAE
@@ -245,7 +246,7 @@ def import_official(
         sae.dead = read_dead_mask(dead_mask, sae.width)
     theta = read_official_guides(guide_checkpoint, sae.width, ema=ema)
     variant, topk = settled["guide_variant"], settled["guide_topk"]
-    pair = GuidePair(sae.width, variant, topk=topk, form="official", dead=sae.dead)
+    pair = GuideSet(sae.width, variant, topk=topk, form="official", dead=sae.dead)
     with torch.no_grad():
         pair.theta.copy_(theta.float())
         pair.theta_ema.copy_(theta.float())
@@ -283,8 +284,6 @@ def import_official(
         },
     }
     if aux:
-        from ..pipeline import extract
-
         extra["aux_store"] = str(extract(aux, bb, dtype="float32", progress=False).root)
     run.path.mkdir(parents=True, exist_ok=True)
     run.write_config(cfg, extra)
