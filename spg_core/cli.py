@@ -44,7 +44,7 @@ from .options import (
 )
 from .pipeline import effective_config, evaluate_target, extract, run_experiment, train_stages
 from .predict import predict_files
-from .protocols import PROTOCOLS, check_protocol, overrides
+from .protocols import PROTOCOLS, check_protocol, overrides, token_dtype
 from .report import print_metrics, write_reports
 from .run_lock import command_line, run_lock
 from .run_staging import build_folder, staging_path
@@ -66,7 +66,7 @@ def _add_common(p: argparse.ArgumentParser, *, device: str | None = None) -> Non
 
 
 def _add_backbone(p: argparse.ArgumentParser) -> None:
-    add_field_options(p, RunConfig, ["backbone", "weights"])
+    add_field_options(p, RunConfig, ["backbone", "weights", "image_size", "token_dtype"])
 
 
 def _add_protocol(p: argparse.ArgumentParser) -> None:
@@ -191,7 +191,7 @@ def _run_distributed(cfg: RunConfig, args: argparse.Namespace) -> dict[str, Any]
     io = _io(args)
     backbone = load_run_backbone(cfg, resolve_device(cfg.device), compile=io.compile)
     run = train_stages(cfg, args.out, io, stages=("sae",), backbone=backbone)
-    extract(cfg.target, backbone, io)
+    extract(cfg.target, backbone, io, dtype=token_dtype(cfg.protocol, cfg.token_dtype))
     if not distributed.is_main():
         return None
     with distributed.main_only():
@@ -203,15 +203,13 @@ def _run_distributed(cfg: RunConfig, args: argparse.Namespace) -> dict[str, Any]
 
 def cmd_extract(args: argparse.Namespace) -> None:
     io = _io(args)
+    protocol = check_protocol(args.protocol or preset_of(args, args.backbone).protocol)
     backbone = load_backbone(
-        args.backbone,
-        args.weights,
-        device=args.device,
-        protocol=args.protocol or preset_of(args, args.backbone).protocol,
+        args.backbone, args.weights, device=args.device, protocol=protocol, image_size=args.image_size
     )
     if io.compile:
         backbone.enable_compile()
-    store = extract(args.dataset, backbone, io)
+    store = extract(args.dataset, backbone, io, dtype=token_dtype(protocol, args.token_dtype))
     if distributed.is_main():
         print(f"{store.num_images} images x {store.num_patches} tokens x {store.dim} dims -> {store.root}")
 
@@ -244,6 +242,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
         metric_options={"aupro_variant": args.aupro},
         score=replace(score, **given),
         device=args.device,
+        save_maps_dir=args.save_maps,
     )
     write_reports(args.run)
     print_metrics(metrics, title=f"{metrics['settings']['aux']} -> {metrics['settings']['target']}")
@@ -321,6 +320,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="score a target dataset with a trained run and write metrics and reports")
     p.add_argument("--run", required=True)
     p.add_argument("--target", default=None, help=f"target dataset (default: the run's; {DATASET_HELP})")
+    p.add_argument(
+        "--save-maps",
+        default=None,
+        metavar="DIR",
+        help="also write each image's final map (upsampled and smoothed, as the metrics see it) with its "
+        "path, label and image score to DIR/NNNNNN.npz",
+    )
     _add_score(p)
     _add_common(p, device="the run's own")
     p.set_defaults(func=cmd_eval)

@@ -313,6 +313,22 @@ class RunConfig:
     weights: str | None = field(
         default=None, metadata=opt("hub id, local directory or checkpoint file (default: the registry's)")
     )
+    image_size: int | None = field(
+        default=None,
+        metadata=opt(
+            "side S the images are resized to, a multiple of the backbone's patch size (default: the "
+            "protocol's: 448 for the official DINOv3, DINOv2 and SigLIP, 518 for OpenCLIP; else the registry's)",
+            rule=AT_LEAST_1,
+            metavar="S",
+        ),
+    )
+    token_dtype: Literal["float16", "float32"] | None = field(
+        default=None,
+        metadata=opt(
+            "dtype of stored tokens (default: float32 under the official protocol, the tokens exactly as "
+            "extracted; float16 under studio, half the disk and memory)"
+        ),
+    )
     method: Literal["spg", "free_guides", "random_dict"] = field(
         default="spg", metadata=opt("spg, or an ablation baseline: free guides in R^D, or SPG on a random dictionary")
     )

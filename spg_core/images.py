@@ -17,9 +17,16 @@ Conversion rules (one place, so every stage sees the same pixels):
   - EXIF orientation is NOT applied: masks are stored in the file's pixel
     orientation, and rotating only the image would misalign them.
 * Masks are single-channel; pixel (y, x) is anomalous when its value is above
-  half the container range (>127 for 8-bit, >32767 for 16-bit), except for
-  label masks whose maximum is at most that half (0/1 masks, VisA-style class
-  indices, or red-on-black RGB masks): there any value > 0 is anomalous.
+  half the container range (>127 for 8-bit, >32767 for 16-bit and for 32-bit
+  or float masks with values above 255). One exception, label masks: when no value is
+  above that half, at most `LABEL_MAX_VALUES` distinct non-zero values occur and
+  they cover at most half the image (0/1 masks, VisA-style class indices,
+  red-on-black RGB masks), any value > 0 is anomalous. A mask of faint noise
+  (values 1-5 over most of the image) is therefore all normal, and a mask with
+  non-zero pixels of which none is anomalous is read with a `MaskWarning`
+  naming the file.
+* `mask_to_tensor` resizes masks to S: "nearest" (studio), or as the official
+  evaluation does ("bilinear": the 0/255 mask resized by PIL bilinear, /255, > 0.5).
 
 Corrupt, truncated, missing and mismatched files raise `SPGError` naming the
 file and the fix. Images above `MAX_IMAGE_PIXELS` (40 megapixels, or $SPG_MAX_IMAGE_PIXELS)
@@ -40,10 +47,14 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from .errors import SPGError
+from .pixels import LEGACY, PixelRecipe, resize_rgb, to_unit
 
 # PIL modes that carry 16- or 32-bit integer samples (one channel).
 _WIDE_INT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
 _ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
+
+# Label masks (see the module docstring): at most this many distinct class indices.
+LABEL_MAX_VALUES = 8
 
 # The one pixel limit for every image the engine or the dashboard decodes (uploads included).
 MAX_IMAGE_PIXELS = int(os.environ.get("SPG_MAX_IMAGE_PIXELS", 40_000_000))
@@ -143,13 +154,39 @@ def _mask_array(img: Image.Image) -> np.ndarray:
     return np.asarray(img.convert("L"), dtype=np.int64)
 
 
+class MaskWarning(UserWarning):
+    """A mask file with non-zero pixels of which none counts as anomalous."""
+
+
 def binarize_mask(values: np.ndarray) -> np.ndarray:
     """Integer mask [H, W] -> bool [H, W] (see the module docstring for the rule)."""
     if values.size == 0:
         return values.astype(bool)
     top = int(values.max())
     half = 32767 if top > 255 else 127  # 16-bit container vs 8-bit
-    return values > half if top > half else values > 0
+    if top > half:
+        return values > half
+    nonzero = values > 0
+    labels = np.unique(values[nonzero])
+    if 0 < labels.size <= LABEL_MAX_VALUES and nonzero.mean() <= 0.5:
+        return nonzero
+    return np.zeros(values.shape, dtype=bool)
+
+
+def _binarize_file(img: Image.Image, path: str | os.PathLike) -> np.ndarray:
+    """`binarize_mask` of a decoded mask file, warning when its non-zero pixels all count as normal."""
+    values = _mask_array(img)
+    mask = binarize_mask(values)
+    if not mask.any() and values.size and values.max() > 0:
+        share = float((values > 0).mean())
+        warnings.warn(
+            f"mask {path} has non-zero pixels (values up to {int(values.max())} on {share:.0%} of the image) "
+            "but none above half its range, so it is read as all normal; if it marks a defect, re-save it "
+            "with 255 (8-bit) or 65535 (16-bit) on the defect",
+            MaskWarning,
+            stacklevel=3,
+        )
+    return mask
 
 
 def load_mask(
@@ -169,12 +206,12 @@ def load_mask(
             fix="masks must have exactly their image's size: re-export the mask at the image's "
             "size (nearest-neighbour resize), or check it belongs to this image",
         )
-    return binarize_mask(_mask_array(img))
+    return _binarize_file(img, path)
 
 
 def mask_has_anomaly(path: str | os.PathLike) -> bool:
     """True when the mask file marks at least one pixel anomalous (decodes the mask)."""
-    return bool(binarize_mask(_mask_array(_open_decoded(path, "mask"))).any())
+    return bool(_binarize_file(_open_decoded(path, "mask"), path).any())
 
 
 # Every image is resized to the backbone's square input. Inspection images are near square (MVTec
@@ -195,38 +232,38 @@ def shape_note(size: tuple[int, int], side: int) -> str | None:
     return None
 
 
-def image_to_uint8(img: Image.Image | np.ndarray, size: int) -> torch.Tensor:
-    """RGB image -> uint8 tensor [3, S, S], antialiased bicubic resize.
-
-    The resize is PIL's (C, 8-bit, antialiased, as the HF image processors do), several
-    times faster than a float resize in torch; uint8 also keeps what decoding workers
-    hand to the main process 4x smaller than float32.
-    """
+def image_pixels(img: Image.Image | np.ndarray, size: int, recipe: PixelRecipe = LEGACY) -> torch.Tensor:
+    """Any image -> `[3, S, S]` resized as `recipe` says (pixels.py): uint8, or float32 already
+    rescaled for the float pipelines. Decoding workers return this (uint8 keeps what they hand
+    to the main process 4x smaller than float32); `pixels.to_unit` finishes it."""
     pil = to_rgb(img) if isinstance(img, Image.Image) else Image.fromarray(np.asarray(img, dtype=np.uint8))
     if pil.mode != "RGB":
-        raise ValueError(f"image_to_tensor expects an RGB image, got mode {pil.mode}")
-    if pil.size != (size, size):
-        pil = pil.resize((size, size), Image.BICUBIC)
-    return torch.from_numpy(np.array(pil, dtype=np.uint8)).permute(2, 0, 1).contiguous()
+        raise ValueError(f"image_pixels expects an RGB image, got mode {pil.mode}")
+    return resize_rgb(pil, size, recipe)
 
 
-def image_to_tensor(img: Image.Image | np.ndarray, size: int) -> torch.Tensor:
-    """RGB image -> float32 tensor [3, S, S] in [0, 1] (see `image_to_uint8`)."""
-    return image_to_uint8(img, size).float().div_(255.0)
+def image_to_tensor(img: Image.Image | np.ndarray, size: int, recipe: PixelRecipe = LEGACY) -> torch.Tensor:
+    """Any image -> float32 tensor [3, S, S], rescaled (by default to [0, 1]) as `recipe` says."""
+    return to_unit(image_pixels(img, size, recipe)[None], recipe)[0]
 
 
 def mask_to_tensor(mask: np.ndarray, size: int, mode: str = "nearest") -> torch.Tensor:
     """Bool/0-1 mask [H, W] -> float32 tensor [S, S] with values in {0, 1}.
 
     "nearest": 'nearest-exact' samples pixel centres like PIL's NEAREST (plain 'nearest' is
-    shifted). "bilinear" (official protocol): bilinear (align_corners False), then > 0.5.
+    shifted). "bilinear" (official protocol, riips/SPG `src/data/preprocess.py`): the mask as a
+    0/255 8-bit image, resized by PIL bilinear (torchvision's `Resize` on a PIL image, antialiased
+    when shrinking), then ToTensor's / 255 and the evaluator's > 0.5.
     """
-    t = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))
-    if t.ndim != 2:
-        raise ValueError(f"mask_to_tensor expects a mask [H, W], got shape {tuple(t.shape)}")
+    arr = np.ascontiguousarray(mask)
+    if arr.ndim != 2:
+        raise ValueError(f"mask_to_tensor expects a mask [H, W], got shape {tuple(arr.shape)}")
+    if mode == "bilinear":
+        pil = Image.fromarray((arr > 0).astype(np.uint8) * 255)
+        if pil.size != (size, size):
+            pil = pil.resize((size, size), Image.Resampling.BILINEAR)
+        return torch.from_numpy((np.asarray(pil, dtype=np.float32) / 255.0 > 0.5).astype(np.float32))
+    t = torch.from_numpy(arr.astype(np.float32))
     if t.shape != (size, size):
-        kwargs = {"align_corners": False} if mode == "bilinear" else {}
-        t = F.interpolate(
-            t[None, None], size=(size, size), mode="bilinear" if mode == "bilinear" else "nearest-exact", **kwargs
-        )[0, 0]
+        t = F.interpolate(t[None, None], size=(size, size), mode="nearest-exact")[0, 0]
     return (t > 0.5).float()

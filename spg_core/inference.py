@@ -116,7 +116,7 @@ def load_run_backbone(
         cfg.weights,
         device=device,
         protocol=cfg.protocol,
-        image_size=identity.get("image_size"),
+        image_size=identity.get("image_size") or cfg.image_size,
         layer=identity.get("layer"),
     )
     if compile:
@@ -184,7 +184,7 @@ class Predictor:
         """PIL images -> tokens `[B, N, D]`, probs `[B, N]`, maps `[B, S, S]` (smoothed as the run's
         metrics smooth them), scores `[B]`."""
         bb = self.backbone
-        batch = torch.stack([image_to_tensor(im, bb.image_size) for im in images]).to(self.device)
+        batch = torch.stack([image_to_tensor(im, bb.image_size, bb.pixels) for im in images]).to(self.device)
         tokens, cls = bb.extract_with_cls(batch)
         probs, maps, scores = self.scorer(tokens, cls)
         if self.cfg.score.smoothing_sigma > 0:

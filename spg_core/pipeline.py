@@ -32,7 +32,9 @@ from .devices import resolve_device
 from .errors import SPGError
 from .guides import GuideBatch, GuideSet, saturation_note, train_guides
 from .inference import Predictor, dictionary_of, load_run_backbone, load_run_sae, score_store, target_maps
+from .map_export import save_maps
 from .metrics import evaluate, image_auroc
+from .protocols import token_dtype
 from .run_lock import command_line, run_lock
 from .runs import GUIDES_FILE, GUIDES_RECORD_FILE, METRICS_FILE, SAE_FILE, SAE_RECORD_FILE, RunDir
 from .sae import TopKSAE
@@ -44,13 +46,15 @@ from .thresholds import write_run_threshold
 # -- stage 0: tokens ------------------------------------------------------------------------
 
 
-def extract(spec: str, backbone: Backbone, io: ExtractConfig | None = None) -> TokenStore:
-    """Open dataset `spec` (its test split) and return its (re-used, resumed or new) token store."""
+def extract(spec: str, backbone: Backbone, io: ExtractConfig | None = None, *, dtype: str = "float16") -> TokenStore:
+    """Open dataset `spec` (its test split) and return its (re-used, resumed or new) token store
+    of `dtype` tokens ("float16", or "float32" for tokens exactly as extracted)."""
     io = io or ExtractConfig()
     dataset = open_dataset(spec, split="test", cache_dir=io.cache_dir)
     return build_store(
         dataset,
         backbone,
+        dtype=dtype,
         cache_dir=io.cache_dir,
         skip_bad=io.skip_bad,
         batch_size=io.batch_size,
@@ -217,7 +221,7 @@ def train_stages(
     with run_lock(out, command_line()):
         device = resolve_device(cfg.device)
         backbone = backbone or load_run_backbone(cfg, device, compile=io.compile)
-        aux = extract(cfg.aux, backbone, io)
+        aux = extract(cfg.aux, backbone, io, dtype=token_dtype(cfg.protocol, cfg.token_dtype))
         stages = set(stages)
         run.path.mkdir(parents=True, exist_ok=True)
         settings = cfg.to_dict()
@@ -296,9 +300,11 @@ def evaluate_target(
     device: str | None = None,
     backbone: Backbone | None = None,
     score: ScoreConfig | None = None,
+    save_maps_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """Score the target set with a trained run; write target maps, scores and metrics.json, and
-    record the target evaluated (`target`, `target_store`) in config.json.
+    record the target evaluated (`target`, `target_store`) in config.json. `save_maps_dir`: also
+    write each image's final map there (map_export.py).
 
     `score`: scoring settings for this evaluation (default: the run's own); `metric_options`
     override evaluate()'s (default smoothing: the score settings' sigma). Holds the run's write lock."""
@@ -310,7 +316,7 @@ def evaluate_target(
         )
         score = predictor.cfg.score
         target = target or cfg.target
-        store = extract(target, predictor.backbone, io)
+        store = extract(target, predictor.backbone, io, dtype=token_dtype(cfg.protocol, cfg.token_dtype))
         if store.dim != predictor.dictionary.shape[0]:
             raise SPGError(
                 "target tokens and the run's dictionary differ in dimension",
@@ -328,6 +334,8 @@ def evaluate_target(
         maps = target_maps(probs, store.grid, store.image_size)
         masks = store.masks(range(store.num_images)).to(torch.uint8)
         options = {"smoothing_sigma": score.smoothing_sigma, **(metric_options or {})}
+        if save_maps_dir is not None:
+            save_maps(save_maps_dir, maps, scores, store.images, options["smoothing_sigma"])
         metrics = evaluate(
             scores.numpy(),
             store.labels(),

@@ -136,6 +136,16 @@ def overrides(name: str) -> dict[str, Any]:
     return copy.deepcopy(check_preset(name).overrides)
 
 
+# Stored token dtype: official keeps the extracted float32 tokens (fp16 storage moves official maps
+# by up to 3.3e-4); studio halves disk and memory, which its own figures were measured with.
+TOKEN_DTYPE = {OFFICIAL: "float32", STUDIO: "float16"}
+
+
+def token_dtype(name: str, given: str | None = None) -> str:
+    """The stored token dtype: `given` (--token-dtype), else the protocol's."""
+    return given or TOKEN_DTYPE[check_protocol(name)]
+
+
 def image_size(name: str, family: str) -> int | None:
     """S the protocol feeds a backbone family; None = the registry's own size."""
     return OFFICIAL_IMAGE_SIZE.get(family) if check_protocol(name) == OFFICIAL else None

@@ -183,11 +183,13 @@ def run_select(
     guide_cfg: GuideConfig,
     target: str | None = None,
     max_folds: int = 4,
+    image_size: int | None = None,
     device: str = "auto",
     cache_dir: str | Path | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Cross-validate every setting of `grid` on `aux` alone; write select.csv / select.json into `out`.
+    `image_size`: S of every backbone (default: each one's own).
 
     The grid is visited backbone by backbone (one token extraction each) and, within one,
     setting by setting: the SAE of a fold is re-used by every setting that shares its
@@ -198,6 +200,8 @@ def run_select(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     identity = {"aux": aux, "max_folds": max_folds, "sae": asdict(sae_cfg), "guides": asdict(guide_cfg)}
+    if image_size is not None:  # only when given, so earlier select folders keep their identity
+        identity["image_size"] = image_size
     rows = finished_rows(out / ROWS_FILE, identity)
     done = {(row_setting(r), r["fold"]) for r in rows}
     folds: list[Fold] = []
@@ -205,7 +209,9 @@ def run_select(
     for backbone_name, settings in itertools.groupby(grid, key=lambda s: s.backbone):
         # a finished store is only re-read from the cache
         store = extract(
-            aux, load_backbone(backbone_name, device=dev), ExtractConfig(cache_dir=cache_dir, quiet=not progress)
+            aux,
+            load_backbone(backbone_name, device=dev, image_size=image_size),
+            ExtractConfig(cache_dir=cache_dir, quiet=not progress),
         )
         folds = category_folds(store.images, max_folds)
         cache: dict = {}
@@ -244,7 +250,8 @@ def run_select(
         "summary": summary,
         "chosen": chosen,
         "seconds": time.perf_counter() - t0,
-        "command": suggested_command(aux, target, chosen, sae_cfg, guide_cfg),
+        "command": suggested_command(aux, target, chosen, sae_cfg, guide_cfg)
+        + (f" --image-size {image_size}" if image_size is not None else ""),
     }
     write_text(out / "select.csv", table_csv(rows + [{**r, "fold": "mean"} for r in summary]))
     write_json(out / "select.json", result)
@@ -343,6 +350,7 @@ def cmd_select(args: argparse.Namespace) -> None:
         guide_cfg=guide_cfg,
         target=args.target,
         max_folds=args.folds,
+        image_size=args.image_size,
         device=args.device,
         cache_dir=args.cache_dir,
         progress=not args.quiet,
@@ -377,6 +385,6 @@ def register_cli(sub: Any) -> None:
     add_preset_option(p, "the first backbone's")
     add_section_options(p, SAEConfig, ["epochs"])
     add_section_options(p, GuideConfig, ["lr"])
-    add_field_options(p, RunConfig, ["device"])
+    add_field_options(p, RunConfig, ["device", "image_size"])
     add_field_options(p, ExtractConfig, ["cache_dir", "quiet"])
     p.set_defaults(func=cmd_select)

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torchvision import transforms
 
 from spg_core.data.sample import Sample
 from spg_core.errors import SPGError
-from spg_core.images import image_to_tensor, load_image, load_mask, mask_has_anomaly, mask_to_tensor
+from spg_core.images import MaskWarning, image_to_tensor, load_image, load_mask, mask_has_anomaly, mask_to_tensor
 
 
 def _save(tmp_path: Path, name: str, img: Image.Image, **kw) -> Path:
@@ -213,3 +214,37 @@ def test_mask_size_mismatch_names_both_files(tmp_path):
     with pytest.raises(SPGError) as e:
         load_mask(samples[1].mask_path, img.size, image_path=samples[1].image_path)
     assert samples[1].mask_path in str(e.value) and samples[1].image_path in str(e.value)
+
+
+def test_faint_noise_mask_is_normal_with_a_warning(tmp_path):
+    """Issue tour: values 1-5 on black over most of the image were read as 83% anomalous."""
+    rng = np.random.default_rng(0)
+    noise = np.where(rng.random((40, 50)) < 0.83, rng.integers(1, 6, (40, 50)), 0).astype(np.uint8)
+    path = _save(tmp_path, "noise.png", Image.fromarray(noise))
+    with pytest.warns(MaskWarning, match="noise.png"):
+        assert not load_mask(path, (50, 40)).any()
+    with pytest.warns(MaskWarning):
+        assert not mask_has_anomaly(path)
+
+
+def test_label_masks_with_several_class_indices_stay_anomalous(tmp_path):
+    m = np.zeros((20, 20), np.uint8)
+    m[2:6, 2:6], m[10:14, 10:16] = 1, 3  # two defects, VisA-style class indices
+    got = load_mask(_save(tmp_path, "idx.png", Image.fromarray(m)), (20, 20))
+    np.testing.assert_array_equal(got, m > 0)
+
+
+@pytest.mark.parametrize("size", [7, 32, 112])
+def test_official_mask_resize_is_torchvision_resize_on_the_pil_mask(size):
+    """The official target transform, written out independently: Resize((S, S)) on the 0/255 PIL
+    mask, ToTensor, then the evaluator's > 0.5."""
+    rng = np.random.default_rng(size)
+    mask = np.zeros((83, 61), bool)
+    for _ in range(6):  # blobs and one-pixel lines: where bilinear-without-antialias differs
+        y, x = rng.integers(0, 70), rng.integers(0, 50)
+        mask[y : y + rng.integers(1, 14), x : x + rng.integers(1, 12)] = True
+    mask[:, 30] = True
+    official = transforms.Compose([transforms.Resize((size, size)), transforms.CenterCrop((size, size))])
+    expected = transforms.ToTensor()(official(Image.fromarray(mask.astype(np.uint8) * 255)))[0] > 0.5
+    got = mask_to_tensor(mask, size, "bilinear")
+    assert torch.equal(got, expected.float())

@@ -47,7 +47,9 @@ def test_tokens_and_masks_match_direct_extraction(folder, tmp_path):
     idx = [1, 4]
     direct = (
         bb.extract(
-            torch.stack([image_to_tensor(load_image(store.images[i]["image_path"]), bb.image_size) for i in idx])
+            torch.stack(
+                [image_to_tensor(load_image(store.images[i]["image_path"]), bb.image_size, bb.pixels) for i in idx]
+            )
         )
         .to(torch.float16)
         .float()

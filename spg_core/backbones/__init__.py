@@ -219,9 +219,12 @@ def load_backbone(
     random-initialised and take none.
     `protocol` (protocols.py) picks the tokens of transformer families ("official": block
     `layer`'s tokens as the authors' code took them, at the protocol's image size unless
-    `image_size` is given); the builtin and effnet backbones have one kind of token and ignore it.
+    `image_size` is given; -tiny variants keep their small size unless it is given); the builtin
+    and effnet backbones have one kind of token and ignore it, and refuse another `image_size`.
     """
     spec, variant = parse_backbone_name(name)
+    if image_size is not None and spec.patch_size is not None:
+        check_image_size(image_size, spec.patch_size, spec.name)
     dev = resolve_device(device)
     if spec.family == "openclip" and importlib.util.find_spec("open_clip") is None:
         raise SPGError(
@@ -241,9 +244,8 @@ def load_backbone(
         if spec.family == "builtin":
             backbone = _load_builtin(weights, dev)
         elif spec.family.startswith("hf-") or spec.family == "openclip":
-            options = dict(
-                token_mode=protocol, layer=layer, image_size=image_size or protocol_image_size(protocol, spec.family)
-            )
+            default_size = None if variant == "tiny" else protocol_image_size(protocol, spec.family)
+            options = dict(token_mode=protocol, layer=layer, image_size=image_size or default_size)
             if spec.family == "openclip":
                 backbone = load_openclip_backbone(spec, variant, weights, dev, **options)
             else:
@@ -252,7 +254,25 @@ def load_backbone(
             backbone = load_effnet_backbone(spec.name, variant, _name_options(name), weights)
         else:  # a registry entry without an adapter is a bug, not a user error
             raise AssertionError(f"no adapter for family {spec.family!r}")
+    if image_size is not None and image_size != backbone.image_size:
+        raise SPGError(
+            f"backbone '{name}' runs at its own size {backbone.image_size}; --image-size {image_size} is for the "
+            "transformer backbones",
+            fix=f"drop --image-size (or pass {backbone.image_size})",
+        )
     return _freeze(backbone, dev)
+
+
+def check_image_size(size: int, patch: int, backbone: str) -> None:
+    """S must be a positive multiple of the patch size: else an SPGError naming the valid neighbours."""
+    if size >= patch and size % patch == 0:
+        return
+    below, above = (size // patch) * patch, (size // patch + 1) * patch
+    near = f"{below} or {above}" if below >= patch else f"{above}"
+    raise SPGError(
+        f"--image-size {size} is not a positive multiple of {backbone}'s patch size {patch}",
+        fix=f"pass {near} (the nearest multiples of {patch})",
+    )
 
 
 def _name_options(name: str) -> list[str]:

@@ -7,6 +7,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..pixels import LEGACY, PixelRecipe
+
 
 class Backbone(nn.Module):
     """A frozen image encoder that returns final-block patch tokens.
@@ -26,9 +28,12 @@ class Backbone(nn.Module):
     layer: int = -1  # transformer block the tokens come from (-1 = final)
     has_cls: bool = False  # `forward_with_cls` returns the layer's CLS token
     # "studio" or "official" (protocols.py): which tokens of the layer, and how masks are resized
-    # (official: bilinear, binarised at 0.5). Recorded in `identity` only when not studio, so
+    # (official: PIL bilinear, binarised at 0.5). Recorded in `identity` only when not studio, so
     # stores extracted before protocols existed keep their key.
     token_mode: str = "studio"
+    # How images become this backbone's pixels (pixels.py): its image processor's resize filter and
+    # order. Recorded in `identity` only when not the PIL-bicubic default, so older stores keep their key.
+    pixels: PixelRecipe = LEGACY
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -53,6 +58,9 @@ class Backbone(nn.Module):
         }
         if self.token_mode != "studio":
             ident["tokens"] = self.token_mode
+            ident["masks"] = "pil-bilinear"  # stores masks resized as the official evaluation does
+        if self.pixels.tag() != LEGACY.tag():
+            ident["pixels"] = self.pixels.tag()
         return ident
 
     @property

@@ -35,9 +35,10 @@ from typing import Any
 from urllib.parse import urlparse
 
 import torch
-from huggingface_hub import constants
+from huggingface_hub import constants, try_to_load_from_cache
 
 from ..errors import SPGError
+from ..pixels import PROCESSOR_CONFIG, PixelRecipe, family_recipe, read_recipe
 from .base import Backbone
 
 # Hub and OpenCLIP checkpoint helpers ------------------------------------------------------------
@@ -245,8 +246,7 @@ class HFBackbone(Backbone):
         family: str,
         weights: str,
         image_size: int,
-        mean: tuple[float, float, float],
-        std: tuple[float, float, float],
+        pixels: PixelRecipe,
         forward_kwargs: dict[str, Any] | None = None,
         token_mode: str = "studio",
         layer: int | None = None,
@@ -260,8 +260,8 @@ class HFBackbone(Backbone):
         self.image_size = image_size
         self.patch_size = _as_int(config.patch_size)
         self.dim = int(config.hidden_size)
-        self.mean = tuple(mean)
-        self.std = tuple(std)
+        self.pixels = pixels
+        self.mean, self.std = pixels.mean, pixels.std
         self.num_prefix_tokens = prefix_token_count(family, config)
         self.forward_kwargs = dict(forward_kwargs or {})
         self.has_cls = family != "hf-siglip"
@@ -323,33 +323,43 @@ def load_hf_backbone(
     """Build `spec` (a BackboneSpec of an hf-* family): released weights, or a -tiny / -random variant.
 
     `token_mode` "official" takes block `layer`'s tokens (default: the last block) as the
-    official code did; `image_size` overrides the registry's S (not for -tiny)."""
+    official code did; `image_size` overrides the registry's S."""
     family = FAMILIES[spec.family]
     requested_size = image_size
+    pixels = family_recipe(spec.family, spec.mean, spec.std)
     if variant is None:
         source = canonical_weights(weights or spec.weights)
         _check_local_model_type(spec, source)
         model = _from_pretrained(family, spec, source)
         _check_architecture(model, spec, source)
         name, image_size = spec.name, requested_size or spec.image_size
+        pixels = read_recipe(_processor_dir(source), pixels)
     else:
         config_kwargs = family.tiny_config if variant == "tiny" else family.full_config
         model = _from_config(family, config_kwargs, device)
         source = "random-tiny" if variant == "tiny" else "random"
         name = f"{spec.name}-{variant}"
-        image_size = family.tiny_image_size if variant == "tiny" else (requested_size or spec.image_size)
+        image_size = requested_size or (family.tiny_image_size if variant == "tiny" else spec.image_size)
     return HFBackbone(
         model.to(device),
         name=name,
         family=spec.family,
         weights=source,
         image_size=image_size,
-        mean=spec.mean,
-        std=spec.std,
+        pixels=pixels,
         forward_kwargs=family.forward_kwargs,
         token_mode=token_mode,
         layer=layer,
     )
+
+
+def _processor_dir(source: str) -> Path:
+    """Where the weights' `preprocessor_config.json` would be: the local directory, or the hub
+    id's cached snapshot (looked up offline; a missing file means the family's defaults)."""
+    if looks_like_local_path(source):
+        return Path(source).expanduser()
+    cached = try_to_load_from_cache(source, PROCESSOR_CONFIG)
+    return Path(cached).parent if isinstance(cached, str) else Path(os.devnull)
 
 
 def _from_config(family: HFFamily, config_kwargs: dict[str, Any], device: torch.device) -> torch.nn.Module:

@@ -137,10 +137,10 @@ def load_openclip_backbone(
     layer: int | None = None,
 ) -> OpenCLIPBackbone:
     """Build `spec` (family "openclip"): released weights, or a -tiny / -random variant.
-    `token_mode`, `layer`: see the module docstring; `image_size` overrides S (not for -tiny)."""
+    `token_mode`, `layer`: see the module docstring; `image_size` overrides S."""
     if variant == "tiny":
         visual = _build_visual(TINY_VISION_CFG, TINY_EMBED_DIM, device)
-        image_size, name, source = TINY_IMAGE_SIZE, f"{spec.name}-tiny", "random-tiny"
+        image_size, name, source = image_size or TINY_IMAGE_SIZE, f"{spec.name}-tiny", "random-tiny"
     elif variant == "random":
         import open_clip  # noqa: PLC0415 -- heavy: loaded with OpenCLIP backbones only
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from .official import import_official
@@ -22,10 +23,18 @@ def cmd_import_official(args: argparse.Namespace) -> None:
         ema=not args.no_ema,
         guide_variant=args.guide_variant,
         guide_topk=args.guide_topk,
+        official_configs=args.official_config,
         aux=args.aux,
         target=args.target,
         device=args.device,
     )
+    if not run.read_config()["imported_from"]["verified"]:
+        print(
+            "note: no official config (.hydra/config.yaml beside the checkpoints' run folders, or "
+            "--official-config): the backbone and image size cannot be verified; they are the options given "
+            "or the protocol's defaults",
+            file=sys.stderr,
+        )
     print(f"imported into {run.path}; next: `spg eval --run {run.path} --target DATASET`")
 
 
@@ -35,19 +44,36 @@ def register_cli(sub: Any) -> None:
     p.add_argument("--sae-checkpoint", required=True, help="the SAE run's checkpoints/epoch_N.pth")
     p.add_argument("--guide-checkpoint", required=True, help="the guide run's checkpoints/epoch_N.pth")
     p.add_argument("--dead-mask", default=None, help="the SAE run's checkpoints/dead_atom_mask_layer_24.pt")
-    p.add_argument("--backbone", required=True, help="the backbone the official run used, e.g. dinov3-vitl16")
+    p.add_argument(
+        "--official-config",
+        action="append",
+        default=None,
+        metavar="FILE",
+        help="an official run's resolved Hydra config (default: RUN/.hydra/config.yaml beside each checkpoint's "
+        "run folder); give it twice for the SAE and the guide run",
+    )
+    p.add_argument(
+        "--backbone", default=None, help="the backbone the official run used (default: the config's model.id)"
+    )
     p.add_argument("--weights", default=None, help="its weights (hub id or directory; any size of the family)")
-    p.add_argument("--image-size", type=int, default=None, help="S of the official run (default: the protocol's)")
+    p.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
+        help="S of the official run (default: the config's, else the protocol's)",
+    )
     p.add_argument("--layer", type=int, default=None, help="block the tokens came from (default: the last)")
-    p.add_argument("--k", type=int, default=32, help="TopK k of the official SAE (default 32)")
+    p.add_argument("--k", type=int, default=None, help="TopK k of the official SAE (default: the config's, else 32)")
     p.add_argument("--no-ema", action="store_true", help="take the raw guides, not their EMA copy")
     p.add_argument(
         "--guide-variant",
-        default="relu_l1",
+        default=None,
         choices=["relu_l1", "topk"],
-        help="the official run's sparsity_type (l1 -> relu_l1, topk -> topk)",
+        help="the official run's sparsity_type (l1 -> relu_l1, topk -> topk; default: the config's, else relu_l1)",
     )
-    p.add_argument("--guide-topk", type=int, default=32, help="guide_topk of a topk run (default 32)")
+    p.add_argument(
+        "--guide-topk", type=int, default=None, help="guide_topk of a topk run (default: the config's, else 32)"
+    )
     p.add_argument("--aux", default=None, help="auxiliary dataset (extracted, so `spg atoms` can index it)")
     p.add_argument("--target", default=None, help="target dataset recorded for `spg eval`")
     p.add_argument("--out", required=True, help="new run directory")

@@ -35,6 +35,8 @@ from ..protocols import OFFICIAL, overrides
 from ..run_lock import LOCK_FILE, command_line, run_lock
 from ..runs import GUIDES_FILE, GUIDES_RECORD_FILE, SAE_FILE, SAE_RECORD_FILE, RunDir
 from ..sae import TopKSAE
+from .hydra_config import OfficialRun, config_beside, read_official_config
+from .reconcile import check_dead_mask_run, check_same_sae, reconcile
 
 SAE_PREFIX = "sae_list.0."
 ENCODER_KEY = "encoder.W.weight"
@@ -45,19 +47,27 @@ RAW_SECTION = "modules_dict_state_dict"
 
 
 def load_checkpoint(path: str | Path, what: str) -> Any:
-    """`torch.load(weights_only=True)` with every failure (missing, truncated, a pickle of
-    non-tensor objects) turned into one SPGError naming the file."""
+    """`torch.load(weights_only=True)` with every failure (missing, not a checkpoint, truncated,
+    a pickle of non-tensor objects) turned into one SPGError naming the file. PyTorch's own
+    message is never passed on: it suggests `weights_only=False`, which would run the file's code."""
     path = Path(path)
     if not path.is_file():
         raise SPGError(f"{what} not found", path=str(path), fix="check the path to the official checkpoint")
+    if not _looks_like_torch_save(path):
+        raise SPGError(
+            f"{what} is not a torch checkpoint (neither torch.save's zip nor its legacy pickle format)",
+            path=str(path),
+            fix="pass the .pth / .pt file the official code wrote (checkpoints/epoch_N.pth, "
+            "dead_atom_mask_layer_24.pt)",
+        )
     try:
         return torch.load(str(path), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
+    except pickle.UnpicklingError:
         raise SPGError(
-            f"{what} holds objects other than tensors, so it is not read (a full unpickle could run "
-            f"code): {str(exc).splitlines()[0]}",
+            f"{what} holds objects other than tensors and plain containers, so it is not read "
+            "(loading those would run code from the file)",
             path=str(path),
-            fix="pass the checkpoint written by the official code (tensors and plain containers only)",
+            fix="pass the checkpoint written by the official code, unmodified",
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
         raise SPGError(
@@ -66,6 +76,21 @@ def load_checkpoint(path: str | Path, what: str) -> Any:
             path=str(path),
             fix="copy the file again from the official run's checkpoints/ folder",
         ) from None
+
+
+def _looks_like_torch_save(path: Path) -> bool:
+    """torch.save writes a zip archive (PyTorch >= 1.6) or, legacy, a pickle (first byte 0x80)."""
+    if zipfile.is_zipfile(path):
+        return True
+    with open(path, "rb") as fh:
+        return fh.read(1) == b"\x80"
+
+
+def checkpoint_epoch(path: str | Path) -> int | None:
+    """The `epoch` an official checkpoint records (None when it has none)."""
+    ckpt = load_checkpoint(path, "official SAE checkpoint")
+    epoch = ckpt.get("epoch") if isinstance(ckpt, dict) else None
+    return int(epoch) if isinstance(epoch, int) else None
 
 
 def _tensor(section: dict[str, Any], key: str, path: Path, shape: tuple[int | None, ...], what: str) -> torch.Tensor:
@@ -156,25 +181,41 @@ def read_official_guides(path: str | Path, width: int, *, ema: bool = True) -> t
     return _tensor(section, GUIDE_KEY, path, (4, width), f"official guide checkpoint ({section_name})")
 
 
+def official_runs(
+    sae_checkpoint: str, guide_checkpoint: str, configs: list[str] | None
+) -> tuple[OfficialRun | None, OfficialRun | None]:
+    """(SAE run, guide run) configs: the `--official-config` files (told apart by their `mode`),
+    else each checkpoint's run folder's `.hydra/config.yaml`."""
+    if configs:
+        runs = [read_official_config(c) for c in configs]
+        by_mode = {("sae" if r.mode == "train_sae" else "guides"): r for r in runs}
+        return by_mode.get("sae"), by_mode.get("guides")
+    found = [config_beside(sae_checkpoint), config_beside(guide_checkpoint)]
+    sae_cfg, guide_cfg = (None if f is None else read_official_config(f) for f in found)
+    return sae_cfg, guide_cfg
+
+
 def import_official(
     *,
     sae_checkpoint: str,
     guide_checkpoint: str,
     out: str,
-    backbone: str,
+    backbone: str | None = None,
     dead_mask: str | None = None,
     weights: str | None = None,
     image_size: int | None = None,
     layer: int | None = None,
-    k: int = 32,
+    k: int | None = None,
     ema: bool = True,
-    guide_variant: str = "relu_l1",
-    guide_topk: int = 32,
+    guide_variant: str | None = None,
+    guide_topk: int | None = None,
+    official_configs: list[str] | None = None,
     aux: str | None = None,
     target: str | None = None,
     device: str = "auto",
 ) -> RunDir:
-    """Read the official files, check them against the backbone, and write the run `out`."""
+    """Read the official files and their runs' configs (reconcile.py), check them against the
+    backbone, and write the run `out`; nothing is written when anything is refused."""
     run = RunDir(out)
     if run.path.exists() and (not run.path.is_dir() or any(p.name != LOCK_FILE for p in run.path.iterdir())):
         raise SPGError(
@@ -182,23 +223,42 @@ def import_official(
             path=str(run.path),
             fix="choose another --out; an import never overwrites a run",
         )
-    bb = load_backbone(backbone, weights, device=device, protocol=OFFICIAL, image_size=image_size, layer=layer)
-    sae = read_official_sae(sae_checkpoint, bb.dim, k)
+    sae_run, guide_run = official_runs(sae_checkpoint, guide_checkpoint, official_configs)
+    given = dict(backbone=backbone, image_size=image_size, layer=layer, k=k)
+    settled = reconcile({**given, "guide_variant": guide_variant, "guide_topk": guide_topk}, sae_run, guide_run)
+    check_same_sae(guide_run, sae_checkpoint, checkpoint_epoch(sae_checkpoint))
+    check_dead_mask_run(dead_mask, sae_checkpoint, settled["layer"])
+    bb = load_backbone(
+        settled["backbone"],
+        weights,
+        device=device,
+        protocol=OFFICIAL,
+        image_size=settled["image_size"],
+        layer=settled["layer"],
+    )
+    sae = read_official_sae(sae_checkpoint, bb.dim, settled["k"])
+    if settled["width"] is not None and settled["width"] != sae.width:
+        raise SPGError(
+            f"the SAE checkpoint has {sae.width} atoms but the official config says hidden_dim {settled['width']}",
+            path=sae_checkpoint,
+            fix="pass the SAE checkpoint of the run whose config was read (or the matching --official-config)",
+        )
     if dead_mask is not None:
         sae.dead = read_dead_mask(dead_mask, sae.width)
     theta = read_official_guides(guide_checkpoint, sae.width, ema=ema)
-    pair = GuideSet(sae.width, guide_variant, topk=guide_topk, form="official", dead=sae.dead)
+    variant, topk = settled["guide_variant"], settled["guide_topk"]
+    pair = GuideSet(sae.width, variant, topk=topk, form="official", dead=sae.dead)
     with torch.no_grad():
         pair.theta.copy_(theta.float())
         pair.theta_ema.copy_(theta.float())
 
-    d = overrides(OFFICIAL)
     cfg = RunConfig.from_dict(
         {
-            **d,
+            **overrides(OFFICIAL),
             "protocol": OFFICIAL,
-            "backbone": backbone,
+            "backbone": settled["backbone"],
             "weights": weights,
+            "image_size": bb.image_size,
             "aux": aux or "imported",
             "target": target or RunConfig.target,
             "device": device,
@@ -206,8 +266,8 @@ def import_official(
     )
     cfg = replace(
         cfg,
-        sae=replace(cfg.sae, width=sae.width, k=k),
-        guides=replace(cfg.guides, variant=guide_variant, topk=guide_topk),
+        sae=replace(cfg.sae, width=sae.width, k=settled["k"], **_trained_with(sae_run, "sae")),
+        guides=replace(cfg.guides, variant=variant, topk=topk, **_trained_with(guide_run, "guides")),
     )
     sources = {
         name: {"path": str(Path(p).resolve()), "sha256": file_sha256(p)}
@@ -216,10 +276,16 @@ def import_official(
     }
     extra: dict[str, Any] = {
         "backbone_identity": bb.identity(),
-        "imported_from": {"code": "riips/SPG", **sources, "guides_copy": "ema" if ema else "raw"},
+        "imported_from": {
+            "code": "riips/SPG",
+            **sources,
+            "guides_copy": "ema" if ema else "raw",
+            "verified": settled["verified"],
+            "official_settings": settled["official"],
+        },
     }
     if aux:
-        extra["aux_store"] = str(extract(aux, bb, ExtractConfig(quiet=True)).root)
+        extra["aux_store"] = str(extract(aux, bb, ExtractConfig(quiet=True), dtype="float32").root)
     with run_lock(run.path, command_line()):
         run.write_config(cfg, extra)
         sae.save(str(run.file(SAE_FILE)), {"backbone": bb.identity(), "method": "spg", "imported": True})
@@ -244,3 +310,13 @@ def import_official(
             },
         )
     return run
+
+
+def _trained_with(official: OfficialRun | None, section: str) -> dict[str, Any]:
+    """The settings an official run was trained with, as SAEConfig / GuideConfig fields (those it names)."""
+    if official is None:
+        return {}
+    values = {"epochs": official.epochs, "lr": official.lr, "batch_images": official.batch_size, "seed": official.seed}
+    if section == "guides":
+        values["ema_decay"] = official.ema_decay
+    return {name: v for name, v in values.items() if v is not None}

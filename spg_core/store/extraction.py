@@ -26,10 +26,12 @@ from ..atomic import read_json, save_tensors, write_json
 from ..backbones.base import Backbone
 from ..data import Dataset, Sample
 from ..errors import SPGError
-from ..images import image_to_uint8, load_image, load_mask, mask_to_tensor, shape_note
+from ..images import image_pixels, load_image, load_mask, mask_to_tensor, shape_note
+from ..pixels import LEGACY, PixelRecipe, to_unit
 from .layout import (
     DEFAULT_SHARD_IMAGES,
     STORE_VERSION,
+    TOKEN_DTYPES,
     finished_shards,
     image_records,
     pack_masks,
@@ -42,14 +44,14 @@ from .reader import TokenStore
 
 
 class _CheckedImages(torch.utils.data.Dataset):
-    """Decodes samples in DataLoader workers: uint8 image `[3, S, S]`, bit-packed mask.
+    """Decodes samples in DataLoader workers: image `[3, S, S]` (`images.image_pixels`), bit-packed mask.
 
     A bad image is reported (`error`) instead of raised, so the main loop decides: stop
     with the file's name, or skip it with --skip-bad, without a separate decode pass.
     """
 
-    def __init__(self, samples: list[Sample], size: int, mask_resize: str = "nearest"):
-        self.samples, self.size, self.mask_resize = samples, size, mask_resize
+    def __init__(self, samples: list[Sample], size: int, mask_resize: str = "nearest", pixels: PixelRecipe = LEGACY):
+        self.samples, self.size, self.mask_resize, self.pixels = samples, size, mask_resize, pixels
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -58,24 +60,34 @@ class _CheckedImages(torch.utils.data.Dataset):
         s, size = self.samples[i], self.size
         try:
             img = load_image(s.image_path)
-            image = image_to_uint8(img, size)
+            image = image_pixels(img, size, self.pixels)
             if s.mask_path is None:
                 mask = torch.zeros(size, size)
             else:
                 mask = mask_to_tensor(load_mask(s.mask_path, img.size, image_path=s.image_path), size, self.mask_resize)
             error, note = "", shape_note(img.size, size) or ""
         except SPGError as exc:
-            image, mask, error = torch.zeros(3, size, size, dtype=torch.uint8), torch.zeros(size, size), str(exc)
+            image, mask, error = (
+                torch.zeros(3, size, size, dtype=_worker_dtype(self.pixels)),
+                torch.zeros(size, size),
+                str(exc),
+            )
             note = ""
         # Packed here, in the worker: the main process only moves bytes.
         mask = torch.from_numpy(pack_masks(mask[None])[0])
         return {"image": image, "mask": mask, "index": i, "error": error, "note": note}
 
 
+def _worker_dtype(pixels: PixelRecipe) -> torch.dtype:
+    """What `image_pixels` returns for `pixels` (a failed image's placeholder must collate with it)."""
+    return torch.float32 if pixels.engine == "torch-float" else torch.uint8
+
+
 def build_store(
     dataset: Dataset,
     backbone: Backbone,
     *,
+    dtype: str = "float16",
     cache_dir: str | Path | None = None,
     batch_size: int | None = None,
     num_workers: int | None = None,
@@ -83,7 +95,8 @@ def build_store(
     skip_bad: bool = False,
     progress: bool = True,
 ) -> TokenStore:
-    """Extract tokens for `dataset` with `backbone`, re-using or resuming a matching store.
+    """Extract tokens for `dataset` with `backbone`, re-using or resuming a matching store of
+    `dtype` tokens ("float16", or "float32" for tokens exactly as extracted).
 
     Collective under torchrun: every rank calls it; rank r extracts the missing shards
     `i % world == r` (see `distributed.owned`), and rank 0 writes the final manifest once
@@ -95,10 +108,14 @@ def build_store(
             path=dataset.root,
             fix="check the dataset path and layout (see `spg run --help`)",
         )
-    root = store_dir_for(dataset, backbone, cache_dir)
+    if dtype not in TOKEN_DTYPES:
+        raise SPGError(f"token dtype {dtype!r} is not one of {', '.join(TOKEN_DTYPES)}", fix="pass float16 or float32")
+    root = store_dir_for(dataset, backbone, cache_dir, dtype)
     manifest_path = root / "manifest.json"
     if distributed.is_main():
-        _prepare(root, store_key(dataset, backbone), image_records(dataset.samples), shard_images, backbone.has_cls)
+        _prepare(
+            root, store_key(dataset, backbone, dtype), image_records(dataset.samples), shard_images, backbone.has_cls
+        )
     distributed.barrier()  # every rank now sees the same manifest
     manifest = read_json(manifest_path, what="token store manifest")
     if manifest.get("complete"):
@@ -114,6 +131,7 @@ def build_store(
             plan,
             mine,
             backbone,
+            dtype=getattr(torch, dtype),
             batch_size=batch_size,
             num_workers=num_workers,
             skip_bad=skip_bad,
@@ -208,6 +226,7 @@ def _extract_shards(
     todo_shards: list[int],
     backbone: Backbone,
     *,
+    dtype: torch.dtype,
     batch_size: int | None,
     num_workers: int | None,
     skip_bad: bool,
@@ -230,7 +249,7 @@ def _extract_shards(
     shard_of = np.concatenate([np.full(len(plan[i]), i) for i in todo_shards])
     todo = [records[p] for p in positions]
     loader = torch.utils.data.DataLoader(
-        _CheckedImages([Sample(**r) for r in todo], backbone.image_size, backbone.mask_resize),
+        _CheckedImages([Sample(**r) for r in todo], backbone.image_size, backbone.mask_resize, backbone.pixels),
         batch_size=batch_size,
         num_workers=workers,
         pin_memory=on_cuda,
@@ -239,7 +258,7 @@ def _extract_shards(
     world = distributed.current()
     desc = f"extract {backbone.name}" + (f" [rank {world.rank}/{world.size}]" if world.size > 1 else "")
     bar = tqdm(total=len(todo), desc=desc, unit="img", disable=not progress)
-    buffer = _ShardBuffer(backbone, plan[0].stop - plan[0].start, on_cuda)
+    buffer = _ShardBuffer(backbone, plan[0].stop - plan[0].start, on_cuda, dtype)
     seen = {i: 0 for i in todo_shards}
     skipped: dict[int, list[dict[str, str]]] = {i: [] for i in todo_shards}
     current = 0
@@ -263,7 +282,7 @@ def _extract_shards(
                 rows = [i for i, e in enumerate(batch["error"]) if not e]
                 images, masks = images[rows], masks[rows]
             if keep:
-                images = images.to(device, non_blocking=True).float().div_(255.0)
+                images = to_unit(images.to(device, non_blocking=True), backbone.pixels)
                 tokens, cls = backbone.extract_with_cls(images)
                 buffer.add(tokens, masks.numpy(), shard_of[keep], cls)
             bar.update(len(batch["error"]))
@@ -289,7 +308,7 @@ def _extract_shards(
 
 
 class _ShardBuffer:
-    """Accumulates one shard's extracted tokens (fp16; pinned host memory on CUDA).
+    """Accumulates one shard's extracted tokens (in the store's dtype; pinned host memory on CUDA).
 
     Two buffers alternate: one is written to disk while the other fills, so a finished
     shard is handed to the writer without a copy. The caller waits for the previous
@@ -297,13 +316,11 @@ class _ShardBuffer:
     (a batch may span shards) wait in `pending` until their shard is `start`ed.
     """
 
-    def __init__(self, backbone: Backbone, per_shard: int, pinned: bool):
+    def __init__(self, backbone: Backbone, per_shard: int, pinned: bool, dtype: torch.dtype = torch.float16):
         h, w = backbone.grid
-        self.buffers = [
-            torch.empty(per_shard, h * w, backbone.dim, dtype=torch.float16, pin_memory=pinned) for _ in range(2)
-        ]
+        self.buffers = [torch.empty(per_shard, h * w, backbone.dim, dtype=dtype, pin_memory=pinned) for _ in range(2)]
         self.cls_buffers = (
-            [torch.empty(per_shard, backbone.dim, dtype=torch.float16, pin_memory=pinned) for _ in range(2)]
+            [torch.empty(per_shard, backbone.dim, dtype=dtype, pin_memory=pinned) for _ in range(2)]
             if backbone.has_cls
             else None
         )

@@ -38,21 +38,26 @@ def image_records(samples: list[Sample]) -> list[dict[str, Any]]:
     return [asdict(s) for s in samples]
 
 
-def store_key(dataset: Dataset, backbone: Backbone) -> dict[str, Any]:
-    """Everything that must match for stored tokens to be re-usable."""
+TOKEN_DTYPES = {"float16": "F16", "float32": "F32"}  # store dtype -> the safetensors dtype of its shards
+
+
+def store_key(dataset: Dataset, backbone: Backbone, dtype: str = "float16") -> dict[str, Any]:
+    """Everything that must match for stored tokens to be re-usable; `dtype`: one of TOKEN_DTYPES."""
     return {
         "version": STORE_VERSION,
         "dataset": dataset.name,
         "root": str(Path(dataset.root).resolve()),
         "identity": backbone.identity(),
-        "dtype": "float16",
+        "dtype": dtype,
         "images_sha": hashlib.sha256(json.dumps(image_records(dataset.samples)).encode()).hexdigest(),
     }
 
 
-def store_dir_for(dataset: Dataset, backbone: Backbone, cache_dir: str | Path | None = None) -> Path:
+def store_dir_for(
+    dataset: Dataset, backbone: Backbone, cache_dir: str | Path | None = None, dtype: str = "float16"
+) -> Path:
     """The store's folder: `$SPG_CACHE/tokens/<dataset>__<backbone>__<size>__L<layer>__<digest of the key>`."""
-    key = store_key(dataset, backbone)
+    key = store_key(dataset, backbone, dtype)
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
     ident = backbone.identity()
     name = f"{_slug(dataset.name)}__{_slug(ident['backbone'])}__{ident['image_size']}__L{ident['layer']}__{digest}"
