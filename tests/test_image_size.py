@@ -6,10 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
-from tiny_data import TINY_AUX, TINY_RUN_ARGS, tiny_pair, tiny_set
+from helpers.tiny_data import TINY_AUX, TINY_RUN_ARGS, tiny_pair, tiny_set
 
 from spg_core import cli
 from spg_core.backbones import load_backbone
+from spg_core.config import ExtractConfig
 from spg_core.errors import SPGError
 from spg_core.pipeline import extract
 from spg_core.runs import RunDir
@@ -54,8 +55,10 @@ def test_every_command_refuses_a_bad_size_before_any_work(tmp_path, capsys, argv
 
 def test_the_size_is_in_the_store_key_and_the_run_config(tmp_path):
     aux = tiny_set(tmp_path / "data", TINY_AUX)
-    small = extract(aux, load_backbone(DINOV2, device="cpu", image_size=28), cache_dir=tmp_path, progress=False)
-    default = extract(aux, load_backbone(DINOV2, device="cpu"), cache_dir=tmp_path, progress=False)
+    small = extract(
+        aux, load_backbone(DINOV2, device="cpu", image_size=28), ExtractConfig(cache_dir=str(tmp_path), quiet=True)
+    )
+    default = extract(aux, load_backbone(DINOV2, device="cpu"), ExtractConfig(cache_dir=str(tmp_path), quiet=True))
     assert small.root != default.root
     assert (small.num_patches, default.num_patches) == (4, 16)
 

@@ -8,9 +8,9 @@ import json
 import numpy as np
 import torch
 import torch.nn.functional as F
+from helpers.tiny_data import TINY_TARGET, tiny_set
 from scipy.ndimage import gaussian_filter
 from test_interop import _import, _official_files
-from tiny_data import TINY_TARGET, tiny_set
 
 from spg_core.cli import main as spg_main
 from spg_core.store import TokenStore
