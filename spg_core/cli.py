@@ -22,7 +22,7 @@ from typing import Any
 
 from . import atoms_cli, distributed, launch, report_html, select, sweep
 from .atomic import disk_error
-from .backbones import load_backbone
+from .backbones import check_backbone_image_size, load_backbone
 from .config import ExtractConfig, GuideConfig, RunConfig, SAEConfig, ScoreConfig, config_warnings
 from .consistency import inconsistent_artifacts, require_consistent
 from .devices import resolve_device
@@ -162,6 +162,7 @@ def _build_folder(args: argparse.Namespace, cfg: RunConfig, done_file: str) -> I
         yield Path(args.out)
         return
     settings = effective_config(cfg).to_dict()
+    check_backbone_image_size(cfg.backbone, cfg.image_size)  # before the folder or its lock exists
     with (
         run_lock(args.out, command_line()),
         build_folder(args.out, settings, overwrite=args.overwrite, done_file=done_file) as folder,

@@ -223,8 +223,7 @@ def load_backbone(
     and effnet backbones have one kind of token and ignore it, and refuse another `image_size`.
     """
     spec, variant = parse_backbone_name(name)
-    if image_size is not None and spec.patch_size is not None:
-        check_image_size(image_size, spec.patch_size, spec.name)
+    check_backbone_image_size(name, image_size)
     dev = resolve_device(device)
     if spec.family == "openclip" and importlib.util.find_spec("open_clip") is None:
         raise SPGError(
@@ -261,6 +260,13 @@ def load_backbone(
             fix=f"drop --image-size (or pass {backbone.image_size})",
         )
     return _freeze(backbone, dev)
+
+
+def check_backbone_image_size(name: str, image_size: int | None) -> None:
+    """Refuse an `--image-size` that backbone `name` cannot take (before any work is done)."""
+    spec, _ = parse_backbone_name(name)
+    if image_size is not None and spec.patch_size is not None:
+        check_image_size(image_size, spec.patch_size, spec.name)
 
 
 def check_image_size(size: int, patch: int, backbone: str) -> None:
