@@ -1,0 +1,116 @@
+"""Where SAE training reads its tokens: all of them in memory, or streamed from the store's shards.
+
+Both sources give the training loop the same three things: each epoch's batches (this rank's
+slice of each global batch, with the global batch's row count), sequential chunks for the
+passes that accumulate statistics (FVU, dead atoms), and the state of their shuffling (saved
+in checkpoints, so a resumed run draws the same batches).
+
+Batch orders:
+
+    ResidentTokens, order "studio"    tokens shuffled one by one (randperm over T, seeded)
+    ResidentTokens, order "official"  whole images in the official code's seeded image order
+                                      (official_order.epoch_order), 16 images' tokens a step
+    StreamedTokens                    shards in a seeded order, a window of `window_shards`
+                                      shards shuffled at token level (token_stream.ShardStream);
+                                      the order depends on (seed, epoch) alone
+
+The streamed order therefore differs from both resident orders: tokens from shards far apart
+in the store meet in a batch only through the window's carry-over. docs/SCALING.md gives the
+measured effect on the loss curve.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+
+from . import distributed
+from .official_order import epoch_order, image_token_rows, sae_init
+from .store import TokenStore
+from .token_stream import ShardStream, ordered_batches
+
+Batches = Iterator[tuple[torch.Tensor, int]]  # (this rank's rows [b, D] float32, the global batch's rows)
+
+
+class ResidentTokens:
+    """Every token `[T, D]` (image-major: row i * N + p is patch p of image i) in host or device memory."""
+
+    def __init__(
+        self, tokens: torch.Tensor, tokens_per_image: int, batch_rows: int, *, order: str, seed: int, width: int
+    ):
+        self.tokens, self.tokens_per_image, self.batch_rows = tokens, tokens_per_image, batch_rows
+        self.num_tokens, self.dim = tokens.shape
+        self.seed = seed
+        self.gen = torch.Generator(device=tokens.device).manual_seed(seed)
+        # official: the generator positioned after the official SAE's (width M) construction draws
+        self.official_gen = sae_init(seed, self.dim, width)[1] if order == "official" else None
+
+    def epoch(self, epoch: int, device: torch.device) -> Batches:
+        if self.official_gen is not None:
+            images = epoch_order(self.official_gen, self.num_tokens // self.tokens_per_image)
+            order = image_token_rows(images, self.tokens_per_image).to(self.tokens.device)
+        else:
+            order = torch.randperm(self.num_tokens, generator=self.gen, device=self.tokens.device)
+        return ordered_batches(self.tokens, order, self.batch_rows, device)
+
+    def chunks(self, rows: int) -> Iterator[torch.Tensor]:
+        """This rank's share of the tokens, `[<= rows, D]` at a time (their sums are all-reduced)."""
+        mine = self.tokens[distributed.batch_slice(self.num_tokens)]
+        return (mine[i : i + rows] for i in range(0, mine.shape[0], rows))
+
+    def sample(self, n: int) -> torch.Tensor:
+        """`[<= n, D]` tokens drawn without replacement (seeded): the decoder bias's initial centre."""
+        pick = torch.randperm(self.num_tokens, generator=torch.Generator().manual_seed(self.seed))[:n]
+        return self.tokens[pick.to(self.tokens.device)]
+
+    def state(self) -> dict[str, torch.Tensor]:
+        out = {"rng_tokens": self.gen.get_state()}
+        if self.official_gen is not None:
+            out["rng_official"] = self.official_gen.get_state()
+        return out
+
+    def load_state(self, state: dict[str, torch.Tensor]) -> None:
+        self.gen.set_state(state["rng_tokens"])
+        if self.official_gen is not None:
+            self.official_gen.set_state(state["rng_official"])
+
+
+class StreamedTokens:
+    """The store's tokens read from its shards as training goes: host memory holds one shuffled
+    window and a few batches (memory.streamed_sae_bytes), not the store."""
+
+    def __init__(self, store: TokenStore, batch_rows: int, *, seed: int, window_shards: int, prefetch: int = 4) -> None:
+        every = list(range(len(store.manifest["shards"])))
+        # Every rank reads every shard and computes its slice of each global batch, so the ranks
+        # step together and each step equals the single-process step (as in sae_train).
+        self.stream = ShardStream(store, batch_rows, seed=seed, window_shards=window_shards, shards=every, prefetch=1)
+        self.prefetch, self.batch_rows, self.seed = prefetch, batch_rows, seed
+        self.store, self.dim = store, store.dim
+        self.num_tokens = self.stream.num_tokens
+        self.owned = ShardStream(store, batch_rows, shards=distributed.owned(len(every)))
+
+    def epoch(self, epoch: int, device: torch.device) -> Batches:
+        self.stream.device, self.stream.prefetch = device, self.prefetch
+        for batch in self.stream.epoch(epoch):
+            yield batch[distributed.batch_slice(len(batch))], len(batch)
+
+    def chunks(self, rows: int) -> Iterator[torch.Tensor]:
+        """This rank's shards' tokens in store order, `[<= rows, D]` at a time."""
+        return self.owned.chunks(rows)
+
+    def sample(self, n: int) -> torch.Tensor:
+        """`[<= n, D]` tokens spread evenly over the store (every s-th row), read in one pass."""
+        step = max(1, self.num_tokens // n)
+        picked, seen = [], 0
+        for chunk in ShardStream(self.store, self.batch_rows, shards=self.stream.shards).chunks(65536):
+            first = (-seen) % step
+            picked.append(chunk[first::step].clone())
+            seen += len(chunk)
+        return torch.cat(picked)[:n]
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {}  # the order is a function of (seed, epoch)
+
+    def load_state(self, state: dict[str, torch.Tensor]) -> None:
+        return None
