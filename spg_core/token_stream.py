@@ -1,10 +1,10 @@
-"""Token batches streamed from a store's memory-mapped shards, for token sets larger than memory.
+"""Token batches streamed from a store's shards, for token sets larger than memory.
 
 As saev reads its activation shards: whole shards are read sequentially (the fast way to
 read a disk or a shared file system), a window of `window_shards` shards is shuffled at
-token level, and cut into batches `[B, D]`; the rest of a window is carried into the next. A background thread reads, shuffles, pins and
-copies the next batches to the device while the caller computes on the current one, so the
-device waits for the disk only when the disk is slower than the training step.
+token level, and cut into batches `[B, D]`; the rest of a window is carried into the next.
+A background thread reads, shuffles, pins and copies the next batches to the device while
+the caller computes on the current one, so the device waits for the disk only when the disk is slower than the training step.
 
 `ordered_batches` is the same prefetching for `sae_train`'s exact batch order over tokens
 held in host memory (too large for the device).
@@ -80,7 +80,8 @@ class ShardStream:
         return sum(largest) + self.batch_tokens
 
     def read_rows(self, i: int, lo: int, hi: int, out: np.ndarray) -> None:
-        """Token rows `[lo, hi)` of shard position `i` into `out` `[hi - lo, D]`, after checking the shard is unchanged."""
+        """Token rows `[lo, hi)` of shard position `i` into `out` `[hi - lo, D]`, once the shard is
+        checked to be the one the stream opened."""
         mm = self._memmaps[i]
         if _stamp(mm.filename) != self._stamps[i]:
             raise SPGError(
