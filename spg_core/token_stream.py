@@ -4,7 +4,8 @@ As saev reads its activation shards: whole shards are read sequentially (the fas
 read a disk or a shared file system), a window of `window_shards` shards is shuffled at
 token level, and cut into batches `[B, D]`; the rest of a window is carried into the next.
 A background thread reads, shuffles, pins and copies the next batches to the device while
-the caller computes on the current one, so the device waits for the disk only when the disk is slower than the training step.
+the caller computes on the current one, so the device waits for the disk only when the
+disk is slower than the training step.
 
 `ordered_batches` is the same prefetching for `sae_train`'s exact batch order over tokens
 held in host memory (too large for the device).
