@@ -127,6 +127,12 @@ def _io_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def _memory_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The training stages' host memory budget and streaming choice (ExtractConfig's fields)."""
+    io = config_from_args(args, ExtractConfig)
+    return {"max_host_memory": io.max_host_memory, "stream": io.stream}
+
+
 def _check_out_dir(path: str) -> None:
     """`--out` must name a directory (new or existing), not a file."""
     from pathlib import Path
@@ -154,7 +160,9 @@ def cmd_run(args: argparse.Namespace) -> None:
         if metrics is None:
             return
     else:
-        metrics = run_experiment(cfg, args.out, metric_options={"aupro_variant": args.aupro}, **_io_kwargs(args))
+        metrics = run_experiment(
+            cfg, args.out, metric_options={"aupro_variant": args.aupro}, **_io_kwargs(args), **_memory_kwargs(args)
+        )
     write_reports(args.out)
     print_metrics(metrics, title=f"{cfg.aux} -> {cfg.target} [{cfg.backbone}, {cfg.method}, {cfg.protocol}]")
     print(f"run directory: {args.out}")
@@ -170,14 +178,14 @@ def _run_distributed(cfg: RunConfig, args: argparse.Namespace) -> dict[str, Any]
     backbone = load_run_backbone(cfg, resolve_device(cfg.device))
     if io.pop("compile_backbone"):
         backbone.enable_compile()
-    run = train_stages(cfg, args.out, stages=("sae",), backbone=backbone, **io)
+    run = train_stages(cfg, args.out, stages=("sae",), backbone=backbone, **io, **_memory_kwargs(args))
     extract(
         cfg.target, backbone, **{k: io[k] for k in ("cache_dir", "skip_bad", "batch_size", "num_workers", "progress")}
     )
     if not distributed.is_main():
         return None
     with distributed.main_only():
-        train_stages(cfg, args.out, stages=("guides",), backbone=backbone, **io)
+        train_stages(cfg, args.out, stages=("guides",), backbone=backbone, **io, **_memory_kwargs(args))
         return evaluate_target(
             run, metric_options={"aupro_variant": args.aupro}, device=cfg.device, backbone=backbone, **io
         )
@@ -202,7 +210,7 @@ def cmd_train_sae(args: argparse.Namespace) -> None:
     from .pipeline import train_stages
 
     _check_out_dir(args.out)
-    run = train_stages(_config_from(args), args.out, stages=("sae",), **_io_kwargs(args))
+    run = train_stages(_config_from(args), args.out, stages=("sae",), **_io_kwargs(args), **_memory_kwargs(args))
     if distributed.is_main():
         print(f"SAE written to {run.file('sae.safetensors')}")
 
@@ -215,7 +223,7 @@ def cmd_train_guides(args: argparse.Namespace) -> None:
 
     cfg = RunDir(args.run).run_config()
     cfg = replace(cfg, guides=_guides_for(cfg, args), device=args.device or cfg.device)
-    run = train_stages(cfg, args.run, stages=("guides",), **_io_kwargs(args))
+    run = train_stages(cfg, args.run, stages=("guides",), **_io_kwargs(args), **_memory_kwargs(args))
     print(f"guides written to {run.file('guides.safetensors')}")
 
 

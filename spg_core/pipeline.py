@@ -9,11 +9,12 @@ Predictor) lives in inference.py. No function here changes the configs it is giv
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import platform
 import sys
 import time
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import __version__, distributed
+from . import __version__, distributed, train_checkpoint
 from .atomic import file_sha256, write_json
 from .backbones import load_backbone
 from .backbones.base import Backbone, resolve_device
@@ -31,12 +32,15 @@ from .data import open_dataset
 from .errors import SPGError
 from .guides import GuideBatch, GuidePair, saturation_note, train_guides
 from .inference import Predictor, dictionary_of, load_run_sae, score_store, target_maps
+from .memory import budget_bytes, format_size, resident_sae_bytes, streamed_sae_bytes
 from .metrics import image_auroc
 from .runs import GUIDES_FILE, GUIDES_RECORD_FILE, METRICS_FILE, SAE_FILE, SAE_RECORD_FILE, RunDir
 from .sae import TopKSAE
+from .sae_data import ResidentTokens, StreamedTokens
 from .sae_train import attach_dead_mask, evaluate_sae, train_sae
 from .scoring import cosine_logits, patch_probabilities
 from .store import TokenStore, build_store
+from .train_checkpoint import GUIDES_CHECKPOINT, SAE_CHECKPOINT
 
 # -- stage 0: tokens ------------------------------------------------------------------------
 
@@ -68,27 +72,103 @@ def extract(
 
 
 def fit_dictionary(
-    store: TokenStore, cfg: SAEConfig, method: str, device: torch.device, progress: bool = True
+    store: TokenStore,
+    cfg: SAEConfig,
+    method: str,
+    device: torch.device,
+    progress: bool = True,
+    *,
+    max_host_memory: str | None = None,
+    stream: str = "auto",
+    checkpoint: Path | None = None,
 ) -> tuple[TopKSAE | None, dict[str, Any]]:
-    """Train the SAE ('spg'), draw a random one ('random_dict'), or none ('free_guides')."""
+    """Train the SAE ('spg'), draw a random one ('random_dict'), or none ('free_guides').
+
+    The tokens are held in memory when they fit `max_host_memory` (memory.py; `stream` "auto"),
+    else streamed from the store's shards (sae_data.StreamedTokens); `stream` "always" / "never"
+    forces either. `checkpoint`: the epoch-end checkpoint file a killed training resumes from."""
     if method == "free_guides":
         return None, {"trained": False, "note": "free guides: no dictionary"}
-    tokens = store.all_tokens(device="cpu", dtype=torch.float16)
+    source, feed = sae_token_source(store, cfg, budget_bytes(max_host_memory), stream)
     if method == "random_dict":
         sae = TopKSAE(store.dim, cfg.width, cfg.k, seed=cfg.seed, bias=cfg.bias).to(device)
-        sae.init_bias(tokens[:: max(1, tokens.shape[0] // 65536)].to(device), cfg.init_bias)
-        return sae, {"trained": False, "note": "random unit-norm dictionary", **evaluate_sae(sae, tokens)}
+        sae.init_bias(source.sample(65536).to(device), cfg.init_bias)
+        return sae, {"trained": False, "note": "random unit-norm dictionary", "feed": feed, **evaluate_sae(sae, source)}
     t0 = time.perf_counter()
-    sae, history = train_sae(tokens, cfg, tokens_per_image=store.num_patches, device=device, progress=progress)
+    sae, history = train_sae(
+        source,
+        cfg,
+        tokens_per_image=store.num_patches,
+        device=device,
+        progress=progress,
+        checkpoint=checkpoint,
+        data_key=file_sha256(store.root / "manifest.json"),
+    )
     seconds = time.perf_counter() - t0
     # The mask runs over every auxiliary token the official statistic sees: patches and CLS.
-    cls = store.all_cls()
-    dead = attach_dead_mask(sae, tokens if cls is None else torch.cat([tokens, cls]))
+    dead = attach_dead_mask(sae, itertools.chain(source.all_chunks(65536), cls_chunks(store)))
     print(
         f"SAE: {dead} of {sae.width} atoms never fire on the auxiliary set (dead; masked out of the guides)",
         file=sys.stderr,
     )
-    return sae, {"trained": True, "seconds": seconds, "history": history, **history[-1], "dead_atoms": dead}
+    return sae, {
+        "trained": True,
+        "seconds": seconds,
+        "feed": feed,
+        "history": history,
+        **history[-1],
+        "dead_atoms": dead,
+    }
+
+
+def sae_token_source(
+    store: TokenStore, cfg: SAEConfig, budget: int, stream: str
+) -> tuple[ResidentTokens | StreamedTokens, dict[str, Any]]:
+    """The SAE's tokens, in memory or streamed, under `budget` host bytes; and a record of the choice.
+
+    Refused (SPGError) when streaming cannot fit one batch and one shard in the budget."""
+    batch_rows = cfg.batch_images * store.num_patches
+    itemsize = store_itemsize(store)
+    n_tokens = store.num_images * store.num_patches
+    need = resident_sae_bytes(n_tokens, batch_rows, store.dim, cfg.width, cfg.k, itemsize)
+    if stream == "never" or (stream == "auto" and need <= budget):
+        tokens = store.all_tokens(device="cpu", dtype=torch.float32 if itemsize == 4 else torch.float16)
+        source = ResidentTokens(tokens, store.num_patches, batch_rows, order=cfg.order, seed=cfg.seed, width=cfg.width)
+        return source, {"streamed": False, "order": cfg.order, "host_bytes": need, "budget": budget}
+    rows = sorted((s["count"] * store.num_patches for s in store.manifest["shards"]), reverse=True)
+    fits = [
+        w
+        for w in range(1, cfg.stream_window_shards + 1)
+        if streamed_sae_bytes(sum(rows[:w]) + batch_rows, batch_rows, store.dim, cfg.width, cfg.k, itemsize, 4)
+        <= budget
+    ]
+    if not fits:
+        smallest = streamed_sae_bytes(rows[0] + batch_rows, batch_rows, store.dim, cfg.width, cfg.k, itemsize, 4)
+        raise SPGError(
+            f"--max-host-memory {format_size(budget)} cannot hold streamed SAE training's smallest working set "
+            f"(one shard of {rows[0]:,} tokens, 4 batches of {batch_rows:,} tokens, the step and the SAE)",
+            path=str(store.root),
+            fix=f"give --max-host-memory {format_size(smallest)} or more (or fewer --sae-batch-images / --width)",
+        )
+    window = fits[-1]
+    if cfg.order == "official":
+        print("note: streamed SAE training draws the stream's order, not the official image order", file=sys.stderr)
+    source = StreamedTokens(store, batch_rows, seed=cfg.seed, window_shards=window)
+    used = streamed_sae_bytes(sum(rows[:window]) + batch_rows, batch_rows, store.dim, cfg.width, cfg.k, itemsize, 4)
+    return source, {"streamed": True, "order": "stream", "window_shards": window, "host_bytes": used, "budget": budget}
+
+
+def store_itemsize(store: TokenStore) -> int:
+    """Bytes per stored token value (2 for fp16 stores, 4 for float32 ones)."""
+    return next(iter(store.iter_shards()))[1].dtype.itemsize
+
+
+def cls_chunks(store: TokenStore, images: int = 4096) -> Iterator[torch.Tensor]:
+    """The store's CLS tokens `[<= images, D]` a chunk at a time; nothing when it has none."""
+    if not store.has_cls:
+        return
+    for lo in range(0, store.num_images, images):
+        yield store.cls(range(lo, min(lo + images, store.num_images)))
 
 
 # -- stage 2: guides ------------------------------------------------------------------------
@@ -101,10 +181,15 @@ def fit_guides(
     device: torch.device,
     progress: bool = True,
     dead: torch.Tensor | None = None,
+    *,
+    max_host_memory: str | None = None,
+    checkpoint: Path | None = None,
 ) -> tuple[GuidePair, dict[str, Any]]:
     """Train guides on the auxiliary store's tokens, CLS tokens, masks and labels; `dead` `[M]`:
-    the SAE's dead-atom mask (those coefficients stay 0)."""
-    resident = store.num_images * store.num_patches * store.dim * 4 < 2 * 1024**3
+    the SAE's dead-atom mask (those coefficients stay 0). The tokens are held (float32) when they
+    fit half of `max_host_memory` (memory.py), else each batch's images are read from the store.
+    `checkpoint`: the epoch-end checkpoint file a killed training resumes from."""
+    resident = store.num_images * store.num_patches * store.dim * 4 <= budget_bytes(max_host_memory) // 2
     cache = store.tokens(range(store.num_images)).to(device) if resident else None
     labels = torch.from_numpy(store.labels())
 
@@ -115,7 +200,16 @@ def fit_guides(
 
     t0 = time.perf_counter()
     pair, history = train_guides(
-        dictionary, get_batch, store.num_images, store.grid, cfg, device=device, progress=progress, dead=dead
+        dictionary,
+        get_batch,
+        store.num_images,
+        store.grid,
+        cfg,
+        device=device,
+        progress=progress,
+        dead=dead,
+        checkpoint=checkpoint,
+        data_key=file_sha256(store.root / "manifest.json"),
     )
     seconds = time.perf_counter() - t0
     a_n, a_a = pair.active_atoms()
@@ -209,12 +303,17 @@ def train_stages(
     compile_backbone: bool = False,
     stages: Iterable[str] = ("sae", "guides"),
     backbone: Backbone | None = None,
+    max_host_memory: str | None = None,
+    stream: str = "auto",
 ) -> RunDir:
     """Stages 1 and 2 on the auxiliary set, writing config, SAE and guides into `out`.
 
     With the "sae" stage, config.json is written afresh (a new run); a guides-only call
     updates its `guides` section and keeps every other key. `backbone`: an already loaded
-    one (so `spg run` loads the model once for both sets)."""
+    one (so `spg run` loads the model once for both sets). Each training stage keeps an
+    epoch-end checkpoint in `out` (SAE_CHECKPOINT, GUIDES_CHECKPOINT) while it runs, so the
+    same command after a kill resumes it, and deletes it once its artifacts are written.
+    `max_host_memory`, `stream`: fit_dictionary's and fit_guides' memory budget."""
     if cfg.method == "free_guides":
         cfg = dataclasses.replace(cfg, guides=dataclasses.replace(cfg.guides, variant="free", form="pair"))
     run = RunDir(out)
@@ -245,7 +344,16 @@ def train_stages(
                     "device_used": str(device),
                 },
             )
-        sae, sae_info = fit_dictionary(aux, cfg.sae, cfg.method, device, progress)
+        sae, sae_info = fit_dictionary(
+            aux,
+            cfg.sae,
+            cfg.method,
+            device,
+            progress,
+            max_host_memory=max_host_memory,
+            stream=stream,
+            checkpoint=run.file(SAE_CHECKPOINT),
+        )
         if distributed.is_main():  # under torchrun every rank holds the same SAE; one writes it
             if sae is not None:
                 sae.save(str(run.file(SAE_FILE)), {"backbone": backbone.identity(), "method": cfg.method})
@@ -253,18 +361,29 @@ def train_stages(
                 run.file(SAE_RECORD_FILE),
                 {"config": asdict(cfg.sae), "method": cfg.method, "world_size": distributed.world_size(), **sae_info},
             )
+            train_checkpoint.remove(run.file(SAE_CHECKPOINT))
     elif distributed.is_main():
         run.update_config(guides=asdict(cfg.guides))
     if "guides" in stages:
         sae = load_run_sae(run, cfg, backbone.dim)
         dead = None if sae is None else sae.dead
-        pair, info = fit_guides(aux, dictionary_of(sae, backbone.dim), cfg.guides, device, progress, dead=dead)
+        pair, info = fit_guides(
+            aux,
+            dictionary_of(sae, backbone.dim),
+            cfg.guides,
+            device,
+            progress,
+            dead=dead,
+            max_host_memory=max_host_memory,
+            checkpoint=run.file(GUIDES_CHECKPOINT),
+        )
         before = run.digest(GUIDES_FILE)
         pair.save(str(run.file(GUIDES_FILE)), {"backbone": backbone.identity(), "method": cfg.method})
         write_json(
             run.file(GUIDES_RECORD_FILE),
             {"config": asdict(cfg.guides), **info, "provenance": {"sae_sha256": run.digest(SAE_FILE)}},
         )
+        train_checkpoint.remove(run.file(GUIDES_CHECKPOINT))
         if before is not None and run.exists(METRICS_FILE):
             print(
                 "note: the guides changed, so this run's target maps and metrics are stale; "
@@ -379,6 +498,8 @@ def run_experiment(
     progress: bool = True,
     compile_backbone: bool = False,
     metric_options: dict[str, Any] | None = None,
+    max_host_memory: str | None = None,
+    stream: str = "auto",
 ) -> dict[str, Any]:
     """`spg run`: both training stages on the auxiliary set, then evaluation on the target."""
     backbone = load_run_backbone(cfg, resolve_device(cfg.device))
@@ -393,6 +514,8 @@ def run_experiment(
         batch_size=batch_size,
         num_workers=num_workers,
         progress=progress,
+        max_host_memory=max_host_memory,
+        stream=stream,
     )
     return evaluate_target(
         run,

@@ -59,6 +59,10 @@ class ResidentTokens:
         mine = self.tokens[distributed.batch_slice(self.num_tokens)]
         return (mine[i : i + rows] for i in range(0, mine.shape[0], rows))
 
+    def all_chunks(self, rows: int) -> Iterator[torch.Tensor]:
+        """Every token, `[<= rows, D]` at a time (for a statistic each rank computes whole)."""
+        return (self.tokens[i : i + rows] for i in range(0, self.num_tokens, rows))
+
     def sample(self, n: int) -> torch.Tensor:
         """`[<= n, D]` tokens drawn without replacement (seeded): the decoder bias's initial centre."""
         pick = torch.randperm(self.num_tokens, generator=torch.Generator().manual_seed(self.seed))[:n]
@@ -99,11 +103,15 @@ class StreamedTokens:
         """This rank's shards' tokens in store order, `[<= rows, D]` at a time."""
         return self.owned.chunks(rows)
 
+    def all_chunks(self, rows: int) -> Iterator[torch.Tensor]:
+        """Every token of the store in store order, `[<= rows, D]` at a time."""
+        return self.stream.chunks(rows)
+
     def sample(self, n: int) -> torch.Tensor:
         """`[<= n, D]` tokens spread evenly over the store (every s-th row), read in one pass."""
         step = max(1, self.num_tokens // n)
         picked, seen = [], 0
-        for chunk in ShardStream(self.store, self.batch_rows, shards=self.stream.shards).chunks(65536):
+        for chunk in self.stream.chunks(65536):
             first = (-seen) % step
             picked.append(chunk[first::step].clone())
             seen += len(chunk)

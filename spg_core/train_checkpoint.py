@@ -25,6 +25,8 @@ from .atomic import load_tensors, save_tensors
 from .errors import SPGError
 
 _OPT = "optimizer."
+SAE_CHECKPOINT = "sae.ckpt.safetensors"  # in the run folder being written, while the stage runs
+GUIDES_CHECKPOINT = "guides.ckpt.safetensors"
 
 
 def fingerprint(*parts: Any) -> str:
