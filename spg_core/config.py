@@ -213,6 +213,13 @@ class SAEConfig:
             flag="--sae-order",
         ),
     )
+    shard: Literal["data", "latents"] = field(
+        default="data",
+        metadata=opt(  # docs/SCALING.md
+            "under torchrun: data (each rank a slice of every batch) or latents (each rank M / N atoms of the "
+            "studio-form SAE, every rank the whole batch)",
+        ),
+    )
     stream_window_shards: int = field(
         default=4,
         metadata=opt(  # token_stream.ShardStream

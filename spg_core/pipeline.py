@@ -14,7 +14,7 @@ import platform
 import sys
 import time
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -32,11 +32,12 @@ from .data import open_dataset
 from .errors import SPGError
 from .guides import GuideBatch, GuidePair, saturation_note, train_guides
 from .inference import Predictor, dictionary_of, load_run_sae, score_store, target_maps
-from .memory import budget_bytes, format_size, resident_sae_bytes, streamed_sae_bytes
+from .memory import budget_bytes
 from .metrics import image_auroc
 from .runs import GUIDES_FILE, GUIDES_RECORD_FILE, METRICS_FILE, SAE_FILE, SAE_RECORD_FILE, RunDir
 from .sae import TopKSAE
-from .sae_data import ResidentTokens, StreamedTokens
+from .sae_data import cls_chunks, sae_token_source
+from .sae_sharded import train_sharded
 from .sae_train import attach_dead_mask, evaluate_sae, train_sae
 from .scoring import cosine_logits, patch_probabilities
 from .store import TokenStore, build_store
@@ -95,15 +96,18 @@ def fit_dictionary(
         sae.init_bias(source.sample(65536).to(device), cfg.init_bias)
         return sae, {"trained": False, "note": "random unit-norm dictionary", "feed": feed, **evaluate_sae(sae, source)}
     t0 = time.perf_counter()
-    sae, history = train_sae(
-        source,
-        cfg,
-        tokens_per_image=store.num_patches,
-        device=device,
-        progress=progress,
-        checkpoint=checkpoint,
-        data_key=file_sha256(store.root / "manifest.json"),
-    )
+    if cfg.shard == "latents":
+        sae, history = train_sharded(source, cfg, store.num_patches, device)
+    else:
+        sae, history = train_sae(
+            source,
+            cfg,
+            tokens_per_image=store.num_patches,
+            device=device,
+            progress=progress,
+            checkpoint=checkpoint,
+            data_key=file_sha256(store.root / "manifest.json"),
+        )
     seconds = time.perf_counter() - t0
     # The mask runs over every auxiliary token the official statistic sees: patches and CLS.
     dead = attach_dead_mask(sae, itertools.chain(source.all_chunks(65536), cls_chunks(store)))
@@ -119,56 +123,6 @@ def fit_dictionary(
         **history[-1],
         "dead_atoms": dead,
     }
-
-
-def sae_token_source(
-    store: TokenStore, cfg: SAEConfig, budget: int, stream: str
-) -> tuple[ResidentTokens | StreamedTokens, dict[str, Any]]:
-    """The SAE's tokens, in memory or streamed, under `budget` host bytes; and a record of the choice.
-
-    Refused (SPGError) when streaming cannot fit one batch and one shard in the budget."""
-    batch_rows = cfg.batch_images * store.num_patches
-    itemsize = store_itemsize(store)
-    n_tokens = store.num_images * store.num_patches
-    need = resident_sae_bytes(n_tokens, batch_rows, store.dim, cfg.width, cfg.k, itemsize)
-    if stream == "never" or (stream == "auto" and need <= budget):
-        tokens = store.all_tokens(device="cpu", dtype=torch.float32 if itemsize == 4 else torch.float16)
-        source = ResidentTokens(tokens, store.num_patches, batch_rows, order=cfg.order, seed=cfg.seed, width=cfg.width)
-        return source, {"streamed": False, "order": cfg.order, "host_bytes": need, "budget": budget}
-    rows = sorted((s["count"] * store.num_patches for s in store.manifest["shards"]), reverse=True)
-    fits = [
-        w
-        for w in range(1, cfg.stream_window_shards + 1)
-        if streamed_sae_bytes(sum(rows[:w]) + batch_rows, batch_rows, store.dim, cfg.width, cfg.k, itemsize, 4)
-        <= budget
-    ]
-    if not fits:
-        smallest = streamed_sae_bytes(rows[0] + batch_rows, batch_rows, store.dim, cfg.width, cfg.k, itemsize, 4)
-        raise SPGError(
-            f"--max-host-memory {format_size(budget)} cannot hold streamed SAE training's smallest working set "
-            f"(one shard of {rows[0]:,} tokens, 4 batches of {batch_rows:,} tokens, the step and the SAE)",
-            path=str(store.root),
-            fix=f"give --max-host-memory {format_size(smallest)} or more (or fewer --sae-batch-images / --width)",
-        )
-    window = fits[-1]
-    if cfg.order == "official":
-        print("note: streamed SAE training draws the stream's order, not the official image order", file=sys.stderr)
-    source = StreamedTokens(store, batch_rows, seed=cfg.seed, window_shards=window)
-    used = streamed_sae_bytes(sum(rows[:window]) + batch_rows, batch_rows, store.dim, cfg.width, cfg.k, itemsize, 4)
-    return source, {"streamed": True, "order": "stream", "window_shards": window, "host_bytes": used, "budget": budget}
-
-
-def store_itemsize(store: TokenStore) -> int:
-    """Bytes per stored token value (2 for fp16 stores, 4 for float32 ones)."""
-    return next(iter(store.iter_shards()))[1].dtype.itemsize
-
-
-def cls_chunks(store: TokenStore, images: int = 4096) -> Iterator[torch.Tensor]:
-    """The store's CLS tokens `[<= images, D]` a chunk at a time; nothing when it has none."""
-    if not store.has_cls:
-        return
-    for lo in range(0, store.num_images, images):
-        yield store.cls(range(lo, min(lo + images, store.num_images)))
 
 
 # -- stage 2: guides ------------------------------------------------------------------------

@@ -21,11 +21,16 @@ measured effect on the loss curve.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 
 from . import distributed
+from .config import SAEConfig
+from .errors import SPGError
+from .memory import format_size, resident_sae_bytes, streamed_sae_bytes
 from .official_order import epoch_order, image_token_rows, sae_init
 from .store import TokenStore
 from .token_stream import ShardStream, ordered_batches
@@ -122,3 +127,53 @@ class StreamedTokens:
 
     def load_state(self, state: dict[str, torch.Tensor]) -> None:
         return None
+
+
+def sae_token_source(
+    store: TokenStore, cfg: SAEConfig, budget: int, stream: str
+) -> tuple[ResidentTokens | StreamedTokens, dict[str, Any]]:
+    """The SAE's tokens, in memory or streamed, under `budget` host bytes; and a record of the choice.
+
+    Refused (SPGError) when streaming cannot fit one batch and one shard in the budget."""
+    batch_rows = cfg.batch_images * store.num_patches
+    itemsize = store_itemsize(store)
+    n_tokens = store.num_images * store.num_patches
+    need = resident_sae_bytes(n_tokens, batch_rows, store.dim, cfg.width, cfg.k, itemsize)
+    if stream == "never" or (stream == "auto" and need <= budget):
+        tokens = store.all_tokens(device="cpu", dtype=torch.float32 if itemsize == 4 else torch.float16)
+        source = ResidentTokens(tokens, store.num_patches, batch_rows, order=cfg.order, seed=cfg.seed, width=cfg.width)
+        return source, {"streamed": False, "order": cfg.order, "host_bytes": need, "budget": budget}
+    rows = sorted((s["count"] * store.num_patches for s in store.manifest["shards"]), reverse=True)
+    fits = [
+        w
+        for w in range(1, cfg.stream_window_shards + 1)
+        if streamed_sae_bytes(sum(rows[:w]) + batch_rows, batch_rows, store.dim, cfg.width, cfg.k, itemsize, 4)
+        <= budget
+    ]
+    if not fits:
+        smallest = streamed_sae_bytes(rows[0] + batch_rows, batch_rows, store.dim, cfg.width, cfg.k, itemsize, 4)
+        raise SPGError(
+            f"--max-host-memory {format_size(budget)} cannot hold streamed SAE training's smallest working set "
+            f"(one shard of {rows[0]:,} tokens, 4 batches of {batch_rows:,} tokens, the step and the SAE)",
+            path=str(store.root),
+            fix=f"give --max-host-memory {format_size(smallest)} or more (or fewer --sae-batch-images / --width)",
+        )
+    window = fits[-1]
+    if cfg.order == "official":
+        print("note: streamed SAE training draws the stream's order, not the official image order", file=sys.stderr)
+    source = StreamedTokens(store, batch_rows, seed=cfg.seed, window_shards=window)
+    used = streamed_sae_bytes(sum(rows[:window]) + batch_rows, batch_rows, store.dim, cfg.width, cfg.k, itemsize, 4)
+    return source, {"streamed": True, "order": "stream", "window_shards": window, "host_bytes": used, "budget": budget}
+
+
+def store_itemsize(store: TokenStore) -> int:
+    """Bytes per stored token value (2 for fp16 stores, 4 for float32 ones)."""
+    return next(iter(store.iter_shards()))[1].dtype.itemsize
+
+
+def cls_chunks(store: TokenStore, images: int = 4096) -> Iterator[torch.Tensor]:
+    """The store's CLS tokens `[<= images, D]` a chunk at a time; nothing when it has none."""
+    if not store.has_cls:
+        return
+    for lo in range(0, store.num_images, images):
+        yield store.cls(range(lo, min(lo + images, store.num_images)))

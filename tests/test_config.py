@@ -38,6 +38,7 @@ STORED = {
         "auxk_dead_tokens": 10000000,
         "auxk_threshold": 0.001,
         "order": "official",
+        "shard": "data",
         "stream_window_shards": 4,
     },
     "guides": {
