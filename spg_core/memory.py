@@ -68,15 +68,18 @@ def streamed_sae_bytes(
 
     window_rows: tokens read together (the shuffled window, plus the carried-over remainder of
     the last one). Counted: the window `[R, D]` in the store's dtype and its row permutation
-    (int64); `prefetch + 2` float32 batches `[B, D]` (queued, being copied, in use); one step's
-    float32 activations (pre-activations `[B, M]` and their gradient, the dense code, AuxK's
-    copies: 6 `[B, M]`); the SAE with its gradients and Adam moments (4 copies of 2 `[M, D]`).
+    (int64); `prefetch + 2` batches `[B, D]` (queued, being made, in use), each in the store's
+    dtype and as float32; one step's float32 activations (pre-activations `[B, M]` and their
+    gradient, the dense code, AuxK's copies: 6 `[B, M]`; input, reconstruction, error and
+    gradients: 6 `[B, D]`); the SAE with its gradients and Adam moments (4 copies of 2 `[M, D]`);
+    and a quarter more for the allocators' slack (measured: a 7.5 MB estimate peaked at 17 MB
+    without it, on a 2-core CPU VM, 2026-12-07).
     """
     window = window_rows * (dim * itemsize + 8)
-    batches = (prefetch + 2) * batch_rows * dim * 4
-    step = 6 * batch_rows * width * 4 + batch_rows * k * 16
+    batches = (prefetch + 2) * batch_rows * dim * (4 + itemsize)
+    step = 6 * batch_rows * width * 4 + 6 * batch_rows * dim * 4 + batch_rows * k * 16
     model = 8 * width * dim * 4
-    return window + batches + step + model
+    return (window + batches + step + model) * 5 // 4
 
 
 def resident_sae_bytes(num_tokens: int, batch_rows: int, dim: int, width: int, k: int, itemsize: int) -> int:

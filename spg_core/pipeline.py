@@ -93,8 +93,9 @@ def fit_dictionary(
     source, feed = sae_token_source(store, cfg, budget_bytes(max_host_memory), stream)
     if method == "random_dict":
         sae = TopKSAE(store.dim, cfg.width, cfg.k, seed=cfg.seed, bias=cfg.bias).to(device)
-        sae.init_bias(source.sample(65536).to(device), cfg.init_bias)
-        return sae, {"trained": False, "note": "random unit-norm dictionary", "feed": feed, **evaluate_sae(sae, source)}
+        sae.init_bias(source.sample(source.pass_rows).to(device), cfg.init_bias)
+        fit = evaluate_sae(sae, source, batch=source.pass_rows)
+        return sae, {"trained": False, "note": "random unit-norm dictionary", "feed": feed, **fit}
     t0 = time.perf_counter()
     if cfg.shard == "latents":
         sae, history = train_sharded(source, cfg, store.num_patches, device)
@@ -110,7 +111,8 @@ def fit_dictionary(
         )
     seconds = time.perf_counter() - t0
     # The mask runs over every auxiliary token the official statistic sees: patches and CLS.
-    dead = attach_dead_mask(sae, itertools.chain(source.all_chunks(65536), cls_chunks(store)))
+    chunks = itertools.chain(source.all_chunks(source.pass_rows), cls_chunks(store, source.pass_rows))
+    dead = attach_dead_mask(sae, chunks, batch=source.pass_rows)
     print(
         f"SAE: {dead} of {sae.width} atoms never fire on the auxiliary set (dead; masked out of the guides)",
         file=sys.stderr,

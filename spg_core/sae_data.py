@@ -47,6 +47,7 @@ class ResidentTokens:
         self.tokens, self.tokens_per_image, self.batch_rows = tokens, tokens_per_image, batch_rows
         self.num_tokens, self.dim = tokens.shape
         self.seed = seed
+        self.pass_rows = 65536  # tokens per chunk of the statistics' passes (FVU, dead atoms, bias centre)
         self.gen = torch.Generator(device=tokens.device).manual_seed(seed)
         # official: the generator positioned after the official SAE's (width M) construction draws
         self.official_gen = sae_init(seed, self.dim, width)[1] if order == "official" else None
@@ -96,6 +97,7 @@ class StreamedTokens:
         self.stream = ShardStream(store, batch_rows, seed=seed, window_shards=window_shards, shards=every, prefetch=1)
         self.prefetch, self.batch_rows, self.seed = prefetch, batch_rows, seed
         self.store, self.dim = store, store.dim
+        self.pass_rows = batch_rows  # chunks of the statistics' passes: a batch, which the budget holds
         self.num_tokens = self.stream.num_tokens
         self.owned = ShardStream(store, batch_rows, shards=distributed.owned(len(every)))
 
@@ -116,7 +118,7 @@ class StreamedTokens:
         """`[<= n, D]` tokens spread evenly over the store (every s-th row), read in one pass."""
         step = max(1, self.num_tokens // n)
         picked, seen = [], 0
-        for chunk in self.stream.chunks(65536):
+        for chunk in self.stream.chunks(self.pass_rows):
             first = (-seen) % step
             picked.append(chunk[first::step].clone())
             seen += len(chunk)

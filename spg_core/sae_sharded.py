@@ -197,5 +197,5 @@ def train_sharded(
             fix="raise --max-host-memory (or give --stream never), or use --shard data, which streams",
         )
     sae, history = train_latent_sharded(source.tokens, cfg, tokens_per_image=tokens_per_image, device=device)
-    history.append({"epoch": "final", **evaluate_sae(sae, source)})
+    history.append({"epoch": "final", **evaluate_sae(sae, source, batch=source.pass_rows)})
     return sae, history

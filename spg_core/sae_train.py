@@ -214,7 +214,7 @@ def train_sae(
         source = tokens
     sae = TopKSAE(source.dim, cfg.width, cfg.k, seed=cfg.seed, bias=cfg.bias).to(device)
     if sae.bias:
-        sae.init_bias(source.sample(65536).to(device), cfg.init_bias)
+        sae.init_bias(source.sample(source.pass_rows).to(device), cfg.init_bias)
     # Fused Adam: one kernel for all parameters instead of a handful per tensor.
     opt = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=tuple(cfg.adam_betas), fused=device.type == "cuda")
     use_bf16 = (device.type == "cuda") if bf16 is None else bf16
@@ -280,13 +280,13 @@ def train_sae(
             state.update(since_fired=since_fired, steps_silent=steps_silent, **source.state())
             train_checkpoint.save(checkpoint, state, opt, epochs_done=epoch + 1, history=history, key=key)
     bar.close()
-    final = evaluate_sae(sae, source)
+    final = evaluate_sae(sae, source, batch=source.pass_rows)
     history.append({"epoch": "final", **final})
     return sae, history
 
 
-def attach_dead_mask(sae: TopKSAE, tokens: torch.Tensor | Iterable[torch.Tensor]) -> int:
+def attach_dead_mask(sae: TopKSAE, tokens: torch.Tensor | Iterable[torch.Tensor], *, batch: int = 65536) -> int:
     """Compute the dead-atom mask over `[T, D]` tokens or chunks of them (the whole auxiliary set:
     patch and CLS tokens), keep it on the SAE, and return the number of dead atoms."""
-    sae.dead = dead_atom_mask(sae, tokens)
+    sae.dead = dead_atom_mask(sae, tokens, batch=batch)
     return int(sae.dead.sum())
