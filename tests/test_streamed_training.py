@@ -76,8 +76,8 @@ def test_streamed_loss_curve_follows_the_in_memory_one(store):
     assert feed["streamed"] and feed["window_shards"] == 4
     _, mem = train_sae(resident, cfg, tokens_per_image=store.num_patches, device=CPU, progress=False)
     _, st = train_sae(streamed, cfg, tokens_per_image=store.num_patches, device=CPU, progress=False)
-    # Measured 2026-12-07: largest relative difference of the epoch losses 0.019; the curves fall by
-    # 0.45 over the 6 epochs, so 0.05 tells the orders' noise from a different training.
+    # Measured 2026-12-07: largest relative difference of the epoch losses 0.005 (FVU 0.4146 vs 0.4150);
+    # the loss falls by 30% over the 6 epochs, so 0.05 tells the orders' noise from another training.
     for m, s in zip(mem[:-1], st[:-1]):
         assert abs(m["loss"] - s["loss"]) <= 0.05 * m["loss"], (m, s)
     assert abs(mem[-1]["fvu"] - st[-1]["fvu"]) <= 0.05
