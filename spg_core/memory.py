@@ -82,6 +82,11 @@ def streamed_sae_bytes(
     return (window + batches + step + model) * 5 // 4
 
 
-def resident_sae_bytes(num_tokens: int, batch_rows: int, dim: int, width: int, k: int, itemsize: int) -> int:
-    """Host bytes of in-memory SAE training: every token at once plus what a step holds (as above)."""
-    return num_tokens * dim * itemsize + streamed_sae_bytes(0, batch_rows, dim, width, k, itemsize, 0)
+def resident_sae_bytes(
+    num_tokens: int, batch_rows: int, dim: int, width: int, k: int, itemsize: int, pass_rows: int = 65536
+) -> int:
+    """Host bytes of in-memory SAE training: every token twice (the shards read, then joined into one
+    tensor), a step as above, and a statistics pass's chunk of `pass_rows` tokens (float32 input and
+    reconstruction, 3 `[rows, M]` for the pre-activations and the code)."""
+    passes = min(pass_rows, num_tokens) * (2 * dim * 4 + 3 * width * 4)
+    return 2 * num_tokens * dim * itemsize + streamed_sae_bytes(0, batch_rows, dim, width, k, itemsize, 0) + passes
