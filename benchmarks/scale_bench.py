@@ -38,6 +38,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from spg_core import distributed
 from spg_core.config import SAEConfig
+from spg_core.memory import parse_size
+from spg_core.sae_sharded import train_latent_sharded
+from spg_core.sae_train import train_sae
+from spg_core.store import TokenStore
+from spg_core.store.random_store import write_random_store
+from spg_core.token_stream import ShardStream
 
 
 def _free_port() -> int:
@@ -68,8 +74,6 @@ def _worker(rank: int, world: int, port: int, args: argparse.Namespace, out: str
     device = torch.device(f"cuda:{rank}" if args.device == "cuda" else "cpu")
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    from spg_core.sae_sharded import train_latent_sharded
-    from spg_core.sae_train import train_sae
 
     tokens = _tokens(args.tokens, args.dim)
     cfg = SAEConfig(width=args.width, k=args.k, epochs=args.epochs, batch_images=args.batch_images)
@@ -94,10 +98,6 @@ def _run_world(world: int, args: argparse.Namespace) -> dict:
 
 def _stream_rate(args: argparse.Namespace) -> float:
     """Tokens/s the prefetching reader delivers from a store of `args.tokens` tokens (one process)."""
-    from spg_core.store import TokenStore
-    from spg_core.store.random_store import write_random_store
-    from spg_core.token_stream import ShardStream
-
     side = int(args.tokens_per_image**0.5)
     with tempfile.TemporaryDirectory() as tmp:
         root = write_random_store(
@@ -150,9 +150,6 @@ def _train_from_store(root: Path, budget: str, stream: str, args: argparse.Names
 def store_bench(args: argparse.Namespace) -> None:
     """A random fp16 store of `--store-gb` GB at D `--dim`, trained streamed under `--budget`; beside it
     the in-memory path on a `--in-memory-gb` store of the same tokens' shape (it must fit the machine)."""
-    from spg_core.memory import parse_size
-    from spg_core.store.random_store import write_random_store
-
     side = int(args.tokens_per_image**0.5)
     per_image = side * side * args.dim * 2
     work = Path(args.workdir)

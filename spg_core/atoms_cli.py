@@ -11,21 +11,22 @@ import argparse
 from collections import Counter
 from typing import Any
 
+import pandas as pd
+
 from . import distributed
+from .atoms import build_atoms, load_atoms, rank_atoms, write_gallery
+from .atoms.stats import TAG_RULE
+from .config import ExtractConfig, RunConfig
 from .errors import SPGError
+from .guides import GuideSet
+from .options import add_field_options
+from .runs import GUIDES_FILE as GUIDES
+from .runs import RunDir
 
 
 def _summary(run: str, limit: int = 10) -> None:
-    import pandas as pd
-
-    from .atoms import load_atoms, rank_atoms
-    from .atoms.stats import TAG_RULE
-    from .guides import GuidePair
-    from .runs import GUIDES_FILE as GUIDES
-    from .runs import RunDir
-
     index, stats = load_atoms(run)
-    pair, _ = GuidePair.load(str(RunDir(run).file(GUIDES)), expect_width=index.width)
+    pair, _ = GuideSet.load(str(RunDir(run).file(GUIDES)), expect_width=index.width)
     ranked = rank_atoms(pair)
     print(
         f"atom index: {index.width} atoms x top {index.top_p} patches over "
@@ -48,8 +49,6 @@ def _summary(run: str, limit: int = 10) -> None:
 
 
 def cmd_atoms(args: argparse.Namespace) -> None:
-    from .atoms import build_atoms, load_atoms, write_gallery
-
     must_build = args.gallery is None or args.rebuild
     if not must_build:
         try:
@@ -82,6 +81,6 @@ def register_cli(subparsers: Any) -> None:
     )
     p.add_argument("--per-atom", type=int, default=9, help="top patches shown per atom in the gallery (default 9)")
     p.add_argument("--rebuild", action="store_true", help="with --gallery: rebuild the index even if it is fresh")
-    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_field_options(p, RunConfig, ["device"])
+    add_field_options(p, ExtractConfig, ["quiet"])
     p.set_defaults(func=cmd_atoms)

@@ -11,16 +11,20 @@ official global guides' softmax on the CLS token.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from .backbones import load_backbone
-from .backbones.base import Backbone, resolve_device
+from .backbones.base import Backbone
 from .config import RunConfig, ScoreConfig
+from .devices import resolve_device
 from .errors import SPGError
-from .guides import GuidePair
+from .guides import GuideSet
+from .images import image_to_tensor
+from .metrics import smooth_maps
 from .runs import GUIDES_FILE, SAE_FILE, RunDir
 from .sae import TopKSAE
 from .scoring import anomaly_maps, cls_scores, image_scores, upsample
@@ -31,35 +35,22 @@ def map_image_scores(maps: torch.Tensor, score: ScoreConfig) -> torch.Tensor:
     """`[B, S, S]` raw maps -> `[B]` image scores by the run's rule (the maps' own pooling,
     after the run's smoothing when `image_score` is "smoothed_map")."""
     if score.image_score == "smoothed_map" and score.smoothing_sigma > 0:
-        from .metrics import smooth_maps
-
         maps = smooth_maps(maps.float(), score.smoothing_sigma)
     return image_scores(maps, score.aggregation, score.lse_temperature)
 
 
 @dataclass
 class Scorer:
-    """Frozen guides ready to score tokens: local guide vectors `[2, D]`, the scoring settings,
-    and the global guide vectors `[2, D]` of official guides (None for a guide pair)."""
+    """Frozen guides ready to score tokens: local guide vectors `[2, D]`, the token grid and image
+    side S, the run's scoring settings, and the global guide vectors `[2, D]` of official guides
+    (None for a guide pair)."""
 
     guides: torch.Tensor
     tau: float
     grid: tuple[int, int]
     image_size: int
-    aggregation: str = "max"
-    lse_temperature: float = 0.1
-    smoothing_sigma: float = 0.0
-    image_score: str = "map"
+    score: ScoreConfig = field(default_factory=ScoreConfig)
     global_guides: torch.Tensor | None = None
-
-    @property
-    def score_config(self) -> ScoreConfig:
-        return ScoreConfig(
-            aggregation=self.aggregation,
-            lse_temperature=self.lse_temperature,  # type: ignore[arg-type]
-            smoothing_sigma=self.smoothing_sigma,
-            image_score=self.image_score,
-        )  # type: ignore[arg-type]
 
     @torch.no_grad()
     def __call__(
@@ -68,14 +59,14 @@ class Scorer:
         """`[B, N, D]` (+ CLS `[B, D]`) -> (patch probabilities `[B, N]`, raw maps `[B, S, S]`, scores `[B]`)."""
         g = self.guides.to(tokens.device)
         probs, maps = anomaly_maps(tokens, g[0], g[1], tau=self.tau, grid=self.grid, size=self.image_size)
-        if self.image_score == "cls":
+        if self.score.image_score == "cls":
             if self.global_guides is None or cls is None:
                 raise SPGError(
                     "--image-score cls needs official (four-guide) guides and a backbone with a CLS token",
                     fix="use --image-score map, or a run made with --protocol official",
                 )
             return probs, maps, cls_scores(cls.to(tokens.device), self.global_guides.to(tokens.device), self.tau)
-        return probs, maps, map_image_scores(maps, self.score_config)
+        return probs, maps, map_image_scores(maps, self.score)
 
 
 def score_store(
@@ -113,8 +104,30 @@ def load_run_sae(run: RunDir, cfg: RunConfig, dim: int | None) -> TopKSAE | None
     return sae
 
 
+def load_run_backbone(
+    cfg: RunConfig, device: torch.device, identity: dict[str, Any] | None = None, *, compile: bool = False
+) -> Backbone:
+    """The run's backbone with its protocol's tokens (and, for a stored run, its recorded image size
+    and layer); `compile`: torch.compile it (ExtractConfig.compile). The one loader of a run's backbone."""
+    identity = identity or {}
+    backbone = load_backbone(
+        cfg.backbone,
+        cfg.weights,
+        device=device,
+        protocol=cfg.protocol,
+        image_size=identity.get("image_size"),
+        layer=identity.get("layer"),
+    )
+    if compile:
+        backbone.enable_compile()
+    return backbone
+
+
 class Predictor:
-    """A trained run ready to score new images or stored tokens (CLI `predict`, dashboard)."""
+    """A trained run ready to score new images or stored tokens (CLI `predict`, dashboard).
+
+    `cfg` is the run's RunConfig; `config_json` is its config.json as stored, with what the
+    pipeline recorded beside the options (store paths, `backbone_identity`)."""
 
     def __init__(
         self,
@@ -125,31 +138,27 @@ class Predictor:
         score: ScoreConfig | None = None,
     ):
         self.run = RunDir(run_dir)
-        self.config = self.run.read_config()
-        self.cfg = RunConfig.from_dict(self.config)
+        self.config_json = self.run.read_config()
+        self.cfg = RunConfig.from_dict(self.config_json)
         if score is not None:
             self.cfg.score = score
         self.device = resolve_device(device)
         self._backbone: Backbone | None = backbone
         self._compile = compile_backbone
-        identity = self.config.get("backbone_identity", {})
+        identity = self.config_json.get("backbone_identity", {})
         dim = int(identity.get("dim", 0)) or None
         self.sae = load_run_sae(self.run, self.cfg, dim)
         width = self.sae.width if self.sae is not None else dim
-        self.guides, _ = GuidePair.load(str(self.run.file(GUIDES_FILE)), expect_width=width)
+        self.guides, _ = GuideSet.load(str(self.run.file(GUIDES_FILE)), expect_width=width)
         self.dictionary = dictionary_of(self.sae, dim or 0)
         grid = tuple(identity.get("grid", (0, 0)))
         global_guides = self.guides.global_vectors(self.dictionary)
-        s = self.cfg.score
         self.scorer = Scorer(
             self.guides.guide_vectors(self.dictionary).detach(),
             self.cfg.guides.tau,
             grid,
             int(identity.get("image_size", 0)),
-            s.aggregation,
-            s.lse_temperature,
-            s.smoothing_sigma,
-            s.image_score,
+            self.cfg.score,
             None if global_guides is None else global_guides.detach(),
         )
 
@@ -157,17 +166,8 @@ class Predictor:
     def backbone(self) -> Backbone:
         """Loaded on first use: scoring stored tokens needs no backbone."""
         if self._backbone is None:
-            identity = self.config.get("backbone_identity", {})
-            self._backbone = load_backbone(
-                self.cfg.backbone,
-                self.cfg.weights,
-                device=self.device,
-                protocol=self.cfg.protocol,
-                image_size=identity.get("image_size"),
-                layer=identity.get("layer"),
-            )
-            if self._compile:
-                self._backbone.enable_compile()
+            identity = self.config_json.get("backbone_identity", {})
+            self._backbone = load_run_backbone(self.cfg, self.device, identity, compile=self._compile)
             if self._backbone.dim != self.dictionary.shape[0]:
                 raise SPGError(
                     f"backbone {self.cfg.backbone} gives {self._backbone.dim}-dim tokens but this run's "
@@ -181,14 +181,10 @@ class Predictor:
     def predict_images(self, images: list) -> dict[str, torch.Tensor]:
         """PIL images -> tokens `[B, N, D]`, probs `[B, N]`, maps `[B, S, S]` (smoothed as the run's
         metrics smooth them), scores `[B]`."""
-        from .images import image_to_tensor
-
         bb = self.backbone
         batch = torch.stack([image_to_tensor(im, bb.image_size) for im in images]).to(self.device)
         tokens, cls = bb.extract_with_cls(batch)
         probs, maps, scores = self.scorer(tokens, cls)
         if self.cfg.score.smoothing_sigma > 0:
-            from .metrics import smooth_maps
-
             maps = smooth_maps(maps.float(), self.cfg.score.smoothing_sigma)
         return {"tokens": tokens.cpu(), "probs": probs.cpu(), "maps": maps.cpu(), "scores": scores.cpu()}

@@ -20,16 +20,17 @@ import subprocess
 import sys
 import time
 import urllib.request
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from .demo import PROGRESS_FILE, ensure_demo_run, start_background_builds
 from .errors import SPGError
 from .paths import CACHE_ENV, cache_root
 from .run_paths import RUNS_ENV
 from .uploads import MAX_UPLOAD_BYTES
 
 MAX_UPLOAD_MB = MAX_UPLOAD_BYTES // 2**20
-APP_PATH = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"
 
 # One theme for every launch (the app also works unthemed, e.g. under AppTest).
 # Colours are taken from the map colour scale's anchors so the chrome matches the maps.
@@ -48,14 +49,19 @@ THEME: dict[str, str] = {
 
 
 def app_path() -> Path:
-    """The Streamlit entrypoint; an editable install keeps it beside the package."""
-    if not APP_PATH.is_file():
+    """The Streamlit entrypoint, `dashboard/app.py`, found as package data (a wheel, an editable
+    install or a source tree alike). Only the file is looked up: no dashboard code runs here."""
+    try:
+        path = Path(str(resources.files("dashboard") / "app.py"))
+    except ModuleNotFoundError:
+        path = None
+    if path is None or not path.is_file():
         raise SPGError(
             "the dashboard app is not installed beside spg_core",
-            path=str(APP_PATH),
-            fix="install SPG Studio from its source tree (`pip install -e .`)",
+            path=str(path or "dashboard/app.py"),
+            fix="reinstall SPG Studio (`pip install spg-studio`, or `pip install -e .` in its source tree)",
         )
-    return APP_PATH
+    return path
 
 
 def streamlit_command(port: int, host: str = "localhost") -> list[str]:
@@ -104,7 +110,6 @@ def start_server(
     return subprocess.Popen(
         streamlit_command(port, host),
         env=app_env(runs_root, cache_dir),
-        cwd=str(app_path().parent.parent),
         stdout=out,
         stderr=out,
         start_new_session=True,
@@ -152,8 +157,6 @@ def cmd_dashboard(args: argparse.Namespace) -> None:
     root = Path(args.runs).resolve()
     builders: list[subprocess.Popen] = []
     if args.demo:
-        from .demo import PROGRESS_FILE, ensure_demo_run, start_background_builds
-
         print(f"preparing the effnet-lite0 demo run under {root} (first time: about a minute on a CPU) ...", flush=True)
         run = ensure_demo_run(root, progress=True, cache_dir=args.cache_dir)
         print(f"demo run ready: {run}", flush=True)

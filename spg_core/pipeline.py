@@ -25,15 +25,15 @@ import torch.nn.functional as F
 
 from . import __version__, distributed, train_checkpoint
 from .atomic import file_sha256, write_json
-from .backbones import load_backbone
-from .backbones.base import Backbone, resolve_device
-from .config import GuideConfig, RunConfig, SAEConfig, ScoreConfig
+from .backbones.base import Backbone
+from .config import ExtractConfig, GuideConfig, RunConfig, SAEConfig, ScoreConfig
 from .data import open_dataset
+from .devices import resolve_device
 from .errors import SPGError
-from .guides import GuideBatch, GuidePair, saturation_note, train_guides
-from .inference import Predictor, dictionary_of, load_run_sae, score_store, target_maps
+from .guides import GuideBatch, GuideSet, saturation_note, train_guides
+from .inference import Predictor, dictionary_of, load_run_backbone, load_run_sae, score_store, target_maps
 from .memory import budget_bytes
-from .metrics import image_auroc
+from .metrics import evaluate, image_auroc
 from .runs import GUIDES_FILE, GUIDES_RECORD_FILE, METRICS_FILE, SAE_FILE, SAE_RECORD_FILE, RunDir
 from .sae import TopKSAE
 from .sae_data import cls_chunks, sae_token_source
@@ -41,32 +41,30 @@ from .sae_sharded import train_sharded
 from .sae_train import attach_dead_mask, evaluate_sae, train_sae
 from .scoring import cosine_logits, patch_probabilities
 from .store import TokenStore, build_store
+from .thresholds import write_run_threshold
 from .train_checkpoint import GUIDES_CHECKPOINT, SAE_CHECKPOINT
 
 # -- stage 0: tokens ------------------------------------------------------------------------
 
 
-def extract(
-    spec: str,
-    backbone: Backbone,
-    *,
-    cache_dir: str | Path | None = None,
-    skip_bad: bool = False,
-    batch_size: int | None = None,
-    num_workers: int | None = None,
-    progress: bool = True,
-) -> TokenStore:
+def extract(spec: str, backbone: Backbone, io: ExtractConfig | None = None) -> TokenStore:
     """Open dataset `spec` (its test split) and return its (re-used, resumed or new) token store."""
-    dataset = open_dataset(spec, split="test", cache_dir=str(cache_dir) if cache_dir else None)
+    io = io or ExtractConfig()
+    dataset = open_dataset(spec, split="test", cache_dir=io.cache_dir)
     return build_store(
         dataset,
         backbone,
-        cache_dir=cache_dir,
-        skip_bad=skip_bad,
-        batch_size=batch_size,
-        num_workers=num_workers,
-        progress=progress,
+        cache_dir=io.cache_dir,
+        skip_bad=io.skip_bad,
+        batch_size=io.batch_size,
+        num_workers=io.workers,
+        progress=shows_progress(io),
     )
+
+
+def shows_progress(io: ExtractConfig) -> bool:
+    """Progress bars unless `quiet`, and only on the main process (one bar per job under torchrun)."""
+    return not io.quiet and distributed.is_main()
 
 
 # -- stage 1: dictionary --------------------------------------------------------------------
@@ -140,7 +138,7 @@ def fit_guides(
     *,
     max_host_memory: str | None = None,
     checkpoint: Path | None = None,
-) -> tuple[GuidePair, dict[str, Any]]:
+) -> tuple[GuideSet, dict[str, Any]]:
     """Train guides on the auxiliary store's tokens, CLS tokens, masks and labels; `dead` `[M]`:
     the SAE's dead-atom mask (those coefficients stay 0). The tokens are held (float32) when they
     fit half of `max_host_memory` (memory.py), else each batch's images are read from the store.
@@ -236,7 +234,7 @@ def auxiliary_fit(
 
 
 def environment() -> dict[str, Any]:
-    import transformers
+    import transformers  # noqa: PLC0415 -- heavy (seconds): imported only to record its version
 
     return {
         "spg_core": __version__,
@@ -250,17 +248,10 @@ def environment() -> dict[str, Any]:
 def train_stages(
     cfg: RunConfig,
     out: str | Path,
+    io: ExtractConfig | None = None,
     *,
-    cache_dir: str | Path | None = None,
-    skip_bad: bool = False,
-    batch_size: int | None = None,
-    num_workers: int | None = None,
-    progress: bool = True,
-    compile_backbone: bool = False,
     stages: Iterable[str] = ("sae", "guides"),
     backbone: Backbone | None = None,
-    max_host_memory: str | None = None,
-    stream: str = "auto",
 ) -> RunDir:
     """Stages 1 and 2 on the auxiliary set, writing config, SAE and guides into `out`.
 
@@ -269,24 +260,15 @@ def train_stages(
     one (so `spg run` loads the model once for both sets). Each training stage keeps an
     epoch-end checkpoint in `out` (SAE_CHECKPOINT, GUIDES_CHECKPOINT) while it runs, so the
     same command after a kill resumes it, and deletes it once its artifacts are written.
-    `max_host_memory`, `stream`: fit_dictionary's and fit_guides' memory budget."""
+    `io.max_host_memory`, `io.stream`: fit_dictionary's and fit_guides' memory budget."""
     if cfg.method == "free_guides":
         cfg = dataclasses.replace(cfg, guides=dataclasses.replace(cfg.guides, variant="free", form="pair"))
+    io = io or ExtractConfig()
+    progress = shows_progress(io)
     run = RunDir(out)
     device = resolve_device(cfg.device)
-    if backbone is None:
-        backbone = load_run_backbone(cfg, device)
-        if compile_backbone:
-            backbone.enable_compile()
-    aux = extract(
-        cfg.aux,
-        backbone,
-        cache_dir=cache_dir,
-        skip_bad=skip_bad,
-        batch_size=batch_size,
-        num_workers=num_workers,
-        progress=progress,
-    )
+    backbone = backbone or load_run_backbone(cfg, device, compile=io.compile)
+    aux = extract(cfg.aux, backbone, io)
     stages = set(stages)
     run.path.mkdir(parents=True, exist_ok=True)
     if "sae" in stages:
@@ -306,8 +288,8 @@ def train_stages(
             cfg.method,
             device,
             progress,
-            max_host_memory=max_host_memory,
-            stream=stream,
+            max_host_memory=io.max_host_memory,
+            stream=io.stream,
             checkpoint=run.file(SAE_CHECKPOINT),
         )
         if distributed.is_main():  # under torchrun every rank holds the same SAE; one writes it
@@ -330,7 +312,7 @@ def train_stages(
             device,
             progress,
             dead=dead,
-            max_host_memory=max_host_memory,
+            max_host_memory=io.max_host_memory,
             checkpoint=run.file(GUIDES_CHECKPOINT),
         )
         before = run.digest(GUIDES_FILE)
@@ -346,36 +328,17 @@ def train_stages(
                 f"re-run `spg eval --run {run.path}`",
                 file=sys.stderr,
             )
-        from .thresholds import write_run_threshold  # decision threshold + map scale, set on the aux side
 
         write_run_threshold(run.path, device=str(device))
     return run
 
 
-def load_run_backbone(cfg: RunConfig, device: torch.device, identity: dict[str, Any] | None = None) -> Backbone:
-    """The run's backbone with its protocol's tokens (and, for a stored run, its image size and layer)."""
-    identity = identity or {}
-    return load_backbone(
-        cfg.backbone,
-        cfg.weights,
-        device=device,
-        protocol=cfg.protocol,
-        image_size=identity.get("image_size"),
-        layer=identity.get("layer"),
-    )
-
-
 def evaluate_target(
     run: RunDir,
+    io: ExtractConfig | None = None,
     *,
     target: str | None = None,
-    cache_dir: str | Path | None = None,
-    skip_bad: bool = False,
-    batch_size: int | None = None,
-    num_workers: int | None = None,
-    progress: bool = True,
     metric_options: dict[str, Any] | None = None,
-    compile_backbone: bool = False,
     device: str | None = None,
     backbone: Backbone | None = None,
     score: ScoreConfig | None = None,
@@ -385,23 +348,14 @@ def evaluate_target(
 
     `score`: scoring settings for this evaluation (default: the run's own); `metric_options`
     override evaluate()'s (default smoothing: the score settings' sigma)."""
-    from .metrics import evaluate
-
+    io = io or ExtractConfig()
     cfg = run.run_config()
     predictor = Predictor(
-        run.path, device=device or cfg.device, compile_backbone=compile_backbone, backbone=backbone, score=score
+        run.path, device=device or cfg.device, compile_backbone=io.compile, backbone=backbone, score=score
     )
     score = predictor.cfg.score
     target = target or cfg.target
-    store = extract(
-        target,
-        predictor.backbone,
-        cache_dir=cache_dir,
-        skip_bad=skip_bad,
-        batch_size=batch_size,
-        num_workers=num_workers,
-        progress=progress,
-    )
+    store = extract(target, predictor.backbone, io)
     if store.dim != predictor.dictionary.shape[0]:
         raise SPGError(
             "target tokens and the run's dictionary differ in dimension",
@@ -424,7 +378,7 @@ def evaluate_target(
         maps.numpy(),
         masks.numpy(),
         [r["category"] for r in store.images],
-        progress=progress,
+        progress=shows_progress(io),
         **options,
     )
     metrics["settings"] = {
@@ -444,43 +398,10 @@ def evaluate_target(
 
 
 def run_experiment(
-    cfg: RunConfig,
-    out: str | Path,
-    *,
-    cache_dir: str | Path | None = None,
-    skip_bad: bool = False,
-    batch_size: int | None = None,
-    num_workers: int | None = None,
-    progress: bool = True,
-    compile_backbone: bool = False,
-    metric_options: dict[str, Any] | None = None,
-    max_host_memory: str | None = None,
-    stream: str = "auto",
+    cfg: RunConfig, out: str | Path, io: ExtractConfig | None = None, *, metric_options: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     """`spg run`: both training stages on the auxiliary set, then evaluation on the target."""
-    backbone = load_run_backbone(cfg, resolve_device(cfg.device))
-    if compile_backbone:
-        backbone.enable_compile()
-    run = train_stages(
-        cfg,
-        out,
-        backbone=backbone,
-        cache_dir=cache_dir,
-        skip_bad=skip_bad,
-        batch_size=batch_size,
-        num_workers=num_workers,
-        progress=progress,
-        max_host_memory=max_host_memory,
-        stream=stream,
-    )
-    return evaluate_target(
-        run,
-        cache_dir=cache_dir,
-        skip_bad=skip_bad,
-        batch_size=batch_size,
-        num_workers=num_workers,
-        progress=progress,
-        metric_options=metric_options,
-        device=cfg.device,
-        backbone=backbone,
-    )
+    io = io or ExtractConfig()
+    backbone = load_run_backbone(cfg, resolve_device(cfg.device), compile=io.compile)
+    run = train_stages(cfg, out, io, backbone=backbone)
+    return evaluate_target(run, io, metric_options=metric_options, device=cfg.device, backbone=backbone)

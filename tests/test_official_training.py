@@ -9,13 +9,13 @@ import dataclasses
 
 import pytest
 import torch
-from distributed_support import PatchBackbone, write_images
+from helpers.distributed_support import PatchBackbone, write_images
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
 
 from spg_core.config import GuideConfig, SAEConfig
-from spg_core.guides import GuideBatch, GuidePair, official_guide_loss
+from spg_core.guides import GuideBatch, GuideSet, official_guide_loss
 from spg_core.inference import dictionary_of
 from spg_core.pipeline import fit_dictionary, fit_guides
 from spg_core.protocols import overrides
@@ -118,7 +118,7 @@ def _official_guide_loop(store, dictionary, dead, cfg):
     nn.init.normal_(torch.empty(1, 4), std=0.01)  # GuideSAEPipeline's WeightModule
     ema = AveragedModel(guides, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=False)
     opt = torch.optim.Adam(guides.parameters(), lr=cfg.lr, betas=(0.5, 0.999))
-    pair = GuidePair(width, cfg.variant, topk=cfg.topk, form="official", dead=dead)  # the loss's formulas only
+    pair = GuideSet(width, cfg.variant, topk=cfg.topk, form="official", dead=dead)  # the loss's formulas only
     labels = torch.from_numpy(store.labels())
     loader = DataLoader(range(store.num_images), batch_size=cfg.batch_images, shuffle=True)
     step = 0

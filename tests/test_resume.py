@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers.tiny_data import TINY_RUN_ARGS, tiny_set
 from safetensors.torch import load_file
-from tiny_data import TINY_RUN_ARGS, tiny_set
 
 REPO = Path(__file__).resolve().parents[1]
 PAUSING = """
