@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 from .errors import SPGError
+from .memory import parse_size
 
 OPTION = "spg_option"  # the key of a field's `Option` in its dataclass metadata
 
@@ -40,6 +41,17 @@ NON_NEGATIVE = Rule("0 or more", lambda v: v >= 0)
 POSITIVE = Rule("above 0", lambda v: v > 0)
 FRACTION = Rule("in [0, 1)", lambda v: 0 <= v < 1)
 BETAS = Rule("in [0, 1) (both)", lambda v: all(0 <= b < 1 for b in v))
+
+
+def _is_size(text: str) -> bool:
+    try:
+        parse_size(text)
+    except SPGError:
+        return False
+    return True
+
+
+SIZE = Rule("a size such as 512MB or 4GiB", _is_size)
 
 
 @dataclass(frozen=True)
@@ -196,6 +208,28 @@ class SAEConfig:
     auxk_threshold: float = field(
         default=1e-3, metadata=opt("AuxK: a latent fires when its code value is above this", rule=NON_NEGATIVE)
     )
+    order: Literal["studio", "official"] = field(
+        default="studio",
+        metadata=opt(  # sae_data.py
+            "SAE batch order: studio (tokens shuffled one by one) or official (whole images in the official "
+            "code's seeded image order)",
+            flag="--sae-order",
+        ),
+    )
+    shard: Literal["data", "latents"] = field(
+        default="data",
+        metadata=opt(  # docs/SCALING.md
+            "under torchrun: data (each rank a slice of every batch) or latents (each rank M / N atoms of the "
+            "studio-form SAE, every rank the whole batch)",
+        ),
+    )
+    stream_window_shards: int = field(
+        default=4,
+        metadata=opt(  # token_stream.ShardStream
+            "streamed SAE training: store shards shuffled together (fewer when --max-host-memory cannot hold them)",
+            rule=AT_LEAST_1,
+        ),
+    )
 
     def __post_init__(self) -> None:
         validate(self)
@@ -259,6 +293,22 @@ class GuideConfig:
     adam_betas: tuple[float, float] = field(
         default=(0.9, 0.999),
         metadata=opt("guide Adam betas", flag="--guide-adam-betas", rule=BETAS, metavar=("B1", "B2")),
+    )
+    order: Literal["studio", "official"] = field(
+        default="studio",
+        metadata=opt(
+            "guide batch order and initial theta: studio (seeded randperm) or official (the official code's "
+            "seeded draws, official_order.py)",
+            flag="--guide-order",
+        ),
+    )
+    ema_start: int = field(
+        default=0,
+        metadata=opt(
+            "step from which the EMA of theta is updated (official: 100; before it the EMA holds the initial theta)",
+            flag="--ema-start",
+            rule=NON_NEGATIVE,
+        ),
     )
 
     def __post_init__(self) -> None:
@@ -374,6 +424,20 @@ class ExtractConfig:
     workers: int | None = field(default=None, metadata=opt("image decoding workers", rule=NON_NEGATIVE))
     quiet: bool = field(default=False, metadata=opt("no progress bars"))
     compile: bool = field(default=False, metadata=opt("torch.compile the backbone (faster extraction on CUDA)"))
+    max_host_memory: str | None = field(
+        default=None,
+        metadata=opt(
+            "host memory training may hold, e.g. 512MB or 4GiB (default: half the machine's); SAE training "
+            "streams from the store when its tokens do not fit",
+            rule=SIZE,
+        ),
+    )
+    stream: Literal["auto", "always", "never"] = field(
+        default="auto",
+        metadata=opt(
+            "stream SAE training from the store: auto (when the tokens exceed --max-host-memory), always, never"
+        ),
+    )
 
     def __post_init__(self) -> None:
         validate(self)

@@ -25,8 +25,10 @@ directly in R^D (dictionary = identity, no sign constraint, no L1).
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -34,9 +36,11 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from . import train_checkpoint
 from .atomic import load_tensors, save_tensors
 from .config import GuideConfig
 from .errors import SPGError
+from .official_order import epoch_order, guide_init
 from .scoring import cosine_logits, upsample
 
 VARIANTS = ("relu_l1", "topk", "free")
@@ -157,12 +161,16 @@ class GuideSet(nn.Module):
         return c[0].nonzero().flatten(), c[1].nonzero().flatten()
 
     @torch.no_grad()
-    def update_ema(self, decay: float) -> None:
-        """Official form: torch AveragedModel's EMA, whose first update copies theta, then
-        ema = decay * ema + (1 - decay) * theta. Pair form: the usual warm-up,
-        min(decay, (1+t)/(10+t)), since with a small auxiliary set a flat 0.999 would keep
-        the EMA near the random init for thousands of steps."""
-        t = int(self.ema_steps)
+    def update_ema(self, decay: float, start: int = 0) -> None:
+        """Count a step; from step `start` on (before it the EMA keeps its value: the initial theta,
+        as the official trainer's `ema.warmup_steps`) update the EMA. Official form: torch
+        AveragedModel's EMA, whose first update copies theta, then ema = decay * ema + (1 - decay)
+        * theta. Pair form: the usual warm-up, min(decay, (1+t)/(10+t)), since with a small
+        auxiliary set a flat 0.999 would keep the EMA near the random init for thousands of steps."""
+        t = int(self.ema_steps) - start
+        if t < 0:
+            self.ema_steps += 1
+            return
         if self.form == "official":
             d = 0.0 if t == 0 else decay
         else:
@@ -358,37 +366,67 @@ def train_guides(
     device: torch.device,
     progress: bool = True,
     dead: torch.Tensor | None = None,
+    checkpoint: Path | None = None,
+    data_key: Any = None,
 ) -> tuple[GuideSet, list[dict[str, float]]]:
     """Train guides of form `cfg.form`. `get_batch(indices)` returns a GuideBatch; `dead` `[M]`
-    is the SAE's dead-atom mask (those coefficients stay 0).
+    is the SAE's dead-atom mask (those coefficients stay 0). `cfg.order` "official": the initial
+    theta and each epoch's image order as the official trainer draws them (official_order.py).
+    `checkpoint`: a file written at each epoch's end and resumed from when it matches these
+    settings, the dictionary and `data_key`; the caller deletes it when done.
 
     Returns the guides (their EMA is what counts) and per-epoch history.
     """
-    width = dictionary.shape[1]
+    dim, width = dictionary.shape
     pair = GuideSet(
         width, cfg.variant, topk=cfg.topk, init_scale=cfg.init_scale, seed=cfg.seed, form=cfg.form, dead=dead
-    ).to(device)
+    )
+    gen = torch.Generator().manual_seed(cfg.seed)
+    if cfg.order == "official":
+        draw, gen = guide_init(cfg.seed, dim, width)
+        with torch.no_grad():
+            pair.theta.copy_(draw[: pair.theta.shape[0]] * 0.01 + cfg.init_scale)
+            pair.theta_ema.copy_(pair.theta)
+    pair = pair.to(device)
     dictionary = dictionary.to(device).float()
     opt = torch.optim.Adam([pair.theta], lr=cfg.lr, betas=tuple(cfg.adam_betas))
-    gen = torch.Generator().manual_seed(cfg.seed)
     steps_per_epoch = math.ceil(num_images / cfg.batch_images)
     history: list[dict[str, float]] = []
-    bar = tqdm(total=cfg.epochs * steps_per_epoch, desc="train guides", unit="step", disable=not progress)
-    for epoch in range(cfg.epochs):
-        order = torch.randperm(num_images, generator=gen)
+    key = train_checkpoint.fingerprint(asdict(cfg), num_images, data_key, dictionary.sum().item(), dead is None)
+    start = 0
+    resumed = train_checkpoint.load(checkpoint, opt, key=key) if checkpoint is not None else None
+    if resumed is not None:
+        state, meta = resumed
+        pair.load_state_dict({k[len("pair.") :]: v for k, v in state.items() if k.startswith("pair.")})
+        gen.set_state(state["rng_order"])
+        start, history = int(meta["epochs_done"]), list(meta["history"])
+        print(f"guide training resumes after epoch {start} of {cfg.epochs} ({checkpoint})", file=sys.stderr)
+    bar = tqdm(
+        total=cfg.epochs * steps_per_epoch,
+        initial=start * steps_per_epoch,
+        desc="train guides",
+        unit="step",
+        disable=not progress,
+    )
+    for epoch in range(start, cfg.epochs):
+        order = epoch_order(gen, num_images) if cfg.order == "official" else torch.randperm(num_images, generator=gen)
         sums = {"loss": 0.0, "focal": 0.0, "dice": 0.0, "l1": 0.0, "global_ce": 0.0}
-        for start in range(0, num_images, cfg.batch_images):
-            batch = get_batch(order[start : start + cfg.batch_images]).to(device)
+        for lo in range(0, num_images, cfg.batch_images):
+            batch = get_batch(order[lo : lo + cfg.batch_images]).to(device)
             terms = guide_loss(pair, dictionary, batch, cfg, grid)
             opt.zero_grad(set_to_none=True)
             terms["loss"].backward()
             opt.step()
-            pair.update_ema(cfg.ema_decay)
+            pair.update_ema(cfg.ema_decay, cfg.ema_start)
             for k in sums:
                 sums[k] += float(terms[k].detach()) / steps_per_epoch
             bar.update(1)
         a_n, a_a = pair.active_atoms()
         history.append({"epoch": epoch, **sums, "active_normal": len(a_n), "active_anomaly": len(a_a)})
         bar.set_postfix(loss=f"{sums['loss']:.4f}", active=len(a_n) + len(a_a))
+        if checkpoint is not None:
+            state = {f"pair.{k}": v for k, v in pair.state_dict().items()}
+            state["rng_order"] = gen.get_state()
+            train_checkpoint.save(checkpoint, state, opt, epochs_done=epoch + 1, history=history, key=key)
     bar.close()
     return pair, history

@@ -9,6 +9,7 @@ Predictor) lives in inference.py. No function here changes the configs it is giv
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import platform
 import sys
 import time
@@ -22,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import __version__, distributed
+from . import __version__, distributed, train_checkpoint
 from .atomic import file_sha256, write_json
 from .backbones.base import Backbone
 from .config import ExtractConfig, GuideConfig, RunConfig, SAEConfig, ScoreConfig
@@ -33,15 +34,19 @@ from .errors import SPGError
 from .guides import GuideBatch, GuideSet, saturation_note, train_guides
 from .inference import Predictor, dictionary_of, load_run_backbone, load_run_sae, score_store, target_maps
 from .map_export import save_maps
+from .memory import budget_bytes
 from .metrics import evaluate, image_auroc
 from .protocols import token_dtype
 from .run_lock import command_line, run_lock
 from .runs import GUIDES_FILE, GUIDES_RECORD_FILE, METRICS_FILE, SAE_FILE, SAE_RECORD_FILE, RunDir
 from .sae import TopKSAE
+from .sae_data import cls_chunks, sae_token_source
+from .sae_sharded import train_sharded
 from .sae_train import attach_dead_mask, evaluate_sae, train_sae
 from .scoring import cosine_logits, patch_probabilities
 from .store import TokenStore, build_store
 from .thresholds import write_run_threshold
+from .train_checkpoint import GUIDES_CHECKPOINT, SAE_CHECKPOINT
 
 # -- stage 0: tokens ------------------------------------------------------------------------
 
@@ -72,27 +77,58 @@ def shows_progress(io: ExtractConfig) -> bool:
 
 
 def fit_dictionary(
-    store: TokenStore, cfg: SAEConfig, method: str, device: torch.device, progress: bool = True
+    store: TokenStore,
+    cfg: SAEConfig,
+    method: str,
+    device: torch.device,
+    progress: bool = True,
+    *,
+    max_host_memory: str | None = None,
+    stream: str = "auto",
+    checkpoint: Path | None = None,
 ) -> tuple[TopKSAE | None, dict[str, Any]]:
-    """Train the SAE ('spg'), draw a random one ('random_dict'), or none ('free_guides')."""
+    """Train the SAE ('spg'), draw a random one ('random_dict'), or none ('free_guides').
+
+    The tokens are held in memory when they fit `max_host_memory` (memory.py; `stream` "auto"),
+    else streamed from the store's shards (sae_data.StreamedTokens); `stream` "always" / "never"
+    forces either. `checkpoint`: the epoch-end checkpoint file a killed training resumes from."""
     if method == "free_guides":
         return None, {"trained": False, "note": "free guides: no dictionary"}
-    tokens = store.all_tokens(device="cpu", dtype=torch.float16)
+    source, feed = sae_token_source(store, cfg, budget_bytes(max_host_memory), stream)
     if method == "random_dict":
         sae = TopKSAE(store.dim, cfg.width, cfg.k, seed=cfg.seed, bias=cfg.bias).to(device)
-        sae.init_bias(tokens[:: max(1, tokens.shape[0] // 65536)].to(device), cfg.init_bias)
-        return sae, {"trained": False, "note": "random unit-norm dictionary", **evaluate_sae(sae, tokens)}
+        sae.init_bias(source.sample(source.pass_rows).to(device), cfg.init_bias)
+        fit = evaluate_sae(sae, source, batch=source.pass_rows)
+        return sae, {"trained": False, "note": "random unit-norm dictionary", "feed": feed, **fit}
     t0 = time.perf_counter()
-    sae, history = train_sae(tokens, cfg, tokens_per_image=store.num_patches, device=device, progress=progress)
+    if cfg.shard == "latents":
+        sae, history = train_sharded(source, cfg, store.num_patches, device)
+    else:
+        sae, history = train_sae(
+            source,
+            cfg,
+            tokens_per_image=store.num_patches,
+            device=device,
+            progress=progress,
+            checkpoint=checkpoint,
+            data_key=file_sha256(store.root / "manifest.json"),
+        )
     seconds = time.perf_counter() - t0
     # The mask runs over every auxiliary token the official statistic sees: patches and CLS.
-    cls = store.all_cls()
-    dead = attach_dead_mask(sae, tokens if cls is None else torch.cat([tokens, cls]))
+    chunks = itertools.chain(source.all_chunks(source.pass_rows), cls_chunks(store, source.pass_rows))
+    dead = attach_dead_mask(sae, chunks, batch=source.pass_rows)
     print(
         f"SAE: {dead} of {sae.width} atoms never fire on the auxiliary set (dead; masked out of the guides)",
         file=sys.stderr,
     )
-    return sae, {"trained": True, "seconds": seconds, "history": history, **history[-1], "dead_atoms": dead}
+    return sae, {
+        "trained": True,
+        "seconds": seconds,
+        "feed": feed,
+        "history": history,
+        **history[-1],
+        "dead_atoms": dead,
+    }
 
 
 # -- stage 2: guides ------------------------------------------------------------------------
@@ -105,10 +141,15 @@ def fit_guides(
     device: torch.device,
     progress: bool = True,
     dead: torch.Tensor | None = None,
+    *,
+    max_host_memory: str | None = None,
+    checkpoint: Path | None = None,
 ) -> tuple[GuideSet, dict[str, Any]]:
     """Train guides on the auxiliary store's tokens, CLS tokens, masks and labels; `dead` `[M]`:
-    the SAE's dead-atom mask (those coefficients stay 0)."""
-    resident = store.num_images * store.num_patches * store.dim * 4 < 2 * 1024**3
+    the SAE's dead-atom mask (those coefficients stay 0). The tokens are held (float32) when they
+    fit half of `max_host_memory` (memory.py), else each batch's images are read from the store.
+    `checkpoint`: the epoch-end checkpoint file a killed training resumes from."""
+    resident = store.num_images * store.num_patches * store.dim * 4 <= budget_bytes(max_host_memory) // 2
     cache = store.tokens(range(store.num_images)).to(device) if resident else None
     labels = torch.from_numpy(store.labels())
 
@@ -119,7 +160,16 @@ def fit_guides(
 
     t0 = time.perf_counter()
     pair, history = train_guides(
-        dictionary, get_batch, store.num_images, store.grid, cfg, device=device, progress=progress, dead=dead
+        dictionary,
+        get_batch,
+        store.num_images,
+        store.grid,
+        cfg,
+        device=device,
+        progress=progress,
+        dead=dead,
+        checkpoint=checkpoint,
+        data_key=file_sha256(store.root / "manifest.json"),
     )
     seconds = time.perf_counter() - t0
     a_n, a_a = pair.active_atoms()
@@ -213,7 +263,11 @@ def train_stages(
 
     With the "sae" stage, config.json is written afresh (a new run); a guides-only call
     updates its `guides` section and keeps every other key. `backbone`: an already loaded
-    one (so `spg run` loads the model once for both sets). Holds the folder's write lock."""
+    one (so `spg run` loads the model once for both sets). Holds the folder's write lock.
+    Each training stage keeps an epoch-end checkpoint in `out` (SAE_CHECKPOINT,
+    GUIDES_CHECKPOINT) while it runs, so the same command after a kill resumes it, and deletes
+    it once its artifacts are written. `io.max_host_memory`, `io.stream`: fit_dictionary's and
+    fit_guides' memory budget."""
     cfg = effective_config(cfg)
     io = io or ExtractConfig()
     progress = shows_progress(io)
@@ -237,7 +291,16 @@ def train_stages(
                         "device_used": str(device),
                     },
                 )
-            sae, sae_info = fit_dictionary(aux, cfg.sae, cfg.method, device, progress)
+            sae, sae_info = fit_dictionary(
+                aux,
+                cfg.sae,
+                cfg.method,
+                device,
+                progress,
+                max_host_memory=io.max_host_memory,
+                stream=io.stream,
+                checkpoint=run.file(SAE_CHECKPOINT),
+            )
             if distributed.is_main():  # under torchrun every rank holds the same SAE; one writes it
                 if sae is not None:
                     sae.save(
@@ -254,12 +317,22 @@ def train_stages(
                         **sae_info,
                     },
                 )
+                train_checkpoint.remove(run.file(SAE_CHECKPOINT))
         elif distributed.is_main():
             run.update_config(guides=asdict(cfg.guides))
         if "guides" in stages:
             sae = load_run_sae(run, cfg, backbone.dim)
             dead = None if sae is None else sae.dead
-            pair, info = fit_guides(aux, dictionary_of(sae, backbone.dim), cfg.guides, device, progress, dead=dead)
+            pair, info = fit_guides(
+                aux,
+                dictionary_of(sae, backbone.dim),
+                cfg.guides,
+                device,
+                progress,
+                dead=dead,
+                max_host_memory=io.max_host_memory,
+                checkpoint=run.file(GUIDES_CHECKPOINT),
+            )
             before = run.digest(GUIDES_FILE)
             guides_fp = {FINGERPRINT_KEY: fingerprint(settings, "guides")}
             pair.save(str(run.file(GUIDES_FILE)), {"backbone": backbone.identity(), "method": cfg.method, **guides_fp})
@@ -272,6 +345,7 @@ def train_stages(
                     "provenance": {"sae_sha256": run.digest(SAE_FILE)},
                 },
             )
+            train_checkpoint.remove(run.file(GUIDES_CHECKPOINT))
             # Only where the maps and metrics on disk came from other guides (not after a fresh run's training).
             if before is not None and METRICS_FILE in run.stale_artifacts():
                 print(

@@ -50,6 +50,7 @@ _OFFICIAL_OVERRIDES: dict[str, Any] = {
         "auxk_coef": 1 / 32,
         "auxk_dead_tokens": 10_000_000,
         "auxk_threshold": 1e-3,
+        "order": "official",
     },
     # src/pipelines/guide_sae_pipeline.py, configs/mode/train.yaml, scripts/run.sh
     "guides": {
@@ -67,6 +68,8 @@ _OFFICIAL_OVERRIDES: dict[str, Any] = {
         "epochs": 15,
         "init_scale": 0.1,
         "seed": 111,
+        "order": "official",
+        "ema_start": 100,  # configs/mode/train.yaml: ema.warmup_steps
     },
     # scripts/run.sh (evaluate.image_score.mode=map, map_pool=max), configs/mode/eval.yaml
     "score": {"aggregation": "max", "smoothing_sigma": 4.0, "image_score": "smoothed_map"},

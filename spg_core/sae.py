@@ -26,6 +26,7 @@ from torch import nn
 
 from .atomic import load_tensors, save_tensors
 from .errors import SPGError
+from .official_order import sae_init
 
 
 @dataclass
@@ -73,11 +74,10 @@ class TopKSAE(nn.Module):
                 fix="choose --k no larger than --width",
             )
         self.dim, self.width, self.k, self.bias = dim, width, k, bias
-        gen = torch.Generator().manual_seed(seed)
         if bias:
-            w_dec = torch.randn(dim, width, generator=gen)
-        else:  # official: atoms [M, D] ~ N(0, 1/M), then unit rows
-            w_dec = (torch.randn(width, dim, generator=gen) / width**0.5).t()
+            w_dec = torch.randn(dim, width, generator=torch.Generator().manual_seed(seed))
+        else:  # official: atoms [M, D] ~ N(0, 1/M), then unit rows, drawn as the official code draws them
+            w_dec = (sae_init(seed, dim, width)[0] / width**0.5).t()
         w_dec = w_dec / w_dec.norm(dim=0, keepdim=True).clamp_min(1e-8)
         self.W_dec = nn.Parameter(w_dec.contiguous())
         # Encoder starts as the decoder's transpose (Gao et al.): every latent begins

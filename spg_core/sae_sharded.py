@@ -29,6 +29,8 @@ from . import distributed
 from .config import SAEConfig
 from .errors import SPGError
 from .sae import SparseCode, TopKSAE, normalise_atoms_, remove_parallel_grad_
+from .sae_data import ResidentTokens, StreamedTokens
+from .sae_train import evaluate_sae
 
 
 class _SumOverShards(torch.autograd.Function):
@@ -141,7 +143,7 @@ def train_latent_sharded(
     ]
     full.init_bias(sample, cfg.init_bias)
     sae = LatentShardedSAE.from_full(full.to(device))
-    opt = torch.optim.Adam(sae.parameters(), lr=cfg.lr)
+    opt = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=tuple(cfg.adam_betas))
     use_bf16 = (device.type == "cuda") if bf16 is None else bf16
     batch, n = cfg.batch_images * tokens_per_image, tokens.shape[0]
     steps = math.ceil(n / batch)
@@ -177,3 +179,23 @@ def train_latent_sharded(
             }
         )
     return sae.gather_full(), history
+
+
+def train_sharded(
+    source: ResidentTokens | StreamedTokens, cfg: SAEConfig, tokens_per_image: int, device: torch.device
+) -> tuple[TopKSAE, list[dict[str, Any]]]:
+    """`--shard latents`: the studio-form SAE with its atoms split over the torchrun ranks
+    (sae_sharded.py), from tokens in memory; the whole SAE and its history, FVU included."""
+    if not cfg.bias or cfg.auxk or cfg.order != "studio":
+        raise SPGError(
+            "--shard latents trains the studio-form SAE only (biases, no AuxK, token order)",
+            fix="add --protocol studio (or --sae-bias --auxk 0 --sae-order studio), or use --shard data",
+        )
+    if not isinstance(source, ResidentTokens):
+        raise SPGError(
+            "--shard latents reads its tokens from memory, and they do not fit --max-host-memory",
+            fix="raise --max-host-memory (or give --stream never), or use --shard data, which streams",
+        )
+    sae, history = train_latent_sharded(source.tokens, cfg, tokens_per_image=tokens_per_image, device=device)
+    history.append({"epoch": "final", **evaluate_sae(sae, source, batch=source.pass_rows)})
+    return sae, history

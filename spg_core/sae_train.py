@@ -1,12 +1,15 @@
 """Training loop for the TopK SAE (Stage 1), kept apart from the model as in `sparsify`.
 
-Tokens are shuffled at token level; a batch holds as many tokens as
-`batch_images` images have (the paper's batch of 16 images). When every token
-fits on the device it is moved there once, so the loop has no host round trip.
+A batch holds as many tokens as `batch_images` images have (the paper's batch of 16
+images), drawn as `cfg.order` says (sae_data.py: tokens shuffled one by one, or whole images
+in the official code's seeded order) from tokens in memory or streamed from the store. When
+every token fits on the device it is moved there once, so the loop has no host round trip.
+With a checkpoint file, each epoch's end is saved and a killed run resumes from it
+(train_checkpoint.py).
 
 With `cfg.auxk > 0` the loss adds the AuxK term (Gao et al.; official rule, riips/SPG
 `src/modules/sae/sae.py`): a latent is dead for AuxK when no code value exceeded
-`cfg.auxk_threshold` in its last `auxk_dead_tokens // tokens_per_step` steps; the
+`cfg.auxk_threshold` in its last `auxk_dead_tokens // tokens_of_that_step` steps; the
 top `auxk` pre-activations of the dead latents reconstruct the detached residual.
 After training, `dead_atom_mask` marks the atoms that never fire on the whole set.
 
@@ -19,16 +22,22 @@ by its share of the batch, so every step equals the single-process step.
 from __future__ import annotations
 
 import math
+import sys
 import time
+from collections.abc import Iterable
+from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
-from . import distributed
+from . import distributed, train_checkpoint
 from .config import SAEConfig
 from .sae import SparseCode, TopKSAE
-from .token_stream import ordered_batches
+from .sae_data import ResidentTokens, StreamedTokens
+
+TokenSource = ResidentTokens | StreamedTokens
 
 # Keep tokens resident on the device when they take at most this share of its free memory.
 _RESIDENT_SHARE = 0.6
@@ -42,32 +51,36 @@ def _fits_on(device: torch.device, nbytes: int) -> bool:
 
 
 @torch.no_grad()
-def dead_atom_mask(sae: TopKSAE, tokens: torch.Tensor, *, batch: int = 65536) -> torch.Tensor:
-    """`[M]` bool, True for atoms whose code is never > 0 on any of the `[T, D]` tokens
-    (official `count_active == 0`)."""
+def dead_atom_mask(sae: TopKSAE, tokens: torch.Tensor | Iterable[torch.Tensor], *, batch: int = 65536) -> torch.Tensor:
+    """`[M]` bool, True for atoms whose code is never > 0 on any token (official `count_active == 0`):
+    of `[T, D]` tokens, or of every `[b, D]` chunk of an iterable (one pass over a store)."""
     device = sae.W_dec.device
     fired = torch.zeros(sae.width, dtype=torch.bool, device=device)
-    for i in range(0, tokens.shape[0], batch):
-        code = sae.encode(tokens[i : i + batch].to(device).float())
+    chunks = (tokens[i : i + batch] for i in range(0, tokens.shape[0], batch)) if torch.is_tensor(tokens) else tokens
+    for chunk in chunks:
+        code = sae.encode(chunk.to(device).float())
         fired[code.indices[code.values > 0]] = True
     return ~fired
 
 
 @torch.no_grad()
-def evaluate_sae(sae: TopKSAE, tokens: torch.Tensor, *, batch: int = 65536) -> dict[str, float]:
-    """FVU and dead-latent fraction over `[T, D]` tokens (any device), in batches."""
+def evaluate_sae(sae: TopKSAE, tokens: torch.Tensor | TokenSource, *, batch: int = 65536) -> dict[str, float]:
+    """FVU and dead-latent fraction over `[T, D]` tokens (any device) or a token source, in two
+    passes of `[<= batch, D]` chunks (the mean, then the residuals), sums all-reduced over ranks."""
     device = sae.W_dec.device
-    n_all = tokens.shape[0]
-    tokens = tokens[distributed.batch_slice(n_all)]  # each rank: its share; sums reduced below
+    source = (
+        tokens if not torch.is_tensor(tokens) else ResidentTokens(tokens, 1, batch, order="studio", seed=0, width=1)
+    )
+    n_all = source.num_tokens
     resid = torch.zeros((), dtype=torch.float64, device=device)
     fired = torch.zeros(sae.width, dtype=torch.bool, device=device)
-    mean = torch.zeros(sae.dim, device=device)
-    for i in range(0, tokens.shape[0], batch):
-        mean += tokens[i : i + batch].to(device).float().sum(0)
-    mean = distributed.all_reduce(mean) / n_all
+    mean = torch.zeros(sae.dim, dtype=torch.float64, device=device)
+    for chunk in source.chunks(batch):
+        mean += chunk.to(device).float().sum(0).double()
+    mean = (distributed.all_reduce(mean) / n_all).float()
     total = torch.zeros((), dtype=torch.float64, device=device)
-    for i in range(0, tokens.shape[0], batch):
-        f = tokens[i : i + batch].to(device).float()
+    for chunk in source.chunks(batch):
+        f = chunk.to(device).float()
         recon, code = sae(f)
         resid += (f - recon).pow(2).sum().double()
         total += (f - mean).pow(2).sum().double()
@@ -152,9 +165,9 @@ def loss_with_auxk(
     err = (recon - f).pow(2)
     loss = (err.sum(-1) if sae.bias else err.mean(-1)).mean()
     dead = steps_silent > dead_steps
-    # Always computed (zero when nothing is dead): a host sync on `dead.any()` every step
-    # would cost more than the top-k it saves.
-    loss = loss + cfg.auxk_coef * auxk_loss(sae, f, recon, pre.float(), dead, cfg.auxk)
+    # Always computed, and counted only when a latent is dead (the official loss is then 0): a
+    # host sync on `dead.any()` every step would cost more than the top-k it saves.
+    loss = loss + cfg.auxk_coef * auxk_loss(sae, f, recon, pre.float(), dead, cfg.auxk) * dead.any()
     return loss, code.values, code.indices
 
 
@@ -168,7 +181,7 @@ def share_of_batch(loss: torch.Tensor, rows: int, batch_rows: int) -> torch.Tens
 
 
 def train_sae(
-    tokens: torch.Tensor,
+    tokens: torch.Tensor | TokenSource,
     cfg: SAEConfig,
     *,
     tokens_per_image: int,
@@ -177,45 +190,63 @@ def train_sae(
     bf16: bool | None = None,
     sparse_decode: bool = False,
     compile: bool | str = False,
+    checkpoint: Path | None = None,
+    data_key: Any = None,
 ) -> tuple[TopKSAE, list[dict[str, Any]]]:
-    """Train a TopK SAE on `[T, D]` tokens (fp16/fp32, any device).
+    """Train a TopK SAE on `[T, D]` tokens (fp16/fp32, any device, image-major) or a token source
+    (sae_data: resident or streamed from a store).
 
     Returns the SAE and per-epoch history: loss, FVU, dead-latent fraction, tokens/s.
     `bf16` (default: on CUDA) runs the matmuls under bf16 autocast; `sparse_decode` gathers the
     k atoms per token instead of a dense `[T, M] x [M, D]` decode; `compile` (True, or a
     torch.compile mode such as "reduce-overhead") fuses the forward and loss (CUDA, long runs).
+    `checkpoint`: a file written at each epoch's end and resumed from when it matches these
+    settings and `data_key` (an identity of the tokens); the caller deletes it when done.
     """
-    dim = tokens.shape[1]
-    sae = TopKSAE(dim, cfg.width, cfg.k, seed=cfg.seed, bias=cfg.bias).to(device)
-    if tokens.device != device and _fits_on(device, tokens.numel() * tokens.element_size()):
-        tokens = tokens.to(device)
-    sample = tokens[
-        torch.randperm(tokens.shape[0], generator=torch.Generator().manual_seed(cfg.seed))[:65536].to(tokens.device)
-    ]
-    sae.init_bias(sample.to(device), cfg.init_bias)
+    batch = cfg.batch_images * tokens_per_image
+    if torch.is_tensor(tokens):
+        if tokens.device != device and _fits_on(device, tokens.numel() * tokens.element_size()):
+            tokens = tokens.to(device)
+        source: TokenSource = ResidentTokens(
+            tokens, tokens_per_image, batch, order=cfg.order, seed=cfg.seed, width=cfg.width
+        )
+    else:
+        source = tokens
+    sae = TopKSAE(source.dim, cfg.width, cfg.k, seed=cfg.seed, bias=cfg.bias).to(device)
+    if sae.bias:
+        sae.init_bias(source.sample(source.pass_rows).to(device), cfg.init_bias)
     # Fused Adam: one kernel for all parameters instead of a handful per tensor.
     opt = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=tuple(cfg.adam_betas), fused=device.type == "cuda")
     use_bf16 = (device.type == "cuda") if bf16 is None else bf16
-    batch = cfg.batch_images * tokens_per_image
-    n = tokens.shape[0]
+    n = source.num_tokens
     steps = math.ceil(n / batch)
-    gen = torch.Generator(device=tokens.device).manual_seed(cfg.seed)
     # Tokens since each latent last fired: a latent silent for `dead_after_tokens` is dead.
     since_fired = torch.zeros(cfg.width, dtype=torch.long, device=device)
     steps_silent = torch.zeros(cfg.width, dtype=torch.long, device=device)  # AuxK's statistic
-    dead_steps = auxk_dead_steps(cfg, batch)
+    key = train_checkpoint.fingerprint(asdict(cfg), tokens_per_image, n, data_key, distributed.world_size())
+    history: list[dict[str, Any]] = []
+    start = 0
+    resumed = train_checkpoint.load(checkpoint, opt, key=key) if checkpoint is not None else None
+    if resumed is not None:
+        state, meta = resumed
+        sae.load_state_dict({k[len("sae.") :]: v for k, v in state.items() if k.startswith("sae.")})
+        since_fired.copy_(state["since_fired"])
+        steps_silent.copy_(state["steps_silent"])
+        source.load_state({k: v for k, v in state.items() if k.startswith("rng_")})
+        start, history = int(meta["epochs_done"]), list(meta["history"])
+        print(f"SAE training resumes after epoch {start} of {cfg.epochs} ({checkpoint})", file=sys.stderr)
     step_loss = reconstruction_loss
     if compile:
         step_loss = torch.compile(reconstruction_loss, mode=compile if isinstance(compile, str) else None)
-    history: list[dict[str, Any]] = []
-    bar = tqdm(total=cfg.epochs * steps, desc="train SAE", unit="step", disable=not progress)
-    for epoch in range(cfg.epochs):
+    bar = tqdm(total=cfg.epochs * steps, initial=start * steps, desc="train SAE", unit="step", disable=not progress)
+    for epoch in range(start, cfg.epochs):
         t0 = time.perf_counter()
-        order = torch.randperm(n, generator=gen, device=tokens.device)
         loss_sum = torch.zeros((), device=device)
-        # This rank's slice of each global batch; from host memory, gathered and copied ahead.
-        for f, batch_rows in ordered_batches(tokens, order, batch, device):
+        # This rank's slice of each global batch; gathered (or read from the store) and copied ahead.
+        for f, batch_rows in source.epoch(epoch, device):
             if cfg.auxk > 0:
+                # Official: the dead rule's step count comes from this step's own token count.
+                dead_steps = auxk_dead_steps(cfg, batch_rows)
                 loss, values, indices = loss_with_auxk(sae, f, cfg, steps_silent, dead_steps, use_bf16)
             else:
                 loss, values, indices = step_loss(sae, f, use_bf16, sparse_decode)
@@ -244,14 +275,18 @@ def train_sae(
         }
         history.append(rec)
         bar.set_postfix(loss=f"{rec['loss']:.4g}")
+        if checkpoint is not None and distributed.is_main():
+            state = {f"sae.{k}": v for k, v in sae.state_dict().items()}
+            state.update(since_fired=since_fired, steps_silent=steps_silent, **source.state())
+            train_checkpoint.save(checkpoint, state, opt, epochs_done=epoch + 1, history=history, key=key)
     bar.close()
-    final = evaluate_sae(sae, tokens)
+    final = evaluate_sae(sae, source, batch=source.pass_rows)
     history.append({"epoch": "final", **final})
     return sae, history
 
 
-def attach_dead_mask(sae: TopKSAE, tokens: torch.Tensor) -> int:
-    """Compute the dead-atom mask over `[T, D]` tokens (the whole auxiliary set: patch and CLS
-    tokens), keep it on the SAE, and return the number of dead atoms."""
-    sae.dead = dead_atom_mask(sae, tokens)
+def attach_dead_mask(sae: TopKSAE, tokens: torch.Tensor | Iterable[torch.Tensor], *, batch: int = 65536) -> int:
+    """Compute the dead-atom mask over `[T, D]` tokens or chunks of them (the whole auxiliary set:
+    patch and CLS tokens), keep it on the SAE, and return the number of dead atoms."""
+    sae.dead = dead_atom_mask(sae, tokens, batch=batch)
     return int(sae.dead.sum())

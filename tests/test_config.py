@@ -37,6 +37,9 @@ STORED = {
         "auxk_coef": 0.03125,
         "auxk_dead_tokens": 10000000,
         "auxk_threshold": 0.001,
+        "order": "official",
+        "shard": "data",
+        "stream_window_shards": 4,
     },
     "guides": {
         "variant": "relu_l1",
@@ -53,6 +56,8 @@ STORED = {
         "seed": 111,
         "form": "official",
         "adam_betas": [0.5, 0.999],
+        "order": "official",
+        "ema_start": 100,
     },
     "score": {"aggregation": "max", "lse_temperature": 0.1, "smoothing_sigma": 4.0, "image_score": "smoothed_map"},
 }
