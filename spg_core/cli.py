@@ -14,10 +14,12 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from . import distributed
 from .config import ExtractConfig, GuideConfig, RunConfig, SAEConfig, ScoreConfig
+from .context import resolve_context
 from .errors import SPGError
 from .options import (
     add_field_options,
@@ -32,6 +34,8 @@ from .protocols import PROTOCOLS, check_protocol, default_protocol, overrides
 DATASET_HELP = "mvtec:PATH | visa:PATH | folder:PATH | synthetic-a | synthetic-b"
 # Commands that run as one job over every process torchrun starts (docs/SCALING.md).
 COLLECTIVE_COMMANDS = ("extract", "train-sae", "atoms", "run")
+# The score options `spg predict` takes (the rest of its scoring is the run's own).
+CONTEXT_FIELDS = ("context", "context_form", "context_weight", "context_select")
 
 
 # -- shared options --------------------------------------------------------------------------
@@ -100,7 +104,8 @@ def _config_from(args: argparse.Namespace) -> RunConfig:
         target=getattr(args, "target", None) or RunConfig.target,
         protocol=protocol,
     )
-    return RunConfig.from_dict(d)
+    cfg = RunConfig.from_dict(d)
+    return replace(cfg, score=resolve_context(cfg.score, cfg.protocol))  # config.json records the weight used
 
 
 def _guides_for(run_cfg: RunConfig, args: argparse.Namespace) -> GuideConfig:
@@ -243,10 +248,19 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 def cmd_predict(args: argparse.Namespace) -> None:
     from .predict import predict_files
+    from .runs import RunDir
 
     _check_out_dir(args.out)
+    given = {k: v for k, v in field_values(args, ScoreConfig, CONTEXT_FIELDS).items() if v is not None}
+    score = replace(RunDir(args.run).run_config().score, **given)
     rows, skipped = predict_files(
-        args.run, args.images, args.out, device=args.device, skip_bad=args.skip_bad, max_pixels=args.max_pixels
+        args.run,
+        args.images,
+        args.out,
+        device=args.device,
+        skip_bad=args.skip_bad,
+        max_pixels=args.max_pixels,
+        score=score,
     )
     width = max((len(r["image"]) for r in rows), default=0)
     for r in rows:
@@ -317,6 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=MAX_IMAGE_PIXELS,
         help=f"refuse images with more pixels than this (default {MAX_IMAGE_PIXELS:,})",
     )
+    add_field_options(p, ScoreConfig, CONTEXT_FIELDS, omitted="the run's own")
     p.set_defaults(func=cmd_predict)
 
     for register in _room_commands():

@@ -19,6 +19,7 @@ import torch
 from .backbones import load_backbone
 from .backbones.base import Backbone, resolve_device
 from .config import RunConfig, ScoreConfig
+from .context import ContextScorer, context_scorer, resolve_context
 from .errors import SPGError
 from .guides import GuidePair
 from .runs import GUIDES_FILE, SAE_FILE, RunDir
@@ -51,6 +52,7 @@ class Scorer:
     smoothing_sigma: float = 0.0
     image_score: str = "map"
     global_guides: torch.Tensor | None = None
+    context: ContextScorer | None = None  # the atom-space context fused in (context.py); None: plain SPG
 
     @property
     def score_config(self) -> ScoreConfig:
@@ -68,6 +70,9 @@ class Scorer:
         """`[B, N, D]` (+ CLS `[B, D]`) -> (patch probabilities `[B, N]`, raw maps `[B, S, S]`, scores `[B]`)."""
         g = self.guides.to(tokens.device)
         probs, maps = anomaly_maps(tokens, g[0], g[1], tau=self.tau, grid=self.grid, size=self.image_size)
+        if self.context is not None:
+            probs = self.context(tokens, g, self.tau, self.grid)
+            maps = upsample(probs, self.grid, self.image_size)
         if self.image_score == "cls":
             if self.global_guides is None or cls is None:
                 raise SPGError(
@@ -129,6 +134,7 @@ class Predictor:
         self.cfg = RunConfig.from_dict(self.config)
         if score is not None:
             self.cfg.score = score
+        self.cfg.score = resolve_context(self.cfg.score, self.cfg.protocol)
         self.device = resolve_device(device)
         self._backbone: Backbone | None = backbone
         self._compile = compile_backbone
@@ -151,6 +157,7 @@ class Predictor:
             s.smoothing_sigma,
             s.image_score,
             None if global_guides is None else global_guides.detach(),
+            context_scorer(s, self.sae),
         )
 
     @property

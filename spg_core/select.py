@@ -136,8 +136,10 @@ def score_fold(
     guide_cfg: GuideConfig,
     device: torch.device,
     dictionary_cache: dict,
-) -> dict[str, float]:
-    """Fit the SAE (cached per backbone, M, k and fold) and guides on `aux_view`; metrics on `held_view`."""
+    context_grid: tuple[tuple[str, float], ...] = (),
+) -> dict[str, Any]:
+    """Fit the SAE (cached per backbone, M, k and fold) and guides on `aux_view`; metrics on `held_view`,
+    and under "context" those of SPG + context for every (form, weight) of `context_grid`."""
     from .inference import Scorer, dictionary_of, score_store, target_maps
     from .metrics import evaluate
     from .pipeline import fit_dictionary, fit_guides
@@ -151,8 +153,8 @@ def score_fold(
         sae, _ = fit_dictionary(
             aux_view, replace(sae_cfg, width=setting.width, k=setting.k), "spg", device, progress=False
         )
-        dictionary_cache[key] = (dictionary_of(sae, aux_view.dim), None if sae is None else sae.dead)
-    dictionary, dead = dictionary_cache[key]
+        dictionary_cache[key] = (dictionary_of(sae, aux_view.dim), None if sae is None else sae.dead, sae)
+    dictionary, dead, sae = dictionary_cache[key]
     pair, _ = fit_guides(
         aux_view,
         dictionary,
@@ -169,7 +171,12 @@ def score_fold(
     out = evaluate(
         scores.numpy(), held_view.labels(), maps.numpy(), masks.numpy(), [r["category"] for r in held_view.images]
     )
-    return {m: float(out["mean"].get(m, float("nan"))) for m in METRICS}
+    metrics: dict[str, Any] = {m: float(out["mean"].get(m, float("nan"))) for m in METRICS}
+    if context_grid and sae is not None:
+        from .context_select import score_context  # it imports this module's constants
+
+        metrics["context"] = score_context(held_view, sae, guides.cpu(), guide_cfg.tau, context_grid)
+    return metrics
 
 
 def run_select(
@@ -184,8 +191,10 @@ def run_select(
     device: str = "auto",
     cache_dir: str | Path | None = None,
     progress: bool = True,
+    context_grid: tuple[tuple[str, float], ...] = (),
 ) -> dict[str, Any]:
     """Cross-validate every setting of `grid` on `aux` alone; write select.csv / select.json into `out`.
+    With a `context_grid` of (form, weight), the context's fusion is chosen too (`choose_context`).
 
     The grid is visited backbone by backbone (one token extraction each) and, within one,
     setting by setting: the SAE of a fold is re-used by every setting that shares its
@@ -200,6 +209,8 @@ def run_select(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     identity = {"aux": aux, "max_folds": max_folds, "sae": asdict(sae_cfg), "guides": asdict(guide_cfg)}
+    if context_grid:
+        identity["context_grid"] = [list(c) for c in context_grid]
     rows = finished_rows(out / ROWS_FILE, identity)
     done = {(row_setting(r), r["fold"]) for r in rows}
     folds: list[Fold] = []
@@ -221,6 +232,7 @@ def run_select(
                     guide_cfg,
                     dev,
                     cache,
+                    context_grid,
                 )
                 rows.append({**asdict(setting), "fold": fold.name, **metrics})
                 write_json(out / ROWS_FILE, {**identity, "rows": rows})
@@ -246,6 +258,12 @@ def run_select(
         "seconds": time.perf_counter() - t0,
         "command": suggested_command(aux, target, chosen, sae_cfg, guide_cfg),
     }
+    if context_grid:
+        from .context_select import choose_context  # it imports this module's constants
+
+        mine = [r for r in rows if row_setting(r) == row_setting(chosen)]
+        result["context"] = choose_context(mine, context_grid)
+        result["command"] += f" --context --context-select {out / 'select.json'}"
     write_text(out / "select.csv", table_csv(rows + [{**r, "fold": "mean"} for r in summary]))
     write_json(out / "select.json", result)
     return result
@@ -330,6 +348,8 @@ def parse_grid(args: argparse.Namespace) -> list[Setting]:
 
 
 def cmd_select(args: argparse.Namespace) -> None:
+    from .context_select import parse_context_grid  # it imports this module's constants
+
     sae_cfg = SAEConfig(epochs=args.sae_epochs, seed=args.seed)
     guide_cfg = GuideConfig(lr=args.guide_lr, seed=args.seed)
     result = run_select(
@@ -343,6 +363,7 @@ def cmd_select(args: argparse.Namespace) -> None:
         device=args.device,
         cache_dir=args.cache_dir,
         progress=not args.quiet,
+        context_grid=parse_context_grid(args.context_grid),
     )
     c = result["chosen"]
     print(
@@ -350,6 +371,13 @@ def cmd_select(args: argparse.Namespace) -> None:
         f"lambda {c['l1']} guide epochs {c['guide_epochs']}: image AUROC {c['image_auroc']:.3f}, "
         f"pixel AUROC {c['pixel_auroc']:.3f}"
     )
+    if "context" in result:
+        cc = result["context"]["chosen"]
+        print(
+            f"context: {cc['form']} weight {cc['weight']} (criterion {cc['criterion']:.3f}"
+            + ("" if result["context"]["helps"] else "; no weight beat plain SPG on the held-out folds")
+            + ")"
+        )
     print(f"table: {Path(args.out) / 'select.csv'}\nnext:  {result['command']}")
 
 
@@ -375,4 +403,10 @@ def register_cli(sub: Any) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--quiet", action="store_true")
+    p.add_argument(
+        "--context-grid",
+        default="",
+        help="also choose the atom-space context's fusion: comma-separated FORM:WEIGHT (e.g. "
+        "logit:1,logit:4,mix:0.5); plain SPG (weight 0) is always a candidate",
+    )
     p.set_defaults(func=cmd_select)
