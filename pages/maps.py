@@ -9,7 +9,7 @@ import pandas as pd
 import streamlit as st
 from PIL import Image
 
-from dashboard import nav, region_panel, state, widgets
+from dashboard import method_views, nav, region_panel, state, widgets
 from dashboard.viewmodels.targets import (
     OUTCOME_FILTERS,
     filter_targets,
@@ -131,6 +131,8 @@ def patch_panel(image: np.ndarray, index: int, grid: tuple[int, int], size: int)
             if st.button("Open atom detail", icon=":material/frame_inspect:", key=key + "open"):
                 st.session_state[state.ATOM_KEY] = int(atom)
                 nav.open_page("atom_detail.py")
+    with widgets.guard("The atom-space context is not available for this run"):
+        region_panel.context_note(method_views.patch_context(str(run), sig, index, patch))
 
 
 def threshold_control(scores: list[float], labels: list[int], record: dict | None) -> float:
@@ -359,6 +361,7 @@ def aux_images() -> None:
         sig,
         lambda r, c: state.stored_region_atoms(str(run), sig, "aux_store", index, r, c),
         *region,
+        context=lambda r, c: method_views.stored_region_context(str(run), sig, "aux_store", index, r, c),
     )
 
 
@@ -428,6 +431,7 @@ def main() -> None:
         sig,
         lambda r, c: state.stored_region_atoms(str(run), sig, "target_store", index, r, c),
         *region,
+        context=lambda r, c: method_views.stored_region_context(str(run), sig, "target_store", index, r, c),
     )
 
 

@@ -150,3 +150,38 @@ def context_scorer(score: ScoreConfig, sae: TopKSAE | None) -> ContextScorer | N
             f"--context-form mix needs a weight in [0, 1], got {score.context_weight}", fix="give --context-weight <= 1"
         )
     return ContextScorer(sae, score.context_form, float(score.context_weight))
+
+
+def context_words(atom: int, elsewhere: int, others: int) -> str:
+    """Plain words for an atom's share of the context: where else in the image it fires."""
+    if elsewhere == 0:
+        return f"atom {atom} fires here and nowhere else in this image"
+    if elsewhere <= max(1, others // 50):
+        return f"atom {atom} fires here and almost nowhere else in this image ({elsewhere} of {others} other patches)"
+    return (
+        f"atom {atom} fires here more than in this patch's closest look-alike ({elsewhere} of {others} other patches)"
+    )
+
+
+def region_context(codes: torch.Tensor, grid: tuple[int, int], region: torch.Tensor, k: int = 6) -> dict:
+    """The context of a region of one image, atom by atom: SAE codes `[N, M]`, the region `[N]` bool.
+
+    Returns {"context": the region's mean context term, "atoms": up to `k` rows (largest share first)
+    of {"atom", "share" (mean share of the context over the region; the shares of all atoms sum to
+    "context"), "elsewhere" (patches outside the region where the atom fires), "words"}}."""
+    region = torch.as_tensor(region, dtype=torch.bool)
+    parts = context_contributions(codes, grid)[region].mean(0)  # [M]
+    elsewhere = (codes[~region] > 0).sum(0)  # [M]
+    others = int((~region).sum())
+    top = parts.topk(min(k, parts.numel()))
+    rows = [
+        {
+            "atom": int(a),
+            "share": float(v),
+            "elsewhere": int(elsewhere[a]),
+            "words": context_words(int(a), int(elsewhere[a]), others),
+        }
+        for v, a in zip(top.values, top.indices)
+        if v > 0
+    ]
+    return {"context": float(parts.sum()), "atoms": rows}

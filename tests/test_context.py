@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,7 +15,7 @@ from tiny_data import TINY_RUN_ARGS, tiny_pair
 
 from spg_core.cli import main
 from spg_core.config import ScoreConfig
-from spg_core.context import context_contributions, context_terms, fuse, resolve_context
+from spg_core.context import context_contributions, context_terms, fuse, region_context, resolve_context
 from spg_core.errors import SPGError
 from spg_core.inference import Predictor
 from spg_core.runs import PATCH_MAPS_FILE, RunDir
@@ -32,7 +33,7 @@ def _random_codes(n: int, m: int, seed: int) -> torch.Tensor:
 
 def _direct_context(codes: torch.Tensor, grid: tuple[int, int]) -> list[float]:
     """1 - the best cosine to a patch outside the 3 x 3 neighbourhood, patch by patch in plain Python."""
-    h, w = grid
+    w = grid[1]
     rows = codes.double().tolist()
     out = []
     for i, a in enumerate(rows):
@@ -133,7 +134,7 @@ def test_official_maps_are_unchanged_bit_for_bit(tmp_path):
 
 
 def test_a_context_run_records_its_weight_and_scores_the_fused_map(tmp_path):
-    run, code = _run(tmp_path, "--context", "--context-form", "logit", "--context-weight", "2")
+    run, code = _run(tmp_path, "--protocol", "studio", "--context", "--context-form", "logit", "--context-weight", "2")
     assert code == 0
     score = RunDir(run).read_config()["score"]
     assert (score["context"], score["context_form"], score["context_weight"]) == (True, "logit", 2.0)
@@ -212,3 +213,55 @@ def test_select_chooses_the_context_weight_without_reading_the_target(tmp_path, 
     form, weight = context["chosen"]["form"], context["chosen"]["weight"]
     got = resolve_context(ScoreConfig(context=True, context_select=str(tmp_path / "sel" / "select.json")), "studio")
     assert (got.context_form, got.context_weight) == (form, weight)
+
+
+def test_region_context_names_the_atom_that_makes_the_region_unusual():
+    grid = (5, 5)
+    codes = torch.zeros(25, 8)
+    codes[:, 0] = 1.0
+    codes[12, 5] = 2.0  # only the centre fires atom 5
+    codes[0, 3] = codes[24, 3] = 1.0  # atom 3 fires in two corners
+    region = torch.zeros(25, dtype=torch.bool)
+    region[12] = True
+    out = region_context(codes, grid, region)
+    assert out["context"] == pytest.approx(float(context_terms(codes, grid)[12]), abs=1e-6)
+    top = out["atoms"][0]
+    assert top["atom"] == 5 and top["elsewhere"] == 0
+    assert top["words"] == "atom 5 fires here and nowhere else in this image"
+    assert all(r["share"] > 0 for r in out["atoms"])  # only atoms that raise the context are listed
+    assert 0 not in [r["atom"] for r in out["atoms"]]  # atom 0 fires everywhere: it lowers the term here
+
+
+def test_methods_page_shows_three_maps_and_the_engines_figures(tmp_path, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    from spg_core import run_paths
+
+    aux, target = tiny_pair(tmp_path / "data")
+    run = tmp_path / "runs" / "ctx"
+    args = ["run", "--aux", aux, "--target", target, "--out", str(run), *TINY_RUN_ARGS]
+    assert main([*args, "--protocol", "studio", "--context", "--context-weight", "2"]) == 0
+    monkeypatch.setenv(run_paths.RUNS_ENV, str(tmp_path / "runs"))
+    app = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"
+    at = AppTest.from_file(str(app), default_timeout=300)  # first run imports torch on 2 busy cores
+    at.run()
+    at.selectbox(key="run").set_value("ctx").run()
+    at.switch_page(str(app.parent.parent / "pages" / "methods.py")).run()
+    assert not at.exception, [e.value for e in at.exception]
+    captions = " ".join(c.value for c in at.caption)
+    assert "weight **2**" in captions
+    assert all(f"**{name}** · map max" in captions for name in ("SPG", "SPG + context", "self-nn"))
+    at.button(key="ctx::methods::metrics").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    frame = at.dataframe[0].value.set_index("method")
+    assert list(frame.index) == ["SPG", "SPG + context", "self-nn"]
+    # the run was evaluated with the context on: its metrics.json is the page's SPG + context row
+    stored = json.loads((run / "metrics.json").read_text())["mean"]
+    for m in ("image_auroc", "pixel_auroc", "aupro"):
+        assert frame.loc["SPG + context", m] == pytest.approx(stored[m], abs=1e-6)
+    # Maps: the selected patch and the region -> atoms panel both state the context in words
+    at.switch_page(str(app.parent.parent / "pages" / "maps.py")).run()
+    assert not at.exception, [e.value for e in at.exception]
+    said = " ".join([c.value for c in at.caption] + [m.value for m in at.markdown])
+    assert "Unlike the rest of this image" in said
+    assert said.count("(1 - best cosine of its atom code") == 2  # the patch panel and the region panel
