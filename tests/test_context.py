@@ -148,6 +148,14 @@ def test_a_context_run_records_its_weight_and_scores_the_fused_map(tmp_path):
         assert torch.allclose(probs[i].float().flatten(), want, atol=1e-3)  # stored at the run's map precision
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["settings"]["context"] == {"form": "logit", "weight": 2.0}
+    # predict: the run's own context by default, plain SPG with --no-context
+    image = store.images[-1]["image_path"]
+    assert main(["predict", "--run", run, image, "--out", str(tmp_path / "with"), "--device", "cpu"]) == 0
+    assert main(["predict", "--run", run, image, "--out", str(tmp_path / "plain"), "--no-context"]) == 0
+    with_context, plain = (
+        float((tmp_path / d / "scores.csv").read_text().splitlines()[1].split(",")[1]) for d in ("with", "plain")
+    )
+    assert with_context > plain  # logit form, weight 2, context >= 0: every patch's probability rises
 
 
 TINY_CONTEXT_GRID = [
