@@ -19,7 +19,7 @@ from typing import Any
 
 from . import distributed
 from .config import ExtractConfig, GuideConfig, RunConfig, SAEConfig, ScoreConfig
-from .context import resolve_context
+from .context import resolve_context, with_overrides
 from .errors import SPGError
 from .options import (
     add_field_options,
@@ -213,8 +213,6 @@ def cmd_train_sae(args: argparse.Namespace) -> None:
 
 
 def cmd_train_guides(args: argparse.Namespace) -> None:
-    from dataclasses import replace
-
     from .pipeline import train_stages
     from .runs import RunDir
 
@@ -225,8 +223,6 @@ def cmd_train_guides(args: argparse.Namespace) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    from dataclasses import replace
-
     from .pipeline import evaluate_target
     from .report import print_metrics, write_reports
     from .runs import RunDir
@@ -238,7 +234,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
         run,
         target=args.target,
         metric_options={"aupro_variant": args.aupro},
-        score=replace(score, **given),
+        score=with_overrides(score, given),
         device=args.device,
         **_io_kwargs(args),
     )
@@ -252,7 +248,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
     _check_out_dir(args.out)
     given = {k: v for k, v in field_values(args, ScoreConfig, CONTEXT_FIELDS).items() if v is not None}
-    score = replace(RunDir(args.run).run_config().score, **given)
+    score = with_overrides(RunDir(args.run).run_config().score, given)
     rows, skipped = predict_files(
         args.run,
         args.images,

@@ -135,6 +135,14 @@ def resolve_context(score: ScoreConfig, protocol: str) -> ScoreConfig:
     return replace(score, context_form=form, context_weight=weight)
 
 
+def with_overrides(score: ScoreConfig, given: dict) -> ScoreConfig:
+    """A run's score settings with the command line's on top; a new --context-select without
+    --context-weight drops the run's recorded weight, so the new selection's is read."""
+    if given.get("context_select") is not None and given.get("context_weight") is None:
+        given = {**given, "context_weight": None}
+    return replace(score, **given)
+
+
 def context_scorer(score: ScoreConfig, sae: TopKSAE | None) -> ContextScorer | None:
     """The run's ContextScorer, or None when the context is off (plain SPG)."""
     if not score.context:

@@ -15,7 +15,14 @@ from tiny_data import TINY_RUN_ARGS, tiny_pair
 
 from spg_core.cli import main
 from spg_core.config import ScoreConfig
-from spg_core.context import context_contributions, context_terms, fuse, region_context, resolve_context
+from spg_core.context import (
+    context_contributions,
+    context_terms,
+    fuse,
+    region_context,
+    resolve_context,
+    with_overrides,
+)
 from spg_core.errors import SPGError
 from spg_core.inference import Predictor
 from spg_core.runs import PATCH_MAPS_FILE, RunDir
@@ -276,3 +283,14 @@ def test_methods_page_shows_three_maps_and_the_engines_figures(tmp_path, monkeyp
     said = " ".join([c.value for c in at.caption] + [m.value for m in at.markdown])
     assert "Unlike the rest of this image" in said
     assert said.count("(1 - best cosine of its atom code") == 2  # the patch panel and the region panel
+
+
+def test_a_new_selection_on_the_command_line_replaces_the_recorded_weight(tmp_path):
+    chosen = tmp_path / "select.json"
+    chosen.write_text(json.dumps({"context": {"chosen": {"form": "mix", "weight": 0.25}}}))
+    recorded = ScoreConfig(context=True, context_form="logit", context_weight=4.0)
+    assert with_overrides(recorded, {}).context_weight == 4.0
+    fresh = resolve_context(with_overrides(recorded, {"context_select": str(chosen)}), "studio")
+    assert (fresh.context_form, fresh.context_weight) == ("mix", 0.25)
+    both = with_overrides(recorded, {"context_select": str(chosen), "context_weight": 1.0})
+    assert resolve_context(both, "studio").context_weight == 1.0
