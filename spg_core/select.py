@@ -14,6 +14,11 @@ OUT/select.csv (one row per setting and fold, plus the fold means) and OUT/selec
 (grid, folds, rows, the choice and the rule). A grid can take hours on a CPU, so every
 finished (setting, fold) row is kept in OUT/select.rows.json as it lands: run the same
 command again after an interruption and only the missing rows are computed.
+
+With `--context-grid FORM:WEIGHT,...` each fold's held-out images are also scored by SPG + the
+atom-space context (context.py) for every entry, and the chosen setting's best fusion (plain SPG
+included) is recorded under "context" in select.json (context_select.py), for `spg run --context
+--context-select OUT/select.json`.
 """
 
 from __future__ import annotations
