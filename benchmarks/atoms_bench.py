@@ -23,7 +23,7 @@ import torch
 
 from spg_core.atoms import TokenChunk, stream_top_p
 from spg_core.atoms.index import default_chunk_tokens
-from spg_core.backbones.base import resolve_device
+from spg_core.devices import resolve_device
 from spg_core.sae import TopKSAE
 
 POOL = 4  # distinct random blocks cycled through

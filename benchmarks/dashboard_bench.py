@@ -27,6 +27,14 @@ import sys
 import time
 from pathlib import Path
 
+from streamlit.runtime.scriptrunner.script_cache import ScriptCache
+from streamlit.testing.v1 import AppTest, app_test, local_script_runner
+
+from spg_core.demo import DEMO_NAME, ensure_demo_run
+from spg_core.launch import free_port, start_server, stop_server, wait_until_healthy
+from spg_core.run_paths import RUNS_ENV
+from spg_core.runs import RunDir
+
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = ["runs.py", "maps.py", "atoms.py", "atom_detail.py", "backbones.py", "try_image.py"]
 TARGET_MS = 300.0
@@ -53,17 +61,12 @@ def rss_mb(pid: int) -> float:
 
 def share_script_cache() -> None:
     """Make every AppTest run use one ScriptCache (compiled page scripts), as the server's Runtime does."""
-    from streamlit.runtime.scriptrunner.script_cache import ScriptCache
-    from streamlit.testing.v1 import app_test, local_script_runner
-
     shared = ScriptCache()
     app_test.ScriptCache = local_script_runner.ScriptCache = lambda: shared
 
 
 def compile_ms(pages: list[str]) -> float:
     """Wall time of compiling app.py and the page scripts as Streamlit does (with its magic pass), ms."""
-    from streamlit.runtime.scriptrunner.script_cache import ScriptCache
-
     t0 = time.perf_counter()
     cache = ScriptCache()
     for script in [ROOT / "dashboard" / "app.py"] + [ROOT / "pages" / p for p in pages]:
@@ -73,10 +76,6 @@ def compile_ms(pages: list[str]) -> float:
 
 def rerun_times(runs_root: Path, run: str, reruns: int) -> list[tuple[str, float, float]]:
     """(page, median ms, max ms) of a warm rerun of every page."""
-    from streamlit.testing.v1 import AppTest
-
-    from spg_core.run_paths import RUNS_ENV
-
     os.environ[RUNS_ENV] = str(runs_root)
     out = []
     for page in PAGES:
@@ -103,10 +102,6 @@ def region_times(runs_root: Path, run: str, reruns: int, source: str = "target s
     `source` ('target set' or 'auxiliary set'): each time a region not seen before, so the region ->
     atoms query (averages over the image's cached codes and attribution) is computed, not served
     from the cache."""
-    from streamlit.testing.v1 import AppTest
-
-    from spg_core.run_paths import RUNS_ENV
-
     os.environ[RUNS_ENV] = str(runs_root)
     at = AppTest.from_file(str(ROOT / "dashboard" / "app.py"), default_timeout=600)
     at.run()
@@ -128,16 +123,12 @@ def region_times(runs_root: Path, run: str, reruns: int, source: str = "target s
 
 
 def _first_sample(run_dir: Path) -> str:
-    from spg_core.runs import RunDir
-
     return next(r["image_path"] for r in RunDir(run_dir).read_scores() if r["label"])
 
 
 def session_memory(runs_root: Path) -> list[tuple[int, float]]:
     """[(sessions, server RSS MiB)] after 0, 1 and 5 browser sessions on the Anomaly maps page."""
-    from playwright.sync_api import sync_playwright
-
-    from spg_core.launch import free_port, start_server, stop_server, wait_until_healthy
+    from playwright.sync_api import sync_playwright  # noqa: PLC0415 -- optional test dependency (browser tier)
 
     port = free_port()
     proc = start_server(runs_root, port, quiet=True)
@@ -191,8 +182,6 @@ def main(argv: list[str] | None = None) -> int:
 
     runs_root = Path(args.runs).resolve()
     if args.run is None:
-        from spg_core.demo import DEMO_NAME, ensure_demo_run
-
         t0 = time.perf_counter()
         ensure_demo_run(runs_root, progress=False)
         print(f"demo run ready under {runs_root} ({time.perf_counter() - t0:.1f} s)")

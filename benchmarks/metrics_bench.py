@@ -41,6 +41,8 @@ from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from sklearn.metrics import auc, roc_auc_score
+
 from spg_core import metrics
 from spg_core.metrics.aupro import _area_up_to
 
@@ -111,8 +113,6 @@ def generate(images: int, size: int, categories: int, seed: int, out: Path) -> N
 
 
 def sklearn_pixel_auroc(maps: np.ndarray, masks: np.ndarray) -> float:
-    from sklearn.metrics import roc_auc_score
-
     return float(roc_auc_score(masks.ravel(), maps.ravel()))
 
 
@@ -144,8 +144,6 @@ def loop_aupro(maps: np.ndarray, masks: np.ndarray, thresholds: int | None = Non
     """The official SPG (AnomalyCLIP) loop: binarise at each of 200 grid thresholds, FPR over
     normal pixels, PRO = mean over regions (labelled once) of their coverage.
     With ``thresholds`` < 200 only the first ones are run (timing only)."""
-    from sklearn.metrics import auc
-
     regions = []
     for i in range(len(masks)):
         lab, n = ndimage.label(masks[i], structure=np.ones((3, 3), dtype=int))

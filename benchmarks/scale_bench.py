@@ -30,7 +30,12 @@ import torch.multiprocessing as mp
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from spg_core import distributed
+from spg_core.atomic import save_tensors, write_json
 from spg_core.config import SAEConfig
+from spg_core.sae_sharded import train_latent_sharded
+from spg_core.sae_train import train_sae
+from spg_core.store import TokenStore
+from spg_core.token_stream import ShardStream
 
 
 def _free_port() -> int:
@@ -61,8 +66,6 @@ def _worker(rank: int, world: int, port: int, args: argparse.Namespace, out: str
     device = torch.device(f"cuda:{rank}" if args.device == "cuda" else "cpu")
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    from spg_core.sae_sharded import train_latent_sharded
-    from spg_core.sae_train import train_sae
 
     tokens = _tokens(args.tokens, args.dim)
     cfg = SAEConfig(width=args.width, k=args.k, epochs=args.epochs, batch_images=args.batch_images)
@@ -87,10 +90,6 @@ def _run_world(world: int, args: argparse.Namespace) -> dict:
 
 def _stream_rate(args: argparse.Namespace) -> float:
     """Tokens/s the prefetching reader delivers from a store of `args.tokens` tokens (one process)."""
-    from spg_core.atomic import save_tensors, write_json
-    from spg_core.store import TokenStore
-    from spg_core.token_stream import ShardStream
-
     per_image, shard_images = args.tokens_per_image, 64
     images = args.tokens // per_image
     tokens = _tokens(images * per_image, args.dim).reshape(images, per_image, args.dim)

@@ -20,13 +20,12 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from dashboard_support import BROWSER_ARGS, CHROMIUM, VIEWPORT, wait_ready  # noqa: E402
 
 from dashboard.nav import PAGE_SPECS  # noqa: E402
+from spg_core.launch import free_port, start_server, stop_server, wait_until_healthy  # noqa: E402
 
 
 def take(runs: Path, out: Path, run: str | None) -> list[Path]:
     """One screenshot per page into `out`; returns the files written."""
-    from playwright.sync_api import sync_playwright
-
-    from spg_core.launch import free_port, start_server, stop_server, wait_until_healthy
+    from playwright.sync_api import sync_playwright  # noqa: PLC0415 -- optional test dependency (browser tier)
 
     port = free_port()
     proc = start_server(runs, port, quiet=True)

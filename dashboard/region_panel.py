@@ -10,7 +10,10 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from . import nav, state, widgets
+from spg_core.atoms.build import INDEX
+
+from . import events, guards, nav, state
+from .run_view import RunView, Store
 
 
 def current_region(key: str, grid: tuple[int, int], start: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -27,6 +30,11 @@ def box_around(
     """(rows, cols) of the (2 radius + 1)-cell square centred on `cell`, clipped to the grid."""
     (h, w), (r, c) = grid, cell
     return (max(r - radius, 0), min(r + radius, h - 1)), (max(c - radius, 0), min(c + radius, w - 1))
+
+
+def set_region(key: str, box: tuple[tuple[int, int], tuple[int, int]]) -> None:
+    """Set the region's (rows, cols) (a box drawn on a map, or one centred on a clicked patch)."""
+    st.session_state[key + "rows"], st.session_state[key + "cols"] = box
 
 
 def region_sliders(key: str, grid: tuple[int, int], start: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -46,33 +54,38 @@ def on_region_select(key: str, chart_key: str, grid: tuple[int, int]) -> Callabl
 
     def callback() -> None:
         event = st.session_state.get(chart_key)
-        box = widgets.selected_box(event)
+        box = events.selected_box(event)
         if box is not None and box[0][0] == box[0][1] and box[1][0] == box[1][1]:
             box = box_around((box[0][0], box[1][0]), grid)
         elif box is None:
-            point = widgets.selected_point(event)
+            point = events.selected_point(event)
             box = None if point is None else box_around(point, grid)
         if box is not None:
-            st.session_state[key + "rows"], st.session_state[key + "cols"] = box
+            set_region(key, box)
 
     return callback
 
 
-def maps_keys(run_name: str) -> tuple[str, str]:
-    """(the Anomaly maps page's per-run key prefix, its auxiliary view's prefix)."""
-    return f"{run_name}::", f"{run_name}::aux::"
+def maps_key(run_name: str, which: Store) -> str:
+    """The Anomaly maps page's widget key prefix for one run and store."""
+    return f"{run_name}::" if which is Store.TARGET else f"{run_name}::aux::"
+
+
+def source_key(run_name: str) -> str:
+    """Key of the Anomaly maps page's "Images from" choice for one run."""
+    return f"{run_name}::source"
 
 
 def open_aux_region(run_name: str, image: int, patch: int, grid: tuple[int, int]) -> None:
     """Open the Anomaly maps page on auxiliary image `image`, with a 3 x 3 region centred on `patch`
     (e.g. one of an atom's top patches: what else fires around it)."""
-    key, akey = maps_keys(run_name)
-    st.session_state[key + "source"] = "auxiliary set"
-    st.session_state[akey + "category"] = st.session_state[akey + "defect"] = "all"
-    st.session_state[akey + "image"] = st.session_state[akey + "region_of"] = int(image)
-    st.session_state[akey + "region::rows"], st.session_state[akey + "region::cols"] = box_around(
-        divmod(int(patch), grid[1]), grid
-    )
+    key = maps_key(run_name, Store.AUX)
+    cell = divmod(int(patch), grid[1])
+    st.session_state[source_key(run_name)] = "auxiliary set"
+    st.session_state[key + "category"] = st.session_state[key + "defect"] = "all"
+    st.session_state[key + "image"] = st.session_state[key + "patch_of"] = int(image)
+    st.session_state[key + "row"], st.session_state[key + "col"] = cell
+    set_region(key + "region::", box_around(cell, grid))
     nav.open_page("maps.py")
 
 
@@ -93,8 +106,7 @@ def region_tables(found: Any, tags: dict[int, str]) -> tuple[pd.DataFrame, pd.Da
 
 def region_panel(
     key: str,
-    run: str,
-    sig: tuple[float, ...],
+    view: RunView,
     query: Callable[[tuple[int, int], tuple[int, int]], Any],
     rows: tuple[int, int],
     cols: tuple[int, int],
@@ -102,9 +114,9 @@ def region_panel(
 ) -> None:
     """The two rankings for the region and a picker that shows an atom's top auxiliary patches; with
     `context` (context.region_context of the region), the atoms that make it unlike the rest of its image."""
-    with widgets.guard("Atoms for this region are not available for this run"):
+    with guards.guard("Atoms for this region are not available for this run"):
         found = query(rows, cols)
-        tags = state.atom_tags(run, sig)
+        tags = view.atom_tags()
         act, con = region_tables(found, tags)
         st.caption(f"Region: rows {rows[0]}-{rows[1]}, columns {cols[0]}-{cols[1]} ({found.patches} patches)")
         left, right = st.columns(2)
@@ -140,12 +152,12 @@ def region_panel(
                     },
                 )
         if context is not None:
-            with widgets.guard("The atom-space context is not available for this run"):
+            with guards.guard("The atom-space context is not available for this run"):
                 context_note(context(rows, cols), heading=True)
         options = list(dict.fromkeys(con["atom"].tolist() + act["atom"].tolist()))
         if not options:
             return
-        widgets.keep_choice(key + "atom", options)
+        guards.keep_choice(key + "atom", options)
         pick_col, open_col = st.columns([2, 1], vertical_alignment="bottom")
         atom = int(
             pick_col.selectbox(
@@ -159,7 +171,7 @@ def region_panel(
             st.session_state[state.ATOM_KEY] = atom
             nav.open_page("atom_detail.py")
         with st.expander(f"Top auxiliary patches of atom #{atom}", expanded=False):
-            atom_patches(run, sig, atom, key)
+            atom_patches(view, atom)
 
 
 def context_note(found: dict[str, Any], heading: bool = False) -> None:
@@ -175,20 +187,16 @@ def context_note(found: dict[str, Any], heading: bool = False) -> None:
     )
 
 
-def atom_patches(run: str, sig: tuple[float, ...], atom: int, key: str, count: int = 6) -> None:
+def atom_patches(view: RunView, atom: int, count: int = 6) -> None:
     """An atom's top auxiliary patches (crop + activation heatmap), or what to do without an atom index."""
-    from pathlib import Path
-
-    from spg_core.atoms.build import INDEX
-
-    if not (Path(run) / INDEX).is_file():
+    if not (view.path / INDEX).is_file():
         st.info(
             "This run has no atom index, so its atoms' top patches are unknown. Build it with `spg atoms --run DIR`.",
             icon=":material/info:",
         )
         return
-    with widgets.guard("The atom's top patches cannot be drawn"):
-        tiles = state.atom_tiles(run, sig, atom, count)
+    with guards.guard("The atom's top patches cannot be drawn"):
+        tiles = view.atom_tiles(atom, count)
         if not tiles:
             st.info("This atom never fires on the auxiliary set.")
             return

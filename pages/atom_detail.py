@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboard import region_panel, state, widgets
+from dashboard import charts, guards, pills, region_panel, state
+from dashboard.map_figure import image_with_mask, patch_map_figure
+from dashboard.page import run_page
+from dashboard.run_view import Store
 from dashboard.viewmodels.atom_detail import category_profile
 from dashboard.viewmodels.attribution import live_ranking
 from dashboard.viewmodels.tables import ablation_frame, metrics_frame
@@ -16,12 +19,10 @@ from spg_core.runs import GUIDES_FILE as GUIDES
 from spg_core.runs import PATCH_MAPS_FILE as PATCH_MAPS
 from spg_core.runs import SCORES_FILE as SCORES
 
-run = widgets.require_run()
-widgets.page_header("Atom detail", "What one dictionary atom fires on, and what the guide loses without it", run)
-health = widgets.run_health(run)
-widgets.require(health, [GUIDES], "Atom detail")
-sig = state.signature(run)
-key = f"{run.name}::atom::"
+view, health = run_page(
+    "Atom detail", "What one dictionary atom fires on, and what the guide loses without it", [GUIDES], "Atom detail"
+)
+key = f"{view.name}::atom::"
 
 
 def pick_atom(ranking: dict[str, list[dict]], tags: dict[int, str]) -> int:
@@ -58,7 +59,7 @@ def summary(atom: int, ranking: dict[str, list[dict]], stats) -> list[str]:
     row = stats[stats["atom"] == atom].iloc[0] if stats is not None and (stats["atom"] == atom).any() else None
     if row is not None:
         tag = str(row["tag"])
-        st.markdown(f"#### Atom #{atom} {widgets.pill(tag, 'neutral')}", unsafe_allow_html=True)
+        st.markdown(f"#### Atom #{atom} {pills.pill(tag, 'neutral')}", unsafe_allow_html=True)
     cols = st.columns(5)
     for col, guide in zip(cols, ("anomaly", "normal")):
         entry = coef[guide]
@@ -99,7 +100,7 @@ def top_patches(atom: int) -> None:
         "the atom's activation over the whole image, on one scale per atom."
     )
     count = st.select_slider("Patches", [3, 6, 9, 12, 15], value=9, key=key + "count")
-    tiles = state.atom_tiles(str(run), sig, atom, count)
+    tiles = view.atom_tiles(atom, count)
     if not tiles:
         st.info(
             "This atom never fires on the auxiliary set (a dead atom): it has no patches to show. "
@@ -115,7 +116,7 @@ def top_patches(atom: int) -> None:
                 a.image(tile.crop, width="stretch", output_format="PNG")
                 b.image(tile.heat, width="stretch", output_format="PNG")
                 st.caption(tile.caption)
-    index, _ = state.atoms(str(run), sig)
+    index, _ = view.atoms()
     entries = index.entries(atom)[: len(tiles)]
     pick_col, open_col = st.columns([2, 1], vertical_alignment="bottom")
     pick = pick_col.selectbox(
@@ -126,7 +127,7 @@ def top_patches(atom: int) -> None:
     )
     if open_col.button("Open its image in the region view", icon=":material/select_all:", key=key + "open_region"):
         region_panel.open_aux_region(
-            run.name, entries[pick]["image"], entries[pick]["patch"], tuple(index.meta["grid"])
+            view.name, entries[pick]["image"], entries[pick]["patch"], tuple(index.meta["grid"])
         )
 
 
@@ -134,14 +135,14 @@ def histograms(atom: int, index, stats) -> None:
     left, right = st.columns(2)
     profile = category_profile(index, atom)
     left.plotly_chart(
-        widgets.category_bar_figure(profile, "Category histogram: mean activation per category"),
+        charts.category_bar_figure(profile, "Category histogram: mean activation per category"),
         key=key + "cats",
         config={"displayModeBar": False},
     )
-    values, encoded = state.atom_activations(str(run), sig, atom)
+    values, encoded = view.atom_activations(atom)
     if len(values):
         right.plotly_chart(
-            widgets.histogram_figure(values, f"Activation histogram ({len(values)} firing patches)", "activation s_j"),
+            charts.histogram_figure(values, f"Activation histogram ({len(values)} firing patches)", "activation s_j"),
             key=key + "hist",
             config={"displayModeBar": False},
         )
@@ -170,8 +171,8 @@ def ablation(atom: int, guides: list[str]) -> None:
     if not removed:
         st.caption("Switch it on to recompute every target map, score and metric without this atom.")
         return
-    before = state.ablation(str(run), sig, None, guide)
-    after = state.ablation(str(run), sig, atom, guide)
+    before = view.ablation(None, guide)
+    after = view.ablation(atom, guide)
     ablation_metrics(before.metrics, after.metrics)
     ablation_maps(before, after)
 
@@ -180,7 +181,7 @@ def ablation_metrics(before: dict, after: dict) -> None:
     """Mean metrics without the atom (change against the run as trained), then per category."""
     mean_before = metrics_frame(before).loc["mean"]
     mean_after = metrics_frame(after).loc["mean"]
-    widgets.metric_cards(mean_after.to_dict(), (mean_after - mean_before).to_dict())
+    pills.metric_cards(mean_after.to_dict(), (mean_after - mean_before).to_dict())
     frame = ablation_frame(before, after)
     metric = (
         st.segmented_control(
@@ -201,9 +202,9 @@ def ablation_metrics(before: dict, after: dict) -> None:
 
 def ablation_maps(before, after) -> None:
     """One target image's map with and without the atom (images whose score moved most first)."""
-    target = state.target_outputs(str(run), sig)
+    target = view.target_outputs()
     changed = most_changed(before.scores.numpy(), after.scores.numpy())
-    widgets.keep_choice(key + "abl_image", changed)
+    guards.keep_choice(key + "abl_image", changed)
 
     def label(i: int) -> str:
         row = target.rows[i]
@@ -214,9 +215,9 @@ def ablation_maps(before, after) -> None:
 
     pick = st.selectbox("Target image (largest score change first)", changed, key=key + "abl_image", format_func=label)
     image = state.image_at(target.rows[pick]["image_path"], target.image_size)
-    background = widgets.image_with_mask(image, state.target_mask(run, pick))
+    background = image_with_mask(image, view.mask(Store.TARGET, pick))
     for col, result, title, last in zip(st.columns(2), (before, after), ("With the atom", "Without it"), (False, True)):
-        fig = widgets.patch_map_figure(
+        fig = patch_map_figure(
             background,
             result.probs[pick].reshape(target.grid).numpy(),
             opacity=0.55,
@@ -227,17 +228,17 @@ def ablation_maps(before, after) -> None:
         col.plotly_chart(fig, key=key + ("abl_after" if last else "abl_before"), config={"displayModeBar": False})
 
 
-with widgets.guard("This run's atoms cannot be shown"):
-    ranking = state.atom_ranking(str(run), sig)
-    tags = state.atom_tags(str(run), sig)
+with guards.guard("This run's atoms cannot be shown"):
+    ranking = view.atom_ranking()
+    tags = view.atom_tags()
     if not ranking["anomaly"] and not ranking["normal"]:
         st.info("Neither guide has an active atom.")
         st.stop()
     atom = pick_atom(ranking, tags)
     index = stats = None
     if health.has(INDEX):
-        with widgets.guard("The atom index cannot be read, so top patches and histograms are left out"):
-            index, stats = state.atoms(str(run), sig)
+        with guards.guard("The atom index cannot be read, so top patches and histograms are left out"):
+            index, stats = view.atoms()
     else:
         st.info(
             "This run has no atom index, so top patches and histograms are missing. "

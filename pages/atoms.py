@@ -2,22 +2,22 @@
 
 from __future__ import annotations
 
+import pandas as pd
 import streamlit as st
 
-from dashboard import nav, state, widgets
+from dashboard import charts, guards, nav, state
+from dashboard.page import run_page
 from dashboard.viewmodels.attribution import atom_table, atom_table_columns, dead_atoms, live_ranking
 from spg_core.atoms.build import INDEX
 from spg_core.runs import GUIDES_FILE as GUIDES
 
-run = widgets.require_run()
-widgets.page_header("Atoms", "The dictionary atoms each guide is built from, largest coefficient first", run)
-health = widgets.run_health(run)
-widgets.require(health, [GUIDES], "Atom ranking")
-sig = state.signature(run)
-key = f"{run.name}::atoms::"
+view, health = run_page(
+    "Atoms", "The dictionary atoms each guide is built from, largest coefficient first", [GUIDES], "Atom ranking"
+)
+key = f"{view.name}::atoms::"
 
-with widgets.guard("The atoms of this run cannot be ranked"):
-    ranking = state.atom_ranking(str(run), sig)
+with guards.guard("The atoms of this run cannot be ranked"):
+    ranking = view.atom_ranking()
     stats = None
     if not health.has(INDEX):
         st.info(
@@ -25,8 +25,8 @@ with widgets.guard("The atoms of this run cannot be ranked"):
             icon=":material/info:",
         )
     else:
-        with widgets.guard("The atom index cannot be read, so tags and statistics are left out"):
-            stats = state.atoms(str(run), sig)[1]
+        with guards.guard("The atom index cannot be read, so tags and statistics are left out"):
+            stats = view.atoms()[1]
     dead = dead_atoms(stats)
     ranking = live_ranking(ranking, dead)
     if dead:
@@ -53,7 +53,7 @@ with widgets.guard("The atoms of this run cannot be ranked"):
             if part.empty:
                 st.info(f"The {guide} guide has no active atoms.")
             else:
-                fig = widgets.atom_bar_figure(
+                fig = charts.atom_bar_figure(
                     part,
                     "share",
                     f"{guide.capitalize()} guide, largest first",
@@ -65,22 +65,22 @@ with widgets.guard("The atoms of this run cannot be ranked"):
 
     st.subheader("All active atoms")
     shown = st.segmented_control("Guide", ["both", "anomaly", "normal"], default="both", key=key + "guide")
-    view = table if shown in (None, "both") else table[table["guide"] == shown]
+    listed = table if shown in (None, "both") else table[table["guide"] == shown]
     config = {
         c: st.column_config.NumberColumn(spec["label"], format=spec["format"], width="medium")
         for c, spec in atom_table_columns().items()
-        if c in view.columns
+        if c in listed.columns
     }
     config["share"] = st.column_config.ProgressColumn(
         "share of guide (%)", format="%.1f", min_value=0, max_value=float(table["share"].max() or 1)
     )
-    st.dataframe(view, hide_index=True, key=key + "table", height=360, column_config=config)
+    st.dataframe(listed, hide_index=True, key=key + "table", height=360, column_config=config)
 
-    options = view["atom"].drop_duplicates().tolist()
+    options = listed["atom"].drop_duplicates().tolist()
     if options:
         c1, c2 = st.columns([2, 1], vertical_alignment="bottom")
-        tags = state.atom_tags(str(run), sig)
-        widgets.keep_choice(key + "pick", options)
+        tags = view.atom_tags()
+        guards.keep_choice(key + "pick", options)
         atom = c1.selectbox(
             "Atom", options, key=key + "pick", format_func=lambda a: f"#{a}" + (f" · {tags[a]}" if tags.get(a) else "")
         )
@@ -97,8 +97,8 @@ def kind_section() -> None:
         "(category / defect type). A class-general atom's row spans several categories; a class-specific "
         "one stays in one category's columns. Click a cell, or pick it below, to see those patches."
     )
-    km = state.kind_map(str(run), sig)
-    tags = state.atom_tags(str(run), sig)
+    km = view.kind_map()
+    tags = view.atom_tags()
     order_by = (
         st.segmented_control(
             "Sort rows by",
@@ -115,7 +115,7 @@ def kind_section() -> None:
         kind="stable",
     )
     order = table.index.to_numpy()
-    fig = widgets.kind_heatmap_figure(km.mean[order], km.atoms[order], km.kinds, tags, height=160 + 18 * len(order))
+    fig = charts.kind_heatmap_figure(km.mean[order], km.atoms[order], km.kinds, tags, height=160 + 18 * len(order))
     st.plotly_chart(
         fig, key=key + "kind_map", on_select=on_kind_click, selection_mode="points", config={"displayModeBar": False}
     )
@@ -133,13 +133,13 @@ def kind_section() -> None:
     )
     kinds = [f"{c} / {d}" for c, d in km.kinds]
     atoms = [int(a) for a in km.atoms[order]]
-    widgets.keep_choice(key + "kind_atom", atoms)
-    widgets.keep_choice(key + "kind_kind", kinds)
+    guards.keep_choice(key + "kind_atom", atoms)
+    guards.keep_choice(key + "kind_kind", kinds)
     c1, c2 = st.columns(2)
     atom = c1.selectbox("Cell: atom", atoms, key=key + "kind_atom", format_func=lambda a: f"#{a}")
     kind = c2.selectbox("Cell: defect kind", kinds, key=key + "kind_kind")
     category, defect = km.kinds[kinds.index(kind)]
-    tiles = state.kind_tiles(str(run), sig, int(atom), category, defect)
+    tiles = view.kind_tiles(int(atom), category, defect)
     if not tiles:
         st.info(f"Atom #{atom} does not fire inside any {kind} defect. Pick a brighter cell.")
         return
@@ -150,8 +150,6 @@ def kind_section() -> None:
 
 def kind_table(km, tags: dict[int, str]):
     """One row per atom: tag, categories spanned, strongest kind, peak (for sorting)."""
-    import pandas as pd
-
     best = km.mean.argmax(axis=1)
     return pd.DataFrame(
         {
@@ -176,7 +174,7 @@ def on_kind_click() -> None:
 
 
 if health.has(INDEX):
-    with widgets.guard("The atom x defect-kind map is not available for this run"):
+    with guards.guard("The atom x defect-kind map is not available for this run"):
         kind_section()
 else:
     st.info(

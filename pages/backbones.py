@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import streamlit as st
 
-from dashboard import state, widgets
+from dashboard import charts, guards, state
+from dashboard.map_figure import image_with_mask, patch_map_figure
+from dashboard.page import page_header
+from dashboard.run_view import RunView, Store
 from dashboard.viewmodels.health import check_run
 from dashboard.viewmodels.tables import metrics_frame, per_category_long
 from dashboard.viewmodels.targets import common_targets, format_score
@@ -23,7 +25,7 @@ DAMAGE = (SPGError, OSError, ValueError, KeyError, RuntimeError)
 MAP_HEIGHT = {2: 460, 3: 380, 4: 320}  # by number of runs: maps as large as their columns allow
 
 root = state.runs_root()
-widgets.page_header(
+page_header(
     "Backbones",
     "Compare runs (e.g. the same experiment with different backbones) on the same target image and per category",
 )
@@ -36,23 +38,23 @@ def default_selection(names: list[str]) -> list[str]:
     return (first + [n for n in names if n != current])[:3]
 
 
-def backbone_of(run: Path) -> str:
+def backbone_of(run: RunView) -> str:
     try:
-        return str(state.run_config(str(run), state.signature(run)).get("backbone", "?"))
+        return str(run.config().get("backbone", "?"))
     except DAMAGE:  # a damaged config is reported where the run is used
         return "?"
 
 
-def target_rows(runs: dict[str, Path]) -> dict[str, list[dict[str, Any]]]:
+def target_rows(runs: dict[str, RunView]) -> dict[str, list[dict[str, Any]]]:
     """scores.csv rows of every run whose target outputs load; a warning for each one that does not."""
     tables = {}
     for name, run in runs.items():
-        health = check_run(run)
+        health = check_run(run.path)
         missing = health.missing(PATCH_MAPS, SCORES)
         try:
             if missing:
                 raise SPGError(f"its {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} missing or damaged")
-            tables[name] = state.target_outputs(str(run), state.signature(run)).rows
+            tables[name] = run.target_outputs().rows
         except DAMAGE as exc:
             st.warning(
                 f"Run **{name}** is left out of the image comparison: {str(exc).splitlines()[0]}.",
@@ -61,7 +63,7 @@ def target_rows(runs: dict[str, Path]) -> dict[str, list[dict[str, Any]]]:
     return tables
 
 
-def side_by_side(runs: dict[str, Path], tables: dict[str, list[dict[str, Any]]]) -> None:
+def side_by_side(runs: dict[str, RunView], tables: dict[str, list[dict[str, Any]]]) -> None:
     """One target image (common to every run) with each run's map."""
     st.subheader("Same image, every run")
     common = common_targets(tables)
@@ -72,13 +74,13 @@ def side_by_side(runs: dict[str, Path], tables: dict[str, list[dict[str, Any]]])
     category = c1.selectbox("Category", sorted(common["category"].unique()), key="bb_category")
     in_cat = common[common["category"] == category].set_index("image_path", drop=False)
     labels = {p: f"{n}  ·  {d}" for p, n, d in zip(in_cat["image_path"], in_cat["name"], in_cat["defect"])}
-    widgets.keep_choice("bb_image", list(labels))
+    guards.keep_choice("bb_image", list(labels))
     pick = c2.selectbox("Image", list(labels), key="bb_image", format_func=lambda p: labels.get(p, p))
     opacity = c3.slider("Map opacity", 0.0, 1.0, 0.55, 0.05, key="bb_opacity")
     row = in_cat.loc[pick]
     cols = st.columns(len(tables))
     for i, (col, name) in enumerate(zip(cols, tables)):
-        with col, widgets.guard(f"Run {name} cannot be shown"):
+        with col, guards.guard(f"Run {name} cannot be shown"):
             run_map(
                 runs[name],
                 name,
@@ -90,27 +92,27 @@ def side_by_side(runs: dict[str, Path], tables: dict[str, list[dict[str, Any]]])
             )
 
 
-def run_map(run: Path, name: str, index: int, image_path: str, opacity: float, colorbar: bool, height: int) -> None:
-    target = state.target_outputs(str(run), state.signature(run))
+def run_map(run: RunView, name: str, index: int, image_path: str, opacity: float, colorbar: bool, height: int) -> None:
+    target = run.target_outputs()
     image = state.image_at(image_path, target.image_size)
-    background = widgets.image_with_mask(image, state.target_mask(run, index))
-    fig = widgets.patch_map_figure(
+    background = image_with_mask(image, run.mask(Store.TARGET, index))
+    fig = patch_map_figure(
         background, target.probs[index], opacity=opacity, title=backbone_of(run), height=height, colorbar=colorbar
     )
     st.plotly_chart(fig, key=f"bb_map_{name}", config={"displayModeBar": False})
     st.metric(name, f"score {format_score(target.rows[index]['score'])}", border=True)
 
 
-def metric_bars(runs: dict[str, Path]) -> None:
+def metric_bars(runs: dict[str, RunView]) -> None:
     """Per-category metrics of every run with readable metrics, as grouped bars."""
     st.subheader("Per-category metrics")
     frames = {}
     for name, run in runs.items():
-        with widgets.guard(f"The metrics of run {name} cannot be read"):
-            if not check_run(run).has(METRICS):
+        with guards.guard(f"The metrics of run {name} cannot be read"):
+            if not check_run(run.path).has(METRICS):
                 st.caption(f"Run {name} has no metrics yet.")
                 continue
-            metrics = state.run_metrics(str(run), state.signature(run))
+            metrics = run.metrics()
             frames[f"{name} ({backbone_of(run)})"] = metrics_frame(metrics)
     if frames:
         metric = (
@@ -118,7 +120,7 @@ def metric_bars(runs: dict[str, Path]) -> None:
             or "Image AUROC"
         )
         st.plotly_chart(
-            widgets.grouped_metric_figure(per_category_long(frames), metric),
+            charts.grouped_metric_figure(per_category_long(frames), metric),
             key="bb_metrics",
             config={"displayModeBar": False},
         )
@@ -127,9 +129,9 @@ def metric_bars(runs: dict[str, Path]) -> None:
 def main() -> None:
     names = state.run_names(str(root))
     if not names:
-        widgets.empty_state(root)
+        guards.empty_state(root)
         return
-    widgets.demo_progress_note(root)
+    guards.demo_progress_note(root)
     if len(names) < 2:
         st.info(
             f"Comparing needs at least two runs under the runs root; there is one ({names[0]}), shown alone "
@@ -137,8 +139,8 @@ def main() -> None:
             "`spg run --aux synthetic-a --target synthetic-b --backbone builtin --out runs/other`.",
             icon=":material/info:",
         )
-        with widgets.guard(f"Run {names[0]} cannot be opened"):
-            metric_bars({names[0]: resolve_run(root, names[0])})
+        with guards.guard(f"Run {names[0]} cannot be opened"):
+            metric_bars({names[0]: RunView.of(resolve_run(root, names[0]))})
         return
     if "bb_runs" not in st.session_state:
         st.session_state["bb_runs"] = default_selection(names)
@@ -150,8 +152,8 @@ def main() -> None:
         return
     runs = {}
     for name in chosen:
-        with widgets.guard(f"Run {name} cannot be opened"):
-            runs[name] = resolve_run(root, name)
+        with guards.guard(f"Run {name} cannot be opened"):
+            runs[name] = RunView.of(resolve_run(root, name))
     side_by_side(runs, target_rows(runs))
     metric_bars(runs)
 

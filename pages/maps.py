@@ -1,4 +1,5 @@
-"""Anomaly maps: browse target images, their maps and masks, errors at a threshold, and one patch's atoms."""
+"""Anomaly maps: browse a run's target or auxiliary images, their maps and masks, errors at a threshold,
+one patch's atoms and a region's atoms. One view serves both stores."""
 
 from __future__ import annotations
 
@@ -9,7 +10,11 @@ import pandas as pd
 import streamlit as st
 from PIL import Image
 
-from dashboard import method_views, nav, region_panel, state, widgets
+from dashboard import events, guards, method_views, nav, pills, region_panel, state
+from dashboard.charts import contribution_figure
+from dashboard.map_figure import image_with_mask_png, patch_map_figure
+from dashboard.page import run_page
+from dashboard.run_view import RunView, Store
 from dashboard.viewmodels.targets import (
     OUTCOME_FILTERS,
     filter_targets,
@@ -25,26 +30,32 @@ from spg_core.runs import PATCH_MAPS_FILE as PATCH_MAPS
 from spg_core.runs import SCORES_FILE as SCORES
 from spg_core.thresholds import best_f1_threshold
 
-run = widgets.require_run()
-widgets.page_header(
+view, health = run_page(
     "Anomaly maps",
     "Target or auxiliary images with their anomaly maps; click a patch or drag a box to see which atoms drive it",
-    run,
+    needs=[PATCH_MAPS, SCORES],
+    purpose="Browsing anomaly maps",
 )
-health = widgets.run_health(run)
-widgets.require(health, [PATCH_MAPS, SCORES], "Browsing anomaly maps")
-sig = state.signature(run)
-key, akey = region_panel.maps_keys(run.name)  # per-run widget keys: another run has other images
+SOURCES = {"target set": Store.TARGET, "auxiliary set": Store.AUX}  # the Images-from choice
+SOURCE_HELP = "target: the images the run was evaluated on; auxiliary: the labelled images its guides were fitted on"
 
 
-def choose_images(frame: pd.DataFrame) -> pd.DataFrame:
-    """Category, defect type and outcome filters; returns the matching rows."""
+def image_frame(view: RunView, which: Store, threshold: float | None) -> pd.DataFrame:
+    """The store's images (index, image_path, category, defect, label, name; with score and outcome for
+    the target set, whose scores are stored)."""
+    if which is Store.TARGET:
+        return view.target_frame(threshold)
+    return image_table(view.store_images(which))
+
+
+def choose_images(frame: pd.DataFrame, key: str) -> pd.DataFrame:
+    """Category, defect type and (where there are outcomes) outcome filters; returns the matching rows."""
     c1, c2, c3 = st.columns([1, 1, 1.3])
     categories = ["all"] + sorted(frame["category"].unique())
     category = c1.selectbox("Category", categories, key=key + "category")
     in_cat = frame if category == "all" else frame[frame["category"] == category]
     defect = c2.selectbox("Defect type", ["all"] + sorted(in_cat["defect"].unique()), key=key + "defect")
-    kind = c3.selectbox("Show", list(OUTCOME_FILTERS), key=key + "outcome")
+    kind = c3.selectbox("Show", list(OUTCOME_FILTERS), key=key + "outcome") if "outcome" in frame else None
     return filter_targets(
         frame,
         None if category == "all" else category,
@@ -53,14 +64,21 @@ def choose_images(frame: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def image_picker(rows: pd.DataFrame) -> int:
-    """Select one image of `rows` (keeps the choice while it stays in the filtered list)."""
+def image_picker(rows: pd.DataFrame, key: str) -> int:
+    """Select one image of `rows` (keeps the choice while it stays in the filtered list; an auxiliary
+    view opens on a defect, which is what a region asks about)."""
     options = rows["index"].tolist()
-    widgets.keep_choice(key + "image", options)
-    labels = {
-        int(i): f"{n}  ·  score {format_score(s)}  ·  {o}"
-        for i, n, s, o in zip(rows["index"], rows["name"], rows["score"], rows["outcome"])
-    }
+    defective = rows.loc[rows["label"] == 1, "index"].tolist()
+    if key + "image" not in st.session_state and defective and "outcome" not in rows:
+        st.session_state[key + "image"] = defective[0]
+    guards.keep_choice(key + "image", options)
+    if "outcome" in rows:
+        labels = {
+            int(i): f"{n}  ·  score {format_score(s)}  ·  {o}"
+            for i, n, s, o in zip(rows["index"], rows["name"], rows["score"], rows["outcome"])
+        }
+    else:
+        labels = {int(i): f"{n}  ·  #{i}" for i, n in zip(rows["index"], rows["name"])}
     return int(
         st.selectbox(
             f"Image ({len(options)} shown)", options, key=key + "image", format_func=lambda i: labels.get(i, str(i))
@@ -68,43 +86,58 @@ def image_picker(rows: pd.DataFrame) -> int:
     )
 
 
-def sync_patch(index: int, probs: np.ndarray) -> None:
-    """A newly opened image starts on its most anomalous patch."""
+def sync_patch(key: str, index: int, probs: np.ndarray, grid: tuple[int, int]) -> None:
+    """A newly opened image starts on its most anomalous patch, with a 3 x 3 region around it."""
     if st.session_state.get(key + "patch_of") != index:
-        r, c = peak_patch(probs, probs.shape)
-        st.session_state[key + "row"], st.session_state[key + "col"] = r, c
+        cell = peak_patch(probs, probs.shape)
+        st.session_state[key + "row"], st.session_state[key + "col"] = cell
+        region_panel.set_region(key + "region::", region_panel.box_around(cell, grid))
         st.session_state[key + "patch_of"] = index
 
 
-def on_map_click() -> None:
-    """Plotly click on a patch -> the row/col sliders (runs before the rerun renders them)."""
-    point = widgets.selected_point(st.session_state.get(key + "map"))
-    if point is not None:
-        st.session_state[key + "row"], st.session_state[key + "col"] = point
+def on_map_select(key: str, grid: tuple[int, int]):
+    """Plotly selection on the map -> state (runs before the rerun draws the sliders): a box of several
+    cells becomes the region; a click (a point, or a one-cell box in drawing mode) selects that patch and
+    centres a 3 x 3 region on it, on target and auxiliary images alike."""
+
+    def callback() -> None:
+        event = st.session_state.get(key + "map")
+        box = events.selected_box(event)
+        if box is not None and (box[0][0] != box[0][1] or box[1][0] != box[1][1]):
+            region_panel.set_region(key + "region::", box)
+            return
+        cell = (box[0][0], box[1][0]) if box is not None else events.selected_point(event)
+        if cell is not None:
+            st.session_state[key + "row"], st.session_state[key + "col"] = cell
+            region_panel.set_region(key + "region::", region_panel.box_around(cell, grid))
+
+    return callback
 
 
-def image_panel(image: np.ndarray, mask: np.ndarray, info: dict[str, Any], threshold: float) -> None:
+def image_panel(
+    which: Store, image: np.ndarray, mask: np.ndarray, info: dict[str, Any], score: float, threshold
+) -> None:
     label = "anomalous" if info["label"] else "normal"
-    verdict = f"{info['outcome']} at {format_score(threshold)}"
+    verdict = (
+        "" if threshold is None else pills.pill(f"{info['outcome']} at {format_score(threshold)}", info["outcome"])
+    )
+    title = "Auxiliary image" if which is Store.AUX else "Image"
     st.markdown(
-        f"**Image and ground truth** {widgets.pill(label, label)} {widgets.pill(info['defect'])} "
-        f"{widgets.pill(verdict, info['outcome'])}",
+        f"**{title} and ground truth** {pills.pill(label, label)} {pills.pill(info['defect'])} {verdict}",
         unsafe_allow_html=True,
     )
     st.image(
-        widgets.image_with_mask_png(image, mask),
-        width="stretch",
-        caption=f"{info['name']}: ground truth outlined in green",
+        image_with_mask_png(image, mask), width="stretch", caption=f"{info['name']}: ground truth outlined in green"
     )
     st.metric(
         "Image score",
-        format_score(info["score"]),
+        format_score(score),
         border=True,
         help="the image's anomaly score: its map pooled with the run's aggregation (max, mean or LSE)",
     )
 
 
-def patch_panel(image: np.ndarray, index: int, grid: tuple[int, int], size: int) -> None:
+def patch_panel(key: str, which: Store, image: np.ndarray, index: int, grid: tuple[int, int], size: int) -> None:
     """The selected patch: its crop, probability, and top contributing atoms."""
     h, w = grid
     st.markdown("**Selected patch**")
@@ -112,30 +145,28 @@ def patch_panel(image: np.ndarray, index: int, grid: tuple[int, int], size: int)
     r = s1.slider("Row", 0, h - 1, key=key + "row")
     c = s2.slider("Column", 0, w - 1, key=key + "col")
     patch = patch_at(r, c, grid)
-    with widgets.guard("Atom contributions are not available for this run"):
-        attr = state.target_attribution(str(run), sig, index)
-        p = float(attr.probs[0, patch])
+    with guards.guard("Atom contributions are not available for this run"):
+        attr = view.attribution(which, index)[1]
         crop_col, text_col = st.columns([1, 1.2], vertical_alignment="center")
         crop = patch_crop(Image.fromarray(image), patch, grid, size, context=2, out=150, outline=(255, 255, 255))
         crop_col.image(crop, width=140, caption=f"row {r}, column {c}")
-        text_col.metric("Patch p(anomaly)", format_score(p), border=True)
-        contrib = state.patch_contributions(str(run), sig, index, patch)
+        text_col.metric("Patch p(anomaly)", format_score(float(attr.probs[0, patch])), border=True)
+        contrib = view.patch_contributions(which, index, patch)
         if contrib.empty:
             st.info("No atom contributes to this patch.")
-        else:
-            st.plotly_chart(widgets.contribution_figure(contrib), key=key + "contrib", config={"displayModeBar": False})
-            widgets.keep_choice(key + "open_atom", contrib["atom"].tolist())
-            atom = st.selectbox(
-                "Open an atom", contrib["atom"].tolist(), key=key + "open_atom", format_func=lambda a: f"#{a}"
-            )
-            if st.button("Open atom detail", icon=":material/frame_inspect:", key=key + "open"):
-                st.session_state[state.ATOM_KEY] = int(atom)
-                nav.open_page("atom_detail.py")
-    with widgets.guard("The atom-space context is not available for this run"):
-        region_panel.context_note(method_views.patch_context(str(run), sig, index, patch))
+            return
+        st.plotly_chart(contribution_figure(contrib), key=key + "contrib", config={"displayModeBar": False})
+        region_panel.context_note(method_views.patch_context(view, which, index, patch))
+        guards.keep_choice(key + "open_atom", contrib["atom"].tolist())
+        atom = st.selectbox(
+            "Open an atom", contrib["atom"].tolist(), key=key + "open_atom", format_func=lambda a: f"#{a}"
+        )
+        if st.button("Open atom detail", icon=":material/frame_inspect:", key=key + "open"):
+            st.session_state[state.ATOM_KEY] = int(atom)
+            nav.open_page("atom_detail.py")
 
 
-def threshold_control(scores: list[float], labels: list[int], record: dict | None) -> float:
+def threshold_control(key: str, scores: list[float], labels: list[int], record: dict | None) -> float:
     """The decision threshold slider, starting at the threshold chosen on the auxiliary set (recorded
     in RUN/threshold.json); the target's own best-F1 threshold is shown only as an oracle."""
     oracle = best_f1_threshold(scores, labels)
@@ -190,48 +221,37 @@ def threshold_control(scores: list[float], labels: list[int], record: dict | Non
 def outcome_pills(frame: pd.DataFrame) -> None:
     counts = frame["outcome"].value_counts()
     st.markdown(
-        " ".join(widgets.pill(f"{k} {int(counts.get(k, 0))}", k) for k in ("TP", "FP", "FN", "TN")),
+        " ".join(pills.pill(f"{k} {int(counts.get(k, 0))}", k) for k in ("TP", "FP", "FN", "TN")),
         unsafe_allow_html=True,
     )
 
 
-def map_scale(record: dict | None):
+def map_scale(key: str, record: dict | None):
     """The colour scale picked above the map: fitted to the run (default) or 0-1 probability."""
     choices = ["fitted to this run", "probability 0-1"] if record is not None else ["probability 0-1"]
     choice = st.segmented_control("Colour scale", choices, default=choices[0], key=key + "scale") or choices[0]
     return fitted_scale(record["pixel_scale"]) if choice.startswith("fitted") else PROBABILITY_SCALE
 
 
-def map_panel(
-    image: np.ndarray,
-    mask: np.ndarray,
-    probs: np.ndarray,
-    opacity: float,
-    outline: bool,
-    scale,
-    record: dict | None,
-    sigma: float,
-    region,
-) -> None:
+def map_panel(key: str, image, mask, probs, look: dict[str, Any], record: dict | None, region) -> None:
     """The clickable anomaly map: the selected patch boxed, the region dashed, thresholded contour in white."""
     st.markdown("**Anomaly map** (click a patch; switch on box drawing to drag a region)")
     contour = sigmoid(record["pixel_scale"]["vmax"]) if record is not None else 0.5
-    selected = (st.session_state[key + "row"], st.session_state[key + "col"])
     drawing = st.toggle(
         "Drag draws a region box",
         value=False,
         key=key + "box_mode",
-        help="on: drag on the map to box a region; off: click a patch to select it",
+        help="on: drag on the map to box a region; off: click a patch to select it and centre a region on it",
     )
-    fig = widgets.patch_map_figure(
+    fig = patch_map_figure(
         image,
         probs,
-        opacity=opacity,
-        scale=scale,
-        smoothing_sigma=sigma,
+        opacity=look["opacity"],
+        scale=look["scale"],
+        smoothing_sigma=look["sigma"],
         contour_level=contour,
-        truth=mask if outline else None,
-        selected=selected,
+        truth=mask if look["outline"] else None,
+        selected=(st.session_state[key + "row"], st.session_state[key + "col"]),
         region=region,
         height=380,
         box_select=drawing,
@@ -239,201 +259,85 @@ def map_panel(
     st.plotly_chart(
         fig,
         key=key + "map",
-        on_select=on_map_select,
+        on_select=on_map_select(key, probs.shape),
         selection_mode=("points", "box"),
         config={"displayModeBar": False},
     )
     where = "the 99.9th percentile of auxiliary normal pixels" if record is not None else "p = 0.5"
     st.caption(
-        f"{scale.legend}. White outline: the map at or above {where} (p {contour:.2g}); green: ground "
-        f"truth. Smoothing: the run's own (sigma {sigma:g} px)."
+        f"{look['scale'].legend}. White outline: the map at or above {where} (p {contour:.2g}); green: ground "
+        f"truth. Smoothing: the run's own (sigma {look['sigma']:g} px)."
     )
 
 
-def on_map_select() -> None:
-    """A box drawn on the map sets the region; a click on a patch selects it."""
-    event = st.session_state.get(key + "map")
-    box = widgets.selected_box(event)
-    if box is not None and (box[0][0] != box[0][1] or box[1][0] != box[1][1]):
-        st.session_state[key + "region::rows"], st.session_state[key + "region::cols"] = box
-        return
-    if box is not None:  # in select mode a click arrives as a one-cell box: it picks that patch
-        st.session_state[key + "row"], st.session_state[key + "col"] = box[0][0], box[1][0]
-        return
-    on_map_click()
-
-
-def aux_images() -> None:
-    """Auxiliary images (the set the guides were fitted on): map, defect mask and region -> atoms, so a
-    region can be asked about on images with known defects the target set does not have."""
-    store = state.store_of(run, "aux_store")
-    frame = image_table(state.store_images(str(run), sig, "aux_store"))
-    c1, c2 = st.columns(2)
-    category = c1.selectbox("Category", ["all"] + sorted(frame["category"].unique()), key=akey + "category")
-    in_cat = frame if category == "all" else frame[frame["category"] == category]
-    defect = c2.selectbox("Defect type", ["all"] + sorted(in_cat["defect"].unique()), key=akey + "defect")
-    rows = filter_targets(frame, None if category == "all" else category, None if defect == "all" else defect)
-    options = rows["index"].tolist()
-    defective = rows.loc[rows["label"] == 1, "index"].tolist()
-    if akey + "image" not in st.session_state and defective:  # open on a defect: what a region asks about
-        st.session_state[akey + "image"] = defective[0]
-    widgets.keep_choice(akey + "image", options)
-    names = dict(zip(frame["index"], frame["name"]))
-    pick_col, scale_col, opacity_col = st.columns([3, 1.6, 1.1], vertical_alignment="bottom")
-    index = int(
-        pick_col.selectbox(
-            f"Auxiliary image ({len(options)} shown)",
-            options,
-            key=akey + "image",
-            format_func=lambda i: f"{names.get(i, i)}  ·  #{i}",
-        )
-    )
+def image_view(which: Store) -> None:
+    """The whole view for one store: filters, picker, image, map, patch, region -> atoms."""
+    key = region_panel.maps_key(view.name, which)  # per run and store: another run has other images
     record = None
-    with widgets.guard("The run's fitted colour scale cannot be computed"):
-        record = state.run_threshold(str(run), sig)
-    with scale_col:
-        scale = map_scale(record)
-    opacity = opacity_col.slider("Map opacity", 0.0, 1.0, 0.55, 0.05, key=akey + "opacity")
-
-    info = frame.set_index("index").loc[index].to_dict()
-    image = state.image_at(info["image_path"], store.image_size)
-    mask = state.stored_mask(run, "aux_store", index)
-    probs, score = state.stored_patch_map(str(run), sig, "aux_store", index)
-    if st.session_state.get(akey + "region_of") != index:
-        region_panel.reset_region(akey + "region::")
-        st.session_state[akey + "region_of"] = index
-    region = region_panel.current_region(akey + "region::", store.grid, peak_patch(probs, probs.shape))
-    sigma = state.smoothing_sigma(str(run), sig)
-    contour = sigmoid(record["pixel_scale"]["vmax"]) if record is not None else 0.5
-    left, middle, right = st.columns([1, 1.2, 1], gap="medium")
-    with left:
-        label = "anomalous" if info["label"] else "normal"
-        st.markdown(
-            f"**Auxiliary image and ground truth** {widgets.pill(label, label)} {widgets.pill(info['defect'])}",
-            unsafe_allow_html=True,
-        )
-        st.image(
-            widgets.image_with_mask_png(image, mask),
-            width="stretch",
-            caption=f"{info['name']}: defect mask outlined in green",
-        )
-        st.metric(
-            "Image score",
-            format_score(score),
-            border=True,
-            help="scored now from the stored auxiliary tokens with the run's guides and aggregation",
-        )
-    with middle:
-        st.markdown("**Anomaly map** (click a patch to centre a region on it; switch on box drawing to drag one)")
-        drawing = st.toggle(
-            "Drag draws a region box",
-            value=False,
-            key=akey + "box_mode",
-            help="on: drag on the map to box a region; off: a click centres a 3 x 3 region",
-        )
-        fig = widgets.patch_map_figure(
-            image,
-            probs,
-            opacity=opacity,
-            scale=scale,
-            smoothing_sigma=sigma,
-            contour_level=contour,
-            truth=mask,
-            region=region,
-            height=380,
-            box_select=drawing,
-        )
-        st.plotly_chart(
-            fig,
-            key=akey + "map",
-            selection_mode=("points", "box"),
-            config={"displayModeBar": False},
-            on_select=region_panel.on_region_select(akey + "region::", akey + "map", store.grid),
-        )
-        st.caption(f"{scale.legend}. White outline: p {contour:.2g}; green: the defect mask.")
-    with right:
-        st.markdown("**Region** (drag a box on the map, or set it here)")
-        region = region_panel.region_sliders(akey + "region::", store.grid, peak_patch(probs, probs.shape))
-    st.subheader("Region → atoms")
-    region_panel.region_panel(
-        akey + "region::",
-        str(run),
-        sig,
-        lambda r, c: state.stored_region_atoms(str(run), sig, "aux_store", index, r, c),
-        *region,
-        context=lambda r, c: method_views.stored_region_context(str(run), sig, "aux_store", index, r, c),
-    )
-
-
-SOURCES = ("target set", "auxiliary set")  # the Images-from choice: the run's target or auxiliary store
-
-
-def main() -> None:
-    st.session_state.setdefault(key + "source", "target set")  # (other pages may open the auxiliary view)
-    source = (
-        st.segmented_control(
-            "Images from",
-            SOURCES,
-            key=key + "source",
-            help="target: the images the run was evaluated on; auxiliary: the labelled "
-            "images its guides were fitted on",
-        )
-        or "target set"
-    )
-    if source == "auxiliary set":
-        with widgets.guard("The run's auxiliary images cannot be opened"):
-            aux_images()
-        return
-    target = state.target_outputs(str(run), sig)
-    record = None
-    with widgets.guard("The auxiliary threshold cannot be computed for this run"):
-        record = state.run_threshold(str(run), sig)
-    threshold = threshold_control([r["score"] for r in target.rows], [r["label"] for r in target.rows], record)
-    frame = state.target_frame(str(run), sig, threshold)
-    outcome_pills(frame)
-    rows = choose_images(frame)
-    if rows.empty:
+    with guards.guard("The auxiliary threshold cannot be computed for this run"):
+        record = view.threshold()
+    threshold = None
+    if which is Store.TARGET:
+        rows = view.target_outputs().rows
+        threshold = threshold_control(key, [r["score"] for r in rows], [r["label"] for r in rows], record)
+    frame = image_frame(view, which, threshold)
+    if threshold is not None:
+        outcome_pills(frame)
+    shown = choose_images(frame, key)
+    if shown.empty:
         st.info(
-            "No image matches these filters at this threshold. Choose 'all' in the filters or move the threshold.",
+            "No image matches these filters. Choose 'all' in the filters or move the threshold.",
             icon=":material/filter_alt_off:",
         )
         return
     pick_col, scale_col, opacity_col, outline_col = st.columns([3, 1.6, 1.1, 1], vertical_alignment="bottom")
     with pick_col:
-        index = image_picker(rows)
+        index = image_picker(shown, key)
     with scale_col:
-        scale = map_scale(record)
-    opacity = opacity_col.slider("Map opacity", 0.0, 1.0, 0.55, 0.05, key=key + "opacity")
-    outline = outline_col.toggle("Ground truth on map", value=True, key=key + "outline")
-
+        scale = map_scale(key, record)
+    look = {
+        "scale": scale,
+        "opacity": opacity_col.slider("Map opacity", 0.0, 1.0, 0.55, 0.05, key=key + "opacity"),
+        "outline": outline_col.toggle("Ground truth on map", value=True, key=key + "outline"),
+        "sigma": view.smoothing_sigma(),
+    }
     info = frame.set_index("index").loc[index].to_dict()
-    image = state.image_at(info["image_path"], target.image_size)
-    mask = state.target_mask(run, index)
-    if st.session_state.get(key + "patch_of") != index:
-        region_panel.reset_region(key + "region::")
-    sync_patch(index, target.probs[index])
-    sigma = state.smoothing_sigma(str(run), sig)
+    store = view.store(which)
+    image = state.image_at(info["image_path"], store.image_size)
+    mask = view.mask(which, index)
+    if which is Store.TARGET:
+        target = view.target_outputs()
+        probs, score = target.probs[index], float(info["score"])
+    else:
+        probs, score = view.patch_map(which, index)
+    sync_patch(key, index, probs, store.grid)
     left, middle, right = st.columns([1, 1.2, 1], gap="medium")
     with right:
-        patch_panel(image, index, target.grid, target.image_size)
+        patch_panel(key, which, image, index, store.grid, store.image_size)
         st.markdown("**Region** (drag a box on the map, or set it here)")
         region = region_panel.region_sliders(
-            key + "region::", target.grid, (st.session_state[key + "row"], st.session_state[key + "col"])
+            key + "region::", store.grid, (st.session_state[key + "row"], st.session_state[key + "col"])
         )
     with left:
-        image_panel(image, mask, info, threshold)
+        image_panel(which, image, mask, info, score, threshold)
     with middle:
-        map_panel(image, mask, target.probs[index], opacity, outline, scale, record, sigma, region)
+        map_panel(key, image, mask, probs, look, record, region)
     st.subheader("Region → atoms")
     region_panel.region_panel(
         key + "region::",
-        str(run),
-        sig,
-        lambda r, c: state.stored_region_atoms(str(run), sig, "target_store", index, r, c),
+        view,
+        lambda r, c: view.region_atoms(which, index, r, c),
         *region,
-        context=lambda r, c: method_views.stored_region_context(str(run), sig, "target_store", index, r, c),
+        context=lambda r, c: method_views.region_context_of(view, which, index, r, c),
     )
 
 
-with widgets.guard("The target maps of this run cannot be read"):
-    main()
+def main() -> None:
+    source_key = region_panel.source_key(view.name)
+    st.session_state.setdefault(source_key, "target set")  # (other pages may open the auxiliary view)
+    source = st.segmented_control("Images from", list(SOURCES), key=source_key, help=SOURCE_HELP) or "target set"
+    with guards.guard(f"The run's {source} cannot be opened"):
+        image_view(SOURCES[source])
+
+
+main()

@@ -7,23 +7,23 @@ from pathlib import Path
 
 import streamlit as st
 
-from dashboard import method_views, state, widgets
+from dashboard import guards, method_views, state
+from dashboard.map_figure import image_with_mask
+from dashboard.page import run_page
+from dashboard.run_view import Store
 from spg_core.context import FORMS
 from spg_core.methods import METHODS
 from spg_core.render import overlay
 from spg_core.runs import PATCH_MAPS_FILE as PATCH_MAPS
 
-run = widgets.require_run()
-widgets.page_header(
+view, _ = run_page(
     "Methods side by side",
     "SPG, SPG + context (how unlike the rest of its image a patch is, in atom space) and self-nn "
     "(no training) on the same image and scale",
-    run,
+    needs=[PATCH_MAPS],
+    purpose="Comparing methods",
 )
-health = widgets.run_health(run)
-widgets.require(health, [PATCH_MAPS], "Comparing methods")
-sig = state.signature(run)
-key = f"{run.name}::methods::"
+key = f"{view.name}::methods::"
 NOTES = {
     "SPG": "the run's guides alone",
     "SPG + context": "the guides with the atom-space context fused in",
@@ -33,7 +33,7 @@ NOTES = {
 
 def context_choice() -> tuple[str, float]:
     """The run's selected context setting, or a form and weight to try (said to be unselected)."""
-    chosen = method_views.context_setting(str(run), sig)
+    chosen = method_views.context_setting(view)
     if chosen is not None:
         st.caption(
             f"Context: **{chosen[0]}**, weight **{chosen[1]:g}**, as recorded in this run's config.json "
@@ -55,7 +55,7 @@ def context_choice() -> tuple[str, float]:
 
 def image_choice() -> int:
     """A target image, by its category, defect and file name."""
-    images = state.store_images(str(run), sig, "target_store")
+    images = view.store_images(Store.TARGET)
     labels = {
         i: f"{r['category']} · {r.get('defect') or 'good'} · {Path(r['image_path']).name}" for i, r in enumerate(images)
     }
@@ -63,12 +63,12 @@ def image_choice() -> int:
 
 
 form, weight = context_choice()
-with widgets.guard("This run's images cannot be scored three ways"):
+with guards.guard("This run's images cannot be scored three ways"):
     index = image_choice()
-    store = state.store_of(run, "target_store")
+    store = view.store(Store.TARGET)
     image = state.image_at(store.images[index]["image_path"], store.image_size)
-    shown = widgets.image_with_mask(image, state.target_mask(run, index))  # ground truth outlined in green
-    maps = method_views.method_maps(str(run), sig, index, form, weight)
+    shown = image_with_mask(image, view.mask(Store.TARGET, index))  # ground truth outlined in green
+    maps = method_views.method_maps(view, index, form, weight)
     st.caption("All three maps on one colour scale, 0 (blue) to 1 (red); self-nn's distances above 1 are clipped.")
     for col, name in zip(st.columns(len(METHODS)), METHODS):
         m = maps[name]
@@ -79,8 +79,8 @@ st.subheader("On the whole target set")
 if st.button("Score the target set three ways", key=key + "metrics", icon=":material/table_chart:"):
     st.session_state[key + "show"] = True
 if st.session_state.get(key + "show"):
-    with widgets.guard("The methods' metrics cannot be computed"):
-        frame = method_views.method_metrics(str(run), sig, form, weight)
+    with guards.guard("The methods' metrics cannot be computed"):
+        frame = method_views.method_metrics(view, form, weight)
         st.dataframe(
             frame,
             hide_index=True,

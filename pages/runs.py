@@ -6,7 +6,10 @@ from pathlib import Path
 
 import streamlit as st
 
-from dashboard import state, widgets
+from dashboard import guards, pills, state
+from dashboard.charts import run_metrics_figure
+from dashboard.page import page_header, require_view
+from dashboard.sweep_view import sweep_view
 from dashboard.viewmodels.health import config_summary
 from dashboard.viewmodels.sweeps import run_sweep_dir
 from dashboard.viewmodels.tables import metrics_frame, paper_comparison
@@ -39,7 +42,7 @@ def report_button(run, health) -> None:
         key="report_make",
         help="one HTML file with metrics, the worst errors' maps and the top atoms; opens offline",
     ):
-        with st.spinner("Writing the report ..."), widgets.guard("The report cannot be written"):
+        with st.spinner("Writing the report ..."), guards.guard("The report cannot be written"):
             st.session_state["report_path"] = str(write_report(run))
     path = st.session_state.get("report_path")
     if path and Path(path).is_file() and Path(path).parent == run:
@@ -54,14 +57,14 @@ def report_button(run, health) -> None:
 
 
 root = state.runs_root()
-widgets.page_header(
+page_header(
     "Runs", "Experiments under the runs root: settings, per-category metrics and how they compare with the paper"
 )
 
-widgets.demo_progress_note(root)
+guards.demo_progress_note(root)
 overview = state.run_overview(str(root))
 if overview.empty:
-    widgets.empty_state(root)
+    guards.empty_state(root)
     st.stop()
 
 st.dataframe(
@@ -75,22 +78,21 @@ st.dataframe(
     },
 )
 
-run = widgets.require_run()
+view = require_view()
+run = view.path
 st.subheader(f"Run {run.name}")
-health = widgets.run_health(run)
-widgets.require(health, [CONFIG], "The run's configuration")
-
-sig = state.signature(run)
+health = guards.run_health(run)
+guards.require(health, [CONFIG], "The run's configuration")
 report_button(run, health)
 tab_metrics, tab_config, tab_paper, tab_sweep = st.tabs(["Metrics", "Configuration", "Paper comparison", "Sweep"])
 
-with tab_metrics, widgets.guard("The metrics of this run cannot be shown"):
+with tab_metrics, guards.guard("The metrics of this run cannot be shown"):
     if not health.has(METRICS):
         st.info("No metrics yet: evaluate the run with `spg eval --run DIR`.", icon=":material/hourglass:")
     else:
-        metrics = state.run_metrics(str(run), sig)
+        metrics = view.metrics()
         frame = metrics_frame(metrics)
-        widgets.metric_cards(frame.loc["mean"].to_dict())
+        pills.metric_cards(frame.loc["mean"].to_dict())
         st.dataframe(
             frame,
             key="metrics_table",
@@ -98,12 +100,12 @@ with tab_metrics, widgets.guard("The metrics of this run cannot be shown"):
                 c: st.column_config.ProgressColumn(c, format="%.1f", min_value=0, max_value=100) for c in frame.columns
             },
         )
-        st.plotly_chart(widgets.run_metrics_figure(frame), key="metrics_chart", config={"displayModeBar": False})
+        st.plotly_chart(run_metrics_figure(frame), key="metrics_chart", config={"displayModeBar": False})
         for note in metrics.get("warnings", []):
             st.caption(f"Note: {note}")
 
-with tab_config, widgets.guard("The configuration of this run cannot be shown"):
-    summary = config_summary(state.run_config(str(run), sig))
+with tab_config, guards.guard("The configuration of this run cannot be shown"):
+    summary = config_summary(view.config())
     cols = st.columns(len(summary))
     for col, (section, values) in zip(cols, summary.items()):
         with col:
@@ -114,8 +116,8 @@ with tab_config, widgets.guard("The configuration of this run cannot be shown"):
                 key=f"config_{section}",
             )
 
-with tab_paper, widgets.guard("The paper comparison cannot be shown"):
-    comparison = paper_comparison(state.run_metrics(str(run), sig)) if health.has(METRICS) else None
+with tab_paper, guards.guard("The paper comparison cannot be shown"):
+    comparison = paper_comparison(view.metrics()) if health.has(METRICS) else None
     if comparison is None:
         st.info(
             "No row of the paper matches this run. The paper reports SPG with DINOv3 or OpenCLIP "
@@ -136,7 +138,7 @@ with tab_paper, widgets.guard("The paper comparison cannot be shown"):
             },
         )
 
-with tab_sweep, widgets.guard("The sweep of this run cannot be shown"):
+with tab_sweep, guards.guard("The sweep of this run cannot be shown"):
     sweep = run_sweep_dir(run)
     if sweep is None:
         st.info(
@@ -145,11 +147,11 @@ with tab_sweep, widgets.guard("The sweep of this run cannot be shown"):
             icon=":material/info:",
         )
     else:
-        widgets.sweep_view(sweep, key="run_sweep")
+        sweep_view(sweep, key="run_sweep")
 
 sweeps = state.sweep_names(str(root))
 if sweeps:
     st.subheader("Sweeps")
     name = st.selectbox("Sweep folder", sweeps, key="sweep_pick")
-    with widgets.guard(f"Sweep {name} cannot be shown"):
-        widgets.sweep_view(resolve_run(root, name), key="root_sweep")
+    with guards.guard(f"Sweep {name} cannot be shown"):
+        sweep_view(resolve_run(root, name), key="root_sweep")

@@ -6,7 +6,11 @@ from pathlib import Path
 
 import streamlit as st
 
-from dashboard import region_panel, state, widgets
+from dashboard import events, guards, pills, region_panel
+from dashboard.charts import contribution_figure
+from dashboard.map_figure import patch_map_figure
+from dashboard.page import run_page
+from dashboard.upload_view import Prediction, predict_upload, upload_region_atoms
 from dashboard.viewmodels.targets import format_score, peak_patch
 from spg_core.errors import SPGError
 from spg_core.render import PROBABILITY_SCALE, fitted_scale, sigmoid
@@ -15,13 +19,12 @@ from spg_core.runs import SCORES_FILE as SCORES
 from spg_core.thresholds import best_f1_threshold
 from spg_core.uploads import MAX_UPLOAD_BYTES, UPLOAD_TYPES
 
-run = widgets.require_run()
-widgets.page_header(
-    "Try an image", "Score your own images with this run: anomaly map, image score and the atoms behind it", run
+view, health = run_page(
+    "Try an image",
+    "Score your own images with this run: anomaly map, image score and the atoms behind it",
+    needs=[GUIDES],
+    purpose="Scoring new images",
 )
-health = widgets.run_health(run)
-widgets.require(health, [GUIDES], "Scoring new images")
-sig = state.signature(run)
 limit_mb = MAX_UPLOAD_BYTES // 2**20
 
 
@@ -29,13 +32,13 @@ def run_threshold() -> tuple[float | None, str]:
     """The run's decision threshold (chosen on its auxiliary set, RUN/threshold.json) and where it comes
     from; the target's own best-F1 (an oracle) only when the run has no auxiliary store."""
     try:
-        return state.run_threshold(str(run), sig)["image"]["threshold"], "chosen on the auxiliary set"
+        return view.threshold()["image"]["threshold"], "chosen on the auxiliary set"
     except SPGError:
         pass
     if not health.has(SCORES):
         return None, ""
     try:
-        rows = state.target_outputs(str(run), sig).rows
+        rows = view.target_outputs().rows
     except SPGError:
         return None, ""
     return best_f1_threshold([r["score"] for r in rows], [r["label"] for r in rows]), "oracle: target best F1"
@@ -45,7 +48,7 @@ def map_look():
     """(colour scale, contour level, legend): the run's fitted scale and its normal-pixel contour when
     the run has an auxiliary threshold record, else 0-1 and p = 0.5."""
     try:
-        record = state.run_threshold(str(run), sig)
+        record = view.threshold()
     except SPGError:
         return PROBABILITY_SCALE, 0.5, PROBABILITY_SCALE.legend + "; white outline where p >= 0.5"
     contour = sigmoid(record["pixel_scale"]["vmax"])
@@ -56,14 +59,12 @@ def map_look():
     )
 
 
-def show(
-    name: str, data: bytes, result: state.Prediction, threshold: float | None, source: str, opacity: float
-) -> None:
+def show(name: str, data: bytes, result: Prediction, threshold: float | None, source: str, opacity: float) -> None:
     with st.container(border=True):
         verdict = ""
         if threshold is not None:
             kind = "anomalous" if result.score >= threshold else "normal"
-            verdict = widgets.pill(f"{kind} at threshold {format_score(threshold)} ({source})", kind)
+            verdict = pills.pill(f"{kind} at threshold {format_score(threshold)} ({source})", kind)
         st.markdown(f"**{name}** {verdict}", unsafe_allow_html=True)
         left, middle, right = st.columns([1, 1.2, 1.1], gap="medium")
         has_atoms = result.atoms is not None and not result.atoms.empty
@@ -76,12 +77,12 @@ def show(
         )
         left.image(result.image, caption="as the backbone sees it", width="stretch")
         scale, contour, legend = map_look()
-        fig = widgets.patch_map_figure(
+        fig = patch_map_figure(
             result.image,
             result.probs,
             opacity=opacity,
             scale=scale,
-            smoothing_sigma=state.smoothing_sigma(str(run), sig),
+            smoothing_sigma=view.smoothing_sigma(),
             contour_level=contour,
             selected=peak,
             region=region,
@@ -105,14 +106,14 @@ def show(
                 st.caption("This run has no dictionary (free guides): no atoms to show.")
             else:
                 st.plotly_chart(
-                    widgets.contribution_figure(result.atoms, height=300),
+                    contribution_figure(result.atoms, height=300),
                     key=f"try_atoms_{name}",
                     config={"displayModeBar": False},
                 )
         if has_atoms:
             # Opens by itself once a box is drawn on the map (the selection is the question asked).
             drawn = bool(
-                widgets.selected_box(st.session_state.get(chart)) or widgets.selected_point(st.session_state.get(chart))
+                events.selected_box(st.session_state.get(chart)) or events.selected_point(st.session_state.get(chart))
             )
             with st.expander(
                 "Region -> atoms: which atoms fire in a part of this image, and why it is flagged", expanded=drawn
@@ -120,9 +121,8 @@ def show(
                 region = region_panel.region_sliders(rkey, grid, peak)
                 region_panel.region_panel(
                     rkey,
-                    str(run),
-                    sig,
-                    lambda r, c: state.upload_region_atoms(str(run), sig, name, data, r, c),
+                    view,
+                    lambda r, c: upload_region_atoms(view, name, data, r, c),
                     *region,
                 )
 
@@ -134,8 +134,8 @@ uploads = st.file_uploader(
 )
 samples = []
 if health.has(SCORES):
-    with widgets.guard("The run's sample images cannot be listed"):
-        rows = state.target_outputs(str(run), sig).rows
+    with guards.guard("The run's sample images cannot be listed"):
+        rows = view.target_outputs().rows
         samples = [r["image_path"] for r in rows if r["label"]][:: max(1, len(rows) // 40)][:12]
 
 
@@ -164,6 +164,6 @@ if not files:
 threshold, source = run_threshold()
 for name, data in files:
     try:
-        show(name, data, state.predict_upload(str(run), sig, name, data), threshold, source, opacity)
+        show(name, data, predict_upload(view, name, data), threshold, source, opacity)
     except SPGError as exc:
-        widgets.error_box(exc, f"{name} was refused")
+        guards.error_box(exc, f"{name} was refused")

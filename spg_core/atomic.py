@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from .errors import SPGError
@@ -115,7 +115,6 @@ def load_tensors(
         )
     try:
         tensors = load_file(str(path))
-        from safetensors import safe_open
 
         with safe_open(str(path), framework="pt") as f:
             raw_meta = f.metadata() or {}

@@ -11,21 +11,20 @@ import argparse
 from collections import Counter
 from typing import Any
 
+import pandas as pd
+
 from . import distributed
+from .atoms import build_atoms, load_atoms, rank_atoms, write_gallery
+from .atoms.stats import TAG_RULE
 from .errors import SPGError
+from .guides import GuideSet
+from .runs import GUIDES_FILE as GUIDES
+from .runs import RunDir
 
 
 def _summary(run: str, limit: int = 10) -> None:
-    import pandas as pd
-
-    from .atoms import load_atoms, rank_atoms
-    from .atoms.stats import TAG_RULE
-    from .guides import GuidePair
-    from .runs import GUIDES_FILE as GUIDES
-    from .runs import RunDir
-
     index, stats = load_atoms(run)
-    pair, _ = GuidePair.load(str(RunDir(run).file(GUIDES)), expect_width=index.width)
+    pair, _ = GuideSet.load(str(RunDir(run).file(GUIDES)), expect_width=index.width)
     ranked = rank_atoms(pair)
     print(
         f"atom index: {index.width} atoms x top {index.top_p} patches over "
@@ -48,8 +47,6 @@ def _summary(run: str, limit: int = 10) -> None:
 
 
 def cmd_atoms(args: argparse.Namespace) -> None:
-    from .atoms import build_atoms, load_atoms, write_gallery
-
     must_build = args.gallery is None or args.rebuild
     if not must_build:
         try:

@@ -18,6 +18,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from .metrics import evaluate
+from .scoring import upsample
+
 BASELINES = ("joint-channel", "self-nn")
 JOINT_CHANNEL = 1  # builtin's token layout: [1 | joint | descriptors]
 
@@ -52,9 +55,6 @@ def default_baseline(backbone_name: str) -> str:
 
 def evaluate_baseline(store: Any, kind: str, batch_images: int = 32) -> dict[str, Any]:
     """Metrics (`metrics.evaluate`) of baseline `kind` on every image of a token store."""
-    from .metrics import evaluate
-    from .scoring import upsample
-
     patches = torch.cat(
         [
             patch_scores(store.tokens(list(range(i, min(i + batch_images, store.num_images)))), store.grid, kind)

@@ -14,13 +14,18 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import asdict, replace
+from pathlib import Path
 from typing import Any
 
-from . import distributed
+from . import atoms_cli, distributed, launch, report_html, select, sweep
+from .backbones import load_backbone, parse_backbone_name
 from .config import ExtractConfig, GuideConfig, RunConfig, SAEConfig, ScoreConfig
 from .context import resolve_context, with_overrides
+from .devices import resolve_device
 from .errors import SPGError
+from .images import MAX_IMAGE_PIXELS
+from .interop import cli as interop_cli
 from .options import (
     add_field_options,
     add_section_options,
@@ -29,7 +34,11 @@ from .options import (
     protocol_defaults,
     section_overrides,
 )
+from .pipeline import evaluate_target, extract, load_run_backbone, run_experiment, train_stages
+from .predict import predict_files
 from .protocols import PROTOCOLS, check_protocol, default_protocol, overrides
+from .report import print_metrics, write_reports
+from .runs import CONFIG_FILE, GUIDES_FILE, METRICS_FILE, PATCH_MAPS_FILE, SAE_FILE, RunDir
 
 DATASET_HELP = "mvtec:PATH | visa:PATH | folder:PATH | synthetic-a | synthetic-b"
 # Commands that run as one job over every process torchrun starts (docs/SCALING.md).
@@ -70,6 +79,11 @@ def _add_sae(p: argparse.ArgumentParser) -> None:
     add_field_options(p, RunConfig, ["method"])
 
 
+def _default_protocol(backbone: str) -> str:
+    """The protocol a run of `backbone` takes when --protocol is left out (protocols.default_protocol)."""
+    return default_protocol(parse_backbone_name(backbone)[0].family)
+
+
 def _add_guides(p: argparse.ArgumentParser) -> None:
     add_section_options(p, GuideConfig)
 
@@ -94,7 +108,7 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 
 def _config_from(args: argparse.Namespace) -> RunConfig:
     """The run's config: dataclass defaults < the protocol's settings < explicit options."""
-    protocol = check_protocol(args.protocol or default_protocol(args.backbone))
+    protocol = check_protocol(args.protocol or _default_protocol(args.backbone))
     d = _merge(overrides(protocol), section_overrides(args, RunConfig.SECTIONS))
     if args.seed is not None:
         d = _merge(d, {"sae": {"seed": args.seed}, "guides": {"seed": args.seed}})
@@ -110,8 +124,6 @@ def _config_from(args: argparse.Namespace) -> RunConfig:
 
 def _guides_for(run_cfg: RunConfig, args: argparse.Namespace) -> GuideConfig:
     """`spg train-guides`: the run's guide settings (or a new protocol's) < explicit options."""
-    from dataclasses import asdict
-
     base = asdict(run_cfg.guides)
     if args.protocol is not None:
         base = {**asdict(GuideConfig()), **overrides(check_protocol(args.protocol)).get("guides", {})}
@@ -134,8 +146,6 @@ def _io_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 def _check_out_dir(path: str) -> None:
     """`--out` must name a directory (new or existing), not a file."""
-    from pathlib import Path
-
     if Path(path).exists() and not Path(path).is_dir():
         raise SPGError(
             "--out names an existing file, not a directory",
@@ -148,9 +158,6 @@ def _check_out_dir(path: str) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> None:
-    from .pipeline import run_experiment
-    from .report import print_metrics, write_reports
-
     _check_out_dir(args.out)
     cfg = _config_from(args)
     print(f"protocol: {cfg.protocol}", file=sys.stderr)
@@ -168,9 +175,6 @@ def cmd_run(args: argparse.Namespace) -> None:
 def _run_distributed(cfg: RunConfig, args: argparse.Namespace) -> dict[str, Any] | None:
     """`spg run` under torchrun: both token stores and the SAE by every rank; guides, target maps and
     metrics (minutes, not hours) by rank 0 alone. The metrics on rank 0, None on the others."""
-    from .backbones.base import resolve_device
-    from .pipeline import evaluate_target, extract, load_run_backbone, train_stages
-
     io = _io_kwargs(args)
     backbone = load_run_backbone(cfg, resolve_device(cfg.device))
     if io.pop("compile_backbone"):
@@ -189,12 +193,9 @@ def _run_distributed(cfg: RunConfig, args: argparse.Namespace) -> dict[str, Any]
 
 
 def cmd_extract(args: argparse.Namespace) -> None:
-    from .backbones import load_backbone
-    from .pipeline import extract
-
     io = _io_kwargs(args)
     backbone = load_backbone(
-        args.backbone, args.weights, device=args.device, protocol=args.protocol or default_protocol(args.backbone)
+        args.backbone, args.weights, device=args.device, protocol=args.protocol or _default_protocol(args.backbone)
     )
     if io.pop("compile_backbone"):
         backbone.enable_compile()
@@ -204,8 +205,6 @@ def cmd_extract(args: argparse.Namespace) -> None:
 
 
 def cmd_train_sae(args: argparse.Namespace) -> None:
-    from .pipeline import train_stages
-
     _check_out_dir(args.out)
     run = train_stages(_config_from(args), args.out, stages=("sae",), **_io_kwargs(args))
     if distributed.is_main():
@@ -213,9 +212,6 @@ def cmd_train_sae(args: argparse.Namespace) -> None:
 
 
 def cmd_train_guides(args: argparse.Namespace) -> None:
-    from .pipeline import train_stages
-    from .runs import RunDir
-
     cfg = RunDir(args.run).run_config()
     cfg = replace(cfg, guides=_guides_for(cfg, args), device=args.device or cfg.device)
     run = train_stages(cfg, args.run, stages=("guides",), **_io_kwargs(args))
@@ -223,10 +219,6 @@ def cmd_train_guides(args: argparse.Namespace) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    from .pipeline import evaluate_target
-    from .report import print_metrics, write_reports
-    from .runs import RunDir
-
     run = RunDir(args.run)
     score = run.run_config().score
     given = section_overrides(args, [ScoreConfig]).get("score", {})
@@ -243,9 +235,6 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
-    from .predict import predict_files
-    from .runs import RunDir
-
     _check_out_dir(args.out)
     given = {k: v for k, v in field_values(args, ScoreConfig, CONTEXT_FIELDS).items() if v is not None}
     score = with_overrides(RunDir(args.run).run_config().score, given)
@@ -266,8 +255,6 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .images import MAX_IMAGE_PIXELS
-
     parser = argparse.ArgumentParser(
         prog="spg", description="SPG Studio: zero-shot anomaly detection with sparse-projected guides"
     )
@@ -337,9 +324,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _room_commands() -> list[Callable[[Any], None]]:
     """Commands whose code lives in its own room: sweeps, selection, atoms, reports, the dashboard launcher, imports."""
-    from . import atoms_cli, launch, report_html, select, sweep
-    from .interop import cli as interop_cli
-
     return [
         sweep.register_cli,
         select.register_cli,
@@ -353,10 +337,6 @@ def _room_commands() -> list[Callable[[Any], None]]:
 def interrupted_note(args: argparse.Namespace) -> str:
     """What a Ctrl-C left behind, truthfully: which of the run's artifacts exist (each written
     whole: temp file, then rename) and which do not."""
-    from pathlib import Path
-
-    from .runs import CONFIG_FILE, GUIDES_FILE, METRICS_FILE, PATCH_MAPS_FILE, SAE_FILE, RunDir
-
     folder = getattr(args, "run", None) or getattr(args, "out", None)
     if not folder or not Path(folder).is_dir() or args.command not in ("run", "train-sae", "train-guides", "eval"):
         return "interrupted: no file is half-written (each is written whole); re-run the command to finish"

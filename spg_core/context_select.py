@@ -16,8 +16,7 @@ import torch
 from .config import ScoreConfig
 from .context import FORMS, fuse
 from .errors import SPGError
-from .methods import evaluate_patches, logits_and_context
-from .select import CRITERION, METRICS
+from .methods import METRICS, evaluate_patches, logits_and_context
 
 
 def score_context(
@@ -32,7 +31,9 @@ def score_context(
     return rows
 
 
-def choose_context(mine: list[dict[str, Any]], context_grid: tuple[tuple[str, float], ...]) -> dict[str, Any]:
+def choose_context(
+    mine: list[dict[str, Any]], context_grid: tuple[tuple[str, float], ...], criterion: tuple[str, ...]
+) -> dict[str, Any]:
     """The context fusion, from the chosen setting's fold rows (`score_fold`'s, with "context"): fold
     means of plain SPG (weight 0) and of every (form, weight); the highest criterion is chosen (ties
     go to plain SPG, then to the earlier entry)."""
@@ -46,7 +47,7 @@ def choose_context(mine: list[dict[str, Any]], context_grid: tuple[tuple[str, fl
         )
         means = {m: float(np.nanmean([r[m] for r in per_fold])) for m in METRICS}
         summary.append(
-            {"form": form, "weight": weight, **means, "criterion": float(np.mean([means[m] for m in CRITERION]))}
+            {"form": form, "weight": weight, **means, "criterion": float(np.mean([means[m] for m in criterion]))}
         )
     best = max(range(len(summary)), key=lambda i: (summary[i]["criterion"], -i))
     return {"grid": [list(c) for c in context_grid], "summary": summary, "chosen": summary[best], "helps": best > 0}

@@ -21,8 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import read_json, write_json
+from .atoms import build_atoms
+from .backbones import load_backbone
 from .config import GuideConfig, RunConfig, SAEConfig, ScoreConfig
+from .devices import resolve_device
+from .pipeline import evaluate_target, train_stages
 from .presets import DEMO_PRESET, EFFNET_PRESET
+from .report import write_reports
 from .runs import RunDir
 
 PROGRESS_FILE = ".demo_progress.json"
@@ -124,12 +129,6 @@ def build_demo_run(
     runs_root: str | Path, run: DemoRun, *, progress: bool = True, cache_dir: str | Path | None = None
 ) -> Path:
     """Build one demo run under `runs_root` unless it is complete; report each stage."""
-    from .atoms import build_atoms
-    from .backbones import load_backbone
-    from .backbones.base import resolve_device
-    from .pipeline import evaluate_target, train_stages
-    from .report import write_reports
-
     root = Path(runs_root)
     out = root / run.name
     if demo_is_complete(out):

@@ -77,7 +77,7 @@ FORMS = ("pair", "official")
 OFFICIAL_ROWS = ("global_normal", "global_anomaly", "local_normal", "local_anomaly")
 
 
-class GuidePair(nn.Module):
+class GuideSet(nn.Module):
     """Guide coefficients: theta `[2, M]` (pair: normal, anomaly) or `[4, M]` (official:
     global normal, global anomaly, local normal, local anomaly), with an optional dead-atom
     mask `[M]` (True = dead, coefficient forced to 0)."""
@@ -186,7 +186,7 @@ class GuidePair(nn.Module):
         save_tensors(path, tensors, meta)
 
     @classmethod
-    def load(cls, path: str, *, expect_width: int | None = None) -> tuple[GuidePair, dict[str, Any]]:
+    def load(cls, path: str, *, expect_width: int | None = None) -> tuple[GuideSet, dict[str, Any]]:
         tensors, meta = load_tensors(path, what="guide file")
         cfg = meta.get("config")
         form = cfg.get("form", "pair") if isinstance(cfg, dict) else "pair"
@@ -289,7 +289,7 @@ class GuideBatch:
 
 
 def guide_loss(
-    pair: GuidePair, dictionary: torch.Tensor, batch: GuideBatch, cfg: GuideConfig, grid: tuple[int, int]
+    pair: GuideSet, dictionary: torch.Tensor, batch: GuideBatch, cfg: GuideConfig, grid: tuple[int, int]
 ) -> dict[str, torch.Tensor]:
     """Loss terms for one batch (raw theta, not the EMA), in the pair's form."""
     if pair.form == "official":
@@ -298,7 +298,7 @@ def guide_loss(
 
 
 def pair_guide_loss(
-    pair: GuidePair,
+    pair: GuideSet,
     dictionary: torch.Tensor,
     tokens: torch.Tensor,
     masks: torch.Tensor,
@@ -326,7 +326,7 @@ def pair_guide_loss(
 
 
 def official_guide_loss(
-    pair: GuidePair, dictionary: torch.Tensor, batch: GuideBatch, cfg: GuideConfig, grid: tuple[int, int]
+    pair: GuideSet, dictionary: torch.Tensor, batch: GuideBatch, cfg: GuideConfig, grid: tuple[int, int]
 ) -> dict[str, torch.Tensor]:
     """Official loss terms: focal on the upsampled (p_n, p_a) + Dice(p_a, mask) + Dice(p_n, 1 - mask)
     + CE of the CLS token's raw cosines with the global guides + lambda * mean_g |c_g|_1."""
@@ -358,14 +358,14 @@ def train_guides(
     device: torch.device,
     progress: bool = True,
     dead: torch.Tensor | None = None,
-) -> tuple[GuidePair, list[dict[str, float]]]:
+) -> tuple[GuideSet, list[dict[str, float]]]:
     """Train guides of form `cfg.form`. `get_batch(indices)` returns a GuideBatch; `dead` `[M]`
     is the SAE's dead-atom mask (those coefficients stay 0).
 
     Returns the guides (their EMA is what counts) and per-epoch history.
     """
     width = dictionary.shape[1]
-    pair = GuidePair(
+    pair = GuideSet(
         width, cfg.variant, topk=cfg.topk, init_scale=cfg.init_scale, seed=cfg.seed, form=cfg.form, dead=dead
     ).to(device)
     dictionary = dictionary.to(device).float()

@@ -17,11 +17,14 @@ from pathlib import Path
 import torch
 
 from .backbones import load_backbone
-from .backbones.base import Backbone, resolve_device
+from .backbones.base import Backbone
 from .config import RunConfig, ScoreConfig
 from .context import ContextScorer, context_scorer, resolve_context
+from .devices import resolve_device
 from .errors import SPGError
-from .guides import GuidePair
+from .guides import GuideSet
+from .images import image_to_tensor
+from .metrics import smooth_maps
 from .runs import GUIDES_FILE, SAE_FILE, RunDir
 from .sae import TopKSAE
 from .scoring import anomaly_maps, cls_scores, image_scores, upsample
@@ -32,8 +35,6 @@ def map_image_scores(maps: torch.Tensor, score: ScoreConfig) -> torch.Tensor:
     """`[B, S, S]` raw maps -> `[B]` image scores by the run's rule (the maps' own pooling,
     after the run's smoothing when `image_score` is "smoothed_map")."""
     if score.image_score == "smoothed_map" and score.smoothing_sigma > 0:
-        from .metrics import smooth_maps
-
         maps = smooth_maps(maps.float(), score.smoothing_sigma)
     return image_scores(maps, score.aggregation, score.lse_temperature)
 
@@ -119,7 +120,10 @@ def load_run_sae(run: RunDir, cfg: RunConfig, dim: int | None) -> TopKSAE | None
 
 
 class Predictor:
-    """A trained run ready to score new images or stored tokens (CLI `predict`, dashboard)."""
+    """A trained run ready to score new images or stored tokens (CLI `predict`, dashboard).
+
+    `cfg` is the run's RunConfig; `config_json` is its config.json as stored, with what the
+    pipeline recorded beside the options (store paths, `backbone_identity`)."""
 
     def __init__(
         self,
@@ -130,19 +134,19 @@ class Predictor:
         score: ScoreConfig | None = None,
     ):
         self.run = RunDir(run_dir)
-        self.config = self.run.read_config()
-        self.cfg = RunConfig.from_dict(self.config)
+        self.config_json = self.run.read_config()
+        self.cfg = RunConfig.from_dict(self.config_json)
         if score is not None:
             self.cfg.score = score
         self.cfg.score = resolve_context(self.cfg.score, self.cfg.protocol)
         self.device = resolve_device(device)
         self._backbone: Backbone | None = backbone
         self._compile = compile_backbone
-        identity = self.config.get("backbone_identity", {})
+        identity = self.config_json.get("backbone_identity", {})
         dim = int(identity.get("dim", 0)) or None
         self.sae = load_run_sae(self.run, self.cfg, dim)
         width = self.sae.width if self.sae is not None else dim
-        self.guides, _ = GuidePair.load(str(self.run.file(GUIDES_FILE)), expect_width=width)
+        self.guides, _ = GuideSet.load(str(self.run.file(GUIDES_FILE)), expect_width=width)
         self.dictionary = dictionary_of(self.sae, dim or 0)
         grid = tuple(identity.get("grid", (0, 0)))
         global_guides = self.guides.global_vectors(self.dictionary)
@@ -164,7 +168,7 @@ class Predictor:
     def backbone(self) -> Backbone:
         """Loaded on first use: scoring stored tokens needs no backbone."""
         if self._backbone is None:
-            identity = self.config.get("backbone_identity", {})
+            identity = self.config_json.get("backbone_identity", {})
             self._backbone = load_backbone(
                 self.cfg.backbone,
                 self.cfg.weights,
@@ -188,14 +192,10 @@ class Predictor:
     def predict_images(self, images: list) -> dict[str, torch.Tensor]:
         """PIL images -> tokens `[B, N, D]`, probs `[B, N]`, maps `[B, S, S]` (smoothed as the run's
         metrics smooth them), scores `[B]`."""
-        from .images import image_to_tensor
-
         bb = self.backbone
         batch = torch.stack([image_to_tensor(im, bb.image_size) for im in images]).to(self.device)
         tokens, cls = bb.extract_with_cls(batch)
         probs, maps, scores = self.scorer(tokens, cls)
         if self.cfg.score.smoothing_sigma > 0:
-            from .metrics import smooth_maps
-
             maps = smooth_maps(maps.float(), self.cfg.score.smoothing_sigma)
         return {"tokens": tokens.cpu(), "probs": probs.cpu(), "maps": maps.cpu(), "scores": scores.cpu()}

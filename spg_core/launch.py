@@ -23,6 +23,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from .demo import PROGRESS_FILE, ensure_demo_run, start_background_builds
 from .errors import SPGError
 from .paths import CACHE_ENV, cache_root
 from .run_paths import RUNS_ENV
@@ -152,8 +153,6 @@ def cmd_dashboard(args: argparse.Namespace) -> None:
     root = Path(args.runs).resolve()
     builders: list[subprocess.Popen] = []
     if args.demo:
-        from .demo import PROGRESS_FILE, ensure_demo_run, start_background_builds
-
         print(f"preparing the effnet-lite0 demo run under {root} (first time: about a minute on a CPU) ...", flush=True)
         run = ensure_demo_run(root, progress=True, cache_dir=args.cache_dir)
         print(f"demo run ready: {run}", flush=True)

@@ -19,8 +19,10 @@ from .config import ScoreConfig
 from .context import batch_context, fuse
 from .errors import SPGError
 from .inference import Predictor, map_image_scores, target_maps
+from .metrics import evaluate
 from .sae import TopKSAE
 from .scoring import cosine_logits, upsample
+from .store import TokenStore
 
 METHODS = ("SPG", "SPG + context", "self-nn")
 METRICS = ("image_auroc", "image_ap", "pixel_auroc", "aupro")
@@ -64,8 +66,6 @@ def evaluate_patches(
 ) -> dict[str, Any]:
     """Metrics (`metrics.evaluate`) of patch scores `[K, N]` on a store: maps by bilinear upsampling,
     image scores by the run's rule (`score`), pixel metrics after the run's smoothing."""
-    from .metrics import evaluate
-
     maps = target_maps(patches, store.grid, store.image_size)
     scores = map_image_scores(maps, score)
     masks = store.masks(range(store.num_images)).to(torch.uint8)
@@ -82,12 +82,10 @@ def evaluate_patches(
 
 def run_parts(run_dir: str | Path, score: ScoreConfig | None = None) -> tuple[Predictor, Any]:
     """A run's Predictor (context setting resolved; `score` overrides the run's) and its target store."""
-    from .store import TokenStore
-
     predictor = Predictor(run_dir, device="cpu", score=score)
     if predictor.sae is None:
         raise SPGError("this run has no SAE: the context term needs atom codes", path=str(run_dir))
-    store_path = predictor.config.get("target_store")
+    store_path = predictor.config_json.get("target_store")
     if not store_path:
         raise SPGError("this run has no target store yet", path=str(run_dir), fix="run `spg eval --run RUN` first")
     return predictor, TokenStore(store_path)

@@ -22,6 +22,7 @@ from collections.abc import Iterable
 from typing import Any, Literal, TypeVar
 
 from .config import field_types, flag_of, literal_choices, non_optional, option_of
+from .protocols import PROTOCOLS, overrides
 
 T = TypeVar("T")
 
@@ -57,8 +58,6 @@ def argument_kwargs(cls: type, f: dataclasses.Field, *, switch: bool) -> dict[st
 
 def protocol_defaults(cls: type, name: str) -> str:
     """'default: studio X, official Y': the field's value under each protocol."""
-    from .protocols import PROTOCOLS, overrides
-
     base = cls()
     values = [f"{p} {overrides(p).get(cls.SECTION, {}).get(name, getattr(base, name))}" for p in PROTOCOLS]
     return "default: " + ", ".join(values)

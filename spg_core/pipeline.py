@@ -25,18 +25,20 @@ import torch.nn.functional as F
 from . import __version__, distributed
 from .atomic import file_sha256, write_json
 from .backbones import load_backbone
-from .backbones.base import Backbone, resolve_device
+from .backbones.base import Backbone
 from .config import GuideConfig, RunConfig, SAEConfig, ScoreConfig
 from .data import open_dataset
+from .devices import resolve_device
 from .errors import SPGError
-from .guides import GuideBatch, GuidePair, saturation_note, train_guides
+from .guides import GuideBatch, GuideSet, saturation_note, train_guides
 from .inference import Predictor, dictionary_of, load_run_sae, score_store, target_maps
-from .metrics import image_auroc
+from .metrics import evaluate, image_auroc
 from .runs import GUIDES_FILE, GUIDES_RECORD_FILE, METRICS_FILE, SAE_FILE, SAE_RECORD_FILE, RunDir
 from .sae import TopKSAE
 from .sae_train import attach_dead_mask, evaluate_sae, train_sae
 from .scoring import cosine_logits, patch_probabilities
 from .store import TokenStore, build_store
+from .thresholds import write_run_threshold
 
 # -- stage 0: tokens ------------------------------------------------------------------------
 
@@ -101,7 +103,7 @@ def fit_guides(
     device: torch.device,
     progress: bool = True,
     dead: torch.Tensor | None = None,
-) -> tuple[GuidePair, dict[str, Any]]:
+) -> tuple[GuideSet, dict[str, Any]]:
     """Train guides on the auxiliary store's tokens, CLS tokens, masks and labels; `dead` `[M]`:
     the SAE's dead-atom mask (those coefficients stay 0)."""
     resident = store.num_images * store.num_patches * store.dim * 4 < 2 * 1024**3
@@ -186,7 +188,7 @@ def auxiliary_fit(
 
 
 def environment() -> dict[str, Any]:
-    import transformers
+    import transformers  # noqa: PLC0415 -- heavy (seconds): imported only to record its version
 
     return {
         "spg_core": __version__,
@@ -271,7 +273,6 @@ def train_stages(
                 f"re-run `spg eval --run {run.path}`",
                 file=sys.stderr,
             )
-        from .thresholds import write_run_threshold  # decision threshold + map scale, set on the aux side
 
         write_run_threshold(run.path, device=str(device))
     return run
@@ -310,8 +311,6 @@ def evaluate_target(
 
     `score`: scoring settings for this evaluation (default: the run's own); `metric_options`
     override evaluate()'s (default smoothing: the score settings' sigma)."""
-    from .metrics import evaluate
-
     cfg = run.run_config()
     predictor = Predictor(
         run.path, device=device or cfg.device, compile_backbone=compile_backbone, backbone=backbone, score=score

@@ -79,12 +79,9 @@ def check_protocol(name: str) -> str:
     return name
 
 
-def default_protocol(backbone: str) -> str:
-    """`official` for the paper backbones' families (their -tiny / -random variants too), else `studio`."""
-    from .backbones import parse_backbone_name
-
-    spec, _ = parse_backbone_name(backbone)
-    return OFFICIAL if spec.family in PAPER_FAMILIES else STUDIO
+def default_protocol(family: str) -> str:
+    """`official` for the paper backbones' families (`BackboneSpec.family`), else `studio`."""
+    return OFFICIAL if family in PAPER_FAMILIES else STUDIO
 
 
 def overrides(name: str) -> dict[str, Any]:

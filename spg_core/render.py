@@ -5,7 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from PIL import Image
+
+from .metrics import smooth_maps
+from .scoring import upsample
 
 # Anchor colours of the map scale (dark blue -> cyan -> yellow -> red), sampled at
 # equal steps on [0, 1]: perceptually ordered and readable on a projector.
@@ -119,11 +123,6 @@ def fitted_scale(pixel_scale: dict[str, float]) -> MapScale:
 def display_map(patch_probs: np.ndarray, size: int, smoothing_sigma: float) -> np.ndarray:
     """Patch probabilities `[h, w]` -> the full map `[S, S]` the run's protocol evaluates:
     bilinear upsampling, then its Gaussian smoothing (sigma in pixels; 0 = none)."""
-    import torch
-
-    from .metrics import smooth_maps
-    from .scoring import upsample
-
     probs = torch.as_tensor(np.asarray(patch_probs, dtype=np.float32))
     full = upsample(probs.reshape(1, -1), tuple(probs.shape), size)
     return np.asarray(smooth_maps(full, float(smoothing_sigma))[0].numpy(), dtype=np.float32)

@@ -21,9 +21,17 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from .atomic import write_text
+from .atoms import load_atoms, patch_crop, rank_atoms
+from .atoms.visual import IN_MASK, OUT_MASK
 from .errors import SPGError
+from .guides import GuideSet
+from .images import load_image
+from .render import PROBABILITY_SCALE, display_map, draw_outline, fitted_scale, map_picture, sigmoid
 from .report import METRIC_TITLES, METRICS
 from .runs import RunDir
+from .store import TokenStore
+from .thresholds import best_f1_threshold, decision_counts, ensure_run_threshold
 
 REPORT = "report.html"
 CSS = """body{font-family:Helvetica,Arial,sans-serif;color:#141A33;margin:24px auto;max-width:1200px;padding:0 16px}
@@ -88,9 +96,6 @@ def _map_pair(
     side: int = 220,
 ) -> Image.Image:
     """The image with its ground truth beside its map (fitted scale, thresholded contour)."""
-    from .images import load_image
-    from .render import display_map, draw_outline, map_picture
-
     image = load_image(row["image_path"]).resize((size, size), Image.BICUBIC)
     left = draw_outline(image, mask, colour=(60, 255, 120)) if mask.any() else image
     right = map_picture(image, display_map(probs, size, sigma), scale, alpha=0.6, contour_level=contour, truth=mask)
@@ -102,18 +107,12 @@ def _map_pair(
 
 def atom_cards(run_dir: Path, count: int = 6, patches: int = 4) -> str:
     """The top live anomaly-guide atoms with crops of their top auxiliary patches (needs RUN/atoms)."""
-    from .atoms import load_atoms, patch_crop, rank_atoms
-    from .atoms.visual import IN_MASK, OUT_MASK
-    from .guides import GuidePair
-    from .images import load_image
-    from .store import TokenStore
-
     try:
         index, stats = load_atoms(run_dir)
     except SPGError as exc:
         reason, fix = html.escape(str(exc).splitlines()[0]), html.escape(exc.fix or "")
         return f'<p class="note">No atom section: {reason}. {fix}</p>'
-    pair, _ = GuidePair.load(str(RunDir(run_dir).file("guides.safetensors")))
+    pair, _ = GuideSet.load(str(RunDir(run_dir).file("guides.safetensors")))
     tags = dict(zip(stats["atom"], stats["tag"])) if "atom" in stats.columns else dict(enumerate(stats["tag"]))
     live = [a for a in rank_atoms(pair)["anomaly"] if tags.get(a["atom"]) != "dead"][:count]
     records = TokenStore(RunDir(run_dir).read_config()["aux_store"]).images
@@ -141,10 +140,6 @@ def atom_cards(run_dir: Path, count: int = 6, patches: int = 4) -> str:
 
 def build_report(run_dir: str | Path, *, count: int = 4) -> str:
     """The report of one run as an HTML string (see the module docstring for its sections)."""
-    from .render import PROBABILITY_SCALE, fitted_scale, sigmoid
-    from .store import TokenStore
-    from .thresholds import best_f1_threshold, decision_counts, run_threshold
-
     run = RunDir(run_dir)
     cfg = run.read_config()
     metrics = run.read_metrics()
@@ -153,7 +148,7 @@ def build_report(run_dir: str | Path, *, count: int = 4) -> str:
     scores = np.array([r["score"] for r in rows], dtype=np.float64)
     labels = np.array([r["label"] for r in rows], dtype=np.int64)
     try:
-        record: dict[str, Any] | None = run_threshold(run.path)
+        record: dict[str, Any] | None = ensure_run_threshold(run.path)
     except SPGError:
         record = None
     oracle = best_f1_threshold(scores, labels)
@@ -222,8 +217,6 @@ def build_report(run_dir: str | Path, *, count: int = 4) -> str:
 
 def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     """Write the report (default RUN/report.html) atomically; returns its path."""
-    from .atomic import write_text
-
     target = Path(out) if out is not None else Path(run_dir) / REPORT
     text = build_report(run_dir)
     write_text(target, text)

@@ -42,6 +42,7 @@ GUIDES_RECORD_FILE = "guides.json"
 PATCH_MAPS_FILE = "target/patch_maps.safetensors"
 SCORES_FILE = "target/scores.csv"
 METRICS_FILE = "metrics.json"
+THRESHOLD_FILE = "threshold.json"  # decision threshold + map scale (thresholds.py)
 
 
 class RunDir:

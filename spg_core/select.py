@@ -37,8 +37,14 @@ import numpy as np
 import torch
 
 from .atomic import read_json, write_json, write_text
+from .backbones import load_backbone
 from .config import GuideConfig, SAEConfig
+from .context_select import choose_context, parse_context_grid, score_context
+from .devices import resolve_device
 from .errors import SPGError
+from .inference import Scorer, dictionary_of, score_store, target_maps
+from .metrics import evaluate
+from .pipeline import extract, fit_dictionary, fit_guides
 
 CRITERION = ("image_auroc", "pixel_auroc")
 ROWS_FILE = "select.rows.json"
@@ -145,10 +151,6 @@ def score_fold(
 ) -> dict[str, Any]:
     """Fit the SAE (cached per backbone, M, k and fold) and guides on `aux_view`; metrics on `held_view`,
     and under "context" those of SPG + context for every (form, weight) of `context_grid`."""
-    from .inference import Scorer, dictionary_of, score_store, target_maps
-    from .metrics import evaluate
-    from .pipeline import fit_dictionary, fit_guides
-
     family = (setting.backbone, setting.width, setting.k)
     if dictionary_cache.get("family") != family:  # settings come dictionary by dictionary: keep one per fold
         dictionary_cache.clear()
@@ -178,8 +180,6 @@ def score_fold(
     )
     metrics: dict[str, Any] = {m: float(out["mean"].get(m, float("nan"))) for m in METRICS}
     if context_grid and sae is not None:
-        from .context_select import score_context  # it imports this module's constants
-
         metrics["context"] = score_context(held_view, sae, guides.cpu(), guide_cfg.tau, context_grid)
     return metrics
 
@@ -204,10 +204,6 @@ def run_select(
     The grid is visited backbone by backbone (one token extraction each) and, within one,
     setting by setting: the SAE of a fold is re-used by every setting that shares its
     backbone, M and k, so order the grid with those outermost (`parse_grid` does)."""
-    from .backbones import load_backbone
-    from .backbones.base import resolve_device
-    from .pipeline import extract
-
     if not grid:
         raise SPGError("the selection grid is empty", fix="give at least one value for every grid option")
     dev = resolve_device(device)
@@ -264,10 +260,8 @@ def run_select(
         "command": suggested_command(aux, target, chosen, sae_cfg, guide_cfg),
     }
     if context_grid:
-        from .context_select import choose_context  # it imports this module's constants
-
         mine = [r for r in rows if row_setting(r) == row_setting(chosen)]
-        result["context"] = choose_context(mine, context_grid)
+        result["context"] = choose_context(mine, context_grid, CRITERION)
         result["command"] += f" --context --context-select {out / 'select.json'}"
     write_text(out / "select.csv", table_csv(rows + [{**r, "fold": "mean"} for r in summary]))
     write_json(out / "select.json", result)
@@ -353,8 +347,6 @@ def parse_grid(args: argparse.Namespace) -> list[Setting]:
 
 
 def cmd_select(args: argparse.Namespace) -> None:
-    from .context_select import parse_context_grid  # it imports this module's constants
-
     sae_cfg = SAEConfig(epochs=args.sae_epochs, seed=args.seed)
     guide_cfg = GuideConfig(lr=args.guide_lr, seed=args.seed)
     result = run_select(

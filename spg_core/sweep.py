@@ -23,12 +23,13 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import plotly.express as px
 from tqdm.auto import tqdm
 
 from .atomic import atomic_path, write_json, write_text
 from .backbones import load_backbone
-from .backbones.base import resolve_device
 from .config import GuideConfig, SAEConfig
+from .devices import resolve_device
 from .errors import SPGError
 from .inference import Scorer, dictionary_of, score_store, target_maps
 from .metrics import METRIC_KEYS, image_metrics_by_category, mean_over_categories, pixel_metrics_by_category
@@ -213,8 +214,6 @@ def _mean_frame(frame: pd.DataFrame) -> pd.DataFrame:
 
 def sweep_figures(frame: pd.DataFrame) -> dict[str, Any]:
     """Plotly figures: M x k (Fig. 2), aggregation (Fig. 4), guide sparsity (Fig. S1), backbones (Fig. 3)."""
-    import plotly.express as px
-
     mean = _mean_frame(frame)
     figs: dict[str, Any] = {}
     first_agg = mean["aggregation"].iloc[0]

@@ -15,7 +15,7 @@ guides were fitted on, scored with the run's own Scorer:
   scale runs between: blue at the median normal pixel, red at the 99.9th percentile.
 
 Both are recorded in RUN/threshold.json (`write_run_threshold`, atomic); runs that
-lack it get it computed on first use (`run_threshold`). The target's own best-F1
+lack it get it computed on first use (`ensure_run_threshold`). The target's own best-F1
 threshold (`best_f1_threshold` on target labels) is an oracle, labelled so wherever shown.
 """
 
@@ -29,9 +29,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from .atomic import read_json, write_json
 from .errors import SPGError
+from .inference import Predictor, score_store, target_maps
+from .metrics import smooth_maps
+from .render import logit
+from .runs import THRESHOLD_FILE
+from .store import TokenStore
 
-THRESHOLD = "threshold.json"
 VERSION = 2
 DEFAULT_FPR = 0.05  # the alternative rule: 5% of auxiliary good images flagged
 SCALE_QUANTILES = (0.5, 0.99, 0.999)  # of auxiliary good pixels: colour floor, -, colour ceiling
@@ -102,9 +107,6 @@ def pixel_scale(good_maps: torch.Tensor | np.ndarray, smoothing_sigma: float) ->
     The maps are smoothed as the run's protocol does (sigma in pixels) before the quantiles, so the
     scale fits what the pages draw. Returns {"space": "logit", "q50", "q99", "q999", "vmin", "vmax", ...}.
     """
-    from .metrics import smooth_maps
-    from .render import logit
-
     maps = smooth_maps(torch.as_tensor(good_maps).float(), float(smoothing_sigma))
     values = logit(torch.as_tensor(maps).reshape(-1).numpy())
     if values.size == 0:
@@ -133,11 +135,8 @@ def compute_run_threshold(
     Reads config.json's `aux_store`; the pixel scale uses up to MAX_SCALE_IMAGES good images
     (evenly spaced) so a large auxiliary set costs a bounded pass.
     """
-    from .inference import Predictor, score_store, target_maps
-    from .store import TokenStore
-
     pred = predictor if predictor is not None else Predictor(run_dir, device=device)
-    aux_path = pred.config.get("aux_store")
+    aux_path = pred.config_json.get("aux_store")
     if not aux_path or not Path(aux_path).is_dir():
         raise SPGError(
             "the run's auxiliary token store is not available",
@@ -167,24 +166,20 @@ def compute_run_threshold(
 
 def write_run_threshold(run_dir: str | Path, **kwargs: Any) -> dict[str, Any]:
     """`compute_run_threshold` written to RUN/threshold.json (temp file + rename)."""
-    from .atomic import write_json
-
     record = compute_run_threshold(run_dir, **kwargs)
-    write_json(Path(run_dir) / THRESHOLD, record)
+    write_json(Path(run_dir) / THRESHOLD_FILE, record)
     return record
 
 
 def read_run_threshold(run_dir: str | Path) -> dict[str, Any] | None:
     """RUN/threshold.json, or None when the run has none (or an older version)."""
-    from .atomic import read_json
-
-    path = Path(run_dir) / THRESHOLD
+    path = Path(run_dir) / THRESHOLD_FILE
     if not path.is_file():
         return None
     record = read_json(path, what="run threshold")
     return record if record.get("version") == VERSION else None
 
 
-def run_threshold(run_dir: str | Path, **kwargs: Any) -> dict[str, Any]:
+def ensure_run_threshold(run_dir: str | Path, **kwargs: Any) -> dict[str, Any]:
     """The run's recorded threshold, computed and written first when it lacks one (older runs)."""
     return read_run_threshold(run_dir) or write_run_threshold(run_dir, **kwargs)

@@ -13,7 +13,7 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 
 from .errors import SPGError
-from .images import MAX_IMAGE_PIXELS
+from .images import MAX_IMAGE_PIXELS, to_rgb
 
 UPLOAD_TYPES = ("png", "jpg", "jpeg", "bmp", "tif", "tiff", "webp")
 MAX_UPLOAD_BYTES = 25 * 1024 * 1024
@@ -28,8 +28,6 @@ def decode_upload(
     Checks, in order: extension, byte size, that it decodes as an image at all, pixel count
     (before decoding the pixels, so a decompression bomb is refused cheaply), full decode.
     """
-    from .images import to_rgb
-
     ext = Path(name).suffix.lower().lstrip(".")
     if ext not in UPLOAD_TYPES:
         raise SPGError(

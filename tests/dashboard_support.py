@@ -8,10 +8,17 @@ session's temporary folder once and re-uses it afterwards.
 
 from __future__ import annotations
 
+import os
 import shutil
+import time
 from pathlib import Path
 
+import pandas as pd
+
+from spg_core.atoms import build_atoms
 from spg_core.config import GuideConfig, RunConfig, SAEConfig
+from spg_core.pipeline import run_experiment
+from spg_core.report import write_reports
 
 RUN = "small"
 TWIN = "small-twin"  # a copy of RUN, so the Backbones page has two runs to compare
@@ -28,10 +35,6 @@ def small_config() -> RunConfig:
 
 def build_small_run(out: Path) -> Path:
     """run_experiment + reports + atoms into `out` (SPG_CACHE decides where the tokens go)."""
-    from spg_core.atoms import build_atoms
-    from spg_core.pipeline import run_experiment
-    from spg_core.report import write_reports
-
     run_experiment(small_config(), out, progress=False)
     write_reports(out)
     build_atoms(out, progress=False, device="cpu")
@@ -44,8 +47,6 @@ REUSE_ENV = "SPG_TEST_RUNS_ROOT"  # a root this module built before (quick loops
 def small_runs_root(tmp_path_factory) -> Path:
     """A runs root holding RUN, TWIN and a sweep folder (built on first call of the session), or
     the one named by $SPG_TEST_RUNS_ROOT, built earlier by `build_runs_root` and re-used as is."""
-    import os
-
     if os.environ.get(REUSE_ENV):
         return Path(os.environ[REUSE_ENV])
     return build_runs_root(tmp_path_factory.getbasetemp() / "dashboard_runs")
@@ -97,8 +98,6 @@ def write_sweep(out: Path) -> Path:
     The values are made up (a real sweep trains one SAE per setting: minutes); the dashboard only
     draws what the table holds.
     """
-    import pandas as pd
-
     rows = []
     for width in (64, 128):
         for k in (4, 8):
@@ -147,8 +146,6 @@ def wait_ready(page, title: str, quiet_s: float = 1.5, timeout_ms: int = READY_T
     """Wait until a page's script has finished and its charts are drawn: no status widget, spinner
     or skeleton, and every plotly chart drawn, for `quiet_s` seconds in a row (a page shows several
     spinners one after another)."""
-    import time
-
     page.wait_for_selector(f'h1:has-text("{title}")', timeout=timeout_ms)
     deadline = time.monotonic() + timeout_ms / 1000
     quiet_since = None

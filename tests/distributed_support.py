@@ -21,8 +21,15 @@ from PIL import Image
 from torch import nn
 
 from spg_core import distributed
+from spg_core.atomic import save_tensors
+from spg_core.atoms.index import build_atom_index, save_index
 from spg_core.backbones.base import Backbone
+from spg_core.config import SAEConfig
 from spg_core.data import Dataset, Sample
+from spg_core.sae import TopKSAE
+from spg_core.sae_sharded import LatentShardedSAE, train_latent_sharded
+from spg_core.sae_train import train_sae
+from spg_core.store import TokenStore, build_store
 
 
 def free_port() -> int:
@@ -129,8 +136,6 @@ def write_images(root: Path, n: int = 10, size: int = 40, seed: int = 0) -> Data
 
 def extract_worker(images: str, cache: str, shard_images: int, crash_rank: int = -1) -> None:
     """Every rank: build the store of `images`; rank `crash_rank` dies after its first shard."""
-    from spg_core.store import build_store
-
     dataset = write_images(Path(images))
     bb = PatchBackbone()
     if distributed.rank() == crash_rank:
@@ -151,9 +156,6 @@ def extract_worker(images: str, cache: str, shard_images: int, crash_rank: int =
 
 def train_worker(out: str, cfg_json: str, n_tokens: int, dim: int) -> None:
     """Every rank: data-parallel train_sae on the same random tokens; rank 0 writes the SAE."""
-    from spg_core.config import SAEConfig
-    from spg_core.sae_train import train_sae
-
     cfg = SAEConfig(**json.loads(cfg_json))
     sae, history = train_sae(
         random_tokens(n_tokens, dim), cfg, tokens_per_image=16, device=torch.device("cpu"), progress=False
@@ -172,10 +174,6 @@ def random_tokens(n: int, dim: int, seed: int = 1) -> torch.Tensor:
 
 def index_worker(store_root: str, sae_path: str, out: str, chunk_tokens: int) -> None:
     """Every rank: its shards' top-P lists, merged; rank 0 writes the index."""
-    from spg_core.atoms.index import build_atom_index, save_index
-    from spg_core.sae import TopKSAE
-    from spg_core.store import TokenStore
-
     sae, _ = TopKSAE.load(sae_path)
     index = build_atom_index(TokenStore(store_root), sae, top_p=4, device="cpu", chunk_tokens=chunk_tokens)
     if distributed.is_main():
@@ -185,11 +183,6 @@ def index_worker(store_root: str, sae_path: str, out: str, chunk_tokens: int) ->
 def sharded_worker(sae_path: str, out: str, cfg_json: str, n_tokens: int) -> None:
     """Every rank: the SAE's atoms split over the ranks; its codes and reconstruction of the tokens,
     and a latent-sharded training run; rank 0 writes them."""
-    from spg_core.atomic import save_tensors
-    from spg_core.config import SAEConfig
-    from spg_core.sae import TopKSAE
-    from spg_core.sae_sharded import LatentShardedSAE, train_latent_sharded
-
     full, _ = TopKSAE.load(sae_path)
     tokens = random_tokens(n_tokens, full.dim)
     with torch.no_grad():

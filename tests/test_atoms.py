@@ -6,6 +6,7 @@ data, builtin extraction of both groups, SAE and guides); every test below reads
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from PIL import Image
 
 from spg_core.atomic import save_tensors, write_json
 from spg_core.atoms import (
@@ -70,7 +72,7 @@ def predictor(run_dir) -> Predictor:
 
 @pytest.fixture(scope="module")
 def aux(predictor) -> TokenStore:
-    return TokenStore(predictor.config["aux_store"])
+    return TokenStore(predictor.config_json["aux_store"])
 
 
 @pytest.fixture(scope="module")
@@ -140,8 +142,6 @@ def test_dead_atoms_are_never_ranked(predictor, run_dir, capsys):
 
 
 def json_dead(run_dir) -> int:
-    import json
-
     return json.loads((Path(run_dir) / "sae.json").read_text())["dead_atoms"]
 
 
@@ -163,7 +163,7 @@ def test_ranking_is_sorted_and_shares_sum_to_one(predictor):
 
 
 def test_contributions_sum_to_logits(predictor):
-    store = TokenStore(predictor.config["target_store"])
+    store = TokenStore(predictor.config_json["target_store"])
     tokens = store.tokens([0, 5, 40])
     attr = attribute(tokens, predictor.dictionary, predictor.guides, tau=predictor.cfg.guides.tau)
     g = predictor.guides.guide_vectors(predictor.dictionary).detach()
@@ -177,7 +177,7 @@ def test_contributions_sum_to_logits(predictor):
 
 
 def test_top_atoms_per_patch_and_image(predictor):
-    store = TokenStore(predictor.config["target_store"])
+    store = TokenStore(predictor.config_json["target_store"])
     attr = attribute(store.tokens([1, 2]), predictor.dictionary, predictor.guides)
     ids, vals = top_atoms_per_patch(attr, "anomaly", k=3)
     assert ids.shape == vals.shape == (2, store.num_patches, 3)
@@ -416,7 +416,6 @@ def test_cli_builds_index_and_gallery(run_dir, built, capsys):
     )
     out = capsys.readouterr().out
     assert "anomaly guide:" in out and "gallery:" in out
-    from PIL import Image
 
     with Image.open(Path(run_dir) / "atoms" / "gallery.png") as im:
         width, height = im.size

@@ -8,9 +8,13 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from huggingface_hub import try_to_load_from_cache
 
+import spg_core.backbones.hf as hf
 from spg_core.backbones import BACKBONES, list_backbones, load_backbone, parse_backbone_name
 from spg_core.backbones.base import Backbone
+from spg_core.backbones.hf import load_hf_backbone
+from spg_core.backbones.openclip import TINY_VISION_CFG, interpolate_pos_embed
 from spg_core.errors import SPGError
 
 TINY = ["dinov3-vitl16-tiny", "dinov2-large-tiny", "siglip-large-tiny", "openclip-vitl14-336-tiny"]
@@ -182,7 +186,6 @@ def test_full_size_random_variants_on_meta(name: str) -> None:
 
 def test_openclip_tiny_runs_at_its_interpolated_grid() -> None:
     b = _get("openclip-vitl14-336-tiny")
-    from spg_core.backbones.openclip import TINY_VISION_CFG
 
     native = TINY_VISION_CFG["image_size"] // TINY_VISION_CFG["patch_size"]
     assert b.grid == (6, 6) != (native, native)
@@ -192,9 +195,7 @@ def test_openclip_tiny_runs_at_its_interpolated_grid() -> None:
 
 def test_openclip_interpolation_matches_open_clip_resize() -> None:
     """Our 24x24 -> 37x37 resize equals open_clip's own `resize_pos_embed` (what force_image_size does)."""
-    from open_clip.model import resize_pos_embed
-
-    from spg_core.backbones.openclip import interpolate_pos_embed
+    from open_clip.model import resize_pos_embed  # noqa: PLC0415 -- heavy: loaded with OpenCLIP backbones only
 
     table = torch.randn(1 + 24 * 24, 64)
     state = {"visual.positional_embedding": table.clone()}
@@ -250,8 +251,6 @@ def test_openclip_directory_without_checkpoint(tmp_path) -> None:
 
 
 def _uncached(repo: str, filename: str = "config.json") -> bool:
-    from huggingface_hub import try_to_load_from_cache
-
     return not isinstance(try_to_load_from_cache(repo, filename), str)
 
 
@@ -284,8 +283,6 @@ def test_offline_uncached_hub_id_fails_fast(name: str, weights: str | None, monk
 
 def test_unreachable_hub_fails_fast_without_offline_flag(monkeypatch) -> None:
     """No HF_HUB_OFFLINE and no network: the reachability probe stops the ~25 s retry loop."""
-    import spg_core.backbones.hf as hf
-
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
     monkeypatch.setattr(hf, "hub_reachable", lambda timeout=3.0: False)
@@ -297,8 +294,6 @@ def test_unreachable_hub_fails_fast_without_offline_flag(monkeypatch) -> None:
 
 def test_local_directory_round_trip_and_architecture_check(tmp_path) -> None:
     """A `from_pretrained` directory loads through the released-weights path; another family is refused."""
-    from spg_core.backbones.hf import load_hf_backbone
-
     tiny = _get("dinov3-vitl16-tiny")
     tiny.model.save_pretrained(tmp_path)
     spec = dataclasses.replace(BACKBONES["dinov3-vitl16"], dim=tiny.dim, image_size=tiny.image_size)

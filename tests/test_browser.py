@@ -21,6 +21,9 @@ from pathlib import Path
 import pytest
 from dashboard_support import BROWSER_ARGS, CHROMIUM, READY_TIMEOUT_MS, VIEWPORT, small_runs_root, wait_ready
 
+from spg_core.launch import free_port, start_server, stop_server, wait_until_healthy
+from spg_core.runs import RunDir
+
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 if not Path(CHROMIUM).is_file():
@@ -35,8 +38,6 @@ from dashboard.nav import PAGE_SPECS  # noqa: E402
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """`spg dashboard`'s server on a free localhost port, over the small runs root."""
-    from spg_core.launch import free_port, start_server, stop_server, wait_until_healthy
-
     root = (
         Path(os.environ["SPG_BROWSER_RUNS"])
         if os.environ.get("SPG_BROWSER_RUNS")
@@ -97,7 +98,6 @@ def test_upload_in_the_browser(server, page, tmp_path):
     url, root = server
     page.goto(f"{url}/try")
     wait_ready(page, "Try an image")
-    from spg_core.runs import RunDir
 
     runs = [p.parent.parent for p in root.glob("*/target/scores.csv")]
     rows = RunDir(runs[0]).read_scores()

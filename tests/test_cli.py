@@ -25,6 +25,7 @@ from spg_core.config import (
 )
 from spg_core.errors import SPGError
 from spg_core.options import exposed_fields
+from spg_core.protocols import OFFICIAL, overrides
 
 # The flags of each command before the options were generated (hand-written tables, 2026-11-29):
 # none may disappear.
@@ -149,7 +150,7 @@ def test_an_explicit_option_overrides_the_protocol_and_a_left_out_one_keeps_it()
     ],
 )
 def test_a_bad_option_value_is_one_clear_error(argv, what, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr("spg_core.pipeline.run_experiment", _must_not_run)
+    monkeypatch.setattr("spg_core.cli.run_experiment", _must_not_run)
     out = str(tmp_path / "run")
     assert cli.main([*TINY_STUDIO[:6], out, "--backbone", "builtin", *argv]) == 2
     err = capsys.readouterr().err
@@ -163,8 +164,6 @@ def _must_not_run(*args, **kwargs):
 @pytest.fixture
 def stored_run(tmp_path):
     """A run directory holding only an official config.json (device cpu, sigma 4, guide lr 0.01)."""
-    from spg_core.protocols import OFFICIAL, overrides
-
     cfg = RunConfig.from_dict(
         {**overrides(OFFICIAL), "protocol": OFFICIAL, "backbone": "dinov2-large-tiny", "device": "cpu"}
     )
@@ -186,7 +185,7 @@ def _recording(seen: dict):
 
 def test_eval_keeps_the_runs_own_score_settings_and_device_unless_given(stored_run, monkeypatch):
     seen: dict = {}
-    monkeypatch.setattr("spg_core.pipeline.evaluate_target", _recording(seen))
+    monkeypatch.setattr("spg_core.cli.evaluate_target", _recording(seen))
     cli.main(["eval", "--run", str(stored_run)])
     assert seen["score"].smoothing_sigma == 4.0 and seen["score"].image_score == "smoothed_map"
     assert seen["device"] is None  # evaluate_target: None = the run's own
@@ -197,7 +196,7 @@ def test_eval_keeps_the_runs_own_score_settings_and_device_unless_given(stored_r
 
 def test_train_guides_keeps_the_runs_guides_unless_given(stored_run, monkeypatch):
     seen: dict = {}
-    monkeypatch.setattr("spg_core.pipeline.train_stages", _recording(seen))
+    monkeypatch.setattr("spg_core.cli.train_stages", _recording(seen))
     cli.main(["train-guides", "--run", str(stored_run), "--guide-epochs", "2"])
     cfg = seen["args"][0]
     assert (cfg.guides.epochs, cfg.guides.lr, cfg.guides.form, cfg.device) == (2, 0.01, "official", "cpu")

@@ -10,9 +10,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from streamlit.testing.v1 import AppTest
 from test_select import _TOUCHED, _small_set, guard  # noqa: F401  (guard: the audit-hook fixture)
 from tiny_data import TINY_RUN_ARGS, tiny_pair
 
+from spg_core import run_paths
 from spg_core.cli import main
 from spg_core.config import ScoreConfig
 from spg_core.context import (
@@ -251,10 +253,6 @@ def test_region_context_names_the_atom_that_makes_the_region_unusual():
 
 
 def test_methods_page_shows_three_maps_and_the_engines_figures(tmp_path, monkeypatch):
-    from streamlit.testing.v1 import AppTest
-
-    from spg_core import run_paths
-
     aux, target = tiny_pair(tmp_path / "data")
     run = tmp_path / "runs" / "ctx"
     args = ["run", "--aux", aux, "--target", target, "--out", str(run), *TINY_RUN_ARGS]

@@ -8,17 +8,35 @@ bad uploads must give messages, never exceptions.
 from __future__ import annotations
 
 import io
+import json
+import re
+import shutil
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
+import streamlit as st
+import torch
 from dashboard_support import RUN, TWIN, damaged_runs_root, small_runs_root
 from PIL import Image
 
+from dashboard import state
 from dashboard.viewmodels import health, targets
-from spg_core import run_paths, thresholds, uploads
+from spg_core import demo, run_paths, thresholds, uploads
+from spg_core.atomic import write_json
+from spg_core.atoms import Ablator, attribute, load_atoms, rank_atoms
+from spg_core.atoms import kinds as kinds_module
+from spg_core.atoms.region import ImageAtoms, box_patches, cell_patches, mask_patches, rank_region, region_atoms
+from spg_core.cli import build_parser, main
 from spg_core.errors import SPGError
+from spg_core.guides import GuideSet
+from spg_core.inference import Predictor
+from spg_core.launch import app_env, streamlit_command
 from spg_core.report import METRIC_TITLES
-from spg_core.runs import RunDir
+from spg_core.runs import THRESHOLD_FILE, RunDir
+from spg_core.store import TokenStore
+from spg_core.thresholds import best_f1_threshold, ensure_run_threshold, read_run_threshold
 
 AppTest = pytest.importorskip("streamlit.testing.v1").AppTest
 
@@ -91,8 +109,6 @@ def png_bytes(image: Image.Image) -> bytes:
 
 
 def test_launcher_command_is_headless_without_usage_stats():
-    from spg_core.launch import app_env, streamlit_command
-
     cmd = streamlit_command(8765)
     assert cmd[1:4] == ["-m", "streamlit", "run"] and cmd[4].endswith("dashboard/app.py")
     assert "--server.headless=true" in cmd and "--browser.gatherUsageStats=false" in cmd
@@ -102,8 +118,6 @@ def test_launcher_command_is_headless_without_usage_stats():
 
 
 def test_cli_registers_dashboard_command():
-    from spg_core.cli import build_parser
-
     args = build_parser().parse_args(["dashboard", "--demo", "--port", "9000", "--runs", "x"])
     assert args.demo and args.port == 9000 and args.runs == "x"
     assert args.func.__name__ == "cmd_dashboard"
@@ -148,10 +162,6 @@ def test_best_threshold_and_outcomes():
 
 def test_region_ranking_from_an_images_codes_and_contributions():
     """A region is ranked from one image's precomputed codes and net contributions (atoms.region.ImageAtoms)."""
-    import torch
-
-    from spg_core.atoms.region import ImageAtoms, cell_patches, rank_region
-
     grid = (4, 4)
     region = cell_patches((0, 1), (0, 1), grid)  # the top-left 2 x 2 cells
     codes = torch.zeros(16, 3)
@@ -230,7 +240,6 @@ def test_maps_page_filters_threshold_and_patch(runs_root, monkeypatch):
 
     # The slider opens on the threshold chosen on the auxiliary set (recorded in RUN/threshold.json),
     # and says so; the target's own best-F1 threshold appears only as the labelled oracle.
-    from spg_core.thresholds import best_f1_threshold, read_run_threshold
 
     record = read_run_threshold(runs_root / RUN)
     slider = at.slider(key=k + "threshold")
@@ -282,11 +291,8 @@ def test_maps_page_filters_threshold_and_patch(runs_root, monkeypatch):
 
 @pytest.mark.slow
 def test_atoms_page_ranks_and_opens_an_atom(runs_root, monkeypatch):
-    from spg_core.atoms import load_atoms, rank_atoms
-    from spg_core.guides import GuidePair
-
     at = open_app(runs_root, monkeypatch, page="atoms.py", run=RUN)
-    pair, _ = GuidePair.load(str(runs_root / RUN / "guides.safetensors"))
+    pair, _ = GuideSet.load(str(runs_root / RUN / "guides.safetensors"))
     _, stats = load_atoms(runs_root / RUN)
     dead = set(stats.loc[stats["tag"] == "dead", "atom"].astype(int))
     ranking = {g: [a for a in entries if a["atom"] not in dead] for g, entries in rank_atoms(pair).items()}
@@ -313,17 +319,13 @@ def test_atoms_page_ranks_and_opens_an_atom(runs_root, monkeypatch):
 
 @pytest.mark.slow
 def test_atom_detail_tiles_histograms_and_ablation(runs_root, monkeypatch):
-    from spg_core.atoms import Ablator
-
     at = open_app(runs_root, monkeypatch, page="atom_detail.py", run=RUN)
     k = f"{RUN}::atom::"
     # The page opens on the anomaly guide's top live atom, and offers no dead one.
-    from spg_core.atoms import load_atoms, rank_atoms
-    from spg_core.guides import GuidePair
 
     _, stats = load_atoms(runs_root / RUN)
     dead = set(stats.loc[stats["tag"] == "dead", "atom"].astype(int))
-    pair, _ = GuidePair.load(str(runs_root / RUN / "guides.safetensors"))
+    pair, _ = GuideSet.load(str(runs_root / RUN / "guides.safetensors"))
     top_live = next(a["atom"] for a in rank_atoms(pair)["anomaly"] if a["atom"] not in dead)
     assert at.selectbox(key=k + "pick").value == top_live
     offered = {int(o.split()[0][1:]) for o in at.selectbox(key=k + "pick").options}
@@ -400,9 +402,6 @@ def test_try_an_image_scores_uploads_and_refuses_bad_files(runs_root, monkeypatc
     assert float(metric(at, "Image score")) == pytest.approx(sample_row["score"], abs=0.02, rel=0.05)
 
     # Region -> atoms on the scored image: the tables are the engine's answer for the new image's tokens.
-    from spg_core.atoms import attribute
-    from spg_core.atoms.region import cell_patches, region_atoms
-    from spg_core.inference import Predictor
 
     name = Path(first_anomalous).name
     rk = f"try_region_{name}::"
@@ -420,21 +419,17 @@ def test_try_an_image_scores_uploads_and_refuses_bad_files(runs_root, monkeypatc
 @pytest.mark.slow
 def test_models_are_shared_between_sessions(runs_root, monkeypatch):
     """st.cache_resource: a second browser session re-uses the first one's Predictor."""
-    import streamlit as st
-
-    import spg_core.inference as inference
-
     st.cache_data.clear()
     st.cache_resource.clear()
     built = []
-    original = inference.Predictor
+    original = Predictor
 
     class Counting(original):  # type: ignore[misc, valid-type]
         def __init__(self, *args, **kwargs):
             built.append(args[0])
             super().__init__(*args, **kwargs)
 
-    monkeypatch.setattr(inference, "Predictor", Counting)
+    monkeypatch.setattr(state, "Predictor", Counting)  # the name the cached loader calls
     for _ in range(2):
         open_app(runs_root, monkeypatch, page="atoms.py", run=RUN)
     assert len(built) == 1
@@ -492,8 +487,6 @@ def test_backbones_page_leaves_out_damaged_runs(damaged_root, monkeypatch):
 
 
 def test_saturated_guides_get_a_note_and_healthy_ones_do_not(tmp_path):
-    from spg_core.atomic import write_json
-
     path = tmp_path / "guides.json"
     assert health.guide_notes(path) == []  # no record: nothing to say
     write_json(path, {"config": {"dice": "image", "epochs": 20}, "aux_fit": {"p_defect_median": 2e-7}})
@@ -513,10 +506,6 @@ def test_saturated_guides_get_a_note_and_healthy_ones_do_not(tmp_path):
 
 @pytest.mark.slow
 def test_threshold_is_recorded_by_the_pipeline_and_recomputed_for_runs_without_it(runs_root, tmp_path):
-    import shutil
-
-    from spg_core.thresholds import THRESHOLD, read_run_threshold, run_threshold
-
     recorded = read_run_threshold(runs_root / RUN)
     assert recorded is not None and recorded["source"] == "auxiliary set"
     image = recorded["image"]
@@ -526,17 +515,15 @@ def test_threshold_is_recorded_by_the_pipeline_and_recomputed_for_runs_without_i
     assert scale["space"] == "logit" and scale["vmin"] < scale["vmax"]
     old = tmp_path / "old-run"  # a run from before threshold.json existed
     shutil.copytree(runs_root / RUN, old)
-    (old / THRESHOLD).unlink()
-    again = run_threshold(old)
-    assert (old / THRESHOLD).is_file()
+    (old / THRESHOLD_FILE).unlink()
+    again = ensure_run_threshold(old)
+    assert (old / THRESHOLD_FILE).is_file()
     assert again["image"]["threshold"] == pytest.approx(image["threshold"], rel=1e-6)
     assert again["pixel_scale"]["vmax"] == pytest.approx(scale["vmax"], rel=1e-6)
 
 
 def _aux_defect_image(runs_root):
     """(store, index, mask [S, S]) of the auxiliary image with the largest defect mask."""
-    from spg_core.store import TokenStore
-
     store = TokenStore(RunDir(runs_root / RUN).read_config()["aux_store"])
     anomalous = [i for i, r in enumerate(store.images) if r["label"]]
     areas = store.masks(anomalous).sum(dim=(1, 2))
@@ -546,12 +533,6 @@ def _aux_defect_image(runs_root):
 
 @pytest.mark.slow
 def test_a_box_over_a_defect_finds_atoms_that_fire_there_more_than_on_good_surface(runs_root):
-    import numpy as np
-
-    from spg_core.atoms import attribute
-    from spg_core.atoms.region import box_patches, mask_patches, region_atoms
-    from spg_core.inference import Predictor
-
     pred = Predictor(runs_root / RUN, device="cpu")
     store, index, mask = _aux_defect_image(runs_root)
     ys, xs = np.nonzero(mask)
@@ -589,20 +570,10 @@ def test_a_box_over_a_defect_finds_atoms_that_fire_there_more_than_on_good_surfa
 
 @pytest.mark.slow
 def test_atom_kind_map_counts_in_mask_activation_and_is_cached(runs_root, tmp_path, monkeypatch):
-    import shutil
-
-    import numpy as np
-
-    from spg_core.atoms import kinds as kinds_module
-    from spg_core.atoms.region import mask_patches
-    from spg_core.inference import Predictor
-    from spg_core.store import TokenStore
-
     run = tmp_path / "kinds-run"
     shutil.copytree(runs_root / RUN, run)
     pred = Predictor(run, device="cpu")
-    store = TokenStore(pred.config["aux_store"])
-    from spg_core.atoms import load_atoms
+    store = TokenStore(pred.config_json["aux_store"])
 
     _, stats = load_atoms(run)
     live = stats[stats["tag"] != "dead"].sort_values("selectivity", ascending=False)["atom"].astype(int)
@@ -635,10 +606,6 @@ def test_atom_kind_map_counts_in_mask_activation_and_is_cached(runs_root, tmp_pa
 
 @pytest.mark.slow
 def test_report_holds_every_section_with_inlined_pictures(runs_root, tmp_path):
-    import re
-
-    from spg_core.cli import main
-
     out = tmp_path / "report.html"
     assert main(["report", "--run", str(runs_root / RUN), "--out", str(out)]) == 0
     text = out.read_text()
@@ -655,11 +622,6 @@ def test_report_holds_every_section_with_inlined_pictures(runs_root, tmp_path):
 
 @pytest.mark.slow
 def test_region_on_the_maps_page_lists_the_engines_atoms(runs_root, monkeypatch):
-    from spg_core.atoms import attribute
-    from spg_core.atoms.region import cell_patches, region_atoms
-    from spg_core.inference import Predictor
-    from spg_core.store import TokenStore
-
     at = open_app(runs_root, monkeypatch, page="maps.py", run=RUN)
     k = f"{RUN}::"
     at.selectbox(key=k + "outcome").set_value("all images").run()
@@ -679,7 +641,6 @@ def test_region_on_the_maps_page_lists_the_engines_atoms(runs_root, monkeypatch)
     assert con["atom"].tolist() == [r["atom"] for r in expected.contribution]
     # One click from an atom of the region to its top auxiliary patches (a crop per patch): an atom that
     # fires inside the region is live, so it has top patches in the index.
-    from spg_core.atoms import load_atoms
 
     atom = int(act["atom"].iloc[0])
     before = len(at.image)
@@ -697,16 +658,12 @@ def test_region_on_the_maps_page_lists_the_engines_atoms(runs_root, monkeypatch)
 
 def _cell_box(cells):
     """((row0, row1), (col0, col1)) bounding the True cells of a `[h, w]` bool grid."""
-    import numpy as np
-
     rows, cols = np.nonzero(cells)
     return (int(rows.min()), int(rows.max())), (int(cols.min()), int(cols.max()))
 
 
 def _shown_region(at: AppTest, rows, cols):
     """Set the auxiliary view's region sliders; returns the shown (activation, contribution) tables."""
-    import pandas as pd
-
     k = f"{RUN}::aux::region::"
     at.slider(key=k + "rows").set_value(rows).run()
     at.slider(key=k + "cols").set_value(cols).run()
@@ -733,10 +690,6 @@ def _best_excess(act) -> float:
 
 @pytest.mark.slow
 def test_region_on_an_auxiliary_defect_shows_atoms_that_fire_there_more_than_on_good_surface(runs_root, monkeypatch):
-    from spg_core.atoms import attribute
-    from spg_core.atoms.region import cell_patches, region_atoms
-    from spg_core.inference import Predictor
-
     store, index, mask = _aux_defect_image(runs_root)
     h, w = store.grid
     s = store.image_size
@@ -781,11 +734,6 @@ def test_region_on_an_auxiliary_defect_shows_atoms_that_fire_there_more_than_on_
 
 @pytest.mark.slow
 def test_an_atoms_top_patch_opens_its_auxiliary_image_in_the_region_view(runs_root, monkeypatch):
-    from spg_core.atoms import attribute, load_atoms
-    from spg_core.atoms.region import cell_patches, region_atoms
-    from spg_core.inference import Predictor
-    from spg_core.store import TokenStore
-
     at = open_app(runs_root, monkeypatch, page="atom_detail.py", run=RUN)
     k = f"{RUN}::atom::"
     atom = at.selectbox(key=k + "pick").value
@@ -802,7 +750,7 @@ def test_an_atoms_top_patch_opens_its_auxiliary_image_in_the_region_view(runs_ro
     assert f"Region: rows {rows[0]}-{rows[1]}, columns {cols[0]}-{cols[1]}" in texts(at)
     # The region's tables are the engine's answer there, and the atom fires inside it (it is a top patch).
     pred = Predictor(runs_root / RUN, device="cpu")
-    store = TokenStore(pred.config["aux_store"])
+    store = TokenStore(pred.config_json["aux_store"])
     tokens = store.tokens([entry["image"]])
     attr = attribute(tokens, pred.dictionary, pred.guides, tau=pred.cfg.guides.tau)
     expected = region_atoms(pred.sae, tokens[0], attr, cell_patches(rows, cols, store.grid))
@@ -834,8 +782,6 @@ def test_atoms_page_kind_heatmap_opens_a_cells_patches(runs_root, monkeypatch):
 
 @pytest.mark.slow
 def test_runs_page_writes_the_report(runs_root, monkeypatch, tmp_path):
-    import shutil
-
     root = tmp_path / "root"
     shutil.copytree(runs_root / RUN, root / RUN)
     at = open_app(root, monkeypatch, run=RUN)
@@ -847,12 +793,8 @@ def test_runs_page_writes_the_report(runs_root, monkeypatch, tmp_path):
 
 @pytest.mark.slow
 def test_one_run_backbones_page_shows_it_and_the_demo_progress(runs_root, monkeypatch, tmp_path):
-    import json
-    import shutil
-
     root = tmp_path / "one"
     shutil.copytree(runs_root / RUN, root / RUN)
-    from spg_core import demo
 
     demo._report(root, "demo-effnet", "done")  # the progress file as the demo builder writes it
     demo._report(root, "demo-builtin", "scoring the target")  # ... by this (live) process
@@ -868,8 +810,8 @@ def test_one_run_backbones_page_shows_it_and_the_demo_progress(runs_root, monkey
     at = open_app(root, monkeypatch, page="backbones.py", run=RUN)
     assert not at.get("progress") and "demo run" not in texts(at)
 
-    state = json.loads((root / demo.PROGRESS_FILE).read_text())
-    state["demo-builtin"].update(stage="training", pid=2**22 + 1)  # a builder that is gone
-    (root / demo.PROGRESS_FILE).write_text(json.dumps(state))
+    progress = json.loads((root / demo.PROGRESS_FILE).read_text())
+    progress["demo-builtin"].update(stage="training", pid=2**22 + 1)  # a builder that is gone
+    (root / demo.PROGRESS_FILE).write_text(json.dumps(progress))
     at = open_app(root, monkeypatch, page="backbones.py", run=RUN)
     assert "run `spg dashboard --demo` again" in at.warning[0].value

@@ -5,6 +5,9 @@ tests/distributed_support.py; every spawned world is bounded by a timeout.
 """
 
 import json
+import os
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -20,9 +23,20 @@ from distributed_support import (
     train_worker,
     write_images,
 )
+from safetensors import safe_open
 from torch.multiprocessing import ProcessExitedException, ProcessRaisedException
 
 from spg_core import distributed
+from spg_core.atomic import load_tensors
+from spg_core.atoms.index import (
+    build_atom_index,
+    finish_index,
+    load_index,
+    merge_partials,
+    store_chunks,
+    stream_top_p,
+)
+from spg_core.cli import main
 from spg_core.config import SAEConfig
 from spg_core.sae import TopKSAE
 from spg_core.sae_train import train_sae
@@ -68,8 +82,6 @@ def test_two_rank_extraction_equals_one_rank(tmp_path, single_store):
 
 
 def _shard_meta(path):
-    from safetensors import safe_open
-
     with safe_open(str(path), framework="pt") as f:
         return json.loads(f.metadata()["shard"])
 
@@ -103,14 +115,6 @@ def _index_fixture(store, seed=3):
 
 
 def test_merge_of_shard_partials_equals_the_single_pass(single_store):
-    from spg_core.atoms.index import (
-        build_atom_index,
-        finish_index,
-        merge_partials,
-        store_chunks,
-        stream_top_p,
-    )
-
     store, sae = single_store, _index_fixture(single_store)
     chunk = 3 * store.num_patches  # 3 images: shards of 2 are cut the same either way
     whole = build_atom_index(store, sae, top_p=4, device="cpu", chunk_tokens=chunk)
@@ -134,8 +138,6 @@ def test_merge_of_shard_partials_equals_the_single_pass(single_store):
 
 
 def test_two_rank_atom_index_equals_single_process(tmp_path, single_store):
-    from spg_core.atoms.index import build_atom_index, load_index
-
     store, sae = single_store, _index_fixture(single_store)
     sae.save(str(tmp_path / "sae.safetensors"))
     chunk = 3 * store.num_patches
@@ -178,8 +180,6 @@ def test_two_rank_data_parallel_training_equals_one_rank(tmp_path):
 
 @pytest.mark.slow  # 39-40 s on the shared 2-core VM (load average 15)
 def test_latent_sharded_topk_and_training_equal_the_unsharded_sae(tmp_path):
-    from spg_core.atomic import load_tensors
-
     # M 48 split 24 + 24, k 6: most tokens take atoms from both halves, so the global top-k is exercised
     cfg = {"width": 48, "k": 6, "lr": 3e-3, "batch_images": 16, "epochs": 2, "seed": 5, "dead_after_tokens": 512}
     n_tokens, dim = 2048, 24
@@ -214,13 +214,6 @@ def test_latent_sharded_topk_and_training_equal_the_unsharded_sae(tmp_path):
 
 @pytest.mark.slow  # a torchrun launch and an in-process run: 45-58 s on the shared 2-core VM
 def test_torchrun_train_sae_equals_single_process(tmp_path):
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    from spg_core.cli import main
-
     images = tmp_path / "images"
     write_images(images / "good", n=8)
     repo = Path(__file__).resolve().parents[1]

@@ -3,11 +3,13 @@ weights files and the missing-package error. CPU, a few seconds each."""
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import math
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from spg_core.backbones import BACKBONES, effnet, load_backbone, parse_backbone_name
 from spg_core.errors import SPGError
@@ -96,8 +98,6 @@ def test_layout_and_size_options_change_the_grid_and_width():
 
 
 def test_identity_carries_the_weights_files_sha256(lite0, tmp_path):
-    import hashlib
-
     path = effnet.package_weights_file("lite0")
     assert lite0.identity()["weights_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -162,8 +162,6 @@ def test_missing_weights_package_names_the_package_to_install(monkeypatch):
 
 
 def test_user_weights_files_load_in_either_naming_and_bad_ones_say_which_file(lite0, tmp_path):
-    from safetensors.torch import save_file
-
     state = effnet.read_state_dict(effnet.package_weights_file("lite0"))
     shifted = {k: (v + 0.01 if k == "_conv_stem.weight" else v) for k, v in state.items()}
     torch.save(shifted, tmp_path / "mine.pth")

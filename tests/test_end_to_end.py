@@ -12,9 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from spg_core.backbones.builtin import BuiltinBackbone
 from spg_core.cli import main
 from spg_core.presets import DEMO_PRESET
 from spg_core.runs import RunDir
+from spg_core.sae import TopKSAE
 
 
 def _preset_args() -> list[str]:
@@ -170,8 +172,6 @@ def test_bad_inputs_exit_with_one_clear_message(runs, tmp_path, capsys):
     other.mkdir()
     for name in ("config.json", "guides.safetensors"):
         (other / name).write_bytes(run.file(name).read_bytes())
-    from spg_core.backbones.builtin import BuiltinBackbone
-    from spg_core.sae import TopKSAE
 
     # An SAE from another backbone (other token dimension).
     TopKSAE(BuiltinBackbone.dim + 2, 64, 4).save(str(other / "sae.safetensors"))

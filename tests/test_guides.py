@@ -7,7 +7,8 @@ import torch
 
 from spg_core.config import GuideConfig
 from spg_core.errors import SPGError
-from spg_core.guides import GuideBatch, GuidePair, dice_loss, focal_loss, topk_mask, train_guides
+from spg_core.guides import SATURATED, GuideBatch, GuideSet, dice_loss, focal_loss, topk_mask, train_guides
+from spg_core.pipeline import auxiliary_fit
 from spg_core.scoring import cosine_logits, image_scores, patch_probabilities, upsample
 
 
@@ -31,14 +32,14 @@ def _toy_problem(n_img=24, grid=(6, 6), d=16, m=64, seed=0):
 
 
 def test_relu_and_topk_coefficients():
-    pair = GuidePair(10, "relu_l1")
+    pair = GuideSet(10, "relu_l1")
     with torch.no_grad():
         pair.theta_ema.copy_(torch.tensor([[-1.0, 2, 0, 3, -2, 1, 0, 0, 0, 0]] * 2))
     assert (pair.coefficients() >= 0).all()
     assert pair.active_atoms()[0].tolist() == [1, 3, 5]
     t = torch.tensor([[0.1, 0.5, 0.3, 0.9]])
     torch.testing.assert_close(topk_mask(t, 2), torch.tensor([[0.0, 0.5, 0.0, 0.9]]))
-    tk = GuidePair(4, "topk", topk=1)
+    tk = GuideSet(4, "topk", topk=1)
     with torch.no_grad():
         tk.theta_ema.copy_(torch.tensor([[0.1, 0.5, 0.3, 0.9], [0.7, 0.1, 0.1, 0.1]]))
     assert (tk.coefficients() != 0).sum().item() == 2
@@ -46,7 +47,7 @@ def test_relu_and_topk_coefficients():
 
 def test_guide_vectors_are_dictionary_combinations():
     d = torch.randn(8, 5)
-    pair = GuidePair(5)
+    pair = GuideSet(5)
     g = pair.guide_vectors(d)
     torch.testing.assert_close(g[1], d @ torch.relu(pair.theta_ema[1]))
 
@@ -90,18 +91,18 @@ def test_l1_prunes_atoms():
 
 
 def test_save_load_round_trip_is_exact(tmp_path):
-    pair = GuidePair(32, "topk", topk=5, seed=4)
+    pair = GuideSet(32, "topk", topk=5, seed=4)
     with torch.no_grad():
         pair.theta.normal_()
         pair.update_ema(0.999)
     path = tmp_path / "g.safetensors"
     pair.save(str(path))
-    loaded, _ = GuidePair.load(str(path), expect_width=32)
+    loaded, _ = GuideSet.load(str(path), expect_width=32)
     assert torch.equal(loaded.theta_ema, pair.theta_ema)
     assert torch.equal(loaded.theta.detach(), pair.theta.detach())
     assert loaded.variant == "topk" and loaded.topk == 5
     with pytest.raises(SPGError, match="different SAE or backbone"):
-        GuidePair.load(str(path), expect_width=64)
+        GuideSet.load(str(path), expect_width=64)
 
 
 def test_focal_and_dice_reference_values():
@@ -168,9 +169,6 @@ class _AuxBatches:
 
 
 def test_auxiliary_fit_reports_separation_and_calibration():
-    from spg_core.guides import SATURATED
-    from spg_core.pipeline import auxiliary_fit
-
     e1, e2 = torch.eye(3)[0], torch.eye(3)[1]
     cpu = torch.device("cpu")
     good = auxiliary_fit(_AuxBatches().get_batch, 2, (2, 2), torch.stack([e2, e1]), 0.07, cpu)

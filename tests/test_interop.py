@@ -103,7 +103,7 @@ def test_import_round_trip_maps_equal_the_official_formulas(tmp_path, prefix):
         == 0
     )
     pred = Predictor(out, device="cpu")
-    assert pred.config["protocol"] == "official"
+    assert pred.config_json["protocol"] == "official"
     rng = np.random.default_rng(0)
     images = [Image.fromarray(rng.integers(0, 255, (70, 90, 3), dtype=np.uint8)) for _ in range(2)]
     result = pred.predict_images(images)

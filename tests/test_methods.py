@@ -14,7 +14,7 @@ import torch
 from tiny_data import TINY_RUN_ARGS, TINY_TARGET, tiny_pair
 
 from spg_core.cli import main
-from spg_core.guides import GuidePair
+from spg_core.guides import GuideSet
 from spg_core.metrics import METRIC_KEYS
 from spg_core.runs import RunDir
 from spg_core.sae import TopKSAE
@@ -50,7 +50,7 @@ def test_free_guides_end_to_end(data, tmp_path):
     assert json.loads(run.file("sae.json").read_text())["trained"] is False
     _check_metrics(run)
     # the guides live in token space: one coefficient per token dimension (a width mismatch raises)
-    GuidePair.load(str(run.file("guides.safetensors")), expect_width=cfg["backbone_identity"]["dim"])
+    GuideSet.load(str(run.file("guides.safetensors")), expect_width=cfg["backbone_identity"]["dim"])
 
 
 def test_random_dict_end_to_end(data, tmp_path):

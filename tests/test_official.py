@@ -15,8 +15,10 @@ import torch
 import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter
 
+from spg_core.backbones import load_backbone, parse_backbone_name
 from spg_core.config import GuideConfig, RunConfig, SAEConfig
-from spg_core.guides import GuideBatch, GuidePair, official_guide_loss, train_guides
+from spg_core.errors import SPGError
+from spg_core.guides import GuideBatch, GuideSet, official_guide_loss, train_guides
 from spg_core.inference import Scorer
 from spg_core.protocols import OFFICIAL, default_protocol, overrides
 from spg_core.sae import SparseCode, TopKSAE
@@ -47,9 +49,10 @@ def _reference_forward(sae: TopKSAE, x: torch.Tensor, k: int) -> tuple[torch.Ten
 
 
 def test_protocol_defaults_by_backbone_family():
-    assert default_protocol("dinov3-vitl16") == OFFICIAL
-    assert default_protocol("openclip-vitl14-336-tiny") == OFFICIAL
-    assert default_protocol("builtin") == "studio"
+    family = {name: parse_backbone_name(name)[0].family for name in ("dinov3-vitl16", "openclip-vitl14-336-tiny")}
+    assert default_protocol(family["dinov3-vitl16"]) == OFFICIAL
+    assert default_protocol(family["openclip-vitl14-336-tiny"]) == OFFICIAL
+    assert default_protocol(parse_backbone_name("builtin")[0].family) == "studio"
     cfg = RunConfig.from_dict({**overrides(OFFICIAL), "protocol": OFFICIAL})
     assert (cfg.sae.k, cfg.sae.width, cfg.sae.auxk, cfg.sae.bias, cfg.sae.adam_betas) == (
         32,
@@ -159,7 +162,7 @@ def test_four_guide_loss_matches_the_official_formula():
     dictionary, batch, grid = _guide_problem()
     dead = torch.zeros(16, dtype=torch.bool)
     dead[[2, 5]] = True
-    pair = GuidePair(16, "relu_l1", form="official", init_scale=0.1, seed=1, dead=dead)
+    pair = GuideSet(16, "relu_l1", form="official", init_scale=0.1, seed=1, dead=dead)
     with torch.no_grad():
         pair.theta[:, 0] = -0.2  # a negative entry: ReLU makes it 0
     cfg = GuideConfig(form="official", tau=0.07, l1=1e-3)
@@ -190,7 +193,7 @@ def test_four_guide_loss_matches_the_official_formula():
 
 
 def test_official_init_and_ema_copy_then_decay():
-    pair = GuidePair(2000, form="official", init_scale=0.1, seed=0)
+    pair = GuideSet(2000, form="official", init_scale=0.1, seed=0)
     theta = pair.theta.detach()
     assert abs(float(theta.mean()) - 0.1) < 1e-3 and abs(float(theta.std()) - 0.01) < 1e-3  # 8000 draws
     with torch.no_grad():
@@ -204,7 +207,7 @@ def test_official_init_and_ema_copy_then_decay():
 
 
 def test_topk_straight_through_keeps_k_forward_and_all_gradients():
-    pair = GuidePair(10, "topk", topk=3, form="official", init_scale=0.1, seed=0)
+    pair = GuideSet(10, "topk", topk=3, form="official", init_scale=0.1, seed=0)
     theta = pair.theta
     c = pair.all_coefficients(theta)
     assert torch.all((c > 0).sum(-1) == 3)
@@ -273,8 +276,6 @@ def _hidden(bb, x):
 def test_official_tokens_per_family(name):
     """DINOv3 official = post-norm (= last_hidden_state at the last block); DINOv2 = the raw block
     output (its final LayerNorm gives last_hidden_state); SigLIP = post_layernorm(block), no CLS."""
-    from spg_core.backbones import load_backbone
-
     bb = load_backbone(name, device="cpu", protocol=OFFICIAL)
     x = torch.rand(2, 3, bb.image_size, bb.image_size, generator=torch.Generator().manual_seed(0))
     tokens, cls = bb.extract_with_cls(x)
@@ -300,8 +301,6 @@ def test_official_tokens_per_family(name):
 
 
 def test_official_openclip_tokens_are_projected_with_cls():
-    from spg_core.backbones import load_backbone
-
     bb = load_backbone("openclip-vitl14-336-tiny", device="cpu", protocol=OFFICIAL)
     x = torch.rand(2, 3, bb.image_size, bb.image_size, generator=torch.Generator().manual_seed(0))
     tokens, cls = bb.extract_with_cls(x)
@@ -314,10 +313,7 @@ def test_official_openclip_tokens_are_projected_with_cls():
 def test_weights_of_any_size_of_the_family_load_with_their_own_width_and_depth(tmp_path):
     """`--weights` takes any size of the architecture: D, patch and depth come from the checkpoint's
     config and `--layer` defaults to its last block; another architecture is refused."""
-    import transformers
-
-    from spg_core.backbones import load_backbone
-    from spg_core.errors import SPGError
+    import transformers  # noqa: PLC0415 -- heavy (seconds): loaded with HF backbones only
 
     cfg = transformers.Dinov2Config(
         hidden_size=48, num_hidden_layers=3, num_attention_heads=2, mlp_ratio=2, patch_size=14, image_size=56

@@ -29,7 +29,7 @@ TINY_CFG = {
 @pytest.fixture(scope="module")
 def tiny_clip(tmp_path_factory):
     """(the saved model, folder holding open_clip_model.safetensors) with MODEL_NAME -> the tiny config."""
-    import open_clip
+    import open_clip  # noqa: PLC0415 -- heavy: loaded with OpenCLIP backbones only
 
     cfg_dir = tmp_path_factory.mktemp("cfg")
     (cfg_dir / f"{TINY_NAME}.json").write_text(json.dumps(TINY_CFG))

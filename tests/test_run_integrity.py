@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from dashboard.viewmodels.health import check_run
 from spg_core.cli import interrupted_note
 from spg_core.cli import main as spg_main
 from spg_core.errors import SPGError
@@ -90,7 +91,6 @@ def test_train_guides_keeps_config_and_marks_outputs_stale_until_eval(run, data)
     assert set(after) == set(before) and after["target_store"] == before["target_store"]
     assert after["guides"]["epochs"] == 2 and after["guides"]["form"] == "official"
     assert sorted(RunDir(run).stale_artifacts()) == sorted([METRICS_FILE, PATCH_MAPS_FILE])
-    from dashboard.viewmodels.health import check_run
 
     assert check_run(run).status == "stale"
     # `spg eval` without --smoothing-sigma uses the run's own (official: 4), and clears the staleness.

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+import spg_core.select as select
 from spg_core.cli import main
 from spg_core.data import generate_synthetic
 from spg_core.select import category_folds
@@ -132,8 +133,6 @@ def test_folds_rotate_categories_or_defect_kinds():
 
 @pytest.mark.slow  # three tiny-effnet `spg select` runs: ~100 s on 2 contended cores
 def test_an_interrupted_select_resumes_with_only_the_missing_rows(tmp_path, monkeypatch):
-    import spg_core.select as select
-
     aux = _small_set(tmp_path / "aux", ["disc", "weave"], ["stain", "hole"])
     calls, stop_at = [], [3]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from spg_core import render
 from spg_core.errors import SPGError
@@ -57,7 +58,6 @@ def test_fitted_scale_makes_a_weak_defect_stand_out():
     probs = np.full((64, 64), 1e-6)
     probs[8:16, 8:16] = 1e-3
     fitted = render.fitted_scale({"vmin": float(render.logit(1e-6)), "vmax": float(render.logit(1e-4))})
-    from PIL import Image
 
     base = Image.new("RGB", (64, 64), (128, 128, 128))
     for scale, visible in ((render.PROBABILITY_SCALE, False), (fitted, True)):
@@ -73,7 +73,6 @@ def test_map_picture_draws_the_thresholded_contour_and_the_truth():
     probs[20:40, 20:40] = 0.9
     truth = np.zeros((64, 64), bool)
     truth[30:50, 30:50] = True
-    from PIL import Image
 
     pic = np.asarray(
         render.map_picture(Image.new("RGB", (64, 64)), probs, render.PROBABILITY_SCALE, contour_level=0.5, truth=truth)

@@ -10,6 +10,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from spg_core.atoms.visual import IN_MASK, OUT_MASK, atom_activation, atom_heatmap, heatmap_overlay, patch_crop
+from spg_core.images import load_image
+
 
 @dataclass
 class AtomTile:
@@ -35,9 +38,6 @@ def atom_tiles(
 
     Heatmaps of one atom share the scale [0, its largest activation], as in the paper's Figure 5.
     """
-    from spg_core.atoms.visual import IN_MASK, OUT_MASK, atom_heatmap, heatmap_overlay, patch_crop
-    from spg_core.images import load_image
-
     entries = index.entries(atom)[:count]
     grid, size = tuple(index.meta["grid"]), int(index.meta["image_size"])
     vmax = max((e["value"] for e in entries), default=1.0)
@@ -77,8 +77,6 @@ def atom_activation_sample(
     spaced sample plus the images in `include` (its top-activating ones, so a rare atom still shows).
     Returns (activations > 0, number of images encoded).
     """
-    from spg_core.atoms.visual import atom_activation
-
     n = store.num_images
     per_image = store.num_patches * sae.width * sae.dim
     budget = max(1, int(flop_budget // max(per_image, 1)))

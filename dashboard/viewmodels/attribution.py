@@ -7,6 +7,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from spg_core.atoms import top_atoms_per_image
+
 
 def guide_of(atom: int, in_a: set[int], in_n: set[int]) -> str:
     """'anomaly', 'normal' or 'both': which guide(s) weight `atom`."""
@@ -47,8 +49,6 @@ def patch_contributions(
 def image_top_atoms(attr: Any, k: int = 6, image: int = 0, tags: dict[int, str] | None = None) -> pd.DataFrame:
     """The atoms that contribute most to one image's anomalous patches (`atoms.top_atoms_per_image`,
     net of the normal guide), as rows: atom, guide, contribution, tag."""
-    from spg_core.atoms import top_atoms_per_image
-
     ids, values = top_atoms_per_image(attr, "net", k=k)
     in_a = set(attr.atoms_a.cpu().tolist())
     in_n = set(attr.atoms_n.cpu().tolist())

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import json
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,7 +13,9 @@ import pandas as pd
 
 from spg_core.atomic import read_json
 from spg_core.atoms.build import INDEX as ATOM_INDEX
+from spg_core.demo import read_demo_progress
 from spg_core.errors import SPGError
+from spg_core.guides import saturation_note
 from spg_core.report import METRIC_TITLES, METRICS
 from spg_core.run_paths import run_names
 from spg_core.runs import (
@@ -115,9 +119,6 @@ def check_run(path: str | Path) -> RunHealth:
 def safetensors_intact(path: Path) -> bool:
     """Whether a safetensors file's header parses and its tensors end exactly at the end of the file
     (a cheap check: reads the header only; a half-written or cut file fails it)."""
-    import json
-    import struct
-
     try:
         size = path.stat().st_size
         with open(path, "rb") as f:
@@ -136,8 +137,6 @@ def safetensors_intact(path: Path) -> bool:
 
 def guide_notes(path: Path) -> list[str]:
     """Warnings about a guides.json's auxiliary fit (empty when fine, absent or unreadable)."""
-    from spg_core.guides import saturation_note
-
     try:
         record = read_json(path, what="guide training record") if path.is_file() else {}
     except SPGError:
@@ -190,8 +189,6 @@ def demo_progress(root: str | Path) -> dict[str, Any] | None:
     {"text", "fraction" (0-1), "done", "stopped"} for the first demo run not yet built; None when no
     demo build was started there or the file cannot be read. `stopped`: its builder is gone before
     finishing (interrupted or failed), so nothing more will appear until `spg dashboard --demo` runs again."""
-    from spg_core.demo import read_demo_progress
-
     try:
         runs = read_demo_progress(root)
     except SPGError:

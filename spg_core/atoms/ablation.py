@@ -24,6 +24,7 @@ import torch
 
 from ..errors import SPGError
 from ..inference import Predictor, map_image_scores
+from ..metrics import evaluate
 from ..scoring import atom_logit_weights, patch_probabilities, unit, upsample
 from ..store import TokenStore
 from .ranking import guide_row, require_atoms
@@ -77,7 +78,7 @@ class Ablator:
         self.predictor = run if isinstance(run, Predictor) else Predictor(run, device=device)
         require_atoms(self.predictor.guides)
         self.device = self.predictor.device
-        self.store = store or open_target_store(self.predictor.config, self.predictor.run.path)
+        self.store = store or open_target_store(self.predictor.config_json, self.predictor.run.path)
         self.batch_images = batch_images
         coef = self.predictor.guides.coefficients().detach().float()
         self.atoms = (coef > 0).any(dim=0).nonzero().flatten()  # [U]
@@ -179,8 +180,6 @@ class Ablator:
         scores_t = torch.cat(scores)
         result = None
         if metrics:
-            from ..metrics import evaluate
-
             result = evaluate(
                 scores_t.numpy(),
                 self.labels,

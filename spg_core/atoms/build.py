@@ -19,6 +19,7 @@ import torch
 from .. import distributed
 from ..atomic import file_sha256
 from ..errors import SPGError
+from ..inference import Predictor
 from ..runs import SAE_FILE as SAE
 from ..runs import RunDir
 from ..sae import TopKSAE
@@ -120,12 +121,10 @@ def write_gallery(
     run_dir: str | Path, n_atoms: int = 8, *, per_atom: int = 9, device: str = "auto", tile: int = 96
 ) -> Path:
     """RUN/atoms/gallery.png: the `n_atoms` largest anomaly-guide atoms, `per_atom` top patches each."""
-    from ..inference import Predictor
-
     predictor = Predictor(run_dir, device=device)
     require_atoms(predictor.guides)
     index, stats = load_atoms(run_dir)
-    store = open_aux_store(predictor.config, predictor.run.path)
+    store = open_aux_store(predictor.config_json, predictor.run.path)
     ranked = rank_atoms(predictor.guides)["anomaly"][:n_atoms]
     rows = [
         GalleryRow(a["atom"], _label(a, stats.iloc[a["atom"]]), index.entries(a["atom"])[:per_atom]) for a in ranked

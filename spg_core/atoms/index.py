@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from .. import distributed
 from ..atomic import load_tensors, save_tensors, write_json
-from ..backbones.base import resolve_device
+from ..devices import resolve_device
 from ..errors import SPGError
 from ..sae import TopKSAE
 from ..store import TokenStore

@@ -19,8 +19,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..atomic import load_tensors, read_json, save_tensors, write_json
+from ..atomic import file_sha256, load_tensors, read_json, save_tensors, write_json
 from ..errors import SPGError
+from ..runs import SAE_FILE as SAE
 from ..sae import TopKSAE
 from .region import mask_patches
 
@@ -133,9 +134,6 @@ def load_kind_map(run_dir: str | Path, sae_sha: str) -> KindMap | None:
 
 def run_kind_map(run_dir: str | Path, sae: TopKSAE, store: Any, atoms: list[int]) -> KindMap:
     """The run's cached map when it is current and covers `atoms`, else computed and cached."""
-    from ..atomic import file_sha256
-    from ..runs import SAE_FILE as SAE
-
     sha = file_sha256(Path(run_dir) / SAE)
     km = load_kind_map(run_dir, sha)
     if km is not None and set(atoms) <= set(km.atoms.tolist()):

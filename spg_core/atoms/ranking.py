@@ -17,22 +17,22 @@ import numpy as np
 import torch
 
 from ..errors import SPGError
-from ..guides import GuidePair
+from ..guides import GuideSet
 from ..scoring import NORM_EPS as _EPS
 from ..scoring import atom_logit_weights, unit
 
 GUIDES = ("anomaly", "normal")
-_ROW = {"normal": 0, "anomaly": 1}  # row order of GuidePair.coefficients()
+_ROW = {"normal": 0, "anomaly": 1}  # row order of GuideSet.coefficients()
 
 
 def guide_row(guide: str) -> int:
-    """Row of `GuidePair.coefficients()` holding `guide` ('normal' -> 0, 'anomaly' -> 1)."""
+    """Row of `GuideSet.coefficients()` holding `guide` ('normal' -> 0, 'anomaly' -> 1)."""
     if guide not in _ROW:
         raise SPGError(f"unknown guide {guide!r}", fix="use 'anomaly' or 'normal'")
     return _ROW[guide]
 
 
-def require_atoms(pair: GuidePair) -> None:
+def require_atoms(pair: GuideSet) -> None:
     """Free guides (the no-dictionary ablation) live in R^D: they have no atoms to interpret."""
     if pair.variant == "free":
         raise SPGError(
@@ -41,7 +41,7 @@ def require_atoms(pair: GuidePair) -> None:
         )
 
 
-def rank_atoms(pair: GuidePair) -> dict[str, list[dict[str, float | int]]]:
+def rank_atoms(pair: GuideSet) -> dict[str, list[dict[str, float | int]]]:
     """Active atoms of each guide, largest coefficient first (ties: smaller atom id first).
 
     Returns {"anomaly": [{"atom": j, "coef": c[j], "share": c[j] / sum(c)}, ...], "normal": [...]};
@@ -109,7 +109,7 @@ class Attribution:
 
 
 @torch.no_grad()
-def attribute(tokens: torch.Tensor, dictionary: torch.Tensor, pair: GuidePair, tau: float = 0.07) -> Attribution:
+def attribute(tokens: torch.Tensor, dictionary: torch.Tensor, pair: GuideSet, tau: float = 0.07) -> Attribution:
     """Split every patch's l_a and l_n into per-atom contributions.
 
     tokens `[B, N, D]` (any image: auxiliary, target or new, e.g. `Predictor.predict_images`'s

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from ..atomic import atomic_path
 from ..images import load_image
 from ..render import overlay
 from ..sae import TopKSAE
@@ -176,7 +177,5 @@ def render_gallery(
 
 def save_png(image: Image.Image, path: str | Path) -> None:
     """Write a PNG atomically."""
-    from ..atomic import atomic_path
-
     with atomic_path(path) as tmp:
         image.save(tmp, format="PNG")

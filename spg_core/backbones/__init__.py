@@ -18,8 +18,14 @@ from dataclasses import dataclass
 
 import torch
 
+from ..devices import resolve_device
 from ..errors import SPGError
-from .base import Backbone, resolve_device
+from ..protocols import image_size as protocol_image_size
+from .base import Backbone
+from .builtin import BuiltinBackbone
+from .effnet import load_effnet_backbone
+from .hf import load_hf_backbone
+from .openclip import load_openclip_backbone
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -215,7 +221,7 @@ def load_backbone(
     `image_size` is given); the builtin and effnet backbones have one kind of token and ignore it.
     """
     spec, variant = parse_backbone_name(name)
-    dev = _checked_device(device)
+    dev = resolve_device(device)
     if variant is not None and weights is not None:
         raise SPGError(
             f"backbone '{name}' is random-initialised and takes no weights (got '{weights}')",
@@ -229,22 +235,14 @@ def load_backbone(
         if spec.family == "builtin":
             backbone = _load_builtin(weights, dev)
         elif spec.family.startswith("hf-") or spec.family == "openclip":
-            from ..protocols import image_size as protocol_image_size
-
             options = dict(
                 token_mode=protocol, layer=layer, image_size=image_size or protocol_image_size(protocol, spec.family)
             )
             if spec.family == "openclip":
-                from .openclip import load_openclip_backbone
-
                 backbone = load_openclip_backbone(spec, variant, weights, dev, **options)
             else:
-                from .hf import load_hf_backbone
-
                 backbone = load_hf_backbone(spec, variant, weights, dev, **options)
         elif spec.family == "effnet":
-            from .effnet import load_effnet_backbone
-
             backbone = load_effnet_backbone(spec.name, variant, _name_options(name), weights)
         else:  # a registry entry without an adapter is a bug, not a user error
             raise AssertionError(f"no adapter for family {spec.family!r}")
@@ -257,8 +255,6 @@ def _name_options(name: str) -> list[str]:
 
 
 def _load_builtin(weights: str | None, device: torch.device) -> Backbone:
-    from .builtin import BuiltinBackbone  # lazy: written separately from this registry
-
     backbone = BuiltinBackbone()
     if weights not in (None, "builtin", backbone.weights):
         raise SPGError(f"the builtin backbone has no alternative weights (got '{weights}')", fix="drop --weights")
@@ -270,15 +266,6 @@ def _freeze(backbone: Backbone, device: torch.device) -> Backbone:
     backbone.eval()
     backbone.requires_grad_(False)
     return backbone.to(device)
-
-
-def _checked_device(device: str | torch.device | None) -> torch.device:
-    dev = resolve_device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise SPGError(
-            f"device '{device}' requested but CUDA is not available on this machine", fix="use --device cpu (or auto)"
-        )
-    return dev
 
 
 def _unknown_name_error(name: str) -> SPGError:
@@ -299,5 +286,4 @@ __all__ = [
     "list_backbones",
     "load_backbone",
     "parse_backbone_name",
-    "resolve_device",
 ]

@@ -7,8 +7,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import SPGError
-
 
 class Backbone(nn.Module):
     """A frozen image encoder that returns final-block patch tokens.
@@ -98,19 +96,3 @@ class Backbone(nn.Module):
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=images.device.type == "cuda"):
             tokens, cls = self.forward_with_cls(images)
         return tokens.float(), None if cls is None else cls.float()
-
-
-def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    """'auto' or None -> CUDA when present, else CPU; asking for CUDA without it is an error."""
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise SPGError(f"{str(device)!r} is not a device", fix="use 'auto', 'cpu' or 'cuda'") from exc
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise SPGError(
-            f"device {str(device)!r} requested but CUDA is not available",
-            fix="use --device cpu (or auto to pick automatically)",
-        )
-    return dev

@@ -39,6 +39,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 
 from ..atomic import file_sha256
 from ..errors import SPGError
@@ -123,8 +124,6 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         raise SPGError("weights file not found", path=str(path), fix="pass an existing .pth or .safetensors file")
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
             state = load_file(str(path), device="cpu")
         else:
             state = torch.load(str(path), map_location="cpu", weights_only=True)
@@ -208,7 +207,7 @@ class EffNetBackbone(Backbone):
     ) -> None:
         super().__init__()
         try:
-            import timm
+            import timm  # noqa: PLC0415 -- heavy: loaded with effnet backbones only
         except ImportError:
             raise SPGError(
                 "the effnet backbones are built on timm, which is not installed", fix="pip install timm"

@@ -25,6 +25,7 @@ when it is reachable, so a machine without internet fails in seconds with one
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 from collections.abc import Iterator
@@ -34,6 +35,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 import torch
+from huggingface_hub import constants
 
 from ..errors import SPGError
 from .base import Backbone
@@ -46,8 +48,6 @@ PROBE_TIMEOUT_S = 3.0
 
 def hub_offline() -> bool:
     """HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE, read now (huggingface_hub reads them only at import)."""
-    from huggingface_hub import constants
-
     env = any(os.environ.get(v, "").strip().lower() in _TRUE for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
     return env or bool(constants.HF_HUB_OFFLINE)
 
@@ -57,7 +57,6 @@ def hub_reachable(timeout: float = PROBE_TIMEOUT_S) -> bool:
     ~25 s in huggingface_hub's retry loop before failing."""
     if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
         return True  # traffic goes through a proxy: a direct probe says nothing, let the download try
-    from huggingface_hub import constants
 
     url = urlparse(os.environ.get("HF_ENDPOINT") or constants.ENDPOINT)
     port = url.port or (443 if url.scheme == "https" else 80)
@@ -355,7 +354,7 @@ def load_hf_backbone(
 
 def _from_config(family: HFFamily, config_kwargs: dict[str, Any], device: torch.device) -> torch.nn.Module:
     """Random-initialised model, built directly on `device` (no CPU init + copy; 'meta' allocates nothing)."""
-    import transformers
+    import transformers  # noqa: PLC0415 -- heavy (seconds): loaded with HF backbones only
 
     config = getattr(transformers, family.config_class)(**config_kwargs)
     with torch.device(device):
@@ -366,7 +365,7 @@ def _from_config(family: HFFamily, config_kwargs: dict[str, Any], device: torch.
 
 def _from_pretrained(family: HFFamily, spec: Any, source: str) -> torch.nn.Module:
     """Weights from a local directory, the HF cache, or (when reachable and allowed) the hub."""
-    import transformers
+    import transformers  # noqa: PLC0415 -- heavy (seconds): loaded with HF backbones only
 
     cls = getattr(transformers, family.model_class)
     # transformers >= 5 defaults to dtype="auto" (the checkpoint's dtype): ask for fp32 explicitly;
@@ -442,7 +441,6 @@ def _check_local_model_type(spec: Any, source: str) -> None:
     config = Path(source).expanduser() / "config.json"
     if not config.is_file():
         return  # a hub id, or a directory _from_pretrained reports on
-    import json
 
     try:
         model_type = str(json.loads(config.read_text()).get("model_type", ""))

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from huggingface_hub import hf_hub_download
 from torch import nn
 
 from ..errors import SPGError
@@ -141,7 +142,7 @@ def load_openclip_backbone(
         visual = _build_visual(TINY_VISION_CFG, TINY_EMBED_DIM, device)
         image_size, name, source = TINY_IMAGE_SIZE, f"{spec.name}-tiny", "random-tiny"
     elif variant == "random":
-        import open_clip
+        import open_clip  # noqa: PLC0415 -- heavy: loaded with OpenCLIP backbones only
 
         cfg = open_clip.get_model_config(MODEL_NAME)
         visual = _build_visual(cfg["vision_cfg"], cfg["embed_dim"], device)
@@ -158,7 +159,7 @@ def load_openclip_backbone(
 
 def _build_visual(vision_cfg: dict[str, Any], embed_dim: int, device: torch.device) -> nn.Module:
     """Random-initialised vision tower through open_clip's own builder (the one `CLIP` uses)."""
-    from open_clip.model import _build_vision_tower  # private but stable since open_clip 2.x
+    from open_clip.model import _build_vision_tower  # noqa: PLC0415 -- heavy, as above; private but stable since open_clip 2.x
 
     with torch.device(device):
         return _build_vision_tower(embed_dim, dict(vision_cfg), quick_gelu=QUICK_GELU)
@@ -199,7 +200,7 @@ def interpolate_pos_embed(pos_embed: torch.Tensor, grid: tuple[int, int], num_pr
 def _load_pretrained_visual(backbone: str, source: str) -> nn.Module:
     """`source`: an open_clip pretrained tag, a checkpoint file, or a directory holding one."""
     checkpoint = _resolve_checkpoint(backbone, source)
-    import open_clip
+    import open_clip  # noqa: PLC0415 -- heavy: loaded with OpenCLIP backbones only
 
     try:
         model = open_clip.create_model(
@@ -218,7 +219,7 @@ def _load_pretrained_visual(backbone: str, source: str) -> nn.Module:
 
 def _resolve_checkpoint(backbone: str, source: str) -> Path:
     """A local checkpoint file for `source`, from disk, the HF cache, or a download."""
-    import open_clip
+    import open_clip  # noqa: PLC0415 -- heavy: loaded with OpenCLIP backbones only
 
     tag_cfg = open_clip.get_pretrained_cfg(MODEL_NAME, source) if not looks_like_local_path(source) else {}
     if tag_cfg:
@@ -239,8 +240,6 @@ def _resolve_checkpoint(backbone: str, source: str) -> Path:
 
 def _checkpoint_for_tag(backbone: str, tag: str, cfg: dict[str, Any]) -> Path:
     """Cache first; the network only when allowed and reachable (see hf.hub_reachable)."""
-    from huggingface_hub import hf_hub_download
-
     repo = cfg.get("hf_hub", "").rstrip("/")
     if not repo:  # every ViT-L-14-336 tag has a hub mirror; a URL-only tag would need open_clip's downloader
         raise SPGError(f"open_clip tag '{tag}' has no Hugging Face mirror", fix="pass a local checkpoint file")

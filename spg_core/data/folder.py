@@ -81,7 +81,7 @@ def _sorted_samples(category: str, image_dirs: list[Path], mask_root: Path) -> l
 
 def _flat_samples(category: str, images: list[Path], mask_root: Path | None) -> list[Sample]:
     """Layout 2: labels come from the masks' content."""
-    from ..images import mask_has_anomaly  # local: keeps `import spg_core.data` free of torch
+    from ..images import mask_has_anomaly  # noqa: PLC0415 -- keeps `import spg_core.data` free of torch
 
     masks = index_masks(mask_root) if mask_root else {}
     samples = []

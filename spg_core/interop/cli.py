@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from .official import import_official
+
 
 def cmd_import_official(args: argparse.Namespace) -> None:
-    from .official import import_official
-
     run = import_official(
         sae_checkpoint=args.sae_checkpoint,
         guide_checkpoint=args.guide_checkpoint,

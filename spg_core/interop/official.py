@@ -29,7 +29,8 @@ from ..atomic import file_sha256, write_json
 from ..backbones import load_backbone
 from ..config import RunConfig
 from ..errors import SPGError
-from ..guides import GuidePair
+from ..guides import GuideSet
+from ..pipeline import extract
 from ..protocols import OFFICIAL, overrides
 from ..runs import GUIDES_FILE, GUIDES_RECORD_FILE, SAE_FILE, SAE_RECORD_FILE, RunDir
 from ..sae import TopKSAE
@@ -185,7 +186,7 @@ def import_official(
     if dead_mask is not None:
         sae.dead = read_dead_mask(dead_mask, sae.width)
     theta = read_official_guides(guide_checkpoint, sae.width, ema=ema)
-    pair = GuidePair(sae.width, guide_variant, topk=guide_topk, form="official", dead=sae.dead)
+    pair = GuideSet(sae.width, guide_variant, topk=guide_topk, form="official", dead=sae.dead)
     with torch.no_grad():
         pair.theta.copy_(theta.float())
         pair.theta_ema.copy_(theta.float())
@@ -217,8 +218,6 @@ def import_official(
         "imported_from": {"code": "riips/SPG", **sources, "guides_copy": "ema" if ema else "raw"},
     }
     if aux:
-        from ..pipeline import extract
-
         extra["aux_store"] = str(extract(aux, bb, progress=False).root)
     run.path.mkdir(parents=True, exist_ok=True)
     run.write_config(cfg, extra)

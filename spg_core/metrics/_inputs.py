@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..backbones.base import resolve_device
+from ..devices import resolve_device
 from ..errors import SPGError
 
 Array = np.ndarray | torch.Tensor

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from ..errors import SPGError
 from ._inputs import Array, _check_pixel_inputs, _dtype_name, _labels_1d, _scores_1d, metrics_device
@@ -238,9 +239,5 @@ def evaluate(
 
 def _progress_bar(total: int, enabled: bool) -> Any:
     if not enabled:
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # tqdm is a dependency, but a bar is never worth a crash
         return None
     return tqdm(total=total, desc="metrics", unit="img")

@@ -50,8 +50,8 @@ from .cache import (
     parse_synthetic_spec,
     synthetic_root,
 )
+from .compose import IMAGE_SIZE, render_image
 from .defects import DEFECT_KINDS, DEFECTS
-from .render import IMAGE_SIZE, render_image
 from .scenes import CATEGORIES, OBJECTS, RENDERERS, TEXTURES, Scene
 
 __all__ = [

@@ -24,10 +24,11 @@ from PIL import Image
 
 from ...errors import SPGError
 from ...paths import cache_root
+from ..mvtec import load_mvtec
 from ..sample import Dataset
+from .compose import IMAGE_SIZE, render_image
 from .defects import DEFECT_KINDS, DEFECTS
 from .draw import Rng
-from .render import IMAGE_SIZE, render_image
 from .scenes import CATEGORIES, RENDERERS
 
 GENERATOR_VERSION = 2  # bump whenever any output byte would change: cached copies regenerate
@@ -204,8 +205,6 @@ def parse_synthetic_spec(spec: str) -> tuple[str, int] | None:
 def open_synthetic(spec: str, split: str = "test", cache_dir: str | os.PathLike | None = None) -> Dataset:
     """`synthetic-a`, `synthetic-b` or `synthetic` (all), optionally `@seed=N` (default 0):
     generate on first use, then load."""
-    from ..mvtec import load_mvtec  # local import: mvtec does not depend on this module
-
     parsed = parse_synthetic_spec(spec)
     if parsed is None:
         raise SPGError(
