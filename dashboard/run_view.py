@@ -27,7 +27,7 @@ from spg_core.images import load_image
 from spg_core.inference import Predictor
 from spg_core.runs import RunDir
 from spg_core.store import TokenStore
-from spg_core.thresholds import run_threshold
+from spg_core.thresholds import ensure_run_threshold
 
 from .encode import png_bytes
 from .viewmodels import atom_detail, attribution, health, targets
@@ -129,8 +129,8 @@ class RunView:
 
     @st.cache_data(show_spinner="Setting the decision threshold on the auxiliary set ...", max_entries=16)
     def threshold(self) -> dict[str, Any]:
-        """RUN/threshold.json (thresholds.run_threshold: computed and recorded first for runs without one)."""
-        return run_threshold(self.path, predictor=self.predictor())
+        """RUN/threshold.json (thresholds.ensure_run_threshold: computed and recorded first for runs without one)."""
+        return ensure_run_threshold(self.path, predictor=self.predictor())
 
     def smoothing_sigma(self) -> float:
         """The run's protocol smoothing (pixels), as its metrics were computed with."""
