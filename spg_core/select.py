@@ -240,7 +240,7 @@ def run_select(
                 if progress:
                     print(
                         f"[select {time.perf_counter() - t0:6.0f} s] {setting} held out {fold.name}: "
-                        + ", ".join(f"{m} {v:.3f}" for m, v in metrics.items()),
+                        + ", ".join(f"{m} {metrics[m]:.3f}" for m in METRICS),  # not the context rows
                         flush=True,
                     )
     summary = summarise(rows, grid)
