@@ -36,19 +36,12 @@ from spg_core.run_paths import RUNS_ENV
 from spg_core.runs import RunDir
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))  # helpers/, shared with the tests
+
+from helpers.dashboard_support import BROWSER_ARGS, CHROMIUM  # noqa: E402
+
 PAGES = ["runs.py", "maps.py", "atoms.py", "atom_detail.py", "backbones.py", "try_image.py"]
 TARGET_MS = 300.0
-CHROMIUM = "/usr/bin/chromium"
-BROWSER_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 def rss_mb(pid: int) -> float:

@@ -17,7 +17,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from dashboard_support import BROWSER_ARGS, CHROMIUM, VIEWPORT, wait_ready  # noqa: E402
+from helpers.dashboard_support import BROWSER_ARGS, CHROMIUM, VIEWPORT, wait_ready  # noqa: E402
 
 from dashboard.nav import PAGE_SPECS  # noqa: E402
 from spg_core.launch import free_port, start_server, stop_server, wait_until_healthy  # noqa: E402

@@ -1,7 +1,7 @@
 """SPG vs the zero-training baseline of the same backbone, over three image seeds of the synthetic sets.
 
 For each backbone preset, seed and direction: `spg run` with the preset (settings fixed in
-advance: builtin's frozen DEMO_PRESET, effnet's chosen by `spg select` on synthetic-a alone),
+advance: builtin's frozen the `builtin` preset, effnet's chosen by `spg select` on synthetic-a alone),
 and the backbone's zero-training baseline (spg_core.baselines) on the same target tokens.
 Prints per-seed figures and mean +- standard deviation over seeds; writes OUT/seeds.json.
 
@@ -19,12 +19,12 @@ import numpy as np
 
 from spg_core.atomic import write_json
 from spg_core.baselines import default_baseline, evaluate_baseline
-from spg_core.config import GuideConfig, RunConfig, SAEConfig
+from spg_core.config import ExtractConfig, GuideConfig, RunConfig, SAEConfig
 from spg_core.pipeline import run_experiment
-from spg_core.presets import DEMO_PRESET, EFFNET_PRESET
+from spg_core.protocols import overrides
 from spg_core.store import TokenStore
 
-PRESETS = {"builtin": DEMO_PRESET, "effnet-lite0": EFFNET_PRESET}
+PRESETS = {"builtin": overrides("builtin"), "effnet-lite0": overrides("effnet")}
 KEYS = ("image_auroc", "image_ap", "pixel_auroc", "aupro")
 DIRECTIONS = {"a->b": ("synthetic-a", "synthetic-b"), "b->a": ("synthetic-b", "synthetic-a")}
 
@@ -42,7 +42,7 @@ def one(backbone: str, seed: int, direction: str, out: Path, cache_dir: str | No
     )
     run = out / f"{backbone}_{direction.replace('->', '_to_')}_seed{seed}"
     t0 = time.perf_counter()
-    spg = run_experiment(cfg, run, cache_dir=cache_dir, progress=False)
+    spg = run_experiment(cfg, run, ExtractConfig(cache_dir=cache_dir, quiet=True))
     store = TokenStore(json.loads((run / "config.json").read_text())["target_store"])
     kind = default_baseline(backbone)
     base = evaluate_baseline(store, kind)

@@ -26,6 +26,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
 from spg_core.backbones import load_backbone
+from spg_core.config import ExtractConfig
 from spg_core.inference import target_maps
 from spg_core.pipeline import extract
 
@@ -43,7 +44,7 @@ def unit(tokens: torch.Tensor) -> np.ndarray:
 def probe(aux: str, target: str, backbone_name: str, device: str) -> dict[str, tuple[float, float]]:
     """Fit on `aux` patches, score `target`; returns {category: (image AUROC, pixel AUROC)}."""
     bb = load_backbone(backbone_name, device=device)
-    a, t = extract(aux, bb, progress=False), extract(target, bb, progress=False)
+    a, t = extract(aux, bb, ExtractConfig(quiet=True)), extract(target, bb, ExtractConfig(quiet=True))
     xa = unit(a.tokens(range(a.num_images)))
     ya = patch_labels(a.masks(range(a.num_images)), a.grid)
     clf = LogisticRegression(C=1.0, max_iter=3000, class_weight="balanced")

@@ -6,17 +6,10 @@ and the navigation; each page is a script in the top-level `pages/` folder.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+import streamlit as st
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # runnable from a source tree without installing
-    sys.path.insert(0, str(ROOT))
-
-import streamlit as st  # noqa: E402
-
-from dashboard import state  # noqa: E402
-from dashboard.nav import ASSETS, navigation  # noqa: E402
+from dashboard import state
+from dashboard.nav import ASSETS, navigation
 
 
 def apply_look() -> None:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from importlib import resources
 from pathlib import Path
 
 import streamlit as st
 
-ROOT = Path(__file__).resolve().parent.parent
-PAGES = ROOT / "pages"
-ASSETS = ROOT / "assets"
+# pages/ and assets/ are package data of `dashboard` (in the repository, links to the top-level
+# folders): found the same way in a source tree, an editable install and a wheel.
+PAGES = Path(str(resources.files("dashboard") / "pages"))
+ASSETS = Path(str(resources.files("dashboard") / "assets"))
 
 # (script, title, icon, url path); the first is the home page.
 PAGE_SPECS = [

@@ -16,8 +16,10 @@ import pandas as pd
 from . import distributed
 from .atoms import build_atoms, load_atoms, rank_atoms, write_gallery
 from .atoms.stats import TAG_RULE
+from .config import ExtractConfig, RunConfig
 from .errors import SPGError
 from .guides import GuideSet
+from .options import add_field_options
 from .runs import GUIDES_FILE as GUIDES
 from .runs import RunDir
 
@@ -79,6 +81,6 @@ def register_cli(subparsers: Any) -> None:
     )
     p.add_argument("--per-atom", type=int, default=9, help="top patches shown per atom in the gallery (default 9)")
     p.add_argument("--rebuild", action="store_true", help="with --gallery: rebuild the index even if it is fresh")
-    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_field_options(p, RunConfig, ["device"])
+    add_field_options(p, ExtractConfig, ["quiet"])
     p.set_defaults(func=cmd_atoms)

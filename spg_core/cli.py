@@ -5,8 +5,9 @@ Ctrl-C exits 130 saying which artifacts the run holds and which it does not (eve
 artifact is written atomically, so none is half-written).
 
 Options that set a config field are generated from the config dataclasses (options.py);
-their defaults come from the run's protocol (protocols.py): an option left out takes the
-protocol's value, so help texts give both protocols' defaults.
+their defaults come from the run's preset (protocols.py), which the backbone's family picks
+unless --preset names one: an option left out takes the preset's value, so help texts give
+every preset's default.
 """
 
 from __future__ import annotations
@@ -19,24 +20,29 @@ from pathlib import Path
 from typing import Any
 
 from . import atoms_cli, distributed, launch, report_html, select, sweep
-from .backbones import load_backbone, parse_backbone_name
+from .backbones import load_backbone
 from .config import ExtractConfig, GuideConfig, RunConfig, SAEConfig, ScoreConfig
 from .context import resolve_context, with_overrides
 from .devices import resolve_device
 from .errors import SPGError
 from .images import MAX_IMAGE_PIXELS
+from .inference import load_run_backbone
 from .interop import cli as interop_cli
 from .options import (
     add_field_options,
+    add_preset_option,
     add_section_options,
     config_from_args,
     field_values,
-    protocol_defaults,
+    merged,
+    preset_defaults,
+    preset_of,
+    preset_sections,
     section_overrides,
 )
-from .pipeline import evaluate_target, extract, load_run_backbone, run_experiment, train_stages
+from .pipeline import evaluate_target, extract, run_experiment, train_stages
 from .predict import predict_files
-from .protocols import PROTOCOLS, check_protocol, default_protocol, overrides
+from .protocols import PROTOCOLS, check_protocol, overrides
 from .report import print_metrics, write_reports
 from .runs import CONFIG_FILE, GUIDES_FILE, METRICS_FILE, PATCH_MAPS_FILE, SAE_FILE, RunDir
 
@@ -66,22 +72,15 @@ def _add_protocol(p: argparse.ArgumentParser) -> None:
         "--protocol",
         default=None,
         choices=list(PROTOCOLS),
-        help="settings preset: official (the authors' code, step for step; default for the paper "
-        "backbones) or studio (this project's; default for builtin and CPU backbones)",
+        help="which tokens and method: official (the authors' code, step for step) or studio (this "
+        "project's); default: the preset's",
     )
 
 
 def _add_sae(p: argparse.ArgumentParser) -> None:
     add_section_options(p, SAEConfig)
-    p.add_argument(
-        "--seed", type=int, default=None, help=f"seed of both stages ({protocol_defaults(SAEConfig, 'seed')})"
-    )
+    p.add_argument("--seed", type=int, default=None, help=f"seed of both stages ({preset_defaults(SAEConfig, 'seed')})")
     add_field_options(p, RunConfig, ["method"])
-
-
-def _default_protocol(backbone: str) -> str:
-    """The protocol a run of `backbone` takes when --protocol is left out (protocols.default_protocol)."""
-    return default_protocol(parse_backbone_name(backbone)[0].family)
 
 
 def _add_guides(p: argparse.ArgumentParser) -> None:
@@ -99,19 +98,12 @@ def _add_score(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in extra.items():
-        out[key] = {**out.get(key, {}), **value} if isinstance(value, dict) else value
-    return out
-
-
 def _config_from(args: argparse.Namespace) -> RunConfig:
-    """The run's config: dataclass defaults < the protocol's settings < explicit options."""
-    protocol = check_protocol(args.protocol or _default_protocol(args.backbone))
-    d = _merge(overrides(protocol), section_overrides(args, RunConfig.SECTIONS))
+    """The run's config: dataclass defaults < the preset's settings < explicit options."""
+    protocol = check_protocol(args.protocol or preset_of(args, args.backbone).protocol)
+    d = preset_sections(args, args.backbone)
     if args.seed is not None:
-        d = _merge(d, {"sae": {"seed": args.seed}, "guides": {"seed": args.seed}})
+        d = merged(d, {"sae": {"seed": args.seed}, "guides": {"seed": args.seed}})
     d.update(
         field_values(args, RunConfig),
         aux=args.aux,
@@ -131,17 +123,9 @@ def _guides_for(run_cfg: RunConfig, args: argparse.Namespace) -> GuideConfig:
     return GuideConfig(**{**base, **section_overrides(args, [GuideConfig]).get("guides", {})})
 
 
-def _io_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    """The extraction options as the pipeline's keywords (validated by ExtractConfig)."""
-    io = config_from_args(args, ExtractConfig)
-    return {
-        "cache_dir": io.cache_dir,
-        "skip_bad": io.skip_bad,
-        "batch_size": io.batch_size,
-        "num_workers": io.workers,
-        "progress": not io.quiet and distributed.is_main(),
-        "compile_backbone": io.compile,
-    }
+def _io(args: argparse.Namespace) -> ExtractConfig:
+    """The extraction and logging options, one object carried whole through the pipeline."""
+    return config_from_args(args, ExtractConfig)
 
 
 def _check_out_dir(path: str) -> None:
@@ -166,7 +150,7 @@ def cmd_run(args: argparse.Namespace) -> None:
         if metrics is None:
             return
     else:
-        metrics = run_experiment(cfg, args.out, metric_options={"aupro_variant": args.aupro}, **_io_kwargs(args))
+        metrics = run_experiment(cfg, args.out, _io(args), metric_options={"aupro_variant": args.aupro})
     write_reports(args.out)
     print_metrics(metrics, title=f"{cfg.aux} -> {cfg.target} [{cfg.backbone}, {cfg.method}, {cfg.protocol}]")
     print(f"run directory: {args.out}")
@@ -175,38 +159,37 @@ def cmd_run(args: argparse.Namespace) -> None:
 def _run_distributed(cfg: RunConfig, args: argparse.Namespace) -> dict[str, Any] | None:
     """`spg run` under torchrun: both token stores and the SAE by every rank; guides, target maps and
     metrics (minutes, not hours) by rank 0 alone. The metrics on rank 0, None on the others."""
-    io = _io_kwargs(args)
-    backbone = load_run_backbone(cfg, resolve_device(cfg.device))
-    if io.pop("compile_backbone"):
-        backbone.enable_compile()
-    run = train_stages(cfg, args.out, stages=("sae",), backbone=backbone, **io)
-    extract(
-        cfg.target, backbone, **{k: io[k] for k in ("cache_dir", "skip_bad", "batch_size", "num_workers", "progress")}
-    )
+    io = _io(args)
+    backbone = load_run_backbone(cfg, resolve_device(cfg.device), compile=io.compile)
+    run = train_stages(cfg, args.out, io, stages=("sae",), backbone=backbone)
+    extract(cfg.target, backbone, io)
     if not distributed.is_main():
         return None
     with distributed.main_only():
-        train_stages(cfg, args.out, stages=("guides",), backbone=backbone, **io)
+        train_stages(cfg, args.out, io, stages=("guides",), backbone=backbone)
         return evaluate_target(
-            run, metric_options={"aupro_variant": args.aupro}, device=cfg.device, backbone=backbone, **io
+            run, io, metric_options={"aupro_variant": args.aupro}, device=cfg.device, backbone=backbone
         )
 
 
 def cmd_extract(args: argparse.Namespace) -> None:
-    io = _io_kwargs(args)
+    io = _io(args)
     backbone = load_backbone(
-        args.backbone, args.weights, device=args.device, protocol=args.protocol or _default_protocol(args.backbone)
+        args.backbone,
+        args.weights,
+        device=args.device,
+        protocol=args.protocol or preset_of(args, args.backbone).protocol,
     )
-    if io.pop("compile_backbone"):
+    if io.compile:
         backbone.enable_compile()
-    store = extract(args.dataset, backbone, **io)
+    store = extract(args.dataset, backbone, io)
     if distributed.is_main():
         print(f"{store.num_images} images x {store.num_patches} tokens x {store.dim} dims -> {store.root}")
 
 
 def cmd_train_sae(args: argparse.Namespace) -> None:
     _check_out_dir(args.out)
-    run = train_stages(_config_from(args), args.out, stages=("sae",), **_io_kwargs(args))
+    run = train_stages(_config_from(args), args.out, _io(args), stages=("sae",))
     if distributed.is_main():
         print(f"SAE written to {run.file('sae.safetensors')}")
 
@@ -214,7 +197,7 @@ def cmd_train_sae(args: argparse.Namespace) -> None:
 def cmd_train_guides(args: argparse.Namespace) -> None:
     cfg = RunDir(args.run).run_config()
     cfg = replace(cfg, guides=_guides_for(cfg, args), device=args.device or cfg.device)
-    run = train_stages(cfg, args.run, stages=("guides",), **_io_kwargs(args))
+    run = train_stages(cfg, args.run, _io(args), stages=("guides",))
     print(f"guides written to {run.file('guides.safetensors')}")
 
 
@@ -224,11 +207,11 @@ def cmd_eval(args: argparse.Namespace) -> None:
     given = section_overrides(args, [ScoreConfig]).get("score", {})
     metrics = evaluate_target(
         run,
+        _io(args),
         target=args.target,
         metric_options={"aupro_variant": args.aupro},
         score=with_overrides(score, given),
         device=args.device,
-        **_io_kwargs(args),
     )
     write_reports(args.run)
     print_metrics(metrics, title=f"{metrics['settings']['aux']} -> {metrics['settings']['target']}")
@@ -264,20 +247,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--aux", required=True, help=f"auxiliary dataset ({DATASET_HELP})")
     p.add_argument("--target", required=True, help=f"target dataset ({DATASET_HELP})")
     p.add_argument("--out", required=True, help="run directory to write")
-    for add in (_add_protocol, _add_backbone, _add_sae, _add_guides, _add_score, _add_common):
+    for add in (add_preset_option, _add_protocol, _add_backbone, _add_sae, _add_guides, _add_score, _add_common):
         add(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("extract", help="extract and store a dataset's patch tokens")
     p.add_argument("--dataset", required=True, help=DATASET_HELP)
-    for add in (_add_protocol, _add_backbone, _add_common):
+    for add in (add_preset_option, _add_protocol, _add_backbone, _add_common):
         add(p)
     p.set_defaults(func=cmd_extract)
 
     p = sub.add_parser("train-sae", help="stage 1: train the TopK SAE on auxiliary tokens into a run directory")
     p.add_argument("--aux", required=True, help=DATASET_HELP)
     p.add_argument("--out", required=True, help="run directory to write")
-    for add in (_add_protocol, _add_backbone, _add_sae, _add_guides, _add_score, _add_common):
+    for add in (add_preset_option, _add_protocol, _add_backbone, _add_sae, _add_guides, _add_score, _add_common):
         add(p)
     p.set_defaults(func=cmd_train_sae)
 
@@ -304,7 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True)
     p.add_argument("images", nargs="+", help="image files")
     p.add_argument("--out", default="predictions", help="folder for map PNGs and scores.csv")
-    p.add_argument("--device", default="auto")
+    add_field_options(p, RunConfig, ["device"])
     p.add_argument(
         "--skip-bad", action="store_true", help="skip unreadable or oversized images, listing them in OUT/skipped.json"
     )

@@ -22,11 +22,12 @@ from typing import Any
 
 from .atomic import read_json, write_json
 from .atoms import build_atoms
-from .backbones import load_backbone
-from .config import GuideConfig, RunConfig, SAEConfig, ScoreConfig
+from .backbones import parse_backbone_name
+from .config import ExtractConfig, RunConfig
 from .devices import resolve_device
+from .inference import load_run_backbone
 from .pipeline import evaluate_target, train_stages
-from .presets import DEMO_PRESET, EFFNET_PRESET
+from .protocols import check_preset, default_preset, overrides
 from .report import write_reports
 from .runs import RunDir
 
@@ -36,28 +37,31 @@ STAGES = ("queued", "training", "scoring the target", "reports and atoms", "done
 
 @dataclass(frozen=True)
 class DemoRun:
+    """A demo run: its name and backbone; its settings are the backbone family's preset."""
+
     name: str
     backbone: str
-    preset: dict[str, Any]
 
 
 DEMO_RUNS = (
-    DemoRun("demo-synthetic-effnet-lite0", "effnet-lite0", EFFNET_PRESET),
-    DemoRun("demo-synthetic-builtin", "builtin", DEMO_PRESET),
+    DemoRun("demo-synthetic-effnet-lite0", "effnet-lite0"),
+    DemoRun("demo-synthetic-builtin", "builtin"),
 )
 DEMO_NAME = DEMO_RUNS[0].name  # the run the app opens first
 
 
 def demo_config(run: DemoRun = DEMO_RUNS[0]) -> RunConfig:
-    p = run.preset
-    return RunConfig(
-        aux="synthetic-a",
-        target="synthetic-b",
-        backbone=run.backbone,
-        device="auto",
-        sae=SAEConfig(**p.get("sae", {})),
-        guides=GuideConfig(**p.get("guides", {})),
-        score=ScoreConfig(**p.get("score", {})),
+    """synthetic-a -> synthetic-b with `run`'s backbone under its family's preset (`spg run`'s default)."""
+    preset = check_preset(default_preset(parse_backbone_name(run.backbone)[0].family))
+    return RunConfig.from_dict(
+        {
+            **overrides(preset.name),
+            "aux": "synthetic-a",
+            "target": "synthetic-b",
+            "backbone": run.backbone,
+            "device": "auto",
+            "protocol": preset.protocol,
+        }
     )
 
 
@@ -137,10 +141,11 @@ def build_demo_run(
     cfg = demo_config(run)
     try:
         _report(root, run.name, "training")
-        backbone = load_backbone(cfg.backbone, cfg.weights, device=resolve_device(cfg.device))
-        trained = train_stages(cfg, out, cache_dir=cache_dir, progress=progress, backbone=backbone)
+        io = ExtractConfig(cache_dir=None if cache_dir is None else str(cache_dir), quiet=not progress)
+        backbone = load_run_backbone(cfg, resolve_device(cfg.device))
+        trained = train_stages(cfg, out, io, backbone=backbone)
         _report(root, run.name, "scoring the target")
-        evaluate_target(trained, cache_dir=cache_dir, progress=progress, device=cfg.device, backbone=backbone)
+        evaluate_target(trained, io, device=cfg.device, backbone=backbone)
         _report(root, run.name, "reports and atoms")
         write_reports(out)
         build_atoms(out, progress=progress)

@@ -11,8 +11,9 @@ official global guides' softmax on the CLS token.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -41,28 +42,17 @@ def map_image_scores(maps: torch.Tensor, score: ScoreConfig) -> torch.Tensor:
 
 @dataclass
 class Scorer:
-    """Frozen guides ready to score tokens: local guide vectors `[2, D]`, the scoring settings,
-    and the global guide vectors `[2, D]` of official guides (None for a guide pair)."""
+    """Frozen guides ready to score tokens: local guide vectors `[2, D]`, the token grid and image
+    side S, the run's scoring settings, and the global guide vectors `[2, D]` of official guides
+    (None for a guide pair)."""
 
     guides: torch.Tensor
     tau: float
     grid: tuple[int, int]
     image_size: int
-    aggregation: str = "max"
-    lse_temperature: float = 0.1
-    smoothing_sigma: float = 0.0
-    image_score: str = "map"
+    score: ScoreConfig = field(default_factory=ScoreConfig)
     global_guides: torch.Tensor | None = None
     context: ContextScorer | None = None  # the atom-space context fused in (context.py); None: plain SPG
-
-    @property
-    def score_config(self) -> ScoreConfig:
-        return ScoreConfig(
-            aggregation=self.aggregation,
-            lse_temperature=self.lse_temperature,  # type: ignore[arg-type]
-            smoothing_sigma=self.smoothing_sigma,
-            image_score=self.image_score,
-        )  # type: ignore[arg-type]
 
     @torch.no_grad()
     def __call__(
@@ -74,14 +64,14 @@ class Scorer:
         if self.context is not None:
             probs = self.context(tokens, g, self.tau, self.grid)
             maps = upsample(probs, self.grid, self.image_size)
-        if self.image_score == "cls":
+        if self.score.image_score == "cls":
             if self.global_guides is None or cls is None:
                 raise SPGError(
                     "--image-score cls needs official (four-guide) guides and a backbone with a CLS token",
                     fix="use --image-score map, or a run made with --protocol official",
                 )
             return probs, maps, cls_scores(cls.to(tokens.device), self.global_guides.to(tokens.device), self.tau)
-        return probs, maps, map_image_scores(maps, self.score_config)
+        return probs, maps, map_image_scores(maps, self.score)
 
 
 def score_store(
@@ -119,6 +109,25 @@ def load_run_sae(run: RunDir, cfg: RunConfig, dim: int | None) -> TopKSAE | None
     return sae
 
 
+def load_run_backbone(
+    cfg: RunConfig, device: torch.device, identity: dict[str, Any] | None = None, *, compile: bool = False
+) -> Backbone:
+    """The run's backbone with its protocol's tokens (and, for a stored run, its recorded image size
+    and layer); `compile`: torch.compile it (ExtractConfig.compile). The one loader of a run's backbone."""
+    identity = identity or {}
+    backbone = load_backbone(
+        cfg.backbone,
+        cfg.weights,
+        device=device,
+        protocol=cfg.protocol,
+        image_size=identity.get("image_size"),
+        layer=identity.get("layer"),
+    )
+    if compile:
+        backbone.enable_compile()
+    return backbone
+
+
 class Predictor:
     """A trained run ready to score new images or stored tokens (CLI `predict`, dashboard).
 
@@ -150,18 +159,14 @@ class Predictor:
         self.dictionary = dictionary_of(self.sae, dim or 0)
         grid = tuple(identity.get("grid", (0, 0)))
         global_guides = self.guides.global_vectors(self.dictionary)
-        s = self.cfg.score
         self.scorer = Scorer(
             self.guides.guide_vectors(self.dictionary).detach(),
             self.cfg.guides.tau,
             grid,
             int(identity.get("image_size", 0)),
-            s.aggregation,
-            s.lse_temperature,
-            s.smoothing_sigma,
-            s.image_score,
+            self.cfg.score,
             None if global_guides is None else global_guides.detach(),
-            context_scorer(s, self.sae),
+            context_scorer(self.cfg.score, self.sae),
         )
 
     @property
@@ -169,16 +174,7 @@ class Predictor:
         """Loaded on first use: scoring stored tokens needs no backbone."""
         if self._backbone is None:
             identity = self.config_json.get("backbone_identity", {})
-            self._backbone = load_backbone(
-                self.cfg.backbone,
-                self.cfg.weights,
-                device=self.device,
-                protocol=self.cfg.protocol,
-                image_size=identity.get("image_size"),
-                layer=identity.get("layer"),
-            )
-            if self._compile:
-                self._backbone.enable_compile()
+            self._backbone = load_run_backbone(self.cfg, self.device, identity, compile=self._compile)
             if self._backbone.dim != self.dictionary.shape[0]:
                 raise SPGError(
                     f"backbone {self.cfg.backbone} gives {self._backbone.dim}-dim tokens but this run's "

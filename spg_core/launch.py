@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,6 @@ from .run_paths import RUNS_ENV
 from .uploads import MAX_UPLOAD_BYTES
 
 MAX_UPLOAD_MB = MAX_UPLOAD_BYTES // 2**20
-APP_PATH = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"
 
 # One theme for every launch (the app also works unthemed, e.g. under AppTest).
 # Colours are taken from the map colour scale's anchors so the chrome matches the maps.
@@ -49,14 +49,19 @@ THEME: dict[str, str] = {
 
 
 def app_path() -> Path:
-    """The Streamlit entrypoint; an editable install keeps it beside the package."""
-    if not APP_PATH.is_file():
+    """The Streamlit entrypoint, `dashboard/app.py`, found as package data (a wheel, an editable
+    install or a source tree alike). Only the file is looked up: no dashboard code runs here."""
+    try:
+        path = Path(str(resources.files("dashboard") / "app.py"))
+    except ModuleNotFoundError:
+        path = None
+    if path is None or not path.is_file():
         raise SPGError(
             "the dashboard app is not installed beside spg_core",
-            path=str(APP_PATH),
-            fix="install SPG Studio from its source tree (`pip install -e .`)",
+            path=str(path or "dashboard/app.py"),
+            fix="reinstall SPG Studio (`pip install spg-studio`, or `pip install -e .` in its source tree)",
         )
-    return APP_PATH
+    return path
 
 
 def streamlit_command(port: int, host: str = "localhost") -> list[str]:
@@ -105,7 +110,6 @@ def start_server(
     return subprocess.Popen(
         streamlit_command(port, host),
         env=app_env(runs_root, cache_dir),
-        cwd=str(app_path().parent.parent),
         stdout=out,
         stderr=out,
         start_new_session=True,

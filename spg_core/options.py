@@ -3,8 +3,8 @@ flag, type, choices, default and help (config.py declares them beside each field
 
 Two kinds of option:
     section options   fields of SAEConfig / GuideConfig / ScoreConfig. Left out, they take the
-                      run's protocol's value (protocols.py), so they default to None here and
-                      their help gives every protocol's default; `section_overrides` turns the
+                      run's preset's value (protocols.py), so they default to None here and
+                      their help gives every preset's default; `section_overrides` turns the
                       given ones back into {section: {field: value}}.
     field options     other fields (RunConfig's backbone, weights, method, device; ExtractConfig):
                       the dataclass default, or None where a left-out option keeps a stored run's value.
@@ -21,8 +21,9 @@ import typing
 from collections.abc import Iterable
 from typing import Any, Literal, TypeVar
 
-from .config import field_types, flag_of, literal_choices, non_optional, option_of
-from .protocols import PROTOCOLS, overrides
+from .backbones import parse_backbone_name
+from .config import RunConfig, field_types, flag_of, literal_choices, non_optional, option_of
+from .protocols import FAMILY_PRESETS, PRESETS, Preset, check_preset, default_preset, overrides
 
 T = TypeVar("T")
 
@@ -56,22 +57,23 @@ def argument_kwargs(cls: type, f: dataclasses.Field, *, switch: bool) -> dict[st
     return {"type": kind}
 
 
-def protocol_defaults(cls: type, name: str) -> str:
-    """'default: studio X, official Y': the field's value under each protocol."""
+def preset_defaults(cls: type, name: str) -> str:
+    """'default by preset: official X, studio Y, ...': the field's value under each preset."""
     base = cls()
-    values = [f"{p} {overrides(p).get(cls.SECTION, {}).get(name, getattr(base, name))}" for p in PROTOCOLS]
-    return "default: " + ", ".join(values)
+    values = [f"{p} {pr.overrides.get(cls.SECTION, {}).get(name, getattr(base, name))}" for p, pr in PRESETS.items()]
+    return "default by preset: " + ", ".join(values)
 
 
-def add_section_options(p: argparse.ArgumentParser, cls: type) -> None:
-    """One option per exposed field of a config section; left out (None), the protocol's value holds."""
-    for f in exposed_fields(cls):
+def add_section_options(p: argparse.ArgumentParser, cls: type, names: Iterable[str] | None = None) -> None:
+    """One option per exposed field of a config section (all, or those in `names`); left out (None),
+    the preset's value holds."""
+    for f in exposed_fields(cls, names):
         p.add_argument(
             flag_of(f),
             dest=dest_of(f),
             default=None,
             **argument_kwargs(cls, f, switch=False),
-            help=f"{option_of(f).help} ({protocol_defaults(cls, f.name)})",
+            help=f"{option_of(f).help} ({preset_defaults(cls, f.name)})",
         )
 
 
@@ -108,3 +110,38 @@ def field_values(args: argparse.Namespace, cls: type, names: Iterable[str] | Non
 def config_from_args(args: argparse.Namespace, cls: type[T]) -> T:
     """A config built from its options (validated by the config itself)."""
     return cls(**field_values(args, cls))
+
+
+# -- presets -----------------------------------------------------------------------------------
+
+
+def add_preset_option(p: argparse.ArgumentParser, backbone: str = "the backbone's") -> None:
+    """--preset NAME; left out, `backbone` (e.g. "the first backbone's") family picks it."""
+    families = ", ".join(f"{name} for {family}" for family, name in FAMILY_PRESETS.items())
+    p.add_argument(
+        "--preset",
+        default=None,
+        choices=list(PRESETS),
+        help="named settings under the options: "
+        + "; ".join(f"{name}: {preset.description}" for name, preset in PRESETS.items())
+        + f". Default: {backbone} family's ({families}; studio otherwise), or --protocol's own",
+    )
+
+
+def preset_of(args: argparse.Namespace, backbone: str) -> Preset:
+    """--preset, else --protocol's own preset (where the command has one), else `backbone`'s family's."""
+    name = args.preset or getattr(args, "protocol", None) or default_preset(parse_backbone_name(backbone)[0].family)
+    return check_preset(name)
+
+
+def merged(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """`base` with `extra` on top, section by section ({section: {field: value}} dicts)."""
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = {**out.get(key, {}), **value} if isinstance(value, dict) else value
+    return out
+
+
+def preset_sections(args: argparse.Namespace, backbone: str) -> dict[str, dict[str, Any]]:
+    """{section: {field: value}}: the preset's settings with the section options given on top."""
+    return merged(overrides(preset_of(args, backbone).name), section_overrides(args, RunConfig.SECTIONS))

@@ -24,14 +24,13 @@ import torch.nn.functional as F
 
 from . import __version__, distributed
 from .atomic import file_sha256, write_json
-from .backbones import load_backbone
 from .backbones.base import Backbone
-from .config import GuideConfig, RunConfig, SAEConfig, ScoreConfig
+from .config import ExtractConfig, GuideConfig, RunConfig, SAEConfig, ScoreConfig
 from .data import open_dataset
 from .devices import resolve_device
 from .errors import SPGError
 from .guides import GuideBatch, GuideSet, saturation_note, train_guides
-from .inference import Predictor, dictionary_of, load_run_sae, score_store, target_maps
+from .inference import Predictor, dictionary_of, load_run_backbone, load_run_sae, score_store, target_maps
 from .metrics import evaluate, image_auroc
 from .runs import GUIDES_FILE, GUIDES_RECORD_FILE, METRICS_FILE, SAE_FILE, SAE_RECORD_FILE, RunDir
 from .sae import TopKSAE
@@ -43,27 +42,24 @@ from .thresholds import write_run_threshold
 # -- stage 0: tokens ------------------------------------------------------------------------
 
 
-def extract(
-    spec: str,
-    backbone: Backbone,
-    *,
-    cache_dir: str | Path | None = None,
-    skip_bad: bool = False,
-    batch_size: int | None = None,
-    num_workers: int | None = None,
-    progress: bool = True,
-) -> TokenStore:
+def extract(spec: str, backbone: Backbone, io: ExtractConfig | None = None) -> TokenStore:
     """Open dataset `spec` (its test split) and return its (re-used, resumed or new) token store."""
-    dataset = open_dataset(spec, split="test", cache_dir=str(cache_dir) if cache_dir else None)
+    io = io or ExtractConfig()
+    dataset = open_dataset(spec, split="test", cache_dir=io.cache_dir)
     return build_store(
         dataset,
         backbone,
-        cache_dir=cache_dir,
-        skip_bad=skip_bad,
-        batch_size=batch_size,
-        num_workers=num_workers,
-        progress=progress,
+        cache_dir=io.cache_dir,
+        skip_bad=io.skip_bad,
+        batch_size=io.batch_size,
+        num_workers=io.workers,
+        progress=shows_progress(io),
     )
+
+
+def shows_progress(io: ExtractConfig) -> bool:
+    """Progress bars unless `quiet`, and only on the main process (one bar per job under torchrun)."""
+    return not io.quiet and distributed.is_main()
 
 
 # -- stage 1: dictionary --------------------------------------------------------------------
@@ -202,13 +198,8 @@ def environment() -> dict[str, Any]:
 def train_stages(
     cfg: RunConfig,
     out: str | Path,
+    io: ExtractConfig | None = None,
     *,
-    cache_dir: str | Path | None = None,
-    skip_bad: bool = False,
-    batch_size: int | None = None,
-    num_workers: int | None = None,
-    progress: bool = True,
-    compile_backbone: bool = False,
     stages: Iterable[str] = ("sae", "guides"),
     backbone: Backbone | None = None,
 ) -> RunDir:
@@ -219,21 +210,12 @@ def train_stages(
     one (so `spg run` loads the model once for both sets)."""
     if cfg.method == "free_guides":
         cfg = dataclasses.replace(cfg, guides=dataclasses.replace(cfg.guides, variant="free", form="pair"))
+    io = io or ExtractConfig()
+    progress = shows_progress(io)
     run = RunDir(out)
     device = resolve_device(cfg.device)
-    if backbone is None:
-        backbone = load_run_backbone(cfg, device)
-        if compile_backbone:
-            backbone.enable_compile()
-    aux = extract(
-        cfg.aux,
-        backbone,
-        cache_dir=cache_dir,
-        skip_bad=skip_bad,
-        batch_size=batch_size,
-        num_workers=num_workers,
-        progress=progress,
-    )
+    backbone = backbone or load_run_backbone(cfg, device, compile=io.compile)
+    aux = extract(cfg.aux, backbone, io)
     stages = set(stages)
     run.path.mkdir(parents=True, exist_ok=True)
     if "sae" in stages:
@@ -278,30 +260,12 @@ def train_stages(
     return run
 
 
-def load_run_backbone(cfg: RunConfig, device: torch.device, identity: dict[str, Any] | None = None) -> Backbone:
-    """The run's backbone with its protocol's tokens (and, for a stored run, its image size and layer)."""
-    identity = identity or {}
-    return load_backbone(
-        cfg.backbone,
-        cfg.weights,
-        device=device,
-        protocol=cfg.protocol,
-        image_size=identity.get("image_size"),
-        layer=identity.get("layer"),
-    )
-
-
 def evaluate_target(
     run: RunDir,
+    io: ExtractConfig | None = None,
     *,
     target: str | None = None,
-    cache_dir: str | Path | None = None,
-    skip_bad: bool = False,
-    batch_size: int | None = None,
-    num_workers: int | None = None,
-    progress: bool = True,
     metric_options: dict[str, Any] | None = None,
-    compile_backbone: bool = False,
     device: str | None = None,
     backbone: Backbone | None = None,
     score: ScoreConfig | None = None,
@@ -311,21 +275,14 @@ def evaluate_target(
 
     `score`: scoring settings for this evaluation (default: the run's own); `metric_options`
     override evaluate()'s (default smoothing: the score settings' sigma)."""
+    io = io or ExtractConfig()
     cfg = run.run_config()
     predictor = Predictor(
-        run.path, device=device or cfg.device, compile_backbone=compile_backbone, backbone=backbone, score=score
+        run.path, device=device or cfg.device, compile_backbone=io.compile, backbone=backbone, score=score
     )
     score = predictor.cfg.score
     target = target or cfg.target
-    store = extract(
-        target,
-        predictor.backbone,
-        cache_dir=cache_dir,
-        skip_bad=skip_bad,
-        batch_size=batch_size,
-        num_workers=num_workers,
-        progress=progress,
-    )
+    store = extract(target, predictor.backbone, io)
     if store.dim != predictor.dictionary.shape[0]:
         raise SPGError(
             "target tokens and the run's dictionary differ in dimension",
@@ -348,7 +305,7 @@ def evaluate_target(
         maps.numpy(),
         masks.numpy(),
         [r["category"] for r in store.images],
-        progress=progress,
+        progress=shows_progress(io),
         **options,
     )
     metrics["settings"] = {
@@ -369,39 +326,10 @@ def evaluate_target(
 
 
 def run_experiment(
-    cfg: RunConfig,
-    out: str | Path,
-    *,
-    cache_dir: str | Path | None = None,
-    skip_bad: bool = False,
-    batch_size: int | None = None,
-    num_workers: int | None = None,
-    progress: bool = True,
-    compile_backbone: bool = False,
-    metric_options: dict[str, Any] | None = None,
+    cfg: RunConfig, out: str | Path, io: ExtractConfig | None = None, *, metric_options: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     """`spg run`: both training stages on the auxiliary set, then evaluation on the target."""
-    backbone = load_run_backbone(cfg, resolve_device(cfg.device))
-    if compile_backbone:
-        backbone.enable_compile()
-    run = train_stages(
-        cfg,
-        out,
-        backbone=backbone,
-        cache_dir=cache_dir,
-        skip_bad=skip_bad,
-        batch_size=batch_size,
-        num_workers=num_workers,
-        progress=progress,
-    )
-    return evaluate_target(
-        run,
-        cache_dir=cache_dir,
-        skip_bad=skip_bad,
-        batch_size=batch_size,
-        num_workers=num_workers,
-        progress=progress,
-        metric_options=metric_options,
-        device=cfg.device,
-        backbone=backbone,
-    )
+    io = io or ExtractConfig()
+    backbone = load_run_backbone(cfg, resolve_device(cfg.device), compile=io.compile)
+    run = train_stages(cfg, out, io, backbone=backbone)
+    return evaluate_target(run, io, metric_options=metric_options, device=cfg.device, backbone=backbone)

@@ -163,12 +163,6 @@ class TopKSAE(nn.Module):
     def config(self) -> dict[str, Any]:
         return {"dim": self.dim, "width": self.width, "k": self.k, "bias": self.bias}
 
-    def live_atoms(self) -> torch.Tensor:
-        """`[M]` bool: atoms not in the dead-atom mask (all True when no mask was computed)."""
-        if self.dead is None:
-            return torch.ones(self.width, dtype=torch.bool, device=self.W_dec.device)
-        return ~self.dead.to(self.W_dec.device)
-
     def save(self, path: str, extra: dict[str, Any] | None = None) -> None:
         """safetensors weights (+ the dead-atom mask as uint8 `dead_atoms`) with the config
         (and `extra`, e.g. backbone identity) as metadata."""

@@ -38,12 +38,13 @@ import torch
 
 from .atomic import read_json, write_json, write_text
 from .backbones import load_backbone
-from .config import GuideConfig, SAEConfig
+from .config import ExtractConfig, GuideConfig, RunConfig, SAEConfig
 from .context_select import choose_context, parse_context_grid, score_context
 from .devices import resolve_device
 from .errors import SPGError
 from .inference import Scorer, dictionary_of, score_store, target_maps
 from .metrics import evaluate
+from .options import add_field_options, add_preset_option, add_section_options, preset_sections
 from .pipeline import extract, fit_dictionary, fit_guides
 
 CRITERION = ("image_auroc", "pixel_auroc")
@@ -218,7 +219,9 @@ def run_select(
     t0 = time.perf_counter()
     for backbone_name, settings in itertools.groupby(grid, key=lambda s: s.backbone):
         # a finished store is only re-read from the cache
-        store = extract(aux, load_backbone(backbone_name, device=dev), cache_dir=cache_dir, progress=progress)
+        store = extract(
+            aux, load_backbone(backbone_name, device=dev), ExtractConfig(cache_dir=cache_dir, quiet=not progress)
+        )
         folds = category_folds(store.images, max_folds)
         cache: dict = {}
         for setting in settings:
@@ -347,11 +350,14 @@ def parse_grid(args: argparse.Namespace) -> list[Setting]:
 
 
 def cmd_select(args: argparse.Namespace) -> None:
-    sae_cfg = SAEConfig(epochs=args.sae_epochs, seed=args.seed)
-    guide_cfg = GuideConfig(lr=args.guide_lr, seed=args.seed)
+    grid = parse_grid(args)
+    base = preset_sections(args, grid[0].backbone) if grid else {}
+    seeds = {} if args.seed is None else {"seed": args.seed}
+    sae_cfg = SAEConfig(**{**base.get("sae", {}), **seeds})
+    guide_cfg = GuideConfig(**{**base.get("guides", {}), **seeds})
     result = run_select(
         args.aux,
-        parse_grid(args),
+        grid,
         args.out,
         sae_cfg=sae_cfg,
         guide_cfg=guide_cfg,
@@ -393,13 +399,14 @@ def register_cli(sub: Any) -> None:
     p.add_argument("--ks", default="16,32", help="TopK k values")
     p.add_argument("--l1s", default=str(GuideConfig.l1), help="guide L1 lambdas")
     p.add_argument("--guide-epochs", default="30,60", help="guide epochs")
-    p.add_argument("--sae-epochs", type=int, default=10)
-    p.add_argument("--guide-lr", type=float, default=3e-3)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=None, help="seed of both stages (default: the preset's)")
     p.add_argument("--folds", type=int, default=4, help="at most this many folds")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--cache-dir", default=None)
-    p.add_argument("--quiet", action="store_true")
+    # The settings the grid leaves alone: the first backbone's preset, with these on top.
+    add_preset_option(p, "the first backbone's")
+    add_section_options(p, SAEConfig, ["epochs"])
+    add_section_options(p, GuideConfig, ["lr"])
+    add_field_options(p, RunConfig, ["device"])
+    add_field_options(p, ExtractConfig, ["cache_dir", "quiet"])
     p.add_argument(
         "--context-grid",
         default="",

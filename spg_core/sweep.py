@@ -28,11 +28,12 @@ from tqdm.auto import tqdm
 
 from .atomic import atomic_path, write_json, write_text
 from .backbones import load_backbone
-from .config import GuideConfig, SAEConfig
+from .config import ExtractConfig, GuideConfig, RunConfig, SAEConfig
 from .devices import resolve_device
 from .errors import SPGError
 from .inference import Scorer, dictionary_of, score_store, target_maps
 from .metrics import METRIC_KEYS, image_metrics_by_category, mean_over_categories, pixel_metrics_by_category
+from .options import add_field_options, add_preset_option, add_section_options, preset_sections
 from .pipeline import extract, fit_dictionary, fit_guides
 from .scoring import image_scores
 
@@ -128,8 +129,8 @@ def run_sweep(
     bar = tqdm(total=len(backbones) * len(pairs) * len(guides), desc="sweep", unit="setting", disable=not progress)
     for backbone in backbones:
         bb = load_backbone(backbone, device=dev)
-        aux_store = extract(aux, bb, cache_dir=cache_dir, progress=progress)
-        tgt_store = extract(target, bb, cache_dir=cache_dir, progress=progress)
+        io = ExtractConfig(cache_dir=cache_dir, quiet=not progress)
+        aux_store, tgt_store = extract(aux, bb, io), extract(target, bb, io)
         masks = tgt_store.masks(range(tgt_store.num_images)).numpy().astype(np.uint8)
         labels = tgt_store.labels()
         cats = np.array([r["category"] for r in tgt_store.images])
@@ -283,16 +284,18 @@ def write_figures(frame: pd.DataFrame, out: Path) -> list[str]:
 
 
 def cmd_sweep(args: argparse.Namespace) -> None:
+    backbones = [b for b in args.backbones.split(",") if b]
+    base = preset_sections(args, backbones[0]) if backbones else {}
     frame = run_sweep(
         aux=args.aux,
         target=args.target,
-        backbones=[b for b in args.backbones.split(",") if b],
+        backbones=backbones,
         widths=_ints(args.widths),
         ks=_ints(args.ks),
         guides=parse_guides(args.guides),
         aggregations=parse_aggregations(args.aggregations),
-        base_sae=SAEConfig(epochs=args.sae_epochs),
-        base_guides=GuideConfig(epochs=args.guide_epochs),
+        base_sae=SAEConfig(**base.get("sae", {})),
+        base_guides=GuideConfig(**base.get("guides", {})),
         out=args.out,
         device=args.device,
         cache_dir=args.cache_dir,
@@ -317,9 +320,10 @@ def register_cli(sub: Any) -> None:
     p.add_argument(
         "--aggregations", default="max,mean,lse:0.01,lse:0.1,lse:1", help="max, mean, lse:T, comma-separated"
     )
-    p.add_argument("--sae-epochs", type=int, default=SAEConfig.epochs)
-    p.add_argument("--guide-epochs", type=int, default=GuideConfig.epochs)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--cache-dir", default=None)
-    p.add_argument("--quiet", action="store_true")
+    # The settings the grid leaves alone: the first backbone's preset, with these on top.
+    add_preset_option(p, "the first backbone's")
+    add_section_options(p, SAEConfig, ["epochs"])
+    add_section_options(p, GuideConfig, ["epochs", "lr"])
+    add_field_options(p, RunConfig, ["device"])
+    add_field_options(p, ExtractConfig, ["cache_dir", "quiet"])
     p.set_defaults(func=cmd_sweep)

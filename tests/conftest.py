@@ -1,10 +1,11 @@
 """Shared fixtures: one private cache for the whole session (synthetic data, token stores),
 and the test tiers.
 
-Tiers: a test that needs a full run of the builtin backbone on the synthetic groups (minutes
-on 2 CPU cores, through one of `SLOW_FIXTURES`) is marked `slow` here, so that
-`python -m pytest -m "not slow and not browser"` is the quick loop; other minute-long tests
-carry `@pytest.mark.slow` themselves. The plain `python -m pytest` runs everything.
+Tiers: a minute-long test carries `@pytest.mark.slow` (one mechanism: the marker, on the test,
+its module's `pytestmark` or its `pytest.param`), so that `python -m pytest -m "not slow and not
+browser"` is the quick loop; a test that uses one of `SLOW_FIXTURES` (a full run of the builtin
+backbone on the synthetic groups) without the marker is refused at collection. The plain
+`python -m pytest` runs everything.
 """
 
 import os
@@ -21,16 +22,21 @@ SLOW_FIXTURES = frozenset(
         "damaged_root",  # test_dashboard: built from runs_root
     }
 )
-# One case of a parametrised test: the builtin backbone's features take seconds per image
-# (40 s for this test on 2 busy cores, 2026-11-29), the tiny models' cases milliseconds.
-SLOW_CASES = frozenset({"test_backbones.py::test_batch_independence[builtin]"})
 
 
 def pytest_collection_modifyitems(config, items):
-    for item in items:
-        case = f"{item.path.name}::{item.name}"
-        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) or case in SLOW_CASES:
-            item.add_marker(pytest.mark.slow)
+    """The one `slow` mechanism is the marker on the test; a test that reaches a slow fixture
+    without it would put minutes into the quick tier, so collection refuses it."""
+    unmarked = [
+        item.nodeid
+        for item in items
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) and item.get_closest_marker("slow") is None
+    ]
+    if unmarked:
+        raise pytest.UsageError(
+            "these tests use a slow fixture (" + ", ".join(sorted(SLOW_FIXTURES)) + ") without "
+            "@pytest.mark.slow: " + ", ".join(unmarked)
+        )
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -54,7 +60,7 @@ def keep_main_module():
     """Put pytest's `sys.modules["__main__"]` back after every test.
 
     Streamlit's AppTest installs the page script it ran as `__main__` and leaves it there; a
-    process started later with the "spawn" method (tests/distributed_support.run_world) then
+    process started later with the "spawn" method (tests/helpers/distributed_support.run_world) then
     re-executes that page script in every child before the worker runs. That rerun of the whole
     app inside a gloo rank aborted one rank in CI (SIGABRT, "terminate called without an active
     exception"), depending on which dashboard test ran last."""

@@ -38,7 +38,7 @@ from spg_core.atoms import (
 from spg_core.atoms.index import patch_mask_fraction, store_chunks
 from spg_core.atoms.stats import TAGS
 from spg_core.cli import main as spg_main
-from spg_core.config import GuideConfig, RunConfig, SAEConfig
+from spg_core.config import ExtractConfig, GuideConfig, RunConfig, SAEConfig
 from spg_core.errors import SPGError
 from spg_core.images import load_image
 from spg_core.inference import Predictor
@@ -61,7 +61,7 @@ def run_dir(tmp_path_factory) -> Path:
         sae=SAEConfig(width=128, k=8, epochs=2),
         guides=GuideConfig(epochs=2),
     )
-    run_experiment(cfg, root / "run", progress=False)  # session cache: shared synthetic data and stores
+    run_experiment(cfg, root / "run", ExtractConfig(quiet=True))  # session cache: shared synthetic data and stores
     return root / "run"
 
 
@@ -130,6 +130,7 @@ def _brute_force_index(store: TokenStore, sae, top_p: int):
 # -- 1. ranking ------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_dead_atoms_are_never_ranked(predictor, run_dir, capsys):
     """The SAE's dead-atom mask (atoms that never fire on the auxiliary set) is saved with it and
     zeroes those atoms in both guides, so neither `rank_atoms` nor `spg atoms` can list one.
@@ -145,6 +146,7 @@ def json_dead(run_dir) -> int:
     return json.loads((Path(run_dir) / "sae.json").read_text())["dead_atoms"]
 
 
+@pytest.mark.slow
 def test_ranking_is_sorted_and_shares_sum_to_one(predictor):
     ranked = rank_atoms(predictor.guides)
     coef = predictor.guides.coefficients()
@@ -162,6 +164,7 @@ def test_ranking_is_sorted_and_shares_sum_to_one(predictor):
 # -- 2. attribution --------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_contributions_sum_to_logits(predictor):
     store = TokenStore(predictor.config_json["target_store"])
     tokens = store.tokens([0, 5, 40])
@@ -176,6 +179,7 @@ def test_contributions_sum_to_logits(predictor):
     assert attr.contrib_a.shape == (3, store.num_patches, len(predictor.guides.active_atoms()[1]))
 
 
+@pytest.mark.slow
 def test_top_atoms_per_patch_and_image(predictor):
     store = TokenStore(predictor.config_json["target_store"])
     attr = attribute(store.tokens([1, 2]), predictor.dictionary, predictor.guides)
@@ -192,6 +196,7 @@ def test_top_atoms_per_patch_and_image(predictor):
     torch.testing.assert_close(img_vals[:, 0], expected.max(-1).values)
 
 
+@pytest.mark.slow
 def test_attribution_of_a_new_image(predictor, aux):
     image = load_image(aux.images[3]["image_path"])
     out = predictor.predict_images([image])
@@ -202,6 +207,7 @@ def test_attribution_of_a_new_image(predictor, aux):
 # -- 3. streaming index ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_streaming_index_equals_brute_force(predictor, small_store):
     sae = predictor.sae
     # 3000 tokens -> 2 images (of 1024 patches) per chunk: chunks straddle nothing, shards hold 7, 7, 6.
@@ -225,6 +231,7 @@ def test_streaming_index_equals_brute_force(predictor, small_store):
     assert (index.values > 0).sum() > index.width  # the test compares real entries
 
 
+@pytest.mark.slow
 def test_memory_is_bounded_by_chunks(predictor, small_store):
     sae = predictor.sae
     seen: list[int] = []
@@ -246,6 +253,7 @@ def test_memory_is_bounded_by_chunks(predictor, small_store):
     assert small.values.shape == (sae.width, TOP_P)
 
 
+@pytest.mark.slow
 def test_stream_top_p_on_a_plain_iterator(predictor, small_store):
     """The streaming core runs on any iterator of chunks (what the benchmark feeds it)."""
     sae = predictor.sae
@@ -264,6 +272,7 @@ def test_stream_top_p_on_a_plain_iterator(predictor, small_store):
 # -- 4. heatmaps and crops -------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_heatmap_peaks_at_the_most_active_patch(predictor, aux, built):
     index, _ = built
     atom = int(index.values[:, 0].argmax())
@@ -280,6 +289,7 @@ def test_heatmap_peaks_at_the_most_active_patch(predictor, aux, built):
     assert float(heat.max()) <= float(act.max()) + 1e-6
 
 
+@pytest.mark.slow
 def test_patch_crop_geometry(aux):
     size, grid = aux.image_size, aux.grid
     cell = size // grid[1]
@@ -296,6 +306,7 @@ def test_patch_crop_geometry(aux):
 # -- 5. statistics and tags ------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_stats_columns_are_in_range_and_consistent(built, predictor, aux):
     index, stats = built
     assert len(stats) == index.width and stats["atom"].tolist() == list(range(index.width))
@@ -339,6 +350,7 @@ def ablator(predictor) -> Ablator:
     return Ablator(predictor)
 
 
+@pytest.mark.slow
 def test_empty_ablation_reproduces_the_run(ablator, run_dir):
     probs, scores, _ = RunDir(run_dir).read_target()
     base = ablator.ablate()
@@ -349,6 +361,7 @@ def test_empty_ablation_reproduces_the_run(ablator, run_dir):
         assert base.metrics["mean"][key] == pytest.approx(value, abs=1e-6), key
 
 
+@pytest.mark.slow
 def test_ablations_change_what_they_should(ablator, predictor):
     base = ablator.baseline()
     anomaly = [a["atom"] for a in rank_atoms(predictor.guides)["anomaly"]]
@@ -377,6 +390,7 @@ def test_ablations_change_what_they_should(ablator, predictor):
 # -- persistence, errors, CLI ----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_save_load_round_trip_is_exact(built, run_dir, aux, predictor):
     index, stats = built
     fresh = build_atom_index(aux, predictor.sae, top_p=TOP_P, device="cpu")
@@ -390,6 +404,7 @@ def test_save_load_round_trip_is_exact(built, run_dir, aux, predictor):
     assert (Path(run_dir) / "atoms" / "stats.csv").is_file() and (Path(run_dir) / "atoms" / "index.json").is_file()
 
 
+@pytest.mark.slow
 def test_missing_damaged_or_stale_atoms_raise_with_the_fix(run_dir, built, tmp_path):
     copy = tmp_path / "run"
     shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("atoms"))
@@ -409,6 +424,7 @@ def test_missing_damaged_or_stale_atoms_raise_with_the_fix(run_dir, built, tmp_p
         load_atoms(copy)
 
 
+@pytest.mark.slow
 def test_cli_builds_index_and_gallery(run_dir, built, capsys):
     assert (
         spg_main(["atoms", "--run", str(run_dir), "--gallery", "2", "--per-atom", "3", "--quiet", "--device", "cpu"])

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
-from dashboard_support import BROWSER_ARGS, CHROMIUM, READY_TIMEOUT_MS, VIEWPORT, small_runs_root, wait_ready
+from helpers.dashboard_support import BROWSER_ARGS, CHROMIUM, READY_TIMEOUT_MS, VIEWPORT, small_runs_root, wait_ready
 
 from spg_core.launch import free_port, start_server, stop_server, wait_until_healthy
 from spg_core.runs import RunDir

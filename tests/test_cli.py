@@ -114,6 +114,22 @@ def _config(argv: list[str]) -> RunConfig:
     return cli._config_from(cli.build_parser().parse_args(argv))
 
 
+def test_a_backbone_takes_its_familys_preset_unless_one_is_named():
+    effnet = ["run", "--aux", "synthetic-a", "--target", "synthetic-b", "--out", "unused", "--backbone", "effnet-lite0"]
+    cfg = _config(effnet)  # docs/effnet.md's settings, not the paper's M 4096 x 50 epochs
+    assert (cfg.protocol, cfg.sae.width, cfg.sae.k, cfg.sae.epochs) == ("studio", 512, 32, 10)
+    assert (cfg.guides.epochs, cfg.guides.lr) == (30, 3e-3)
+    paper = _config([*effnet, "--preset", "studio"])
+    assert (paper.sae.width, paper.sae.epochs) == (4096, 50)
+    given = _config([*effnet, "--width", "1024"])  # an explicit option still wins over the preset
+    assert (given.sae.width, given.sae.epochs) == (1024, 10)
+    assert _config(TINY_STUDIO).sae.width == 512  # builtin: the demo's sizes
+    official = _config([*effnet, "--preset", "official"])
+    assert official.protocol == "official" and official.sae.width == 4096
+    help_text = " ".join(_command("run").format_help().split())
+    assert "effnet for effnet" in help_text and "effnet 512" in help_text
+
+
 def test_an_explicit_option_overrides_the_protocol_and_a_left_out_one_keeps_it():
     default = _config(TINY_OFFICIAL)
     assert default.protocol == "official"

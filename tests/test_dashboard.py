@@ -18,10 +18,10 @@ import pandas as pd
 import pytest
 import streamlit as st
 import torch
-from dashboard_support import RUN, TWIN, damaged_runs_root, small_runs_root
+from helpers.dashboard_support import RUN, TWIN, damaged_runs_root, small_runs_root
 from PIL import Image
 
-from dashboard import state
+from dashboard import run_view
 from dashboard.viewmodels import health, targets
 from spg_core import demo, run_paths, thresholds, uploads
 from spg_core.atomic import write_json
@@ -429,7 +429,7 @@ def test_models_are_shared_between_sessions(runs_root, monkeypatch):
             built.append(args[0])
             super().__init__(*args, **kwargs)
 
-    monkeypatch.setattr(state, "Predictor", Counting)  # the name the cached loader calls
+    monkeypatch.setattr(run_view, "Predictor", Counting)  # the name RunView.predictor calls
     for _ in range(2):
         open_app(runs_root, monkeypatch, page="atoms.py", run=RUN)
     assert len(built) == 1
@@ -760,6 +760,7 @@ def test_an_atoms_top_patch_opens_its_auxiliary_image_in_the_region_view(runs_ro
     assert codes[cell_patches(rows, cols, store.grid), atom].mean() > 0
 
 
+@pytest.mark.slow
 def test_atoms_page_kind_heatmap_opens_a_cells_patches(runs_root, monkeypatch):
     at = open_app(runs_root, monkeypatch, page="atoms.py", run=RUN)
     k = f"{RUN}::atoms::"

@@ -1,7 +1,7 @@
 """torch.distributed on CPU (gloo, 2 spawned processes): extraction, SAE training, atom index, sharded top-k.
 
 Each test compares a 2-rank result with the single-process one on the same data. Workers are in
-tests/distributed_support.py; every spawned world is bounded by a timeout.
+tests/helpers/distributed_support.py; every spawned world is bounded by a timeout.
 """
 
 import json
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from distributed_support import (
+from helpers.distributed_support import (
     PatchBackbone,
     extract_worker,
     index_worker,

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from tiny_data import TINY_RUN_ARGS, tiny_pair
+from helpers.tiny_data import TINY_RUN_ARGS, tiny_pair
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -11,7 +11,7 @@ import json
 
 import pytest
 import torch
-from tiny_data import TINY_RUN_ARGS, TINY_TARGET, tiny_pair
+from helpers.tiny_data import TINY_RUN_ARGS, TINY_TARGET, tiny_pair
 
 from spg_core.cli import main
 from spg_core.guides import GuideSet

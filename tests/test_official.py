@@ -16,11 +16,11 @@ import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter
 
 from spg_core.backbones import load_backbone, parse_backbone_name
-from spg_core.config import GuideConfig, RunConfig, SAEConfig
+from spg_core.config import GuideConfig, RunConfig, SAEConfig, ScoreConfig
 from spg_core.errors import SPGError
 from spg_core.guides import GuideBatch, GuideSet, official_guide_loss, train_guides
 from spg_core.inference import Scorer
-from spg_core.protocols import OFFICIAL, default_protocol, overrides
+from spg_core.protocols import OFFICIAL, PRESETS, default_preset, overrides
 from spg_core.sae import SparseCode, TopKSAE
 from spg_core.sae_train import auxk_dead_steps, dead_atom_mask, loss_with_auxk, mark_silent_steps, train_sae
 
@@ -49,10 +49,11 @@ def _reference_forward(sae: TopKSAE, x: torch.Tensor, k: int) -> tuple[torch.Ten
 
 
 def test_protocol_defaults_by_backbone_family():
-    family = {name: parse_backbone_name(name)[0].family for name in ("dinov3-vitl16", "openclip-vitl14-336-tiny")}
-    assert default_protocol(family["dinov3-vitl16"]) == OFFICIAL
-    assert default_protocol(family["openclip-vitl14-336-tiny"]) == OFFICIAL
-    assert default_protocol(parse_backbone_name("builtin")[0].family) == "studio"
+    def protocol(name: str) -> str:
+        return PRESETS[default_preset(parse_backbone_name(name)[0].family)].protocol
+
+    assert protocol("dinov3-vitl16") == protocol("openclip-vitl14-336-tiny") == OFFICIAL
+    assert protocol("builtin") == protocol("effnet-lite0") == "studio"
     cfg = RunConfig.from_dict({**overrides(OFFICIAL), "protocol": OFFICIAL})
     assert (cfg.sae.k, cfg.sae.width, cfg.sae.auxk, cfg.sae.bias, cfg.sae.adam_betas) == (
         32,
@@ -242,7 +243,7 @@ def test_smoothed_map_and_image_score_match_scipy():
     g = torch.Generator().manual_seed(0)
     tokens = torch.randn(2, 16, 8, generator=g)
     guides = torch.randn(2, 8, generator=g)
-    scorer = Scorer(guides, 0.07, (4, 4), 32, "max", 0.1, 4.0, "smoothed_map")
+    scorer = Scorer(guides, 0.07, (4, 4), 32, ScoreConfig(smoothing_sigma=4.0, image_score="smoothed_map"))
     _probs, maps, scores = scorer(tokens)
     # The official map (p_a + 1 - p_n) / 2 from the 2-class softmax, upsampled channel-wise.
     sim = F.cosine_similarity(tokens[:, :, None], guides[None, None], dim=-1)
@@ -258,7 +259,7 @@ def test_cls_image_score_is_the_global_softmax():
     g = torch.Generator().manual_seed(1)
     tokens, cls = torch.randn(3, 16, 8, generator=g), torch.randn(3, 8, generator=g)
     local, glob = torch.randn(2, 8, generator=g), torch.randn(2, 8, generator=g)
-    scorer = Scorer(local, 0.07, (4, 4), 16, image_score="cls", global_guides=glob)
+    scorer = Scorer(local, 0.07, (4, 4), 16, ScoreConfig(image_score="cls"), global_guides=glob)
     _, _, scores = scorer(tokens, cls)
     sim = F.cosine_similarity(cls[:, None], glob[None], dim=-1)
     torch.testing.assert_close(scores, torch.softmax(sim / 0.07, -1)[:, 1], atol=ATOL, rtol=0)

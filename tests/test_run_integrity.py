@@ -1,5 +1,5 @@
 """Run-directory integrity and bad-input handling, on one tiny official-protocol run
-(dinov2-large-tiny, a 6-image folder dataset, M 64, one epoch per stage: ~20 s on 2 cores)."""
+(the tiny run of helpers/tiny_data.py on a 6-image folder dataset: seconds on 2 cores)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers.tiny_data import TINY_RUN_ARGS
 from PIL import Image
 
 from dashboard.viewmodels.health import check_run
@@ -19,23 +20,7 @@ from spg_core.errors import SPGError
 from spg_core.images import load_image
 from spg_core.runs import METRICS_FILE, PATCH_MAPS_FILE, RunDir
 
-TINY = [
-    "--backbone",
-    "dinov2-large-tiny",
-    "--width",
-    "64",
-    "--k",
-    "4",
-    "--sae-epochs",
-    "1",
-    "--guide-epochs",
-    "1",
-    "--device",
-    "cpu",
-    "--quiet",
-    "--workers",
-    "0",
-]
+TINY = [*TINY_RUN_ARGS, "--workers", "0"]  # decoding in-process: the folder sets here are 6 images
 
 
 def _write_folder(root: Path, n_good: int = 3, n_bad: int = 3, size: int = 64, seed: int = 0) -> Path:

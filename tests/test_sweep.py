@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 import pytest
-from tiny_data import TINY_BACKBONE, TINY_TARGET, tiny_pair
+from helpers.tiny_data import TINY_BACKBONE, TINY_TARGET, tiny_pair
 
 from spg_core.config import GuideConfig, SAEConfig
 from spg_core.metrics import METRIC_KEYS

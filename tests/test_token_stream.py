@@ -4,7 +4,7 @@ import threading
 
 import pytest
 import torch
-from distributed_support import PatchBackbone, write_images
+from helpers.distributed_support import PatchBackbone, write_images
 
 from spg_core import distributed
 from spg_core.store import build_store

@@ -14,6 +14,7 @@ their family is loaded, so importing `spg_core.backbones` stays cheap.
 from __future__ import annotations
 
 import difflib
+import importlib.util
 from dataclasses import dataclass
 
 import torch
@@ -222,6 +223,11 @@ def load_backbone(
     """
     spec, variant = parse_backbone_name(name)
     dev = resolve_device(device)
+    if spec.family == "openclip" and importlib.util.find_spec("open_clip") is None:
+        raise SPGError(
+            f"backbone '{name}' needs open_clip, which the base install leaves out",
+            fix='pip install "spg-studio[openclip]" (or pip install open_clip_torch)',
+        )
     if variant is not None and weights is not None:
         raise SPGError(
             f"backbone '{name}' is random-initialised and takes no weights (got '{weights}')",

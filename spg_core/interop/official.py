@@ -27,7 +27,7 @@ import torch
 
 from ..atomic import file_sha256, write_json
 from ..backbones import load_backbone
-from ..config import RunConfig
+from ..config import ExtractConfig, RunConfig
 from ..errors import SPGError
 from ..guides import GuideSet
 from ..pipeline import extract
@@ -218,7 +218,7 @@ def import_official(
         "imported_from": {"code": "riips/SPG", **sources, "guides_copy": "ema" if ema else "raw"},
     }
     if aux:
-        extra["aux_store"] = str(extract(aux, bb, progress=False).root)
+        extra["aux_store"] = str(extract(aux, bb, ExtractConfig(quiet=True)).root)
     run.path.mkdir(parents=True, exist_ok=True)
     run.write_config(cfg, extra)
     sae.save(str(run.file(SAE_FILE)), {"backbone": bb.identity(), "method": "spg", "imported": True})

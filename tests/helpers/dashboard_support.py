@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from spg_core.atoms import build_atoms
-from spg_core.config import GuideConfig, RunConfig, SAEConfig
+from spg_core.config import ExtractConfig, GuideConfig, RunConfig, SAEConfig
 from spg_core.pipeline import run_experiment
 from spg_core.report import write_reports
 
@@ -35,7 +35,7 @@ def small_config() -> RunConfig:
 
 def build_small_run(out: Path) -> Path:
     """run_experiment + reports + atoms into `out` (SPG_CACHE decides where the tokens go)."""
-    run_experiment(small_config(), out, progress=False)
+    run_experiment(small_config(), out, ExtractConfig(quiet=True))
     write_reports(out)
     build_atoms(out, progress=False, device="cpu")
     return out
