@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.tiny_data import TINY_RUN_ARGS, tiny_pair
 from streamlit.testing.v1 import AppTest
 from test_select import _TOUCHED, _small_set, guard  # noqa: F401  (guard: the audit-hook fixture)
-from tiny_data import TINY_RUN_ARGS, tiny_pair
 
 from spg_core import run_paths
 from spg_core.cli import main
@@ -128,6 +128,7 @@ def _run(tmp_path, *extra: str) -> tuple[str, int]:
     return out, code
 
 
+@pytest.mark.slow  # ~70 s on 2 contended cores (2026-12-07): a tiny run, then scoring it
 def test_official_maps_are_unchanged_bit_for_bit(tmp_path):
     run, code = _run(tmp_path, "--protocol", "official")
     assert code == 0
@@ -144,6 +145,7 @@ def test_official_maps_are_unchanged_bit_for_bit(tmp_path):
     assert RunDir(run).file(PATCH_MAPS_FILE).read_bytes() == stored
 
 
+@pytest.mark.slow  # ~80 s on 2 contended cores (2026-12-07): a tiny run, then scoring it
 def test_a_context_run_records_its_weight_and_scores_the_fused_map(tmp_path):
     run, code = _run(tmp_path, "--protocol", "studio", "--context", "--context-form", "logit", "--context-weight", "2")
     assert code == 0
@@ -252,6 +254,7 @@ def test_region_context_names_the_atom_that_makes_the_region_unusual():
     assert 0 not in [r["atom"] for r in out["atoms"]]  # atom 0 fires everywhere: it lowers the term here
 
 
+@pytest.mark.slow  # ~85 s on 2 contended cores (2026-12-07): a tiny run, then scoring it
 def test_methods_page_shows_three_maps_and_the_engines_figures(tmp_path, monkeypatch):
     aux, target = tiny_pair(tmp_path / "data")
     run = tmp_path / "runs" / "ctx"
