@@ -351,7 +351,9 @@ def parse_grid(args: argparse.Namespace) -> list[Setting]:
 
 def cmd_select(args: argparse.Namespace) -> None:
     grid = parse_grid(args)
-    base = preset_sections(args, grid[0].backbone) if grid else {}
+    # --guide-epochs is a grid option here ("30,60"), not GuideConfig.epochs: keep it out of the preset's overrides
+    fixed = argparse.Namespace(**{k: v for k, v in vars(args).items() if k != "guide_epochs"})
+    base = preset_sections(fixed, grid[0].backbone) if grid else {}
     seeds = {} if args.seed is None else {"seed": args.seed}
     sae_cfg = SAEConfig(**{**base.get("sae", {}), **seeds})
     guide_cfg = GuideConfig(**{**base.get("guides", {}), **seeds})
