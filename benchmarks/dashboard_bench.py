@@ -12,6 +12,9 @@
    one, as the server does, and the compile cost is printed on its own line.
    Two more rows: the Anomaly maps page after a new region is chosen, on a
    target and on an auxiliary image (the region -> atoms query uncached).
+   And the atom switch: Atom detail re-run after picking an atom not shown
+   before in this session (every per-atom view of that atom uncached; the run's
+   models and summaries loaded). Target for the atom views: < 1 s.
 2. Memory: `spg dashboard`'s server is started, 1 then 5 headless Chromium
    pages open the Anomaly maps page, and the server's RSS is read from
    /proc/PID/status. Sessions share the models (st.cache_resource), so the
@@ -40,8 +43,13 @@ sys.path.insert(0, str(ROOT / "tests"))  # helpers/, shared with the tests
 
 from helpers.dashboard_support import BROWSER_ARGS, CHROMIUM  # noqa: E402
 
-PAGES = ["runs.py", "maps.py", "atoms.py", "atom_detail.py", "backbones.py", "try_image.py"]
+PAGES = [
+    p
+    for p in ["runs.py", "maps.py", "atoms.py", "dictionary.py", "atom_detail.py", "backbones.py", "try_image.py"]
+    if (ROOT / "pages" / p).is_file()  # the same script measures an older tree (before/after figures)
+]
 TARGET_MS = 300.0
+ATOM_TARGET_MS = 1000.0
 
 
 def rss_mb(pid: int) -> float:
@@ -113,6 +121,29 @@ def region_times(runs_root: Path, run: str, reruns: int, source: str = "target s
         if at.exception:
             raise RuntimeError(f"maps.py region ({source}): {[e.value for e in at.exception]}")
     return statistics.median(times), max(times)
+
+
+def atom_switch_times(runs_root: Path, run: str, reruns: int) -> tuple[float, float, float]:
+    """(first open ms, median ms, max ms) of Atom detail: the page's first open in a session (the
+    run's models loaded by the other pages, its atom views not), then a rerun after picking each of
+    `reruns` atoms not shown before in this session (their tiles, histograms and neighbours uncached)."""
+    os.environ[RUNS_ENV] = str(runs_root)
+    at = AppTest.from_file(str(ROOT / "dashboard" / "app.py"), default_timeout=600)
+    at.run()
+    at.selectbox(key="run").set_value(run).run()
+    t0 = time.perf_counter()
+    at.switch_page(str(ROOT / "pages" / "atom_detail.py")).run()
+    first = 1000 * (time.perf_counter() - t0)
+    pick = at.selectbox(key=f"{run}::atom::pick")
+    options = [int(str(o).split()[0].lstrip("#")) for o in pick.options]
+    times = []
+    for atom in options[1 : reruns + 1]:
+        t0 = time.perf_counter()
+        at.selectbox(key=f"{run}::atom::pick").set_value(atom).run()
+        times.append(1000 * (time.perf_counter() - t0))
+        if at.exception:
+            raise RuntimeError(f"atom_detail.py atom {atom}: {[e.value for e in at.exception]}")
+    return first, statistics.median(times), max(times)
 
 
 def _first_sample(run_dir: Path) -> str:
@@ -196,6 +227,10 @@ def main(argv: list[str] | None = None) -> int:
         median, worst = region_times(runs_root, run, args.reruns, source)
         flag = "ok" if median < TARGET_MS else "SLOW"
         print(f"{label:<18}{median:>10.1f}{worst:>10.1f}  {flag}  (a new region each rerun: uncached query)")
+    first, median, worst = atom_switch_times(runs_root, run, args.reruns)
+    flag = "ok" if median < ATOM_TARGET_MS else "SLOW"
+    print(f"{'atom switch':<18}{median:>10.1f}{worst:>10.1f}  {flag}  (a new atom each rerun; target < 1 s)")
+    print(f"{'atom detail open':<18}{first:>10.1f}{'':>10}  (first open in a session, atom views cold)")
 
     if args.no_browser:
         return 0

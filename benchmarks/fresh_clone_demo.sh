@@ -1,6 +1,7 @@
 #!/bin/bash
 # Time the README's first command from a fresh clone: install, then `spg dashboard --demo` until the
-# server answers; then a second start with the runs present. Run it on an idle machine.
+# server answers (it serves at once and builds the demo runs beside it); then a second start.
+# benchmarks/demo_start.py times the dashboard alone (no clone, no install), several starts. Run it on an idle machine.
 #   bash benchmarks/fresh_clone_demo.sh [REPO (default: this checkout)] [WORK (default /tmp/spg_fresh)]
 # The venv sees the machine's installed packages (--system-site-packages): on a machine without
 # torch and the other wheels, their download comes on top of the install figure.
@@ -25,5 +26,5 @@ spg dashboard --demo --port "$PORT" >"$WORK/dashboard2.log" 2>&1 &
 until healthy; do sleep 0.2; done
 t4=$(date +%s.%N)
 kill $! && wait $! 2>/dev/null || true
-python -c "print(f'install {$t1-$t0:.1f} s; dashboard answering {$t2-$t0:.1f} s after the command started; '
-             f'second start (runs present) {$t4-$t3:.1f} s')"
+python -c "print(f'install {$t1-$t0:.1f} s; dashboard answering {$t2-$t1:.1f} s after spg dashboard --demo started '
+             f'(the demo runs build beside it); second start {$t4-$t3:.1f} s')"

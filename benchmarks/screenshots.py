@@ -4,7 +4,7 @@
 
 The only command that writes docs/screenshots/ (the browser tests write to a temporary folder).
 Starts `spg dashboard`'s server over RUNS_ROOT (e.g. the demo runs), opens each page of
-PAGE_SPECS at 1600 px with RUN chosen, waits until it is drawn, and saves one PNG per page.
+PAGE_SPECS at 1600 px on RUN (`?run=RUN`), waits until it is drawn, and saves one PNG per page.
 Needs Debian's chromium and Playwright for Python (no browser download).
 """
 
@@ -36,14 +36,8 @@ def take(runs: Path, out: Path, run: str | None) -> list[Path]:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
             page = browser.new_context(viewport=VIEWPORT).new_page()
             for script, title, _, url in PAGE_SPECS:
-                page.goto(f"http://localhost:{port}/{url}")
+                page.goto(f"http://localhost:{port}/{url}" + (f"?run={run}" if run else ""))  # a link to the run
                 wait_ready(page, title)
-                if run:
-                    picker = page.get_by_role("combobox", name="Run")  # the sidebar's run selectbox
-                    if picker.count():
-                        picker.first.click()
-                        page.get_by_role("option", name=run, exact=True).click()
-                        wait_ready(page, title)
                 out.mkdir(parents=True, exist_ok=True)
                 path = out / f"{Path(script).stem}.png"
                 page.screenshot(path=str(path))
@@ -74,7 +68,7 @@ def take(runs: Path, out: Path, run: str | None) -> list[Path]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", required=True, type=Path, help="runs root to show (e.g. the demo's)")
-    parser.add_argument("--run", default=None, help="run to choose in the sidebar (default: the newest)")
+    parser.add_argument("--run", default=None, help="run to open (default: the one the app lands on)")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "screenshots")
     args = parser.parse_args()
     take(args.runs, args.out, args.run)

@@ -81,8 +81,16 @@ def kind_heatmap_figure(
             hovertemplate="%{y}<br>%{x}<br>mean activation %{customdata:.3f}<extra></extra>",
         )
     )
-    fig.update_yaxes(type="category", autorange="reversed", tickfont=dict(size=11))
-    fig.update_xaxes(type="category", tickangle=-35, tickfont=dict(size=11), side="top")
+    fig.update_yaxes(
+        type="category", autorange="reversed", tickfont=dict(size=13), title=dict(text="atom (id, tag)", standoff=4)
+    )
+    fig.update_xaxes(
+        type="category",
+        tickangle=-35,
+        tickfont=dict(size=13),
+        side="bottom",
+        title=dict(text="auxiliary defect kind (category / defect type)", standoff=4),
+    )
     return _layout(fig, height, clickmode="event+select", dragmode=False)
 
 
@@ -161,6 +169,17 @@ def category_bar_figure(values: pd.Series, title: str, height: int = 260) -> go.
     return _layout(fig, height, title=dict(text=title, x=0.02, font=dict(size=14)))
 
 
+def difference_range(values: Any, pad: float = 0.25) -> list[float]:
+    """A bar axis that shows differences: from a little below the smallest value to a little above the
+    largest (within 0-100 %), not from 0, where 95 and 97 would look the same."""
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    if not v.size:
+        return [0.0, 100.0]
+    span = max(float(v.max() - v.min()), 2.0)
+    return [max(0.0, float(v.min()) - pad * span), min(100.0, float(v.max()) + pad * span)]
+
+
 def grouped_metric_figure(long: pd.DataFrame, metric: str, height: int = 420) -> go.Figure:
     """Per-category bars of one metric, one colour per run (Backbones page)."""
     data = long[long["metric"] == metric]
@@ -175,7 +194,7 @@ def grouped_metric_figure(long: pd.DataFrame, metric: str, height: int = 420) ->
                 hovertemplate=f"{run}<br>%{{x}}: %{{y:.1f}}%<extra></extra>",
             )
         )
-    fig.update_yaxes(title=f"{metric} (%)", range=[0, 100], gridcolor="#E3E7F2")
+    fig.update_yaxes(title=f"{metric} (%)", range=difference_range(data["value"]), gridcolor="#E3E7F2")
     return _layout(
         fig,
         height,
@@ -198,7 +217,7 @@ def run_metrics_figure(frame: pd.DataFrame, height: int = 340) -> go.Figure:
                 hovertemplate=f"{metric}<br>%{{x}}: %{{y:.1f}}%<extra></extra>",
             )
         )
-    fig.update_yaxes(title="%", range=[0, 100], gridcolor="#E3E7F2")
+    fig.update_yaxes(title="%", range=difference_range(frame.to_numpy().ravel()), gridcolor="#E3E7F2")
     fig = _layout(fig, height, barmode="group", legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0))
     fig.update_layout(margin=dict(t=48))
     return fig

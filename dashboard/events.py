@@ -30,3 +30,12 @@ def selected_point(event: Any) -> tuple[int, int] | None:
         if "x" in p and "y" in p:
             return int(round(p["y"])), int(round(p["x"]))
     return None
+
+
+def clicked_cell(event: Any) -> tuple[Any, Any] | None:
+    """(y, x) labels of the first clicked point of a chart selection event (a heatmap cell), if any."""
+    try:
+        point = event["selection"]["points"][0]
+        return point["y"], point["x"]
+    except (KeyError, TypeError, IndexError):
+        return None

@@ -13,6 +13,9 @@ import streamlit as st
 from spg_core.errors import SPGError
 
 from .viewmodels.health import RunHealth, check_run, demo_progress
+from .viewmodels.landing import built_demo_runs
+
+LANDED = "_demo_landed"  # session_state: the demo runs built when this session last looked
 
 
 def error_box(exc: BaseException, context: str) -> None:
@@ -58,14 +61,29 @@ Make one and it appears here within a few seconds:</p>
 
 
 def demo_progress_note(root: Path) -> None:
-    """The demo builder's progress (RUNS/.demo_progress.json) while a demo run builds in the background."""
+    """The demo builder's progress (RUNS/.demo_progress.json) while demo runs build in the background."""
     progress = demo_progress(root)
     if progress is None or progress["done"]:
         return
     if progress["stopped"]:
         st.warning(f"A demo run is not finished: {progress['text']}.", icon=":material/warning:")
     else:
-        st.progress(progress["fraction"], text=f"Building a demo run: {progress['text']}. It appears here when done.")
+        build_watch(str(root))
+
+
+@st.fragment(run_every=4)
+def build_watch(root: str) -> None:
+    """The build's progress bar, redrawn every few seconds; when a demo run lands, the whole page reruns so
+    it fills in with the new run."""
+    landed = built_demo_runs(root)
+    if st.session_state.setdefault(LANDED, landed) != landed:
+        st.session_state[LANDED] = landed
+        st.rerun()
+    progress = demo_progress(root)
+    if progress is not None and not progress["done"] and not progress["stopped"]:
+        st.progress(
+            progress["fraction"], text=f"Building the demo runs: {progress['text']}. Pages fill in as they land."
+        )
 
 
 def run_health(run: Path, banner: bool = True) -> RunHealth:

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import streamlit as st
 
+from . import state
+
 # pages/ and assets/ are package data of `dashboard` (in the repository, links to the top-level
 # folders): found the same way in a source tree, an editable install and a wheel.
 PAGES = Path(str(resources.files("dashboard") / "pages"))
@@ -17,12 +19,13 @@ PAGE_SPECS = [
     ("runs.py", "Runs", ":material/folder_open:", "runs"),
     ("maps.py", "Anomaly maps", ":material/grid_on:", "maps"),
     ("atoms.py", "Atoms", ":material/bubble_chart:", "atoms"),
+    ("dictionary.py", "Dictionary", ":material/menu_book:", "dictionary"),
     ("atom_detail.py", "Atom detail", ":material/frame_inspect:", "atom"),
     ("backbones.py", "Backbones", ":material/compare:", "backbones"),
     ("methods.py", "Methods side by side", ":material/view_column:", "methods"),
     ("try_image.py", "Try an image", ":material/add_photo_alternate:", "try"),
 ]
-SECTIONS = {"Explore": 4, "Compare and try": 3}  # consecutive PAGE_SPECS per sidebar section
+SECTIONS = {"Explore": 5, "Compare and try": 3}  # consecutive PAGE_SPECS per sidebar section
 HOME_URL = "home"  # the root URL's page (serves PAGE_SPECS[0]'s script)
 
 
@@ -48,6 +51,13 @@ def navigation() -> st.Page:
     return page
 
 
-def open_page(script: str) -> None:
-    """Switch to another page (by its script name in pages/)."""
-    st.switch_page(PAGES / script)
+def open_page(script: str, query: dict[str, str] | None = None) -> None:
+    """Switch to another page (by its script name in pages/), with `query` as its URL's parameters (see
+    dashboard/url_state.py: the page opens as that link would open it)."""
+    st.switch_page(PAGES / script, query_params=query)
+
+
+def open_atom(run: str, atom: int) -> None:
+    """Open the Atom detail page on `atom` of `run` (`/atom?run=RUN&atom=ID`)."""
+    st.session_state[state.ATOM_KEY] = int(atom)  # (for an atom page that reads the session)
+    open_page("atom_detail.py", {"run": run, "atom": str(int(atom))})

@@ -12,15 +12,17 @@ import streamlit as st
 
 from spg_core.atoms.build import INDEX
 
-from . import events, guards, nav, state
+from . import atom_views, events, glossary, guards, nav, sticky
 from .run_view import RunView, Store
 
 
 def current_region(key: str, grid: tuple[int, int], start: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int]]:
     """The region's (rows, cols) from session_state; a new image starts on a 3 x 3 box around `start`
     (its most anomalous patch). Read before the map is drawn, so the map can show the region."""
+    sticky.keep(key + "rows")
+    sticky.keep(key + "cols")
     if key + "rows" not in st.session_state:
-        st.session_state[key + "rows"], st.session_state[key + "cols"] = box_around(start, grid)
+        set_region(key, box_around(start, grid))
     return tuple(st.session_state[key + "rows"]), tuple(st.session_state[key + "cols"])  # type: ignore[return-value]
 
 
@@ -34,7 +36,8 @@ def box_around(
 
 def set_region(key: str, box: tuple[tuple[int, int], tuple[int, int]]) -> None:
     """Set the region's (rows, cols) (a box drawn on a map, or one centred on a clicked patch)."""
-    st.session_state[key + "rows"], st.session_state[key + "cols"] = box
+    sticky.put(key + "rows", tuple(box[0]))
+    sticky.put(key + "cols", tuple(box[1]))
 
 
 def region_sliders(key: str, grid: tuple[int, int], start: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -47,10 +50,10 @@ def region_sliders(key: str, grid: tuple[int, int], start: tuple[int, int]) -> t
     return tuple(rows), tuple(cols)  # type: ignore[return-value]
 
 
-def on_region_select(key: str, chart_key: str, grid: tuple[int, int]) -> Callable[[], None]:
+def on_region_select(key: str, chart_key: str, grid: tuple[int, int], opens: str | None = None) -> Callable[[], None]:
     """Plotly selection on a map whose drag draws boxes -> the region (runs before the rerun draws the
     sliders): a box of several cells becomes the region; a click (a one-cell box, or a point) centres
-    a 3 x 3 region on its patch."""
+    a 3 x 3 region on its patch. `opens`: the key of an expander that a selection opens."""
 
     def callback() -> None:
         event = st.session_state.get(chart_key)
@@ -62,6 +65,8 @@ def on_region_select(key: str, chart_key: str, grid: tuple[int, int]) -> Callabl
             box = None if point is None else box_around(point, grid)
         if box is not None:
             set_region(key, box)
+            if opens is not None:
+                st.session_state[opens] = True
 
     return callback
 
@@ -81,18 +86,18 @@ def open_aux_region(run_name: str, image: int, patch: int, grid: tuple[int, int]
     (e.g. one of an atom's top patches: what else fires around it)."""
     key = maps_key(run_name, Store.AUX)
     cell = divmod(int(patch), grid[1])
-    st.session_state[source_key(run_name)] = "auxiliary set"
-    st.session_state[key + "category"] = st.session_state[key + "defect"] = "all"
-    st.session_state[key + "image"] = st.session_state[key + "patch_of"] = int(image)
-    st.session_state[key + "row"], st.session_state[key + "col"] = cell
+    sticky.put(source_key(run_name), "auxiliary set")
+    for name, value in (
+        ("category", "all"),
+        ("defect", "all"),
+        ("image", int(image)),
+        ("row", cell[0]),
+        ("col", cell[1]),
+    ):
+        sticky.put(key + name, value)
+    st.session_state[key + "patch_of"] = int(image)
     set_region(key + "region::", box_around(cell, grid))
     nav.open_page("maps.py")
-
-
-def reset_region(key: str) -> None:
-    """Forget the region (another image opened)."""
-    for suffix in ("rows", "cols"):
-        st.session_state.pop(key + suffix, None)
 
 
 def region_tables(found: Any, tags: dict[int, str]) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -118,6 +123,7 @@ def region_panel(
         found = query(rows, cols)
         tags = view.atom_tags()
         act, con = region_tables(found, tags)
+        atom_views.flag_note(tags, [*act["atom"], *con["atom"]])
         st.caption(f"Region: rows {rows[0]}-{rows[1]}, columns {cols[0]}-{cols[1]} ({found.patches} patches)")
         left, right = st.columns(2)
         with left:
@@ -131,8 +137,12 @@ def region_panel(
                     key=key + "act",
                     column_config={
                         "atom": st.column_config.NumberColumn("atom", format="#%d"),
-                        "inside": st.column_config.NumberColumn("mean activation inside", format="%.3f"),
-                        "outside": st.column_config.NumberColumn("mean activation elsewhere", format="%.3f"),
+                        "inside": st.column_config.NumberColumn(
+                            "mean activation inside", format="%.3f", help=glossary.say("mean activation inside")
+                        ),
+                        "outside": st.column_config.NumberColumn(
+                            "mean activation elsewhere", format="%.3f", help=glossary.say("mean activation elsewhere")
+                        ),
                         "tag": st.column_config.TextColumn("tag"),
                     },
                 )
@@ -147,7 +157,9 @@ def region_panel(
                     key=key + "con",
                     column_config={
                         "atom": st.column_config.NumberColumn("atom", format="#%d"),
-                        "contribution": st.column_config.NumberColumn("mean share of l_a - l_n", format="%.4f"),
+                        "contribution": st.column_config.NumberColumn(
+                            "mean share of l_a - l_n", format="%.4f", help=glossary.say("mean share of l_a - l_n")
+                        ),
                         "tag": st.column_config.TextColumn("tag"),
                     },
                 )
@@ -168,8 +180,7 @@ def region_panel(
             )
         )
         if open_col.button("Open atom detail", icon=":material/frame_inspect:", key=key + "open_detail"):
-            st.session_state[state.ATOM_KEY] = atom
-            nav.open_page("atom_detail.py")
+            nav.open_atom(view.name, atom)
         with st.expander(f"Top auxiliary patches of atom #{atom}", expanded=False):
             atom_patches(view, atom)
 

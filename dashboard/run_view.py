@@ -19,6 +19,7 @@ import streamlit as st
 from PIL import Image
 
 from spg_core.atoms import Ablator, attribute, load_atoms, rank_atoms
+from spg_core.atoms.flags import flag_mark
 from spg_core.atoms.kinds import kind_patches, run_kind_map
 from spg_core.atoms.region import cell_patches, image_atoms, rank_region
 from spg_core.atoms.visual import IN_MASK, patch_crop
@@ -38,6 +39,11 @@ class Store(str, Enum):
 
     TARGET = "target_store"  # the images the run was evaluated on
     AUX = "aux_store"  # the labelled images its guides were fitted on
+
+    @property
+    def label(self) -> str:
+        """The store in a sentence: 'target' or 'auxiliary'."""
+        return "target" if self is Store.TARGET else "auxiliary"
 
 
 @dataclass
@@ -180,7 +186,8 @@ class RunView:
         return attribution.patch_contributions(attr, patch, k=k, tags=self.atom_tags())
 
     def atom_tags(self) -> dict[int, str]:
-        """{atom: tag} from the run's atom statistics, or {} when the run has no atom index."""
+        """{atom: tag} from the run's atom statistics, or {} when the run has no atom index. A flagged
+        atom's tag carries its mark ('shared ⚑ border', atoms.flags.flag_mark), so every table shows it."""
         try:
             _, stats = self.atoms()
         except (SPGError, ImportError):
@@ -188,7 +195,8 @@ class RunView:
         if stats is None or "tag" not in getattr(stats, "columns", []):
             return {}
         ids = stats["atom"] if "atom" in stats.columns else stats.index
-        return {int(a): str(t) for a, t in zip(ids, stats["tag"])}
+        flags = stats["flags"] if "flags" in stats.columns else [""] * len(stats)
+        return {int(a): str(t) + flag_mark(f) for a, t, f in zip(ids, stats["tag"], flags)}
 
     @st.cache_data(show_spinner=False, max_entries=16)
     def atom_ranking(self) -> dict[str, list[dict[str, Any]]]:

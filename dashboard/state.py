@@ -18,6 +18,7 @@ from spg_core.sweep import sweep_figures as draw_sweep
 
 from .run_view import RunView
 from .viewmodels import health, sweeps
+from .viewmodels.landing import informative_run
 
 RUN_KEY = "chosen_run"  # session_state key of the chosen run (root-relative name)
 RUN_WIDGET = "run"  # key of the sidebar's run selectbox
@@ -38,6 +39,12 @@ def run_names(root: str) -> list[str]:
 @st.cache_data(ttl=5, show_spinner=False)
 def run_overview(root: str):
     return health.run_overview(root)
+
+
+@st.cache_data(ttl=5, show_spinner=False)
+def landing_run(root: str, names: tuple[str, ...]) -> str | None:
+    """The run the app opens on (landing.informative_run); a short TTL, so a run that lands is considered."""
+    return informative_run(root, list(names))
 
 
 def current_view() -> RunView | None:

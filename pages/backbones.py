@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import streamlit as st
 
-from dashboard import charts, guards, state
+from dashboard import charts, glossary, guards, pills, state
 from dashboard.map_figure import image_with_mask, patch_map_figure
 from dashboard.page import page_header
 from dashboard.run_view import RunView, Store
@@ -14,6 +15,7 @@ from dashboard.viewmodels.health import check_run
 from dashboard.viewmodels.tables import metrics_frame, per_category_long
 from dashboard.viewmodels.targets import common_targets, format_score
 from spg_core.errors import SPGError
+from spg_core.render import PROBABILITY_SCALE, fitted_scale, sigmoid
 from spg_core.report import METRIC_TITLES
 from spg_core.run_paths import resolve_run
 from spg_core.runs import METRICS_FILE as METRICS
@@ -27,7 +29,8 @@ MAP_HEIGHT = {2: 460, 3: 380, 4: 320}  # by number of runs: maps as large as the
 root = state.runs_root()
 page_header(
     "Backbones",
-    "Compare runs (e.g. the same experiment with different backbones) on the same target image and per category",
+    "Compare runs (e.g. the same experiment with different backbones) on the same target image and per category; "
+    "each map is on its own run's fitted colour scale, with its verdict at its own threshold",
 )
 
 
@@ -79,28 +82,49 @@ def side_by_side(runs: dict[str, RunView], tables: dict[str, list[dict[str, Any]
     opacity = c3.slider("Map opacity", 0.0, 1.0, 0.55, 0.05, key="bb_opacity")
     row = in_cat.loc[pick]
     cols = st.columns(len(tables))
-    for i, (col, name) in enumerate(zip(cols, tables)):
+    for col, name in zip(cols, tables):
         with col, guards.guard(f"Run {name} cannot be shown"):
-            run_map(
-                runs[name],
-                name,
-                int(row[name]),
-                row["image_path"],
-                opacity,
-                colorbar=i == len(cols) - 1,
-                height=MAP_HEIGHT.get(len(cols), 320),
-            )
+            run_map(runs[name], name, int(row[name]), row["image_path"], opacity, height=MAP_HEIGHT.get(len(cols), 320))
 
 
-def run_map(run: RunView, name: str, index: int, image_path: str, opacity: float, colorbar: bool, height: int) -> None:
+def run_map(run: RunView, name: str, index: int, image_path: str, opacity: float, height: int) -> None:
+    """One run's map of the image on the run's own fitted colour scale (runs' scales differ, so each map
+    has its colour bar), and its verdict at its own auxiliary threshold."""
     target = run.target_outputs()
     image = state.image_at(image_path, target.image_size)
     background = image_with_mask(image, run.mask(Store.TARGET, index))
+    scale, contour, threshold = PROBABILITY_SCALE, 0.5, None
+    with contextlib.suppress(*DAMAGE):  # no auxiliary store: the 0-1 scale and no verdict, said below
+        record = run.threshold()
+        scale, contour = fitted_scale(record["pixel_scale"]), sigmoid(record["pixel_scale"]["vmax"])
+        threshold = float(record["image"]["threshold"])
     fig = patch_map_figure(
-        background, target.probs[index], opacity=opacity, title=backbone_of(run), height=height, colorbar=colorbar
+        background,
+        target.probs[index],
+        opacity=opacity,
+        scale=scale,
+        contour_level=contour,
+        smoothing_sigma=run.smoothing_sigma(),
+        title=backbone_of(run),
+        height=height,
     )
     st.plotly_chart(fig, key=f"bb_map_{name}", config={"displayModeBar": False})
-    st.metric(name, f"score {format_score(target.rows[index]['score'])}", border=True)
+    score = float(target.rows[index]["score"])
+    if threshold is None:
+        st.metric(name, f"score {format_score(score)}", border=True, help="no auxiliary threshold: no verdict")
+        return
+    verdict = "anomalous" if score >= threshold else "normal"
+    st.metric(
+        name,
+        f"score {format_score(score)}",
+        border=True,
+        help=f"{glossary.say('image score')}; this run's threshold {format_score(threshold)} was chosen on its "
+        "auxiliary set",
+    )
+    st.markdown(
+        pills.pill(f"{verdict} at its threshold {format_score(threshold)}", verdict) + f" · {scale.legend}",
+        unsafe_allow_html=True,
+    )
 
 
 def metric_bars(runs: dict[str, RunView]) -> None:
@@ -131,7 +155,6 @@ def main() -> None:
     if not names:
         guards.empty_state(root)
         return
-    guards.demo_progress_note(root)
     if len(names) < 2:
         st.info(
             f"Comparing needs at least two runs under the runs root; there is one ({names[0]}), shown alone "

@@ -10,7 +10,19 @@ import pandas as pd
 import streamlit as st
 from PIL import Image
 
-from dashboard import events, guards, method_views, nav, pills, region_panel, state
+from dashboard import (
+    atom_views,
+    events,
+    glossary,
+    guards,
+    method_views,
+    nav,
+    pills,
+    region_panel,
+    state,
+    sticky,
+    url_state,
+)
 from dashboard.charts import contribution_figure
 from dashboard.map_figure import image_with_mask_png, patch_map_figure
 from dashboard.page import run_page
@@ -52,10 +64,12 @@ def choose_images(frame: pd.DataFrame, key: str) -> pd.DataFrame:
     """Category, defect type and (where there are outcomes) outcome filters; returns the matching rows."""
     c1, c2, c3 = st.columns([1, 1, 1.3])
     categories = ["all"] + sorted(frame["category"].unique())
-    category = c1.selectbox("Category", categories, key=key + "category")
+    category = c1.selectbox("Category", categories, key=sticky.keep(key + "category"))
     in_cat = frame if category == "all" else frame[frame["category"] == category]
-    defect = c2.selectbox("Defect type", ["all"] + sorted(in_cat["defect"].unique()), key=key + "defect")
-    kind = c3.selectbox("Show", list(OUTCOME_FILTERS), key=key + "outcome") if "outcome" in frame else None
+    defects = ["all"] + sorted(in_cat["defect"].unique())
+    guards.keep_choice(sticky.keep(key + "defect"), defects)
+    defect = c2.selectbox("Defect type", defects, key=key + "defect")
+    kind = c3.selectbox("Show", list(OUTCOME_FILTERS), key=sticky.keep(key + "outcome")) if "outcome" in frame else None
     return filter_targets(
         frame,
         None if category == "all" else category,
@@ -64,13 +78,21 @@ def choose_images(frame: pd.DataFrame, key: str) -> pd.DataFrame:
     )
 
 
+def first_image(rows: pd.DataFrame) -> int | None:
+    """The image a view opens on: the most confident true positive (a defect the run finds, large enough
+    to see) on the target set; the first defective image on the auxiliary set (what a region asks about)."""
+    if "outcome" in rows:
+        hits = rows[rows["outcome"] == "TP"]
+        return int(hits.loc[hits["score"].idxmax(), "index"]) if not hits.empty else None
+    defective = rows.loc[rows["label"] == 1, "index"]
+    return int(defective.iloc[0]) if not defective.empty else None
+
+
 def image_picker(rows: pd.DataFrame, key: str) -> int:
-    """Select one image of `rows` (keeps the choice while it stays in the filtered list; an auxiliary
-    view opens on a defect, which is what a region asks about)."""
+    """Select one image of `rows` (keeps the choice while it stays in the filtered list)."""
     options = rows["index"].tolist()
-    defective = rows.loc[rows["label"] == 1, "index"].tolist()
-    if key + "image" not in st.session_state and defective and "outcome" not in rows:
-        st.session_state[key + "image"] = defective[0]
+    if sticky.keep(key + "image") not in st.session_state and first_image(rows) is not None:
+        sticky.put(key + "image", first_image(rows))
     guards.keep_choice(key + "image", options)
     if "outcome" in rows:
         labels = {
@@ -90,7 +112,8 @@ def sync_patch(key: str, index: int, probs: np.ndarray, grid: tuple[int, int]) -
     """A newly opened image starts on its most anomalous patch, with a 3 x 3 region around it."""
     if st.session_state.get(key + "patch_of") != index:
         cell = peak_patch(probs, probs.shape)
-        st.session_state[key + "row"], st.session_state[key + "col"] = cell
+        sticky.put(key + "row", cell[0])
+        sticky.put(key + "col", cell[1])
         region_panel.set_region(key + "region::", region_panel.box_around(cell, grid))
         st.session_state[key + "patch_of"] = index
 
@@ -108,7 +131,8 @@ def on_map_select(key: str, grid: tuple[int, int]):
             return
         cell = (box[0][0], box[1][0]) if box is not None else events.selected_point(event)
         if cell is not None:
-            st.session_state[key + "row"], st.session_state[key + "col"] = cell
+            sticky.put(key + "row", cell[0])
+            sticky.put(key + "col", cell[1])
             region_panel.set_region(key + "region::", region_panel.box_around(cell, grid))
 
     return callback
@@ -127,13 +151,15 @@ def image_panel(
         unsafe_allow_html=True,
     )
     st.image(
-        image_with_mask_png(image, mask), width="stretch", caption=f"{info['name']}: ground truth outlined in green"
+        image_with_mask_png(image, mask),
+        width="stretch",
+        caption=f"{info['name']}: {'defect mask' if which is Store.AUX else 'ground truth'} outlined in green",
     )
     st.metric(
         "Image score",
         format_score(score),
         border=True,
-        help="the image's anomaly score: its map pooled with the run's aggregation (max, mean or LSE)",
+        help=glossary.say("image score"),
     )
 
 
@@ -142,28 +168,30 @@ def patch_panel(key: str, which: Store, image: np.ndarray, index: int, grid: tup
     h, w = grid
     st.markdown("**Selected patch**")
     s1, s2 = st.columns(2)
-    r = s1.slider("Row", 0, h - 1, key=key + "row")
-    c = s2.slider("Column", 0, w - 1, key=key + "col")
+    r = s1.slider("Row", 0, h - 1, key=sticky.keep(key + "row"))
+    c = s2.slider("Column", 0, w - 1, key=sticky.keep(key + "col"))
     patch = patch_at(r, c, grid)
     with guards.guard("Atom contributions are not available for this run"):
         attr = view.attribution(which, index)[1]
         crop_col, text_col = st.columns([1, 1.2], vertical_alignment="center")
         crop = patch_crop(Image.fromarray(image), patch, grid, size, context=2, out=150, outline=(255, 255, 255))
         crop_col.image(crop, width=140, caption=f"row {r}, column {c}")
-        text_col.metric("Patch p(anomaly)", format_score(float(attr.probs[0, patch])), border=True)
+        text_col.metric(
+            "Patch p(anomaly)", format_score(float(attr.probs[0, patch])), border=True, help=glossary.say("p(anomaly)")
+        )
         contrib = view.patch_contributions(which, index, patch)
         if contrib.empty:
             st.info("No atom contributes to this patch.")
             return
         st.plotly_chart(contribution_figure(contrib), key=key + "contrib", config={"displayModeBar": False})
+        atom_views.flag_note(dict(zip(contrib["atom"], contrib["tag"])), contrib["atom"])
         region_panel.context_note(method_views.patch_context(view, which, index, patch))
         guards.keep_choice(key + "open_atom", contrib["atom"].tolist())
         atom = st.selectbox(
             "Open an atom", contrib["atom"].tolist(), key=key + "open_atom", format_func=lambda a: f"#{a}"
         )
         if st.button("Open atom detail", icon=":material/frame_inspect:", key=key + "open"):
-            st.session_state[state.ATOM_KEY] = int(atom)
-            nav.open_page("atom_detail.py")
+            nav.open_atom(view.name, atom)
 
 
 def threshold_control(key: str, scores: list[float], labels: list[int], record: dict | None) -> float:
@@ -180,11 +208,15 @@ def threshold_control(key: str, scores: list[float], labels: list[int], record: 
     rule_col, slider_col = st.columns([1.2, 3], vertical_alignment="bottom")
     if rules:
         rule = rule_col.segmented_control(
-            "Default threshold from", list(rules), default=next(iter(rules)), key=key + "rule"
+            "Default threshold from",
+            list(rules),
+            key=sticky.keep(key + "rule", next(iter(rules))),
+            help=glossary.say("aux_fpr") + "; " + glossary.say("aux best F1"),
         ) or next(iter(rules))
         default = rules[rule]
     else:
         rule, default = "", oracle
+    sticky.keep(key + "threshold")
     if st.session_state.get(key + "rule_of") != rule:  # a new rule moves the slider to its value
         st.session_state[key + "threshold"] = min(max(round(default / step) * step, lo), hi)
         st.session_state[key + "rule_of"] = rule
@@ -221,7 +253,7 @@ def threshold_control(key: str, scores: list[float], labels: list[int], record: 
 def outcome_pills(frame: pd.DataFrame) -> None:
     counts = frame["outcome"].value_counts()
     st.markdown(
-        " ".join(pills.pill(f"{k} {int(counts.get(k, 0))}", k) for k in ("TP", "FP", "FN", "TN")),
+        " ".join(pills.pill(f"{k} {int(counts.get(k, 0))}", k, glossary.say(k)) for k in ("TP", "FP", "FN", "TN")),
         unsafe_allow_html=True,
     )
 
@@ -229,7 +261,12 @@ def outcome_pills(frame: pd.DataFrame) -> None:
 def map_scale(key: str, record: dict | None):
     """The colour scale picked above the map: fitted to the run (default) or 0-1 probability."""
     choices = ["fitted to this run", "probability 0-1"] if record is not None else ["probability 0-1"]
-    choice = st.segmented_control("Colour scale", choices, default=choices[0], key=key + "scale") or choices[0]
+    choice = (
+        st.segmented_control(
+            "Colour scale", choices, key=sticky.keep(key + "scale", choices[0]), help=glossary.say("fitted scale")
+        )
+        or choices[0]
+    )
     return fitted_scale(record["pixel_scale"]) if choice.startswith("fitted") else PROBABILITY_SCALE
 
 
@@ -239,8 +276,7 @@ def map_panel(key: str, image, mask, probs, look: dict[str, Any], record: dict |
     contour = sigmoid(record["pixel_scale"]["vmax"]) if record is not None else 0.5
     drawing = st.toggle(
         "Drag draws a region box",
-        value=False,
-        key=key + "box_mode",
+        key=sticky.keep(key + "box_mode", False),
         help="on: drag on the map to box a region; off: click a patch to select it and centre a region on it",
     )
     fig = patch_map_figure(
@@ -283,6 +319,7 @@ def image_view(which: Store) -> None:
     frame = image_frame(view, which, threshold)
     if threshold is not None:
         outcome_pills(frame)
+    follow_image_link(frame, key, which)
     shown = choose_images(frame, key)
     if shown.empty:
         st.info(
@@ -297,8 +334,8 @@ def image_view(which: Store) -> None:
         scale = map_scale(key, record)
     look = {
         "scale": scale,
-        "opacity": opacity_col.slider("Map opacity", 0.0, 1.0, 0.55, 0.05, key=key + "opacity"),
-        "outline": outline_col.toggle("Ground truth on map", value=True, key=key + "outline"),
+        "opacity": opacity_col.slider("Map opacity", 0.0, 1.0, step=0.05, key=sticky.keep(key + "opacity", 0.55)),
+        "outline": outline_col.toggle("Ground truth on map", key=sticky.keep(key + "outline", True)),
         "sigma": view.smoothing_sigma(),
     }
     info = frame.set_index("index").loc[index].to_dict()
@@ -311,6 +348,7 @@ def image_view(which: Store) -> None:
     else:
         probs, score = view.patch_map(which, index)
     sync_patch(key, index, probs, store.grid)
+    follow_cell_link(key, store.grid)
     left, middle, right = st.columns([1, 1.2, 1], gap="medium")
     with right:
         patch_panel(key, which, image, index, store.grid, store.image_size)
@@ -330,11 +368,66 @@ def image_view(which: Store) -> None:
         *region,
         context=lambda r, c: method_views.region_context_of(view, which, index, r, c),
     )
+    url_state.write(
+        {
+            url_state.STORE: url_state.AUX if which is Store.AUX else None,
+            url_state.IMAGE: url_state.image_name(info["image_path"], info["category"]),
+            url_state.PATCH: url_state.format_patch((st.session_state[key + "row"], st.session_state[key + "col"])),
+            url_state.REGION: url_state.format_region(region),
+        }
+    )
+
+
+def follow_image_link(frame: pd.DataFrame, key: str, which: Store) -> None:
+    """A link's `image=category/defect/file.png` opens that image, filters cleared; an unknown name is
+    said, and the view stays on its current image."""
+    name = url_state.incoming((url_state.IMAGE,)).get(url_state.IMAGE)
+    if name is None:
+        return
+    names = {
+        url_state.image_name(p, c): int(i) for p, c, i in zip(frame["image_path"], frame["category"], frame["index"])
+    }
+    if name not in names:
+        st.warning(
+            f"The link names image **{name}**, which is not among this run's {which.label} images: showing "
+            "another one instead (names read `category/defect/file.png`).",
+            icon=":material/link_off:",
+        )
+        return
+    for widget, value in (("category", "all"), ("defect", "all"), ("outcome", "all images"), ("image", names[name])):
+        sticky.put(key + widget, value)
+
+
+def follow_cell_link(key: str, grid: tuple[int, int]) -> None:
+    """A link's `patch=row,col` selects that patch and `region=r0-r1,c0-c1` sets the region; a value off
+    the grid is said and left out."""
+    link = url_state.incoming((url_state.PATCH, url_state.REGION))
+    if url_state.PATCH in link:
+        cell = url_state.parse_patch(link[url_state.PATCH], grid)
+        if cell is None:
+            st.warning(f"The link's patch `{link[url_state.PATCH]}` is not a cell of this {grid[0]} x {grid[1]} grid.")
+        else:
+            sticky.put(key + "row", cell[0])
+            sticky.put(key + "col", cell[1])
+            region_panel.set_region(key + "region::", region_panel.box_around(cell, grid))
+    if url_state.REGION in link:
+        box = url_state.parse_region(link[url_state.REGION], grid)
+        if box is None:
+            st.warning(
+                f"The link's region `{link[url_state.REGION]}` is not a box inside this {grid[0]} x {grid[1]} grid."
+            )
+        else:
+            region_panel.set_region(key + "region::", box)
 
 
 def main() -> None:
     source_key = region_panel.source_key(view.name)
-    st.session_state.setdefault(source_key, "target set")  # (other pages may open the auxiliary view)
+    link = url_state.incoming((url_state.STORE, url_state.IMAGE))
+    if link:  # a link names its store (`store=aux`), or none for the target set
+        sticky.put(
+            source_key, "auxiliary set" if st.query_params.get(url_state.STORE) == url_state.AUX else "target set"
+        )
+    sticky.keep(source_key, "target set")  # (other pages may open the auxiliary view)
     source = st.segmented_control("Images from", list(SOURCES), key=source_key, help=SOURCE_HELP) or "target set"
     with guards.guard(f"The run's {source} cannot be opened"):
         image_view(SOURCES[source])

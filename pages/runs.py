@@ -6,13 +6,13 @@ from pathlib import Path
 
 import streamlit as st
 
-from dashboard import guards, pills, state
+from dashboard import glossary, guards, pills, state
 from dashboard.charts import run_metrics_figure
 from dashboard.page import page_header, require_view
 from dashboard.sweep_view import sweep_view
 from dashboard.viewmodels.health import config_summary
 from dashboard.viewmodels.sweeps import run_sweep_dir
-from dashboard.viewmodels.tables import metrics_frame, paper_comparison
+from dashboard.viewmodels.tables import SHORT_TITLES, metrics_frame, paper_comparison, setting_text
 from spg_core.report import METRIC_TITLES
 from spg_core.report_html import write_report
 from spg_core.run_paths import resolve_run
@@ -61,7 +61,6 @@ page_header(
     "Runs", "Experiments under the runs root: settings, per-category metrics and how they compare with the paper"
 )
 
-guards.demo_progress_note(root)
 overview = state.run_overview(str(root))
 if overview.empty:
     guards.empty_state(root)
@@ -71,8 +70,9 @@ st.dataframe(
     overview.fillna({c: "?" for c in overview.columns if overview[c].dtype == object}),
     hide_index=True,
     key="runs_overview",
+    width="stretch",
     column_config={
-        k: st.column_config.NumberColumn(f"{k} (%)", format="%.1f")
+        k: st.column_config.NumberColumn(f"{SHORT_TITLES.get(k, k)} (%)", format="%.1f", help=glossary.say(k))
         for k in overview.columns
         if k in METRIC_TITLES.values()
     },
@@ -97,7 +97,8 @@ with tab_metrics, guards.guard("The metrics of this run cannot be shown"):
             frame,
             key="metrics_table",
             column_config={
-                c: st.column_config.ProgressColumn(c, format="%.1f", min_value=0, max_value=100) for c in frame.columns
+                c: st.column_config.ProgressColumn(c, format="%.1f", min_value=0, max_value=100, help=glossary.say(c))
+                for c in frame.columns
             },
         )
         st.plotly_chart(run_metrics_figure(frame), key="metrics_chart", config={"displayModeBar": False})
@@ -105,13 +106,17 @@ with tab_metrics, guards.guard("The metrics of this run cannot be shown"):
             st.caption(f"Note: {note}")
 
 with tab_config, guards.guard("The configuration of this run cannot be shown"):
-    summary = config_summary(view.config())
+    config = view.config()
+    summary = config_summary(config)
     cols = st.columns(len(summary))
     for col, (section, values) in zip(cols, summary.items()):
         with col:
             st.markdown(f"**{section}**")
             st.dataframe(
-                {"setting": list(values), "value": [str(v) for v in values.values()]},
+                {
+                    "setting": list(values),
+                    "value": [setting_text(k, v, str(config.get("backbone", ""))) for k, v in values.items()],
+                },
                 hide_index=True,
                 key=f"config_{section}",
             )

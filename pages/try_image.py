@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import streamlit as st
 
-from dashboard import events, guards, pills, region_panel
+from dashboard import guards, pills, region_panel
 from dashboard.charts import contribution_figure
 from dashboard.map_figure import patch_map_figure
 from dashboard.page import run_page
@@ -17,7 +18,7 @@ from spg_core.render import PROBABILITY_SCALE, fitted_scale, sigmoid
 from spg_core.runs import GUIDES_FILE as GUIDES
 from spg_core.runs import SCORES_FILE as SCORES
 from spg_core.thresholds import best_f1_threshold
-from spg_core.uploads import MAX_UPLOAD_BYTES, UPLOAD_TYPES
+from spg_core.uploads import MAX_UPLOAD_BYTES, UPLOAD_TYPES, read_image_file
 
 view, health = run_page(
     "Try an image",
@@ -59,7 +60,15 @@ def map_look():
     )
 
 
-def show(name: str, data: bytes, result: Prediction, threshold: float | None, source: str, opacity: float) -> None:
+def upload_key(position: int, data: bytes) -> str:
+    """Widget keys of one uploaded file: its position and a digest of its bytes, never its name (MVTec-style
+    folders all hold a `000.png`, and two files of one name must both render)."""
+    return f"try_{position}_{hashlib.sha1(data).hexdigest()[:10]}"
+
+
+def show(
+    uid: str, name: str, data: bytes, result: Prediction, threshold: float | None, source: str, opacity: float
+) -> None:
     with st.container(border=True):
         verdict = ""
         if threshold is not None:
@@ -68,7 +77,7 @@ def show(name: str, data: bytes, result: Prediction, threshold: float | None, so
         st.markdown(f"**{name}** {verdict}", unsafe_allow_html=True)
         left, middle, right = st.columns([1, 1.2, 1.1], gap="medium")
         has_atoms = result.atoms is not None and not result.atoms.empty
-        rkey, chart = f"try_region_{name}::", f"try_map_{name}"
+        rkey, chart, opens = f"{uid}_region::", f"{uid}_map", f"{uid}_region_open"
         grid, peak = result.probs.shape, peak_patch(result.probs, result.probs.shape)
         region = region_panel.current_region(rkey, grid, peak) if has_atoms else None
         middle.caption(
@@ -95,7 +104,7 @@ def show(name: str, data: bytes, result: Prediction, threshold: float | None, so
                 key=chart,
                 selection_mode=("points", "box"),
                 config={"displayModeBar": False},
-                on_select=region_panel.on_region_select(rkey, chart, grid),
+                on_select=region_panel.on_region_select(rkey, chart, grid, opens=opens),
             )
         else:
             middle.plotly_chart(fig, key=chart, config={"displayModeBar": False})
@@ -107,16 +116,16 @@ def show(name: str, data: bytes, result: Prediction, threshold: float | None, so
             else:
                 st.plotly_chart(
                     contribution_figure(result.atoms, height=300),
-                    key=f"try_atoms_{name}",
+                    key=f"{uid}_atoms",
                     config={"displayModeBar": False},
                 )
         if has_atoms:
-            # Opens by itself once a box is drawn on the map (the selection is the question asked).
-            drawn = bool(
-                events.selected_box(st.session_state.get(chart)) or events.selected_point(st.session_state.get(chart))
-            )
+            # Opens by itself once a box is drawn on the map (the selection is the question asked): the map's
+            # callback sets this expander's state, which Streamlit honours on the rerun.
             with st.expander(
-                "Region -> atoms: which atoms fire in a part of this image, and why it is flagged", expanded=drawn
+                "Region -> atoms: which atoms fire in a part of this image, and why it is flagged",
+                key=opens,
+                on_change="rerun",
             ):
                 region = region_panel.region_sliders(rkey, grid, peak)
                 region_panel.region_panel(
@@ -156,14 +165,17 @@ opacity = opacity_col.slider("Map opacity", 0.0, 1.0, 0.55, 0.05, key="try_opaci
 
 files = [(f.name, f.getvalue()) for f in uploads or []]
 if sample:
-    files.append((Path(sample).name, Path(sample).read_bytes()))
+    try:
+        files.append((Path(sample).name, read_image_file(sample)))
+    except SPGError as exc:
+        guards.error_box(exc, f"{Path(sample).name} cannot be read")
 if not files:
     st.info("Upload one or more images to see their anomaly maps.", icon=":material/upload:")
     st.stop()
 
 threshold, source = run_threshold()
-for name, data in files:
+for position, (name, data) in enumerate(files):
     try:
-        show(name, data, predict_upload(view, name, data), threshold, source, opacity)
+        show(upload_key(position, data), name, data, predict_upload(view, name, data), threshold, source, opacity)
     except SPGError as exc:
         guards.error_box(exc, f"{name} was refused")

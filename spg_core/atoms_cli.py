@@ -15,6 +15,7 @@ import pandas as pd
 
 from . import distributed
 from .atoms import build_atoms, load_atoms, rank_atoms, write_gallery
+from .atoms.flags import FLAG_RULE
 from .atoms.stats import TAG_RULE
 from .config import ExtractConfig, RunConfig
 from .errors import SPGError
@@ -38,13 +39,21 @@ def _summary(run: str, limit: int = 10) -> None:
         tags = Counter(stats["tag"].iloc[a["atom"]] for a in ranked[guide])
         print(f"{guide} guide: {len(ranked[guide])} active atoms; tags {dict(tags)}")
     print(f"\ntop {limit} anomaly-guide atoms:")
-    print(f"  {'atom':>6} {'coef':>9} {'share':>6} {'tag':<15} {'in-mask':>7} {'top category':<18} defects")
+    print(
+        f"  {'atom':>6} {'coef':>9} {'share':>6} {'tag':<15} {'in-mask':>7} {'top category':<18} {'flags':<28} defects"
+    )
     for a in ranked["anomaly"][:limit]:
         row = stats.iloc[a["atom"]]
         sel = "n/a" if pd.isna(row["selectivity"]) else f"{row['selectivity']:.2f}"
         cat = f"{row['top_category']} {row['top_category_share']:.0%}" if isinstance(row["top_category"], str) else "-"
         defects = ", ".join(f"{k} {v}" for k, v in (row["top_defects"] or {}).items()) or "-"
-        print(f"  {a['atom']:>6} {a['coef']:>9.4g} {a['share']:>6.1%} {row['tag']:<15} {sel:>7} {cat:<18} {defects}")
+        flags = row.get("flags") or "-"
+        print(
+            f"  {a['atom']:>6} {a['coef']:>9.4g} {a['share']:>6.1%} {row['tag']:<15} {sel:>7} {cat:<18} "
+            f"{flags:<28} {defects}"
+        )
+    flagged = [int(a) for a, f in zip(stats["atom"], stats.get("flags", [""] * len(stats))) if f]
+    print(f"\nflagged as likely artefacts: {len(flagged)} atoms; rule: {FLAG_RULE}")
     print(f"\ntag rule: {TAG_RULE}")
 
 

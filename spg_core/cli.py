@@ -13,15 +13,18 @@ every preset's default.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 from . import atoms_cli, distributed, launch, report_html, select, sweep
+from .atomic import disk_error
 from .backbones import load_backbone
-from .config import ExtractConfig, GuideConfig, RunConfig, SAEConfig, ScoreConfig
+from .config import ExtractConfig, GuideConfig, RunConfig, SAEConfig, ScoreConfig, config_warnings
+from .consistency import inconsistent_artifacts, require_consistent
 from .context import resolve_context, with_overrides
 from .devices import resolve_device
 from .errors import SPGError
@@ -40,11 +43,13 @@ from .options import (
     preset_sections,
     section_overrides,
 )
-from .pipeline import evaluate_target, extract, run_experiment, train_stages
+from .pipeline import effective_config, evaluate_target, extract, run_experiment, train_stages
 from .predict import predict_files
 from .protocols import PROTOCOLS, check_protocol, overrides
 from .report import print_metrics, write_reports
-from .runs import CONFIG_FILE, GUIDES_FILE, METRICS_FILE, PATCH_MAPS_FILE, SAE_FILE, RunDir
+from .run_lock import command_line, run_lock
+from .run_staging import build_folder, staging_path
+from .runs import CONFIG_FILE, GUIDES_FILE, METRICS_FILE, PATCH_MAPS_FILE, SAE_FILE, SAE_RECORD_FILE, RunDir
 
 DATASET_HELP = "mvtec:PATH | visa:PATH | folder:PATH | synthetic-a | synthetic-b"
 # Commands that run as one job over every process torchrun starts (docs/SCALING.md).
@@ -111,6 +116,8 @@ def _config_from(args: argparse.Namespace) -> RunConfig:
         protocol=protocol,
     )
     cfg = RunConfig.from_dict(d)
+    for note in config_warnings(cfg):
+        print(f"warning: {note}", file=sys.stderr)
     return replace(cfg, score=resolve_context(cfg.score, cfg.protocol))  # config.json records the weight used
 
 
@@ -141,17 +148,42 @@ def _check_out_dir(path: str) -> None:
 # -- commands --------------------------------------------------------------------------------
 
 
+def _add_overwrite(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run --out holds: the new run is built beside it and swapped in only when complete",
+    )
+
+
+@contextlib.contextmanager
+def _build_folder(args: argparse.Namespace, cfg: RunConfig, done_file: str) -> Iterator[Path]:
+    """The folder to build `args.out`'s run in, under its write lock (run_staging.py says which)."""
+    if distributed.world_size() > 1 and args.overwrite:  # every rank writes the same folder
+        raise SPGError("--overwrite is not available under torchrun", fix="write the run to a new --out")
+    if not distributed.is_main():  # rank 0 alone decides and writes
+        yield Path(args.out)
+        return
+    settings = effective_config(cfg).to_dict()
+    with (
+        run_lock(args.out, command_line()),
+        build_folder(args.out, settings, overwrite=args.overwrite, done_file=done_file) as folder,
+    ):
+        yield folder
+
+
 def cmd_run(args: argparse.Namespace) -> None:
     _check_out_dir(args.out)
     cfg = _config_from(args)
     print(f"protocol: {cfg.protocol}", file=sys.stderr)
-    if distributed.world_size() > 1:
-        metrics = _run_distributed(cfg, args)
-        if metrics is None:
-            return
-    else:
-        metrics = run_experiment(cfg, args.out, _io(args), metric_options={"aupro_variant": args.aupro})
-    write_reports(args.out)
+    with _build_folder(args, cfg, METRICS_FILE) as folder:
+        if distributed.world_size() > 1:
+            metrics = _run_distributed(cfg, args)
+            if metrics is None:
+                return
+        else:
+            metrics = run_experiment(cfg, folder, _io(args), metric_options={"aupro_variant": args.aupro})
+        write_reports(folder)
     print_metrics(metrics, title=f"{cfg.aux} -> {cfg.target} [{cfg.backbone}, {cfg.method}, {cfg.protocol}]")
     print(f"run directory: {args.out}")
 
@@ -189,13 +221,16 @@ def cmd_extract(args: argparse.Namespace) -> None:
 
 def cmd_train_sae(args: argparse.Namespace) -> None:
     _check_out_dir(args.out)
-    run = train_stages(_config_from(args), args.out, _io(args), stages=("sae",))
+    cfg = _config_from(args)
+    with _build_folder(args, cfg, SAE_RECORD_FILE) as folder:
+        train_stages(cfg, folder, _io(args), stages=("sae",))
     if distributed.is_main():
-        print(f"SAE written to {run.file('sae.safetensors')}")
+        print(f"SAE written to {Path(args.out) / 'sae.safetensors'}")
 
 
 def cmd_train_guides(args: argparse.Namespace) -> None:
     cfg = RunDir(args.run).run_config()
+    require_consistent(RunDir(args.run), ("sae",))
     cfg = replace(cfg, guides=_guides_for(cfg, args), device=args.device or cfg.device)
     run = train_stages(cfg, args.run, _io(args), stages=("guides",))
     print(f"guides written to {run.file('guides.safetensors')}")
@@ -247,7 +282,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--aux", required=True, help=f"auxiliary dataset ({DATASET_HELP})")
     p.add_argument("--target", required=True, help=f"target dataset ({DATASET_HELP})")
     p.add_argument("--out", required=True, help="run directory to write")
-    for add in (add_preset_option, _add_protocol, _add_backbone, _add_sae, _add_guides, _add_score, _add_common):
+    for add in (
+        add_preset_option,
+        _add_protocol,
+        _add_backbone,
+        _add_sae,
+        _add_guides,
+        _add_score,
+        _add_common,
+        _add_overwrite,
+    ):
         add(p)
     p.set_defaults(func=cmd_run)
 
@@ -260,7 +304,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train-sae", help="stage 1: train the TopK SAE on auxiliary tokens into a run directory")
     p.add_argument("--aux", required=True, help=DATASET_HELP)
     p.add_argument("--out", required=True, help="run directory to write")
-    for add in (add_preset_option, _add_protocol, _add_backbone, _add_sae, _add_guides, _add_score, _add_common):
+    for add in (
+        add_preset_option,
+        _add_protocol,
+        _add_backbone,
+        _add_sae,
+        _add_guides,
+        _add_score,
+        _add_common,
+        _add_overwrite,
+    ):
         add(p)
     p.set_defaults(func=cmd_train_sae)
 
@@ -323,6 +376,12 @@ def interrupted_note(args: argparse.Namespace) -> str:
     folder = getattr(args, "run", None) or getattr(args, "out", None)
     if not folder or not Path(folder).is_dir() or args.command not in ("run", "train-sae", "train-guides", "eval"):
         return "interrupted: no file is half-written (each is written whole); re-run the command to finish"
+    staging = staging_path(Path(folder))
+    if getattr(args, "overwrite", False) and staging.is_dir():
+        return (
+            f"interrupted: the run in {folder} is untouched; the unfinished new run is in {staging}. "
+            "Re-run the same command (with --overwrite) to resume it; a run of other settings removes it."
+        )
     run = RunDir(folder)
     names = {
         CONFIG_FILE: "config",
@@ -335,12 +394,14 @@ def interrupted_note(args: argparse.Namespace) -> str:
     missing = [label for f, label in names.items() if not run.exists(f)]
     try:
         stale = run.stale_artifacts()
+        mixed = inconsistent_artifacts(run) if run.exists(CONFIG_FILE) else []
     except SPGError:
-        stale = []
+        stale, mixed = [], []
     text = (
         f"interrupted: {folder} holds {', '.join(present) or 'nothing yet'}"
         + (f"; not done: {', '.join(missing)}" if missing else "")
         + (f"; made from earlier inputs (stale): {', '.join(stale)}" if stale else "")
+        + (f"; made with other settings than config.json (inconsistent): {', '.join(mixed)}" if mixed else "")
         + ". No file is half-written; re-run the command to finish (token extraction resumes)."
     )
     return text
@@ -361,6 +422,12 @@ def main(argv: list[str] | None = None) -> int:
         func(args)
     except SPGError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (OSError, RuntimeError) as exc:  # a write refused outside atomic_path (e.g. DataLoader shared memory)
+        refused = disk_error(exc)
+        if refused is None:
+            raise
+        print(f"error: {refused}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(interrupted_note(args), file=sys.stderr)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import numbers
 import types
 import typing
@@ -98,7 +99,9 @@ def _problem(kind: Any, value: Any) -> str | None:
     if kind is int:
         return None if isinstance(value, numbers.Integral) and not isinstance(value, bool) else "is not a whole number"
     if kind is float:
-        return None if isinstance(value, numbers.Real) and not isinstance(value, bool) else "is not a number"
+        if not isinstance(value, numbers.Real) or isinstance(value, bool):
+            return "is not a number"
+        return None if math.isfinite(value) else "is not a finite number"
     if kind is str:
         return None if isinstance(value, str) else "is not text"
     return None
@@ -382,6 +385,16 @@ class ExtractConfig:
 
     def __post_init__(self) -> None:
         validate(self)
+
+
+def config_warnings(cfg: RunConfig) -> list[str]:
+    """Settings that are valid but almost surely not meant: training stages of zero epochs."""
+    notes = []
+    if cfg.sae.epochs == 0 and cfg.method == "spg":
+        notes.append("--sae-epochs 0: the SAE is not trained; its dictionary stays at its random initialisation")
+    if cfg.guides.epochs == 0:
+        notes.append("--guide-epochs 0: the guides are not trained; they stay at their initial coefficients")
+    return notes
 
 
 def _tuples(d: dict[str, Any]) -> dict[str, Any]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from .inference import load_run_backbone
 from .pipeline import evaluate_target, train_stages
 from .protocols import check_preset, default_preset, overrides
 from .report import write_reports
+from .run_lock import command_line, run_lock
 from .runs import RunDir
 
 PROGRESS_FILE = ".demo_progress.json"
@@ -140,15 +140,16 @@ def build_demo_run(
     root.mkdir(parents=True, exist_ok=True)
     cfg = demo_config(run)
     try:
-        _report(root, run.name, "training")
-        io = ExtractConfig(cache_dir=None if cache_dir is None else str(cache_dir), quiet=not progress)
-        backbone = load_run_backbone(cfg, resolve_device(cfg.device))
-        trained = train_stages(cfg, out, io, backbone=backbone)
-        _report(root, run.name, "scoring the target")
-        evaluate_target(trained, io, device=cfg.device, backbone=backbone)
-        _report(root, run.name, "reports and atoms")
-        write_reports(out)
-        build_atoms(out, progress=progress)
+        with run_lock(out, command_line()):  # one writer for all stages, not one per stage
+            _report(root, run.name, "training")
+            io = ExtractConfig(cache_dir=None if cache_dir is None else str(cache_dir), quiet=not progress)
+            backbone = load_run_backbone(cfg, resolve_device(cfg.device))
+            trained = train_stages(cfg, out, io, backbone=backbone)
+            _report(root, run.name, "scoring the target")
+            evaluate_target(trained, io, device=cfg.device, backbone=backbone)
+            _report(root, run.name, "reports and atoms")
+            write_reports(out)
+            build_atoms(out, progress=progress)
     except BaseException as exc:
         _report(root, run.name, "failed", error=f"{type(exc).__name__}: {exc}")
         raise
@@ -161,39 +162,25 @@ def ensure_demo_run(runs_root: str | Path, *, progress: bool = True, cache_dir: 
     return build_demo_run(runs_root, DEMO_RUNS[0], progress=progress, cache_dir=cache_dir)
 
 
-def start_background_builds(runs_root: str | Path, cache_dir: str | Path | None = None) -> list[subprocess.Popen]:
-    """Start a builder process for every later demo run that is not complete (one after another
-    in a single process: two at once would halve each on a small CPU)."""
-    root = Path(runs_root)
-    todo = [r.name for r in DEMO_RUNS[1:] if not demo_is_complete(root / r.name)]
-    if not todo:
-        return []
-    for name in todo:
-        _report(root, name, "queued")
-    cmd = [sys.executable, "-m", "spg_core.demo", "--runs", str(root), *todo]
-    if cache_dir is not None:
-        cmd += ["--cache-dir", str(cache_dir)]
-    with open(root / ".demo_build.log", "ab") as log:  # the builder's own output, for a failed build
-        return [
-            subprocess.Popen(
-                cmd,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                cwd=str(Path(__file__).resolve().parent.parent),
-            )
-        ]
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="build demo runs (the background job of spg dashboard --demo)")
-    parser.add_argument("names", nargs="+", choices=[r.name for r in DEMO_RUNS])
+    # (no `choices=`: argparse checks an empty `*` list against them and refuses it)
+    parser.add_argument(
+        "names", nargs="*", help=f"of {', '.join(r.name for r in DEMO_RUNS)}; default: every missing one"
+    )
     parser.add_argument("--runs", required=True)
     parser.add_argument("--cache-dir", default=None)
     args = parser.parse_args(argv)
-    by_name = {r.name: r for r in DEMO_RUNS}
-    for name in args.names:
-        build_demo_run(args.runs, by_name[name], progress=False, cache_dir=args.cache_dir)
+    unknown = set(args.names) - {r.name for r in DEMO_RUNS}
+    if unknown:
+        parser.error(f"no demo run named {', '.join(sorted(unknown))}")
+    root = Path(args.runs)
+    todo = [r for r in DEMO_RUNS if (not args.names or r.name in args.names) and not demo_is_complete(root / r.name)]
+    root.mkdir(parents=True, exist_ok=True)
+    for run in todo:  # every run the dashboard will see, queued before the first one starts
+        _report(root, run.name, "queued")
+    for run in todo:
+        build_demo_run(root, run, progress=False, cache_dir=args.cache_dir)
     return 0
 
 

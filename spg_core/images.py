@@ -177,6 +177,24 @@ def mask_has_anomaly(path: str | os.PathLike) -> bool:
     return bool(binarize_mask(_mask_array(_open_decoded(path, "mask"))).any())
 
 
+# Every image is resized to the backbone's square input. Inspection images are near square (MVTec
+# AD 1:1, VisA up to ~1.5:1); beyond 4:1 the stretch distorts shapes fourfold, and below 16 px a
+# side there is next to nothing to enlarge: both still run, with a warning.
+MAX_ASPECT = 4.0
+MIN_SIDE = 16
+
+
+def shape_note(size: tuple[int, int], side: int) -> str | None:
+    """A warning for an image of `size` (w, h) resized to `side` x `side` when that stretches it beyond
+    MAX_ASPECT or enlarges a side under MIN_SIDE px; None when the resize is ordinary."""
+    w, h = size
+    if max(w, h) > MAX_ASPECT * min(w, h):
+        return f"{w} x {h} px (aspect {max(w, h) / min(w, h):.0f}:1) is stretched to a {side} x {side} square"
+    if min(w, h) < MIN_SIDE:
+        return f"{w} x {h} px is enlarged to a {side} x {side} square from under {MIN_SIDE} px a side"
+    return None
+
+
 def image_to_uint8(img: Image.Image | np.ndarray, size: int) -> torch.Tensor:
     """RGB image -> uint8 tensor [3, S, S], antialiased bicubic resize.
 

@@ -20,6 +20,7 @@ import torch
 from .backbones import load_backbone
 from .backbones.base import Backbone
 from .config import RunConfig, ScoreConfig
+from .consistency import require_consistent
 from .context import ContextScorer, context_scorer, resolve_context
 from .devices import resolve_device
 from .errors import SPGError
@@ -144,6 +145,7 @@ class Predictor:
     ):
         self.run = RunDir(run_dir)
         self.config_json = self.run.read_config()
+        require_consistent(self.run, ("sae", "guides"))  # maps from a mixed run would look right and be wrong
         self.cfg = RunConfig.from_dict(self.config_json)
         if score is not None:
             self.cfg.score = score

@@ -26,12 +26,14 @@ from . import __version__, distributed
 from .atomic import file_sha256, write_json
 from .backbones.base import Backbone
 from .config import ExtractConfig, GuideConfig, RunConfig, SAEConfig, ScoreConfig
+from .consistency import FINGERPRINT_KEY, fingerprint
 from .data import open_dataset
 from .devices import resolve_device
 from .errors import SPGError
 from .guides import GuideBatch, GuideSet, saturation_note, train_guides
 from .inference import Predictor, dictionary_of, load_run_backbone, load_run_sae, score_store, target_maps
 from .metrics import evaluate, image_auroc
+from .run_lock import command_line, run_lock
 from .runs import GUIDES_FILE, GUIDES_RECORD_FILE, METRICS_FILE, SAE_FILE, SAE_RECORD_FILE, RunDir
 from .sae import TopKSAE
 from .sae_train import attach_dead_mask, evaluate_sae, train_sae
@@ -207,57 +209,82 @@ def train_stages(
 
     With the "sae" stage, config.json is written afresh (a new run); a guides-only call
     updates its `guides` section and keeps every other key. `backbone`: an already loaded
-    one (so `spg run` loads the model once for both sets)."""
-    if cfg.method == "free_guides":
-        cfg = dataclasses.replace(cfg, guides=dataclasses.replace(cfg.guides, variant="free", form="pair"))
+    one (so `spg run` loads the model once for both sets). Holds the folder's write lock."""
+    cfg = effective_config(cfg)
     io = io or ExtractConfig()
     progress = shows_progress(io)
     run = RunDir(out)
-    device = resolve_device(cfg.device)
-    backbone = backbone or load_run_backbone(cfg, device, compile=io.compile)
-    aux = extract(cfg.aux, backbone, io)
-    stages = set(stages)
-    run.path.mkdir(parents=True, exist_ok=True)
-    if "sae" in stages:
-        if distributed.is_main():
-            run.write_config(
-                cfg,
+    with run_lock(out, command_line()):
+        device = resolve_device(cfg.device)
+        backbone = backbone or load_run_backbone(cfg, device, compile=io.compile)
+        aux = extract(cfg.aux, backbone, io)
+        stages = set(stages)
+        run.path.mkdir(parents=True, exist_ok=True)
+        settings = cfg.to_dict()
+        sae_fp = {FINGERPRINT_KEY: fingerprint(settings, "sae")}
+        if "sae" in stages:
+            if distributed.is_main():
+                run.write_config(
+                    cfg,
+                    {
+                        "backbone_identity": backbone.identity(),
+                        "aux_store": str(aux.root),
+                        "environment": environment(),
+                        "device_used": str(device),
+                    },
+                )
+            sae, sae_info = fit_dictionary(aux, cfg.sae, cfg.method, device, progress)
+            if distributed.is_main():  # under torchrun every rank holds the same SAE; one writes it
+                if sae is not None:
+                    sae.save(
+                        str(run.file(SAE_FILE)),
+                        {"backbone": backbone.identity(), "method": cfg.method, **sae_fp},
+                    )
+                write_json(
+                    run.file(SAE_RECORD_FILE),
+                    {
+                        "config": asdict(cfg.sae),
+                        "method": cfg.method,
+                        "world_size": distributed.world_size(),
+                        **sae_fp,
+                        **sae_info,
+                    },
+                )
+        elif distributed.is_main():
+            run.update_config(guides=asdict(cfg.guides))
+        if "guides" in stages:
+            sae = load_run_sae(run, cfg, backbone.dim)
+            dead = None if sae is None else sae.dead
+            pair, info = fit_guides(aux, dictionary_of(sae, backbone.dim), cfg.guides, device, progress, dead=dead)
+            before = run.digest(GUIDES_FILE)
+            guides_fp = {FINGERPRINT_KEY: fingerprint(settings, "guides")}
+            pair.save(str(run.file(GUIDES_FILE)), {"backbone": backbone.identity(), "method": cfg.method, **guides_fp})
+            write_json(
+                run.file(GUIDES_RECORD_FILE),
                 {
-                    "backbone_identity": backbone.identity(),
-                    "aux_store": str(aux.root),
-                    "environment": environment(),
-                    "device_used": str(device),
+                    "config": asdict(cfg.guides),
+                    **guides_fp,
+                    **info,
+                    "provenance": {"sae_sha256": run.digest(SAE_FILE)},
                 },
             )
-        sae, sae_info = fit_dictionary(aux, cfg.sae, cfg.method, device, progress)
-        if distributed.is_main():  # under torchrun every rank holds the same SAE; one writes it
-            if sae is not None:
-                sae.save(str(run.file(SAE_FILE)), {"backbone": backbone.identity(), "method": cfg.method})
-            write_json(
-                run.file(SAE_RECORD_FILE),
-                {"config": asdict(cfg.sae), "method": cfg.method, "world_size": distributed.world_size(), **sae_info},
-            )
-    elif distributed.is_main():
-        run.update_config(guides=asdict(cfg.guides))
-    if "guides" in stages:
-        sae = load_run_sae(run, cfg, backbone.dim)
-        dead = None if sae is None else sae.dead
-        pair, info = fit_guides(aux, dictionary_of(sae, backbone.dim), cfg.guides, device, progress, dead=dead)
-        before = run.digest(GUIDES_FILE)
-        pair.save(str(run.file(GUIDES_FILE)), {"backbone": backbone.identity(), "method": cfg.method})
-        write_json(
-            run.file(GUIDES_RECORD_FILE),
-            {"config": asdict(cfg.guides), **info, "provenance": {"sae_sha256": run.digest(SAE_FILE)}},
-        )
-        if before is not None and run.exists(METRICS_FILE):
-            print(
-                "note: the guides changed, so this run's target maps and metrics are stale; "
-                f"re-run `spg eval --run {run.path}`",
-                file=sys.stderr,
-            )
+            # Only where the maps and metrics on disk came from other guides (not after a fresh run's training).
+            if before is not None and METRICS_FILE in run.stale_artifacts():
+                print(
+                    "note: the guides changed, so this run's target maps and metrics are stale; "
+                    f"re-run `spg eval --run {run.path}`",
+                    file=sys.stderr,
+                )
 
-        write_run_threshold(run.path, device=str(device))
+            write_run_threshold(run.path, device=str(device))
     return run
+
+
+def effective_config(cfg: RunConfig) -> RunConfig:
+    """The config a run records: `--method free_guides` implies free guides of the pair form."""
+    if cfg.method == "free_guides":
+        return dataclasses.replace(cfg, guides=dataclasses.replace(cfg.guides, variant="free", form="pair"))
+    return cfg
 
 
 def evaluate_target(
@@ -274,54 +301,56 @@ def evaluate_target(
     record the target evaluated (`target`, `target_store`) in config.json.
 
     `score`: scoring settings for this evaluation (default: the run's own); `metric_options`
-    override evaluate()'s (default smoothing: the score settings' sigma)."""
+    override evaluate()'s (default smoothing: the score settings' sigma). Holds the run's write lock."""
     io = io or ExtractConfig()
-    cfg = run.run_config()
-    predictor = Predictor(
-        run.path, device=device or cfg.device, compile_backbone=io.compile, backbone=backbone, score=score
-    )
-    score = predictor.cfg.score
-    target = target or cfg.target
-    store = extract(target, predictor.backbone, io)
-    if store.dim != predictor.dictionary.shape[0]:
-        raise SPGError(
-            "target tokens and the run's dictionary differ in dimension",
-            path=str(store.root),
-            fix="evaluate with the backbone the run was trained with",
+    with run_lock(run.path, command_line()):
+        cfg = run.run_config()
+        predictor = Predictor(
+            run.path, device=device or cfg.device, compile_backbone=io.compile, backbone=backbone, score=score
         )
-    run.update_config(target=target, target_store=str(store.root))
-    provenance = {
-        "guides_sha256": run.digest(GUIDES_FILE),
-        "target_store_manifest_sha256": file_sha256(store.root / "manifest.json"),
-    }
-    probs, scores = score_store(store, predictor.scorer, predictor.device)
-    run.write_target(probs, scores, store.images, store.grid, store.image_size, provenance)
-    maps = target_maps(probs, store.grid, store.image_size)
-    masks = store.masks(range(store.num_images)).to(torch.uint8)
-    options = {"smoothing_sigma": score.smoothing_sigma, **(metric_options or {})}
-    metrics = evaluate(
-        scores.numpy(),
-        store.labels(),
-        maps.numpy(),
-        masks.numpy(),
-        [r["category"] for r in store.images],
-        progress=shows_progress(io),
-        **options,
-    )
-    metrics["settings"] = {
-        **metrics.get("settings", {}),
-        "aux": cfg.aux,
-        "target": target,
-        "backbone": cfg.backbone,
-        "method": cfg.method,
-        "protocol": cfg.protocol,
-        "aggregation": score.aggregation,
-        "image_score": score.image_score,
-        "context": {"form": score.context_form, "weight": score.context_weight} if score.context else None,
-        "image_size": store.image_size,
-    }
-    metrics["provenance"] = provenance
-    write_json(run.file(METRICS_FILE), metrics)
+        score = predictor.cfg.score
+        target = target or cfg.target
+        store = extract(target, predictor.backbone, io)
+        if store.dim != predictor.dictionary.shape[0]:
+            raise SPGError(
+                "target tokens and the run's dictionary differ in dimension",
+                path=str(store.root),
+                fix="evaluate with the backbone the run was trained with",
+            )
+        run.update_config(target=target, target_store=str(store.root))
+        provenance = {
+            "guides_sha256": run.digest(GUIDES_FILE),
+            "target_store_manifest_sha256": file_sha256(store.root / "manifest.json"),
+            FINGERPRINT_KEY: fingerprint(run.read_config(), "target"),
+        }
+        probs, scores = score_store(store, predictor.scorer, predictor.device)
+        run.write_target(probs, scores, store.images, store.grid, store.image_size, provenance)
+        maps = target_maps(probs, store.grid, store.image_size)
+        masks = store.masks(range(store.num_images)).to(torch.uint8)
+        options = {"smoothing_sigma": score.smoothing_sigma, **(metric_options or {})}
+        metrics = evaluate(
+            scores.numpy(),
+            store.labels(),
+            maps.numpy(),
+            masks.numpy(),
+            [r["category"] for r in store.images],
+            progress=shows_progress(io),
+            **options,
+        )
+        metrics["settings"] = {
+            **metrics.get("settings", {}),
+            "aux": cfg.aux,
+            "target": target,
+            "backbone": cfg.backbone,
+            "method": cfg.method,
+            "protocol": cfg.protocol,
+            "aggregation": score.aggregation,
+            "image_score": score.image_score,
+            "context": {"form": score.context_form, "weight": score.context_weight} if score.context else None,
+            "image_size": store.image_size,
+        }
+        metrics["provenance"] = provenance
+        write_json(run.file(METRICS_FILE), metrics)
     return metrics
 
 

@@ -24,6 +24,7 @@ from PIL import Image
 from .atomic import write_text
 from .atoms import load_atoms, patch_crop, rank_atoms
 from .atoms.visual import IN_MASK, OUT_MASK
+from .consistency import require_consistent
 from .errors import SPGError
 from .guides import GuideSet
 from .images import load_image
@@ -142,9 +143,9 @@ def build_report(run_dir: str | Path, *, count: int = 4) -> str:
     """The report of one run as an HTML string (see the module docstring for its sections)."""
     run = RunDir(run_dir)
     cfg = run.read_config()
+    require_consistent(run)
     metrics = run.read_metrics()
-    probs, _scores_t, meta = run.read_target()
-    rows = run.read_scores()
+    probs, _scores_t, meta, rows = run.read_target_rows()
     scores = np.array([r["score"] for r in rows], dtype=np.float64)
     labels = np.array([r["label"] for r in rows], dtype=np.int64)
     try:

@@ -10,9 +10,8 @@ import os
 from pathlib import Path
 
 from .errors import SPGError
+from .limits import RUNS_ENV
 from .runs import list_runs
-
-RUNS_ENV = "SPG_RUNS_ROOT"
 
 
 def runs_root(default: str | Path = "runs") -> Path:

@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from .atomic import file_sha256, load_tensors, read_json, save_tensors, write_json, write_text
+from .atomic import check_regular_file, file_sha256, load_tensors, read_json, save_tensors, write_json, write_text
 from .config import RunConfig
 from .errors import SPGError
 
@@ -43,6 +43,8 @@ PATCH_MAPS_FILE = "target/patch_maps.safetensors"
 SCORES_FILE = "target/scores.csv"
 METRICS_FILE = "metrics.json"
 THRESHOLD_FILE = "threshold.json"  # decision threshold + map scale (thresholds.py)
+# scores.csv holds ~60 bytes a target image: 64 MiB is a million images, far beyond any target set.
+MAX_SCORES_BYTES = 64 * 2**20
 
 
 class RunDir:
@@ -132,7 +134,8 @@ class RunDir:
         write_text(self.file(SCORES_FILE), buf.getvalue())
 
     def read_target(self) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
-        """(probs `[K, h, w]` float32, scores `[K]`, metadata with grid and image_size)."""
+        """(probs `[K, h, w]` float32, scores `[K]`, metadata with grid and image_size), their shapes
+        checked against each other, the grid they record and the run's backbone grid."""
         tensors, meta = load_tensors(self.file(PATCH_MAPS_FILE), what="target maps")
         if "probs" not in tensors or "scores" not in tensors:
             raise SPGError(
@@ -140,26 +143,77 @@ class RunDir:
                 path=str(self.file(PATCH_MAPS_FILE)),
                 fix="re-run `spg eval --run DIR`",
             )
-        return tensors["probs"].float(), tensors["scores"].float(), meta
+        probs, scores = tensors["probs"].float(), tensors["scores"].float()
+        grids = {"the grid the file records": meta.get("grid")}
+        if self.exists(CONFIG_FILE):
+            grids["the run's backbone grid"] = self.read_config().get("backbone_identity", {}).get("grid")
+        problem = target_shape_problem(tuple(probs.shape), tuple(scores.shape), grids)
+        if problem:
+            raise SPGError(
+                f"target maps do not fit: {problem}",
+                path=str(self.file(PATCH_MAPS_FILE)),
+                fix="the file was damaged or comes from another run: re-run `spg eval --run DIR`",
+            )
+        return probs, scores, meta
+
+    def read_target_rows(self) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any], list[dict[str, Any]]]:
+        """`read_target` and `read_scores`, checked to describe the same images, one row per map."""
+        probs, scores, meta = self.read_target()
+        rows = self.read_scores()
+        if len(rows) != probs.shape[0]:
+            raise SPGError(
+                f"scores.csv has {len(rows)} rows but the maps file has {probs.shape[0]} maps",
+                path=str(self.file(SCORES_FILE)),
+                fix="the two come from different evaluations: re-run `spg eval --run DIR`",
+            )
+        return probs, scores, meta, rows
 
     def read_scores(self) -> list[dict[str, Any]]:
+        """scores.csv as rows with int index and label and float score (read only when it is a
+        regular file of at most MAX_SCORES_BYTES)."""
         path = self.file(SCORES_FILE)
         if not path.is_file():
             raise SPGError("target scores not found", path=str(path), fix="re-run `spg eval --run DIR`")
-        with open(path, newline="") as fh:
-            rows = list(csv.DictReader(fh))
-        for r in rows:
-            r["index"], r["label"], r["score"] = int(r["index"]), int(r["label"]), float(r["score"])
+        check_regular_file(path, MAX_SCORES_BYTES, what="target scores")
+        try:
+            with open(path, newline="") as fh:
+                rows = list(csv.DictReader(fh))
+            for r in rows:
+                r["index"], r["label"], r["score"] = int(r["index"]), int(r["label"]), float(r["score"])
+        except (KeyError, ValueError, TypeError, csv.Error, UnicodeDecodeError) as exc:
+            raise SPGError(
+                f"target scores are damaged ({type(exc).__name__}: {exc})",
+                path=str(path),
+                fix="re-run `spg eval --run DIR`",
+            ) from None
         return rows
 
     def read_metrics(self) -> dict[str, Any]:
         return read_json(self.file(METRICS_FILE), what="metrics")
 
 
+def target_shape_problem(probs: tuple[int, ...], scores: tuple[int, ...], grids: dict[str, Any]) -> str | None:
+    """Why maps of shape `probs` `[K, h, w]` and scores `[K]` do not fit together or with `grids`
+    ({what: [h, w] or None}); None when they fit."""
+    if len(probs) != 3:
+        return f"maps of shape {list(probs)}, not [images, h, w]"
+    if scores != (probs[0],):
+        return f"{probs[0]} maps but scores of shape {list(scores)}"
+    for what, grid in grids.items():
+        if grid is not None and tuple(grid) != probs[1:]:
+            return f"maps of {probs[1]} x {probs[2]} patches but {what} is {grid[0]} x {grid[1]}"
+    return None
+
+
 def list_runs(root: str | Path) -> list[Path]:
-    """Run directories (folders holding a config.json) under `root`, newest first."""
+    """Run directories (folders holding a config.json) under `root`, newest first. Hidden folders
+    (an overwrite's staging folder, `.NAME.staging`) are not runs."""
     root = Path(root)
     if not root.is_dir():
         return []
-    runs = {p.parent for p in root.glob("**/config.json") if "tokens" not in p.parts}
+    runs = {
+        p.parent
+        for p in root.glob("**/config.json")
+        if "tokens" not in p.parts and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    }
     return sorted(runs, key=lambda p: p.stat().st_mtime, reverse=True)

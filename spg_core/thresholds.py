@@ -34,6 +34,7 @@ from .errors import SPGError
 from .inference import Predictor, score_store, target_maps
 from .metrics import smooth_maps
 from .render import logit
+from .run_lock import command_line, run_lock
 from .runs import THRESHOLD_FILE
 from .store import TokenStore
 
@@ -165,9 +166,10 @@ def compute_run_threshold(
 
 
 def write_run_threshold(run_dir: str | Path, **kwargs: Any) -> dict[str, Any]:
-    """`compute_run_threshold` written to RUN/threshold.json (temp file + rename)."""
-    record = compute_run_threshold(run_dir, **kwargs)
-    write_json(Path(run_dir) / THRESHOLD_FILE, record)
+    """`compute_run_threshold` written to RUN/threshold.json (temp file + rename), under the run's lock."""
+    with run_lock(run_dir, command_line()):
+        record = compute_run_threshold(run_dir, **kwargs)
+        write_json(Path(run_dir) / THRESHOLD_FILE, record)
     return record
 
 

@@ -12,11 +12,12 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
+from .atomic import check_regular_file
 from .errors import SPGError
 from .images import MAX_IMAGE_PIXELS, to_rgb
+from .limits import MAX_UPLOAD_BYTES
 
 UPLOAD_TYPES = ("png", "jpg", "jpeg", "bmp", "tif", "tiff", "webp")
-MAX_UPLOAD_BYTES = 25 * 1024 * 1024
 MAX_UPLOAD_PIXELS = MAX_IMAGE_PIXELS  # the engine's one pixel limit (images.py)
 
 
@@ -58,3 +59,11 @@ def decode_upload(
             f"{name} is corrupt, truncated or not an image ({type(exc).__name__})",
             fix="re-export the image as PNG or JPEG",
         ) from None
+
+
+def read_image_file(path: str | Path, *, max_bytes: int = MAX_UPLOAD_BYTES) -> bytes:
+    """The bytes of an image file named by a run (e.g. a scores.csv entry), read only after checking
+    that it is a regular file within the upload limit (so /dev/zero is refused, not read forever)."""
+    check_regular_file(path, max_bytes, what="image file")
+    with open(path, "rb") as fh:
+        return fh.read(max_bytes + 1)

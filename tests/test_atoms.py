@@ -35,8 +35,10 @@ from spg_core.atoms import (
     top_atoms_per_image,
     top_atoms_per_patch,
 )
+from spg_core.atoms.build import SUMMARIES, ensure_summaries
 from spg_core.atoms.index import patch_mask_fraction, store_chunks
 from spg_core.atoms.stats import TAGS
+from spg_core.atoms.summaries import load_summaries
 from spg_core.cli import main as spg_main
 from spg_core.config import ExtractConfig, GuideConfig, RunConfig, SAEConfig
 from spg_core.errors import SPGError
@@ -400,8 +402,25 @@ def test_save_load_round_trip_is_exact(built, run_dir, aux, predictor):
         assert torch.equal(getattr(index.counts, name), getattr(fresh.counts, name)), name
     assert index.counts.mask_total == fresh.counts.mask_total
     expected = atom_stats(fresh, aux.images)
-    pd.testing.assert_frame_equal(stats, expected, check_exact=True)
+    pd.testing.assert_frame_equal(stats[list(expected.columns)], expected, check_exact=True)
     assert (Path(run_dir) / "atoms" / "stats.csv").is_file() and (Path(run_dir) / "atoms" / "index.json").is_file()
+
+
+@pytest.mark.slow
+def test_summaries_are_built_with_the_index_and_rebuilt_when_missing(run_dir, built, tmp_path):
+    index, stats = built
+    summaries = load_summaries(Path(run_dir) / SUMMARIES)
+    assert torch.equal(summaries.sets["aux"].hist.sum(1), index.counts.fire_count)
+    assert set(summaries.sets) == {"aux", "target"}
+    assert {"border_share", "position_share", "image_share", "flags"} <= set(stats.columns)
+    assert "flag_rule" in stats.attrs
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    (copy / SUMMARIES).unlink()
+    rebuilt = ensure_summaries(copy)  # an older run: built on first use
+    assert (copy / SUMMARIES).is_file()
+    assert torch.equal(rebuilt.sets["target"].top_image, summaries.sets["target"].top_image)
+    assert torch.equal(rebuilt.coact_atoms, summaries.coact_atoms)
 
 
 @pytest.mark.slow

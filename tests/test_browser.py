@@ -116,6 +116,22 @@ def test_upload_in_the_browser(server, page, tmp_path):
         ) from None
     wait_ready(page, "Try an image")
     no_exceptions(page)
+    # A box dragged on the image's map opens the region -> atoms panel (its tables become visible).
+    inside = page.get_by_text("Most active inside").first
+    assert not inside.is_visible()
+    for _ in range(3):
+        box = _map_plot(page).bounding_box()
+        assert box is not None
+        x0, y0 = box["x"] + box["width"] * 0.2, box["y"] + box["height"] * 0.2
+        page.mouse.move(x0, y0)
+        page.mouse.down()
+        page.mouse.move(x0 + box["width"] * 0.3, y0 + box["height"] * 0.3, steps=8)
+        page.mouse.up()
+        if _wait_change(lambda: inside.is_visible(), False):
+            break
+    wait_ready(page, "Try an image")
+    no_exceptions(page)
+    assert page.get_by_text("Most active inside").first.is_visible(), "the region panel did not open after a drag"
 
 
 def _map_plot(page):
@@ -150,6 +166,10 @@ def test_click_on_the_map_selects_a_patch(server, page):
     no_exceptions(page)
     assert after != before, "clicking the map did not move the patch selection"
     assert int(after) > 16  # the click was in the lower part of the 32-row grid
+    # On a target image too, the region follows the click: a 3 x 3 box around the clicked patch.
+    wait_ready(page, "Anomaly maps")
+    shown = _shown_region(page)
+    assert shown is not None and shown[0] <= int(after) <= shown[1] and shown[1] - shown[0] <= 2, (shown, after)
 
 
 def test_box_on_the_map_selects_a_region_and_its_atoms(server, page, shots):

@@ -18,6 +18,7 @@ import pandas as pd
 import pytest
 import streamlit as st
 import torch
+from helpers.apptest_support import PAGES, assert_clean, frame_with, metric, open_app, plotly_keys, texts
 from helpers.dashboard_support import RUN, TWIN, damaged_runs_root, small_runs_root
 from PIL import Image
 
@@ -40,63 +41,12 @@ from spg_core.thresholds import best_f1_threshold, ensure_run_threshold, read_ru
 
 AppTest = pytest.importorskip("streamlit.testing.v1").AppTest
 
-ROOT = Path(__file__).resolve().parent.parent
-APP = ROOT / "dashboard" / "app.py"
-PAGES = ROOT / "pages"
-TIMEOUT = 300  # the first run of a session imports torch and loads the model on 2 busy cores
-
-
 # -- helpers ---------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
 def runs_root(tmp_path_factory) -> Path:
     return small_runs_root(tmp_path_factory)
-
-
-def open_app(root: Path, monkeypatch: pytest.MonkeyPatch, page: str | None = None, run: str | None = None) -> AppTest:
-    """A fresh session of the app over `root`, on `page` (a script in pages/) with `run` chosen."""
-    monkeypatch.setenv(run_paths.RUNS_ENV, str(root))
-    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
-    at.run()
-    if run is not None:
-        at.selectbox(key="run").set_value(run).run()
-    if page is not None:
-        at.switch_page(str(PAGES / page)).run()
-    assert_clean(at)
-    return at
-
-
-def assert_clean(at: AppTest) -> None:
-    assert not at.exception, [e.value for e in at.exception]
-
-
-def texts(at: AppTest) -> str:
-    """Everything the page says in markdown, captions, alerts and metrics, as one string."""
-    parts = [m.value for m in at.markdown] + [c.value for c in at.caption]
-    parts += [a.value for a in (*at.info, *at.warning, *at.error, *at.success)]
-    parts += [f"{m.label}: {m.value}" for m in at.metric]
-    return "\n".join(str(p) for p in parts)
-
-
-def metric(at: AppTest, label: str) -> str:
-    found = [m.value for m in at.metric if m.label == label]
-    assert found, f"no metric {label!r} among {[m.label for m in at.metric]}"
-    return found[0]
-
-
-def frame_with(at: AppTest, *columns: str, without: tuple[str, ...] = ()):
-    """The first st.dataframe whose table has all `columns` and none of `without`
-    (dataframes carry no key in AppTest)."""
-    for element in at.dataframe:
-        value = element.value
-        if set(columns) <= set(value.columns) and not set(without) & set(value.columns):
-            return value
-    raise AssertionError(f"no dataframe with columns {columns}")
-
-
-def plotly_keys(at: AppTest) -> int:
-    return len(at.get("plotly_chart"))
 
 
 def png_bytes(image: Image.Image) -> bytes:
@@ -186,7 +136,7 @@ def test_region_ranking_from_an_images_codes_and_contributions():
 
 def test_empty_root_says_how_to_make_a_run(tmp_path, monkeypatch):
     at = open_app(tmp_path, monkeypatch)
-    for page in ("runs.py", "maps.py", "atoms.py", "atom_detail.py", "backbones.py", "try_image.py"):
+    for page in ("runs.py", "maps.py", "atoms.py", "dictionary.py", "atom_detail.py", "backbones.py", "try_image.py"):
         at.switch_page(str(PAGES / page)).run()
         assert_clean(at)
         said = texts(at)
@@ -332,21 +282,25 @@ def test_atom_detail_tiles_histograms_and_ablation(runs_root, monkeypatch):
     assert offered and not offered & dead
     atom = top_live
     at.selectbox(key=k + "pick").set_value(atom).run()
-    assert len(at.image) == 2 * 9  # crop + heatmap per top patch
-    assert plotly_keys(at) == 2  # category and activation histograms
+
+    def top_images() -> int:  # the top patches' crop + heatmap pairs carry no caption of their own
+        return sum(1 for i in at.image if i.proto.imgs and not i.proto.imgs[0].caption)
+
+    assert top_images() == 2 * 6
+    assert plotly_keys(at) == 3  # category and activation histograms, grid positions
     assert any(f'spg-pill neutral">{tag}<' in texts(at) for tag in ("class-general", "class-specific", "shared"))
     at.select_slider(key=k + "count").set_value(3).run()
-    assert len(at.image) == 2 * 3
+    assert top_images() == 2 * 3
 
-    at.toggle(key=k + f"remove_{atom}_anomaly").set_value(True).run()
+    at.select_slider(key=k + f"scale_{atom}_anomaly").set_value(0.0).run()
     assert_clean(at)
     expected = Ablator(runs_root / RUN, device="cpu").ablate(remove=[atom], guide="anomaly").metrics
     assert metric(at, "Image AUROC") == f"{100 * expected['mean']['image_auroc']:.1f}%"
     assert len(frame_with(at, "category", "before", "after", "change"))
-    assert plotly_keys(at) == 4  # + the maps with and without the atom
+    assert plotly_keys(at) == 6  # + the maps as trained, edited, and their difference
 
-    at.toggle(key=k + f"remove_{atom}_anomaly").set_value(False).run()
-    assert "Switch it on" in texts(at)
+    at.select_slider(key=k + f"scale_{atom}_anomaly").set_value(1.0).run()
+    assert "Move the slider" in texts(at)
 
 
 @pytest.mark.slow
@@ -404,9 +358,8 @@ def test_try_an_image_scores_uploads_and_refuses_bad_files(runs_root, monkeypatc
     # Region -> atoms on the scored image: the tables are the engine's answer for the new image's tokens.
 
     name = Path(first_anomalous).name
-    rk = f"try_region_{name}::"
-    at.slider(key=rk + "rows").set_value((4, 8)).run()
-    at.slider(key=rk + "cols").set_value((10, 14)).run()
+    next(s for s in at.slider if s.label == "Region rows").set_value((4, 8)).run()
+    next(s for s in at.slider if s.label == "Region columns").set_value((10, 14)).run()
     assert_clean(at)
     assert "Region: rows 4-8, columns 10-14 (25 patches)" in texts(at)
     pred = Predictor(runs_root / RUN, device="cpu")
@@ -451,7 +404,7 @@ DAMAGE = {
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("page", ["runs.py", "maps.py", "atoms.py", "atom_detail.py", "try_image.py"])
+@pytest.mark.parametrize("page", ["runs.py", "maps.py", "atoms.py", "dictionary.py", "atom_detail.py", "try_image.py"])
 @pytest.mark.parametrize("run", ["truncated", "corrupt", "half"])
 def test_damaged_runs_give_messages_not_exceptions(damaged_root, monkeypatch, page, run):
     at = open_app(damaged_root, monkeypatch, page=page, run=run)
@@ -625,6 +578,7 @@ def test_region_on_the_maps_page_lists_the_engines_atoms(runs_root, monkeypatch)
     at = open_app(runs_root, monkeypatch, page="maps.py", run=RUN)
     k = f"{RUN}::"
     at.selectbox(key=k + "outcome").set_value("all images").run()
+    at.selectbox(key=k + "image").set_value(0).run()  # the first target image (the page opens on a true positive)
     index = at.selectbox(key=k + "image").value
     at.slider(key=k + "region::rows").set_value((2, 6)).run()
     at.slider(key=k + "region::cols").set_value((3, 9)).run()
@@ -739,7 +693,7 @@ def test_an_atoms_top_patch_opens_its_auxiliary_image_in_the_region_view(runs_ro
     atom = at.selectbox(key=k + "pick").value
     index, _ = load_atoms(runs_root / RUN)
     entry = index.entries(atom)[1]  # the atom's second strongest auxiliary patch
-    at.selectbox(key=k + "region_pick").set_value(1).run()
+    at.selectbox(key=k + f"region_pick_{atom}").set_value(1).run()
     at.button(key=k + "open_region").click().run()
     assert_clean(at)
     assert "Auxiliary image and ground truth" in texts(at)  # the Maps page's auxiliary view
@@ -765,11 +719,15 @@ def test_atoms_page_kind_heatmap_opens_a_cells_patches(runs_root, monkeypatch):
     at = open_app(runs_root, monkeypatch, page="atoms.py", run=RUN)
     k = f"{RUN}::atoms::"
     table = frame_with(at, "atom", "categories", "top_kind")
-    assert len(table) >= 1 and table["categories"].min() >= 0
+    assert 1 <= len(table) <= 30 and table["categories"].min() >= 0  # the most relevant 30 at most
     assert plotly_keys(at) == 3  # two bar charts + the heatmap
     spans = table["categories"].tolist()
-    assert spans == sorted(spans, reverse=True)  # sorted by categories spanned by default
-    at.segmented_control(key=k + "kind_sort").set_value("atom").run()
+    # Sorted as the caption says: by categories spanned, class-general (most categories) first.
+    assert spans == sorted(spans, reverse=True) and "class-general first" in texts(at)
+    heat = json.loads(at.get("plotly_chart")[2].proto.spec)
+    assert heat["layout"]["yaxis"]["title"]["text"] and heat["layout"]["xaxis"]["title"]["text"]  # both labelled
+    assert heat["data"][0]["y"] == [f"#{a}" + (f" {t}" if t else "") for a, t in zip(table["atom"], table["tag"])]
+    at.segmented_control(key=k + "kind_sort").set_value("atom id").run()
     assert frame_with(at, "atom", "categories", "top_kind")["atom"].tolist() == sorted(table["atom"])
     atom = int(table.iloc[0]["atom"])
     kind = table.iloc[0]["top_kind"]

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from spg_core import demo
@@ -47,3 +48,20 @@ def test_self_nn_baseline_flags_a_patch_without_look_alikes_outside_its_neighbou
     assert set(scores[0].topk(2).indices.tolist()) == {14, 15}
     assert float(scores[0, 14]) > 0.9 and float(scores[0, [0, 35]].max()) < 0.01
     assert torch.equal(patch_scores(tokens, (6, 6), "joint-channel"), tokens[..., 1])
+
+
+def test_the_background_builder_queues_and_builds_every_missing_demo_run_in_order(tmp_path, monkeypatch):
+    """`python -m spg_core.demo --runs ROOT` (what `spg dashboard --demo` starts): with no names, every
+    demo run not yet complete is queued at once (the pages show them), then built one after another."""
+    seen = []  # (run being built, runs in the progress file at that moment)
+    monkeypatch.setattr(
+        demo, "build_demo_run", lambda root, run, **kw: seen.append((run.name, sorted(demo.read_demo_progress(root))))
+    )
+    names = [r.name for r in demo.DEMO_RUNS]
+    assert demo.main(["--runs", str(tmp_path)]) == 0
+    assert seen == [(name, sorted(names)) for name in names]
+    seen.clear()
+    assert demo.main(["--runs", str(tmp_path), names[1]]) == 0
+    assert [name for name, _ in seen] == [names[1]]
+    with pytest.raises(SystemExit):
+        demo.main(["--runs", str(tmp_path), "no-such-run"])

@@ -88,3 +88,38 @@ def atom_activation_sample(
     values = [atom_activation(sae, store.tokens([i])[0], atom).numpy() for i in sorted(picks)]
     flat = np.concatenate(values) if values else np.zeros(0)
     return flat[flat > 0], len(picks)
+
+
+BAND_NAMES = ("lowest quarter", "second quarter", "third quarter", "top quarter")
+
+
+def band_label(band: int, edges: np.ndarray) -> str:
+    """'second quarter: 0.12 <= s < 0.35' for band `band` of an atom's band limits `edges` `[bands + 1]`."""
+    lo, hi = float(edges[band]), float(edges[band + 1])
+    name = BAND_NAMES[band] if band < len(BAND_NAMES) else f"band {band + 1}"
+    upper = "" if not np.isfinite(hi) else f" < {hi:.3g}"
+    return f"{name} of its auxiliary activations: {lo:.3g} <= s{upper}"
+
+
+def activation_histogram(hist: np.ndarray, bin_edges: np.ndarray) -> pd.DataFrame:
+    """The filled bins of one atom's log10-binned histogram `[B]`: rows lo, hi, count (edges `[B + 1]`)."""
+    filled = np.flatnonzero(hist)
+    if not len(filled):
+        return pd.DataFrame(columns=["lo", "hi", "count"])
+    span = slice(filled[0], filled[-1] + 1)
+    return pd.DataFrame({"lo": bin_edges[:-1][span], "hi": bin_edges[1:][span], "count": hist[span].astype(int)})
+
+
+def neighbour_frame(
+    ids: np.ndarray, values: np.ndarray, column: str, labels: dict[int, str] | None = None
+) -> pd.DataFrame:
+    """Filled neighbour slots (id >= 0) as rows: atom, `column` (the score), tag (with any flag mark)."""
+    keep = ids >= 0
+    atoms = ids[keep].astype(int)
+    return pd.DataFrame(
+        {"atom": atoms, column: values[keep].astype(float), "tag": [(labels or {}).get(int(a), "") for a in atoms]}
+    )
+
+
+def sample_caption(record: dict[str, Any], value: float) -> str:
+    return f"{record['category']} · {record['defect']} · s={value:.2f}"

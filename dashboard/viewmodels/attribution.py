@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from spg_core.atoms import top_atoms_per_image
+from spg_core.atoms.flags import flag_mark
 
 
 def guide_of(atom: int, in_a: set[int], in_n: set[int]) -> str:
@@ -117,6 +118,9 @@ def atom_table(ranking: dict[str, list[dict[str, Any]]], stats: pd.DataFrame | N
         for col in ("frequency", "top_category_share", "selectivity"):
             if col in table.columns:
                 table[col] = 100.0 * table[col].astype(float)
+        if "flags" in extra.columns:  # a flagged atom's tag carries its mark, as in every other table
+            marks = dict(zip(extra["atom"].astype(int), extra["flags"].map(flag_mark)))
+            table["tag"] = [f"{t}{marks.get(int(a), '')}" for a, t in zip(table["atom"], table["tag"])]
     for col in table.columns:
         if table[col].dtype == object:
             table[col] = table[col].map(lambda v: "" if v is None or (isinstance(v, float) and v != v) else v)

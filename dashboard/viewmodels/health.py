@@ -13,6 +13,7 @@ import pandas as pd
 
 from spg_core.atomic import read_json
 from spg_core.atoms.build import INDEX as ATOM_INDEX
+from spg_core.consistency import inconsistency_text, inconsistent_artifacts
 from spg_core.demo import read_demo_progress
 from spg_core.errors import SPGError
 from spg_core.guides import saturation_note
@@ -67,6 +68,7 @@ class RunHealth:
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # complete but questionable, e.g. saturated guides
     stale: list[str] = field(default_factory=list)  # artifacts whose producer changed since
+    inconsistent: list[str] = field(default_factory=list)  # artifacts made with other settings than config.json
 
     def has(self, *files: str) -> bool:
         return all(self.present.get(f, False) for f in files)
@@ -78,6 +80,8 @@ class RunHealth:
     def status(self) -> str:
         if not self.has(CONFIG) or any("truncated or damaged" in p for p in self.problems):
             return "damaged"
+        if self.inconsistent:  # parts of two runs, or a command cut off: never "complete"
+            return "inconsistent"
         if not self.has(SAE, GUIDES) and not self.has(GUIDES):
             return "training"
         if not self.has(PATCH_MAPS, SCORES, METRICS_FILE):
@@ -109,6 +113,10 @@ def check_run(path: str | Path) -> RunHealth:
     health.notes += guide_notes(health.path / "guides.json")
     with contextlib.suppress(SPGError):  # unreadable files are reported as problems above
         health.stale = RunDir(health.path).stale_artifacts()
+    with contextlib.suppress(SPGError):
+        health.inconsistent = inconsistent_artifacts(RunDir(health.path))
+    if health.inconsistent:
+        health.problems.append(inconsistency_text(health.path.name, health.inconsistent))
     if health.stale:
         health.notes.append(
             f"stale: {', '.join(health.stale)} were made from earlier inputs; re-run `spg eval --run DIR`"

@@ -9,6 +9,21 @@ import pandas as pd
 
 from spg_core.report import METRIC_TITLES, METRICS, PAPER_KEYS, paper_row
 
+SHORT_TITLES = {  # column headers narrow enough for the runs overview to fit a projector's width
+    "Image AUROC": "Image AUROC",
+    "Image AP": "Image AP",
+    "Pixel AUROC": "Pixel AUROC",
+    "Pixel AUPRO (MVTec AD, exact)": "AUPRO exact",
+    "Pixel AUPRO (official, AnomalyCLIP's)": "AUPRO official",
+}
+
+
+def setting_text(name: str, value: Any, backbone: str = "") -> str:
+    """A configuration value in words: a missing weights file is the backbone's own (built-in) weights."""
+    if name == "weights" and value is None:
+        return "built in (no weights)" if backbone == "builtin" else "the backbone's packaged weights"
+    return "not set" if value is None else str(value)
+
 
 def percent(v: Any) -> float:
     """A 0-1 metric in %, NaN when missing."""

@@ -4,7 +4,9 @@ ranking.py   rank_atoms, attribute (exact per-atom split of l_a and l_n), top at
 index.py     top-P auxiliary patches per atom in one bounded-memory streaming pass (AtomIndex)
 stats.py     per-atom statistics and the class-general / class-specific tag (TAG_RULE)
 visual.py    activation heatmaps, patch crops, the gallery layout
-ablation.py  Ablator: remove or rescale atoms, recompute target maps and metrics from cached tokens
+ablation.py  Ablator: remove, rescale (steer) or drop atoms, recompute target maps and metrics from cached tokens
+summaries.py per-atom summaries built with the index (histograms, samples, neighbours)
+flags.py     artefact flags (border, fixed-position, every-image) and their rule
 build.py     the RUN/atoms/ artifacts: build_atoms, load_atoms, write_gallery
 """
 

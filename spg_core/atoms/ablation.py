@@ -25,6 +25,7 @@ import torch
 from ..errors import SPGError
 from ..inference import Predictor, map_image_scores
 from ..metrics import evaluate
+from ..render import logit
 from ..scoring import atom_logit_weights, patch_probabilities, unit, upsample
 from ..store import TokenStore
 from .ranking import guide_row, require_atoms
@@ -63,7 +64,8 @@ class Ablator:
     """Interactive ablations on a run's cached target tokens.
 
     `ablate(remove=[j, ...], scale={j: factor}, guide="anomaly")` zeroes or rescales coefficients
-    of active atoms of one guide and returns the target's scores, patch maps and metrics.
+    of active atoms of one guide and returns the target's scores, patch maps and metrics;
+    `drop(atoms)` removes atoms from both guides at once (e.g. every flagged atom).
     """
 
     def __init__(
@@ -168,7 +170,18 @@ class Ablator:
         metrics: bool = True,
     ) -> AblationResult:
         """Scores, maps and (with `metrics`) evaluate()'s metrics with the edited coefficients."""
-        c = self.coefficients(remove, scale, guide)
+        return self.with_coefficients(self.coefficients(remove, scale, guide), metrics=metrics)
+
+    def drop(self, atoms: list[int] | tuple[int, ...], *, metrics: bool = True) -> AblationResult:
+        """`atoms` removed from every guide that weights them; atoms active in neither are skipped."""
+        wanted = {int(a) for a in atoms}
+        c = self.base.clone()
+        c[:, [i for i, a in enumerate(self.atoms.tolist()) if a in wanted]] = 0.0
+        return self.with_coefficients(c, metrics=metrics)
+
+    @torch.no_grad()
+    def with_coefficients(self, c: torch.Tensor, *, metrics: bool = True) -> AblationResult:
+        """Scores, maps and (with `metrics`) metrics for coefficients `c` `[2, U]` over `atoms`."""
         probs = self.patch_probs(c)
         agg = self.predictor.cfg.score
         scores, maps = [], []
@@ -196,3 +209,9 @@ class Ablator:
         if self._baseline is None:
             self._baseline = self.ablate()
         return self._baseline
+
+
+def logit_difference(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
+    """after - before in log-odds (the space of the run's fitted colour scale), same shape as the inputs:
+    near-0 and near-1 probabilities that look equal on a 0-1 scale still differ here."""
+    return torch.from_numpy(logit(after.double().numpy()) - logit(before.double().numpy()))

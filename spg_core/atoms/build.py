@@ -1,11 +1,15 @@
 """The atoms artifacts of a run: build, load (with staleness checks) and the gallery PNG.
 
     RUN/atoms/index.safetensors   AtomIndex tensors + metadata (index.json: readable summary)
-    RUN/atoms/stats.json          per-atom statistics, tag rule and thresholds (stats.csv: scalar columns)
+    RUN/atoms/stats.json          per-atom statistics, tag rule, artefact flags (stats.csv: scalar columns)
+    RUN/atoms/summaries.safetensors  what every per-atom view reads (summaries.py): histograms, band and
+                                  random samples, target top patches, neighbours
     RUN/atoms/gallery.png         top anomaly-guide atoms, Figure-5 layout
 
 The index depends on the SAE and the auxiliary tokens only (not on the guides),
-so it records the SAE file's SHA-256 and refuses to load after a re-trained SAE.
+so it records the SAE file's SHA-256 and refuses to load after a re-trained SAE; the summaries
+record it too, and `ensure_summaries` rebuilds them (and the flags in stats.json) when they are
+missing, of another version or made for another SAE.
 """
 
 from __future__ import annotations
@@ -20,19 +24,23 @@ from .. import distributed
 from ..atomic import file_sha256
 from ..errors import SPGError
 from ..inference import Predictor
+from ..run_lock import command_line, run_lock
 from ..runs import SAE_FILE as SAE
 from ..runs import RunDir
 from ..sae import TopKSAE
 from ..store import TokenStore
+from .flags import BORDER_LIFT, FLAG_RULE, IMAGE_SHARE, POSITION_SHARE, POSITION_TOP, flag_stats
 from .index import AtomIndex, build_atom_index, load_index, save_index
 from .ranking import rank_atoms, require_atoms
 from .stats import atom_stats, load_stats, save_stats
+from .summaries import AtomSummaries, build_summaries, load_summaries, save_summaries
 from .visual import GalleryRow, render_gallery, save_png
 
 INDEX = "atoms/index.safetensors"
 STATS_JSON = "atoms/stats.json"
 STATS_CSV = "atoms/stats.csv"
 GALLERY = "atoms/gallery.png"
+SUMMARIES = "atoms/summaries.safetensors"
 FIX = "run `spg atoms --run {run}`"
 
 
@@ -69,18 +77,84 @@ def build_atoms(
 ) -> None:
     """Build and write RUN/atoms/index.safetensors (+ .json) and stats.json (+ .csv).
 
-    One streaming pass of the run's SAE over its auxiliary token store (on CUDA when present).
+    One streaming pass of the run's SAE over its auxiliary token store (on CUDA when present),
+    under the run's write lock (so the SAE cannot change under it).
     """
     run = RunDir(run_dir)
+    with run_lock(run.path, command_line()):
+        config = run.read_config()
+        sae = _run_sae(run, config)
+        store = open_aux_store(config, run.path)
+        index = build_atom_index(store, sae, top_p=top_p, device=device, chunk_tokens=chunk_tokens, progress=progress)
+        if not distributed.is_main():  # under torchrun every rank holds the merged index; one writes it
+            return
+        index.meta["sae_sha256"] = file_sha256(run.file(SAE))
+        save_index(index, run.file(INDEX))
+        write_summaries(run, sae, store, atom_stats(index, store.images), top_p=top_p, chunk_tokens=chunk_tokens)
+
+
+def target_store_of(config: dict[str, Any]) -> TokenStore | None:
+    """The run's target token store, or None when the run has none (not evaluated, or the cache is gone)."""
+    path = config.get("target_store")
+    return TokenStore(path) if path and (Path(path) / "manifest.json").is_file() else None
+
+
+def with_flags(stats: pd.DataFrame, summaries: AtomSummaries) -> pd.DataFrame:
+    """`stats` with the artefact columns of flags.flag_stats (replaced if present) and their rule."""
+    flags = flag_stats(
+        summaries.position_mass,
+        summaries.image_count,
+        int(summaries.meta["num_images"]["aux"]),
+        tuple(summaries.meta["grid"]),
+    )
+    out = pd.concat([stats.drop(columns=[c for c in flags.columns if c in stats.columns]), flags], axis=1)
+    out.attrs = {
+        **stats.attrs,
+        "flag_rule": FLAG_RULE,
+        "flag_thresholds": {
+            "border_lift": BORDER_LIFT,
+            "position_top": POSITION_TOP,
+            "position_share": POSITION_SHARE,
+            "image_share": IMAGE_SHARE,
+        },
+    }
+    return out
+
+
+def write_summaries(
+    run: RunDir,
+    sae: TopKSAE,
+    store: TokenStore,
+    stats: pd.DataFrame,
+    *,
+    top_p: int = 16,
+    chunk_tokens: int | None = None,
+) -> AtomSummaries:
+    """Build RUN/atoms/summaries.safetensors and write stats.json (+ .csv) with the artefact flags."""
+    summaries = build_summaries(sae, store, target_store_of(run.read_config()), top_p=top_p, chunk_tokens=chunk_tokens)
+    summaries.meta["sae_sha256"] = file_sha256(run.file(SAE))
+    save_summaries(summaries, run.file(SUMMARIES))
+    save_stats(with_flags(stats, summaries), run.file(STATS_JSON), run.file(STATS_CSV))
+    return summaries
+
+
+def ensure_summaries(run_dir: str | Path) -> AtomSummaries:
+    """The run's summaries; built first (with the flags) when missing, of another version or for another SAE.
+
+    Needs the atom index (SPGError naming `spg atoms` otherwise) and the auxiliary token store.
+    """
+    run = RunDir(run_dir)
+    _, stats = load_atoms(run.path)
+    path = run.file(SUMMARIES)
+    if path.is_file():
+        try:
+            summaries = load_summaries(path)
+            if summaries.meta.get("sae_sha256") == file_sha256(run.file(SAE)) and "flags" in stats.columns:
+                return summaries
+        except SPGError:
+            pass  # another version or damaged: rebuilt below
     config = run.read_config()
-    sae = _run_sae(run, config)
-    store = open_aux_store(config, run.path)
-    index = build_atom_index(store, sae, top_p=top_p, device=device, chunk_tokens=chunk_tokens, progress=progress)
-    if not distributed.is_main():  # under torchrun every rank holds the merged index; one writes it
-        return
-    index.meta["sae_sha256"] = file_sha256(run.file(SAE))
-    save_index(index, run.file(INDEX))
-    save_stats(atom_stats(index, store.images), run.file(STATS_JSON), run.file(STATS_CSV))
+    return write_summaries(run, _run_sae(run, config), open_aux_store(config, run.path), stats)
 
 
 def load_atoms(run_dir: str | Path) -> tuple[AtomIndex, pd.DataFrame]:

@@ -149,3 +149,14 @@ def top_atoms_per_image(
     per_image = torch.einsum("bn,bna->ba", w, contrib)
     top = per_image.topk(min(k, per_image.shape[-1]), dim=-1)
     return atoms[top.indices], top.values
+
+
+@torch.no_grad()
+def guide_cosines(dictionary: torch.Tensor, pair: GuideSet) -> dict[str, torch.Tensor]:
+    """Cosine of every atom's decoder direction with each guide direction g = D c:
+    {"anomaly": `[M]`, "normal": `[M]`} (dictionary `[D, M]`; columns need not be unit)."""
+    require_atoms(pair)
+    dic = dictionary.detach().float().cpu()
+    coef = pair.coefficients().detach().float().cpu()
+    atoms = unit(dic.t())  # [M, D]
+    return {guide: atoms @ unit(dic @ coef[guide_row(guide)]) for guide in GUIDES}

@@ -62,6 +62,7 @@ FLOAT_COLUMNS = (
     "top_patch_entropy",
     "dominant_defect_share",
 )
+FLAG_COLUMNS = ("border_share", "position_share", "image_share")  # flags.py's, written by build.with_flags
 
 
 def _normalised_entropy(p: np.ndarray) -> np.ndarray:
@@ -185,6 +186,7 @@ def load_stats(json_path: str | Path) -> pd.DataFrame:
     if not isinstance(data, dict) or not isinstance(data.get("atoms"), list):
         raise SPGError("atom statistics lack the per-atom table", path=str(json_path), fix=fix)
     df = pd.DataFrame.from_records(data.pop("atoms"))
-    df[list(FLOAT_COLUMNS)] = df[list(FLOAT_COLUMNS)].astype(np.float64)  # JSON null -> NaN
+    floats = [*FLOAT_COLUMNS, *(c for c in FLAG_COLUMNS if c in df.columns)]
+    df[floats] = df[floats].astype(np.float64)  # JSON null -> NaN
     df.attrs.update({k: v for k, v in data.items() if k != "version"})
     return df

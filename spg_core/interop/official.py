@@ -32,6 +32,7 @@ from ..errors import SPGError
 from ..guides import GuideSet
 from ..pipeline import extract
 from ..protocols import OFFICIAL, overrides
+from ..run_lock import LOCK_FILE, command_line, run_lock
 from ..runs import GUIDES_FILE, GUIDES_RECORD_FILE, SAE_FILE, SAE_RECORD_FILE, RunDir
 from ..sae import TopKSAE
 
@@ -175,7 +176,7 @@ def import_official(
 ) -> RunDir:
     """Read the official files, check them against the backbone, and write the run `out`."""
     run = RunDir(out)
-    if run.path.exists() and (not run.path.is_dir() or any(run.path.iterdir())):
+    if run.path.exists() and (not run.path.is_dir() or any(p.name != LOCK_FILE for p in run.path.iterdir())):
         raise SPGError(
             "--out must be a new or empty directory",
             path=str(run.path),
@@ -219,27 +220,27 @@ def import_official(
     }
     if aux:
         extra["aux_store"] = str(extract(aux, bb, ExtractConfig(quiet=True)).root)
-    run.path.mkdir(parents=True, exist_ok=True)
-    run.write_config(cfg, extra)
-    sae.save(str(run.file(SAE_FILE)), {"backbone": bb.identity(), "method": "spg", "imported": True})
-    dead = None if sae.dead is None else int(sae.dead.sum())
-    write_json(
-        run.file(SAE_RECORD_FILE),
-        {
-            "config": cfg.to_dict()["sae"],
-            "method": "spg",
-            "trained": False,
-            "note": "imported from the official code",
-            "dead_atoms": dead,
-        },
-    )
-    pair.save(str(run.file(GUIDES_FILE)), {"backbone": bb.identity(), "method": "spg", "imported": True})
-    write_json(
-        run.file(GUIDES_RECORD_FILE),
-        {
-            "config": cfg.to_dict()["guides"],
-            "note": "imported from the official code",
-            "provenance": {"sae_sha256": run.digest(SAE_FILE)},
-        },
-    )
+    with run_lock(run.path, command_line()):
+        run.write_config(cfg, extra)
+        sae.save(str(run.file(SAE_FILE)), {"backbone": bb.identity(), "method": "spg", "imported": True})
+        dead = None if sae.dead is None else int(sae.dead.sum())
+        write_json(
+            run.file(SAE_RECORD_FILE),
+            {
+                "config": cfg.to_dict()["sae"],
+                "method": "spg",
+                "trained": False,
+                "note": "imported from the official code",
+                "dead_atoms": dead,
+            },
+        )
+        pair.save(str(run.file(GUIDES_FILE)), {"backbone": bb.identity(), "method": "spg", "imported": True})
+        write_json(
+            run.file(GUIDES_RECORD_FILE),
+            {
+                "config": cfg.to_dict()["guides"],
+                "note": "imported from the official code",
+                "provenance": {"sae_sha256": run.digest(SAE_FILE)},
+            },
+        )
     return run

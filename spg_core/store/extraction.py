@@ -26,7 +26,7 @@ from ..atomic import read_json, save_tensors, write_json
 from ..backbones.base import Backbone
 from ..data import Dataset, Sample
 from ..errors import SPGError
-from ..images import image_to_uint8, load_image, load_mask, mask_to_tensor
+from ..images import image_to_uint8, load_image, load_mask, mask_to_tensor, shape_note
 from .layout import (
     DEFAULT_SHARD_IMAGES,
     STORE_VERSION,
@@ -63,11 +63,13 @@ class _CheckedImages(torch.utils.data.Dataset):
                 mask = torch.zeros(size, size)
             else:
                 mask = mask_to_tensor(load_mask(s.mask_path, img.size, image_path=s.image_path), size, self.mask_resize)
-            error = ""
+            error, note = "", shape_note(img.size, size) or ""
         except SPGError as exc:
             image, mask, error = torch.zeros(3, size, size, dtype=torch.uint8), torch.zeros(size, size), str(exc)
+            note = ""
         # Packed here, in the worker: the main process only moves bytes.
-        return {"image": image, "mask": torch.from_numpy(pack_masks(mask[None])[0]), "index": i, "error": error}
+        mask = torch.from_numpy(pack_masks(mask[None])[0])
+        return {"image": image, "mask": mask, "index": i, "error": error, "note": note}
 
 
 def build_store(
@@ -246,8 +248,10 @@ def _extract_shards(
         pending = None
         for batch in loader:
             keep = []
-            for pos, err in zip(batch["index"].tolist(), batch["error"]):
+            for pos, err, note in zip(batch["index"].tolist(), batch["error"], batch["note"]):
                 seen[int(shard_of[pos])] += 1
+                if note:
+                    print(f"warning: {todo[pos]['image_path']}: {note}", file=sys.stderr)
                 if not err:
                     keep.append(pos)
                 elif skip_bad:
