@@ -9,8 +9,8 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from helpers.apptest_support import APP, PAGES, TIMEOUT, assert_clean, frame_with, open_app, texts
 from helpers.tiny_data import TINY_RUN_ARGS, tiny_pair
-from test_dashboard import APP, PAGES, TIMEOUT, assert_clean, frame_with, open_app, texts
 
 from dashboard.viewmodels.dictionary import density_histogram, dictionary_table, filter_atoms
 from spg_core import run_paths

@@ -11,7 +11,7 @@ from spg_core import run_paths
 
 AppTest = pytest.importorskip("streamlit.testing.v1").AppTest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 APP = ROOT / "dashboard" / "app.py"
 PAGES = ROOT / "pages"
 TIMEOUT = 300  # the first run of a session imports torch and loads the model on 2 busy cores
