@@ -22,9 +22,10 @@ PAGE_SPECS = [
     ("dictionary.py", "Dictionary", ":material/menu_book:", "dictionary"),
     ("atom_detail.py", "Atom detail", ":material/frame_inspect:", "atom"),
     ("backbones.py", "Backbones", ":material/compare:", "backbones"),
+    ("methods.py", "Methods side by side", ":material/view_column:", "methods"),
     ("try_image.py", "Try an image", ":material/add_photo_alternate:", "try"),
 ]
-SECTIONS = {"Explore": 5, "Compare and try": 2}  # consecutive PAGE_SPECS per sidebar section
+SECTIONS = {"Explore": 5, "Compare and try": 3}  # consecutive PAGE_SPECS per sidebar section
 HOME_URL = "home"  # the root URL's page (serves PAGE_SPECS[0]'s script)
 
 

@@ -115,8 +115,10 @@ def region_panel(
     query: Callable[[tuple[int, int], tuple[int, int]], Any],
     rows: tuple[int, int],
     cols: tuple[int, int],
+    context: Callable[[tuple[int, int], tuple[int, int]], dict[str, Any]] | None = None,
 ) -> None:
-    """The two rankings for the region and a picker that shows an atom's top auxiliary patches."""
+    """The two rankings for the region and a picker that shows an atom's top auxiliary patches; with
+    `context` (context.region_context of the region), the atoms that make it unlike the rest of its image."""
     with guards.guard("Atoms for this region are not available for this run"):
         found = query(rows, cols)
         tags = view.atom_tags()
@@ -161,6 +163,9 @@ def region_panel(
                         "tag": st.column_config.TextColumn("tag"),
                     },
                 )
+        if context is not None:
+            with guards.guard("The atom-space context is not available for this run"):
+                context_note(context(rows, cols), heading=True)
         options = list(dict.fromkeys(con["atom"].tolist() + act["atom"].tolist()))
         if not options:
             return
@@ -178,6 +183,19 @@ def region_panel(
             nav.open_atom(view.name, atom)
         with st.expander(f"Top auxiliary patches of atom #{atom}", expanded=False):
             atom_patches(view, atom)
+
+
+def context_note(found: dict[str, Any], heading: bool = False) -> None:
+    """The atom-space context of a patch or region (context.region_context) in plain words: the
+    guide terms say why SPG flags it, these say what makes it unlike the rest of its own image."""
+    if heading:
+        st.markdown("**Unlike the rest of this image** (the atom-space context, beside SPG)")
+    lines = [f"- {row['words']} (+{row['share']:.3f})" for row in found["atoms"]]
+    st.caption(
+        f"Context {found['context']:.3f} (1 - best cosine of its atom code to a patch outside its 3 x 3 "
+        "neighbourhood; 0: a look-alike exists elsewhere in the image)."
+        + ("\n" + "\n".join(lines) if lines else " No atom makes it unusual in this image.")
+    )
 
 
 def atom_patches(view: RunView, atom: int, count: int = 6) -> None:

@@ -10,7 +10,19 @@ import pandas as pd
 import streamlit as st
 from PIL import Image
 
-from dashboard import atom_views, events, glossary, guards, nav, pills, region_panel, state, sticky, url_state
+from dashboard import (
+    atom_views,
+    events,
+    glossary,
+    guards,
+    method_views,
+    nav,
+    pills,
+    region_panel,
+    state,
+    sticky,
+    url_state,
+)
 from dashboard.charts import contribution_figure
 from dashboard.map_figure import image_with_mask_png, patch_map_figure
 from dashboard.page import run_page
@@ -173,6 +185,7 @@ def patch_panel(key: str, which: Store, image: np.ndarray, index: int, grid: tup
             return
         st.plotly_chart(contribution_figure(contrib), key=key + "contrib", config={"displayModeBar": False})
         atom_views.flag_note(dict(zip(contrib["atom"], contrib["tag"])), contrib["atom"])
+        region_panel.context_note(method_views.patch_context(view, which, index, patch))
         guards.keep_choice(key + "open_atom", contrib["atom"].tolist())
         atom = st.selectbox(
             "Open an atom", contrib["atom"].tolist(), key=key + "open_atom", format_func=lambda a: f"#{a}"
@@ -348,7 +361,13 @@ def image_view(which: Store) -> None:
     with middle:
         map_panel(key, image, mask, probs, look, record, region)
     st.subheader("Region → atoms")
-    region_panel.region_panel(key + "region::", view, lambda r, c: view.region_atoms(which, index, r, c), *region)
+    region_panel.region_panel(
+        key + "region::",
+        view,
+        lambda r, c: view.region_atoms(which, index, r, c),
+        *region,
+        context=lambda r, c: method_views.region_context_of(view, which, index, r, c),
+    )
     url_state.write(
         {
             url_state.STORE: url_state.AUX if which is Store.AUX else None,

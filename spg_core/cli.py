@@ -25,6 +25,7 @@ from .atomic import disk_error
 from .backbones import check_backbone_image_size, load_backbone
 from .config import ExtractConfig, GuideConfig, RunConfig, SAEConfig, ScoreConfig, config_warnings
 from .consistency import inconsistent_artifacts, require_consistent
+from .context import resolve_context, with_overrides
 from .devices import resolve_device
 from .errors import SPGError
 from .images import MAX_IMAGE_PIXELS
@@ -53,6 +54,8 @@ from .runs import CONFIG_FILE, GUIDES_FILE, METRICS_FILE, PATCH_MAPS_FILE, SAE_F
 DATASET_HELP = "mvtec:PATH | visa:PATH | folder:PATH | synthetic-a | synthetic-b"
 # Commands that run as one job over every process torchrun starts (docs/SCALING.md).
 COLLECTIVE_COMMANDS = ("extract", "train-sae", "atoms", "run")
+# The score options `spg predict` takes (the rest of its scoring is the run's own).
+CONTEXT_FIELDS = ("context", "context_form", "context_weight", "context_select")
 
 
 # -- shared options --------------------------------------------------------------------------
@@ -115,7 +118,7 @@ def _config_from(args: argparse.Namespace) -> RunConfig:
     cfg = RunConfig.from_dict(d)
     for note in config_warnings(cfg):
         print(f"warning: {note}", file=sys.stderr)
-    return cfg
+    return replace(cfg, score=resolve_context(cfg.score, cfg.protocol))  # config.json records the weight used
 
 
 def _guides_for(run_cfg: RunConfig, args: argparse.Namespace) -> GuideConfig:
@@ -241,7 +244,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
         _io(args),
         target=args.target,
         metric_options={"aupro_variant": args.aupro},
-        score=replace(score, **given),
+        score=with_overrides(score, given),
         device=args.device,
         save_maps_dir=args.save_maps,
     )
@@ -251,8 +254,16 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 def cmd_predict(args: argparse.Namespace) -> None:
     _check_out_dir(args.out)
+    given = {k: v for k, v in field_values(args, ScoreConfig, CONTEXT_FIELDS).items() if v is not None}
+    score = with_overrides(RunDir(args.run).run_config().score, given)
     rows, skipped = predict_files(
-        args.run, args.images, args.out, device=args.device, skip_bad=args.skip_bad, max_pixels=args.max_pixels
+        args.run,
+        args.images,
+        args.out,
+        device=args.device,
+        skip_bad=args.skip_bad,
+        max_pixels=args.max_pixels,
+        score=score,
     )
     width = max((len(r["image"]) for r in rows), default=0)
     for r in rows:
@@ -346,6 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=MAX_IMAGE_PIXELS,
         help=f"refuse images with more pixels than this (default {MAX_IMAGE_PIXELS:,})",
     )
+    add_field_options(p, ScoreConfig, CONTEXT_FIELDS, omitted="the run's own")
     p.set_defaults(func=cmd_predict)
 
     for register in _room_commands():

@@ -342,6 +342,25 @@ class ScoreConfig:
             "guides on the CLS token)"
         ),
     )
+    # -- the atom-space context beside SPG (context.py); never part of the official protocol --
+    context: bool = field(
+        default=False,
+        metadata=opt("fuse SPG with the atom-space context term (how unlike its image's other patches a patch is)"),
+    )
+    context_form: Literal["logit", "mix"] = field(
+        default="logit",
+        metadata=opt("how the context is fused: logit (added to SPG's logit) or mix (mixed with its probability)"),
+    )
+    context_weight: float | None = field(
+        default=None,
+        metadata=opt(
+            "weight of the context term (left out: the weight `spg select` chose, read from --context-select)",
+            rule=NON_NEGATIVE,
+        ),
+    )
+    context_select: str | None = field(
+        default=None, metadata=opt("select.json of `spg select` whose chosen context form and weight --context uses")
+    )
 
     def __post_init__(self) -> None:
         validate(self)
@@ -399,6 +418,11 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         validate(self)
+        if self.protocol == "official" and self.score.context:
+            raise SPGError(
+                "--context is not part of the official protocol (its maps stay the authors' maps)",
+                fix="drop --context, or use a studio run",
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -21,6 +21,7 @@ from .backbones import load_backbone
 from .backbones.base import Backbone
 from .config import RunConfig, ScoreConfig
 from .consistency import require_consistent
+from .context import ContextScorer, context_scorer, resolve_context
 from .devices import resolve_device
 from .errors import SPGError
 from .guides import GuideSet
@@ -52,6 +53,7 @@ class Scorer:
     image_size: int
     score: ScoreConfig = field(default_factory=ScoreConfig)
     global_guides: torch.Tensor | None = None
+    context: ContextScorer | None = None  # the atom-space context fused in (context.py); None: plain SPG
 
     @torch.no_grad()
     def __call__(
@@ -60,6 +62,9 @@ class Scorer:
         """`[B, N, D]` (+ CLS `[B, D]`) -> (patch probabilities `[B, N]`, raw maps `[B, S, S]`, scores `[B]`)."""
         g = self.guides.to(tokens.device)
         probs, maps = anomaly_maps(tokens, g[0], g[1], tau=self.tau, grid=self.grid, size=self.image_size)
+        if self.context is not None:
+            probs = self.context(tokens, g, self.tau, self.grid)
+            maps = upsample(probs, self.grid, self.image_size)
         if self.score.image_score == "cls":
             if self.global_guides is None or cls is None:
                 raise SPGError(
@@ -144,6 +149,7 @@ class Predictor:
         self.cfg = RunConfig.from_dict(self.config_json)
         if score is not None:
             self.cfg.score = score
+        self.cfg.score = resolve_context(self.cfg.score, self.cfg.protocol)
         self.device = resolve_device(device)
         self._backbone: Backbone | None = backbone
         self._compile = compile_backbone
@@ -162,6 +168,7 @@ class Predictor:
             int(identity.get("image_size", 0)),
             self.cfg.score,
             None if global_guides is None else global_guides.detach(),
+            context_scorer(self.cfg.score, self.sae),
         )
 
     @property

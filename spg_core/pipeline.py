@@ -428,6 +428,7 @@ def evaluate_target(
             "protocol": cfg.protocol,
             "aggregation": score.aggregation,
             "image_score": score.image_score,
+            "context": {"form": score.context_form, "weight": score.context_weight} if score.context else None,
             "image_size": store.image_size,
         }
         metrics["provenance"] = provenance

@@ -13,6 +13,7 @@ from typing import Any
 from PIL import Image
 
 from .atomic import atomic_path, write_json, write_text
+from .config import ScoreConfig
 from .errors import SPGError
 from .images import load_image, shape_note
 from .inference import Predictor
@@ -60,14 +61,16 @@ def predict_files(
     batch: int = 8,
     skip_bad: bool = False,
     max_pixels: int | None = None,
+    score: ScoreConfig | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
     """Write one map PNG (image | overlay) per image, named by `map_names`, and `scores.csv`.
 
     An image that cannot be read, scored or written stops the call with its name, or with
     `skip_bad` is left out and listed (with why) in OUT/skipped.json; scores.csv and skipped.json
     are written whatever happens to one image. OUT is made only when something is written into
-    it. Returns (one row per scored image, skipped)."""
-    predictor = Predictor(run_dir, device=device)
+    it. `score`: scoring settings (default: the run's own, e.g. with the context on). Returns (one row per
+    scored image, skipped)."""
+    predictor = Predictor(run_dir, device=device, score=score)
     out = Path(out)
     made = not out.exists()
     rows: list[dict[str, Any]] = []

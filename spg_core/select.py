@@ -14,6 +14,11 @@ OUT/select.csv (one row per setting and fold, plus the fold means) and OUT/selec
 (grid, folds, rows, the choice and the rule). A grid can take hours on a CPU, so every
 finished (setting, fold) row is kept in OUT/select.rows.json as it lands: run the same
 command again after an interruption and only the missing rows are computed.
+
+With `--context-grid FORM:WEIGHT,...` each fold's held-out images are also scored by SPG + the
+atom-space context (context.py) for every entry, and the chosen setting's best fusion (plain SPG
+included) is recorded under "context" in select.json (context_select.py), for `spg run --context
+--context-select OUT/select.json`.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ import torch
 from .atomic import read_json, write_json, write_text
 from .backbones import load_backbone
 from .config import ExtractConfig, GuideConfig, RunConfig, SAEConfig
+from .context_select import choose_context, parse_context_grid, score_context
 from .devices import resolve_device
 from .errors import SPGError
 from .inference import Scorer, dictionary_of, score_store, target_maps
@@ -142,8 +148,10 @@ def score_fold(
     guide_cfg: GuideConfig,
     device: torch.device,
     dictionary_cache: dict,
-) -> dict[str, float]:
-    """Fit the SAE (cached per backbone, M, k and fold) and guides on `aux_view`; metrics on `held_view`."""
+    context_grid: tuple[tuple[str, float], ...] = (),
+) -> dict[str, Any]:
+    """Fit the SAE (cached per backbone, M, k and fold) and guides on `aux_view`; metrics on `held_view`,
+    and under "context" those of SPG + context for every (form, weight) of `context_grid`."""
     family = (setting.backbone, setting.width, setting.k)
     if dictionary_cache.get("family") != family:  # settings come dictionary by dictionary: keep one per fold
         dictionary_cache.clear()
@@ -153,8 +161,8 @@ def score_fold(
         sae, _ = fit_dictionary(
             aux_view, replace(sae_cfg, width=setting.width, k=setting.k), "spg", device, progress=False
         )
-        dictionary_cache[key] = (dictionary_of(sae, aux_view.dim), None if sae is None else sae.dead)
-    dictionary, dead = dictionary_cache[key]
+        dictionary_cache[key] = (dictionary_of(sae, aux_view.dim), None if sae is None else sae.dead, sae)
+    dictionary, dead, sae = dictionary_cache[key]
     pair, _ = fit_guides(
         aux_view,
         dictionary,
@@ -171,7 +179,10 @@ def score_fold(
     out = evaluate(
         scores.numpy(), held_view.labels(), maps.numpy(), masks.numpy(), [r["category"] for r in held_view.images]
     )
-    return {m: float(out["mean"].get(m, float("nan"))) for m in METRICS}
+    metrics: dict[str, Any] = {m: float(out["mean"].get(m, float("nan"))) for m in METRICS}
+    if context_grid and sae is not None:
+        metrics["context"] = score_context(held_view, sae, guides.cpu(), guide_cfg.tau, context_grid)
+    return metrics
 
 
 def run_select(
@@ -187,9 +198,11 @@ def run_select(
     device: str = "auto",
     cache_dir: str | Path | None = None,
     progress: bool = True,
+    context_grid: tuple[tuple[str, float], ...] = (),
 ) -> dict[str, Any]:
     """Cross-validate every setting of `grid` on `aux` alone; write select.csv / select.json into `out`.
     `image_size`: S of every backbone (default: each one's own).
+    With a `context_grid` of (form, weight), the context's fusion is chosen too (`choose_context`).
 
     The grid is visited backbone by backbone (one token extraction each) and, within one,
     setting by setting: the SAE of a fold is re-used by every setting that shares its
@@ -202,6 +215,8 @@ def run_select(
     identity = {"aux": aux, "max_folds": max_folds, "sae": asdict(sae_cfg), "guides": asdict(guide_cfg)}
     if image_size is not None:  # only when given, so earlier select folders keep their identity
         identity["image_size"] = image_size
+    if context_grid:
+        identity["context_grid"] = [list(c) for c in context_grid]
     rows = finished_rows(out / ROWS_FILE, identity)
     done = {(row_setting(r), r["fold"]) for r in rows}
     folds: list[Fold] = []
@@ -227,13 +242,14 @@ def run_select(
                     guide_cfg,
                     dev,
                     cache,
+                    context_grid,
                 )
                 rows.append({**asdict(setting), "fold": fold.name, **metrics})
                 write_json(out / ROWS_FILE, {**identity, "rows": rows})
                 if progress:
                     print(
                         f"[select {time.perf_counter() - t0:6.0f} s] {setting} held out {fold.name}: "
-                        + ", ".join(f"{m} {v:.3f}" for m, v in metrics.items()),
+                        + ", ".join(f"{m} {metrics[m]:.3f}" for m in METRICS),  # not the context rows
                         flush=True,
                     )
     summary = summarise(rows, grid)
@@ -253,6 +269,10 @@ def run_select(
         "command": suggested_command(aux, target, chosen, sae_cfg, guide_cfg)
         + (f" --image-size {image_size}" if image_size is not None else ""),
     }
+    if context_grid:
+        mine = [r for r in rows if row_setting(r) == row_setting(chosen)]
+        result["context"] = choose_context(mine, context_grid, CRITERION)
+        result["command"] += f" --context --context-select {out / 'select.json'}"
     write_text(out / "select.csv", table_csv(rows + [{**r, "fold": "mean"} for r in summary]))
     write_json(out / "select.json", result)
     return result
@@ -356,6 +376,7 @@ def cmd_select(args: argparse.Namespace) -> None:
         device=args.device,
         cache_dir=args.cache_dir,
         progress=not args.quiet,
+        context_grid=parse_context_grid(args.context_grid),
     )
     c = result["chosen"]
     print(
@@ -363,6 +384,13 @@ def cmd_select(args: argparse.Namespace) -> None:
         f"lambda {c['l1']} guide epochs {c['guide_epochs']}: image AUROC {c['image_auroc']:.3f}, "
         f"pixel AUROC {c['pixel_auroc']:.3f}"
     )
+    if "context" in result:
+        cc = result["context"]["chosen"]
+        print(
+            f"context: {cc['form']} weight {cc['weight']} (criterion {cc['criterion']:.3f}"
+            + ("" if result["context"]["helps"] else "; no weight beat plain SPG on the held-out folds")
+            + ")"
+        )
     print(f"table: {Path(args.out) / 'select.csv'}\nnext:  {result['command']}")
 
 
@@ -389,4 +417,10 @@ def register_cli(sub: Any) -> None:
     add_section_options(p, GuideConfig, ["lr"])
     add_field_options(p, RunConfig, ["device", "image_size"])
     add_field_options(p, ExtractConfig, ["cache_dir", "quiet"])
+    p.add_argument(
+        "--context-grid",
+        default="",
+        help="also choose the atom-space context's fusion: comma-separated FORM:WEIGHT (e.g. "
+        "logit:1,logit:4,mix:0.5); plain SPG (weight 0) is always a candidate",
+    )
     p.set_defaults(func=cmd_select)

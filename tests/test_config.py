@@ -59,7 +59,16 @@ STORED = {
         "order": "official",
         "ema_start": 100,
     },
-    "score": {"aggregation": "max", "lse_temperature": 0.1, "smoothing_sigma": 4.0, "image_score": "smoothed_map"},
+    "score": {
+        "aggregation": "max",
+        "lse_temperature": 0.1,
+        "smoothing_sigma": 4.0,
+        "image_score": "smoothed_map",
+        "context": False,
+        "context_form": "logit",
+        "context_weight": None,
+        "context_select": None,
+    },
 }
 EXTRA_KEYS = {"backbone_identity": {"tokens": "official"}, "aux_store": "/cache/tokens/x", "versions": {}}
 
