@@ -11,7 +11,7 @@ from spg_core import run_paths
 
 AppTest = pytest.importorskip("streamlit.testing.v1").AppTest
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[2]  # tests/helpers/ -> the repository
 APP = ROOT / "dashboard" / "app.py"
 PAGES = ROOT / "pages"
 TIMEOUT = 300  # the first run of a session imports torch and loads the model on 2 busy cores
@@ -28,15 +28,10 @@ def open_app(
     `query`, the session opens that page's URL with those query parameters (a link)."""
     monkeypatch.setenv(run_paths.RUNS_ENV, str(root))
     at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
-    if query is not None:
+    if query is not None:  # the link's parameters are in the URL from the first run on
         at.query_params.update(query)
-        if page is not None:
-            at.switch_page(str(PAGES / page))
-        at.run()
-        assert_clean(at)
-        return at
     at.run()
-    if run is not None:
+    if run is not None and query is None:
         at.selectbox(key="run").set_value(run).run()
     if page is not None:
         at.switch_page(str(PAGES / page)).run()
