@@ -67,8 +67,13 @@ def installed(tmp_path_factory) -> Path:
     subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp / "dist"), str(src)], check=True)
     (wheel,) = (tmp / "dist").glob("spg_studio-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    shipped = [f"dashboard/{p.relative_to(ROOT)}" for d in ("pages", "assets") for p in (ROOT / d).rglob("*")]
-    shipped = [name for name in shipped if "__pycache__" not in name and not (ROOT / name[10:]).is_dir()]
+    inside = {"pages": "page_scripts", "assets": "assets"}  # repository folder -> its name in the package
+    shipped = [
+        f"dashboard/{inside[d]}/{p.relative_to(ROOT / d)}"
+        for d in inside
+        for p in (ROOT / d).rglob("*")
+        if "__pycache__" not in p.parts and not p.is_dir()
+    ]
     assert not [m for m in shipped if m not in names], sorted(n for n in names if n.startswith("dashboard/"))
     site = tmp / "site"
     subprocess.run([*pip, "install", "--no-deps", "--target", str(site), str(wheel)], check=True)
