@@ -19,6 +19,8 @@ STORED = {
     "target": "folder:/data/parts",
     "backbone": "dinov2-large-tiny",
     "weights": None,
+    "image_size": None,
+    "token_dtype": None,
     "method": "spg",
     "device": "cpu",
     "protocol": "official",
