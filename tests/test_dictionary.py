@@ -189,7 +189,7 @@ def test_atom_url_opens_that_atom_of_that_run(tiny_root, monkeypatch, atoms_of):
     [
         ({"run": RUN, "atom": "99999"}, "this run's atoms are #0 to #31"),
         ({"run": RUN, "atom": "abc"}, "this run's atoms are #0 to #31"),
-        ({"run": "no-such-run", "atom": "3"}, "`no-such-run`, which is not under the runs root"),
+        ({"run": "no-such-run", "atom": "3"}, "**no-such-run**, which is not under the runs root"),
     ],
 )
 def test_a_bad_link_says_so_and_shows_the_nearest_view(tiny_root, monkeypatch, atoms_of, params, said):
