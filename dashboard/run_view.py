@@ -196,7 +196,8 @@ class RunView:
             return {}
         ids = stats["atom"] if "atom" in stats.columns else stats.index
         flags = stats["flags"] if "flags" in stats.columns else [""] * len(stats)
-        return {int(a): str(t) + flag_mark(f) for a, t, f in zip(ids, stats["tag"], flags)}
+        labels = stats["labels"] if "labels" in stats.columns else [""] * len(stats)
+        return {int(a): str(t) + flag_mark(f, lab) for a, t, f, lab in zip(ids, stats["tag"], flags, labels)}
 
     @st.cache_data(show_spinner=False, max_entries=16)
     def atom_ranking(self) -> dict[str, list[dict[str, Any]]]:

@@ -83,12 +83,15 @@ def summary(atom: int, ranking: dict[str, list[dict]], stats, cosines: dict[str,
         badges = pills.pill(str(row["tag"]), "neutral")
         if isinstance(flags, str) and flags:
             badges += " " + pills.pill(atom_views.flag_text(flags), "FN")
+        if isinstance(row.get("labels"), str) and row["labels"]:
+            badges += " " + pills.pill(row["labels"], "neutral")
         st.markdown(f"#### Atom #{atom} {badges}", unsafe_allow_html=True)
         if isinstance(flags, str) and flags:
             st.warning(
                 f"**Likely artefact ({flags.replace(',', ', ')})**: border share {row['border_share']:.0%}, "
                 f"mass on its top 5% grid cells {row['position_share']:.0%}, fires on "
-                f"{row['image_share']:.0%} of auxiliary images.\n\nRule: {FLAG_RULE}",
+                f"{row['image_share']:.0%} of auxiliary images, mean pixel std of its patches "
+                f"{row.get('pixel_std', float('nan')):.3f}.\n\nRule: {FLAG_RULE}",
                 icon=":material/flag:",
             )
     cols = st.columns(5)

@@ -47,7 +47,7 @@ def _summary(run: str, limit: int = 10) -> None:
         sel = "n/a" if pd.isna(row["selectivity"]) else f"{row['selectivity']:.2f}"
         cat = f"{row['top_category']} {row['top_category_share']:.0%}" if isinstance(row["top_category"], str) else "-"
         defects = ", ".join(f"{k} {v}" for k, v in (row["top_defects"] or {}).items()) or "-"
-        flags = row.get("flags") or "-"
+        flags = (row.get("flags") or "-") + (f" ({row['labels']})" if row.get("labels") else "")
         print(
             f"  {a['atom']:>6} {a['coef']:>9.4g} {a['share']:>6.1%} {row['tag']:<15} {sel:>7} {cat:<18} "
             f"{flags:<28} {defects}"

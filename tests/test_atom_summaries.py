@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
-from spg_core.atoms.flags import border_threshold, flag_mark, flag_stats, ring_mask
+from spg_core.atoms.flags import border_threshold, flag_mark, flag_stats, flagged_atoms, ring_mask
 from spg_core.atoms.index import TokenChunk
 from spg_core.atoms.summaries import (
     aux_first_pass,
@@ -18,6 +19,7 @@ from spg_core.atoms.summaries import (
     priority,
     sample_pass,
 )
+from spg_core.atoms.texture import blank_floor, gray_patch_std, patch_pixel_std
 from spg_core.sae import TopKSAE
 
 GRID = (8, 8)
@@ -142,7 +144,19 @@ def test_a_border_atom_is_flagged_and_a_content_atom_is_not():
     assert "border" not in flags.loc[1, "flags"].split(",")
     assert "fixed-position" not in flags.loc[1, "flags"]  # 3 random cells per image: spread over the grid
     assert np.isnan(flags.loc[2, "border_share"]) and flags.loc[2, "flags"] == ""  # never fires
-    assert "every-image" in flags.loc[0, "flags"]  # on every image, by construction
+    assert flags.loc[0, "labels"] == "dense"  # on every image, by construction: a label, not a flag
+    assert flags.loc[0, "flags"] == "border"
+
+
+def test_dense_is_shown_but_not_an_artefact_flag():
+    sae, tokens = _border_and_content_tokens()
+    tokens[:, :, 0] = 0.0
+    tokens[:, 18:46, 0] = 1.0  # atom 0: 28 cells of every image (rows 2-5), mostly inner: 7% on each cell
+    first = aux_first_pass(_chunks(tokens, 16), sae, N)
+    flags = flag_stats(first["position_mass"], first["image_count"], tokens.shape[0], GRID)
+    assert flags.loc[0, "labels"] == "dense" and flags.loc[0, "flags"] == ""
+    assert flagged_atoms(flags.assign(atom=range(len(flags)))) == []  # not dropped with the flagged atoms
+    assert flag_mark(flags.loc[0, "flags"], flags.loc[0, "labels"]) == " · dense"
 
 
 def test_a_fixed_position_atom_is_flagged():
@@ -161,5 +175,58 @@ def test_border_threshold_is_the_lift_on_each_grid():
 
 
 def test_flag_mark():
-    assert flag_mark("border,every-image") == " ⚑ border, every-image"
+    assert flag_mark("border,blank") == " ⚑ border, blank"
+    assert flag_mark("blank", "dense") == " ⚑ blank · dense"
     assert flag_mark("") == "" and flag_mark(None) == "" and flag_mark(float("nan")) == ""
+
+
+def test_patch_std_is_zero_on_a_flat_cell_and_the_pixel_std_on_a_textured_one():
+    pixels = torch.zeros(1, 3, 16, 16)
+    pixels[0, :, :8, :8] = 0.3  # cell (0, 0) flat
+    pixels[0, :, 8:, 8:] = (torch.arange(64).reshape(8, 8) % 2).float()  # cell (1, 1): 0/1 stripes, std 0.5
+    std = gray_patch_std(pixels, (2, 2))
+    torch.testing.assert_close(std, torch.tensor([[0.0, 0.0, 0.0, 0.5]], dtype=torch.float64))
+
+
+def _flat_and_textured_images(root, images: int, side: int) -> tuple[list[dict], np.ndarray]:
+    """PNG images of `side` px: the left quarter of grid columns one flat grey (a level per image), the
+    rest uniform noise. Returns the store-like records and the `[N]` bool mask of the flat cells."""
+    gen = np.random.default_rng(0)
+    flat_cols = GRID[1] // 4
+    cell = side // GRID[1]
+    records = []
+    for i in range(images):
+        img = np.repeat(gen.integers(0, 256, size=(side, side, 1), dtype=np.uint8), 3, axis=2)  # grey noise
+        img[:, : flat_cols * cell] = 40 + 5 * i
+        path = root / f"{i:03d}.png"
+        Image.fromarray(img).save(path)
+        records.append({"image_path": str(path)})
+    flat = np.zeros(GRID, dtype=bool)
+    flat[:, :flat_cols] = True
+    return records, flat.reshape(-1)
+
+
+def test_an_atom_firing_only_on_flat_patches_is_flagged_blank_and_a_textured_one_is_not(tmp_path):
+    images, side = 12, 64
+    records, flat = _flat_and_textured_images(tmp_path, images, side)
+    patch_std = patch_pixel_std(records, side, GRID, chunk_images=5)
+    assert patch_std.shape == (images, N) and patch_std.dtype == torch.float16
+    # uniform grey noise: std 0.29 (64 px a cell; lowest of the 576 measured 0.24), flat cells exactly 0
+    assert float(patch_std[:, flat].max()) == 0.0 and float(patch_std[:, ~flat].min()) > 0.2
+    floor = blank_floor(patch_std)  # a quarter of the patches are flat: the 10th percentile is 0
+    sae, _ = _border_and_content_tokens(images)
+    tokens = torch.zeros(images, N, 4)
+    gen = torch.Generator().manual_seed(1)
+    flat_ids, textured_ids = np.flatnonzero(flat), np.flatnonzero(~flat)
+    for i in range(images):
+        tokens[i, flat_ids[torch.randperm(len(flat_ids), generator=gen)[:3].numpy()], 0] = 1.0
+        tokens[i, textured_ids[torch.randperm(len(textured_ids), generator=gen)[:3].numpy()], 1] = 2.0
+    first = aux_first_pass(_chunks(tokens, 5), sae, N, patch_std)
+    mass = first["position_mass"].sum(1)
+    pixel_std = torch.where(mass > 0, first["std_mass"] / mass.clamp_min(1e-30), torch.nan)
+    flags = flag_stats(first["position_mass"], first["image_count"], images, GRID, pixel_std, floor)
+    assert flags.loc[0, "pixel_std"] == 0.0 and "blank" in flags.loc[0, "flags"].split(",")
+    assert flags.loc[1, "pixel_std"] > 0.2 and "blank" not in flags.loc[1, "flags"].split(",")
+    assert np.isnan(flags.loc[2, "pixel_std"]) and flags.loc[2, "flags"] == ""  # never fires
+    unjudged = flag_stats(first["position_mass"], first["image_count"], images, GRID)  # no images: no blank
+    assert not any("blank" in f for f in unjudged["flags"])

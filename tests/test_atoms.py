@@ -412,7 +412,8 @@ def test_summaries_are_built_with_the_index_and_rebuilt_when_missing(run_dir, bu
     summaries = load_summaries(Path(run_dir) / SUMMARIES)
     assert torch.equal(summaries.sets["aux"].hist.sum(1), index.counts.fire_count)
     assert set(summaries.sets) == {"aux", "target"}
-    assert {"border_share", "position_share", "image_share", "flags"} <= set(stats.columns)
+    assert {"border_share", "position_share", "image_share", "pixel_std", "flags", "labels"} <= set(stats.columns)
+    assert summaries.pixel_std is not None and summaries.meta["blank_floor"] is not None  # images were read
     assert "flag_rule" in stats.attrs
     copy = tmp_path / "run"
     shutil.copytree(run_dir, copy)

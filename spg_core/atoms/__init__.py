@@ -6,7 +6,8 @@ stats.py     per-atom statistics and the class-general / class-specific tag (TAG
 visual.py    activation heatmaps, patch crops, the gallery layout
 ablation.py  Ablator: remove, rescale (steer) or drop atoms, recompute target maps and metrics from cached tokens
 summaries.py per-atom summaries built with the index (histograms, samples, neighbours)
-flags.py     artefact flags (border, fixed-position, every-image) and their rule
+flags.py     artefact flags (border, fixed-position, blank), the dense label, and their rule
+texture.py   per-patch pixel std of the auxiliary images (the blank flag)
 build.py     the RUN/atoms/ artifacts: build_atoms, load_atoms, write_gallery
 """
 

@@ -34,6 +34,7 @@ from .index import AtomIndex, build_atom_index, load_index, save_index
 from .ranking import rank_atoms, require_atoms
 from .stats import atom_stats, load_stats, save_stats
 from .summaries import AtomSummaries, build_summaries, load_summaries, save_summaries
+from .texture import BLANK_QUANTILE
 from .visual import GalleryRow, render_gallery, save_png
 
 INDEX = "atoms/index.safetensors"
@@ -106,6 +107,8 @@ def with_flags(stats: pd.DataFrame, summaries: AtomSummaries) -> pd.DataFrame:
         summaries.image_count,
         int(summaries.meta["num_images"]["aux"]),
         tuple(summaries.meta["grid"]),
+        summaries.pixel_std,
+        summaries.meta.get("blank_floor"),
     )
     out = pd.concat([stats.drop(columns=[c for c in flags.columns if c in stats.columns]), flags], axis=1)
     out.attrs = {
@@ -116,6 +119,8 @@ def with_flags(stats: pd.DataFrame, summaries: AtomSummaries) -> pd.DataFrame:
             "position_top": POSITION_TOP,
             "position_share": POSITION_SHARE,
             "image_share": IMAGE_SHARE,
+            "blank_quantile": BLANK_QUANTILE,
+            "blank_floor": summaries.meta.get("blank_floor"),
         },
     }
     return out

@@ -62,7 +62,7 @@ FLOAT_COLUMNS = (
     "top_patch_entropy",
     "dominant_defect_share",
 )
-FLAG_COLUMNS = ("border_share", "position_share", "image_share")  # flags.py's, written by build.with_flags
+FLAG_COLUMNS = ("border_share", "position_share", "image_share", "pixel_std")  # flags.py's, written by build.with_flags
 
 
 def _normalised_entropy(p: np.ndarray) -> np.ndarray:

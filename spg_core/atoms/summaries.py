@@ -5,7 +5,9 @@ Two streaming passes over the auxiliary tokens and one over the target tokens, c
 
     auxiliary pass 1   activation histogram `[M, B]` (log10 bins), activation mass per grid cell
                        `[M, N]`, images fired on `[M]`, co-firing counts `[M, M]` (float64: 2 MiB
-                       at M = 512, 128 MiB at M = 4096)
+                       at M = 512, 128 MiB at M = 4096), activation-weighted patch pixel std `[M]`
+                       (the "blank" flag; texture.py reads the auxiliary images once for it, into
+                       `[n_images, N]` float16: 1.5 KiB per image on a 28 x 28 grid)
     auxiliary pass 2   random firing patches per activation band (the auxiliary quartiles, read off
                        the histogram at its bin edges) and over all firing patches
     target pass        histogram, top-P patches and the same band samples, bands from the auxiliary set
@@ -32,8 +34,9 @@ from ..errors import SPGError
 from ..sae import TopKSAE
 from ..store import TokenStore
 from .index import TokenChunk, TopPAccumulator, _moved, default_chunk_tokens, store_chunks
+from .texture import BLANK_QUANTILE, blank_floor, patch_pixel_std
 
-VERSION = 1
+VERSION = 2  # 2: pixel_std and the blank floor (the blank flag)
 LOG_LO, LOG_HI, BIN_WIDTH = -4.0, 3.0, 0.05  # log10 activation bins: 140 of 0.05 decade (12% apart)
 QUANTILES = (0.25, 0.5, 0.75)  # interior band edges: four bands, the auxiliary quartiles
 SAMPLES = 6  # patches kept per band and in the random firing sample
@@ -90,7 +93,9 @@ class SetSummary:
 @dataclass
 class AtomSummaries:
     """edges `[M, bands + 1]` band limits (0 and inf at the ends), position_mass `[M, N]`,
-    image_count `[M]`, coact_atoms / coact_jaccard `[M, K]`, decoder_atoms / decoder_cosine `[M, K]`
+    image_count `[M]`, pixel_std `[M]` (activation-weighted mean pixel std of its firing auxiliary
+    patches; NaN where it never fires or the images could not be read),
+    coact_atoms / coact_jaccard `[M, K]`, decoder_atoms / decoder_cosine `[M, K]`
     (-1 / NaN where fewer exist), per set a SetSummary (target: None when the run has no target store)."""
 
     edges: torch.Tensor
@@ -102,6 +107,7 @@ class AtomSummaries:
     decoder_cosine: torch.Tensor
     sets: dict[str, SetSummary]
     meta: dict[str, Any] = field(default_factory=dict)
+    pixel_std: torch.Tensor | None = None
 
 
 # -- streaming pieces ---------------------------------------------------------------------------
@@ -188,15 +194,20 @@ def _cofiring(counts: torch.Tensor, atoms: torch.Tensor, fire: torch.Tensor) -> 
 
 
 @torch.no_grad()
-def aux_first_pass(chunks: Iterable[TokenChunk], sae: TopKSAE, num_patches: int) -> dict[str, torch.Tensor]:
-    """hist `[M, B]`, position_mass `[M, N]`, image_count `[M]`, cofire `[M, M]` over the auxiliary set."""
+def aux_first_pass(
+    chunks: Iterable[TokenChunk], sae: TopKSAE, num_patches: int, patch_std: torch.Tensor | None = None
+) -> dict[str, torch.Tensor]:
+    """hist `[M, B]`, position_mass `[M, N]`, image_count `[M]`, cofire `[M, M]` over the auxiliary set;
+    with `patch_std` `[n_images, N]`, also std_mass `[M]`: sum over firing patches of activation x std."""
     m, bins = sae.width, len(bin_edges()) - 1
     out = {
         "hist": torch.zeros(m * bins, dtype=torch.long),
         "position_mass": torch.zeros(m * num_patches, dtype=torch.float64),
         "image_count": torch.zeros(m, dtype=torch.long),
         "cofire": torch.zeros(m, m, dtype=torch.long),
+        "std_mass": torch.zeros(m, dtype=torch.float64),
     }
+    flat_std = None if patch_std is None else patch_std.reshape(-1)
     for _, token, values, atoms in _codes(chunks, sae, num_patches):
         fire = values > 0
         v, a = values[fire], atoms[fire]
@@ -205,6 +216,8 @@ def aux_first_pass(chunks: Iterable[TokenChunk], sae: TopKSAE, num_patches: int)
         out["position_mass"].index_add_(0, a * num_patches + t % num_patches, v.double())
         per_image = torch.unique((t // num_patches) * m + a)
         out["image_count"] += torch.bincount(per_image % m, minlength=m)
+        if flat_std is not None:
+            out["std_mass"].index_add_(0, a, v.double() * flat_std[t].double())
         _cofiring(out["cofire"], atoms, fire)
     out["hist"] = out["hist"].reshape(m, bins)
     out["position_mass"] = out["position_mass"].reshape(m, num_patches)
@@ -263,7 +276,16 @@ def build_summaries(
     if next(sae.parameters()).device != cpu:  # a CPU copy: the caller's model stays where it was
         sae = _moved(sae, cpu)
     chunk = chunk_tokens or default_chunk_tokens(sae, cpu)
-    first = aux_first_pass(store_chunks(aux, chunk, with_masks=False), sae, aux.num_patches)
+    try:
+        patch_std = patch_pixel_std(aux.images, aux.image_size, aux.grid)
+        texture = {"blank_floor": blank_floor(patch_std), "blank_quantile": BLANK_QUANTILE}
+    except SPGError as exc:  # images moved or deleted: every other summary still stands, blank is not judged
+        patch_std, texture = None, {"blank_floor": None, "pixel_std_missing": str(exc)}
+    first = aux_first_pass(store_chunks(aux, chunk, with_masks=False), sae, aux.num_patches, patch_std)
+    mass = first["position_mass"].sum(1)
+    pixel_std = torch.where(mass > 0, first["std_mass"] / mass.clamp_min(1e-30), torch.nan)
+    if patch_std is None:
+        pixel_std = torch.full_like(pixel_std, torch.nan)
     edges = band_edges(first["hist"])
     sets = {"aux": sample_pass(store_chunks(aux, chunk, with_masks=False), sae, aux.num_patches, edges)}
     sets["aux"].hist = first["hist"]
@@ -287,11 +309,12 @@ def build_summaries(
         "samples": SAMPLES,
         "aux_store": str(aux.root),
         "target_store": None if target is None else str(target.root),
+        **texture,
         "seconds": time.perf_counter() - t0,
     }
     return AtomSummaries(
         edges, first["position_mass"].float(), first["image_count"], co_ids, co_val.float(), dec_ids,
-        dec_val.float(), sets, meta,
+        dec_val.float(), sets, meta, pixel_std.float(),
     )  # fmt: skip
 
 
@@ -304,6 +327,8 @@ _SET = ("hist", "samples_value", "samples_image", "samples_patch", "top_value", 
 def save_summaries(summaries: AtomSummaries, path: str | Path) -> None:
     """`path` (.safetensors): every tensor, the metadata (with VERSION) in its header."""
     tensors = {name: getattr(summaries, name) for name in _TOP}
+    if summaries.pixel_std is not None:
+        tensors["pixel_std"] = summaries.pixel_std
     for which, s in summaries.sets.items():
         tensors |= {f"{which}.{n}": getattr(s, n) for n in _SET if getattr(s, n) is not None}
     save_tensors(path, tensors, {"summaries": summaries.meta})
@@ -324,4 +349,4 @@ def load_summaries(path: str | Path) -> AtomSummaries:
         for which in SETS
         if f"{which}.hist" in tensors
     }
-    return AtomSummaries(**{n: tensors[n] for n in _TOP}, sets=sets, meta=info)
+    return AtomSummaries(**{n: tensors[n] for n in _TOP}, sets=sets, meta=info, pixel_std=tensors.get("pixel_std"))
