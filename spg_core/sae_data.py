@@ -141,7 +141,9 @@ def sae_token_source(
     itemsize = store_itemsize(store)
     n_tokens = store.num_images * store.num_patches
     need = resident_sae_bytes(n_tokens, batch_rows, store.dim, cfg.width, cfg.k, itemsize)
-    if stream == "never" or (stream == "auto" and need <= budget):
+    # A select fold views some images of a store: its shards hold other images too, so it is not streamed.
+    in_memory = stream == "never" or (stream == "auto" and need <= budget) or hasattr(store, "indices")
+    if in_memory:
         tokens = store.all_tokens(device="cpu", dtype=torch.float32 if itemsize == 4 else torch.float16)
         source = ResidentTokens(tokens, store.num_patches, batch_rows, order=cfg.order, seed=cfg.seed, width=cfg.width)
         return source, {"streamed": False, "order": cfg.order, "host_bytes": need, "budget": budget}
@@ -169,8 +171,10 @@ def sae_token_source(
 
 
 def store_itemsize(store: TokenStore) -> int:
-    """Bytes per stored token value (2 for fp16 stores, 4 for float32 ones)."""
-    return next(iter(store.iter_shards()))[1].dtype.itemsize
+    """Bytes per stored token value (2 for fp16 stores, 4 for float32 ones); a select fold's StoreView
+    answers for the store it views."""
+    base = getattr(store, "store", store)
+    return next(iter(base.iter_shards()))[1].dtype.itemsize
 
 
 def cls_chunks(store: TokenStore, images: int = 4096) -> Iterator[torch.Tensor]:

@@ -78,7 +78,7 @@ class StoreView:
     def __init__(self, store: Any, indices: tuple[int, ...]):
         self.store, self.indices = store, list(indices)
         self.grid, self.dim, self.num_patches = store.grid, store.dim, store.num_patches
-        self.image_size = store.image_size
+        self.image_size, self.root, self.has_cls = store.image_size, store.root, store.has_cls
         self.images = [store.images[i] for i in self.indices]
 
     @property
