@@ -305,12 +305,14 @@ def test_report_button_and_the_report_opens_offline_without_errors(server, page,
     context.close()
 
 
-def test_ablation_switch_in_the_browser(server, page):
-    """The Atom detail page's what-if switch recomputes the metrics without the atom."""
+def test_steering_slider_in_the_browser(server, page):
+    """The Atom detail page's steering slider, moved to 0x (the atom removed), recomputes the metrics."""
     url, _ = server
     page.goto(f"{url}/atom")
     wait_ready(page, "Atom detail")
-    page.get_by_text("Remove atom #").click()
+    slider = page.locator('[data-testid="stSlider"]').filter(has_text="Scale atom #")
+    slider.get_by_role("slider").first.focus()
+    page.keyboard.press("Home")  # the slider's first value: 0x
     page.wait_for_selector('[data-testid="stMetric"]:has-text("Image AUROC")', timeout=READY_TIMEOUT_MS)
     wait_ready(page, "Atom detail")
     no_exceptions(page)
