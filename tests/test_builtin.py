@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from spg_core.backbones.builtin import (
@@ -47,6 +48,7 @@ def test_a_unique_colour_is_rare_and_ordinary_ones_are_not():
     assert background.std() < 0.2  # noise alone does not make grey pixels rare
 
 
+@pytest.mark.slow  # 43 s on the 2-core VM, 2026-12-07: out of the quick tier
 def test_a_spot_does_not_explain_itself_but_a_distant_twin_does():
     """Pixels within the excluded neighbourhood are not look-alikes; the same colour far away is."""
     alone = _rarity(_grey_with_spots([(100, 100)]))[101:105, 101:105].mean()
@@ -110,6 +112,7 @@ def test_mirror_residual_finds_a_tilted_axis_and_flags_only_what_breaks_the_symm
     assert _near(broken, theta, 20, 0) < 0.5
 
 
+@pytest.mark.slow  # 21 s on the 2-core VM, 2026-12-07: out of the quick tier
 def test_mirror_residual_explains_what_colour_rarity_flags():
     """A unique mark on the axis is rare in colour but symmetric: the two cues disagree,
     which is what lets the guides tell printed marks from defects."""

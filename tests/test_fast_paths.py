@@ -38,6 +38,7 @@ def test_sparse_decode_matches_dense_in_values_and_gradients():
         torch.testing.assert_close(p.grad, grads[k], rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow  # 48 s on the 2-core VM, 2026-12-07: out of the quick tier
 def test_training_with_sparse_decode_matches_dense():
     tokens = _tokens()
     cfg = SAEConfig(width=192, k=8, epochs=3, batch_images=4)
@@ -48,6 +49,7 @@ def test_training_with_sparse_decode_matches_dense():
     assert abs(h_dense[-1]["fvu"] - h_sparse[-1]["fvu"]) < 0.01
 
 
+@pytest.mark.slow  # 51 s on the 2-core VM, 2026-12-07: out of the quick tier
 def test_bf16_autocast_sae_close_to_fp32():
     tokens = _tokens()
     cfg = SAEConfig(width=192, k=8, epochs=3, batch_images=4)
