@@ -205,7 +205,7 @@ def safetensors_metadata(path: str | os.PathLike) -> dict[str, Any]:
             raw = f.metadata() or {}
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise SPGError(
-            f"not a readable safetensors file ({exc})",
+            f"file is truncated or not a safetensors file ({exc})",
             path=str(path),
             fix="the file is damaged or half-written: delete it and re-create it",
         ) from None
