@@ -11,8 +11,8 @@ from . import state
 
 # pages/ and assets/ are package data of `dashboard` (in the repository, links to the top-level
 # folders): found the same way in a source tree, an editable install and a wheel.
-# Not "pages": Streamlit would take a pages/ folder beside app.py for its own page discovery.
-PAGES = Path(str(resources.files("dashboard") / "page_scripts"))
+# Not dashboard/pages: Streamlit would take a pages/ folder beside app.py for its own page discovery.
+PAGES = Path(str(resources.files("dashboard") / "bundle" / "pages"))
 ASSETS = Path(str(resources.files("dashboard") / "assets"))
 
 # (script, title, icon, url path); the first is the home page.

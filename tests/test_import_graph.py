@@ -25,7 +25,7 @@ def module_files() -> dict[str, Path]:
     for package in PACKAGES:
         for path in sorted((ROOT / package).rglob("*.py")):
             if any(folder.is_symlink() for folder in path.parents):
-                continue  # dashboard/page_scripts and dashboard/assets: links to the app's scripts and files
+                continue  # dashboard/bundle/pages and dashboard/assets: links to the app's scripts and files
             parts = list(path.relative_to(ROOT).with_suffix("").parts)
             if parts[-1] == "__init__":
                 parts = parts[:-1]

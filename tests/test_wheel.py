@@ -67,7 +67,7 @@ def installed(tmp_path_factory) -> Path:
     subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp / "dist"), str(src)], check=True)
     (wheel,) = (tmp / "dist").glob("spg_studio-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    inside = {"pages": "page_scripts", "assets": "assets"}  # repository folder -> its name in the package
+    inside = {"pages": "bundle/pages", "assets": "assets"}  # repository folder -> its name in the package
     shipped = [
         f"dashboard/{inside[d]}/{p.relative_to(ROOT / d)}"
         for d in inside
