@@ -188,13 +188,7 @@ def load_tensors(
             path=str(path),
             fix="the file is damaged or half-written: delete it and re-create it",
         ) from None
-    meta: dict[str, Any] = {}
-    for k, v in raw_meta.items():
-        try:
-            meta[k] = json.loads(v)
-        except json.JSONDecodeError:
-            meta[k] = v
-    return tensors, meta
+    return tensors, _decoded(raw_meta)
 
 
 def safetensors_metadata(path: str | os.PathLike) -> dict[str, Any]:
@@ -209,6 +203,11 @@ def safetensors_metadata(path: str | os.PathLike) -> dict[str, Any]:
             path=str(path),
             fix="the file is damaged or half-written: delete it and re-create it",
         ) from None
+    return _decoded(raw)
+
+
+def _decoded(raw: dict[str, str]) -> dict[str, Any]:
+    """safetensors metadata (all strings) with each JSON value decoded; other strings kept as they are."""
     meta: dict[str, Any] = {}
     for k, v in raw.items():
         try:
