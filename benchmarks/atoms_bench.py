@@ -15,7 +15,6 @@ order in one process, so a flat peak across sizes shows the memory bound.
 from __future__ import annotations
 
 import argparse
-import resource
 import time
 from collections.abc import Iterator
 
@@ -24,6 +23,7 @@ import torch
 from spg_core.atoms import TokenChunk, stream_top_p
 from spg_core.atoms.index import default_chunk_tokens
 from spg_core.devices import resolve_device
+from spg_core.memory import peak_resident_bytes
 from spg_core.sae import TopKSAE
 
 POOL = 4  # distinct random blocks cycled through
@@ -47,7 +47,7 @@ def random_chunks(
 
 
 def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    return peak_resident_bytes() / 2**20
 
 
 def main() -> None:

@@ -44,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sklearn.metrics import auc, roc_auc_score
 
 from spg_core import metrics
+from spg_core.memory import peak_resident_bytes, reset_peak_resident
 from spg_core.metrics.aupro import _area_up_to
 
 MVTEC_CATEGORIES = 15
@@ -184,16 +185,6 @@ def _status_kib(key: str) -> int:
     return 0
 
 
-def _reset_peak_rss() -> bool:
-    """Reset this process's peak RSS (Linux >= 4.0) so that loading is not counted."""
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        return True
-    except OSError:
-        return False
-
-
 def _load(work: Path, images: int | None, dtype: str) -> dict[str, Any]:
     # "float32": genuine float32 maps; "float32-from-fp16": the float16 maps cast (few distinct values)
     maps = np.load(work / ("maps32.npy" if dtype == "float32" else "maps.npy"), mmap_mode="r")
@@ -229,7 +220,7 @@ def worker(args: argparse.Namespace) -> None:
     if args.device == "cuda":  # initialise CUDA outside the timed region
         torch.zeros(1, device="cuda")
         torch.cuda.synchronize()
-    hwm_reset = _reset_peak_rss()
+    hwm_reset = reset_peak_resident()
     before = _status_kib("VmRSS")
     t0 = time.perf_counter()
     value = TASKS[args.worker](data, args)
@@ -238,7 +229,7 @@ def worker(args: argparse.Namespace) -> None:
     seconds = time.perf_counter() - t0
     # VmHWM is the peak since the reset; without a reset fall back to ru_maxrss
     # (which may still hold the loading peak, so it can only over-state).
-    peak = _status_kib("VmHWM") if hwm_reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = peak_resident_bytes() // 1024 if hwm_reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     pixels = int(np.prod(data["maps"].shape))
     print(
         json.dumps(

@@ -114,7 +114,8 @@ def _stream_rate(args: argparse.Namespace) -> float:
 # -- a store larger than the memory budget --------------------------------------------------------------
 
 _TRAIN_CHILD = """
-import json, resource, sys, time, torch
+import json, sys, time, torch
+from spg_core.memory import peak_resident_bytes
 from spg_core.config import SAEConfig
 from spg_core.pipeline import fit_dictionary
 from spg_core.sae_train import train_sae
@@ -126,18 +127,18 @@ cfg = SAEConfig(width=int(width), k=int(k), epochs=1, batch_images=int(batch_ima
 n = 2 * cfg.batch_images * store.num_patches  # warm-up: torch maps its kernels' code on first use
 warm = torch.randn(n, store.dim)
 train_sae(warm, cfg, tokens_per_image=store.num_patches, device=torch.device("cpu"), progress=False)
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+before = peak_resident_bytes()
 t0 = time.perf_counter()
 sae, info = fit_dictionary(store, cfg, "spg", torch.device("cpu"), False, max_host_memory=budget, stream=stream)
 seconds = time.perf_counter() - t0
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+peak = peak_resident_bytes()
 rate = info["history"][0]["tokens_per_s"]
 print(json.dumps({"peak": peak, "before": before, "seconds": seconds, "tokens_per_s": rate, "feed": info["feed"]}))
 """
 
 
 def _train_from_store(root: Path, budget: str, stream: str, args: argparse.Namespace) -> dict:
-    """One SAE epoch over the store in a fresh process; its peak resident memory (getrusage) and speed."""
+    """One SAE epoch over the store in a fresh process; its peak resident memory (VmHWM) and speed."""
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": str(args.threads)}
     cmd = [sys.executable, "-c", _TRAIN_CHILD, str(root), budget, stream]
     cmd += [str(args.width), str(args.k), str(args.batch_images), str(args.threads)]

@@ -92,3 +92,29 @@ def resident_sae_bytes(
     passes = min(pass_rows, num_tokens) * (2 * dim * 4 + 3 * width * 4) * 5 // 4
     tokens = 2 * num_tokens * dim * itemsize * 5 // 4
     return tokens + streamed_sae_bytes(0, batch_rows, dim, width, k, itemsize, 0) + passes
+
+
+def peak_resident_bytes() -> int:
+    """This process's peak resident memory in bytes (`VmHWM`, Linux), 0 where it cannot be read.
+
+    Not `getrusage().ru_maxrss`: Linux carries that across `exec`, so a process spawned by a large one
+    (a test runner) starts with its parent's peak and reports no growth at all.
+    """
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def reset_peak_resident() -> bool:
+    """Reset `VmHWM` to the present resident size (Linux >= 4.0); False where the kernel refuses."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False

@@ -106,8 +106,9 @@ def test_a_shard_rewritten_under_a_running_training_stops_it_with_a_named_error(
 
 
 CHILD = """
-import json, resource, sys, torch
+import json, sys, torch
 from spg_core.config import SAEConfig
+from spg_core.memory import peak_resident_bytes
 from spg_core.pipeline import fit_dictionary
 from spg_core.store import TokenStore
 torch.set_num_threads(1)
@@ -116,10 +117,10 @@ store = TokenStore(sys.argv[1])
 cfg = SAEConfig(width=64, k=4, epochs=1, batch_images=4)
 # Warm-up on 2 images' worth of tokens: torch maps its CPU kernels' code on first use (100+ MB resident)
 train_sae(torch.randn(2048, 128), cfg, tokens_per_image=256, device=torch.device("cpu"), progress=False)
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+before = peak_resident_bytes()
 budget, stream = sys.argv[2:]
 sae, info = fit_dictionary(store, cfg, "spg", torch.device("cpu"), False, max_host_memory=budget, stream=stream)
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+peak = peak_resident_bytes()
 print(json.dumps({"growth": peak - before, "feed": info["feed"]}))
 """
 
