@@ -145,7 +145,7 @@ def test_demo_serves_before_its_runs_are_built(tmp_path):
     finally:
         proc.terminate()
         assert proc.wait(timeout=60) is not None
-    running = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout.splitlines()
+    running = subprocess.run(["ps", "-ww", "-eo", "args"], capture_output=True, text=True).stdout.splitlines()
     assert not [a for a in running if str(tmp_path) in a]  # the server and the builder are gone with it
 
 
