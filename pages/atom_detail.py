@@ -88,7 +88,8 @@ def summary(atom: int, ranking: dict[str, list[dict]], stats, cosines: dict[str,
         st.markdown(f"#### Atom #{atom} {badges}", unsafe_allow_html=True)
         if isinstance(flags, str) and flags:
             st.warning(
-                f"**Likely artefact ({flags.replace(',', ', ')})**: border share {row['border_share']:.0%}, "
+                f"**Likely artefact ({flags.replace(',', ', ')})**: {row['border_share']:.0%} of its mass on the "
+                f"{row.get('border_band') or 'ring'} border band, "
                 f"mass on its top 5% grid cells {row['position_share']:.0%}, fires on "
                 f"{row['image_share']:.0%} of auxiliary images, mean pixel std of its patches "
                 f"{row.get('pixel_std', float('nan')):.3f}.\n\nRule: {FLAG_RULE}",

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from spg_core.atoms.flags import border_threshold, flag_mark, flag_stats, flagged_atoms, ring_mask
+from spg_core.atoms.flags import border_bands, border_threshold, flag_mark, flag_stats, flagged_atoms
 from spg_core.atoms.index import TokenChunk
 from spg_core.atoms.summaries import (
     aux_first_pass,
@@ -125,7 +125,7 @@ def _border_and_content_tokens(images: int = 40) -> tuple[TopKSAE, torch.Tensor]
         sae.W_dec.copy_(torch.eye(4))
     gen = torch.Generator().manual_seed(0)
     tokens = torch.zeros(images, N, 4)
-    ring = torch.from_numpy(ring_mask(GRID))
+    ring = torch.from_numpy(border_bands(GRID)["ring"])
     tokens[:, ring, 0] = 1.0
     for i in range(images):
         cells = torch.randperm(N, generator=gen)[:3]
@@ -137,10 +137,10 @@ def test_a_border_atom_is_flagged_and_a_content_atom_is_not():
     sae, tokens = _border_and_content_tokens()
     first = aux_first_pass(_chunks(tokens, 16), sae, N)
     flags = flag_stats(first["position_mass"], first["image_count"], tokens.shape[0], GRID)
-    assert flags.loc[0, "border_share"] == pytest.approx(1.0)
+    assert flags.loc[0, "border_share"] == pytest.approx(1.0) and flags.loc[0, "border_band"] == "ring"
     assert "border" in flags.loc[0, "flags"].split(",")
-    # atom 1 sits on the ring about as often as the ring's share of cells (28 of 64)
-    assert flags.loc[1, "border_share"] < border_threshold(GRID)
+    # atom 1 sits on each band about as often as the band's share of cells (ring 28 of 64, a side 8)
+    assert flags.loc[1, "border_share"] < border_threshold(GRID, flags.loc[1, "border_band"])
     assert "border" not in flags.loc[1, "flags"].split(",")
     assert "fixed-position" not in flags.loc[1, "flags"]  # 3 random cells per image: spread over the grid
     assert np.isnan(flags.loc[2, "border_share"]) and flags.loc[2, "flags"] == ""  # never fires
@@ -168,9 +168,33 @@ def test_a_fixed_position_atom_is_flagged():
     assert "fixed-position" in flags.loc[1, "flags"] and "border" not in flags.loc[1, "flags"]
 
 
+def test_an_atom_on_one_side_a_row_in_is_flagged_and_a_content_atom_is_not():
+    """The EfficientNet case: the first token row is calm and the edge effect sits on the second
+    (asymmetric 'same' padding), along one side only; a one-cell ring would see none of it."""
+    grid, images = (16, 16), 30  # band depth ceil(1.6) = 2 rows
+    sae = TopKSAE(4, 4, 2)
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.eye(4))
+        sae.W_dec.copy_(torch.eye(4))
+    gen = torch.Generator().manual_seed(0)
+    tokens = torch.zeros(images, 256, 4)
+    for i in range(images):
+        tokens[i, 16 + torch.randperm(16, generator=gen)[:6], 0] = 1.0  # row 1, six random columns
+        tokens[i, torch.randperm(256, generator=gen)[:6], 1] = 1.0  # anywhere
+    first = aux_first_pass(_chunks(tokens, 10), sae, 256)
+    flags = flag_stats(first["position_mass"], first["image_count"], images, grid)
+    assert flags.loc[0, "border_band"] == "top" and flags.loc[0, "border_share"] == pytest.approx(1.0)
+    assert "border" in flags.loc[0, "flags"].split(",")
+    assert "border" not in flags.loc[1, "flags"].split(",")
+
+
 def test_border_threshold_is_the_lift_on_each_grid():
-    # 14 x 14: ring 52 of 196 cells; 4x the mass per cell -> 208 / (208 + 144)
-    assert border_threshold((14, 14)) == pytest.approx(208 / 352)
+    # 14 x 14, bands 2 deep: the ring holds 96 of 196 cells; 4x the mass per cell -> 384 / (384 + 100)
+    assert border_threshold((14, 14)) == pytest.approx(384 / 484)
+    # one side: 28 of 196 cells -> 112 / (112 + 168)
+    assert border_threshold((14, 14), "top") == pytest.approx(112 / 280)
+    # 28 x 28, bands 3 deep: one side 84 of 784 cells -> 336 / (336 + 700)
+    assert border_threshold((28, 28), "left") == pytest.approx(336 / 1036)
     assert border_threshold((2, 2)) == 1.0  # all ring: never flagged below a full share
 
 

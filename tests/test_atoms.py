@@ -37,7 +37,7 @@ from spg_core.atoms import (
 )
 from spg_core.atoms.build import SUMMARIES, ensure_summaries
 from spg_core.atoms.index import patch_mask_fraction, store_chunks
-from spg_core.atoms.stats import TAGS
+from spg_core.atoms.stats import TAGS, load_stats, save_stats
 from spg_core.atoms.summaries import load_summaries
 from spg_core.cli import main as spg_main
 from spg_core.config import ExtractConfig, GuideConfig, RunConfig, SAEConfig
@@ -422,6 +422,15 @@ def test_summaries_are_built_with_the_index_and_rebuilt_when_missing(run_dir, bu
     assert (copy / SUMMARIES).is_file()
     assert torch.equal(rebuilt.sets["target"].top_image, summaries.sets["target"].top_image)
     assert torch.equal(rebuilt.coact_atoms, summaries.coact_atoms)
+    # flags saved under an older rule (other thresholds, no border_band) are recomputed, the summaries kept
+    old = load_stats(copy / "atoms" / "stats.json").drop(columns=["border_band", "flags"])
+    old.attrs["flag_thresholds"] = {**old.attrs["flag_thresholds"], "border_band": None}
+    save_stats(old, copy / "atoms" / "stats.json", copy / "atoms" / "stats.csv")
+    before = (copy / SUMMARIES).stat().st_mtime_ns
+    ensure_summaries(copy)
+    refreshed = load_stats(copy / "atoms" / "stats.json")
+    assert refreshed["flags"].tolist() == stats["flags"].tolist() and "border_band" in refreshed.columns
+    assert (copy / SUMMARIES).stat().st_mtime_ns == before
 
 
 @pytest.mark.slow

@@ -29,7 +29,7 @@ from ..runs import SAE_FILE as SAE
 from ..runs import RunDir
 from ..sae import TopKSAE
 from ..store import TokenStore
-from .flags import BORDER_LIFT, FLAG_RULE, IMAGE_SHARE, POSITION_SHARE, POSITION_TOP, flag_stats
+from .flags import BORDER_BAND, BORDER_LIFT, FLAG_RULE, IMAGE_SHARE, POSITION_SHARE, POSITION_TOP, flag_stats
 from .index import AtomIndex, build_atom_index, load_index, save_index
 from .ranking import rank_atoms, require_atoms
 from .stats import atom_stats, load_stats, save_stats
@@ -100,6 +100,19 @@ def target_store_of(config: dict[str, Any]) -> TokenStore | None:
     return TokenStore(path) if path and (Path(path) / "manifest.json").is_file() else None
 
 
+def flag_thresholds(summaries: AtomSummaries) -> dict[str, Any]:
+    """The flag rule's settings as saved beside the flags (a change marks the saved flags stale)."""
+    return {
+        "border_lift": BORDER_LIFT,
+        "border_band": BORDER_BAND,
+        "position_top": POSITION_TOP,
+        "position_share": POSITION_SHARE,
+        "image_share": IMAGE_SHARE,
+        "blank_quantile": BLANK_QUANTILE,
+        "blank_floor": summaries.meta.get("blank_floor"),
+    }
+
+
 def with_flags(stats: pd.DataFrame, summaries: AtomSummaries) -> pd.DataFrame:
     """`stats` with the artefact columns of flags.flag_stats (replaced if present) and their rule."""
     flags = flag_stats(
@@ -114,14 +127,7 @@ def with_flags(stats: pd.DataFrame, summaries: AtomSummaries) -> pd.DataFrame:
     out.attrs = {
         **stats.attrs,
         "flag_rule": FLAG_RULE,
-        "flag_thresholds": {
-            "border_lift": BORDER_LIFT,
-            "position_top": POSITION_TOP,
-            "position_share": POSITION_SHARE,
-            "image_share": IMAGE_SHARE,
-            "blank_quantile": BLANK_QUANTILE,
-            "blank_floor": summaries.meta.get("blank_floor"),
-        },
+        "flag_thresholds": flag_thresholds(summaries),
     }
     return out
 
@@ -154,7 +160,9 @@ def ensure_summaries(run_dir: str | Path) -> AtomSummaries:
     if path.is_file():
         try:
             summaries = load_summaries(path)
-            if summaries.meta.get("sae_sha256") == file_sha256(run.file(SAE)) and "flags" in stats.columns:
+            if summaries.meta.get("sae_sha256") == file_sha256(run.file(SAE)):
+                if stats.attrs.get("flag_thresholds") != flag_thresholds(summaries):  # flags of an older rule
+                    save_stats(with_flags(stats, summaries), run.file(STATS_JSON), run.file(STATS_CSV))
                 return summaries
         except SPGError:
             pass  # another version or damaged: rebuilt below
