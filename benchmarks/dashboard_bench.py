@@ -30,6 +30,7 @@ import sys
 import time
 from pathlib import Path
 
+from streamlit import config as streamlit_config
 from streamlit.runtime.scriptrunner.script_cache import ScriptCache
 from streamlit.testing.v1 import AppTest, app_test, local_script_runner
 
@@ -59,6 +60,13 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def serve_as_spg_dashboard() -> None:
+    """AppTest under the options `spg dashboard` serves with (spg_core.launch.streamlit_command) that
+    change a rerun's cost: no usage statistics (Streamlit's own telemetry inspects every call's
+    arguments, about a third of an atom switch when left on)."""
+    streamlit_config.set_option("browser.gatherUsageStats", False)
 
 
 def share_script_cache() -> None:
@@ -219,6 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         f"once): {compile_ms(PAGES):.1f} ms"
     )
     share_script_cache()
+    serve_as_spg_dashboard()
     print(f"\nserver-side rerun time per page (AppTest, warm caches, {args.reruns} reruns)")
     print(f"{'page':<18}{'median ms':>10}{'max ms':>10}  target < {TARGET_MS:.0f} ms")
     for page, median, worst in rerun_times(runs_root, run, args.reruns):

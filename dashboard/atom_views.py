@@ -12,12 +12,12 @@ from typing import Any
 
 import numpy as np
 import streamlit as st
-from PIL import Image
 
 from spg_core.atoms.build import STATS_JSON, SUMMARIES, ensure_summaries
 from spg_core.atoms.flags import FLAG_RULE, MARK, flag_mark
 from spg_core.atoms.ranking import guide_cosines as cosines
 from spg_core.atoms.visual import OUT_MASK, patch_crop
+from spg_core.images import load_image
 
 from . import state
 from .encode import png_bytes
@@ -72,8 +72,7 @@ def sample_tiles(view: RunView, which: str, atom: int, group: int, count: int) -
     tiles = []
     for e in entries:
         record = store.images[e["image"]]
-        image = Image.fromarray(state.image_at(record["image_path"], size))
-        crop = png_bytes(patch_crop(image, e["patch"], grid, size, 2, 120, outline=OUT_MASK))
+        crop = png_bytes(patch_crop(load_image(record["image_path"]), e["patch"], grid, size, 2, 120, outline=OUT_MASK))
         tiles.append(Tile(crop, crop, atom_detail.sample_caption(record, e["value"])))
     return tiles
 

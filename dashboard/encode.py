@@ -9,9 +9,10 @@ from PIL import Image
 
 
 def png_bytes(image: Image.Image) -> bytes:
-    """`image` as PNG file bytes."""
+    """`image` as PNG file bytes, compressed fast: zlib level 1 encodes a tile about 5x faster than the
+    default 6 for files about a third larger, and the pictures go to a browser on the same network."""
     buf = io.BytesIO()
-    image.save(buf, format="PNG")
+    image.save(buf, format="PNG", compress_level=1)
     return buf.getvalue()
 
 

@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 import streamlit as st
-from PIL import Image
 
 from spg_core.atoms import Ablator, attribute, load_atoms, rank_atoms
 from spg_core.atoms.flags import flag_mark
@@ -235,8 +234,9 @@ class RunView:
         tiles = []
         for e in found:
             record = store.images[e["image"]]
-            image = load_image(record["image_path"]).resize((size, size), Image.BICUBIC)
-            crop = png_bytes(patch_crop(image, e["patch"], store.grid, size, 2, 150, outline=IN_MASK))
+            crop = png_bytes(
+                patch_crop(load_image(record["image_path"]), e["patch"], store.grid, size, 2, 150, outline=IN_MASK)
+            )
             tiles.append(Tile(crop, crop, f"{record['category']} · {record['defect']} · s={e['value']:.2f}"))
         return tiles
 

@@ -40,6 +40,7 @@ view, health = run_page(
 if run_note:
     st.warning(run_note, icon=":material/link_off:")
 key = f"{view.name}::atom::"
+SETS = {"Auxiliary set (training side)": "aux", "Target set (evaluated)": "target"}
 FACTORS = [0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0]
 
 
@@ -183,12 +184,15 @@ def samples(atom: int, which: str, summaries) -> None:
 
 def patch_views(atom: int, index, summaries) -> None:
     st.subheader("Patches")
-    aux_tab, target_tab = st.tabs(["Auxiliary set (training side)", "Target set (evaluated)"])
-    with aux_tab:
+    # one set drawn at a time (tabs would draw both on every rerun: twice the pictures per atom switch)
+    choice = st.segmented_control(
+        "Patches from", list(SETS), default=next(iter(SETS)), key=key + "set", label_visibility="collapsed"
+    )
+    if SETS.get(choice or "", "aux") == "aux":
         if index is not None:
             aux_top_patches(atom, index)
         samples(atom, "aux", summaries)
-    with target_tab:
+    else:
         if "target" not in summaries.sets:
             st.info("This run had no target token store when its summaries were built.")
             return

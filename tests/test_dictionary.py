@@ -121,10 +121,11 @@ def test_atom_detail_bands_neighbours_and_steering(tiny_root, monkeypatch, atoms
     assert_clean(at)
     k = f"{RUN}::atom::"
     atom = at.selectbox(key=k + "pick").value
-    # every band's captions are values inside that band (the page shows 3 per band, both sets)
-    captions = [i.proto.imgs[0].caption for i in at.image if i.proto.imgs and i.proto.imgs[0].caption]
+    # every band's captions are values inside that band (the page shows 3 per band, one set at a time)
     edges = summaries.edges[atom].numpy()
-    for which in ("aux", "target"):
+    for which, label in (("aux", "Auxiliary set (training side)"), ("target", "Target set (evaluated)")):
+        at.segmented_control(key=k + "set").set_value(label).run()
+        captions = [i.proto.imgs[0].caption for i in at.image if i.proto.imgs and i.proto.imgs[0].caption]
         for band in range(len(edges) - 1):
             for s in summaries.sets[which].samples(atom, band)[:3]:
                 assert edges[band] <= s["value"] < edges[band + 1]

@@ -44,15 +44,15 @@ def atom_tiles(
     tiles = []
     for e in entries:
         record = records[e["image"]]
-        image = load_image(record["image_path"]).resize((size, size), Image.BICUBIC)
+        image = load_image(record["image_path"])
         colour = IN_MASK if e["mask_fraction"] > 0 else OUT_MASK
-        heat = atom_heatmap(sae, store.tokens([e["image"]])[0], atom, grid, size)
+        # drawn at the tile's size: the map upsampled to it and the image resized once
+        heat = atom_heatmap(sae, store.tokens([e["image"]])[0], atom, grid, tile)
+        small = image.convert("RGB").resize((tile, tile), Image.BICUBIC)
         tiles.append(
             AtomTile(
                 crop=patch_crop(image, e["patch"], grid, size, context, tile, outline=colour),
-                heat=heatmap_overlay(image, heat, vmax, patch=e["patch"], grid=grid, outline=colour).resize(
-                    (tile, tile), Image.BILINEAR
-                ),
+                heat=heatmap_overlay(small, heat, vmax, patch=e["patch"], grid=grid, outline=colour),
                 caption=f"{record['category']} · {record['defect']} · s={e['value']:.2f}",
             )
         )
