@@ -50,6 +50,13 @@ def one_run(run: Path, draws: int) -> dict:
     dropped = sorted(set(flagged) & set(active))
     rng = np.random.default_rng(0)
     random = [_figures(ablator.drop(rng.choice(active, len(dropped), replace=False).tolist())) for _ in range(draws)]
+    # the anomaly guide alone: a border atom of the normal guide may be what explains a clean border away
+    anomaly = [e["atom"] for e in ranks["anomaly"]]
+    in_anomaly = sorted(set(flagged) & set(anomaly))
+    random_anomaly = [
+        _figures(ablator.ablate(remove=rng.choice(anomaly, len(in_anomaly), replace=False).tolist(), guide="anomaly"))
+        for _ in range(draws)
+    ]
     return {
         "run": str(run),
         "atoms": len(stats),
@@ -63,11 +70,18 @@ def one_run(run: Path, draws: int) -> dict:
         "top": top,
         "as_is": _figures(ablator.baseline()),
         "flagged_dropped": _figures(ablator.drop(dropped)),
-        "random_dropped": {
-            "draws": draws,
-            "mean": {k: float(np.mean([r[k] for r in random])) for k in KEYS},
-            "std": {k: float(np.std([r[k] for r in random])) for k in KEYS},
-        },
+        "random_dropped": _spread(random),
+        "anomaly_guide_atoms_flagged": len(in_anomaly),
+        "flagged_dropped_from_anomaly": _figures(ablator.ablate(remove=in_anomaly, guide="anomaly")),
+        "random_dropped_from_anomaly": _spread(random_anomaly),
+    }
+
+
+def _spread(rows: list[dict[str, float]]) -> dict:
+    return {
+        "draws": len(rows),
+        "mean": {k: float(np.mean([r[k] for r in rows])) for k in KEYS},
+        "std": {k: float(np.std([r[k] for r in rows])) for k in KEYS},
     }
 
 
@@ -93,10 +107,14 @@ def report(r: dict) -> list[str]:
     lines.append("                        " + " ".join(f"{k:>12}" for k in KEYS))
     lines.append("as is                   " + " ".join(f"{r['as_is'][k]:12.4f}" for k in KEYS))
     lines.append("flagged dropped         " + " ".join(f"{r['flagged_dropped'][k]:12.4f}" for k in KEYS))
-    rd = r["random_dropped"]
-    lines.append(
-        f"random dropped (n={rd['draws']})  " + " ".join(f"{rd['mean'][k]:6.4f}±{rd['std'][k]:.4f}" for k in KEYS)
-    )
+    for name, key in (("random dropped", "random_dropped"), ("random, anomaly guide", "random_dropped_from_anomaly")):
+        if key == "random_dropped_from_anomaly":
+            lines.append(
+                f"flagged, anomaly guide ({r['anomaly_guide_atoms_flagged']})"
+                + " ".join(f"{r['flagged_dropped_from_anomaly'][k]:12.4f}" for k in KEYS)
+            )
+        rd = r[key]
+        lines.append(f"{name} (n={rd['draws']})  " + " ".join(f"{rd['mean'][k]:6.4f}±{rd['std'][k]:.4f}" for k in KEYS))
     return lines
 
 

@@ -84,8 +84,10 @@ def steered(view: RunView, atom: int, guide: str, factor: float):
 
 
 @st.cache_resource(show_spinner="Recomputing maps and metrics without the flagged atoms ...", max_entries=16)
-def dropped(view: RunView, atoms: tuple[int, ...]):
-    """AblationResult with `atoms` removed from both guides."""
+def dropped(view: RunView, atoms: tuple[int, ...], guides: str = "both"):
+    """AblationResult with `atoms` removed from the anomaly guide (`guides` 'anomaly') or from both ('both')."""
+    if guides == "anomaly":
+        return view.ablator().ablate(remove=list(atoms), guide="anomaly")
     return view.ablator().drop(list(atoms))
 
 

@@ -18,6 +18,7 @@ from spg_core.atomic import read_json, write_json
 from spg_core.atoms import Ablator, build_atoms, load_atoms, rank_atoms
 from spg_core.atoms.ablation import logit_difference
 from spg_core.atoms.build import ensure_summaries
+from spg_core.atoms.stats import load_stats, save_stats
 from spg_core.cli import main as spg_main
 from spg_core.guides import GuideSet
 
@@ -247,3 +248,33 @@ def test_steering_at_zero_equals_the_ablation_and_drop_clears_both_guides(tiny_r
     diff = logit_difference(ablator.baseline().probs, removed.probs)
     assert diff.shape == removed.probs.shape and float(diff.abs().max()) > 0
     assert float(logit_difference(removed.probs, removed.probs).abs().max()) == 0.0
+
+
+def test_dictionary_drops_flagged_atoms_from_the_anomaly_guide_or_both(tiny_root, monkeypatch, atoms_of, tmp_path):
+    """The flags are set by hand on a copy (a tiny run need not have any): the two largest anomaly atoms
+    and the largest other normal atom. Default: out of the anomaly guide only; then out of both guides."""
+    _, _, _, ranking = atoms_of
+    root = tmp_path / "runs"
+    shutil.copytree(tiny_root / RUN, root / RUN)
+    anomaly = [a["atom"] for a in ranking["anomaly"]]
+    normal = next(a["atom"] for a in ranking["normal"] if a["atom"] not in anomaly[:2])
+    chosen = {anomaly[0], anomaly[1], normal}
+    stats = load_stats(root / RUN / "atoms" / "stats.json")  # attrs (the flag rule) kept: not recomputed
+    stats["flags"] = ["border" if int(a) in chosen else "" for a in stats["atom"]]
+    save_stats(stats, root / RUN / "atoms" / "stats.json", root / RUN / "atoms" / "stats.csv")
+    at = open_app(root, monkeypatch, page="dictionary.py", run=RUN)
+    k = f"{RUN}::dict::"
+    at.toggle(key=k + "drop").set_value(True).run()
+    assert_clean(at)
+    ablator = Ablator(root / RUN, device="cpu")
+
+    def shown() -> str:
+        return next(m.value for m in at.metric if m.label == "Image AUROC" and m.delta is not None)
+
+    only = ablator.ablate(remove=sorted(chosen & set(anomaly)), guide="anomaly").metrics
+    assert shown() == f"{100 * only['mean']['image_auroc']:.1f}%"
+    at.segmented_control(key=k + "drop_from").set_value("both guides").run()
+    assert_clean(at)
+    both = ablator.drop(sorted(chosen)).metrics
+    assert shown() == f"{100 * both['mean']['image_auroc']:.1f}%"
+    assert any("Remove the 3 flagged atoms" in t for t in (w.label for w in at.toggle))
