@@ -40,15 +40,18 @@ from spg_core.run_paths import RUNS_ENV
 from spg_core.runs import RunDir
 
 ROOT = Path(__file__).resolve().parent.parent
-PAGES = ROOT / "pages"
+PAGE_DIR = ROOT / "pages"
 sys.path.insert(0, str(ROOT / "tests"))  # helpers/, shared with the tests
 
 from helpers.dashboard_support import BROWSER_ARGS, CHROMIUM  # noqa: E402
 
 PAGES = [
     p
-    for p in ["runs.py", "maps.py", "atoms.py", "dictionary.py", "atom_detail.py", "backbones.py", "try_image.py"]
-    if (PAGES / p).is_file()  # the same script measures an older tree (before/after figures)
+    for p in [
+        *("runs.py", "maps.py", "atoms.py", "dictionary.py", "atom_detail.py"),
+        *("methods.py", "backbones.py", "try_image.py"),
+    ]
+    if (PAGE_DIR / p).is_file()  # the same script measures an older tree (before/after figures)
 ]
 TARGET_MS = 300.0
 ATOM_TARGET_MS = 1000.0
@@ -79,7 +82,7 @@ def compile_ms(pages: list[str]) -> float:
     """Wall time of compiling app.py and the page scripts as Streamlit does (with its magic pass), ms."""
     t0 = time.perf_counter()
     cache = ScriptCache()
-    for script in [ROOT / "dashboard" / "app.py"] + [PAGES / p for p in pages]:
+    for script in [ROOT / "dashboard" / "app.py"] + [PAGE_DIR / p for p in pages]:
         cache.get_bytecode(str(script))
     return 1000 * (time.perf_counter() - t0)
 
@@ -92,7 +95,7 @@ def rerun_times(runs_root: Path, run: str, reruns: int) -> list[tuple[str, float
         at = AppTest.from_file(str(ROOT / "dashboard" / "app.py"), default_timeout=600)
         at.run()
         at.selectbox(key="run").set_value(run).run()
-        at.switch_page(str(PAGES / page)).run()
+        at.switch_page(str(PAGE_DIR / page)).run()
         if page == "try_image.py":  # score a sample image, so the rerun shows a result
             at.selectbox(key="try_sample").set_value(_first_sample(runs_root / run)).run()
         if at.exception:
@@ -116,7 +119,7 @@ def region_times(runs_root: Path, run: str, reruns: int, source: str = "target s
     at = AppTest.from_file(str(ROOT / "dashboard" / "app.py"), default_timeout=600)
     at.run()
     at.selectbox(key="run").set_value(run).run()
-    at.switch_page(str(PAGES / "maps.py")).run()
+    at.switch_page(str(PAGE_DIR / "maps.py")).run()
     at.segmented_control(key=f"{run}::source").set_value(source).run()
     key = f"{run}::" + ("aux::" if source == "auxiliary set" else "") + "region::"
     rows_max = at.slider(key=key + "rows").max
