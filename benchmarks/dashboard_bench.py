@@ -245,7 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     flag = "ok" if median < ATOM_TARGET_MS else "SLOW"
     print(f"{'atom switch':<18}{median:>10.1f}{worst:>10.1f}  {flag}  (a new atom each rerun; target < 1 s)")
     print(
-        f"{'atom detail open':<18}{first:>10.1f}{'':>10}  (first open in a new session; the server's caches already hold its first atom)"
+        f"{'atom detail open':<18}{first:>10.1f}{'':>10}  (first open in a new session; "
+        "the server's caches already hold its first atom)"
     )
 
     if args.no_browser:
