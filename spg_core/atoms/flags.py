@@ -13,21 +13,21 @@ streams the auxiliary tokens):
                      pixel std in the backbone's input view (0-1; texture.py)
 
 A band is the outer tenth of the grid on a side (ceil(0.1 h) rows or columns, at least one: 2 on a
-14 x 14 grid, 3 on a 28 x 28 one): the image edge, not one row of tokens, because a CNN's "same"
-padding is asymmetric (EfficientNet's puts its extra pixel at the bottom and right, so the first row
-and column of tokens can be the calm ones and the edge effect sits a row in) and photographs carry
-their vignetting and fixture edges a few percent deep. One side counts alone as well as the whole
-ring: a top-border artefact (light from one side, a fixture along one edge) puts little mass on the
-other three sides. The border flag asks for BORDER_LIFT times more mass per band cell than per cell
-outside the band, on the ring or on any one side: a band holding a fraction f of the cells is
-flagged at a share s >= f L / (f L + 1 - f). The position flag asks for half the mass on 5% of the
-cells (ten times the even share). The blank flag asks for a pixel_std at or below the 10th
-percentile of the pixel std of all auxiliary patches (the run's blank floor, in the summaries'
-metadata): on average the atom fires on patches as flat as the flattest tenth of the data, i.e.
-where the image shows nothing. The lift, the position share and the 10th percentile were fixed
-before any atom's value was looked at; the band's depth and the one-side rule were set after a
-one-cell ring missed a top-border atom the dashboard's ablation had exposed (docs/dashboard.md
-gives the history and the check on a second run).
+14 x 14 grid, 3 on a 28 x 28 one): the image edge, not one row of tokens, because the edge effect
+need not sit on the outermost tokens (on the effnet-lite0 demo run an atom of the top border has no
+mass on the first token row and most on rows 1-3; TensorFlow-style "same" padding, asymmetric, is
+the likely cause) and photographs carry their vignetting and fixture edges a few percent deep. One
+side counts alone as well as the whole ring: a top-border artefact (light from one side, a fixture
+along one edge) puts little mass on the other three sides. The border flag asks for BORDER_LIFT
+times more mass per band cell than per cell outside the band, on the ring or on any one side: a band
+holding a fraction f of the cells is flagged at a share s >= f L / (f L + 1 - f). The position flag
+asks for half the mass on 5% of the cells (ten times the even share). The blank flag asks for a
+pixel_std at or below the 10th percentile of the pixel std of all auxiliary patches (the run's blank
+floor, in the summaries' metadata): on average the atom fires on patches as flat as the flattest
+tenth of the data, i.e. where the image shows nothing. The lift, the position share and the 10th
+percentile were fixed before any atom's value was looked at; the band's depth and the one-side rule
+were set after a one-cell ring missed a top-border atom the dashboard's ablation had exposed
+(docs/dashboard.md gives the history and the check on a second run).
 
 An image share of 99% makes an atom "dense": present in all but one image in a hundred. That is
 a property, not a sign of an artefact (a texture atom of a textured product is dense), so it is a
