@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import pytest
 import torch
 from helpers.tiny_data import TINY_RUN_ARGS, tiny_pair
 from streamlit.testing.v1 import AppTest
-from test_select import _TOUCHED, _small_set, guard  # noqa: F401  (guard: the audit-hook fixture)
+from test_select import _TOUCHED, guard, select_with_the_target_locked  # noqa: F401  (guard: the audit-hook fixture)
 
 from spg_core import run_paths
 from spg_core.cli import main
@@ -195,28 +194,7 @@ TINY_CONTEXT_GRID = [
 
 @pytest.mark.slow  # ~60 s on 2 contended cores: imports, 2 fits, 2 x 3 context evaluations
 def test_select_chooses_the_context_weight_without_reading_the_target(tmp_path, guard):  # noqa: F811
-    aux = _small_set(tmp_path / "aux", ["disc", "weave"], ["stain", "hole"])
-    target = _small_set(tmp_path / "target", ["pill"], ["stain"])
-    os.chmod(target, 0)  # unreadable for a normal user; root is stopped by the audit hook
-    guard.append(str(target))
-    try:
-        code = main(
-            [
-                "select",
-                "--aux",
-                f"mvtec:{aux}",
-                "--target",
-                f"mvtec:{target}",
-                "--out",
-                str(tmp_path / "sel"),
-                "--cache-dir",
-                str(tmp_path / "cache"),
-                *TINY_CONTEXT_GRID,
-            ]
-        )
-    finally:
-        guard.clear()
-        os.chmod(target, 0o755)
+    code = select_with_the_target_locked(tmp_path, guard, TINY_CONTEXT_GRID)
     assert code == 0 and _TOUCHED == []
     result = json.loads((tmp_path / "sel" / "select.json").read_text())
     context = result["context"]

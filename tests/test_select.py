@@ -45,6 +45,23 @@ def _small_set(root: Path, categories: list[str], defects: list[str]) -> Path:
     )
 
 
+def select_with_the_target_locked(tmp_path: Path, guard: list[str], grid: list[str]) -> int:
+    """`spg select` on a small synthetic auxiliary set (disc, weave) with the target (pill) unreadable and
+    guarded by the audit hook; its exit code (select.json lands in tmp_path / "sel")."""
+    aux = _small_set(tmp_path / "aux", ["disc", "weave"], ["stain", "hole"])
+    target = _small_set(tmp_path / "target", ["pill"], ["stain"])
+    os.chmod(target, 0)  # unreadable for a normal user; root is stopped by the audit hook
+    guard.append(str(target))
+    try:
+        return main(
+            ["select", "--aux", f"mvtec:{aux}", "--target", f"mvtec:{target}", "--out", str(tmp_path / "sel")]
+            + ["--cache-dir", str(tmp_path / "cache"), *grid]
+        )
+    finally:
+        guard.clear()
+        os.chmod(target, 0o755)
+
+
 TINY_GRID = [
     "--backbones",
     "effnet-lite0-tiny",
@@ -66,28 +83,7 @@ TINY_GRID = [
 
 @pytest.mark.slow  # ~70 s on 2 contended cores, most of it importing timm/transformers and 4 fits
 def test_select_never_reads_the_target_and_writes_the_table(tmp_path, guard, capsys):
-    aux = _small_set(tmp_path / "aux", ["disc", "weave"], ["stain", "hole"])
-    target = _small_set(tmp_path / "target", ["pill"], ["stain"])
-    os.chmod(target, 0)  # unreadable for a normal user; root is stopped by the audit hook
-    guard.append(str(target))
-    try:
-        code = main(
-            [
-                "select",
-                "--aux",
-                f"mvtec:{aux}",
-                "--target",
-                f"mvtec:{target}",
-                "--out",
-                str(tmp_path / "sel"),
-                "--cache-dir",
-                str(tmp_path / "cache"),
-                *TINY_GRID,
-            ]
-        )
-    finally:
-        guard.clear()
-        os.chmod(target, 0o755)
+    code = select_with_the_target_locked(tmp_path, guard, TINY_GRID)
     assert code == 0 and _TOUCHED == []
     result = json.loads((tmp_path / "sel" / "select.json").read_text())
     assert result["folds"] == ["disc", "weave"] and result["target_opened"] is False
@@ -95,7 +91,7 @@ def test_select_never_reads_the_target_and_writes_the_table(tmp_path, guard, cap
     assert {r["k"] for r in result["summary"]} == {4, 8}
     best = max(result["summary"], key=lambda r: r["criterion"])
     assert result["chosen"] == best
-    assert f"--target mvtec:{target}" in result["command"] and f"--k {best['k']}" in result["command"]
+    assert f"--target mvtec:{tmp_path / 'target'}" in result["command"] and f"--k {best['k']}" in result["command"]
     lines = (tmp_path / "sel" / "select.csv").read_text().splitlines()
     assert lines[0].startswith("backbone,width,k,l1,guide_epochs,fold,image_auroc")
     assert len(lines) == 1 + 4 + 2 and sum(",mean," in line for line in lines) == 2
