@@ -273,6 +273,17 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # run and train-sae take the same options (train-sae records the guide and score settings for later stages)
+    training_options = (
+        add_preset_option,
+        _add_protocol,
+        _add_backbone,
+        _add_sae,
+        _add_guides,
+        _add_score,
+        _add_common,
+        _add_overwrite,
+    )
     parser = argparse.ArgumentParser(
         prog="spg", description="SPG Studio: zero-shot anomaly detection with sparse-projected guides"
     )
@@ -282,16 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--aux", required=True, help=f"auxiliary dataset ({DATASET_HELP})")
     p.add_argument("--target", required=True, help=f"target dataset ({DATASET_HELP})")
     p.add_argument("--out", required=True, help="run directory to write")
-    for add in (
-        add_preset_option,
-        _add_protocol,
-        _add_backbone,
-        _add_sae,
-        _add_guides,
-        _add_score,
-        _add_common,
-        _add_overwrite,
-    ):
+    for add in training_options:
         add(p)
     p.set_defaults(func=cmd_run)
 
@@ -304,16 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train-sae", help="stage 1: train the TopK SAE on auxiliary tokens into a run directory")
     p.add_argument("--aux", required=True, help=DATASET_HELP)
     p.add_argument("--out", required=True, help="run directory to write")
-    for add in (
-        add_preset_option,
-        _add_protocol,
-        _add_backbone,
-        _add_sae,
-        _add_guides,
-        _add_score,
-        _add_common,
-        _add_overwrite,
-    ):
+    for add in training_options:
         add(p)
     p.set_defaults(func=cmd_train_sae)
 
