@@ -7,7 +7,7 @@ and SAE training streamed from a store larger than a host memory budget.
 
 The store mode writes random fp16 tokens directly in the store format (docs/STORE.md) under
 --workdir, trains one epoch streamed under --budget in a fresh process (peak resident memory by
-getrusage in that process, after a warm-up), and one epoch in memory on a smaller store.
+VmHWM in that process, after a warm-up), and one epoch in memory on a smaller store.
 
 Spawns each world with torch.multiprocessing (what torchrun does, without the launcher), trains
 on random tokens `[T, D]` fp16 and prints global tokens/s (all ranks together, median of the
@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import sys
@@ -38,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from spg_core import distributed
 from spg_core.config import SAEConfig
+from spg_core.launch import free_port
 from spg_core.memory import parse_size
 from spg_core.sae_sharded import train_latent_sharded
 from spg_core.sae_train import train_sae
@@ -46,28 +46,13 @@ from spg_core.store.random_store import write_random_store
 from spg_core.token_stream import ShardStream
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _tokens(n: int, dim: int) -> torch.Tensor:
     gen = torch.Generator().manual_seed(0)
     return torch.randn(n, dim, generator=gen).to(torch.float16)
 
 
 def _worker(rank: int, world: int, port: int, args: argparse.Namespace, out: str) -> None:
-    os.environ.update(
-        {
-            "RANK": str(rank),
-            "LOCAL_RANK": str(rank),
-            "WORLD_SIZE": str(world),
-            "LOCAL_WORLD_SIZE": str(world),
-            "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": str(port),
-        }
-    )
+    os.environ.update(distributed.torchrun_env(rank, world, port))
     torch.set_num_threads(args.threads)
     if world > 1:
         distributed.init_from_env("nccl" if args.device == "cuda" else "gloo")
@@ -92,7 +77,7 @@ def _worker(rank: int, world: int, port: int, args: argparse.Namespace, out: str
 def _run_world(world: int, args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = str(Path(tmp) / "result.json")
-        mp.start_processes(_worker, args=(world, _free_port(), args, out), nprocs=world, start_method="spawn")
+        mp.start_processes(_worker, args=(world, free_port(), args, out), nprocs=world, start_method="spawn")
         return json.loads(Path(out).read_text())
 
 

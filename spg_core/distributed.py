@@ -68,6 +68,19 @@ def is_main() -> bool:
     return current().is_main
 
 
+def torchrun_env(rank: int, world: int, port: int, host: str = "127.0.0.1") -> dict[str, str]:
+    """The variables torchrun sets for one process of a one-node world (what `init_from_env` reads): for
+    spawning a world without torchrun, as the tests and the scale benchmark do."""
+    return {
+        "RANK": str(rank),
+        "LOCAL_RANK": str(rank),
+        "WORLD_SIZE": str(world),
+        "LOCAL_WORLD_SIZE": str(world),
+        "MASTER_ADDR": host,
+        "MASTER_PORT": str(port),
+    }
+
+
 def init_from_env(backend: str | None = None) -> World:
     """Join the process group described by torchrun's environment variables (once).
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,32 +25,16 @@ from spg_core.atoms.index import build_atom_index, save_index
 from spg_core.backbones.base import Backbone
 from spg_core.config import SAEConfig
 from spg_core.data import Dataset, Sample
+from spg_core.launch import free_port
 from spg_core.sae import TopKSAE
 from spg_core.sae_sharded import LatentShardedSAE, train_latent_sharded
 from spg_core.sae_train import train_sae
 from spg_core.store import TokenStore, build_store
 
 
-def free_port() -> int:
-    """A TCP port nobody listens on now (port 0 asks the OS), so concurrent test runs do not clash."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _enter_world(rank: int, world: int, port: int) -> None:
     """What torchrun would set, then join the gloo group (one thread per rank on a 2-core box)."""
-    os.environ.update(
-        {
-            "RANK": str(rank),
-            "LOCAL_RANK": str(rank),
-            "WORLD_SIZE": str(world),
-            "LOCAL_WORLD_SIZE": str(world),
-            "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": str(port),
-            distributed.TIMEOUT_ENV: "60",
-        }
-    )
+    os.environ.update({**distributed.torchrun_env(rank, world, port), distributed.TIMEOUT_ENV: "60"})
     torch.set_num_threads(1)
     distributed.init_from_env("gloo")
 
