@@ -7,24 +7,14 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from .charts import FONT
+from .charts import GRID, layout
 
 GUIDE_COLOURS = {"anomaly": "#E6461E", "normal": "#1E3C96", "both": "#7A1E8C", "neither": "#B4BBD0"}
 DIVERGING = [[0.0, "#1E3C96"], [0.5, "#F4F5F8"], [1.0, "#E6461E"]]
-GRID = "#E3E7F2"
 
 
 def _layout(fig: go.Figure, height: int, title: str, **kwargs) -> go.Figure:
-    fig.update_layout(
-        height=height,
-        margin=dict(l=8, r=8, t=40, b=8),
-        font=FONT,
-        paper_bgcolor="rgba(0,0,0,0)",
-        plot_bgcolor="rgba(0,0,0,0)",
-        title=dict(text=title, x=0.02, font=dict(size=14)),
-        **kwargs,
-    )
-    return fig
+    return layout(fig, height, top=40, title=dict(text=title, x=0.02, font=dict(size=14)), **kwargs)
 
 
 def density_figure(counts: np.ndarray, edges: np.ndarray, dead: int, height: int = 300) -> go.Figure:

@@ -16,10 +16,14 @@ FONT = dict(family="Inter, Helvetica, Arial, sans-serif", size=14, color="#141A3
 BRAND = ["#1E3C96", "#E6461E", "#3CC8A0", "#FAAA28", "#148CBE", "#96A0C8", "#7A1E8C", "#4E5A6E"]
 
 
-def _layout(fig: go.Figure, height: int, **kwargs: Any) -> go.Figure:
+GRID = "#E3E7F2"
+
+
+def layout(fig: go.Figure, height: int, *, top: int = 36, **kwargs: Any) -> go.Figure:
+    """The dashboard's chart frame: transparent background, brand font, thin margins (`top` px above)."""
     fig.update_layout(
         height=height,
-        margin=dict(l=8, r=8, t=36, b=8),
+        margin=dict(l=8, r=8, t=top, b=8),
         font=FONT,
         paper_bgcolor="rgba(0,0,0,0)",
         plot_bgcolor="rgba(0,0,0,0)",
@@ -47,8 +51,8 @@ def atom_bar_figure(
         )
     )
     fig.update_yaxes(type="category", tickfont=dict(size=12))
-    fig.update_xaxes(title=xtitle or value, gridcolor="#E3E7F2")
-    return _layout(fig, height, title=dict(text=title, x=0.02, font=dict(size=15)))
+    fig.update_xaxes(title=xtitle or value, gridcolor=GRID)
+    return layout(fig, height, title=dict(text=title, x=0.02, font=dict(size=15)))
 
 
 def kind_heatmap_figure(
@@ -91,7 +95,7 @@ def kind_heatmap_figure(
         side="bottom",
         title=dict(text="auxiliary defect kind (category / defect type)", standoff=4),
     )
-    return _layout(fig, height, clickmode="event+select", dragmode=False)
+    return layout(fig, height, clickmode="event+select", dragmode=False)
 
 
 def _small_frame_key(frame: pd.DataFrame) -> tuple:
@@ -123,7 +127,7 @@ def contribution_figure(frame: pd.DataFrame, height: int = 320) -> go.Figure:
             title=dict(text="Top contributing atoms", x=0.02, font=dict(size=15)),
             yaxis=dict(type="category"),
             xaxis=dict(
-                title="contribution to the anomaly logit", zeroline=True, zerolinecolor="#141A33", gridcolor="#E3E7F2"
+                title="contribution to the anomaly logit", zeroline=True, zerolinecolor="#141A33", gridcolor=GRID
             ),
         ),
     )
@@ -150,9 +154,9 @@ def histogram_figure(
             hovertemplate="%{customdata[0]:.3g} to %{customdata[1]:.3g}: %{y}<extra></extra>",
         )
     )
-    fig.update_xaxes(title=xtitle, gridcolor="#E3E7F2")
-    fig.update_yaxes(title="patches", gridcolor="#E3E7F2")
-    return _layout(fig, height, title=dict(text=title, x=0.02, font=dict(size=14)), bargap=0.05)
+    fig.update_xaxes(title=xtitle, gridcolor=GRID)
+    fig.update_yaxes(title="patches", gridcolor=GRID)
+    return layout(fig, height, title=dict(text=title, x=0.02, font=dict(size=14)), bargap=0.05)
 
 
 def category_bar_figure(values: pd.Series, title: str, height: int = 260) -> go.Figure:
@@ -165,8 +169,8 @@ def category_bar_figure(values: pd.Series, title: str, height: int = 260) -> go.
             hovertemplate="%{x}: %{y:.4f}<extra></extra>",
         )
     )
-    fig.update_yaxes(title=str(values.name or ""), gridcolor="#E3E7F2")
-    return _layout(fig, height, title=dict(text=title, x=0.02, font=dict(size=14)))
+    fig.update_yaxes(title=str(values.name or ""), gridcolor=GRID)
+    return layout(fig, height, title=dict(text=title, x=0.02, font=dict(size=14)))
 
 
 def difference_range(values: Any, pad: float = 0.25) -> list[float]:
@@ -194,8 +198,8 @@ def grouped_metric_figure(long: pd.DataFrame, metric: str, height: int = 420) ->
                 hovertemplate=f"{run}<br>%{{x}}: %{{y:.1f}}%<extra></extra>",
             )
         )
-    fig.update_yaxes(title=f"{metric} (%)", range=difference_range(data["value"]), gridcolor="#E3E7F2")
-    return _layout(
+    fig.update_yaxes(title=f"{metric} (%)", range=difference_range(data["value"]), gridcolor=GRID)
+    return layout(
         fig,
         height,
         barmode="group",
@@ -217,7 +221,5 @@ def run_metrics_figure(frame: pd.DataFrame, height: int = 340) -> go.Figure:
                 hovertemplate=f"{metric}<br>%{{x}}: %{{y:.1f}}%<extra></extra>",
             )
         )
-    fig.update_yaxes(title="%", range=difference_range(frame.to_numpy().ravel()), gridcolor="#E3E7F2")
-    fig = _layout(fig, height, barmode="group", legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0))
-    fig.update_layout(margin=dict(t=48))
-    return fig
+    fig.update_yaxes(title="%", range=difference_range(frame.to_numpy().ravel()), gridcolor=GRID)
+    return layout(fig, height, top=48, barmode="group", legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0))
