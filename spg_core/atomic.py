@@ -177,33 +177,32 @@ def load_tensors(
             path=str(path),
             fix="check the path, or re-create it with the spg command that writes it",
         )
-    try:
+    with _as_damaged(path, what):
         tensors = load_file(str(path))
-
         with safe_open(str(path), framework="pt") as f:
             raw_meta = f.metadata() or {}
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise SPGError(
-            f"{what} is truncated or not a safetensors file ({exc})",
-            path=str(path),
-            fix="the file is damaged or half-written: delete it and re-create it",
-        ) from None
     return tensors, _decoded(raw_meta)
 
 
 def safetensors_metadata(path: str | os.PathLike) -> dict[str, Any]:
     """The JSON-decoded metadata of a safetensors file, reading its header only (no tensors).
     SPGError naming the file when it is not a readable safetensors file."""
+    with _as_damaged(path, "file"), safe_open(str(path), framework="pt") as f:
+        raw = f.metadata() or {}
+    return _decoded(raw)
+
+
+@contextlib.contextmanager
+def _as_damaged(path: str | os.PathLike, what: str) -> Iterator[None]:
+    """A safetensors read that fails becomes an SPGError naming the file as damaged or half-written."""
     try:
-        with safe_open(str(path), framework="pt") as f:
-            raw = f.metadata() or {}
+        yield
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise SPGError(
-            f"file is truncated or not a safetensors file ({exc})",
+            f"{what} is truncated or not a safetensors file ({exc})",
             path=str(path),
             fix="the file is damaged or half-written: delete it and re-create it",
         ) from None
-    return _decoded(raw)
 
 
 def _decoded(raw: dict[str, str]) -> dict[str, Any]:
