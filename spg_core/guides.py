@@ -25,7 +25,6 @@ directly in R^D (dictionary = identity, no sign constraint, no L1).
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -394,13 +393,10 @@ def train_guides(
     history: list[dict[str, float]] = []
     key = train_checkpoint.fingerprint(asdict(cfg), num_images, data_key, dictionary.sum().item(), dead is None)
     start = 0
-    resumed = train_checkpoint.load(checkpoint, opt, key=key) if checkpoint is not None else None
+    resumed = train_checkpoint.resume(checkpoint, opt, pair, "pair", key=key, stage="guide training", epochs=cfg.epochs)
     if resumed is not None:
-        state, meta = resumed
-        pair.load_state_dict({k[len("pair.") :]: v for k, v in state.items() if k.startswith("pair.")})
+        state, start, history = resumed
         gen.set_state(state["rng_order"])
-        start, history = int(meta["epochs_done"]), list(meta["history"])
-        print(f"guide training resumes after epoch {start} of {cfg.epochs} ({checkpoint})", file=sys.stderr)
     bar = tqdm(
         total=cfg.epochs * steps_per_epoch,
         initial=start * steps_per_epoch,

@@ -22,7 +22,6 @@ by its share of the batch, so every step equals the single-process step.
 from __future__ import annotations
 
 import math
-import sys
 import time
 from collections.abc import Iterable
 from dataclasses import asdict
@@ -226,15 +225,12 @@ def train_sae(
     key = train_checkpoint.fingerprint(asdict(cfg), tokens_per_image, n, data_key, distributed.world_size())
     history: list[dict[str, Any]] = []
     start = 0
-    resumed = train_checkpoint.load(checkpoint, opt, key=key) if checkpoint is not None else None
+    resumed = train_checkpoint.resume(checkpoint, opt, sae, "sae", key=key, stage="SAE training", epochs=cfg.epochs)
     if resumed is not None:
-        state, meta = resumed
-        sae.load_state_dict({k[len("sae.") :]: v for k, v in state.items() if k.startswith("sae.")})
+        state, start, history = resumed
         since_fired.copy_(state["since_fired"])
         steps_silent.copy_(state["steps_silent"])
         source.load_state({k: v for k, v in state.items() if k.startswith("rng_")})
-        start, history = int(meta["epochs_done"]), list(meta["history"])
-        print(f"SAE training resumes after epoch {start} of {cfg.epochs} ({checkpoint})", file=sys.stderr)
     step_loss = reconstruction_loss
     if compile:
         step_loss = torch.compile(reconstruction_loss, mode=compile if isinstance(compile, str) else None)

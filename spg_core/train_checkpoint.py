@@ -78,6 +78,29 @@ def load(path: Path, optimizer: torch.optim.Optimizer, *, key: str) -> tuple[dic
     return tensors, meta
 
 
+def resume(
+    path: Path | None,
+    optimizer: torch.optim.Optimizer,
+    module: torch.nn.Module,
+    prefix: str,
+    *,
+    key: str,
+    stage: str,
+    epochs: int,
+) -> tuple[dict[str, torch.Tensor], int, list[dict[str, Any]]] | None:
+    """`load`, then `module`'s weights restored from the checkpoint's `prefix.` entries and a note on stderr:
+    (every tensor of the checkpoint, epochs done, history so far), or None when training starts afresh."""
+    resumed = load(path, optimizer, key=key) if path is not None else None
+    if resumed is None:
+        return None
+    state, meta = resumed
+    head = prefix + "."
+    module.load_state_dict({k[len(head) :]: v for k, v in state.items() if k.startswith(head)})
+    done = int(meta["epochs_done"])
+    print(f"{stage} resumes after epoch {done} of {epochs} ({path})", file=sys.stderr)
+    return state, done, list(meta["history"])
+
+
 def remove(path: Path) -> None:
     """Delete the checkpoint (the stage finished)."""
     path.unlink(missing_ok=True)
